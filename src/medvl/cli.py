@@ -1,0 +1,69 @@
+"""The ``medvl`` command line: ``medvl VERB [args]``.
+
+Each verb lives in ``medvl/commands/<verb>.py`` and defines ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. Verbs are imported lazily so that
+``medvl --help`` and light verbs such as ``score`` do not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from medvl.utils.logging import setup_logging
+
+# verb -> module under medvl.commands (order is the order shown in --help)
+VERBS: dict[str, str] = {
+    "quickstart": "quickstart",
+    "build": "build",
+    "train": "train",
+    "infer": "infer",
+    "chat": "chat",
+    "eval": "eval",
+    "score": "score",
+    "demo": "demo",
+    "serve": "serve",
+    "export": "export",
+    "convert": "convert",
+    "data": "data",
+    "bench": "bench",
+}
+
+
+def _available_verbs() -> dict[str, str]:
+    found = {}
+    for verb, module in VERBS.items():
+        if importlib.util.find_spec(f"medvl.commands.{module}") is not None:
+            found[verb] = module
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``medvl`` console script.
+
+    Args:
+        argv: arguments without the program name (defaults to ``sys.argv[1:]``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbs = _available_verbs()
+    parser = argparse.ArgumentParser(prog="medvl", description="Medical vision-language models.")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    # Only the requested verb's module is imported; the others get a placeholder help line.
+    requested = next((a for a in argv if not a.startswith("-")), None)
+    for verb, module in verbs.items():
+        if verb == requested:
+            mod = importlib.import_module(f"medvl.commands.{module}")
+            p = sub.add_parser(verb, help=getattr(mod, "HELP", None), description=getattr(mod, "HELP", None))
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
+        else:
+            sub.add_parser(verb, help=f"(medvl {verb} --help)")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
