@@ -83,10 +83,25 @@ def reference_of(record: Record) -> str | None:
     return None
 
 
-def _load_media(record: Record) -> tuple[list[Any], list[Any]]:
-    from medvl.imaging.image2d import load_image
-    from medvl.imaging.volume3d import load_volume
+def _loaders() -> tuple[Any, Any]:
+    try:
+        from medvl.imaging.image2d import load_image
+        from medvl.imaging.volume3d import load_volume
+    except ImportError:  # imaging module not installed yet: plain PIL / numpy readers
+        import numpy as np
+        from PIL import Image
 
+        def load_image(path: str) -> Any:
+            return Image.open(path).convert("RGB")
+
+        def load_volume(path: str) -> Any:
+            return np.load(path)
+
+    return load_image, load_volume
+
+
+def _load_media(record: Record) -> tuple[list[Any], list[Any]]:
+    load_image, load_volume = _loaders()
     images, volumes = [], []
     for p in record.images:
         try:

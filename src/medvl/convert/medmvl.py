@@ -171,10 +171,14 @@ def read_layout(src: str | Path) -> MedMVLLayout:
 
 
 def _candidate(src: Path, named: str) -> Path | None:
-    """Where MedM-VL's config path field may point locally: relative to the checkpoint, or as given."""
+    """Where MedM-VL's config path field may point locally.
+
+    MedM-VL resolves it against its working directory, usually the folder that holds the checkpoint;
+    try the checkpoint folder, its parent, then the current directory (or an absolute path).
+    """
     if not named:
         return None
-    for p in (src / named, Path(named)):
+    for p in (src / named, src.parent / named, Path(named)):
         if p.is_dir():
             return p
     return None
@@ -190,7 +194,7 @@ def resolve_parts(
     """Find the local folders of the parts the checkpoint names; raise one error naming all missing ones.
 
     Args:
-        src: the MedM-VL checkpoint folder (relative part paths are resolved against it, then the cwd).
+        src: the MedM-VL checkpoint folder (relative part paths are resolved against it, its parent, then the cwd).
         layout: from :func:`read_layout`.
         llm: local folder of the LLM (config.json + tokenizer files; weights not needed).
         vision: local folder of the 2D tower (config.json + preprocessor_config.json).
@@ -540,4 +544,265 @@ def map_connector_weights(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     out = {}
     for key, value in sd.items():
         out["mlp." + key[len("connector.") :] if key.startswith("connector.") else key] = value
+    return out
+
+
+def _fit_prefix(sd: dict[str, torch.Tensor], target_keys: set[str], extra: str) -> dict[str, torch.Tensor]:
+    """Add or strip the ``extra`` level (e.g. transformers 4's ``vision_model.``) to match the target module."""
+    if not sd or set(sd) & target_keys:
+        return sd
+    stripped = {k[len(extra) :] if k.startswith(extra) else k: v for k, v in sd.items()}
+    if set(stripped) & target_keys:
+        return stripped
+    return {extra + k: v for k, v in sd.items()}
+
+
+def medvl_state_dict(
+    layout: MedMVLLayout, weights: dict[str, dict[str, torch.Tensor]], kwargs: dict[str, Any], model: Any
+) -> dict[str, torch.Tensor]:
+    """All MedM-VL weights under medvl's parameter names (``language_model.``, ``vision_tower.``, ...).
+
+    Args:
+        layout: from :func:`read_layout`.
+        weights: from :func:`split_state_dict`.
+        kwargs: from :func:`translate_config`.
+        model: the (possibly meta-device) ``MedVLForConditionalGeneration`` the weights are for.
+    """
+    out = {"language_model." + k: v for k, v in weights["llm"].items()}
+    if layout.image is not None:
+        tower = "volume_encoder" if kwargs.get("volume_encoder") == "slicewise" else "vision_tower"
+        connector = "volume_connector" if tower == "volume_encoder" else "image_connector"
+        target = set(getattr(model, tower).state_dict())
+        for k, v in _fit_prefix(weights["vision"], target, "vision_model.").items():
+            out[f"{tower}.{k}"] = v
+        for k, v in map_connector_weights(weights["connector_image"]).items():
+            out[f"{connector}.{k}"] = v
+    if layout.image3d is not None:
+        for k, v in map_vit3d_weights(weights["volume"], layout.image3d.type, kwargs["volume_config"]).items():
+            out["volume_encoder." + k] = v
+        for k, v in map_connector_weights(weights["connector_image3d"]).items():
+            out["volume_connector." + k] = v
+    return out
+
+
+def load_medmvl_weights(model: Any, sd: dict[str, torch.Tensor], tie: bool) -> None:
+    """Load the mapped weights into ``model`` (meta or real); tie the LM head when the checkpoint has none.
+
+    Args:
+        model: a ``MedVLForConditionalGeneration``.
+        sd: from :func:`medvl_state_dict`.
+        tie: whether ``lm_head`` shares the input embedding matrix.
+    """
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    if tie:
+        model.tie_weights()
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise MedMVLConversionError(
+            "the MedM-VL weights do not fit the translated architecture: "
+            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} "
+            "(do the part folders passed with --llm/--vision/--volume match the checkpoint?)"
+        )
+
+
+def _decide_tie(llm_sd: dict[str, torch.Tensor], text_config: dict[str, Any]) -> bool:
+    """Tie when the LLM config says so and the checkpoint's lm_head is absent or equal to the embeddings."""
+    if not text_config.get("tie_word_embeddings", False):
+        if "lm_head.weight" not in llm_sd:
+            raise MedMVLConversionError("the checkpoint has no llm.lm_head.weight and the LLM config does not tie it")
+        return False
+    head = llm_sd.get("lm_head.weight")
+    if head is None:
+        logger.info("checkpoint stores no lm_head; tying it to embed_tokens as the LLM config says")
+        return True
+    emb = llm_sd["model.embed_tokens.weight"]
+    if head.shape == emb.shape and torch.equal(head, emb):
+        llm_sd.pop("lm_head.weight")  # identical copy (DeepSpeed saves both): keep one, tied
+        return True
+    logger.warning("lm_head differs from embed_tokens although the LLM config ties them; keeping both untied")
+    text_config["tie_word_embeddings"] = False
+    return False
+
+
+def _empty_model(cls: Any, config: Any, dtype: torch.dtype) -> Any:
+    """Instantiate without random initialisation (every weight is loaded next), in the checkpoint dtype."""
+    from transformers.initialization import no_init_weights
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with no_init_weights():
+            return cls(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_medvl_model(
+    src: str | Path,
+    *,
+    llm: str | Path | None = None,
+    vision: str | Path | None = None,
+    volume: str | Path | None = None,
+    token_ids: dict[str, int] | None = None,
+) -> tuple[Any, MedMVLLayout, MedMVLParts]:
+    """Build a ``MedVLForConditionalGeneration`` holding a MedM-VL checkpoint's weights (no processor).
+
+    Args:
+        src: MedM-VL checkpoint folder.
+        llm / vision / volume: local part folders (see :func:`resolve_parts`).
+        token_ids: ``{"image_token_id": ..., "volume_token_id": ...}`` of the processor's tokenizer.
+    """
+    from medvl.models.configuration_medvl import MedVLConfig
+    from medvl.models.modeling_medvl import MedVLForConditionalGeneration
+
+    layout = read_layout(src)
+    parts = resolve_parts(src, layout, llm=llm, vision=vision, volume=volume)
+    weights = split_state_dict(load_state_dict(src))
+    kwargs = translate_config(layout, parts, weights)
+    tie = _decide_tie(weights["llm"], kwargs["text_config"])
+    kwargs.update(token_ids or {})
+    dtype = next(iter(weights["llm"].values())).dtype
+    config = MedVLConfig(**kwargs)
+    config.dtype = dtype
+    config.text_config.dtype = dtype
+    model = _empty_model(MedVLForConditionalGeneration, config, dtype)
+    load_medmvl_weights(model, medvl_state_dict(layout, weights, kwargs, model), tie)
+    model.eval()
+    return model, layout, parts
+
+
+# ----------------------------------------------------------------------------- processor
+# MedM-CLIP's own intensity normalisation (its Image3DProcessor): (v - mean) / std, then crop > 0.
+MEDMCLIP_MEAN = 55.6982188356434
+MEDMCLIP_STD = 66.1943479570918
+
+
+def _image_processor(spec: EncoderSpec, folder: Path) -> Any:
+    """The tower's image processor, PIL backend (never torchvision), from its preprocessor_config.json."""
+    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
+
+    cls = SiglipImageProcessorPil if spec.type == "siglip" else CLIPImageProcessorPil
+    settings = json.loads((folder / "preprocessor_config.json").read_text())
+    settings.pop("image_processor_type", None)
+    settings.pop("processor_class", None)
+    return cls(**settings)
+
+
+def volume_processor_settings(layout: MedMVLLayout, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """``MedVLVolumeProcessor`` settings that reproduce MedM-VL's CT preprocessing for this layout.
+
+    * 2D tower slice by slice: mode ``medmvl`` (HU clip to +-1000 -> 0..255, foreground crop, trilinear
+      resize to (32, S, S), uint8 truncation, SigLIP normalisation, 3 channels).
+    * MedM-CLIP: raw values normalised with MedM-CLIP's mean/std, crop of voxels above the mean,
+      resize to the encoder's input size (MedM-VL's ``(v - 55.70) / 66.19`` + ``CropForeground``).
+    * M3D-CLIP: M3D's inputs are already preprocessed (32, 256, 256) arrays in 0..1; passed through.
+
+    No reorientation (``axcodes=None``): MedM-VL reads its ``.npy`` arrays as stored.
+
+    Args:
+        layout: from :func:`read_layout`.
+        kwargs: from :func:`translate_config`.
+    """
+    if kwargs.get("volume_encoder") == "slicewise":
+        size = kwargs["volume_config"]["image_size"]
+        return {"mode": "medmvl", "axcodes": None, "target_shape": [MEDMVL_CT_SLICES, size, size]}
+    if layout.image3d is None:
+        return None
+    shape = list(kwargs["volume_config"]["image_size"])
+    common = {"axcodes": None, "target_shape": shape, "antialias": False, "intensity": "none", "channels": 1}
+    if layout.image3d.type == "medmclip":
+        return {**common, "crop_foreground": True, "foreground_hu": MEDMCLIP_MEAN,
+                "image_mean": [MEDMCLIP_MEAN], "image_std": [MEDMCLIP_STD]}
+    return {**common, "crop_foreground": False}
+
+
+def _tokenizer(parts: MedMVLParts, src: Path) -> Any:
+    """The LLM's tokenizer (MedM-VL reloads it from the LLM folder), with the medvl media markers added."""
+    from transformers import AutoTokenizer
+
+    from medvl.models.processing_medvl import IMAGE_TOKEN, VOLUME_TOKEN
+
+    try:
+        tok = AutoTokenizer.from_pretrained(parts.llm)
+    except (OSError, ValueError) as err:
+        logger.warning("no usable tokenizer in %s (%s); using the one saved in the checkpoint", parts.llm, err)
+        tok = AutoTokenizer.from_pretrained(src)
+    tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, VOLUME_TOKEN]},
+                           replace_extra_special_tokens=False)
+    tok.padding_side = "left"
+    return tok
+
+
+def convert_medmvl(
+    src: str | Path,
+    out: str | Path,
+    *,
+    llm: str | Path | None = None,
+    vision: str | Path | None = None,
+    volume: str | Path | None = None,
+    dtype: str | None = None,
+) -> Path:
+    """Convert a MedM-VL checkpoint folder into a self-contained medvl checkpoint.
+
+    Args:
+        src: MedM-VL checkpoint folder (config.json with ``lvlm_*`` fields, weights, tokenizer).
+        out: output folder (created).
+        llm: local folder of the LLM named by ``lvlm_llm_name_or_path`` (config + tokenizer).
+        vision: local folder of the 2D tower named by ``lvlm_encoder_image_name_or_path``.
+        volume: local folder of the 3D encoder named by ``lvlm_encoder_image3d_name_or_path``.
+        dtype: "float32" / "bfloat16" / "float16" to cast the weights; None keeps the checkpoint's.
+
+    Returns:
+        The output folder.
+    """
+    from transformers import GenerationConfig
+
+    from medvl.data.templates import resolve_template
+    from medvl.models import MedVLProcessor
+
+    src, out = Path(src), Path(out)
+    layout = read_layout(src)
+    parts = resolve_parts(src, layout, llm=llm, vision=vision, volume=volume)
+    tok = _tokenizer(parts, src)
+    ids = {
+        "image_token_id": tok.convert_tokens_to_ids("<image>"),
+        "volume_token_id": tok.convert_tokens_to_ids("<volume>"),
+    }
+    model, layout, parts = build_medvl_model(src, llm=parts.llm, vision=parts.vision, volume=parts.volume,
+                                             token_ids=ids)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tok) > rows:
+        logger.warning("tokenizer has %d entries but the embedding %d rows; adding rows for the media markers",
+                       len(tok), rows)
+        model.resize_token_embeddings(len(tok), mean_resizing=False)
+    if dtype is not None:
+        valid = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype not in valid:
+            raise ValueError(f"dtype {dtype!r}: valid choices: {', '.join(valid)}")
+        model.to(valid[dtype])
+    # MedM-VL never applies the LLM's hub generation_config after a reload: greedy, no penalties.
+    model.generation_config = GenerationConfig(
+        bos_token_id=model.config.text_config.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    kwargs = {"volume_config": model.config.volume_config.to_dict()} if model.config.volume_config else {}
+    kwargs["volume_encoder"] = model.config.volume_encoder
+    template, _ = resolve_template("medmvl", tok)
+    processor = MedVLProcessor(
+        image_processor=_image_processor(layout.image, parts.vision) if layout.image is not None else None,
+        tokenizer=tok,
+        chat_template=template,
+        volume_processor_config=volume_processor_settings(layout, kwargs),
+        num_image_tokens=model.config.num_image_tokens,
+        num_volume_tokens=model.config.num_volume_tokens,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "medmvl_source.json").write_text(json.dumps(
+        {"source": str(src.resolve()), "lvlm_config": layout.raw,
+         "parts": {k: str(v) for k, v in vars(parts).items() if v is not None}}, indent=1))
+    logger.info("converted MedM-VL checkpoint %s -> %s", src, out)
     return out
