@@ -99,15 +99,21 @@ class ConversationEncoder:
 
     @classmethod
     def from_processor(cls, processor: Any, template: str | None = "auto", max_length: int | None = None) -> "ConversationEncoder":
-        """Build an encoder whose placeholder counts match a ``MedVLProcessor``.
+        """Build an encoder matching a ``MedVLProcessor`` (or a bare tokenizer).
 
         Args:
-            processor: a processor with ``tokenizer`` and ``num_image_tokens``/``num_volume_tokens``.
-            template: chat template name or Jinja string.
+            processor: a processor with ``tokenizer``, ``chat_template`` and
+                ``num_image_tokens``/``num_volume_tokens``, or a tokenizer.
+            template: chat template name or Jinja string; ``auto``/``tokenizer`` use the processor's
+                own template (the one saved with the model).
             max_length: longest allowed sample (media tokens included).
         """
+        tokenizer = getattr(processor, "tokenizer", processor)
+        own = getattr(processor, "chat_template", None) if tokenizer is not processor else None
+        if template in (None, "auto", "tokenizer") and own:
+            template = own
         return cls(
-            processor.tokenizer,
+            tokenizer,
             template,
             num_image_tokens=getattr(processor, "num_image_tokens", 1) or 1,
             num_volume_tokens=getattr(processor, "num_volume_tokens", 1) or 1,

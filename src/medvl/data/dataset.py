@@ -1,0 +1,265 @@
+"""A torch Dataset of tokenised conversations with their media tensors.
+
+Each item is a dict ``input_ids`` (L,), ``labels`` (L,) (train mode), ``pixel_values``
+(n_images, 3, H, W) and ``volume_values`` (n_volumes, C, D, H, W) when the record has media, and
+``id``. Errors surface lazily, when an item is read, as :class:`~medvl.errors.MedVLDataError`
+naming the record, the file and the problem. With ``on_error="skip"`` (or ``on_overlong="skip"``)
+the item is replaced by the next good record and counted in :attr:`ConversationDataset.skipped`
+(per process: with DataLoader workers each worker counts its own, and logs a warning per skip).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from medvl.data.labels import ConversationEncoder, OverlongSampleError
+from medvl.data.records import Record
+from medvl.errors import MedVLDataError
+
+logger = logging.getLogger(__name__)
+
+OnError = Literal["raise", "skip"]
+OnOverlong = Literal["skip", "error"]
+Mode = Literal["train", "prompt"]
+_MAX_WARNINGS = 20  # per reason; the counts keep going
+
+
+def _default_image_loader() -> Callable[[str], Any]:
+    from medvl.imaging import load_image
+
+    return load_image
+
+
+def _default_volume_loader() -> Callable[[str], Any]:
+    from medvl.imaging import load_volume
+
+    return load_volume
+
+
+def mix_records(groups: Sequence[tuple[Sequence[Record], float]], seed: int = 0) -> list[Record]:
+    """Mix record lists by weight: a weight is how many times each record is used per epoch.
+
+    ``1.0`` uses every record once, ``0.5`` a random half, ``2.5`` every record twice plus a random
+    half. The draw is seeded, so every process of a distributed run sees the same mix.
+
+    Args:
+        groups: ``(records, weight)`` pairs, weight >= 0.
+        seed: random seed of the fractional draws.
+    """
+    rng = random.Random(seed)
+    out: list[Record] = []
+    for records, weight in groups:
+        if weight < 0:
+            raise ValueError(f"mixing weight must be >= 0, got {weight}")
+        whole, frac = int(weight), weight - int(weight)
+        out.extend(list(records) * whole)
+        n_extra = round(frac * len(records))
+        if n_extra:
+            out.extend(records[i] for i in sorted(rng.sample(range(len(records)), n_extra)))
+    return out
+
+
+class ConversationDataset(torch.utils.data.Dataset):
+    """Tokenised conversations with media tensors, built lazily per item.
+
+    Args:
+        records: the records (see :func:`medvl.data.records.load_records`, :func:`mix_records`).
+        processor: a ``MedVLProcessor`` (tokenizer, ``image_processor``, ``volume_processor``,
+            ``num_image_tokens``, ``num_volume_tokens``, ``chat_template``).
+        template: chat template (``auto`` = the processor's own; see :mod:`medvl.data.templates`).
+        max_length: longest sample in tokens, media placeholders included (None: no limit).
+        on_error: ``raise`` or ``skip`` bad records (missing/corrupt media, marker mismatch...).
+        on_overlong: ``skip`` (count + warn) or ``error`` for samples longer than ``max_length``;
+            samples are never truncated.
+        mode: ``train`` (ids + labels of the whole conversation) or ``prompt`` (generation prompt
+            ids, a trailing assistant answer dropped; no labels).
+        augment: optional callable ``augment(sample) -> sample`` on ``{"messages", "images"
+            (PIL), "volumes" (Volume), "record"}`` before tokenisation (e.g. a flip that also swaps
+            left/right in the text). Off by default; never used in ``prompt`` mode.
+        cache: a :class:`medvl.data.prepare.VolumeCache` (or its folder) of preprocessed volumes;
+            refused when it was built with another volume processor configuration.
+        image_loader: path -> PIL image (default :func:`medvl.imaging.load_image`).
+        volume_loader: path -> Volume (default :func:`medvl.imaging.load_volume`).
+        encoder: a ready :class:`ConversationEncoder` (overrides ``template``/``max_length``).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        processor: Any,
+        *,
+        template: str | None = "auto",
+        max_length: int | None = None,
+        on_error: OnError = "raise",
+        on_overlong: OnOverlong = "skip",
+        mode: Mode = "train",
+        augment: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        cache: Any = None,
+        image_loader: Callable[[str], Any] | None = None,
+        volume_loader: Callable[[str], Any] | None = None,
+        encoder: ConversationEncoder | None = None,
+    ):
+        for name, value, choices in (
+            ("on_error", on_error, ("raise", "skip")),
+            ("on_overlong", on_overlong, ("skip", "error")),
+            ("mode", mode, ("train", "prompt")),
+        ):
+            if value not in choices:
+                raise ValueError(f"invalid {name} {value!r}; valid choices: {', '.join(choices)}")
+        self.records = list(records)
+        self.processor = processor
+        if encoder is None:
+            encoder = encoder_for(processor, template, max_length)
+        self.encoder = encoder
+        self.on_error = on_error
+        self.on_overlong = on_overlong
+        self.mode = mode
+        self.augment = augment if mode == "train" else None
+        self._image_loader = image_loader
+        self._volume_loader = volume_loader
+        if cache is not None and not hasattr(cache, "load"):
+            from medvl.data.prepare import VolumeCache
+
+            cache = VolumeCache(cache)
+        if cache is not None:
+            cache.check_processor(getattr(processor, "volume_processor", None))
+        self.cache = cache
+        self.skipped: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    # ------------------------------------------------------------------ media
+    def _load_images(self, rec: Record) -> list[Any]:
+        loader = self._image_loader or _default_image_loader()
+        return [_guarded(loader, p, rec, "image") for p in rec.images]
+
+    def _load_volumes(self, rec: Record) -> list[Any]:
+        loader = self._volume_loader or _default_volume_loader()
+        return [_guarded(loader, p, rec, "volume") for p in rec.volumes]
+
+    def _pixel_values(self, images: list[Any], rec: Record) -> torch.Tensor:
+        proc = getattr(self.processor, "image_processor", None)
+        if proc is None:
+            raise MedVLDataError("the record has images but the model has no image processor", record=rec.id, path=rec.source_file)
+        return proc(images, return_tensors="pt")["pixel_values"]
+
+    def _volume_values(self, volumes: list[Any], rec: Record, from_cache: bool) -> torch.Tensor:
+        if from_cache:
+            return torch.stack(volumes)
+        proc = getattr(self.processor, "volume_processor", None)
+        if proc is None:
+            raise MedVLDataError("the record has volumes but the model has no volume processor", record=rec.id, path=rec.source_file)
+        tensors = []
+        for path, vol in zip(rec.volumes, volumes):
+            try:
+                tensors.append(proc([vol])["volume_values"][0])
+            except MedVLDataError:
+                raise
+            except Exception as err:  # a processing failure names the sample, not just numpy's words
+                raise MedVLDataError(f"volume preprocessing failed: {err}", record=rec.id, path=path) from err
+        return torch.stack(tensors)
+
+    # ------------------------------------------------------------------ items
+    def build(self, index: int) -> dict[str, Any]:
+        """Build item ``index`` without any skip policy (errors propagate).
+
+        Args:
+            index: record index.
+        """
+        rec = self.records[index]
+        where = {"record": rec.id, "path": rec.source_file}
+        messages = rec.messages
+        if self.mode == "prompt":
+            ids = self.encoder.encode_prompt(messages, record=rec.id)
+            self.encoder.check_length(len(ids), **where)
+            labels = None
+        else:
+            enc = self.encoder.encode(messages, **where)  # length checked before any file is read
+            ids, labels = enc.input_ids, enc.labels
+        images = self._load_images(rec)
+        use_cache = self.cache is not None and self.augment is None
+        volumes = [self.cache.load(p, **where) for p in rec.volumes] if use_cache else self._load_volumes(rec)
+        if self.augment is not None:
+            out = self.augment({"messages": messages, "images": images, "volumes": volumes, "record": rec})
+            images, volumes = out.get("images", images), out.get("volumes", volumes)
+            if out.get("messages", messages) != messages:
+                enc = self.encoder.encode(out["messages"], **where)
+                ids, labels = enc.input_ids, enc.labels
+        item: dict[str, Any] = {"input_ids": torch.tensor(ids, dtype=torch.long), "id": rec.id}
+        if labels is not None:
+            item["labels"] = torch.tensor(labels, dtype=torch.long)
+        if images:
+            item["pixel_values"] = self._pixel_values(images, rec)
+        if volumes:
+            item["volume_values"] = self._volume_values(volumes, rec, from_cache=use_cache)
+        return item
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self.records)
+        for attempt in range(n):
+            j = (index + attempt) % n
+            try:
+                return self.build(j)
+            except OverlongSampleError as err:
+                if self.on_overlong == "error":
+                    raise
+                self._count("overlong", err)
+            except MedVLDataError as err:
+                if self.on_error == "raise":
+                    raise
+                self._count("error", err)
+        raise MedVLDataError(f"all {n} records were skipped ({dict(self.skipped)}); see the warnings above")
+
+    def _count(self, reason: str, err: Exception) -> None:
+        self.skipped[reason] += 1
+        if self.skipped[reason] <= _MAX_WARNINGS:
+            logger.warning("skipping a sample (%s, %d so far): %s", reason, self.skipped[reason], err)
+        elif self.skipped[reason] == _MAX_WARNINGS + 1:
+            logger.warning("more %s samples skipped; further warnings suppressed (see dataset.skipped)", reason)
+
+    def lengths(self) -> list[int]:
+        """Token count of every record (media placeholders included), without reading media.
+
+        Records that fail to encode count as 0.
+        """
+        out = []
+        for rec in self.records:
+            try:
+                msgs = rec.messages if self.mode == "train" else self.encoder.prompt_messages(rec.messages)
+                out.append(self.encoder.count_tokens(msgs, record=rec.id))
+            except MedVLDataError:
+                out.append(0)
+        return out
+
+
+def _guarded(loader: Callable[[str], Any], path: str, rec: Record, kind: str) -> Any:
+    """Call a media loader; any failure becomes a MedVLDataError naming the record and file."""
+    if not Path(path).exists():
+        raise MedVLDataError(f"{kind} file not found", record=rec.id, path=path)
+    try:
+        return loader(path)
+    except MedVLDataError as err:
+        if err.record is None:  # the loader knows the file, the dataset knows the record
+            raise MedVLDataError(str(err), record=rec.id) from err
+        raise
+    except Exception as err:
+        raise MedVLDataError(f"cannot read {kind}: {type(err).__name__}: {err}", record=rec.id, path=path) from err
+
+
+def encoder_for(processor: Any, template: str | None = "auto", max_length: int | None = None) -> ConversationEncoder:
+    """A :class:`ConversationEncoder` matching a processor (its own template when ``auto``).
+
+    Args:
+        processor: a ``MedVLProcessor`` or a bare tokenizer.
+        template: chat template name or Jinja string.
+        max_length: longest allowed sample (media tokens included).
+    """
+    return ConversationEncoder.from_processor(processor, template, max_length)

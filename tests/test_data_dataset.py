@@ -1,0 +1,133 @@
+"""ConversationDataset: tokenised samples with media tensors, lazy errors, skip policy, mixing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medvl.data.dataset import ConversationDataset, mix_records
+from medvl.data.labels import IGNORE_INDEX, OverlongSampleError
+from medvl.data.records import Record, load_records
+from medvl.errors import MedVLDataError
+
+
+def pil_loader(path: str) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def npy_loader(path: str) -> np.ndarray:
+    return np.load(path).astype(np.float32)
+
+
+LOADERS = {"image_loader": pil_loader, "volume_loader": npy_loader}
+
+
+def make_dataset_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(tmp_path / "b.png")
+    vol = np.full((20, 40, 40), -1000, np.int16)
+    vol[5:15, 10:30, 10:30] = 40
+    np.save(tmp_path / "ct.npy", vol)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    rows = [
+        {"id": "img", "messages": [{"role": "user", "content": "<image>\nWhat is shown?"},
+                                    {"role": "assistant", "content": "A chest radiograph."}], "images": ["a.png"]},
+        {"id": "vol", "messages": [{"role": "user", "content": "<volume>\nAny nodule?"},
+                                    {"role": "assistant", "content": "No nodule."},
+                                    {"role": "user", "content": "<image> And here?"},
+                                    {"role": "assistant", "content": "Normal."}], "volumes": ["ct.npy"], "images": ["b.png"]},
+        {"id": "text", "messages": [{"role": "user", "content": "Define effusion."},
+                                     {"role": "assistant", "content": "Fluid in the pleural space."}]},
+        {"id": "missing", "messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "x"}],
+         "images": ["nope.png"]},
+        {"id": "corrupt", "messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "x"}],
+         "images": ["broken.png"]},
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return tmp_path / "d.jsonl"
+
+
+def test_items_carry_tokens_labels_and_media(tmp_path, tiny_processor):
+    records = load_records(make_dataset_dir(tmp_path))
+    ds = ConversationDataset(records[:3], tiny_processor, **LOADERS)
+    p = tiny_processor
+    img = ds[0]
+    assert (img["input_ids"] == p.image_token_id).sum() == p.num_image_tokens
+    assert img["pixel_values"].shape == (1, 3, 64, 64) and "volume_values" not in img
+    sup = img["labels"] != IGNORE_INDEX
+    assert p.tokenizer.decode(img["input_ids"][sup]) == "A chest radiograph.<|im_end|>"
+    vol = ds[1]
+    assert (vol["input_ids"] == p.volume_token_id).sum() == p.num_volume_tokens
+    assert vol["volume_values"].shape == (1, 1, 16, 64, 64) and vol["pixel_values"].shape == (1, 3, 64, 64)
+    assert p.tokenizer.decode(vol["input_ids"][vol["labels"] != IGNORE_INDEX]) == "No nodule.<|im_end|>Normal.<|im_end|>"
+    text = ds[2]
+    assert set(text) == {"input_ids", "labels", "id"}
+    assert len(ds.lengths()) == 3 and ds.lengths()[0] == len(img["input_ids"])
+
+
+def test_prompt_mode_equals_processor_inference_path(tmp_path, tiny_processor):
+    """The training/eval dataset and the processor's own inference path give identical tensors."""
+    records = load_records(make_dataset_dir(tmp_path))
+    ds = ConversationDataset(records[:2], tiny_processor, mode="prompt", **LOADERS)
+    for i, rec in enumerate(records[:2]):
+        item = ds[i]
+        msgs = rec.messages[:-1]
+        prompt = tiny_processor.apply_chat_template(msgs, add_generation_prompt=True)
+        images = [pil_loader(x) for x in rec.images]
+        volumes = [npy_loader(x) for x in rec.volumes]
+        ref = tiny_processor(text=prompt, images=images or None, volumes=volumes or None)
+        assert item["input_ids"].tolist() == ref["input_ids"][0].tolist()
+        assert "labels" not in item
+        for key in ("pixel_values", "volume_values"):
+            if key in ref:
+                torch.testing.assert_close(item[key], ref[key], rtol=0, atol=0)
+        # and the training sample starts with exactly this prompt
+        train = ConversationDataset([rec], tiny_processor, **LOADERS)[0]["input_ids"].tolist()
+        if len(rec.messages) == 2:
+            assert train[: len(item["input_ids"])] == item["input_ids"].tolist()
+
+
+def test_lazy_errors_name_record_and_file_or_skip_and_count(tmp_path, tiny_processor):
+    records = load_records(make_dataset_dir(tmp_path))
+    strict = ConversationDataset(records, tiny_processor, **LOADERS)
+    with pytest.raises(MedVLDataError, match=r"record 'missing'.*nope.png.*image file not found"):
+        strict[3]
+    with pytest.raises(MedVLDataError, match=r"record 'corrupt'.*broken.png.*cannot read image"):
+        strict[4]
+    lenient = ConversationDataset(records, tiny_processor, on_error="skip", **LOADERS)
+    assert lenient[3]["id"] == "img"  # 3 and 4 are bad: wraps around to the first good record
+    assert lenient.skipped["error"] == 2
+
+
+def test_overlong_is_skipped_and_counted_or_raises(tmp_path, tiny_processor):
+    records = load_records(make_dataset_dir(tmp_path))[:3]
+    probe = ConversationDataset(records, tiny_processor, **LOADERS)
+    n_img, n_vol, n_text = probe.lengths()
+    limit = n_text  # the text-only sample fits, the media samples (16/8 placeholders each) do not
+    assert n_img > limit and n_vol > limit
+    ds = ConversationDataset(records, tiny_processor, max_length=limit, **LOADERS)
+    assert ds[0]["id"] == "text" and ds.skipped["overlong"] == 2
+    strict = ConversationDataset(records, tiny_processor, max_length=limit, on_overlong="error", **LOADERS)
+    with pytest.raises(OverlongSampleError, match=rf"record 'img'.*{n_img} tokens"):
+        strict[0]
+    with pytest.raises(ValueError, match="valid choices: skip, error"):
+        ConversationDataset(records, tiny_processor, on_overlong="truncate")
+
+
+def test_mix_records_by_weight():
+    a = [Record(f"a{i}", [{"role": "user", "content": "q"}]) for i in range(10)]
+    b = [Record(f"b{i}", [{"role": "user", "content": "q"}]) for i in range(4)]
+    mixed = mix_records([(a, 0.5), (b, 2.0)], seed=1)
+    ids = [r.id for r in mixed]
+    assert sum(i.startswith("a") for i in ids) == 5 and len(set(i for i in ids if i.startswith("a"))) == 5
+    assert sorted(i for i in ids if i.startswith("b")) == sorted([f"b{i}" for i in range(4)] * 2)
+    assert [r.id for r in mix_records([(a, 0.5), (b, 2.0)], seed=1)] == ids  # deterministic
+    with pytest.raises(ValueError, match=">= 0"):
+        mix_records([(a, -1.0)])
