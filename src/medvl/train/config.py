@@ -1,0 +1,238 @@
+"""``TrainConfig``: the typed configuration of ``medvl train`` (sections model, data, train, output).
+
+A recipe is a YAML file with these four sections; ``key=value`` overrides on the command line use
+the same dotted names (``train.parts.llm.mode=lora``, ``train.lr=2e-4``). Unknown keys and invalid
+choices are errors that list what is valid (see :mod:`medvl.utils.config`).
+
+Example::
+
+    model:
+      path: /path/to/MedM-VL-2D-3B-en        # start from a checkpoint directory ...
+    data:
+      train: [data/train.jsonl]
+    train:
+      stage: finetune_lora
+      parts:
+        llm: {mode: lora}
+        connector: {mode: full, lr: 2e-5}
+      lora: {r: 128, alpha: 256}
+      lr: 2e-4
+    output:
+      dir: runs/my-lora
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from medvl.utils.config import from_dict, load_config
+
+PartMode = Literal["frozen", "full", "lora"]
+PART_NAMES: tuple[str, ...] = ("llm", "vision", "volume", "connector")
+
+
+@dataclass
+class PartConfig:
+    """How one trainable part is trained."""
+
+    mode: PartMode = "frozen"
+    # Learning rate of this part; None means ``train.lr``. Stage 2 of LLaVA-style recipes often
+    # gives the connector or the encoder a different rate than the LLM.
+    lr: float | None = None
+
+
+@dataclass
+class PartsConfig:
+    """Mode and learning rate of each part. Parts the model does not have are ignored."""
+
+    llm: PartConfig = field(default_factory=lambda: PartConfig("full"))
+    vision: PartConfig = field(default_factory=PartConfig)
+    volume: PartConfig = field(default_factory=PartConfig)
+    connector: PartConfig = field(default_factory=lambda: PartConfig("full"))
+
+    def items(self) -> list[tuple[str, PartConfig]]:
+        """(part name, its config) in the canonical order."""
+        return [(name, getattr(self, name)) for name in PART_NAMES]
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters (used by the parts whose mode is ``lora``)."""
+
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    # Names (suffixes) of the linear layers to adapt, e.g. [q_proj, v_proj]. Empty: every linear
+    # layer of the LoRA parts except the output head (what MedM-VL's find_all_linear_names does).
+    targets: list[str] = field(default_factory=list)
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+@dataclass
+class ModelSection:
+    """Where the model comes from: a checkpoint directory or a build spec."""
+
+    # A medvl checkpoint directory (a MedVL model saved by ``medvl build``/``train``/``convert``),
+    # or a LoRA adapter directory written by ``medvl train`` (merged into its base on load).
+    path: str | None = None
+    # A ``medvl.build.ModelSpec`` as a mapping (used when ``path`` is not set): LLM, encoders and
+    # connector named as local paths or configs. Checked against ModelSpec's fields on use.
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    """Training and validation data."""
+
+    # Dataset files (native JSON/JSONL or MedM-VL/LLaVA JSON); several are concatenated.
+    train: list[str] = field(default_factory=list)
+    # Validation files; if empty and ``eval_fraction`` > 0, that fraction of ``train`` is held out.
+    eval: list[str] = field(default_factory=list)
+    eval_fraction: float = 0.0
+    # Media paths in the records are relative to this folder (default: each file's folder).
+    root: str | None = None
+    # Chat template name (None: the processor's own template).
+    template: str | None = None
+    max_length: int = 2048
+    # A bad sample (missing file, wrong marker count, empty answer): stop with an error naming it,
+    # or skip it and count it.
+    on_error: Literal["raise", "skip"] = "raise"
+    # A sample longer than max_length: stop, skip it, or drop text turns from the end (media tokens
+    # are never cut).
+    on_overlong: Literal["raise", "skip", "truncate"] = "raise"
+    # Concatenate several samples per row (padding-free, position_ids restart per sample).
+    packing: bool = False
+    num_workers: int = 0
+
+
+@dataclass
+class TrainSection:
+    """Optimisation settings. Anything else of transformers' TrainingArguments goes in hf_args."""
+
+    # Free label recorded with the run (pretrain, finetune, finetune_lora, ...). What trains is
+    # decided by ``parts`` alone, never implicitly by the stage name.
+    stage: str = "custom"
+    parts: PartsConfig = field(default_factory=PartsConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    # Stop after this many optimiser steps (overrides epochs when > 0).
+    max_steps: int = -1
+    batch_size: int = 8  # per device
+    eval_batch_size: int | None = None  # per device; None: batch_size
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    scheduler: Literal["cosine", "linear", "constant_with_warmup", "constant"] = "cosine"
+    max_grad_norm: float = 1.0
+    # fp32, or bf16 autocast with fp32 master weights (on CPU bf16 is only faster for big models).
+    precision: Literal["fp32", "bf16"] = "fp32"
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int | None = 2
+    # Evaluate every this many steps (None: at save_steps); only when there is a validation split.
+    eval_steps: int | None = None
+    # Continue from the last complete checkpoint in output.dir (optimizer, scheduler, data order,
+    # RNG). With no checkpoint there the run starts from scratch, so resume=true is safe to always set.
+    resume: bool = False
+    seed: int = 42
+    # A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); launch with torchrun or deepspeed.
+    deepspeed: str | None = None
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    progress_bar: bool = True
+    # Passed to transformers.TrainingArguments as is and wins over the fields above, e.g.
+    # {fsdp: "full_shard auto_wrap", dataloader_pin_memory: false}.
+    hf_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OutputSection:
+    """Where the run writes: checkpoints, logs, the resolved config and the final model."""
+
+    dir: str = "runs/medvl"
+    # Allow writing into a folder that already holds another run's files (without resume).
+    overwrite: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Root of ``medvl train`` configs."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a training recipe plus dotted overrides, and check it.
+
+    Args:
+        path: the YAML recipe (None: defaults only).
+        overrides: ``dotted.key=value`` strings applied on top of the file.
+    """
+    cfg = load_config(TrainConfig, path, overrides)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check what the typed loader cannot: value ranges and cross-field rules.
+
+    Args:
+        cfg: the configuration to check; raises ``ValueError`` naming the key.
+    """
+    if cfg.model.path is None and not cfg.model.spec:
+        raise ValueError("model: set model.path (a checkpoint directory) or model.spec (a build spec)")
+    if cfg.model.path is not None and cfg.model.spec:
+        raise ValueError("model: set model.path or model.spec, not both")
+    if cfg.model.spec:
+        from medvl.build import ModelSpec  # checks the spec's keys and choices now, not after data loading
+
+        from_dict(ModelSpec, cfg.model.spec, prefix="model.spec.")
+    t = cfg.train
+    for key, value in (("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
+                       ("train.save_steps", t.save_steps), ("train.logging_steps", t.logging_steps),
+                       ("train.lora.r", t.lora.r), ("data.max_length", cfg.data.max_length)):
+        if value < 1:
+            raise ValueError(f"{key} must be >= 1, got {value}")
+    if not 0.0 <= cfg.data.eval_fraction < 1.0:
+        raise ValueError(f"data.eval_fraction must be in [0, 1), got {cfg.data.eval_fraction}")
+    if not 0.0 <= t.lora.dropout < 1.0:
+        raise ValueError(f"train.lora.dropout must be in [0, 1), got {t.lora.dropout}")
+    if not 0.0 <= t.warmup_ratio <= 1.0:
+        raise ValueError(f"train.warmup_ratio must be in [0, 1], got {t.warmup_ratio}")
+    if t.lr <= 0:
+        raise ValueError(f"train.lr must be > 0, got {t.lr}")
+    for name, part in t.parts.items():
+        if part.lr is not None and part.lr <= 0:
+            raise ValueError(f"train.parts.{name}.lr must be > 0, got {part.lr}")
+    if all(part.mode == "frozen" for _, part in t.parts.items()):
+        raise ValueError("train.parts: every part is frozen, nothing would train; set a part's mode to full or lora")
+    check_hf_args(t.hf_args)
+
+
+def check_hf_args(hf_args: dict[str, Any]) -> None:
+    """Reject keys that transformers' ``TrainingArguments`` does not have (with close matches).
+
+    Args:
+        hf_args: the ``train.hf_args`` mapping.
+    """
+    if not hf_args:
+        return
+    from transformers import TrainingArguments
+
+    valid = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key in hf_args:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise ValueError(
+                f"train.hf_args.{key} is not a transformers TrainingArguments field{hint}; "
+                f"valid fields: {', '.join(sorted(valid))}"
+            )

@@ -1,0 +1,371 @@
+"""``run_training(cfg)``: build or load the model, set its parts, build the data, train, save.
+
+Output folder layout::
+
+    config.yaml          the resolved configuration (re-runnable: medvl train config.yaml)
+    env.json             package versions, git revision, command line, world size
+    checkpoint-<step>/   periodic checkpoints (complete or absent: written atomically)
+    runs/                TensorBoard logs
+    base_model/          LoRA runs on a model built from a spec: the base the adapter refers to
+    model/               the final model: a self-contained checkpoint, or (LoRA) an adapter folder
+                         (merge with `medvl export --merge-lora`)
+    metrics.json         final train / eval numbers and the log history
+    loss.png             training (and eval) loss curve
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medvl.train.checkpoint import atomic_dir, clean_staging
+from medvl.train.config import TrainConfig, validate
+from medvl.train.lora import is_adapter_dir, is_peft_model, load_model, merge_lora, save_extra_trainable
+from medvl.utils.config import from_dict, to_dict
+
+logger = logging.getLogger(__name__)
+
+FINAL_MODEL_DIR = "model"
+BASE_MODEL_DIR = "base_model"
+_PACKAGES = ("medvl", "torch", "transformers", "peft", "accelerate", "deepspeed", "tokenizers", "safetensors",
+             "monai", "numpy")
+
+
+def final_model_dir(output_dir: str | Path) -> Path:
+    """Where :func:`run_training` leaves the trained model inside its output folder.
+
+    Args:
+        output_dir: the run's ``output.dir``.
+    """
+    return Path(output_dir) / FINAL_MODEL_DIR
+
+
+# ---------------------------------------------------------------------------- run metadata
+def environment_info() -> dict[str, Any]:
+    """Package versions, Python, platform and the git revision of the medvl source tree."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions,
+        "git": git_revision(Path(__file__).resolve().parent),
+        "argv": sys.argv,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+
+
+def git_revision(folder: Path) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the git work tree holding ``folder`` (None outside git).
+
+    Args:
+        folder: any folder inside the work tree.
+    """
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                                capture_output=True, text=True, timeout=10)
+        return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_run_info(cfg: TrainConfig, output_dir: Path) -> None:
+    """Write ``config.yaml`` (resolved) and ``env.json`` into the output folder.
+
+    Args:
+        cfg: the resolved configuration.
+        output_dir: the run's output folder.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    (output_dir / "env.json").write_text(json.dumps(environment_info(), indent=2), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- model
+def load_or_build_model(cfg: TrainConfig) -> tuple[Any, Any]:
+    """The model and processor named by ``cfg.model`` (a checkpoint folder or a build spec).
+
+    A LoRA adapter folder as ``model.path`` is merged into its base first, so that training goes on
+    from the adapted weights with fresh adapters.
+
+    Args:
+        cfg: the training configuration.
+    """
+    from transformers import AutoProcessor
+
+    if cfg.model.path is not None:
+        path = Path(cfg.model.path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model.path {path} is not a folder (a checkpoint directory is expected)")
+        if is_adapter_dir(path):
+            from medvl.train.lora import load_with_adapter
+
+            logger.info("model.path %s is a LoRA adapter: merging it into its base before training", path)
+            model = load_with_adapter(path).merge_and_unload()
+        else:
+            model = load_model(path)
+        processor = AutoProcessor.from_pretrained(path)
+        return model, processor
+    from medvl.build import ModelSpec, build_model
+
+    spec = from_dict(ModelSpec, cfg.model.spec, prefix="model.spec.")
+    return build_model(spec)
+
+
+# ---------------------------------------------------------------------------- data
+def build_datasets(cfg: TrainConfig, processor: Any, model: Any) -> tuple[Any, Any | None, Any]:
+    """Training set, validation set (or None) and collator from ``cfg.data``.
+
+    Args:
+        cfg: the training configuration.
+        processor: the model's processor.
+        model: the model (its config gives the media token counts).
+    """
+    from medvl.data.collator import build_collator
+    from medvl.data.dataset import build_dataset
+
+    if not cfg.data.train:
+        raise ValueError("data.train: no training files given")
+    d = cfg.data
+    common = dict(processor=processor, root=d.root, template=d.template, max_length=d.max_length,
+                  on_error=d.on_error, on_overlong=d.on_overlong)
+    train = build_dataset(d.train, **common)
+    evaluation = build_dataset(d.eval, **common) if d.eval else None
+    if evaluation is None and d.eval_fraction > 0:
+        train, evaluation = split_dataset(train, d.eval_fraction, cfg.train.seed)
+    collator = build_collator(processor, packing=d.packing, max_length=d.max_length)
+    return train, evaluation, collator
+
+
+def split_dataset(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """Hold out ``fraction`` of ``dataset`` (a seeded random subset) as the validation split.
+
+    Args:
+        dataset: a map-style dataset.
+        fraction: share held out, in (0, 1).
+        seed: the run's seed (the split is the same on every rank and on resume).
+    """
+    import torch
+    from torch.utils.data import Subset
+
+    n = len(dataset)
+    n_eval = max(1, round(n * fraction))
+    if n_eval >= n:
+        raise ValueError(f"data.eval_fraction={fraction} leaves no training samples out of {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(dataset, sorted(order[n_eval:])), Subset(dataset, sorted(order[:n_eval]))
+
+
+# ---------------------------------------------------------------------------- training arguments
+def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
+    """transformers ``TrainingArguments`` from ``cfg.train`` (``hf_args`` win).
+
+    Args:
+        cfg: the training configuration.
+        has_eval: whether there is a validation split (turns on periodic evaluation).
+    """
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    kwargs: dict[str, Any] = dict(
+        output_dir=cfg.output.dir,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size or t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        weight_decay=t.weight_decay,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        lr_scheduler_type=t.scheduler,
+        max_grad_norm=t.max_grad_norm,
+        bf16=t.precision == "bf16",
+        activation_checkpointing=t.gradient_checkpointing,
+        # non-reentrant checkpointing needs no input that requires grad: works with frozen embeddings
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=(t.eval_steps or t.save_steps) if has_eval else None,
+        seed=t.seed,
+        report_to=list(t.report_to) or "none",
+        disable_tqdm=not t.progress_bar,
+        deepspeed=t.deepspeed,
+        dataloader_num_workers=cfg.data.num_workers,
+        # the batch keys (pixel_values, volume_values, ...) are not in every forward signature PEFT shows
+        remove_unused_columns=False,
+        label_names=["labels"],
+    )
+    kwargs.update(t.hf_args)
+    return TrainingArguments(**kwargs)
+
+
+# ---------------------------------------------------------------------------- saving
+def save_final_model(model: Any, processor: Any, output_dir: Path, base_dir: Path | None) -> Path:
+    """Write the trained model to ``output_dir/model`` atomically.
+
+    Args:
+        model: the trained model (plain, or a PeftModel for LoRA runs).
+        processor: its processor (saved alongside).
+        output_dir: the run's output folder.
+        base_dir: LoRA only: the base checkpoint folder the adapter refers to.
+    """
+    final = final_model_dir(output_dir)
+    with atomic_dir(final) as staging:
+        if is_peft_model(model):
+            if base_dir is None:
+                raise ValueError("a LoRA model needs its base checkpoint folder to be saved")
+            model.peft_config["default"].base_model_name_or_path = str(Path(base_dir).resolve())
+            model.save_pretrained(staging)
+            save_extra_trainable(model, staging)
+        else:
+            model.save_pretrained(staging)
+        if processor is not None:
+            processor.save_pretrained(staging)
+    return final
+
+
+def _prepare_output_dir(cfg: TrainConfig, is_main: bool) -> Path | None:
+    """Check the output folder and find the checkpoint to resume from (None: start fresh)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(cfg.output.dir)
+    if is_main:
+        clean_staging(out)
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if cfg.train.resume:
+        if last is None:
+            logger.info("train.resume: no checkpoint in %s, starting from scratch", out)
+        else:
+            logger.info("train.resume: continuing from %s", last)
+        return Path(last) if last else None
+    occupied = out.is_dir() and (last is not None or final_model_dir(out).exists())
+    if occupied and not cfg.output.overwrite:
+        raise FileExistsError(
+            f"output.dir {out} already holds a run (checkpoints or a final model); set train.resume=true to "
+            "continue it, output.overwrite=true to train over it, or choose another output.dir"
+        )
+    return None
+
+
+def run_training(cfg: TrainConfig, *, model: Any = None, processor: Any = None) -> Path:
+    """Train as configured; return the output folder (the final model is in ``<output>/model``).
+
+    Args:
+        cfg: the configuration (``load_train_config`` / ``medvl train``).
+        model: an already built model to train instead of ``cfg.model`` (Python API use).
+        processor: its processor (required with ``model``).
+    """
+    from transformers import set_seed
+
+    from medvl.train.parts import apply_parts, describe
+    from medvl.train.trainer import MedVLTrainer
+
+    if model is None:
+        validate(cfg)
+    elif processor is None:
+        raise ValueError("run_training(model=...) needs the model's processor too")
+    rank = int(os.environ.get("RANK", "0"))
+    is_main = rank == 0
+    resume_from = _prepare_output_dir(cfg, is_main)
+    out = Path(cfg.output.dir)
+    if is_main:
+        write_run_info(cfg, out)
+
+    # Same seed before building: every rank starts from identical random weights.
+    set_seed(cfg.train.seed)
+    if model is None:
+        model, processor = load_or_build_model(cfg)
+    uses_lora = any(part.mode == "lora" for _, part in cfg.train.parts.items())
+    base_dir = None
+    if uses_lora:
+        if cfg.model.path is not None and not is_adapter_dir(cfg.model.path):
+            base_dir = Path(cfg.model.path).resolve()
+        else:
+            # The adapter must refer to weights on disk: keep the starting model next to the run.
+            base_dir = (out / BASE_MODEL_DIR).resolve()
+            if is_main and not (base_dir / "config.json").is_file():
+                with atomic_dir(base_dir) as staging:
+                    model.save_pretrained(staging)
+                    processor.save_pretrained(staging)
+    if getattr(model.config, "use_cache", None) is not None:
+        model.config.use_cache = False  # no KV cache while training (and required by checkpointing)
+    model = apply_parts(model, cfg.train.parts, cfg.train.lora)
+    logger.info("stage %s, trainable parts:\n%s", cfg.train.stage, describe(model, cfg.train.parts, cfg.train.lr))
+
+    train_set, eval_set, collator = build_datasets(cfg, processor, model)
+    args = training_arguments(cfg, has_eval=eval_set is not None)
+    trainer = MedVLTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=collator,
+        parts=cfg.train.parts,
+    )
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    metrics: dict[str, Any] = {"train": result.metrics, "global_step": result.global_step}
+    if eval_set is not None:
+        metrics["eval"] = trainer.evaluate()
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        save_final_model(unwrapped, processor, out, base_dir)
+        metrics["log_history"] = trainer.state.log_history
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+        plot_loss(trainer.state.log_history, out / "loss.png")
+    trainer.accelerator.wait_for_everyone()
+    logger.info("training finished: %s (final model in %s)", out, final_model_dir(out))
+    return out
+
+
+def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Draw the training (and validation) loss against the step as a PNG.
+
+    Args:
+        log_history: ``trainer.state.log_history``.
+        path: the PNG to write.
+    """
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h and "step" in h]
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(*zip(*train), label="train")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["run_training", "final_model_dir", "merge_lora", "save_final_model", "training_arguments"]
