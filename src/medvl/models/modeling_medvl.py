@@ -1,0 +1,398 @@
+"""MedVL: a LLaVA-style medical LVLM (2D tower and/or 3D encoder + connectors + any causal LM).
+
+REMOTE-CODE SAFE: imports only torch/transformers and siblings (copied into checkpoints).
+
+Reads top to bottom like transformers' ``modeling_llava.py``:
+
+1. ``get_image_features`` / ``get_volume_features``: encoder -> feature layer(s) -> token selection
+   -> connector, giving (N_items, tokens_per_item, llm_hidden).
+2. ``check_placeholders``: the placeholder tokens of every batch row must add up to the features;
+   a mismatch raises naming the row(s).
+3. ``merge_media``: ``inputs_embeds.masked_scatter`` puts the features at the placeholders.
+4. Training (``labels`` given): the LLM's decoder runs without cache, and the LM head is applied
+   only at supervised positions (labels != -100), so no (B, L, vocab) tensor is ever built for the
+   prompt and media positions. Inference: the whole causal LM runs (full logits or
+   ``logits_to_keep``, KV cache).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers import initialization as init
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration_medvl import MedVLConfig, prefix_token_count
+from .connectors import AttnPoolConnector, build_connector
+from .vit3d import Vit3DConfig, Vit3DModel
+
+IGNORE_INDEX = -100
+
+
+def select_features(
+    hidden_states: tuple[torch.Tensor, ...], feature_layer: int | list[int], select: str, num_prefix: int
+) -> torch.Tensor:
+    """Pick the encoder layer(s) and tokens that feed a connector.
+
+    Args:
+        hidden_states: the encoder's per-layer hidden states (embeddings first).
+        feature_layer: one index or a list (concatenated along the hidden axis).
+        select: "patch" (drop the ``num_prefix`` CLS/register tokens), "cls" (first token only)
+            or "all".
+        num_prefix: CLS/register tokens in front of the patches.
+    """
+    layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
+    picked = []
+    for index in layers:
+        states = hidden_states[index]
+        if select == "patch":
+            states = states[:, num_prefix:]
+        elif select == "cls":
+            states = states[:, :1]
+        picked.append(states)
+    return picked[0] if len(picked) == 1 else torch.cat(picked, dim=-1)
+
+
+class MedVLPreTrainedModel(PreTrainedModel):
+    config: MedVLConfig
+    config_class = MedVLConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only our own modules get here: sub-models (LLM, towers, Vit3D) are PreTrainedModels and
+        # transformers dispatches their own _init_weights. The `init` functions skip parameters
+        # already loaded from a checkpoint, so pretrained parts keep their weights bit for bit.
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.MultiheadAttention):
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+            init.zeros_(module.out_proj.bias)
+        elif isinstance(module, AttnPoolConnector):
+            init.normal_(module.query, mean=0.0, std=std)
+        elif isinstance(module, MedVLForConditionalGeneration) and module.volume_slice_embedding is not None:
+            # zero: an untrained slice embedding leaves the slice features unchanged
+            init.zeros_(module.volume_slice_embedding)
+
+
+class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
+    """Encoders + connectors + ``AutoModelForCausalLM``.
+
+    Submodules: ``vision_tower`` (2D, optional), ``image_connector``, ``volume_encoder`` (Vit3D or a
+    2D tower run per slice, optional), ``volume_connector``, ``volume_slice_embedding`` (slicewise),
+    ``language_model`` (the full causal LM with its head).
+    """
+
+    def __init__(self, config: MedVLConfig):
+        super().__init__(config)
+        llm_hidden = config.text_config.hidden_size
+        self.vision_tower = None
+        self.image_connector = None
+        if config.vision_config is not None:
+            self.vision_tower = AutoModel.from_config(config.vision_config)
+            _, grid = config.image_token_layout()
+            self.image_connector = build_connector(
+                config.image_connector_config, config.image_feature_size(), llm_hidden, grid
+            )
+        self.volume_encoder = None
+        self.volume_connector = None
+        self.volume_slice_embedding = None
+        if config.volume_config is not None:
+            if config.volume_encoder == "vit3d":
+                self.volume_encoder = Vit3DModel(config.volume_config)
+            else:
+                self.volume_encoder = AutoModel.from_config(config.volume_config)
+                if config.slice_position_embedding:
+                    self.volume_slice_embedding = nn.Parameter(
+                        torch.zeros(config.volume_num_slices, config.volume_feature_size())
+                    )
+            _, grid = config.volume_token_layout()
+            self.volume_connector = build_connector(
+                config.volume_connector_config, config.volume_feature_size(), llm_hidden, grid
+            )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+
+    # ------------------------------------------------------------------ embeddings / LLM access
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_decoder(self) -> nn.Module:
+        """The LLM's transformer stack without the LM head."""
+        return self.language_model.get_decoder()
+
+    # ------------------------------------------------------------------ 1. media features
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encode 2D images into LLM embeddings.
+
+        Args:
+            pixel_values: (N, 3, H, W) float, all images of the batch in text order.
+
+        Returns:
+            (N, config.num_image_tokens, llm_hidden).
+        """
+        if self.vision_tower is None:
+            raise ValueError("this model has no 2D vision tower (vision_config is None) but got pixel_values")
+        tower_dtype = next(self.vision_tower.parameters()).dtype
+        outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True)
+        features = select_features(
+            outputs.hidden_states,
+            self.config.image_feature_layer,
+            self.config.image_feature_select,
+            prefix_token_count(self.config.vision_config),
+        )
+        return self.image_connector(features)
+
+    def get_volume_features(self, volume_values: torch.Tensor) -> torch.Tensor:
+        """Encode 3D volumes into LLM embeddings.
+
+        Args:
+            volume_values: (N, C, D, H, W) float, all volumes of the batch in text order.
+
+        Returns:
+            (N, config.num_volume_tokens, llm_hidden).
+        """
+        if self.volume_encoder is None:
+            raise ValueError("this model has no volume encoder (volume_config is None) but got volume_values")
+        if volume_values.ndim != 5:
+            raise ValueError(f"volume_values must be (N, C, D, H, W), got shape {tuple(volume_values.shape)}")
+        encoder_dtype = next(self.volume_encoder.parameters()).dtype
+        volume_values = volume_values.to(encoder_dtype)
+        if self.config.volume_encoder == "vit3d":
+            outputs = self.volume_encoder(volume_values, output_hidden_states=True)
+            features = select_features(
+                outputs.hidden_states,
+                self.config.volume_feature_layer,
+                self.config.volume_feature_select,
+                int(self.config.volume_config.use_cls_token),
+            )
+            return self.volume_connector(features)
+        # slicewise: (N, C, D, H, W) -> (N*D, C, H, W), slice index fastest within a volume (MedM-VL)
+        n, c, d, h, w = volume_values.shape
+        if d != self.config.volume_num_slices:
+            raise ValueError(f"slicewise volume encoder expects {self.config.volume_num_slices} slices, got {d}")
+        slices = volume_values.permute(0, 2, 1, 3, 4).reshape(n * d, c, h, w)
+        outputs = self.volume_encoder(slices, output_hidden_states=True, return_dict=True)
+        features = select_features(
+            outputs.hidden_states,
+            self.config.volume_feature_layer,
+            self.config.volume_feature_select,
+            prefix_token_count(self.config.volume_config),
+        )
+        features = features.reshape(n, d, features.shape[1], features.shape[2])
+        if self.volume_slice_embedding is not None:
+            features = features + self.volume_slice_embedding[None, :, None, :].to(features.dtype)
+        return self.volume_connector(features.reshape(n, d * features.shape[2], features.shape[3]))
+
+    # ------------------------------------------------------------------ 2. count check
+    @staticmethod
+    def check_placeholders(
+        input_ids: torch.Tensor, token_id: int, features: torch.Tensor, kind: str
+    ) -> torch.Tensor:
+        """Return the placeholder mask (B, L) after checking it matches the features.
+
+        Args:
+            input_ids: (B, L) token ids.
+            token_id: the placeholder id of this modality.
+            features: (N_items, tokens_per_item, hidden).
+            kind: "image" or "volume" (for the message).
+
+        Raises:
+            ValueError: naming the batch row(s) whose placeholder count is not a whole number of
+                items, or listing every row's count when the total disagrees with the items given.
+        """
+        mask = input_ids == token_id
+        per_item = features.shape[1]
+        counts = mask.sum(dim=-1).tolist()
+        bad_rows = [row for row, count in enumerate(counts) if count % per_item]
+        if bad_rows:
+            details = ", ".join(f"row {row} has {counts[row]}" for row in bad_rows)
+            raise ValueError(
+                f"{kind} placeholder count mismatch: batch {details} {kind} placeholder tokens, not a multiple of "
+                f"the {per_item} tokens one {kind} takes (was the text tokenised by this model's processor?)"
+            )
+        total_items = sum(counts) // per_item
+        if total_items != features.shape[0]:
+            rows = ", ".join(f"row {row}: {count // per_item}" for row, count in enumerate(counts) if count)
+            raise ValueError(
+                f"{kind} placeholder count mismatch: the batch rows hold placeholders for {total_items} {kind}(s) "
+                f"({rows or 'none'}), but {features.shape[0]} {kind}(s) were given"
+            )
+        return mask
+
+    # ------------------------------------------------------------------ 3. merge
+    def merge_media(
+        self,
+        input_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        volume_values: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Replace image / volume placeholder embeddings by media features.
+
+        Args:
+            input_ids: (B, L) token ids (placeholders included).
+            inputs_embeds: (B, L, hidden) text embeddings.
+            pixel_values: (N_images, 3, H, W) or None.
+            volume_values: (N_volumes, C, D, H, W) or None.
+        """
+        for kind, values, token_id, encode in (
+            ("image", pixel_values, self.config.image_token_id, self.get_image_features),
+            ("volume", volume_values, self.config.volume_token_id, self.get_volume_features),
+        ):
+            if values is None:
+                if token_id is not None and bool((input_ids == token_id).any()):
+                    rows = torch.nonzero((input_ids == token_id).any(-1)).flatten().tolist()
+                    raise ValueError(f"batch row(s) {rows} contain {kind} placeholders but no {kind} inputs were given")
+                continue
+            if values.shape[0] == 0:
+                continue
+            features = encode(values).to(inputs_embeds.device, inputs_embeds.dtype)
+            mask = self.check_placeholders(input_ids, token_id, features, kind)
+            inputs_embeds = inputs_embeds.masked_scatter(
+                mask.unsqueeze(-1).to(inputs_embeds.device), features.reshape(-1, features.shape[-1])
+            )
+        return inputs_embeds
+
+    # ------------------------------------------------------------------ 4. forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        volume_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        past_key_values=None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Run the model.
+
+        Args:
+            input_ids: (B, L) ids with ``num_image_tokens`` / ``num_volume_tokens`` placeholders per item.
+            pixel_values: (N_images, 3, H, W), images of all rows in text order.
+            volume_values: (N_volumes, C, D, H, W), volumes of all rows in text order.
+            attention_mask: (B, L).
+            position_ids: (B, L) or (1, L) for packed (padding-free) rows.
+            cache: KV cache (generation).
+            inputs_embeds: text embeddings instead of input_ids (media cannot then be merged).
+            labels: (B, L), NOT shifted, -100 where unsupervised. When given, the output ``logits``
+                are (K, vocab) for the K supervised positions only (in row-major order) and ``loss``
+                is their mean cross-entropy (or sum / ``num_items_in_batch``).
+            use_cache: forced off when training with labels.
+            logits_to_keep: inference only: keep the last N positions' logits (0 = all).
+            num_items_in_batch: total supervised tokens over gradient-accumulation steps (HF Trainer).
+            past_key_values: older name of ``cache``.
+        """
+        if cache is None:
+            cache = past_key_values
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+            # Without media, a prompt (no cache yet) must not hold placeholders either; decode steps
+            # are not checked: a generated token may legitimately be a marker id.
+            prefill = cache is None or cache.get_seq_length() == 0
+            if pixel_values is not None or volume_values is not None or prefill:
+                inputs_embeds = self.merge_media(input_ids, inputs_embeds, pixel_values, volume_values)
+        elif pixel_values is not None or volume_values is not None:
+            raise ValueError("media inputs need input_ids (placeholders) to be merged, not inputs_embeds")
+
+        if labels is None:
+            return self.language_model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+
+        outputs = self.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        # position p predicts token p+1; the last position of each row predicts nothing
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(hidden.device)
+        supervised = targets != IGNORE_INDEX
+        logits = self.get_output_embeddings()(hidden[supervised])
+        logits = self._scale_logits(logits)
+        loss = F.cross_entropy(logits.float(), targets[supervised], reduction="sum")
+        # mean over supervised tokens; with gradient accumulation the HF Trainer passes the total
+        # over all micro-batches so that every token weighs the same (an empty row gives loss 0)
+        denominator = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp(min=1)
+        if torch.is_tensor(denominator):
+            denominator = denominator.to(loss.device)
+        loss = loss / denominator
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+    def _scale_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        # A few LLM families scale / soft-cap the LM head output (Gemma 2/3, Cohere); mirror them.
+        text_config = self.config.text_config
+        scale = getattr(text_config, "logit_scale", None)
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+            logits = logits * scale
+        softcap = getattr(text_config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    # ------------------------------------------------------------------ generation
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor | None = None,
+        volume_values: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ):
+        """Media go in the prefill step only; later steps decode from the KV cache."""
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, is_first_iteration=is_first_iteration, **kwargs
+        )
+        if is_first_iteration or not kwargs.get("use_cache", True):
+            model_inputs["pixel_values"] = pixel_values
+            model_inputs["volume_values"] = volume_values
+        return model_inputs
+
+
+__all__ = ["MedVLForConditionalGeneration", "MedVLPreTrainedModel", "select_features"]

@@ -1,0 +1,291 @@
+"""A plain 3D Vision Transformer for volumes (N, C, D, H, W).
+
+REMOTE-CODE SAFE: imports only torch/transformers (copied into checkpoints).
+
+The switches of ``Vit3DConfig`` let one parameter layout hold the two public 3D CLIP encoders of
+the field:
+
+* MedM-VL's MedM-CLIP-CT (``vision_encoder`` of ``MedMCLIP``; vit-pytorch style): LayerNorm on the
+  raw patch vector before and after the patch Linear, a CLS token that has a position embedding,
+  post-norm ``nn.TransformerEncoderLayer`` blocks with ReLU, no final norm. Settings:
+  ``patch_norm=True, cls_position_embedding=True, norm_first=False, hidden_act="relu",
+  qkv_bias=True, final_norm=False``.
+* M3D's M3D-CLIP (MONAI ``ViT`` with perceptron patch embedding): pre-norm blocks with GELU,
+  qkv without bias, CLS token appended after the position embeddings, final LayerNorm. Settings:
+  ``patch_norm=False, cls_position_embedding=False, norm_first=True, hidden_act="gelu",
+  qkv_bias=False, final_norm=True, final_norm_in_hidden_states=True`` (M3D-LaMed's select_layer -1
+  is the normed output).
+
+Weight names (``Vit3DModel``) and how the two layouts map onto them (for converters):
+
+==========================================  ====================================  ==========================================
+medvl ``Vit3DModel``                        MedM-CLIP ``vision_encoder.``         M3D-CLIP (MONAI ViT) ``vision_encoder.``
+==========================================  ====================================  ==========================================
+embeddings.patch_norm_in.{weight,bias}      to_patch_embedding.1.*  (permute*)    (absent)
+embeddings.patch_proj.{weight,bias}         to_patch_embedding.2.*  (permute*)    patch_embedding.patch_embeddings.1.* (perm*)
+embeddings.patch_norm_out.{weight,bias}     to_patch_embedding.3.*                (absent)
+embeddings.cls_token (1, 1, d)              cls_token                             cls_token
+embeddings.position_embedding (1, n(+1), d) pos_embedding (n+1 rows)              patch_embedding.position_embeddings (n)
+encoder.layers.i.norm1 / norm2              transformer_layers.i.norm1 / norm2    blocks.i.norm1 / norm2
+encoder.layers.i.attn.qkv.{weight,bias}     transformer_layers.i.self_attn.       blocks.i.attn.qkv.weight
+                                            in_proj_{weight,bias}
+encoder.layers.i.attn.proj                  transformer_layers.i.self_attn.       blocks.i.attn.out_proj
+                                            out_proj
+encoder.layers.i.mlp.fc1 / fc2              transformer_layers.i.linear1 / 2      blocks.i.mlp.linear1 / linear2
+norm                                        (absent)                              norm
+==========================================  ====================================  ==========================================
+
+(*) medvl flattens a patch in Conv3d order ``(c, pd, ph, pw)`` (so ``patch_proj.weight`` reshapes
+to a Conv3d kernel ``(d, c, pd, ph, pw)``). MedM-CLIP flattens ``(ph, pw, pd, c)``; MONAI
+flattens the spatial axes in input order then channels: ``(pd, ph, pw, c)``. A converter permutes
+the input axis of the patch Linear (and of MedM-CLIP's pre-LayerNorm) accordingly. Tokens are in
+(d, h, w) raster order in all three. The packed qkv rows are [q; k; v] with heads contiguous in
+all layouts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+
+
+class Vit3DConfig(PreTrainedConfig):
+    r"""Configuration of ``Vit3DModel``.
+
+    Args:
+        image_size: input volume size (D, H, W).
+        patch_size: patch size (pd, ph, pw); must divide image_size.
+        in_channels: input channels (1 for CT in HU).
+        hidden_size / num_hidden_layers / num_attention_heads / intermediate_size: transformer size.
+        hidden_act: MLP activation (any ``ACT2FN`` key).
+        layer_norm_eps: epsilon of every LayerNorm.
+        qkv_bias: bias on the packed q/k/v projection.
+        norm_first: pre-norm blocks (True) or post-norm (False, torch's TransformerEncoderLayer default).
+        use_cls_token: prepend a learned CLS token.
+        cls_position_embedding: the CLS token has its own position embedding row (vit-pytorch) or not (MONAI).
+        patch_norm: LayerNorm on the raw patch vector and after the patch projection (vit-pytorch).
+        final_norm: a final LayerNorm (``last_hidden_state`` is normed).
+        final_norm_in_hidden_states: ``hidden_states[-1]`` is the normed output (M3D semantics)
+            instead of the last block's raw output (transformers semantics).
+        initializer_range: std of the normal init.
+    """
+
+    model_type = "medvl_vit3d"
+
+    image_size: list[int] | tuple[int, int, int] = (32, 256, 256)
+    patch_size: list[int] | tuple[int, int, int] = (4, 16, 16)
+    in_channels: int = 1
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    qkv_bias: bool = True
+    norm_first: bool = True
+    use_cls_token: bool = True
+    cls_position_embedding: bool = True
+    patch_norm: bool = False
+    final_norm: bool = True
+    final_norm_in_hidden_states: bool = False
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.image_size = [int(v) for v in self.image_size]
+        self.patch_size = [int(v) for v in self.patch_size]
+        if len(self.image_size) != 3 or len(self.patch_size) != 3:
+            raise ValueError(f"Vit3DConfig: image_size and patch_size need 3 values (D, H, W), got "
+                             f"{self.image_size} and {self.patch_size}")
+        for size, patch in zip(self.image_size, self.patch_size):
+            if patch < 1 or size % patch:
+                raise ValueError(f"Vit3DConfig: patch_size {self.patch_size} does not divide image_size {self.image_size}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"Vit3DConfig: hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"Vit3DConfig: invalid hidden_act {self.hidden_act!r}; valid choices: {sorted(ACT2FN)}")
+
+    @property
+    def grid_size(self) -> tuple[int, int, int]:
+        """Patch grid (d, h, w)."""
+        return tuple(s // p for s, p in zip(self.image_size, self.patch_size))
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patch tokens."""
+        d, h, w = self.grid_size
+        return d * h * w
+
+
+class Vit3DEmbeddings(nn.Module):
+    """Patchify (Conv3d flattening order), project, add CLS token and position embeddings."""
+
+    def __init__(self, config: Vit3DConfig):
+        super().__init__()
+        self.config = config
+        pd, ph, pw = config.patch_size
+        patch_dim = config.in_channels * pd * ph * pw
+        self.patch_norm_in = nn.LayerNorm(patch_dim, eps=config.layer_norm_eps) if config.patch_norm else None
+        self.patch_proj = nn.Linear(patch_dim, config.hidden_size)
+        self.patch_norm_out = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.patch_norm else None
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_cls_token else None
+        num_positions = config.num_patches + int(config.use_cls_token and config.cls_position_embedding)
+        self.position_embedding = nn.Parameter(torch.zeros(1, num_positions, config.hidden_size))
+
+    def patchify(self, volumes: torch.Tensor) -> torch.Tensor:
+        """(N, C, D, H, W) -> (N, num_patches, C*pd*ph*pw), tokens in (d, h, w) raster order."""
+        n, c, d, h, w = volumes.shape
+        if [d, h, w] != list(self.config.image_size) or c != self.config.in_channels:
+            raise ValueError(
+                f"Vit3D expects volumes of shape (N, {self.config.in_channels}, "
+                f"{', '.join(map(str, self.config.image_size))}), got {tuple(volumes.shape)}"
+            )
+        pd, ph, pw = self.config.patch_size
+        x = volumes.reshape(n, c, d // pd, pd, h // ph, ph, w // pw, pw)
+        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # n, gd, gh, gw, c, pd, ph, pw
+        return x.reshape(n, (d // pd) * (h // ph) * (w // pw), c * pd * ph * pw)
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        x = self.patchify(volumes.to(self.patch_proj.weight.dtype))
+        if self.patch_norm_in is not None:
+            x = self.patch_norm_in(x)
+        x = self.patch_proj(x)
+        if self.patch_norm_out is not None:
+            x = self.patch_norm_out(x)
+        if self.cls_token is None:
+            return x + self.position_embedding
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        if self.config.cls_position_embedding:
+            return torch.cat([cls, x], dim=1) + self.position_embedding
+        return torch.cat([cls, x + self.position_embedding], dim=1)
+
+
+class Vit3DAttention(nn.Module):
+    """Multi-head self-attention with a packed qkv projection ([q; k; v], heads contiguous)."""
+
+    def __init__(self, config: Vit3DConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, dim = x.shape
+        qkv = self.qkv(x).reshape(n, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(out.transpose(1, 2).reshape(n, length, dim))
+
+
+class Vit3DMLP(nn.Module):
+    def __init__(self, config: Vit3DConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Vit3DLayer(GradientCheckpointingLayer):
+    """One transformer block, pre-norm or post-norm."""
+
+    def __init__(self, config: Vit3DConfig):
+        super().__init__()
+        self.norm_first = config.norm_first
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = Vit3DAttention(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = Vit3DMLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.mlp(x))
+
+
+class Vit3DEncoder(nn.Module):
+    def __init__(self, config: Vit3DConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([Vit3DLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+
+class Vit3DPreTrainedModel(PreTrainedModel):
+    config: Vit3DConfig
+    config_class = Vit3DConfig
+    base_model_prefix = "vit3d"
+    main_input_name = "volume_values"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Vit3DLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, Vit3DEmbeddings):
+            init.trunc_normal_(module.position_embedding, std=std)
+            if module.cls_token is not None:
+                init.trunc_normal_(module.cls_token, std=std)
+
+
+class Vit3DModel(Vit3DPreTrainedModel):
+    """3D ViT returning ``last_hidden_state`` and (optionally) every layer's hidden states.
+
+    ``hidden_states`` follows transformers: (embeddings, block 1, ..., block L) — so index -1 is
+    the last block's output (raw, unless ``final_norm_in_hidden_states``).
+    """
+
+    def __init__(self, config: Vit3DConfig):
+        super().__init__(config)
+        self.embeddings = Vit3DEmbeddings(config)
+        self.encoder = Vit3DEncoder(config)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.final_norm else None
+        self.post_init()
+
+    def forward(
+        self,
+        volume_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = True,
+        **kwargs,
+    ) -> BaseModelOutput:
+        """Encode volumes.
+
+        Args:
+            volume_values: (N, C, D, H, W) float tensor.
+            output_hidden_states: also return every layer's hidden states.
+            return_dict: kept for transformers API compatibility (always a ``BaseModelOutput``).
+        """
+        x = self.embeddings(volume_values)
+        hidden_states = [x] if output_hidden_states else None
+        for layer in self.encoder.layers:
+            x = layer(x)
+            if hidden_states is not None:
+                hidden_states.append(x)
+        last = self.norm(x) if self.norm is not None else x
+        if hidden_states is not None and self.config.final_norm_in_hidden_states:
+            hidden_states[-1] = last
+        return BaseModelOutput(
+            last_hidden_state=last, hidden_states=tuple(hidden_states) if hidden_states is not None else None
+        )
+
+
+__all__ = ["Vit3DConfig", "Vit3DModel", "Vit3DPreTrainedModel"]
