@@ -1,0 +1,529 @@
+"""Deterministic 3D preprocessing for medvl: CT/MR volume -> `volume_values` tensor.
+
+This file is copied into every checkpoint (``trust_remote_code``), so it imports only numpy, torch,
+transformers and MONAI, and nothing from medvl.
+
+Pipeline of the ``"standard"`` mode (every step is a constructor setting and can be switched off):
+
+1. **Orientation** to ``axcodes`` (default ``"SPL"``) with MONAI ``Orientationd`` on a ``MetaTensor``
+   that carries the voxel -> RAS affine. ``"SPL"`` gives a (D, H, W) array whose D index runs
+   inferior -> superior, H anterior -> posterior (top of an axial slice = anterior) and W from the
+   patient's right to the patient's left: shown as an axial image, the patient's left is on the right
+   of the image (radiological convention). Orientation only permutes and flips axes (no resampling).
+2. **Resampling** to ``target_spacing`` (mm, in output axis order D, H, W) with MONAI ``Spacingd``
+   (trilinear, border padding). When an axis is downsampled and ``antialias`` is on, the volume is
+   first smoothed with a Gaussian of sigma ``max(0, (target/current - 1) / 2)`` voxels on that axis,
+   the rule of ``skimage.transform.resize`` that MONAI's ``Resize(anti_aliasing=True)`` also uses.
+3. **Foreground crop** (MONAI ``CropForegroundd``) to the bounding box of voxels above
+   ``foreground_hu`` (HU). An all-background volume is left uncropped (with a warning).
+4. **Shape**: ``shape_mode="resize"`` trilinear resize to ``target_shape`` (anti-aliased when
+   shrinking), ``"pad_crop"`` centre pad (with ``pad_hu``) or crop to ``target_shape`` keeping the
+   spacing, ``"fit"`` resize keeping the aspect ratio so that the volume fits, then pad.
+   Steps 1-4 work in HU (see :meth:`MedVLVolumeProcessor.spatial`), so caches can store them.
+5. **Intensity** (see :meth:`MedVLVolumeProcessor.intensity`): ``intensity="window"`` clips to an HU
+   window (a preset name or ``(center, width)``) and maps it linearly and *fixedly* onto
+   ``output_range`` ((0, 1) or (-1, 1)); ``"minmax"`` maps each volume's own min..max instead (only
+   when asked: it makes the same HU value mean different things in different volumes).
+6. **Channels**: 1, or 3 for slice-wise 2D encoders: the same window x3, or three windows
+   (``channel_windows``) stacked as RGB; then optional per-channel ``image_mean`` / ``image_std``
+   normalisation, like a 2D image processor.
+
+The ``"medmvl"`` mode reproduces MedM-VL's CT-through-SigLIP preprocessing bit for bit (clip HU to
+[-1000, 1000], ``(v + 1000) / 2000 * 255`` in float64, MONAI ``CropForeground`` of voxels > 0,
+MONAI trilinear ``Resize`` to ``target_shape`` in float32, uint8 truncation, three identical channels,
+``(x / 255 - 0.5) / 0.5``). It only applies the orientation step before that (a no-op for bare arrays).
+
+Input volumes: objects with ``array`` and ``affine`` attributes (medvl's ``Volume``), dicts with those
+keys, or bare 3D arrays, which are taken as already oriented with 1 mm voxels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import BatchFeature
+
+logger = logging.getLogger(__name__)
+
+VOLUME_PROCESSOR_CONFIG_NAME = "volume_processor_config.json"
+
+# HU windows as (center, width). "wide" is -1000..1000 HU, the range MedM-VL feeds its CT models.
+HU_WINDOWS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (40.0, 400.0),
+    "abdomen": (50.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "wide": (0.0, 2000.0),
+}
+
+MODES = ("standard", "medmvl")
+SHAPE_MODES = ("resize", "pad_crop", "fit", "none")
+INTENSITY_MODES = ("window", "minmax", "none")
+
+
+def resolve_window(window: str | Sequence[float] | dict[str, float]) -> tuple[float, float]:
+    """Turn a window setting into (center, width) in HU.
+
+    Args:
+        window: a preset name (see ``HU_WINDOWS``), ``"custom:C,W"``, a (center, width) pair, or a dict
+            with ``center`` and ``width``.
+
+    Returns:
+        (center, width) as floats.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones) or a non-positive width.
+    """
+    if isinstance(window, str):
+        name = window.strip().lower()
+        if name.startswith("custom:"):
+            parts = name[len("custom:") :].split(",")
+            if len(parts) != 2:
+                raise ValueError(f"custom window must be 'custom:CENTER,WIDTH', got {window!r}")
+            center, width = float(parts[0]), float(parts[1])
+        elif name in HU_WINDOWS:
+            center, width = HU_WINDOWS[name]
+        else:
+            raise ValueError(
+                f"unknown HU window {window!r}; valid: {', '.join(HU_WINDOWS)}, "
+                "'custom:CENTER,WIDTH' or a (center, width) pair"
+            )
+    elif isinstance(window, dict):
+        try:
+            center, width = float(window["center"]), float(window["width"])
+        except KeyError as exc:
+            raise ValueError(f"a window dict needs 'center' and 'width', got {window!r}") from exc
+    else:
+        values = list(window)
+        if len(values) != 2:
+            raise ValueError(f"a custom window is (center, width), got {window!r}")
+        center, width = float(values[0]), float(values[1])
+    if not width > 0:
+        raise ValueError(f"window width must be > 0, got {width} for window {window!r}")
+    return center, width
+
+
+def window_bounds(window: str | Sequence[float] | dict[str, float]) -> tuple[float, float]:
+    """(low, high) HU of a window.
+
+    Args:
+        window: anything :func:`resolve_window` accepts.
+    """
+    center, width = resolve_window(window)
+    return center - width / 2.0, center + width / 2.0
+
+
+def axcodes_affine(spacing: Sequence[float] = (1.0, 1.0, 1.0), axcodes: str = "SPL") -> np.ndarray:
+    """A voxel -> RAS affine whose axes point along ``axcodes`` with the given spacing (mm).
+
+    Used for arrays stored already oriented (bare ndarrays, ``.npy`` files), so that orienting them to
+    the same axcodes is a no-op.
+
+    Args:
+        spacing: voxel size per array axis, in mm.
+        axcodes: three letters out of L/R, A/P, S/I (nibabel convention: the direction each index grows).
+    """
+    directions = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+    codes = axcodes.upper()
+    if len(codes) != 3 or any(c not in directions for c in codes) or len({directions[c][0] for c in codes}) != 3:
+        raise ValueError(f"axcodes must name each of the axes L/R, A/P, S/I once, got {axcodes!r}")
+    affine = np.eye(4)
+    affine[:3, :3] = 0.0
+    for col, (code, step) in enumerate(zip(codes, spacing)):
+        row, sign = directions[code]
+        affine[row, col] = sign * float(step)
+    return affine
+
+
+def _as_triple(value: Sequence[float] | float | None, name: str, cast=float) -> tuple | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return (cast(value),) * 3
+    values = tuple(cast(v) for v in value)
+    if len(values) != 3:
+        raise ValueError(f"{name} must have 3 values (D, H, W), got {value!r}")
+    return values
+
+
+class MedVLVolumeProcessor:
+    """Turns 3D volumes into the ``volume_values`` tensor (N, C, D, H, W) of a medvl model.
+
+    Args:
+        mode: ``"standard"`` (the configurable pipeline) or ``"medmvl"`` (MedM-VL's CT preprocessing,
+            bit for bit; uses ``target_shape`` and ``axcodes`` only).
+        axcodes: orientation of the output axes (nibabel codes); None keeps the input layout.
+        target_spacing: voxel size (mm) of the output axes (D, H, W) before the shape step; None keeps it.
+        antialias: Gaussian pre-filter when an axis is downsampled (spacing and resize steps).
+        crop_foreground: crop to the bounding box of voxels above ``foreground_hu``.
+        foreground_hu: HU threshold of the foreground crop (-500 keeps the body and table, drops air).
+        target_shape: output (D, H, W); None keeps the shape (only valid for batches of equal shapes).
+        shape_mode: ``"resize"``, ``"pad_crop"``, ``"fit"`` or ``"none"``.
+        pad_hu: HU value used for padding (air).
+        intensity: ``"window"`` (fixed mapping of an HU window), ``"minmax"`` (per volume) or ``"none"``
+            (raw HU, float).
+        window: HU window of the single channel (name, ``"custom:C,W"`` or (center, width)).
+        output_range: the window's low..high are mapped onto this range, e.g. (0, 1) or (-1, 1).
+        channels: 1 or 3.
+        channel_windows: with ``channels=3``, one window per channel (e.g. lung, mediastinum, bone);
+            None repeats the single-channel image three times.
+        image_mean: per-channel mean subtracted after the intensity mapping (None: no normalisation).
+        image_std: per-channel std divided after subtracting the mean.
+        min_shape: smallest accepted input shape (D, H, W) after orientation, e.g. the patch size;
+            smaller volumes raise an error naming the file.
+    """
+
+    model_input_names = ["volume_values"]
+
+    def __init__(
+        self,
+        mode: str = "standard",
+        axcodes: str | None = "SPL",
+        target_spacing: Sequence[float] | float | None = None,
+        antialias: bool = True,
+        crop_foreground: bool = True,
+        foreground_hu: float = -500.0,
+        target_shape: Sequence[int] | None = (32, 256, 256),
+        shape_mode: str = "resize",
+        pad_hu: float = -1024.0,
+        intensity: str = "window",
+        window: str | Sequence[float] = "wide",
+        output_range: Sequence[float] = (0.0, 1.0),
+        channels: int = 1,
+        channel_windows: Sequence[str | Sequence[float]] | None = None,
+        image_mean: Sequence[float] | float | None = None,
+        image_std: Sequence[float] | float | None = None,
+        min_shape: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Saved configs carry bookkeeping keys; anything else is a typo that must not pass silently.
+        unknown = set(kwargs) - {"processor_class", "volume_processor_type"}
+        if unknown:
+            raise ValueError(
+                f"unknown MedVLVolumeProcessor setting(s) {sorted(unknown)}; valid: {sorted(self._setting_names())}"
+            )
+        if mode not in MODES:
+            raise ValueError(f"unknown volume processor mode {mode!r}; valid: {', '.join(MODES)}")
+        if shape_mode not in SHAPE_MODES:
+            raise ValueError(f"unknown shape_mode {shape_mode!r}; valid: {', '.join(SHAPE_MODES)}")
+        if intensity not in INTENSITY_MODES:
+            raise ValueError(f"unknown intensity {intensity!r}; valid: {', '.join(INTENSITY_MODES)}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        if axcodes is not None:
+            axcodes_affine((1, 1, 1), axcodes)  # validates the letters
+        self.mode = mode
+        self.axcodes = axcodes.upper() if axcodes is not None else None
+        self.target_spacing = _as_triple(target_spacing, "target_spacing")
+        self.antialias = bool(antialias)
+        self.crop_foreground = bool(crop_foreground)
+        self.foreground_hu = float(foreground_hu)
+        self.target_shape = _as_triple(target_shape, "target_shape", int)
+        self.shape_mode = shape_mode
+        self.pad_hu = float(pad_hu)
+        self.intensity = intensity
+        resolve_window(window)
+        self.window = list(window) if not isinstance(window, str) else window
+        self.output_range = tuple(float(v) for v in output_range)
+        if len(self.output_range) != 2 or self.output_range[0] == self.output_range[1]:
+            raise ValueError(f"output_range must be two different numbers, got {output_range!r}")
+        self.channels = int(channels)
+        if channel_windows is not None:
+            if self.channels != 3 or len(channel_windows) != 3:
+                raise ValueError("channel_windows needs channels=3 and exactly three windows")
+            for w in channel_windows:
+                resolve_window(w)
+            channel_windows = [w if isinstance(w, str) else list(w) for w in channel_windows]
+        self.channel_windows = channel_windows
+        self.image_mean = self._per_channel(image_mean, "image_mean")
+        self.image_std = self._per_channel(image_std, "image_std")
+        if (self.image_mean is None) != (self.image_std is None):
+            raise ValueError("image_mean and image_std must be given together")
+        if self.image_std is not None and any(s <= 0 for s in self.image_std):
+            raise ValueError(f"image_std must be positive, got {self.image_std}")
+        self.min_shape = _as_triple(min_shape, "min_shape", int)
+        if self.mode == "medmvl":
+            if self.target_shape is None:
+                raise ValueError("mode='medmvl' needs target_shape = (slices, size, size)")
+            self.channels = 3
+        if self.target_shape is None and self.shape_mode != "none":
+            self.shape_mode = "none"
+
+    # ------------------------------------------------------------------ settings
+
+    @classmethod
+    def _setting_names(cls) -> list[str]:
+        import inspect
+
+        return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+
+    def _per_channel(self, value: Sequence[float] | float | None, name: str) -> list[float] | None:
+        if value is None:
+            return None
+        values = [float(value)] * self.channels if isinstance(value, (int, float)) else [float(v) for v in value]
+        if len(values) != self.channels:
+            raise ValueError(f"{name} needs {self.channels} value(s) (one per channel), got {value!r}")
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        """All settings as a JSON-serialisable dict (round-trips through :meth:`from_dict`)."""
+        out: dict[str, Any] = {"volume_processor_type": type(self).__name__}
+        for name in self._setting_names():
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> MedVLVolumeProcessor:
+        """Rebuild a processor from :meth:`to_dict` output.
+
+        Args:
+            config: the settings; unknown keys raise ``ValueError`` listing the valid ones.
+        """
+        return cls(**dict(config))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write ``volume_processor_config.json`` into a directory.
+
+        Args:
+            save_directory: target directory (created if missing).
+        """
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, VOLUME_PROCESSOR_CONFIG_NAME)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(self.to_json_string())
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> MedVLVolumeProcessor:
+        """Load from a directory written by :meth:`save_pretrained`.
+
+        Args:
+            directory: local directory holding ``volume_processor_config.json``.
+        """
+        with open(os.path.join(directory, VOLUME_PROCESSOR_CONFIG_NAME), encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MedVLVolumeProcessor) and self.to_dict() == other.to_dict()
+
+    # ------------------------------------------------------------------ entry points
+
+    def __call__(self, volumes: Any, return_tensors: str | None = "pt", **_: Any) -> BatchFeature:
+        """Preprocess one volume or a list of volumes.
+
+        Args:
+            volumes: a volume or a list of volumes (``Volume``-like objects, dicts with ``array`` and
+                ``affine``, or 3D ndarrays/tensors taken as oriented with 1 mm voxels).
+            return_tensors: ``"pt"`` (default) or ``"np"``.
+
+        Returns:
+            ``BatchFeature`` with ``volume_values`` of shape (N, C, D, H, W), float32.
+        """
+        if not isinstance(volumes, (list, tuple)):
+            volumes = [volumes]
+        arrays = [self.preprocess(v) for v in volumes]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"processed volumes have different shapes {sorted(shapes)}; set target_shape to batch them"
+            )
+        if arrays:
+            stacked = np.stack(arrays).astype(np.float32, copy=False)
+        else:
+            d, h, w = self.target_shape or (0, 0, 0)
+            stacked = np.zeros((0, self.channels, d, h, w), dtype=np.float32)
+        values: Any = torch.from_numpy(np.ascontiguousarray(stacked)) if return_tensors == "pt" else stacked
+        return BatchFeature({"volume_values": values})
+
+    def preprocess(self, volume: Any) -> np.ndarray:
+        """One volume -> float32 array (C, D, H, W).
+
+        Args:
+            volume: see :meth:`__call__`.
+        """
+        if self.mode == "medmvl":
+            array, _, source = self._oriented(volume)
+            return self._medmvl(array, source)
+        hu, _ = self.spatial(volume)
+        return self.intensity_map(hu)
+
+    # ------------------------------------------------------------------ steps
+
+    @staticmethod
+    def _unpack(volume: Any) -> tuple[np.ndarray, np.ndarray | None, str]:
+        if isinstance(volume, dict):
+            array, affine, source = volume.get("array"), volume.get("affine"), volume.get("source")
+        elif hasattr(volume, "array"):
+            array, affine, source = volume.array, getattr(volume, "affine", None), getattr(volume, "source", None)
+        else:
+            array, affine, source = volume, None, None
+        if array is None:
+            raise ValueError(f"volume {volume!r} has no 'array'")
+        if isinstance(array, torch.Tensor):
+            array = array.detach().cpu().numpy()
+        array = np.asarray(array)
+        return array, None if affine is None else np.asarray(affine, dtype=np.float64), str(source or "<array>")
+
+    def _oriented(self, volume: Any) -> tuple[np.ndarray, np.ndarray, str]:
+        """Validate and orient; returns (array float32-or-int, affine, source)."""
+        array, affine, source = self._unpack(volume)
+        if array.ndim != 3:
+            raise ValueError(f"{source}: a volume must be 3D (i, j, k), got shape {tuple(array.shape)}")
+        if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+            raise ValueError(f"{source}: volume has non-numeric dtype {array.dtype}")
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            bad = int((~np.isfinite(array)).sum())
+            raise ValueError(f"{source}: volume has {bad} NaN or infinite voxel(s)")
+        if min(array.shape) == 0:
+            raise ValueError(f"{source}: volume is empty, shape {tuple(array.shape)}")
+        if affine is None:
+            # Bare arrays are taken as already in the output orientation with 1 mm voxels.
+            affine = axcodes_affine((1.0, 1.0, 1.0), self.axcodes or "SPL")
+        elif affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise ValueError(f"{source}: affine must be a finite, invertible 4x4 matrix, got {affine!r}")
+        if self.axcodes is not None:
+            array, affine = self._orient(array, affine)
+        if self.min_shape is not None and any(s < m for s, m in zip(array.shape, self.min_shape)):
+            raise ValueError(
+                f"{source}: volume shape {tuple(array.shape)} (D, H, W after orientation) is smaller than the "
+                f"minimum {self.min_shape}"
+            )
+        return array, affine, source
+
+    def _orient(self, array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from monai.data import MetaTensor
+        from monai.transforms import Orientationd
+
+        image = MetaTensor(torch.from_numpy(np.ascontiguousarray(array))[None], affine=torch.from_numpy(affine))
+        out = Orientationd(keys="image", axcodes=self.axcodes, labels=None)({"image": image})["image"]
+        return out.as_tensor()[0].numpy(), out.affine.numpy().astype(np.float64)
+
+    def spatial(self, volume: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Steps 1-4 (orientation, spacing, foreground crop, shape), all in HU.
+
+        Args:
+            volume: see :meth:`__call__`.
+
+        Returns:
+            (float32 HU array (D, H, W), its voxel -> RAS affine after orientation and resampling;
+            the crop/resize of step 3-4 is not reflected in the affine).
+        """
+        from monai.data import MetaTensor
+
+        array, affine, source = self._oriented(volume)
+        image = MetaTensor(torch.from_numpy(array.astype(np.float32))[None], affine=torch.from_numpy(affine))
+        if self.target_spacing is not None:
+            image = self._resample(image)
+            affine = image.affine.numpy().astype(np.float64)
+        if self.crop_foreground:
+            image = self._crop(image, source)
+        image = self._shape(image)
+        return image.as_tensor()[0].numpy().astype(np.float32, copy=False), affine
+
+    def _resample(self, image: Any) -> Any:
+        from monai.transforms import GaussianSmooth, Spacingd
+
+        current = np.sqrt((image.affine.numpy()[:3, :3] ** 2).sum(axis=0))
+        factors = np.asarray(self.target_spacing) / current
+        if self.antialias and (factors > 1).any():
+            # skimage's rule (also MONAI Resize's): sigma = (downsampling factor - 1) / 2 voxels.
+            sigma = [float(max(0.0, (f - 1.0) / 2.0)) for f in factors]
+            smoothed = GaussianSmooth(sigma=sigma)(image)
+            image = smoothed
+        spacing = Spacingd(keys="image", pixdim=self.target_spacing, mode="bilinear", padding_mode="border",
+                           dtype=np.float32)
+        return spacing({"image": image})["image"]
+
+    def _crop(self, image: Any, source: str) -> Any:
+        from monai.transforms import CropForegroundd
+
+        threshold = self.foreground_hu
+        if not bool((image > threshold).any()):
+            logger.warning("%s: no voxel above %s HU; foreground crop skipped", source, threshold)
+            return image
+        crop = CropForegroundd(keys="image", source_key="image", select_fn=lambda x: x > threshold, margin=0,
+                               allow_smaller=True)
+        return crop({"image": image})["image"]
+
+    def _shape(self, image: Any) -> Any:
+        from monai.transforms import Resized, ResizeWithPadOrCropd
+
+        if self.shape_mode == "none":
+            return image
+        target = list(self.target_shape)
+        if self.shape_mode == "resize":
+            return Resized(keys="image", spatial_size=target, mode="trilinear", anti_aliasing=self.antialias)(
+                {"image": image}
+            )["image"]
+        if self.shape_mode == "fit":
+            shape = image.shape[1:]
+            scale = min(t / s for t, s in zip(target, shape))
+            fitted = [max(1, min(t, int(math.floor(s * scale + 0.5)))) for t, s in zip(target, shape)]
+            image = Resized(keys="image", spatial_size=fitted, mode="trilinear", anti_aliasing=self.antialias)(
+                {"image": image}
+            )["image"]
+        pad = ResizeWithPadOrCropd(keys="image", spatial_size=target, mode="constant", value=self.pad_hu)
+        return pad({"image": image})["image"]
+
+    def intensity_map(self, hu: np.ndarray) -> np.ndarray:
+        """Step 5-6: HU (D, H, W) -> float32 (C, D, H, W) in ``output_range``, then mean/std.
+
+        Args:
+            hu: HU array, e.g. the first output of :meth:`spatial` (or a cached copy of it).
+        """
+        hu = np.asarray(hu, dtype=np.float32)
+        if self.channels == 3 and self.channel_windows is not None:
+            planes = [self._map(hu, w) for w in self.channel_windows]
+        else:
+            planes = [self._map(hu, self.window)] * self.channels
+        out = np.stack(planes).astype(np.float32, copy=False)
+        if self.image_mean is not None:
+            mean = np.asarray(self.image_mean, dtype=np.float32).reshape(-1, 1, 1, 1)
+            std = np.asarray(self.image_std, dtype=np.float32).reshape(-1, 1, 1, 1)
+            out = (out - mean) / std
+        return out
+
+    def _map(self, hu: np.ndarray, window: Any) -> np.ndarray:
+        low_out, high_out = self.output_range
+        if self.intensity == "none":
+            return hu.copy()
+        if self.intensity == "minmax":
+            low, high = float(hu.min()), float(hu.max())
+            if high <= low:
+                return np.full_like(hu, low_out)
+        else:
+            low, high = window_bounds(window)
+        unit = (np.clip(hu, low, high) - np.float32(low)) / np.float32(high - low)
+        return (np.float32(low_out) + unit * np.float32(high_out - low_out)).astype(np.float32)
+
+    def _medmvl(self, array: np.ndarray, source: str) -> np.ndarray:
+        """MedM-VL's CT preprocessing (its dataset + SigLIP processor), bit for bit."""
+        from monai.transforms import CropForeground, Resize
+
+        scaled = (np.clip(array.astype(np.float64), -1000, 1000) + 1000) / 2000 * 255
+        if not (scaled > 0).any():
+            raise ValueError(f"{source}: volume is all air (<= -1000 HU); MedM-VL's foreground crop would be empty")
+        cropped = CropForeground()(scaled[None])
+        resized = Resize(spatial_size=list(self.target_shape), mode="trilinear")(cropped)
+        u8 = torch.as_tensor(resized).as_subclass(torch.Tensor).to(torch.uint8).numpy()  # truncation, as MedM-VL
+        # SigLIP's image processor: rescale in float64, cast to float32, normalise in float32.
+        unit = (u8.astype(np.float64) * (1 / 255)).astype(np.float32)
+        normed = (unit - np.float32(0.5)) / np.float32(0.5)
+        return np.repeat(normed, 3, axis=0)
+
+
+__all__ = ["HU_WINDOWS", "MedVLVolumeProcessor", "axcodes_affine", "resolve_window", "window_bounds"]
