@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-import _medmvl_reference as R
+from tests import _medmvl_reference as R
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "medmvl"
 if not FIXTURES.is_dir():  # repository checked out elsewhere: the shared folder next to /work/main
@@ -85,3 +85,77 @@ def test_reference_reproduces_fixture(name: str, reference_models: dict) -> None
     merged = R.merged_labels(tids, labels, media.shape[1])
     assert merged == exp["training"]["merged_labels"]
     assert ref.loss(ref.merge(tids, media[0]), merged) == pytest.approx(exp["training"]["loss"], rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- converted fixtures
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> dict:
+    from medvl.convert.medmvl import convert_medmvl
+    from medvl.inference import load_model
+
+    out = {}
+    for name in FOLDERS:
+        folder = convert_medmvl(FIXTURES / name / "checkpoint", tmp_path_factory.mktemp(name))
+        out[name] = load_model(folder, device="cpu")
+    return out
+
+
+def _collapse(ids: list[int], token_id: int, sentinel: int) -> list[int]:
+    """Runs of placeholder ids -> one MedM-VL sentinel id (-200/-201)."""
+    out: list[int] = []
+    for t in ids:
+        if t == token_id:
+            if not out or out[-1] != sentinel:
+                out.append(sentinel)
+        else:
+            out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("name", FOLDERS)
+def test_converted_model_reproduces_medmvl(name: str, converted: dict) -> None:
+    """Pixels, ids, merged length, last logits, greedy continuation and training loss equal MedM-VL's."""
+    from medvl.data.labels import ConversationEncoder
+    from medvl.data.records import load_records
+    from medvl.inference import generate, prepare_batch
+
+    exp = _expected(name)
+    model, processor = converted[name]
+    records = load_records(FIXTURES / name / "inputs" / "infer.json", root=FIXTURES / name / "inputs")
+    batch = prepare_batch(model, processor, records)
+    is_3d = "volume_values" in batch
+    if is_3d:
+        vol = batch["volume_values"]
+        assert vol.shape == (1, 3, 32, 64, 64)
+        np.testing.assert_array_equal(vol[:, :1].numpy(), np.load(FIXTURES / name / "expected" / "pixel_values_channel0.npy"))
+        assert torch.equal(vol[:, 0], vol[:, 1]) and torch.equal(vol[:, 0], vol[:, 2])
+        token_id, sentinel = model.config.volume_token_id, -201
+    else:
+        np.testing.assert_array_equal(batch["pixel_values"].numpy(), np.load(FIXTURES / name / "expected" / "pixel_values.npy"))
+        token_id, sentinel = model.config.image_token_id, -200
+    ids = batch["input_ids"][0].tolist()
+    assert _collapse(ids, token_id, sentinel) == exp["inference"]["input_ids"]
+    assert len(ids) == exp["inference"]["merged_len"]
+
+    with torch.no_grad():
+        logits = model(**batch).logits[0, -1]
+    expected_logits = torch.from_numpy(np.load(FIXTURES / name / "expected" / "logits_last.npy"))
+    assert float((logits - expected_logits).abs().max()) <= 1e-4
+
+    greedy = exp["inference"]["greedy"]
+    with torch.no_grad():
+        seq = model.generate(**batch, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert seq[0, len(ids) :].tolist() == greedy["ids"]
+    assert generate(model, processor, records, max_new_tokens=8, progress=False) == [exp["inference"]["inference_py_output"]]
+
+    # training: medvl's label rule gives MedM-VL's supervised tokens and loss
+    train = load_records(FIXTURES / name / "inputs" / "train_case.json", root=FIXTURES / name / "inputs")[0]
+    enc = ConversationEncoder.from_processor(processor).encode(train.messages, record=train.id)
+    assert _collapse(enc.input_ids, token_id, sentinel) == exp["training"]["input_ids"]
+    assert enc.labels == exp["training"]["merged_labels"]
+    media = {"volume_values": batch["volume_values"]} if is_3d else {"pixel_values": batch["pixel_values"]}
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([enc.input_ids]), labels=torch.tensor([enc.labels]), **media)
+    assert float(out.loss) == pytest.approx(exp["training"]["loss"], rel=1e-5)
+    # logits only at the supervised positions: one per loss term MedM-VL counted
+    assert out.logits.shape[0] == sum(label != -100 for label in exp["training"]["merged_labels"])
