@@ -6,7 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from _train_toy import tiny_llava
+try:  # tests/ as a package or as a plain folder on sys.path
+    from tests._train_toy import tiny_llava
+except ImportError:
+    from _train_toy import tiny_llava
 from medvl.train.config import LoraSettings, PartConfig, PartsConfig
 from medvl.train.parts import (
     apply_parts,

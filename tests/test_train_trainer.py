@@ -10,7 +10,10 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from _train_toy import ToySet, collate, tiny_llava
+try:  # tests/ as a package or as a plain folder on sys.path
+    from tests._train_toy import ToySet, collate, tiny_llava
+except ImportError:
+    from _train_toy import ToySet, collate, tiny_llava
 from medvl.train.checkpoint import clean_staging
 from medvl.train.config import LoraSettings, PartConfig, PartsConfig
 from medvl.train.parts import apply_parts, snapshot
