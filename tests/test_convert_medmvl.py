@@ -159,3 +159,219 @@ def test_converted_model_reproduces_medmvl(name: str, converted: dict) -> None:
     assert float(out.loss) == pytest.approx(exp["training"]["loss"], rel=1e-5)
     # logits only at the supervised positions: one per loss term MedM-VL counted
     assert out.logits.shape[0] == sum(label != -100 for label in exp["training"]["merged_labels"])
+
+
+# ----------------------------------------------------------------------------- layouts without fixtures
+QWEN = FIXTURES / "medmvl-2d-siglip-mlp" / "components" / "qwen2-tiny"
+_NULL_3D = {f"lvlm_{k}": None for k in (
+    "connector_image3d_name", "connector_image3d_path", "connector_image3d_type", "encoder_image3d_name_or_path",
+    "encoder_image3d_select_feature", "encoder_image3d_select_layer", "encoder_image3d_type")}
+_NULL_2D = {k.replace("image3d", "image"): None for k in _NULL_3D}
+
+
+def _llm_weights(seed: int) -> dict[str, torch.Tensor]:
+    """Random Qwen2 weights under MedM-VL's ``llm.`` prefix, saved WITHOUT lm_head (non-DeepSpeed save)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    llm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(QWEN))
+    return {"llm." + k: v.clone() for k, v in llm.state_dict().items() if k != "lm_head.weight"}
+
+
+def _connector_weights(prefix: str, dim_in: int, dim_out: int, depth: int = 2) -> dict[str, torch.Tensor]:
+    out = {}
+    for i in range(depth):
+        out[f"{prefix}connector.{2 * i}.weight"] = torch.randn(dim_out, dim_in if i == 0 else dim_out) * 0.1
+        out[f"{prefix}connector.{2 * i}.bias"] = torch.randn(dim_out) * 0.1
+    return out
+
+
+def _write(folder: Path, config: dict, weights: dict[str, torch.Tensor], shards: int = 1) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "lvlm", "hidden_size": 64, **config}))
+    keys = sorted(weights)
+    if shards == 1:
+        save_file({k: weights[k].contiguous() for k in keys}, folder / "model.safetensors")
+        return folder
+    index = {"metadata": {}, "weight_map": {}}
+    for s in range(shards):
+        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = keys[s::shards]
+        save_file({k: weights[k].contiguous() for k in part}, folder / name)
+        index["weight_map"].update({k: name for k in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return folder
+
+
+def _make_clip_checkpoint(tmp: Path, dtype: torch.dtype = torch.float32, shards: int = 1) -> Path:
+    """CLIP tower, select_layer -2, select_feature patch (CLS dropped), mlp2x_gelu; no lm_head stored."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    vision = tmp / "clip-tiny"
+    vision.mkdir()
+    vcfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                            image_size=32, patch_size=8)
+    vcfg.save_pretrained(vision)
+    (vision / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 32},
+        "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "resample": 3,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    torch.manual_seed(1)
+    tower = CLIPVisionModel(vcfg)
+    weights = _llm_weights(2)
+    weights.update({"encoder_image.encoder.vision_model." + k: v for k, v in tower.state_dict().items()})
+    weights.update(_connector_weights("connector_image.", 32, 64))
+    config = {
+        **_NULL_3D, "lvlm_llm_type": "qwen2", "lvlm_llm_name_or_path": "Qwen/Qwen2.5-3B-Instruct",
+        "lvlm_llm_max_length": 2048, "lvlm_encoder_image_type": "clip",
+        "lvlm_encoder_image_name_or_path": "openai/clip-vit-large-patch14-336",
+        "lvlm_encoder_image_select_layer": -2, "lvlm_encoder_image_select_feature": "patch",
+        "lvlm_connector_image_type": "mlp", "lvlm_connector_image_name": "mlp2x_gelu",
+    }
+    return _write(tmp / "ckpt", config, {k: v.to(dtype) for k, v in weights.items()}, shards)
+
+
+def _make_3d_checkpoint(tmp: Path, kind: str) -> tuple[Path, torch.nn.Module]:
+    """MedM-CLIP + spatial_pooling (select_layer 0, patch) or M3D-CLIP + mlp (select_layer -1, cls_patch)."""
+    enc_dir = tmp / f"{kind}-tiny"
+    enc_dir.mkdir()
+    torch.manual_seed(3)
+    if kind == "medmclip":
+        enc_cfg = {"hidden_size": 32, "image_size": 32, "image_patch_size": 8, "frame_size": 8,
+                   "frame_patch_size": 4, "image_num_heads": 4, "image_mlp_dim": 64, "image_num_layers": 2}
+        vit = R.MedMClipViT(8, 32, 4, 8, 32, 2, 4, 64).eval()
+        extra = {"encoder_image3d.encoder.text_encoder.embeddings.word_embeddings.weight": torch.randn(10, 32),
+                 "encoder_image3d.encoder.logit_scale": torch.tensor(2.6)}
+        connector = ("spatial_pooling", "mlp2x_gelu", 0, "patch")
+        encoder = vit
+    else:
+        from monai.networks.nets import ViT
+
+        enc_cfg = {"in_channels": 1, "img_size": [8, 32, 32], "patch_size": [4, 8, 8], "hidden_size": 32,
+                   "mlp_dim": 64, "num_layers": 2, "num_heads": 4, "pos_embed": "perceptron"}
+        vit = ViT(in_channels=1, img_size=(8, 32, 32), patch_size=(4, 8, 8), hidden_size=32, mlp_dim=64, num_layers=2,
+                  num_heads=4, proj_type="perceptron", classification=True).eval()
+        with torch.no_grad():  # MONAI initialises these to zero; make them matter
+            vit.cls_token.normal_()
+            vit.patch_embedding.position_embeddings.normal_()
+        extra = {"encoder_image3d.encoder.mm_vision_proj.weight": torch.randn(32, 32)}
+        connector = ("mlp", "mlp2x_gelu", -1, "cls_patch")
+        encoder = R.monai_vit_hidden_states(vit)
+    (enc_dir / "config.json").write_text(json.dumps(enc_cfg))
+    sd = {k: v for k, v in vit.state_dict().items() if not k.startswith(("classification_head", "blocks.0.norm_cross",
+                                                                            "blocks.1.norm_cross"))}
+    weights = _llm_weights(4)
+    weights.update({"encoder_image3d.encoder.vision_encoder." + k: v for k, v in sd.items()})
+    weights.update(extra)
+    weights.update(_connector_weights("connector_image3d.", 32, 64))
+    ctype, cname, layer, feat = connector
+    config = {
+        **_NULL_2D, "lvlm_llm_type": "qwen2", "lvlm_llm_name_or_path": str(QWEN), "lvlm_llm_max_length": 2048,
+        "lvlm_encoder_image3d_type": kind, "lvlm_encoder_image3d_name_or_path": str(enc_dir),
+        "lvlm_encoder_image3d_select_layer": layer, "lvlm_encoder_image3d_select_feature": feat,
+        "lvlm_connector_image3d_type": ctype, "lvlm_connector_image3d_name": cname,
+    }
+    return _write(tmp / "ckpt", config, weights), encoder
+
+
+def _expand(ids: list[int], sentinel: int, token_id: int, n: int) -> list[int]:
+    out: list[int] = []
+    for t in ids:
+        out.extend([token_id] * n if t == sentinel else [t])
+    return out
+
+
+PROMPT_IDS = [32, 2485, 743, 220, -1, 198, 40, 82, 274, 261, 2381, 25]
+
+
+def test_clip_patch_layer_minus2_sharded_bf16(tmp_path: Path) -> None:
+    """CLIP select_layer -2 / patch, sharded bf16 weights, no lm_head (tied): same logits as the oracle."""
+    from medvl.convert.medmvl import convert_medmvl
+    from medvl.inference import load_model
+
+    src = _make_clip_checkpoint(tmp_path, dtype=torch.bfloat16, shards=3)
+    out = convert_medmvl(src, tmp_path / "out", llm=QWEN, vision=tmp_path / "clip-tiny", dtype="float32")
+    model, processor = load_model(out, device="cpu")
+    assert model.config.num_image_tokens == 16  # 4x4 patches, CLS dropped
+    assert model.language_model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    assert type(processor.image_processor).__name__ == "CLIPImageProcessorPil"
+    ref_ckpt = tmp_path / "ref"
+    ref_ckpt.mkdir()
+    (ref_ckpt / "config.json").write_text((src / "config.json").read_text())
+    from safetensors.torch import load_file, save_file
+
+    sd = {}
+    for f in src.glob("*.safetensors"):
+        sd.update({k: v.float() for k, v in load_file(f).items()})
+    save_file(sd, ref_ckpt / "model.safetensors")
+    ref = R.load_ref_model(ref_ckpt, QWEN, tmp_path / "clip-tiny")
+    torch.manual_seed(5)
+    px = torch.randn(1, 3, 32, 32)
+    feats = ref.encode(px, False)
+    assert feats.shape == (1, 16, 32)
+    expected = ref.logits(ref.merge(PROMPT_IDS, ref.connect(feats)[0]))[-1]
+    ids = _expand(PROMPT_IDS, -1, model.config.image_token_id, 16)
+    with torch.no_grad():
+        got = model(input_ids=torch.tensor([ids]), pixel_values=px).logits[0, -1]
+    assert float((got - expected).abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("kind", ["medmclip", "m3dclip"])
+def test_3d_clip_encoders(tmp_path: Path, kind: str) -> None:
+    """MedM-CLIP + spatial pooling (hidden-state index shifted: no embedding entry) and M3D-CLIP + MLP."""
+    from medvl.convert.medmvl import build_medvl_model
+
+    src, encoder = _make_3d_checkpoint(tmp_path, kind)
+    model, layout, _ = build_medvl_model(src, token_ids={"image_token_id": 4000, "volume_token_id": 4001})
+    ref = R.load_ref_model(src, QWEN, None, medmclip=encoder)
+    torch.manual_seed(6)
+    vol = torch.randn(1, 1, 8, 32, 32)
+    feats = ref.encode(vol, True)
+    media = ref.connect(feats, grid=(2, 4, 4))
+    n = media.shape[1]
+    assert n == (4 if kind == "medmclip" else 33)
+    assert model.config.num_volume_tokens == n
+    expected = ref.logits(ref.merge(PROMPT_IDS, media[0]))[-1]
+    ids = _expand(PROMPT_IDS, -1, 4001, n)
+    with torch.no_grad():
+        got = model(input_ids=torch.tensor([ids]), volume_values=vol).logits[0, -1]
+    assert float((got - expected).abs().max()) <= 1e-4
+
+
+def test_missing_parts_are_named(tmp_path: Path) -> None:
+    """Without local part folders the error lists each flag with the hub id MedM-VL's config names."""
+    from medvl.convert.medmvl import MedMVLConversionError, convert_medmvl
+
+    src = _make_clip_checkpoint(tmp_path)
+    with pytest.raises(MedMVLConversionError) as err:
+        convert_medmvl(src, tmp_path / "out")
+    msg = str(err.value)
+    assert "--llm DIR" in msg and "'Qwen/Qwen2.5-3B-Instruct'" in msg
+    assert "--vision DIR" in msg and "'openai/clip-vit-large-patch14-336'" in msg
+    with pytest.raises(MedMVLConversionError, match="lacks preprocessor_config.json"):
+        convert_medmvl(src, tmp_path / "out", llm=QWEN, vision=QWEN)
+
+
+def test_invalid_layouts(tmp_path: Path) -> None:
+    from medvl.convert.medmvl import MedMVLConversionError, parse_mlp_name, read_layout, translate_config
+
+    assert parse_mlp_name("mlp3x_gelu") == (3, "gelu")
+    with pytest.raises(MedMVLConversionError, match="mlp<depth>x_<gelu|relu>"):
+        parse_mlp_name("linear")
+    src = _make_clip_checkpoint(tmp_path)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "lvlm_connector_image_type": "qformer"}))
+    with pytest.raises(MedMVLConversionError, match="valid choices: mlp, attn_pooling, spatial_pooling"):
+        read_layout(src)
+    # SigLIP has no CLS token: MedM-VL's 'patch' would silently drop a real patch
+    siglip = FIXTURES / "medmvl-2d-siglip-mlp"
+    (src / "config.json").write_text(json.dumps({**json.loads((siglip / "checkpoint" / "config.json").read_text()),
+                                                 "lvlm_encoder_image_select_feature": "patch"}))
+    from medvl.convert.medmvl import MedMVLParts
+
+    parts = MedMVLParts(llm=siglip / "components" / "qwen2-tiny", vision=siglip / "components" / "siglip-tiny")
+    with pytest.raises(MedMVLConversionError, match="drops its first real patch"):
+        translate_config(read_layout(src), parts, {"connector_image": {}})
