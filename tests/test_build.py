@@ -1,0 +1,175 @@
+"""build_model / medvl build: tiny.yaml, pretrained parts kept bit for bit, self-contained checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medvl.build import build_model, load_model_spec, save_checkpoint
+from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
+from medvl.tokenization import builtin_corpus, train_tokenizer
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _image(seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8))
+
+
+def _volume(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 300, (20, 48, 40)).astype(np.float32)  # HU, (D, H, W)
+
+
+def _prompt(processor: MedVLProcessor) -> str:
+    return processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "volume"}, {"type": "text", "text": "Any nodule?"}]}],
+        add_generation_prompt=True,
+    )
+
+
+def test_tiny_yaml_checkpoint_is_self_contained(tiny_model_dir, tiny_processor):
+    files = {p.name for p in tiny_model_dir.iterdir()}
+    for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "chat_template.jinja",
+                 "configuration_medvl.py", "modeling_medvl.py", "processing_medvl.py", "vit3d.py", "connectors.py",
+                 "volume_processing_medvl.py", "generation_config.json"):
+        assert name in files, name
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_medvl.MedVLForConditionalGeneration"
+    assert (config["num_image_tokens"], config["num_volume_tokens"]) == (16, 8)
+    assert config["volume_config"]["model_type"] == "medvl_vit3d"
+    # the processor knows the same counts and the volume processor settings travel with it
+    assert (tiny_processor.num_image_tokens, tiny_processor.num_volume_tokens) == (16, 8)
+    assert list(tiny_processor.volume_processor.to_dict()["target_shape"]) == [16, 64, 64]
+    assert tiny_processor.image_token_id == config["image_token_id"]
+
+
+def _make_parts(root: Path) -> tuple[Path, Path]:
+    """Pretrained-style part folders: a tiny Qwen2 LLM with its tokenizer and a tiny SigLIP tower."""
+    from transformers import AutoModelForCausalLM, Qwen2Config, SiglipVisionConfig, SiglipVisionModel
+
+    tokenizer = train_tokenizer(builtin_corpus(200), vocab_size=400)
+    torch.manual_seed(1)
+    llm = AutoModelForCausalLM.from_config(
+        Qwen2Config(vocab_size=448, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    )
+    with torch.no_grad():  # non-default values everywhere, so that a re-initialisation would show
+        for p in llm.parameters():
+            p.add_(torch.randn_like(p))
+    llm.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    tower = SiglipVisionModel(SiglipVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                                 num_hidden_layers=2, num_attention_heads=4))
+    with torch.no_grad():
+        for p in tower.parameters():
+            p.add_(torch.randn_like(p))
+    tower.save_pretrained(root / "siglip")
+    return root / "llm", root / "siglip"
+
+
+def test_pretrained_parts_keep_their_weights_and_checkpoint_loads_without_them(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, SiglipVisionModel
+
+    llm_dir, tower_dir = _make_parts(tmp_path / "parts")
+    spec = load_model_spec(None, [f"llm.path={llm_dir}", f"vision.path={tower_dir}", "vision.connector.depth=2",
+                                  "volume.encoder=vit3d", "volume.config.image_size=[8,32,32]",
+                                  "volume.config.patch_size=[4,8,8]", "volume.config.hidden_size=32",
+                                  "volume.config.intermediate_size=64", "volume.config.num_hidden_layers=1",
+                                  "volume.config.num_attention_heads=4", "volume.connector.pool_stride=[2,2,2]"])
+    model, processor = build_model(spec)
+    llm_ref = AutoModelForCausalLM.from_pretrained(llm_dir).state_dict()
+    tower_ref = SiglipVisionModel.from_pretrained(tower_dir).state_dict()
+    for ref, module in ((llm_ref, model.language_model), (tower_ref, model.vision_tower)):
+        got = module.state_dict()
+        assert set(got) == set(ref)
+        for key, value in ref.items():
+            assert torch.equal(got[key], value), key
+    out = save_checkpoint(model, processor, tmp_path / "ckpt")
+    shutil.rmtree(tmp_path / "parts")  # the checkpoint must not need its parts any more
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = MedVLForConditionalGeneration.from_pretrained(str(out)).eval()
+    for key, value in llm_ref.items():
+        assert torch.equal(loaded.language_model.state_dict()[key], value), key
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    proc = MedVLProcessor.from_pretrained(str(out))
+    batch = proc(text=[_prompt(proc)], images=[_image()], volumes=[_volume()])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, atol=0, rtol=0)
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.util, os, sys
+    src = os.path.realpath(sys.argv[1])
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != src]
+    assert importlib.util.find_spec("medvl") is None, "medvl must not be importable here"
+    import numpy as np, torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    ckpt = sys.argv[2]
+    model = AutoModelForImageTextToText.from_pretrained(ckpt, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(ckpt, trust_remote_code=True)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8))
+    volume = np.random.default_rng(0).normal(0, 300, (20, 48, 40)).astype(np.float32)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "volume"}, {"type": "text", "text": "Any nodule?"}]}],
+        add_generation_prompt=True)
+    batch = processor(text=[prompt], images=[image], volumes=[volume])
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert not any(name == "medvl" or name.startswith("medvl.") for name in sys.modules), "medvl was imported"
+    np.save(sys.argv[3], logits.numpy())
+    print(type(model).__module__, type(processor).__module__)
+    """
+)
+
+
+def test_trust_remote_code_load_in_a_process_without_medvl(tiny_model_dir, tiny_model, tiny_processor, tmp_path):
+    script = tmp_path / "remote_load.py"
+    script.write_text(REMOTE_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
+           "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-I", str(script), str(SRC), str(tiny_model_dir), str(tmp_path / "logits.npy")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "transformers_modules" in result.stdout  # classes came from the checkpoint's code files
+    batch = tiny_processor(text=[_prompt(tiny_processor)], images=[_image()], volumes=[_volume()])
+    with torch.no_grad():
+        expected = tiny_model(**batch).logits.numpy()
+    np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), expected)
+
+
+def test_build_cli_writes_a_loadable_checkpoint(tmp_path):
+    from medvl.cli import main
+
+    out = tmp_path / "cli"
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    assert main(["build", str(tiny), "--out", str(out), "volume=null", "vision.connector.depth=1"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["volume_config"] is None and config["image_connector"]["depth"] == 1
+    assert main(["build", str(tiny), "--out", str(tmp_path / "bad"), "vision.feature_select=cls_patch"]) == 2
+
+
+def test_spec_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="valid keys"):
+        load_model_spec(None, ["vision.conector.depth=2"])
+    with pytest.raises(ValueError, match="at least one encoder"):
+        build_model(load_model_spec(None, ["tokenizer.source=train", "llm.config.model_type=qwen2"]))
+    with pytest.raises(FileNotFoundError, match="not a local folder"):
+        build_model(load_model_spec(None, [f"llm.path={tmp_path / 'nope'}", "tokenizer.source=train",
+                                           "vision.config.model_type=siglip_vision_model"]))
