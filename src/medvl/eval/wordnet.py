@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -91,15 +92,18 @@ def get_wordnet():
     import nltk
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
-    try:
-        found = nltk.data.find("corpora/wordnet")
-        return WordNetCorpusReader(found, None)
-    except LookupError:
-        pass
-    root = build_nltk_wordnet()
-    if str(root) not in nltk.data.path:
-        nltk.data.path.insert(0, str(root))  # NLTK only reads corpora under its data roots
-    return WordNetCorpusReader(str(root / "corpora" / "wordnet"), None)
+    # Without the Open Multilingual Wordnet NLTK warns at every load; English is all METEOR uses.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The multilingual functions")
+        try:
+            found = nltk.data.find("corpora/wordnet")
+            return WordNetCorpusReader(found, None)
+        except LookupError:
+            pass
+        root = build_nltk_wordnet()
+        if str(root) not in nltk.data.path:
+            nltk.data.path.insert(0, str(root))  # NLTK only reads corpora under its data roots
+        return WordNetCorpusReader(str(root / "corpora" / "wordnet"), None)
 
 
 def wordnet_available() -> bool:
