@@ -1,0 +1,265 @@
+"""2D medical image loading: PNG, JPEG, BMP, TIFF (8/16-bit) and DICOM -> 8-bit RGB ``PIL.Image``.
+
+Intensity rules (all fixed per file format, never silently per image):
+
+* 8-bit grey/colour images are converted to RGB unchanged.
+* 16-bit (and 32-bit integer) grey images: ``window=None`` maps the full unsigned 16-bit range
+  0..65535 linearly onto 0..255; pass a window in the file's units (``(center, width)``, a preset
+  name, ``"custom:C,W"``) or ``"minmax"`` (per image, only when asked). Float images need a window
+  or ``"minmax"``.
+* DICOM (pydicom): the modality LUT is applied first (Rescale Slope/Intercept or a Modality LUT
+  Sequence; CT values become HU). Then the VOI: ``window=None`` uses the file's own VOI (VOI LUT
+  Sequence, else the first Window Center/Width with DICOM's LINEAR function); without one, CT uses
+  the ``"wide"`` HU window (-1000..1000) and other modalities (MR, US, ...: no absolute intensity
+  scale) their own min..max. A preset
+  name / custom window / ``"minmax"`` overrides the file. MONOCHROME1 is inverted after windowing so
+  that dense tissue is bright. Colour DICOM (RGB, YBR, palette) is converted to RGB. Multi-frame
+  files give their first frame (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from medvl.errors import MedVLDataError
+from medvl.imaging.windows import apply_window_uint8, window_bounds
+
+logger = logging.getLogger(__name__)
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+WindowArg = str | Sequence[float] | dict[str, float] | None
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True for a ``.dcm``/``.dicom`` name or a file with the ``DICM`` magic at byte 128.
+
+    Args:
+        path: file to test (must exist to be sniffed).
+    """
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def load_image(path: str | Path, window: WindowArg = None, record: str | int | None = None) -> Image.Image:
+    """Load a 2D medical image as an 8-bit RGB ``PIL.Image``.
+
+    Args:
+        path: PNG, JPEG, BMP, TIFF or DICOM file.
+        window: None for the format's fixed rule (see the module docstring), ``"minmax"`` for a
+            per-image stretch, or a window: preset name (lung, mediastinum, abdomen, bone, wide),
+            ``"custom:C,W"`` or (center, width) in the file's units (HU for CT DICOM).
+        record: record id, used in error messages.
+
+    Returns:
+        RGB image, 8 bits per channel.
+
+    Raises:
+        MedVLDataError: missing, unreadable, truncated or corrupt file, 0-pixel image, or pixel data
+            that cannot be decoded; the message names the record and file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MedVLDataError("image file not found", record=record, path=str(path))
+    if path.is_dir():
+        raise MedVLDataError("expected an image file, got a directory", record=record, path=str(path))
+    if window is not None and window != "minmax":
+        window_bounds(window)  # invalid names fail here, listing the valid ones
+    if is_dicom_file(path):
+        pixels = _dicom_pixels(path, window, record)
+    else:
+        pixels = _pil_pixels(path, window, record)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+    return Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
+
+
+# ---------------------------------------------------------------- PIL formats
+
+
+def _pil_pixels(path: Path, window: WindowArg, record: str | int | None) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            n_frames = getattr(img, "n_frames", 1)
+            if n_frames > 1:
+                logger.info("%s has %d frames; using the first", path, n_frames)
+            img.load()  # decode now: truncated/corrupt data fails here, not later in a worker
+            _check_size(img.size[0], img.size[1], path, record)
+            mode = img.mode
+            if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+                return _grey_high_depth(np.array(img), mode, window, path, record)
+            if window is not None:
+                grey = np.array(img.convert("L"))
+                return _map_grey(grey.astype(np.float64), window, (0.0, 255.0))
+            return np.array(img.convert("RGB"))
+    except UnidentifiedImageError as exc:
+        raise MedVLDataError("not a readable image (unknown or corrupt format)", record=record, path=str(path)) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, MedVLDataError):
+            raise
+        raise MedVLDataError(f"corrupt or truncated image: {exc}", record=record, path=str(path)) from exc
+
+
+def _check_size(width: int, height: int, path: Path, record: str | int | None) -> None:
+    if width <= 0 or height <= 0:
+        raise MedVLDataError(f"image has 0 pixels (size {width}x{height})", record=record, path=str(path))
+
+
+def _grey_high_depth(array: np.ndarray, mode: str, window: WindowArg, path: Path, record) -> np.ndarray:
+    values = array.astype(np.float64)
+    if window is None:
+        if mode == "F":
+            raise MedVLDataError(
+                "floating-point image: pass window=(center, width) or window='minmax'", record=record, path=str(path)
+            )
+        if values.min() < 0 or values.max() > 65535:
+            raise MedVLDataError(
+                f"integer image with values {values.min():g}..{values.max():g} outside 0..65535: pass a window",
+                record=record,
+                path=str(path),
+            )
+        return _map_grey(values, None, (0.0, 65535.0))
+    return _map_grey(values, window, (0.0, 65535.0))
+
+
+def _map_grey(values: np.ndarray, window: WindowArg, full_range: tuple[float, float]) -> np.ndarray:
+    """Grey values -> uint8 with a window, 'minmax', or the fixed full range."""
+    if window == "minmax":
+        low, high = float(values.min()), float(values.max())
+        if high <= low:
+            return np.zeros(values.shape, dtype=np.uint8)
+        return np.round((values - low) / (high - low) * 255.0).astype(np.uint8)
+    if window is None:
+        low, high = full_range
+        return np.round((np.clip(values, low, high) - low) / (high - low) * 255.0).astype(np.uint8)
+    return apply_window_uint8(values, window)
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+def read_dicom(path: Path, record: str | int | None, stop_before_pixels: bool = False) -> Any:
+    """``pydicom.dcmread`` with medvl errors for unreadable files.
+
+    Args:
+        path: DICOM file.
+        record: record id for error messages.
+        stop_before_pixels: read the header only.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as exc:
+        raise MedVLDataError(f"not a valid DICOM file: {exc}", record=record, path=str(path)) from exc
+    except Exception as exc:  # pydicom raises many types (EOFError, OSError, struct.error, ...) on bad bytes
+        raise MedVLDataError(f"corrupt DICOM file: {type(exc).__name__}: {exc}", record=record, path=str(path)) from exc
+
+
+def dicom_pixel_array(ds: Any, path: Path, record: str | int | None) -> np.ndarray:
+    """Decoded pixel data of a DICOM dataset, with medvl errors.
+
+    Args:
+        ds: pydicom dataset.
+        path: its file (for messages).
+        record: record id for messages.
+    """
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise MedVLDataError("DICOM file has no pixel data", record=record, path=str(path))
+    try:
+        return ds.pixel_array
+    except Exception as exc:  # missing decoder plugin, truncated pixel data, bad tags, ...
+        raise MedVLDataError(
+            f"cannot decode DICOM pixel data ({ds.file_meta.TransferSyntaxUID.name if 'file_meta' in ds else '?'}):"
+            f" {type(exc).__name__}: {exc}",
+            record=record,
+            path=str(path),
+        ) from exc
+
+
+def _dicom_pixels(path: Path, window: WindowArg, record: str | int | None) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
+
+    ds = read_dicom(path, record)
+    if "Rows" not in ds or "Columns" not in ds:
+        raise MedVLDataError("DICOM header has no Rows/Columns (truncated, or not an image)", record=record,
+                             path=str(path))
+    _check_size(int(ds.Columns or 0), int(ds.Rows or 0), path, record)
+    array = dicom_pixel_array(ds, path, record)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        logger.info("%s has %d frames; using the first", path, frames)
+        array = array[0]
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(array, ds)  # the palette's own depth: 8 or 16 bits
+        return _to_uint8_rgb(rgb, 16 if rgb.max() > 255 else 8)
+    if samples == 3:
+        # pydicom 3 returns RGB for YBR data by default (as_rgb); we only rescale the bit depth.
+        return _to_uint8_rgb(array, int(ds.get("BitsStored", 8)))
+
+    modality_values = apply_modality_lut(array, ds)
+    values = modality_values.astype(np.float64)
+    if window is not None:
+        out = _map_grey(values, window, (0.0, 1.0))
+    elif "VOILUTSequence" in ds:
+        lut = apply_voi(modality_values, ds, index=0)
+        top = float(np.max(ds.VOILUTSequence[0].LUTData)) or 1.0
+        out = np.round(np.clip(lut.astype(np.float64) / top, 0, 1) * 255.0).astype(np.uint8)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        out = _dicom_linear_window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), ds)
+    elif str(ds.get("Modality", "")).upper() == "CT":
+        out = apply_window_uint8(values, "wide")
+    else:
+        # MR, US, ... carry no absolute intensity scale and their stored bit range is usually far wider
+        # than the data, so without a VOI in the file the image's own range is the only sensible one.
+        logger.debug("%s: no VOI window in the file; using the image's min..max", path)
+        out = _map_grey(values, "minmax", (0.0, 1.0))
+    if photometric == "MONOCHROME1":
+        out = 255 - out  # MONOCHROME1: low values are white
+    return out
+
+
+def _first(value: Any) -> float:
+    try:
+        return float(value[0])
+    except TypeError:
+        return float(value)
+
+
+def _dicom_linear_window(values: np.ndarray, center: float, width: float, ds: Any) -> np.ndarray:
+    """DICOM's VOI LUT function (LINEAR, LINEAR_EXACT or SIGMOID, PS3.3 C.11.2.1.2) onto 0..255."""
+    func = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    if func == "SIGMOID":
+        unit = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))
+    elif func == "LINEAR_EXACT":
+        unit = np.clip((values - center) / max(width, 1e-6) + 0.5, 0.0, 1.0)
+    else:
+        center, width = center - 0.5, max(width - 1.0, 1e-6)
+        unit = np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    return np.round(unit * 255.0).astype(np.uint8)
+
+
+def _to_uint8_rgb(array: np.ndarray, bits: int) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    scale = 255.0 / (2.0 ** max(bits, 8) - 1)
+    return np.round(np.clip(array.astype(np.float64) * scale, 0, 255)).astype(np.uint8)
+
+
+__all__ = ["dicom_pixel_array", "is_dicom_file", "load_image", "read_dicom"]

@@ -1,0 +1,290 @@
+"""3D volume loading: NIfTI, DICOM series folders and ``.npy``/``.npz`` -> :class:`Volume` (HU, RAS affine).
+
+Conventions (as nibabel): ``Volume.array`` is indexed (i, j, k) and ``Volume.affine`` maps voxel
+indices to RAS+ world millimetres (x increases towards the patient's Right, y Anterior,
+z Superior). DICOM's LPS patient coordinates are converted to RAS on load.
+
+* NIfTI (``.nii``, ``.nii.gz``): nibabel, data scaled by ``scl_slope``/``scl_inter``, the image's best
+  affine (sform, else qform). A trailing length-1 4th axis is dropped; real 4D data is an error.
+* DICOM series folder: every file in the folder (not recursive; DICOMDIR and obvious non-DICOM
+  files such as ``.txt``/``.json`` are skipped) must be a readable DICOM image of ONE
+  SeriesInstanceUID with one ImageOrientationPatient; slices are sorted by their position along the
+  slice normal and must be evenly spaced (1% tolerance). The array is (column, row, slice) so that
+  i runs along the DICOM row direction, like nibabel's DICOM conversion. Values get the modality
+  LUT (Rescale Slope/Intercept): HU for CT.
+* ``.npy``: a 3D array in HU stored already oriented as (D, H, W) = ``"SPL"`` (medvl's processed
+  layout, also MedM-VL's CT-RATE arrays), 1 mm voxels. ``.npz``: the array under ``volume``,
+  ``image``, ``array``, ``data`` or ``arr_0``, optionally ``affine`` (4x4, voxel -> RAS) or
+  ``spacing`` (3 values, mm, for the SPL layout).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medvl.errors import MedVLDataError
+from medvl.imaging.image2d import dicom_pixel_array, read_dicom
+from medvl.models.volume_processing_medvl import axcodes_affine
+
+logger = logging.getLogger(__name__)
+
+NPZ_ARRAY_KEYS = ("volume", "image", "array", "data", "arr_0")
+NON_DICOM_SUFFIXES = {".txt", ".json", ".md", ".csv", ".xml", ".png", ".jpg", ".jpeg", ".nii", ".gz", ".npy",
+                      ".npz", ".yaml", ".yml", ".zip", ".py"}
+# Relative tolerance on slice gaps: scanners write positions with ~0.01 mm rounding.
+SPACING_RTOL = 0.01
+# The LPS -> RAS flip of DICOM patient coordinates.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    """A 3D image in HU (or scanner units for MR) with its geometry.
+
+    Args:
+        array: float32 values indexed (i, j, k).
+        affine: 4x4 voxel -> RAS world (mm).
+        source: the file or folder it came from (used in error messages).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    source: str = ""
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along i, j, k: the lengths of the affine's columns."""
+        return tuple(float(v) for v in np.sqrt((np.asarray(self.affine)[:3, :3] ** 2).sum(axis=0)))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)
+
+
+def load_volume(path: str | Path, record: str | int | None = None) -> Volume:
+    """Load a CT/MR volume.
+
+    Args:
+        path: ``.nii``/``.nii.gz`` file, DICOM series folder, ``.npy`` or ``.npz`` file.
+        record: record id, used in error messages.
+
+    Returns:
+        :class:`Volume` with float32 values and a voxel -> RAS affine.
+
+    Raises:
+        MedVLDataError: missing or unreadable input, NaN/inf voxels, not 3D, or an inconsistent DICOM
+            series (mixed series, mixed orientations, uneven spacing, duplicate slices); the message
+            names the record and file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MedVLDataError("volume file or folder not found", record=record, path=str(path))
+    name = path.name.lower()
+    if path.is_dir():
+        volume = _load_dicom_series(path, record)
+    elif name.endswith(".nii") or name.endswith(".nii.gz"):
+        volume = _load_nifti(path, record)
+    elif name.endswith(".npy"):
+        volume = _load_npy(path, record)
+    elif name.endswith(".npz"):
+        volume = _load_npz(path, record)
+    else:
+        raise MedVLDataError(
+            "unsupported volume format; expected .nii, .nii.gz, .npy, .npz or a DICOM series folder",
+            record=record,
+            path=str(path),
+        )
+    _validate(volume, record)
+    return volume
+
+
+def _validate(volume: Volume, record: str | int | None) -> None:
+    array = volume.array
+    if array.ndim != 3:
+        raise MedVLDataError(f"volume must be 3D, got shape {tuple(array.shape)}", record=record, path=volume.source)
+    if min(array.shape) == 0:
+        raise MedVLDataError(f"volume is empty, shape {tuple(array.shape)}", record=record, path=volume.source)
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise MedVLDataError(
+            f"volume has {int((~finite).sum())} NaN or infinite voxel(s)", record=record, path=volume.source
+        )
+    affine = np.asarray(volume.affine)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise MedVLDataError(f"invalid affine {affine.tolist()}", record=record, path=volume.source)
+
+
+# ---------------------------------------------------------------- NIfTI and numpy
+
+
+def _load_nifti(path: Path, record: str | int | None) -> Volume:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        array = np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib/gzip errors, ...
+        raise MedVLDataError(f"unreadable NIfTI file: {type(exc).__name__}: {exc}", record=record,
+                             path=str(path)) from exc
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise MedVLDataError(f"NIfTI must hold one 3D volume, got shape {array.shape}", record=record, path=str(path))
+    return Volume(array=array, affine=np.asarray(img.affine, dtype=np.float64), source=str(path))
+
+
+def _load_npy(path: Path, record: str | int | None) -> Volume:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise MedVLDataError(f"unreadable .npy file: {type(exc).__name__}: {exc}", record=record,
+                             path=str(path)) from exc
+    return Volume(array=_float32(array, path, record), affine=axcodes_affine((1.0, 1.0, 1.0), "SPL"),
+                  source=str(path))
+
+
+def _load_npz(path: Path, record: str | int | None) -> Volume:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            contents = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise MedVLDataError(f"unreadable .npz file: {type(exc).__name__}: {exc}", record=record,
+                             path=str(path)) from exc
+    key = next((k for k in NPZ_ARRAY_KEYS if k in contents), None)
+    if key is None:
+        raise MedVLDataError(
+            f".npz holds {sorted(contents)}; expected the volume under one of {list(NPZ_ARRAY_KEYS)}",
+            record=record,
+            path=str(path),
+        )
+    array = _float32(contents[key], path, record)
+    if "affine" in contents:
+        affine = np.asarray(contents["affine"], dtype=np.float64)
+    elif "spacing" in contents:
+        spacing = np.asarray(contents["spacing"], dtype=np.float64).ravel()
+        if spacing.shape != (3,) or not (spacing > 0).all():
+            raise MedVLDataError(f"'spacing' must be 3 positive numbers, got {spacing.tolist()}", record=record,
+                                 path=str(path))
+        affine = axcodes_affine(tuple(spacing), "SPL")
+    else:
+        affine = axcodes_affine((1.0, 1.0, 1.0), "SPL")
+    return Volume(array=array, affine=affine, source=str(path))
+
+
+def _float32(array: np.ndarray, path: Path, record: str | int | None) -> np.ndarray:
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+            or array.dtype == np.bool_):
+        raise MedVLDataError(f"volume has non-numeric dtype {array.dtype}", record=record, path=str(path))
+    return array.astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------- DICOM series
+
+
+def _series_files(folder: Path) -> list[Path]:
+    files = []
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() or child.name.startswith(".") or child.name.upper() == "DICOMDIR":
+            continue
+        if child.suffix.lower() in NON_DICOM_SUFFIXES:
+            continue
+        files.append(child)
+    return files
+
+
+def _load_dicom_series(folder: Path, record: str | int | None) -> Volume:
+    files = _series_files(folder)
+    if not files:
+        raise MedVLDataError("folder holds no DICOM files", record=record, path=str(folder))
+    headers = [(f, read_dicom(f, record, stop_before_pixels=True)) for f in files]
+
+    series: dict[str, list[Path]] = {}
+    for f, ds in headers:
+        series.setdefault(str(ds.get("SeriesInstanceUID", "<none>")), []).append(f)
+    if len(series) > 1:
+        listing = "; ".join(f"{uid} ({len(fs)} file(s), e.g. {fs[0].name})" for uid, fs in series.items())
+        raise MedVLDataError(
+            f"folder mixes {len(series)} DICOM series: {listing}; put each series in its own folder",
+            record=record,
+            path=str(folder),
+        )
+
+    for f, ds in headers:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise MedVLDataError("multi-frame DICOM files are not supported in a series folder", record=record,
+                                 path=str(f))
+        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
+            if tag not in ds:
+                raise MedVLDataError(f"DICOM slice lacks {tag}; cannot place it in 3D", record=record, path=str(f))
+
+    orientation = np.asarray([float(v) for v in headers[0][1].ImageOrientationPatient])
+    for f, ds in headers[1:]:
+        other = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        if not np.allclose(other, orientation, atol=1e-4):
+            raise MedVLDataError(
+                f"slices have different ImageOrientationPatient ({orientation.tolist()} in {headers[0][0].name} vs "
+                f"{other.tolist()}); not one volume",
+                record=record,
+                path=str(f),
+            )
+    shapes = {(int(ds.Rows), int(ds.Columns)) for _, ds in headers}
+    if len(shapes) > 1:
+        raise MedVLDataError(f"slices have different sizes {sorted(shapes)}", record=record, path=str(folder))
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for _, ds in headers])
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    headers = [headers[i] for i in order]
+    positions, along = positions[order], along[order]
+
+    if len(headers) > 1:
+        gaps = np.diff(along)
+        if (gaps < 1e-3).any():
+            dup = int(np.argmax(gaps < 1e-3))
+            raise MedVLDataError(
+                f"two slices share position {along[dup]:.3f} mm along the normal ({headers[dup][0].name}, "
+                f"{headers[dup + 1][0].name}); duplicated or multi-phase series",
+                record=record,
+                path=str(folder),
+            )
+        if gaps.max() - gaps.min() > SPACING_RTOL * gaps.mean():
+            raise MedVLDataError(
+                f"inconsistent slice spacing: gaps between sorted slices range {gaps.min():.3f}..{gaps.max():.3f} mm "
+                f"(first irregular gap after {headers[int(np.argmax(np.abs(gaps - np.median(gaps))))][0].name}); "
+                "missing slices or a mixed acquisition",
+                record=record,
+                path=str(folder),
+            )
+        step = (positions[-1] - positions[0]) / (len(headers) - 1)  # follows gantry tilt, like nibabel
+    else:
+        thickness = float(headers[0][1].get("SliceThickness", 1.0) or 1.0)
+        step = normal * thickness
+
+    from pydicom.pixels import apply_modality_lut
+
+    slices = []
+    for f, _ in headers:
+        ds = read_dicom(f, record)
+        pixels = dicom_pixel_array(ds, f, record)
+        if pixels.ndim != 2:
+            raise MedVLDataError(f"expected a single-frame greyscale slice, got pixel array {pixels.shape}",
+                                 record=record, path=str(f))
+        slices.append(apply_modality_lut(pixels, ds).astype(np.float32))
+    # pixel_array is [row, column]; the volume is (column, row, slice) so i runs along the row direction.
+    array = np.stack(slices, axis=-1).transpose(1, 0, 2)
+
+    row_spacing, col_spacing = (float(v) for v in headers[0][1].PixelSpacing)
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row_dir * col_spacing  # moving along a row = next column: column spacing
+    affine_lps[:3, 1] = col_dir * row_spacing  # moving down a column = next row: row spacing
+    affine_lps[:3, 2] = step
+    affine_lps[:3, 3] = positions[0]
+    return Volume(array=np.ascontiguousarray(array), affine=LPS_TO_RAS @ affine_lps, source=str(folder))
+
+
+__all__ = ["Volume", "load_volume"]

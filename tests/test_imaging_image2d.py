@@ -1,0 +1,181 @@
+"""Tests for medvl.imaging.image2d (load_image) and medvl.imaging.windows on real and synthetic files."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pydicom.data
+import pytest
+from PIL import Image
+from pydicom.pixels import apply_voi_lut
+
+from medvl.errors import MedVLDataError
+from medvl.imaging import apply_window_uint8, load_image
+from medvl.imaging.image2d import is_dicom_file
+
+DATA_STORE = Path(pydicom.__file__).resolve().parent.parent / "data_store" / "data"  # the pydicom-data package
+CHEST_XRAY = DATA_STORE / "RG1_UNCR.dcm"  # 1955 x 1841 computed radiograph, MONOCHROME1
+CT_512 = DATA_STORE / "693_UNCR.dcm"  # 512 x 512 CT slice with a 40/100 window
+CT_SMALL = Path(pydicom.data.get_testdata_file("CT_small.dcm"))  # 128 x 128 CT, no window in the file
+
+
+def hu_of(path: Path) -> np.ndarray:
+    ds = pydicom.dcmread(path)
+    return ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+
+
+# ---------------------------------------------------------------- PIL formats
+
+
+def test_png_rgb_round_trip(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, size=(7, 9, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    img = load_image(tmp_path / "x.png")
+    assert img.mode == "RGB" and img.size == (9, 7)
+    assert np.array_equal(np.array(img), rgb)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif"])
+def test_grey_8bit_becomes_three_equal_channels(tmp_path, suffix):
+    grey = np.arange(60, dtype=np.uint8).reshape(6, 10) * 4
+    Image.fromarray(grey).save(tmp_path / f"g{suffix}")
+    out = np.array(load_image(tmp_path / f"g{suffix}"))
+    assert out.shape == (6, 10, 3)
+    for c in range(3):
+        assert np.array_equal(out[..., c], grey)
+
+
+def test_jpeg_loads_as_rgb(tmp_path):
+    Image.fromarray(np.full((16, 8, 3), 200, np.uint8)).save(tmp_path / "x.jpg", quality=95)
+    img = load_image(tmp_path / "x.jpg")
+    assert img.mode == "RGB" and img.size == (8, 16)
+    assert abs(int(np.array(img).mean()) - 200) <= 2
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_fixed_full_range_and_window(tmp_path, suffix):
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / f"x{suffix}")
+    # Fixed mapping of 0..65535 onto 0..255 (257 = 65535 / 255 -> exactly 1).
+    assert np.array_equal(np.array(load_image(tmp_path / f"x{suffix}"))[0, :, 0], [0, 1, 128, 255])
+    # A window in raw units: 0..1000 (center 500, width 1000).
+    assert np.array_equal(np.array(load_image(tmp_path / f"x{suffix}", window=(500, 1000)))[0, :, 0],
+                          [0, 66, 255, 255])
+    # Per-image min..max only when asked.
+    assert np.array_equal(np.array(load_image(tmp_path / f"x{suffix}", window="minmax"))[0, :, 0], [0, 1, 128, 255])
+
+
+def test_missing_file_names_record_and_path(tmp_path):
+    with pytest.raises(MedVLDataError, match=r"record 'r7'.*nope\.png.*not found"):
+        load_image(tmp_path / "nope.png", record="r7")
+
+
+def test_truncated_png(tmp_path):
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(MedVLDataError, match=r"cut\.png.*(truncated|corrupt)"):
+        load_image(tmp_path / "cut.png", record=3)
+
+
+def test_garbage_bytes_are_not_an_image(tmp_path):
+    (tmp_path / "junk.png").write_bytes(b"this is not a png at all" * 10)
+    with pytest.raises(MedVLDataError, match=r"junk\.png.*not a readable image"):
+        load_image(tmp_path / "junk.png")
+
+
+def test_zero_width_png(tmp_path):
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 5, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    (tmp_path / "zero.png").write_bytes(png)
+    with pytest.raises(MedVLDataError, match=r"zero\.png"):
+        load_image(tmp_path / "zero.png")
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+def test_ct_small_without_file_window_uses_wide_hu_window():
+    img = load_image(CT_SMALL)
+    assert img.size == (128, 128)
+    hu = hu_of(CT_SMALL)
+    expected = np.round((np.clip(hu, -1000, 1000) + 1000) / 2000 * 255).astype(np.uint8)
+    assert np.array_equal(np.array(img)[..., 0], expected)
+
+
+def test_named_window_on_ct():
+    hu = hu_of(CT_SMALL)
+    expected = np.round((np.clip(hu, -1350, 150) + 1350) / 1500 * 255).astype(np.uint8)  # lung -600/1500
+    assert np.array_equal(np.array(load_image(CT_SMALL, window="lung"))[..., 1], expected)
+    custom = np.round((np.clip(hu, -160, 240) + 160) / 400 * 255).astype(np.uint8)  # 40/400
+    assert np.array_equal(np.array(load_image(CT_SMALL, window=(40, 400)))[..., 2], custom)
+
+
+def test_unknown_window_lists_the_presets():
+    with pytest.raises(ValueError, match="lung, mediastinum, abdomen, bone, wide"):
+        load_image(CT_SMALL, window="brain")
+
+
+def test_512_ct_uses_the_files_voi_window():
+    ds = pydicom.dcmread(CT_512)
+    assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (40.0, 100.0)
+    img = load_image(CT_512)
+    assert img.size == (512, 512)
+    # pydicom's own VOI implementation as the reference: output range of a signed 14-bit rescaled image.
+    reference = apply_voi_lut(hu_of(CT_512), ds)
+    y_min = -(2**13) * 1 - 1024
+    y_max = (2**13 - 1) * 1 - 1024
+    expected = np.round((reference - y_min) / (y_max - y_min) * 255)
+    assert np.abs(np.array(img)[..., 0].astype(int) - expected).max() <= 1
+
+
+def test_chest_radiograph_monochrome1_is_inverted():
+    ds = pydicom.dcmread(CHEST_XRAY)
+    assert ds.PhotometricInterpretation == "MONOCHROME1" and (ds.Rows, ds.Columns) == (1955, 1841)
+    img = load_image(CHEST_XRAY)
+    assert img.size == (1841, 1955) and img.mode == "RGB"
+    reference = apply_voi_lut(ds.pixel_array, ds)  # window 15000/30000 onto 0..2^15-1
+    expected = 255 - np.round(reference / (2**15 - 1) * 255)
+    assert np.abs(np.array(img)[..., 0].astype(int) - expected).max() <= 1
+    # Inversion: the highest stored values (MONOCHROME1: displayed white) must come out darkest.
+    raw = ds.pixel_array
+    out = np.array(img)[..., 0]
+    assert out[raw >= np.percentile(raw, 99)].mean() < out[raw <= np.percentile(raw, 1)].mean()
+
+
+def test_corrupt_dicom(tmp_path):
+    data = CT_SMALL.read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[:2000])
+    with pytest.raises(MedVLDataError, match=r"cut\.dcm"):
+        load_image(tmp_path / "cut.dcm", record="c1")
+    (tmp_path / "junk.dcm").write_bytes(b"\x00" * 50)
+    with pytest.raises(MedVLDataError, match=r"junk\.dcm.*DICOM"):
+        load_image(tmp_path / "junk.dcm")
+
+
+def test_dicom_with_zero_pixels(tmp_path):
+    ds = pydicom.dcmread(CT_SMALL)
+    ds.Rows = 0
+    ds.PixelData = b""
+    ds.save_as(tmp_path / "empty.dcm")
+    with pytest.raises(MedVLDataError, match=r"empty\.dcm.*0 pixels"):
+        load_image(tmp_path / "empty.dcm")
+
+
+def test_dicom_sniffed_without_suffix(tmp_path):
+    target = tmp_path / "IM0001"
+    target.write_bytes(CT_SMALL.read_bytes())
+    assert is_dicom_file(target)
+    assert np.array_equal(np.array(load_image(target)), np.array(load_image(CT_SMALL)))
+
+
+def test_apply_window_uint8_edges():
+    assert apply_window_uint8(np.array([-1000.0, 0.0, 1000.0]), "wide").tolist() == [0, 128, 255]
+    assert apply_window_uint8(np.array([-160.0, 240.0]), "mediastinum").tolist() == [0, 255]
