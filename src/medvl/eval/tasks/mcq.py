@@ -1,0 +1,95 @@
+"""Multiple-choice 2D sets: PMC-VQA and OmniMedVQA (scored by the ``mcq`` protocol).
+
+Prompt: ``<image>\\n{question}\\nA. ...\\nB. ...`` + "Answer with the option's letter from the
+given choices directly." Generation: greedy, at most 16 new tokens.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import string
+from pathlib import Path
+
+from medvl.errors import MedVLDataError
+from medvl.eval.tasks.base import MCQ_SUFFIX, make_record, media_path, read_json, require
+
+_OPTION_PREFIX = re.compile(r"^\s*[A-D]\s*[:\.]\s*")
+
+
+def options_block(options: list[str]) -> str:
+    """``"\\nA. first\\nB. second"`` for the prompt.
+
+    Args:
+        options: option texts in letter order.
+    """
+    return "".join(f"\n{letter}. {opt}" for letter, opt in zip(string.ascii_uppercase, options))
+
+
+def load_pmc_vqa(root: Path, split: str) -> list:
+    """PMC-VQA (Zhang et al. 2023), multiple-choice version.
+
+    Source: https://huggingface.co/datasets/xmcmic/PMC-VQA (``test_2.csv`` / ``test_clean.csv`` /
+    ``train_2.csv`` + ``images/`` from ``images_2.zip``); licence CC BY-SA 4.0 per the dataset card.
+    Columns: ``Figure_path``, ``Question``, ``Answer``, ``Choice A``..``Choice D`` (texts prefixed
+    "A:"), ``Answer_label`` (letter).
+
+    Args:
+        root: folder with the CSV files and ``images/``.
+        split: CSV stem, e.g. "test_2" (default task split), "test_clean", "train_2".
+    """
+    path = root / f"{split}.csv"
+    if not path.is_file():
+        raise MedVLDataError("task 'pmc_vqa': CSV not found (splits are CSV stems, e.g. test_2)", path=str(path))
+    records = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for i, row in enumerate(csv.DictReader(fh)):
+            where = f"row {i + 2}"  # header is line 1
+            require(row, ("Figure_path", "Question", "Answer", "Choice A", "Choice B", "Answer_label"), where, path)
+            options = [_OPTION_PREFIX.sub("", row[f"Choice {c}"]).strip() for c in "ABCD"
+                       if row.get(f"Choice {c}") not in (None, "")]
+            img = media_path(root / "images", row["Figure_path"], where, path)
+            question = row["Question"].strip()
+            records.append(make_record(f"pmc_vqa-{split}-{i}", question, row["Answer"].strip(), marker="<image>",
+                                       media=[img], suffix=options_block(options) + MCQ_SUFFIX,
+                                       answer_type="CLOSED", source="pmc_vqa", options=options,
+                                       answer_choice=row["Answer_label"].strip()))
+    return records
+
+
+def load_omnimedvqa(root: Path, split: str) -> list:
+    """OmniMedVQA (Hu et al. 2024), open-access part.
+
+    Source: https://huggingface.co/datasets/foreverbeliever/OmniMedVQA
+    (``QA_information/Open-access/*.json`` + ``Images/``); licence: per source dataset (the
+    open-access part redistributes sets with permissive licences; see the card). Entries have
+    ``question_id``, ``question``, ``gt_answer`` (option text), ``option_A``..``option_D``,
+    ``image_path`` (relative to the release root), ``modality_type``, ``dataset``.
+
+    Args:
+        root: the OmniMedVQA folder.
+        split: "open-access" (``QA_information/Open-access``) or "restricted-access".
+    """
+    sub = {"open-access": "Open-access", "restricted-access": "Restricted-access"}.get(split)
+    if sub is None:
+        raise ValueError(f"OmniMedVQA split {split!r}; valid: open-access, restricted-access")
+    qa_dir = root / "QA_information" / sub
+    files = sorted(qa_dir.glob("*.json"))
+    if not files:
+        raise MedVLDataError("task 'omnimedvqa': no QA json files", path=str(qa_dir))
+    records = []
+    for path in files:
+        for i, e in enumerate(read_json(path, "omnimedvqa")):
+            where = f"entry {i} (question_id {e.get('question_id')})"
+            require(e, ("question_id", "question", "gt_answer", "image_path", "option_A", "option_B"), where, path)
+            options = [str(e[f"option_{c}"]).strip() for c in "ABCD" if e.get(f"option_{c}") not in (None, "")]
+            gt = str(e["gt_answer"]).strip()
+            if gt not in options:
+                raise MedVLDataError(f"gt_answer {gt!r} is not one of the options {options}", record=where, path=str(path))
+            img = media_path(root, e["image_path"], where, path)
+            records.append(make_record(f"omnimedvqa-{e['question_id']}", str(e["question"]).strip(), gt,
+                                       marker="<image>", media=[img], suffix=options_block(options) + MCQ_SUFFIX,
+                                       answer_type="CLOSED", source="omnimedvqa", options=options,
+                                       answer_choice=string.ascii_uppercase[options.index(gt)],
+                                       modality=e.get("modality_type"), dataset=e.get("dataset")))
+    return records
