@@ -1,0 +1,266 @@
+"""Tests for medvl.imaging.volume3d (load_volume) on real DICOM series, real NIfTI and synthetic files."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pydicom.data
+import pytest
+
+from medvl.errors import MedVLDataError
+from medvl.imaging import Volume, load_volume
+from medvl.models.volume_processing_medvl import MedVLVolumeProcessor
+
+DICOMDIR_TESTS = Path(pydicom.__file__).resolve().parent / "data" / "test_files" / "dicomdirtests"
+CT_SERIES = DICOMDIR_TESTS / "98892001" / "CT5N"  # 5 axial 16x16 CT slices, 2.5 mm apart
+CT_IRREGULAR = DICOMDIR_TESTS / "77654033" / "CT2"  # 4 slices at -99.48, 103.02, 104.27, 105.52 mm
+MR_MIXED = DICOMDIR_TESTS / "98892003" / "MR2"  # 7 files from 3 series (localisers)
+MR_SMALL = Path(pydicom.data.get_testdata_file("MR_small.dcm"))  # one 64x64 MR slice, 0.8 mm thick
+ANATOMICAL = Path(nib.__file__).resolve().parent / "tests" / "data" / "anatomical.nii"
+
+
+def copy_series(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in sorted(src.iterdir()):
+        shutil.copy(f, dst / f.name)
+    return dst
+
+
+# ---------------------------------------------------------------- DICOM series
+
+
+def test_ct_series_matches_nibabel_geometry_and_pixels():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nibabel warns that its DICOM readers are experimental
+        from nibabel.nicom import dicomwrappers
+
+    volume = load_volume(CT_SERIES)
+    assert volume.shape == (16, 16, 5)
+    assert np.allclose(volume.spacing, (0.488281, 0.488281, 2.5))
+    assert "".join(nib.aff2axcodes(volume.affine)) == "LPS"  # i: row dir +x(LPS) = patient left, k: superior
+    # Independent reference: nibabel's DICOM wrapper of each slice ((row, column) voxel order, LPS world).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrappers = [dicomwrappers.wrapper_from_file(str(f)) for f in CT_SERIES.iterdir()]
+    to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    by_position = sorted(wrappers, key=lambda w: float(w.dcm_data.ImagePositionPatient[2]))
+    for k, wrapper in enumerate(by_position):
+        data = wrapper.get_data()  # scaled (HU), [row, column]
+        assert np.allclose(volume.array[:, :, k], data.T)
+        for r, c in [(0, 0), (3, 11), (15, 2)]:
+            ours = volume.affine @ [c, r, k, 1]
+            theirs = to_ras @ wrapper.affine @ [r, c, 0, 1]
+            assert np.allclose(ours, theirs, atol=1e-4)
+
+
+def test_ct_series_values_are_hu():
+    volume = load_volume(CT_SERIES)
+    ds = pydicom.dcmread(next(CT_SERIES.iterdir()))
+    assert float(ds.RescaleIntercept) != 0 or float(ds.RescaleSlope) != 1 or volume.array.min() < 0
+    assert volume.array.dtype == np.float32
+    assert -1100 < volume.array.min() < volume.array.max() < 3100
+
+
+def mr_series(tmp_path: Path, n: int = 4, gap: float = 0.8, shuffle: bool = True, uids: list[str] | None = None) -> Path:
+    """An MR series made from pydicom's MR_small slice: n copies moved along the slice normal.
+
+    Pixel (0, 0) of slice k holds 1000 + k, so the loader's sort order can be checked.
+    """
+    folder = tmp_path / "mr"
+    folder.mkdir()
+    base = pydicom.dcmread(MR_SMALL)
+    normal = np.cross([float(v) for v in base.ImageOrientationPatient[:3]],
+                      [float(v) for v in base.ImageOrientationPatient[3:]])
+    origin = np.array([float(v) for v in base.ImagePositionPatient])
+    names = [f"IM{(7 * k) % n if shuffle else k:03d}" for k in range(n)]
+    for k in range(n):
+        ds = pydicom.dcmread(MR_SMALL)
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in origin + k * gap * normal]
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        if uids is not None:
+            ds.SeriesInstanceUID = uids[k]
+        pixels = ds.pixel_array.copy()
+        pixels[0, 0] = 1000 + k
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(folder / names[k])
+    return folder
+
+
+def test_mr_series_sorted_along_normal_with_spacing(tmp_path):
+    volume = load_volume(mr_series(tmp_path))
+    assert volume.shape == (64, 64, 4)
+    assert np.allclose(volume.spacing, (0.3125, 0.3125, 0.8), atol=1e-4)
+    assert [int(volume.array[0, 0, k]) for k in range(4)] == [1000, 1001, 1002, 1003]
+
+
+def test_mixed_series_is_refused(tmp_path):
+    with pytest.raises(MedVLDataError, match=r"mixes 3 DICOM series"):
+        load_volume(MR_MIXED, record="mr-1")
+    uids = ["1.2.3.4", "1.2.3.4", "1.2.3.5", "1.2.3.4"]
+    with pytest.raises(MedVLDataError, match=r"record 'x'.*mixes 2 DICOM series: 1\.2\.3\.4 \(3 file"):
+        load_volume(mr_series(tmp_path, uids=uids), record="x")
+
+
+def test_inconsistent_spacing_is_refused(tmp_path):
+    with pytest.raises(MedVLDataError, match=r"inconsistent slice spacing.*1\.250\.\.202\.500 mm"):
+        load_volume(CT_IRREGULAR)
+    folder = copy_series(CT_SERIES, tmp_path / "gap")
+    positions = {f: float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in folder.iterdir()}
+    middle = sorted(positions, key=positions.get)[2]
+    middle.unlink()  # a missing slice: gaps 2.5, 5.0, 2.5
+    with pytest.raises(MedVLDataError, match=r"inconsistent slice spacing.*2\.500\.\.5\.000"):
+        load_volume(folder)
+
+
+def test_duplicate_slice_positions_are_refused(tmp_path):
+    folder = copy_series(CT_SERIES, tmp_path / "dup")
+    first = sorted(folder.iterdir())[0]
+    ds = pydicom.dcmread(first)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(folder / "copy_of_first")
+    with pytest.raises(MedVLDataError, match="share position"):
+        load_volume(folder)
+
+
+def test_corrupt_dicom_in_series_names_the_file(tmp_path):
+    folder = copy_series(CT_SERIES, tmp_path / "bad")
+    victim = sorted(folder.iterdir())[1]
+    victim.write_bytes(victim.read_bytes()[:300])
+    with pytest.raises(MedVLDataError, match=victim.name):
+        load_volume(folder)
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("nothing here")
+    with pytest.raises(MedVLDataError, match="no DICOM files"):
+        load_volume(tmp_path)
+
+
+# ---------------------------------------------------------------- NIfTI
+
+
+def test_anatomical_nii_matches_nibabel():
+    volume = load_volume(ANATOMICAL)
+    img = nib.load(str(ANATOMICAL))
+    assert np.array_equal(volume.array, img.get_fdata(dtype=np.float32))
+    assert np.allclose(volume.affine, img.affine)
+    assert volume.spacing == (2.0, 2.0, 2.0)
+    values = MedVLVolumeProcessor(target_shape=(8, 16, 16), crop_foreground=False, intensity="minmax")(volume)
+    assert tuple(values["volume_values"].shape) == (1, 1, 8, 16, 16)
+
+
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "affine",
+    [
+        np.array([[0.8, 0, 0, -20], [0, 0.8, 0, -30], [0, 0, 2.5, -40], [0, 0, 0, 1]]),  # RAS
+        np.array([[-0.8, 0, 0, 20], [0, 0.8, 0, -30], [0, 0, 2.5, -40], [0, 0, 0, 1]]),  # LAS (radiological)
+        np.array([[0, 0, -1.5, 10], [0, -1.0, 0, 12], [2.0, 0, 0, -8], [0, 0, 0, 1]]),  # IPL: permuted + flipped
+    ],
+    ids=["RAS", "LAS", "IPL"],
+)
+def test_synthetic_nifti_marker_on_patient_left_lands_at_large_w(tmp_path, affine):
+    shape = (24, 20, 16)
+    array = np.full(shape, -1000.0, dtype=np.float32)
+    # The body: a soft-tissue box in the middle, so the foreground crop keeps the geometry meaningful.
+    array[4:20, 4:16, 3:13] = 40.0
+    # The marker: the body voxel with the smallest RAS x, i.e. the furthest towards the patient's LEFT
+    # (RAS: +x = patient's right), in the body's middle along y and z.
+    body = np.argwhere(array == 40.0)
+    world = body @ affine[:3, :3].T + affine[:3, 3]
+    centre = world.mean(axis=0)
+    on_left = world[:, 0] == world[:, 0].min()
+    middle = body[on_left][np.argmin(np.abs(world[on_left][:, 1:] - centre[1:]).sum(axis=1))]
+    array[tuple(middle)] = 1000.0
+    path = write_nifti(tmp_path / "ct.nii.gz", array, affine)
+
+    volume = load_volume(path)
+    assert np.array_equal(volume.array, array) and np.allclose(volume.affine, affine)
+    processor = MedVLVolumeProcessor(target_spacing=(2.0, 1.0, 1.0), foreground_hu=-500, target_shape=(8, 16, 16),
+                                     window="bone", antialias=False)
+    values = processor(volume)["volume_values"][0, 0].numpy()
+    d, h, w = np.unravel_index(np.argmax(values), values.shape)
+    assert w >= values.shape[2] - 2  # patient's left edge of the body -> right side of the image (large W)
+    assert 2 <= h <= values.shape[1] - 3 and 1 <= d <= values.shape[0] - 2
+    # Control: the neurological convention (W towards the patient's right) puts it at small W.
+    mirrored = MedVLVolumeProcessor(**{**processor.to_dict(), "axcodes": "SPR"})(volume)["volume_values"][0, 0]
+    assert np.unravel_index(int(mirrored.argmax()), mirrored.shape)[2] <= 1
+
+
+def test_nifti_with_nan_or_inf_is_refused(tmp_path):
+    for bad, name in [(np.nan, "nan.nii"), (np.inf, "inf.nii.gz")]:
+        array = np.zeros((4, 4, 4), dtype=np.float32)
+        array[1, 1, 1] = bad
+        path = write_nifti(tmp_path / name, array, np.eye(4))
+        with pytest.raises(MedVLDataError, match=rf"record 'v9'.*{name.replace('.', r'.')}.*NaN or infinite"):
+            load_volume(path, record="v9")
+
+
+def test_4d_nifti_is_refused_but_singleton_4th_axis_is_dropped(tmp_path):
+    ok = load_volume(write_nifti(tmp_path / "a.nii", np.zeros((3, 4, 5, 1), np.float32), np.eye(4)))
+    assert ok.shape == (3, 4, 5)
+    with pytest.raises(MedVLDataError, match="one 3D volume"):
+        load_volume(write_nifti(tmp_path / "b.nii", np.zeros((3, 4, 5, 2), np.float32), np.eye(4)))
+
+
+def test_truncated_nifti(tmp_path):
+    path = write_nifti(tmp_path / "c.nii.gz", np.zeros((8, 8, 8), np.float32), np.eye(4))
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(MedVLDataError, match=r"c\.nii\.gz.*unreadable NIfTI"):
+        load_volume(path)
+
+
+# ---------------------------------------------------------------- numpy, misc
+
+
+def test_npy_is_spl_oriented_1mm(tmp_path):
+    array = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    np.save(tmp_path / "v.npy", array)
+    volume = load_volume(tmp_path / "v.npy")
+    assert volume.array.dtype == np.float32 and np.array_equal(volume.array, array)
+    assert "".join(nib.aff2axcodes(volume.affine)) == "SPL" and volume.spacing == (1.0, 1.0, 1.0)
+    # Orienting to SPL is then a no-op: the processor sees the array as stored.
+    hu, _ = MedVLVolumeProcessor(crop_foreground=False, target_shape=None, intensity="none").spatial(volume)
+    assert np.array_equal(hu, array)
+
+
+def test_npz_with_spacing_or_affine(tmp_path):
+    array = np.zeros((2, 3, 4), dtype=np.float32)
+    np.savez(tmp_path / "s.npz", volume=array, spacing=np.array([2.5, 0.7, 0.7]))
+    assert load_volume(tmp_path / "s.npz").spacing == (2.5, 0.7, 0.7)
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    np.savez(tmp_path / "a.npz", image=array, affine=affine)
+    assert np.allclose(load_volume(tmp_path / "a.npz").affine, affine)
+    np.savez(tmp_path / "k.npz", something=array)
+    with pytest.raises(MedVLDataError, match=r"expected the volume under one of"):
+        load_volume(tmp_path / "k.npz")
+
+
+def test_missing_and_unsupported(tmp_path):
+    with pytest.raises(MedVLDataError, match=r"record 'r1'.*ct\.nii\.gz.*not found"):
+        load_volume(tmp_path / "ct.nii.gz", record="r1")
+    (tmp_path / "v.mha").write_bytes(b"x")
+    with pytest.raises(MedVLDataError, match=r"unsupported volume format"):
+        load_volume(tmp_path / "v.mha")
+
+
+def test_volume_smaller_than_patch_size_names_the_file(tmp_path):
+    np.save(tmp_path / "thin.npy", np.zeros((2, 64, 64), np.float32))
+    volume = load_volume(tmp_path / "thin.npy")
+    with pytest.raises(ValueError, match=r"thin\.npy.*smaller than the minimum \(4, 16, 16\)"):
+        MedVLVolumeProcessor(min_shape=(4, 16, 16))(volume)
+
+
+def test_volume_dataclass_spacing():
+    v = Volume(np.zeros((1, 1, 1), np.float32), np.array([[0, 0, -3.0, 0], [0, -2.0, 0, 0], [1.0, 0, 0, 0],
+                                                          [0, 0, 0, 1]]))
+    assert v.spacing == (1.0, 2.0, 3.0)
