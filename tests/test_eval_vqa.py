@@ -145,3 +145,12 @@ def test_mcq_extraction_rules():
     assert close(res.aggregate["accuracy"], 2 / 7)
     with pytest.raises(ValueError, match="needs 'options'"):
         score_vqa([VQAItem(id="x", prediction="A", reference="A")], "mcq")
+
+
+def test_metrics_of_an_absent_answer_type_are_omitted():
+    closed_only = [it for it in golden_items() if it.answer_type == "CLOSED"]
+    for name in ("llava_med_v1", "exact_norm", "medevalkit", "uni_med"):
+        agg = score_vqa(closed_only, name).aggregate
+        assert "closed_accuracy" in agg and not any(k.startswith("open") for k in agg), name
+    assert set(score_vqa(closed_only, "llava_med_v1").aggregate) == {"closed_accuracy", "recall_closed",
+                                                                     "closed_accuracy_run_eval"}

@@ -13,6 +13,9 @@
 ``uni_med``        Uni-Med (MedM-VL-2D's numbers): LLaVA-Med normaliser, substring closed
                    accuracy, sentence BLEU-1..4, token F1, classification exact match.
 =================  ==========================================================================
+
+Every result names its protocol. Aggregate keys of an answer type without items (e.g. the open
+metrics of a closed-only set) are omitted rather than reported as 0.
 """
 
 from medvl.eval.vqa.base import (

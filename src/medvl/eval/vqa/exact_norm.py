@@ -38,11 +38,11 @@ def exact_norm(items: Sequence[VQAItem]) -> ScoreResult:
         if it.language:
             row["language"] = it.language
         rows.append(row)
-    agg = {
-        "accuracy": mean(r["correct"] for r in rows),
-        "open_accuracy": mean(r["correct"] for r in rows if r["answer_type"] == "OPEN"),
-        "closed_accuracy": mean(r["correct"] for r in rows if r["answer_type"] == "CLOSED"),
-    }
+    agg = {"accuracy": mean(r["correct"] for r in rows)}
+    for group in ("open", "closed"):
+        vals = [r["correct"] for r in rows if r["answer_type"] == group.upper()]
+        if vals:  # an answer type without items has no value
+            agg[f"{group}_accuracy"] = mean(vals)
     by_lang: dict[str, list[bool]] = defaultdict(list)
     for r in rows:
         if "language" in r:

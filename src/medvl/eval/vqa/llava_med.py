@@ -156,25 +156,30 @@ def llava_med_v1(items: Sequence[VQAItem], candidates: Sequence[str] | None = No
 
     open_rows = [r for r in rows if r["answer_type"] == "OPEN"]
     closed_rows = [r for r in rows if r["answer_type"] == "CLOSED"]
-    agg = {
-        "closed_accuracy": mean(r["closed_hit_run_eval_batch"] for r in closed_rows),
-        "open_recall": mean(r["token_recall"] for r in open_rows),
-        "open_accuracy": mean(r["open_substring_hit"] for r in open_rows),
-        "open_precision": mean(r["token_precision"] for r in open_rows),
-        "open_f1": mean(r["token_f1"] for r in open_rows),
-        "exact_match": mean(r["exact_match_score"] for r in open_rows),
-        "bleu": mean(r["nltk_sentence_bleu_default"] for r in open_rows),
-        "bleu_1": mean(r["nltk_sentence_bleu1"] for r in open_rows),
-        "bleu_2": mean(r["nltk_sentence_bleu2"] for r in open_rows),
-        "bleu_3": mean(r["nltk_sentence_bleu3"] for r in open_rows),
-        "recall_closed": mean(r["closed_token_recall"] for r in closed_rows),
-        "closed_accuracy_run_eval": mean(r["closed_hit_run_eval"] for r in closed_rows),
-    }
-    if candidates is not None:
-        agg["open_accuracy_candidates"] = mean(r["candidate_open_acc"] for r in open_rows)
+    agg: dict[str, float] = {}
+    # A group without items has no value (LLaVA-Med divides by zero there): its keys are omitted.
+    if closed_rows:
+        agg["closed_accuracy"] = mean(r["closed_hit_run_eval_batch"] for r in closed_rows)
+    if open_rows:
+        agg.update({
+            "open_recall": mean(r["token_recall"] for r in open_rows),
+            "open_accuracy": mean(r["open_substring_hit"] for r in open_rows),
+            "open_precision": mean(r["token_precision"] for r in open_rows),
+            "open_f1": mean(r["token_f1"] for r in open_rows),
+            "exact_match": mean(r["exact_match_score"] for r in open_rows),
+            "bleu": mean(r["nltk_sentence_bleu_default"] for r in open_rows),
+            "bleu_1": mean(r["nltk_sentence_bleu1"] for r in open_rows),
+            "bleu_2": mean(r["nltk_sentence_bleu2"] for r in open_rows),
+            "bleu_3": mean(r["nltk_sentence_bleu3"] for r in open_rows),
+        })
+        if candidates is not None:
+            agg["open_accuracy_candidates"] = mean(r["candidate_open_acc"] for r in open_rows)
+    if closed_rows:
+        agg["recall_closed"] = mean(r["closed_token_recall"] for r in closed_rows)
+        agg["closed_accuracy_run_eval"] = mean(r["closed_hit_run_eval"] for r in closed_rows)
     notes = ["fractions in [0, 1]; LLaVA-Med prints x100"]
     if not open_rows or not closed_rows:
-        notes.append("a group without items scores 0.0 (LLaVA-Med itself divides by zero)")
+        notes.append("metrics of an answer type without items are omitted")
     return ScoreResult(protocol="llava_med_v1", aggregate=agg, per_item=rows,
                        versions=library_versions(["nltk"]), notes=notes,
                        counts={"open": len(open_rows), "closed": len(closed_rows)})

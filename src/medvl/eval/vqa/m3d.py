@@ -145,10 +145,13 @@ def m3d(items: Sequence[VQAItem], bertscore_model: str | None = None, with_meteo
     if not with_meteor:
         notes.append("meteor not computed (with_meteor=False)")
     closed_rows = [r for r in rows if r["answer_type"] == "CLOSED"]
-    agg = {"closed_accuracy": mean(r["correct"] for r in closed_rows),
-           "bleu1": mean(r["bleu1"] for r in open_rows),
-           "rouge1": mean(r["rouge1"] for r in open_rows)}
-    if with_meteor:
+    agg: dict[str, float] = {}
+    if closed_rows:  # an answer type without items has no value
+        agg["closed_accuracy"] = mean(r["correct"] for r in closed_rows)
+    if open_rows:
+        agg["bleu1"] = mean(r["bleu1"] for r in open_rows)
+        agg["rouge1"] = mean(r["rouge1"] for r in open_rows)
+    if with_meteor and open_rows:
         agg["meteor"] = mean(r["meteor"] for r in open_rows)
     if open_rows and "bert_f1" in open_rows[0]:
         agg["bert_f1"] = mean(r["bert_f1"] for r in open_rows)

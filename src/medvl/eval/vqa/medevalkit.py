@@ -149,13 +149,13 @@ def medevalkit(items: Sequence[VQAItem], reference_prf_mixup: bool = False) -> S
         rows.append(row)
     open_rows = [r for r in rows if r["answer_type"] == "OPEN"]
     closed_rows = [r for r in rows if r["answer_type"] == "CLOSED"]
-    agg = {
-        "accuracy": mean(r["correct"] for r in rows),
-        "closed_accuracy": mean(r["correct"] for r in closed_rows),
-        "open_accuracy": mean(r["correct"] for r in open_rows),
-    }
-    for key in _OPEN_KEYS:
-        agg[key] = mean(r["open"][key] for r in open_rows)
+    agg = {"accuracy": mean(r["correct"] for r in rows)}
+    if closed_rows:  # an answer type without items has no value
+        agg["closed_accuracy"] = mean(r["correct"] for r in closed_rows)
+    if open_rows:
+        agg["open_accuracy"] = mean(r["correct"] for r in open_rows)
+        for key in _OPEN_KEYS:
+            agg[key] = mean(r["open"][key] for r in open_rows)
     notes = [("precision/recall/f1 carry MedEvalKit's mislabelled values (reference_prf_mixup=True)"
               if reference_prf_mixup else
               "precision/recall/f1 are correct (MedEvalKit's key mix-up not reproduced; "

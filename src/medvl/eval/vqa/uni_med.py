@@ -67,8 +67,12 @@ def uni_med(items: Sequence[VQAItem], classification: bool = False) -> ScoreResu
                            counts={"all": len(rows)})
     groups = {"open": [r for r in rows if r["answer_type"] == "OPEN"],
               "closed": [r for r in rows if r["answer_type"] == "CLOSED"], "all": rows}
-    agg = {"closed_accuracy": mean(r["substring_hit"] for r in groups["closed"])}
+    agg: dict[str, float] = {}
+    if groups["closed"]:
+        agg["closed_accuracy"] = mean(r["substring_hit"] for r in groups["closed"])
     for g, rs in groups.items():
+        if not rs:  # an answer type without items has no value
+            continue
         for n in range(1, 5):
             agg[f"{g}_bleu{n}"] = mean(r[f"bleu{n}"] for r in rs)
         agg[f"{g}_f1"] = mean(r["f1"] for r in rs)
