@@ -83,36 +83,21 @@ def reference_of(record: Record) -> str | None:
     return None
 
 
-def _loaders() -> tuple[Any, Any]:
-    try:
-        from medvl.imaging.image2d import load_image
-        from medvl.imaging.volume3d import load_volume
-    except ImportError:  # imaging module not installed yet: plain PIL / numpy readers
-        import numpy as np
-        from PIL import Image
-
-        def load_image(path: str) -> Any:
-            return Image.open(path).convert("RGB")
-
-        def load_volume(path: str) -> Any:
-            return np.load(path)
-
-    return load_image, load_volume
-
-
 def _load_media(record: Record) -> tuple[list[Any], list[Any]]:
-    load_image, load_volume = _loaders()
+    from medvl.imaging.image2d import load_image
+    from medvl.imaging.volume3d import load_volume
+
     images, volumes = [], []
     for p in record.images:
         try:
-            images.append(load_image(p))
+            images.append(load_image(p, record=record.id))
         except MedVLDataError:
             raise
         except Exception as err:  # unreadable / corrupt file: name the record and file
             raise MedVLDataError(f"cannot read image: {err}", record=record.id, path=p) from err
     for p in record.volumes:
         try:
-            volumes.append(load_volume(p))
+            volumes.append(load_volume(p, record=record.id))
         except MedVLDataError:
             raise
         except Exception as err:
