@@ -1,0 +1,59 @@
+"""``medvl eval MODEL --tasks a,b [--out DIR]``: benchmark a checkpoint (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "Evaluate a model on benchmark tasks (predictions JSONL, results JSON/markdown/PNG; resumable)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Args:
+        parser: the ``eval`` sub-parser.
+    """
+    parser.add_argument("model", help="medvl checkpoint folder")
+    from medvl.eval.tasks import available_tasks
+
+    parser.add_argument("--tasks", required=True, help="comma-separated task names: " + ", ".join(available_tasks()))
+    parser.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
+    parser.add_argument("--data", action="append", default=[], metavar="TASK=DIR", help="release folder of a task")
+    parser.add_argument("--data-root", default=None, help="folder with each release under its default name")
+    parser.add_argument("--split", default=None, help="split (default: each task's test split)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N samples per task")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="override the tasks' generation length")
+    parser.add_argument("--bertscore-model", default=None, help="local model folder for BERTScore")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation and print the headline table.
+
+    Args:
+        args: parsed arguments.
+    """
+    from medvl.errors import MedVLDataError
+    from medvl.eval.runner import EvalConfig, evaluate, markdown_table
+
+    try:
+        data = {}
+        for spec in args.data:
+            name, sep, path = spec.partition("=")
+            if not sep:
+                raise ValueError(f"--data expects TASK=DIR, got {spec!r}")
+            data[name] = path
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        generation = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+        cfg = EvalConfig(tasks=tasks, out_dir=args.out, data=data, data_root=args.data_root, split=args.split,
+                         limit=args.limit, batch_size=args.batch_size, generation=generation,
+                         bertscore_model=args.bertscore_model, meteor=not args.no_meteor,
+                         progress=not args.no_progress)
+        results = evaluate(cfg, model=args.model)
+    except (MedVLDataError, ValueError, FileNotFoundError) as e:
+        print(f"medvl eval: error: {e}", file=sys.stderr)
+        return 2
+    print(markdown_table(results), end="")
+    print(f"wrote {args.out}/results.json, results.md, results.png, predictions/, scores/")
+    return 0

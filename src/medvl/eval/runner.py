@@ -1,0 +1,318 @@
+"""``medvl eval``: generate answers for benchmark tasks, score them, write results.
+
+For each task the runner loads the release (:mod:`medvl.eval.tasks`), generates the missing
+predictions through ``medvl.inference.generate`` (or an injected ``generate_fn``), scores them with
+the task's protocol and writes, under ``out_dir``::
+
+    predictions/<task>.jsonl   one line per sample (id, prediction, reference, answer_type,
+                               language, data fingerprint), appended batch by batch
+    scores/<task>.json         the full ScoreResult (per-item values, notes, versions)
+    results.json               one entry per (task, language, metric): task, metric, protocol,
+                               value, n, model, data_fingerprint, split, language, versions
+    results.md                 markdown table of the headline metrics
+    results.png                bar chart of the headline metrics
+
+Resuming: predictions already in ``predictions/<task>.jsonl`` for the same data fingerprint are
+kept and only the missing samples are generated, so an interrupted run continues where it
+stopped. Lines from another fingerprint (changed data, split, prompt or ``limit``) are discarded.
+Tasks with several languages (SLAKE, synthetic sets) are also scored per language.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from medvl.eval.results import ScoreResult, library_versions
+
+logger = logging.getLogger(__name__)
+
+GenerateFn = Callable[..., list[str]]
+
+# Metrics shown in the markdown table and chart (results.json has every aggregate).
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "llava_med_v1": ("closed_accuracy", "open_recall", "open_accuracy"),
+    "exact_norm": ("accuracy", "closed_accuracy", "open_accuracy"),
+    "medevalkit": ("accuracy", "closed_accuracy", "open_accuracy"),
+    "mcq": ("accuracy",),
+    "m3d": ("closed_accuracy", "bleu1", "rouge1", "meteor", "bert_f1"),
+    "uni_med": ("closed_accuracy", "open_bleu1", "accuracy"),
+    "report": ("bleu_1", "bleu_4", "rouge_l", "meteor", "cider"),
+}
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation run.
+
+    Args:
+        tasks: task names.
+        out_dir: output folder.
+        data: task name -> release folder (overrides ``data_root``).
+        data_root: folder holding each release under the task's ``default_dir``.
+        split: split to evaluate (default: each task's default split).
+        limit: evaluate only the first N samples of each task.
+        batch_size: generation batch size.
+        chunk_batches: batches generated between two appends to the predictions file.
+        generation: overrides of the tasks' generation settings (e.g. ``max_new_tokens``).
+        bertscore_model: local model folder for BERTScore (m3d protocol, report metrics).
+        meteor: compute METEOR (Java for reports, WordNet for m3d).
+        progress: show progress bars.
+    """
+
+    tasks: Sequence[str]
+    out_dir: str | Path
+    data: dict[str, str] = field(default_factory=dict)
+    data_root: str | Path | None = None
+    split: str | None = None
+    limit: int | None = None
+    batch_size: int = 8
+    chunk_batches: int = 4
+    generation: dict[str, Any] = field(default_factory=dict)
+    bertscore_model: str | None = None
+    meteor: bool = True
+    progress: bool = True
+
+
+def model_generate_fn(model_path: str | Path, *, batch_size: int = 8, dtype: str | None = None,
+                      device: str | None = None) -> GenerateFn:
+    """A ``generate_fn`` answering with a medvl checkpoint through ``medvl.inference.generate``.
+
+    Args:
+        model_path: checkpoint folder.
+        batch_size: generation batch size.
+        dtype: model dtype (default: float32 on CPU).
+        device: device (default: CUDA when available).
+    """
+    from medvl.inference import generate, load_model
+
+    model, processor = load_model(model_path, dtype=dtype, device=device)
+
+    def fn(records: list, **gen: Any) -> list[str]:
+        return generate(model, processor, records, batch_size=batch_size, progress=False, **gen)
+
+    return fn
+
+
+def _task_root(name: str, spec: Any, cfg: EvalConfig) -> Path:
+    if name in cfg.data:
+        return Path(cfg.data[name])
+    if cfg.data_root is None:
+        raise ValueError(f"task {name!r}: no data folder; pass --data {name}=DIR or --data-root DIR "
+                         f"(expects DIR/{spec.default_dir}; source: {spec.source})")
+    return Path(cfg.data_root) / spec.default_dir
+
+
+def _read_done(path: Path, fingerprint: str, wanted: set[str]) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    if not path.is_file():
+        return done
+    stale = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            stale += 1  # a line cut by an interruption: regenerate that sample
+            continue
+        if row.get("data_fingerprint") == fingerprint and row.get("id") in wanted:
+            done[row["id"]] = row
+        else:
+            stale += 1
+    if stale:
+        logger.warning("%s: %d stale or partial prediction lines discarded", path, stale)
+        _write_rows(path, list(done.values()))
+    return done
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _prediction_row(rec: Any, prediction: str, task: str, fingerprint: str) -> dict:
+    meta = rec.meta
+    row = {"id": rec.id, "task": task, "prediction": prediction, "reference": meta.get("reference"),
+           "answer_type": meta.get("answer_type", "OPEN"), "language": meta.get("language"),
+           "question": meta.get("question", ""), "data_fingerprint": fingerprint}
+    for key in ("options", "answer_choice"):
+        if meta.get(key) is not None:
+            row[key] = meta[key]
+    return row
+
+
+def generate_predictions(name: str, records: list, generate_fn: GenerateFn, gen: dict, path: Path,
+                         fingerprint: str, cfg: EvalConfig) -> list[dict]:
+    """Predictions for ``records`` in order, generating only those not already in ``path``.
+
+    Args:
+        name: task name.
+        records: the task's records.
+        generate_fn: ``generate_fn(records, **gen) -> list[str]``.
+        gen: generation settings.
+        path: predictions JSONL (appended chunk by chunk).
+        fingerprint: data fingerprint of ``records``.
+        cfg: run settings.
+    """
+    from tqdm.auto import tqdm
+
+    done = _read_done(path, fingerprint, {r.id for r in records})
+    todo = [r for r in records if r.id not in done]
+    if done:
+        logger.info("%s: resuming, %d of %d samples already predicted", name, len(done), len(records))
+    chunk = max(1, cfg.batch_size * cfg.chunk_batches)
+    bar = tqdm(total=len(records), initial=len(done), desc=name, unit="sample", disable=not cfg.progress)
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            for start in range(0, len(todo), chunk):
+                part = todo[start: start + chunk]
+                texts = generate_fn(part, **gen)
+                if len(texts) != len(part):
+                    raise RuntimeError(f"generate_fn returned {len(texts)} texts for {len(part)} records")
+                for rec, text in zip(part, texts):
+                    row = _prediction_row(rec, text, name, fingerprint)
+                    done[rec.id] = row
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.flush()
+                bar.update(len(part))
+    finally:
+        bar.close()
+    return [done[r.id] for r in records]
+
+
+def score_rows(spec: Any, rows: list[dict], cfg: EvalConfig) -> ScoreResult:
+    """Score prediction rows with the task's protocol.
+
+    Args:
+        spec: the TaskSpec.
+        rows: prediction rows (see :func:`generate_predictions`).
+        cfg: run settings.
+    """
+    if spec.kind == "report":
+        from medvl.eval.report_metrics import score_reports
+
+        return score_reports([r["id"] for r in rows], [r["prediction"] for r in rows],
+                             [str(r["reference"]) for r in rows], meteor=cfg.meteor,
+                             bertscore_model=cfg.bertscore_model)
+    from medvl.eval.vqa import VQAItem, score_vqa
+
+    items = [VQAItem(id=r["id"], prediction=r["prediction"], reference=str(r["reference"]),
+                     answer_type=r["answer_type"], question=r.get("question", ""), options=r.get("options"),
+                     answer_choice=r.get("answer_choice"), language=r.get("language")) for r in rows]
+    options = dict(spec.protocol_options)
+    if spec.protocol == "m3d":
+        options.setdefault("bertscore_model", cfg.bertscore_model)
+        options.setdefault("with_meteor", cfg.meteor)
+    return score_vqa(items, spec.protocol, **options)
+
+
+def evaluate(cfg: EvalConfig, *, model: str | Path | None = None, generate_fn: GenerateFn | None = None,
+             model_name: str | None = None) -> list[dict]:
+    """Run every task of ``cfg``: generate (resumably), score, write the outputs.
+
+    Args:
+        cfg: run settings.
+        model: checkpoint folder (used when ``generate_fn`` is None).
+        generate_fn: ``fn(records, **generation) -> list[str]``; overrides ``model``.
+        model_name: name written into the results (default: the model path).
+
+    Returns:
+        the results entries (also written to ``results.json``).
+    """
+    from medvl.eval.tasks import data_fingerprint, get_task
+
+    specs = {name: get_task(name) for name in cfg.tasks}  # unknown names fail before any work
+    if generate_fn is None:
+        if model is None:
+            raise ValueError("evaluate() needs a model path or a generate_fn")
+        generate_fn = model_generate_fn(model, batch_size=cfg.batch_size)
+    model_name = model_name or (str(model) if model is not None else getattr(generate_fn, "__name__", "custom"))
+    out = Path(cfg.out_dir)
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    (out / "scores").mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    for name, spec in specs.items():
+        split = cfg.split or spec.default_split
+        records = spec.load(_task_root(name, spec, cfg), split, cfg.limit)
+        fingerprint = data_fingerprint(records)
+        gen = {**spec.generation, **cfg.generation}
+        rows = generate_predictions(name, records, generate_fn, gen, out / "predictions" / f"{name}.jsonl",
+                                    fingerprint, cfg)
+        groups: dict[str, list[dict]] = {"all": rows}
+        languages = sorted({r["language"] for r in rows if r.get("language")})
+        if len(languages) > 1:
+            groups.update({lang: [r for r in rows if r.get("language") == lang] for lang in languages})
+        scores = {}
+        for group, group_rows in groups.items():
+            res = score_rows(spec, group_rows, cfg)
+            scores[group] = res.to_dict()
+            for metric, value in res.aggregate.items():
+                results.append({"task": name, "metric": metric, "protocol": res.protocol, "value": value,
+                                "n": len(group_rows), "language": group, "model": model_name,
+                                "data_fingerprint": fingerprint, "split": split, "generation": gen,
+                                "versions": res.versions})
+        (out / "scores" / f"{name}.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n",
+                                                    encoding="utf-8")
+        logger.info("%s: scored %d samples (%s)", name, len(rows), spec.protocol)
+    meta = {"model": model_name, "tasks": list(cfg.tasks),
+            "versions": library_versions(["torch", "transformers", "nltk", "pycocoevalcap", "rouge-score", "sacrebleu"])}
+    (out / "results.json").write_text(json.dumps({**meta, "results": results}, indent=2, ensure_ascii=False) + "\n",
+                                      encoding="utf-8")
+    (out / "results.md").write_text(markdown_table(results), encoding="utf-8")
+    bar_chart(results, out / "results.png", title=model_name)
+    return results
+
+
+def headline(results: list[dict]) -> list[dict]:
+    """The entries shown in the table and chart (see ``HEADLINE``).
+
+    Args:
+        results: results entries.
+    """
+    return [r for r in results if r["metric"] in HEADLINE.get(r["protocol"], ())]
+
+
+def markdown_table(results: list[dict]) -> str:
+    """A markdown table (task, language, protocol, metric, value, n) of the headline metrics.
+
+    Args:
+        results: results entries.
+    """
+    lines = ["| task | language | protocol | metric | value | n |", "|---|---|---|---|---|---|"]
+    for r in headline(results):
+        lines.append(f"| {r['task']} | {r['language']} | {r['protocol']} | {r['metric']} | {r['value']:.4f} | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(results: list[dict], path: Path, title: str = "") -> None:
+    """Horizontal bar chart of the headline metrics (matplotlib, Agg backend).
+
+    Args:
+        results: results entries.
+        path: PNG to write.
+        title: chart title (the model).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = headline(results)
+    labels = [f"{r['task']}{'' if r['language'] == 'all' else ' [' + r['language'] + ']'} · {r['metric']}" for r in rows]
+    values = [float(r["value"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(8, max(2.0, 0.35 * len(rows) + 1)))
+    ax.barh(range(len(rows)), values, color="#4472c4")
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.3f}", va="center", fontsize=7)
+    ax.set_xlabel("score (CIDEr can exceed 1)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,96 @@
+"""``medvl eval`` runner: predictions, results files, resume, per-language scores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from medvl.eval.runner import EvalConfig, evaluate
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    from medvl.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth2d")
+    synthesize("2d", 4, 0, out)
+    return out
+
+
+def answer_even_ids(records, **gen):
+    """Deterministic answers: the reference for every other record, an empty answer otherwise."""
+    return [r.meta["reference"] if i % 2 == 0 else "" for i, r in enumerate(records)]
+
+
+def test_evaluate_writes_outputs_and_per_language(tmp_path, synth_dir):
+    cfg = EvalConfig(tasks=["synth_vqa", "synth_report"], out_dir=tmp_path / "run", data={"synth_vqa": str(synth_dir),
+                     "synth_report": str(synth_dir)}, split="train", batch_size=2, chunk_batches=1,
+                     meteor=False, progress=False)
+    results = evaluate(cfg, generate_fn=answer_even_ids, model_name="oracle-half")
+    out = tmp_path / "run"
+    preds = [json.loads(line) for line in (out / "predictions" / "synth_vqa.jsonl").read_text().splitlines()]
+    assert preds and all({"id", "prediction", "reference", "data_fingerprint"} <= set(p) for p in preds)
+    data = json.loads((out / "results.json").read_text())
+    assert data["model"] == "oracle-half"
+    for entry in data["results"]:
+        assert {"task", "metric", "protocol", "value", "n", "model", "data_fingerprint", "versions"} <= set(entry)
+    acc = {(r["language"]): r for r in results if r["task"] == "synth_vqa" and r["metric"] == "accuracy"}
+    assert acc["all"]["protocol"] == "exact_norm"
+    # the half-oracle gets exactly the even positions of each chunk right
+    n_correct = sum(1 for p in preds if p["prediction"] != "")
+    assert acc["all"]["value"] == pytest.approx(n_correct / len(preds))
+    langs = {p["language"] for p in preds}
+    if len(langs) > 1:
+        assert {"en", "zh"} <= set(acc)
+        assert sum(acc[l]["n"] for l in langs) == acc["all"]["n"]
+    report = {r["metric"] for r in results if r["task"] == "synth_report" and r["language"] == "all"}
+    assert {"bleu_4", "rouge_l", "cider", "rougeL"} <= report
+    md = (out / "results.md").read_text()
+    assert "| synth_vqa | all | exact_norm | accuracy |" in md
+    with Image.open(out / "results.png") as im:
+        assert im.size[0] > 100
+    scores = json.loads((out / "scores" / "synth_vqa.json").read_text())
+    assert scores["all"]["protocol"] == "exact_norm" and len(scores["all"]["per_item"]) == len(preds)
+
+
+def test_evaluate_resumes_without_redoing(tmp_path, synth_dir):
+    seen = []
+
+    def interrupted(records, **gen):
+        if seen:
+            raise KeyboardInterrupt  # the run is killed after the first chunk
+        seen.extend(r.id for r in records)
+        return ["yes"] * len(records)
+
+    cfg = EvalConfig(tasks=["synth_vqa"], out_dir=tmp_path, data={"synth_vqa": str(synth_dir)}, split="train",
+                     batch_size=2, chunk_batches=1, meteor=False, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg, generate_fn=interrupted)
+    first = list(seen)
+    assert len(first) == 2
+    second = []
+
+    def counting(records, **gen):
+        second.extend(r.id for r in records)
+        return ["no"] * len(records)
+
+    evaluate(cfg, generate_fn=counting)
+    assert not set(first) & set(second)
+    rows = [json.loads(line) for line in (tmp_path / "predictions" / "synth_vqa.jsonl").read_text().splitlines()]
+    assert len(rows) == len(first) + len(second) == len({r["id"] for r in rows})
+    # a third run generates nothing
+    evaluate(cfg, generate_fn=lambda records, **gen: pytest.fail("nothing left to generate"))
+    # a changed data set (here: --limit) changes the fingerprint, so stale lines are redone
+    cfg.limit = 3
+    redo = []
+    evaluate(cfg, generate_fn=lambda records, **gen: redo.extend(records) or ["x"] * len(records))
+    assert len(redo) == 3
+
+
+def test_evaluate_needs_data_and_valid_task(tmp_path):
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        evaluate(EvalConfig(tasks=["nope"], out_dir=tmp_path), generate_fn=answer_even_ids)
+    with pytest.raises(ValueError, match="pass --data slake=DIR or --data-root DIR"):
+        evaluate(EvalConfig(tasks=["slake"], out_dir=tmp_path), generate_fn=answer_even_ids)
