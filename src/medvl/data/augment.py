@@ -1,0 +1,256 @@
+"""Training augmentations for processed media tensors, laterality-safe by default.
+
+A left-right flip changes the meaning of "left lung", so medvl never flips an image alone: the only
+flip (``flip_lr_prob``, 0 by default) mirrors every image and volume of the sample AND swaps
+left/right words in every message of its conversation (English ``left``/``right`` with
+``-ward(s)``, case-preserving, whole words only, so "leftover" stays; Chinese 左/右, except the
+compound 左右 which means "about" or "left and right" and is symmetric anyway). Idioms where
+"right" is not a side ("all right", "right away", "right now", "that's right", "right angle") are
+kept. Abbreviations such as "L"/"R" or "sinistral" are NOT swapped: datasets that use them should
+keep the flip off.
+
+The geometric augmentations (small in-plane rotation and scale) and the intensity jitter
+(brightness shift and contrast factor around the sample mean) keep laterality.
+
+Layout assumptions: 2D ``pixel_values`` are (N, C, H, W) with the image's left-right on W;
+``volume_values`` are (N, C, D, H, W) in medvl's SPL layout, whose W axis is the patient's
+right -> left. Both flip along their last axis; rotations are in the (H, W) plane (axial slices).
+
+Evaluation never augments: ``Augmenter(config, training=False)`` (the default) is the identity.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# Idioms where "right" does not name a side; matched case-insensitively and left untouched.
+_RIGHT_IDIOMS = (r"all right", r"right away", r"right now", r"that'?s right", r"that is right", r"right[- ]angled?",
+                 r"right angles")
+_EN_PAIRS = {"left": "right", "right": "left", "leftward": "rightward", "rightward": "leftward",
+             "leftwards": "rightwards", "rightwards": "leftwards"}
+_EN_WORD = re.compile(r"\b(?:left|right)(?:wards?)?\b", re.IGNORECASE)
+_IDIOM = re.compile(r"\b(?:" + "|".join(_RIGHT_IDIOMS) + r")\b", re.IGNORECASE)
+_ZH = re.compile(r"左右|右左|左|右")
+
+
+def _match_case(template: str, word: str) -> str:
+    if template.isupper():
+        return word.upper()
+    if template[:1].isupper():
+        return word[:1].upper() + word[1:]
+    return word
+
+
+def swap_laterality(text: str) -> str:
+    """Swap left and right in a text (English words and Chinese 左/右), preserving case.
+
+    Args:
+        text: any text.
+
+    Returns:
+        The text with "left" <-> "right" (and -ward/-wards forms, whole words only) and 左 <-> 右 swapped;
+        "leftover", 左右 and idioms such as "all right" are unchanged. Applying it twice gives the input back.
+    """
+    protected = [(m.start(), m.end()) for m in _IDIOM.finditer(text)]
+
+    def english(match: re.Match[str]) -> str:
+        if any(start <= match.start() < end for start, end in protected):
+            return match.group(0)
+        word = match.group(0)
+        return _match_case(word, _EN_PAIRS[word.lower()])
+
+    def chinese(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if len(token) == 2:  # 左右 / 右左: "about" or "both sides", symmetric
+            return token
+        return "右" if token == "左" else "左"
+
+    return _ZH.sub(chinese, _EN_WORD.sub(english, text))
+
+
+def swap_laterality_in_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copy of a message list with :func:`swap_laterality` applied to all text content.
+
+    Args:
+        messages: ``[{"role": ..., "content": str | list of parts}]``; parts with ``"text"`` are swapped.
+    """
+    out = []
+    for message in messages:
+        message = dict(message)
+        content = message.get("content")
+        if isinstance(content, str):
+            message["content"] = swap_laterality(content)
+        elif isinstance(content, list):
+            parts = []
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    part = {**part, "text": swap_laterality(part["text"])}
+                parts.append(part)
+            message["content"] = parts
+        out.append(message)
+    return out
+
+
+def adjust_intensity(x: torch.Tensor, brightness: float = 0.0, contrast: float = 1.0) -> torch.Tensor:
+    """``(x - mean) * contrast + mean + brightness`` with the mean over the whole sample.
+
+    Args:
+        x: one sample's tensor (C, ...) in the processor's output units.
+        brightness: additive shift (same units as x).
+        contrast: multiplicative factor around the mean.
+    """
+    mean = x.mean()
+    return (x - mean) * contrast + mean + brightness
+
+
+def rotate_scale(x: torch.Tensor, degrees: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    """Rotate by ``degrees`` (counter-clockwise as displayed) and zoom by ``scale`` in the (H, W) plane.
+
+    Bilinear, border padding, aspect-correct for non-square images; D (for volumes) is untouched.
+
+    Args:
+        x: one sample, (C, H, W) or (C, D, H, W).
+        degrees: rotation angle.
+        scale: > 1 zooms in, < 1 zooms out.
+    """
+    if degrees == 0.0 and scale == 1.0:
+        return x
+    h, w = x.shape[-2], x.shape[-1]
+    angle = math.radians(degrees)
+    cos, sin = math.cos(angle), math.sin(angle)
+    # affine_grid maps output -> input in normalised coords (x along W, y along H, y pointing down).
+    # Rotate in pixel units, then convert: n_in = D^-1 R D n_out / scale, D = diag(W/2, H/2).
+    rot = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)
+    d = torch.diag(torch.tensor([w / 2.0, h / 2.0], dtype=torch.float64))
+    lin = (torch.linalg.inv(d) @ rot @ d / scale).to(torch.float32)
+    if x.dim() == 3:
+        theta = torch.zeros(1, 2, 3)
+        theta[0, :, :2] = lin
+    elif x.dim() == 4:
+        theta = torch.zeros(1, 3, 4)
+        theta[0, :2, :2] = lin
+        theta[0, 2, 2] = 1.0  # z (D) unchanged
+    else:
+        raise ValueError(f"rotate_scale expects (C, H, W) or (C, D, H, W), got {tuple(x.shape)}")
+    batch = x.unsqueeze(0).float()
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0].to(x.dtype)
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation settings (all laterality-safe except the opt-in flip).
+
+    Args:
+        brightness: max absolute additive shift, in output units (uniform in [-b, b]).
+        contrast: contrast factor drawn from [1 - c, 1 + c].
+        rotate_degrees: max in-plane rotation (uniform in [-r, r]).
+        scale: zoom factor drawn from [1 - s, 1 + s].
+        flip_lr_prob: probability of a left-right flip of all media of a sample WITH left/right swapped
+            in its text; 0 keeps laterality untouched.
+        prob: probability that a sample is augmented at all.
+    """
+
+    brightness: float = 0.05
+    contrast: float = 0.1
+    rotate_degrees: float = 5.0
+    scale: float = 0.05
+    flip_lr_prob: float = 0.0
+    prob: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("flip_lr_prob", "prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        for name in ("brightness", "contrast", "rotate_degrees", "scale"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.contrast >= 1 or self.scale >= 1:
+            raise ValueError("contrast and scale must be < 1 (factors are drawn from [1 - x, 1 + x])")
+
+
+class Augmenter:
+    """Applies :class:`AugmentConfig` to one sample: its media tensors and its messages.
+
+    Args:
+        config: the settings (default: small laterality-safe jitter, no flip).
+        training: False (the default) makes the augmenter the identity, as in evaluation.
+        seed: seed of the augmenter's own random generator (reproducible runs).
+    """
+
+    def __init__(self, config: AugmentConfig | None = None, training: bool = False, seed: int = 0) -> None:
+        self.config = config or AugmentConfig()
+        self.training = training
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def train(self, mode: bool = True) -> Augmenter:
+        self.training = mode
+        return self
+
+    def eval(self) -> Augmenter:
+        return self.train(False)
+
+    def _uniform(self, low: float, high: float) -> float:
+        return float(low + (high - low) * torch.rand((), generator=self.generator))
+
+    def __call__(
+        self,
+        messages: list[dict[str, Any]],
+        pixel_values: torch.Tensor | None = None,
+        volume_values: torch.Tensor | None = None,
+    ) -> tuple[list[dict[str, Any]], torch.Tensor | None, torch.Tensor | None]:
+        """Augment one sample.
+
+        Args:
+            messages: the sample's conversation.
+            pixel_values: its images, (N, C, H, W), or None.
+            volume_values: its volumes, (N, C, D, H, W), or None.
+
+        Returns:
+            (messages, pixel_values, volume_values); unchanged objects when not training.
+        """
+        cfg = self.config
+        if not self.training or self._uniform(0, 1) >= cfg.prob:
+            return messages, pixel_values, volume_values
+        if cfg.flip_lr_prob > 0 and self._uniform(0, 1) < cfg.flip_lr_prob:
+            # Mirror every medium of the sample and the words together, never one without the other.
+            messages = swap_laterality_in_messages(messages)
+            pixel_values = None if pixel_values is None else torch.flip(pixel_values, dims=[-1])
+            volume_values = None if volume_values is None else torch.flip(volume_values, dims=[-1])
+        pixel_values = self._jitter(pixel_values, expected_dim=4)
+        volume_values = self._jitter(volume_values, expected_dim=5)
+        return messages, pixel_values, volume_values
+
+    def _jitter(self, values: torch.Tensor | None, expected_dim: int) -> torch.Tensor | None:
+        if values is None:
+            return None
+        if values.dim() != expected_dim:
+            raise ValueError(f"expected a {expected_dim}D media tensor, got shape {tuple(values.shape)}")
+        cfg = self.config
+        out = []
+        for sample in values:
+            degrees = self._uniform(-cfg.rotate_degrees, cfg.rotate_degrees)
+            zoom = self._uniform(1 - cfg.scale, 1 + cfg.scale)
+            sample = rotate_scale(sample, degrees, zoom)
+            brightness = self._uniform(-cfg.brightness, cfg.brightness)
+            contrast = self._uniform(1 - cfg.contrast, 1 + cfg.contrast)
+            out.append(adjust_intensity(sample, brightness, contrast))
+        return torch.stack(out)
+
+
+__all__ = [
+    "AugmentConfig",
+    "Augmenter",
+    "adjust_intensity",
+    "rotate_scale",
+    "swap_laterality",
+    "swap_laterality_in_messages",
+]
