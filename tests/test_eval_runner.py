@@ -94,3 +94,29 @@ def test_evaluate_needs_data_and_valid_task(tmp_path):
         evaluate(EvalConfig(tasks=["nope"], out_dir=tmp_path), generate_fn=answer_even_ids)
     with pytest.raises(ValueError, match="pass --data slake=DIR or --data-root DIR"):
         evaluate(EvalConfig(tasks=["slake"], out_dir=tmp_path), generate_fn=answer_even_ids)
+
+
+def test_medvl_eval_cli_with_tiny_model(tmp_path, synth_dir, tiny_model_dir, capsys):
+    from medvl.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["eval", str(tiny_model_dir), "--tasks", "synth_vqa", "--data", f"synth_vqa={synth_dir}", "--split", "train",
+            "--limit", "3", "--max-new-tokens", "3", "--batch-size", "2", "--no-meteor", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "predictions" / "synth_vqa.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(isinstance(r["prediction"], str) for r in rows)
+    data = json.loads((out / "results.json").read_text())
+    assert data["model"] == str(tiny_model_dir)
+    entry = next(r for r in data["results"] if r["metric"] == "accuracy" and r["language"] == "all")
+    assert entry["n"] == 3 and entry["generation"]["max_new_tokens"] == 3 and entry["generation"]["do_sample"] is False
+    assert "| synth_vqa | all | exact_norm | accuracy |" in capsys.readouterr().out
+    # resumed: nothing to generate, same predictions
+    assert main(argv) == 0
+    assert [json.loads(line) for line in (out / "predictions" / "synth_vqa.jsonl").read_text().splitlines()] == rows
+
+
+def test_medvl_eval_cli_bad_task(tmp_path, capsys):
+    from medvl.cli import main
+
+    assert main(["eval", str(tmp_path), "--tasks", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err
