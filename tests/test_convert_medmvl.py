@@ -375,3 +375,45 @@ def test_invalid_layouts(tmp_path: Path) -> None:
     parts = MedMVLParts(llm=siglip / "components" / "qwen2-tiny", vision=siglip / "components" / "siglip-tiny")
     with pytest.raises(MedMVLConversionError, match="drops its first real patch"):
         translate_config(read_layout(src), parts, {"connector_image": {}})
+
+
+@pytest.mark.parametrize("kind", ["medmclip", "m3dclip"])
+def test_3d_converted_processor(tmp_path: Path, kind: str) -> None:
+    """The converted processor applies MedM-VL's input handling for the 3D encoder and feeds the model."""
+    import torch.nn.functional as F
+
+    from medvl.convert.medmvl import MEDMCLIP_MEAN, MEDMCLIP_STD, convert_medmvl
+    from medvl.inference import load_model
+
+    src, _ = _make_3d_checkpoint(tmp_path, kind)
+    model, processor = load_model(convert_medmvl(src, tmp_path / "out"), device="cpu")
+    rng = np.random.default_rng(0)
+    if kind == "medmclip":
+        raw = rng.uniform(0, 40, size=(12, 40, 36)).astype(np.float32)
+        raw[2:10, 5:30, 4:33] = rng.uniform(60, 250, size=(8, 25, 29))
+        got = processor.volume_processor([raw])["volume_values"]
+        norm = (raw.astype(np.float64) - MEDMCLIP_MEAN) / MEDMCLIP_STD  # MedM-CLIP: normalise, crop > 0, resize
+        nz = np.argwhere(norm > 0)
+        lo, hi = nz.min(0), nz.max(0) + 1
+        crop = torch.from_numpy(norm[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float32))[None, None]
+        ref = F.interpolate(crop, size=(8, 32, 32), mode="trilinear", align_corners=False)
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-5)
+    else:
+        raw = rng.uniform(0, 1, size=(8, 32, 32)).astype(np.float32)  # M3D's preprocessed input, used as is
+        got = processor.volume_processor([raw])["volume_values"]
+        np.testing.assert_array_equal(got.numpy()[0, 0], raw)
+    batch = processor(text=["<volume>\nWhat is shown?"], volumes=[raw])
+    assert batch["input_ids"].shape[1] == model.config.num_volume_tokens + len(
+        processor.tokenizer("\nWhat is shown?", add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).logits).all()
+
+
+def test_convert_cli(tmp_path: Path) -> None:
+    from medvl.cli import main
+
+    src = _make_clip_checkpoint(tmp_path)
+    assert main(["convert", "medm-vl", str(src), str(tmp_path / "bad")]) == 2  # parts missing: listed, exit 2
+    assert main(["convert", "medm-vl", str(src), str(tmp_path / "out"), "--llm", str(QWEN),
+                 "--vision", str(tmp_path / "clip-tiny")]) == 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "medvl"

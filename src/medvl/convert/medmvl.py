@@ -758,6 +758,7 @@ def convert_medmvl(
     """
     from transformers import GenerationConfig
 
+    from medvl.build import transformers_default_image_processor
     from medvl.data.templates import resolve_template
     from medvl.models import MedVLProcessor
 
@@ -791,7 +792,9 @@ def convert_medmvl(
     kwargs["volume_encoder"] = model.config.volume_encoder
     template, _ = resolve_template("medmvl", tok)
     processor = MedVLProcessor(
-        image_processor=_image_processor(layout.image, parts.vision) if layout.image is not None else None,
+        # a model without a 2D tower still fills the processor's (unused) image processor slot
+        image_processor=(_image_processor(layout.image, parts.vision) if layout.image is not None
+                         else transformers_default_image_processor()),
         tokenizer=tok,
         chat_template=template,
         volume_processor_config=volume_processor_settings(layout, kwargs),
