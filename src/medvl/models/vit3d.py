@@ -288,4 +288,109 @@ class Vit3DModel(Vit3DPreTrainedModel):
         )
 
 
-__all__ = ["Vit3DConfig", "Vit3DModel", "Vit3DPreTrainedModel"]
+
+
+
+# ---------------------------------------------------------------------------- weight layouts
+_OUR_PATCH_ORDER = ("c", "pd", "ph", "pw")
+MEDMCLIP_PATCH_ORDER = ("ph", "pw", "pd", "c")  # vit-pytorch: '(p1 p2 pf c)'
+MONAI_PATCH_ORDER = ("pd", "ph", "pw", "c")  # MONAI perceptron: '(p1 p2 p3 c)' over input axes (D, H, W)
+
+
+def permute_patch_dim(tensor: torch.Tensor, config: Vit3DConfig, source_order: tuple[str, ...]) -> torch.Tensor:
+    """Reorder the last (flattened patch) axis from ``source_order`` to medvl's ``(c, pd, ph, pw)``.
+
+    Args:
+        tensor: a patch-Linear weight (d, patch_dim) or a patch LayerNorm vector (patch_dim,).
+        config: the target config (patch size and channels).
+        source_order: how the source flattens a patch, e.g. ``MEDMCLIP_PATCH_ORDER``.
+    """
+    pd, ph, pw = config.patch_size
+    sizes = {"c": config.in_channels, "pd": pd, "ph": ph, "pw": pw}
+    lead = tensor.shape[:-1]
+    split = tensor.reshape(*lead, *[sizes[k] for k in source_order])
+    order = [len(lead) + source_order.index(k) for k in _OUR_PATCH_ORDER]
+    return split.permute(*range(len(lead)), *order).reshape(*lead, -1)
+
+
+def vit3d_state_dict_from_medmclip(state_dict: dict[str, torch.Tensor], config: Vit3DConfig) -> dict[str, torch.Tensor]:
+    """Map MedM-CLIP's ``vision_encoder.*`` weights (prefix already stripped) onto ``Vit3DModel``.
+
+    ``mlp_head`` (the CLIP projection) is not part of the encoder and is dropped.
+
+    Args:
+        state_dict: keys like ``to_patch_embedding.2.weight``, ``transformer_layers.0.linear1.weight``.
+        config: a config with the MedM-CLIP settings (see the module docstring).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("mlp_head."):
+            continue
+        if key.startswith("to_patch_embedding."):
+            index, name = key.split(".")[1:]
+            target = {"1": "patch_norm_in", "2": "patch_proj", "3": "patch_norm_out"}[index]
+            if index == "1" or (index == "2" and name == "weight"):
+                value = permute_patch_dim(value, config, MEDMCLIP_PATCH_ORDER)
+            out[f"embeddings.{target}.{name}"] = value
+        elif key == "pos_embedding":
+            out["embeddings.position_embedding"] = value
+        elif key == "cls_token":
+            out["embeddings.cls_token"] = value
+        elif key.startswith("transformer_layers."):
+            _, i, rest = key.split(".", 2)
+            rest = {
+                "self_attn.in_proj_weight": "attn.qkv.weight",
+                "self_attn.in_proj_bias": "attn.qkv.bias",
+                "self_attn.out_proj.weight": "attn.proj.weight",
+                "self_attn.out_proj.bias": "attn.proj.bias",
+                "linear1.weight": "mlp.fc1.weight",
+                "linear1.bias": "mlp.fc1.bias",
+                "linear2.weight": "mlp.fc2.weight",
+                "linear2.bias": "mlp.fc2.bias",
+            }.get(rest, rest)
+            out[f"encoder.layers.{i}.{rest}"] = value
+        else:
+            raise KeyError(f"unexpected MedM-CLIP vision key {key!r}")
+    return out
+
+
+def vit3d_state_dict_from_monai(state_dict: dict[str, torch.Tensor], config: Vit3DConfig) -> dict[str, torch.Tensor]:
+    """Map a MONAI ``ViT`` (perceptron patch embedding; M3D-CLIP's vision encoder) onto ``Vit3DModel``.
+
+    Args:
+        state_dict: keys like ``patch_embedding.patch_embeddings.1.weight``, ``blocks.0.attn.qkv.weight``.
+        config: a config with the M3D/MONAI settings (see the module docstring).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("classification_head.") or ".norm_cross_attn." in key:
+            continue  # classifier head; newer MONAI builds an unused cross-attention norm per block
+        if key.startswith("patch_embedding.patch_embeddings.1."):
+            name = key.rsplit(".", 1)[1]
+            out[f"embeddings.patch_proj.{name}"] = (
+                permute_patch_dim(value, config, MONAI_PATCH_ORDER) if name == "weight" else value
+            )
+        elif key == "patch_embedding.position_embeddings":
+            out["embeddings.position_embedding"] = value
+        elif key == "cls_token":
+            out["embeddings.cls_token"] = value
+        elif key.startswith("blocks."):
+            _, i, rest = key.split(".", 2)
+            rest = rest.replace("attn.out_proj.", "attn.proj.").replace("mlp.linear1.", "mlp.fc1.")
+            rest = rest.replace("mlp.linear2.", "mlp.fc2.")
+            out[f"encoder.layers.{i}.{rest}"] = value
+        elif key.startswith("norm."):
+            out[key] = value
+        else:
+            raise KeyError(f"unexpected MONAI ViT key {key!r}")
+    return out
+
+
+__all__ = [
+    "Vit3DConfig",
+    "Vit3DModel",
+    "Vit3DPreTrainedModel",
+    "permute_patch_dim",
+    "vit3d_state_dict_from_medmclip",
+    "vit3d_state_dict_from_monai",
+]
