@@ -27,7 +27,7 @@ def answer_even_ids(records, **gen):
 def test_evaluate_writes_outputs_and_per_language(tmp_path, synth_dir):
     cfg = EvalConfig(tasks=["synth_vqa", "synth_report"], out_dir=tmp_path / "run", data={"synth_vqa": str(synth_dir),
                      "synth_report": str(synth_dir)}, split="train", batch_size=2, chunk_batches=1,
-                     meteor=False, progress=False)
+                     meteor=False, tokenization="lowercase_whitespace", progress=False)
     results = evaluate(cfg, generate_fn=answer_even_ids, model_name="oracle-half")
     out = tmp_path / "run"
     preds = [json.loads(line) for line in (out / "predictions" / "synth_vqa.jsonl").read_text().splitlines()]

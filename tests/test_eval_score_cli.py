@@ -90,3 +90,20 @@ def test_score_unknown_protocol(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "unknown VQA protocol 'vqa_acc'" in err and "llava_med_v1" in err
+
+
+def test_score_protocol_options(tmp_path):
+    src = write_jsonl(tmp_path / "p.jsonl", vqa_records())
+    cands = tmp_path / "train_open_answers.json"
+    cands.write_text(json.dumps(GOLDEN["vqa"]["llava_med_candidates"]))
+    out = tmp_path / "s.json"
+    assert main(["score", "--task", "vqa", "--protocol", "llava_med_v1", "--candidates", str(cands),
+                 "--in", str(src), "--out", str(out)]) == 0
+    run_eval = GOLDEN["vqa"]["llava_med_v1"]["run_eval_table_percent"]
+    assert abs(json.loads(out.read_text())["aggregate"]["open_accuracy_candidates"] * 100 - run_eval["open accuracy"]) < 1e-3
+    assert main(["score", "--task", "vqa", "--protocol", "medevalkit", "--reference-prf-mixup",
+                 "--in", str(src), "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    item7 = next(r for r in data["per_item"] if r["id"] == "7")
+    assert abs(item7["open"]["precision"] - 0.4) < 1e-6  # MedEvalKit's mislabelled column (holds F1)
+    assert "reference_prf_mixup=True" in data["notes"][0]

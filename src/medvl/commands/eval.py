@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="override the tasks' generation length")
     parser.add_argument("--bertscore-model", default=None, help="local model folder for BERTScore")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR")
+    parser.add_argument("--tokenization", default="auto", choices=["auto", "ptb", "lowercase_whitespace"],
+                        help="report tasks: pycocoevalcap tokenisation (auto = PTB when Java is present)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = EvalConfig(tasks=tasks, out_dir=args.out, data=data, data_root=args.data_root, split=args.split,
                          limit=args.limit, batch_size=args.batch_size, generation=generation,
                          bertscore_model=args.bertscore_model, meteor=not args.no_meteor,
-                         progress=not args.no_progress)
+                         tokenization=args.tokenization, progress=not args.no_progress)
         results = evaluate(cfg, model=args.model)
     except (MedVLDataError, ValueError, FileNotFoundError) as e:
         print(f"medvl eval: error: {e}", file=sys.stderr)

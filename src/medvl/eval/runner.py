@@ -60,6 +60,7 @@ class EvalConfig:
         generation: overrides of the tasks' generation settings (e.g. ``max_new_tokens``).
         bertscore_model: local model folder for BERTScore (m3d protocol, report metrics).
         meteor: compute METEOR (Java for reports, WordNet for m3d).
+        tokenization: pycocoevalcap tokenisation for report tasks (auto = PTB when Java is present).
         progress: show progress bars.
     """
 
@@ -74,6 +75,7 @@ class EvalConfig:
     generation: dict[str, Any] = field(default_factory=dict)
     bertscore_model: str | None = None
     meteor: bool = True
+    tokenization: str = "auto"
     progress: bool = True
 
 
@@ -198,7 +200,7 @@ def score_rows(spec: Any, rows: list[dict], cfg: EvalConfig) -> ScoreResult:
 
         return score_reports([r["id"] for r in rows], [r["prediction"] for r in rows],
                              [str(r["reference"]) for r in rows], meteor=cfg.meteor,
-                             bertscore_model=cfg.bertscore_model)
+                             tokenization=cfg.tokenization, bertscore_model=cfg.bertscore_model)
     from medvl.eval.vqa import VQAItem, score_vqa
 
     items = [VQAItem(id=r["id"], prediction=r["prediction"], reference=str(r["reference"]),
