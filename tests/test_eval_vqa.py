@@ -154,3 +154,15 @@ def test_metrics_of_an_absent_answer_type_are_omitted():
         assert "closed_accuracy" in agg and not any(k.startswith("open") for k in agg), name
     assert set(score_vqa(closed_only, "llava_med_v1").aggregate) == {"closed_accuracy", "recall_closed",
                                                                      "closed_accuracy_run_eval"}
+
+
+def test_m3d_meteor_identical_answer():
+    from medvl.eval.wordnet import wordnet_available
+
+    if not wordnet_available():
+        pytest.skip("WordNet missing (apt-get install wordnet-base wordnet-sense-index)")
+    item = VQAItem(id="o", prediction="nodule in the right lung", reference="nodule in the right lung")
+    res = score_vqa([item], "m3d")
+    # identical 5 tokens: Fmean 1, one chunk -> penalty 0.5 * (1/5)**3
+    assert close(res.aggregate["meteor"], 1 - 0.5 * (1 / 5) ** 3)
+    assert close(res.aggregate["bleu1"], 1.0) and close(res.aggregate["rouge1"], 1.0)
