@@ -417,3 +417,21 @@ def test_convert_cli(tmp_path: Path) -> None:
     assert main(["convert", "medm-vl", str(src), str(tmp_path / "out"), "--llm", str(QWEN),
                  "--vision", str(tmp_path / "clip-tiny")]) == 0
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "medvl"
+
+
+def test_tower_input_routing(tmp_path: Path) -> None:
+    """attn_pooling on SigLIP defaults to CT volumes; it can be imported as a 2D image model instead."""
+    from medvl.convert.medmvl import MedMVLConversionError, build_medvl_model
+
+    ids = {"image_token_id": 4000, "volume_token_id": 4001}
+    ct = FIXTURES / "medmvl-ct-siglip-attnpool" / "checkpoint"
+    as_image, _, _ = build_medvl_model(ct, token_ids=ids, tower_input="image")
+    assert (as_image.config.num_image_tokens, as_image.config.num_volume_tokens) == (16, 0)
+    assert as_image.config.image_connector_config.type == "attn_pool"
+    src = _make_clip_checkpoint(tmp_path)
+    with pytest.raises(MedMVLConversionError, match="SigLIP towers only"):
+        build_medvl_model(src, llm=QWEN, vision=tmp_path / "clip-tiny", token_ids=ids, tower_input="volume")
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "lvlm_connector_image_type": "spatial_pooling"}))
+    with pytest.raises(MedMVLConversionError, match="needs a 3D patch grid"):
+        build_medvl_model(src, llm=QWEN, vision=tmp_path / "clip-tiny", token_ids=ids)

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vision", metavar="DIR",
                         help="local folder of the 2D tower (config.json + preprocessor_config.json)")
     parser.add_argument("--volume", metavar="DIR", help="local folder of the 3D encoder (MedM-CLIP / M3D-CLIP config)")
+    parser.add_argument("--tower-input", choices=("auto", "image", "volume"), default="auto",
+                        help="what a MedM-VL 2D tower takes in medvl: auto (attn_pooling -> CT volumes slice by "
+                             "slice, as MedM-VL-CT-Chest; otherwise 2D images), image or volume")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="cast the weights (default: keep the checkpoint's dtype)")
 
@@ -43,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     from medvl.convert.medmvl import MedMVLConversionError, convert_medmvl
 
     try:
-        out = convert_medmvl(args.src, args.out, llm=args.llm, vision=args.vision, volume=args.volume, dtype=args.dtype)
-    except (MedMVLConversionError, FileNotFoundError) as err:
+        out = convert_medmvl(args.src, args.out, llm=args.llm, vision=args.vision, volume=args.volume, dtype=args.dtype,
+                             tower_input=args.tower_input)
+    except (MedMVLConversionError, FileNotFoundError, ValueError) as err:
         logger.error("%s", err)
         return 2
     print(f"saved {out}  (medvl checkpoint converted from MedM-VL {args.src}; try: medvl chat {out})")

@@ -351,11 +351,14 @@ def _connector(spec: EncoderSpec, connector_sd: dict[str, torch.Tensor]) -> dict
 
 def _medmclip_vit3d(cfg: dict[str, Any]) -> dict[str, Any]:
     """MedM-CLIP config (hidden_size, image_size, image_patch_size, frame_size, ...) -> Vit3DConfig kwargs."""
+    def last(value: Any) -> int:  # MedM-VL's loader rewrites the sizes into [frames, H, W] lists
+        return int(value[-1] if isinstance(value, (list, tuple)) else value)
+
     try:
         return {
             "model_type": "medvl_vit3d",
-            "image_size": [int(cfg["frame_size"]), int(cfg["image_size"]), int(cfg["image_size"])],
-            "patch_size": [int(cfg["frame_patch_size"]), int(cfg["image_patch_size"]), int(cfg["image_patch_size"])],
+            "image_size": [int(cfg["frame_size"]), last(cfg["image_size"]), last(cfg["image_size"])],
+            "patch_size": [int(cfg["frame_patch_size"]), last(cfg["image_patch_size"]), last(cfg["image_patch_size"])],
             "in_channels": 1,
             "hidden_size": int(cfg["hidden_size"]),
             "num_hidden_layers": int(cfg["image_num_layers"]),
@@ -417,20 +420,36 @@ def _3d_layer(select_layer: int) -> int:
     return select_layer if select_layer < 0 else select_layer + 1
 
 
+TOWER_INPUTS = ("auto", "image", "volume")
+
+
 def translate_config(
-    layout: MedMVLLayout, parts: MedMVLParts, weights: dict[str, dict[str, torch.Tensor]]
+    layout: MedMVLLayout,
+    parts: MedMVLParts,
+    weights: dict[str, dict[str, torch.Tensor]],
+    tower_input: str = "auto",
 ) -> dict[str, Any]:
     """MedM-VL layout + part configs -> ``MedVLConfig`` keyword arguments (token ids excluded).
 
-    A 2D tower with an ``attn_pooling`` connector is MedM-VL's CT-through-SigLIP design: it becomes a
-    medvl *volume* model (``volume_encoder="slicewise"``, no slice position embedding, 32 slices). A 2D
-    tower with another connector becomes an *image* model. A 3D encoder becomes a ``vit3d`` volume model.
+    MedM-VL feeds both ``<image>`` and ``<image3d>`` (slice by slice) through a 2D tower; a medvl model
+    gets the tower on one side. ``tower_input="auto"``: a 2D tower with an ``attn_pooling`` connector is
+    MedM-VL's CT-through-SigLIP design (MedM-VL-CT-Chest) and becomes a *volume* model
+    (``volume_encoder="slicewise"``, no slice position embedding, 32 slices); any other 2D tower becomes
+    an *image* model. A 3D encoder becomes a ``vit3d`` volume model.
 
     Args:
         layout: from :func:`read_layout`.
         parts: from :func:`resolve_parts`.
         weights: from :func:`split_state_dict` (the attn_pooling query count is read from it).
+        tower_input: "auto", "image" or "volume": what the 2D tower's model takes.
     """
+    if tower_input not in TOWER_INPUTS:
+        raise ValueError(f"tower_input {tower_input!r}: valid choices: {', '.join(TOWER_INPUTS)}")
+    if layout.image is not None and layout.image.connector_type == "spatial_pooling":
+        raise MedMVLConversionError(
+            "lvlm_connector_image_type='spatial_pooling' on a 2D tower: MedM-VL's spatial pooling needs a 3D patch "
+            "grid (MedM-CLIP / M3D-CLIP); valid 2D connectors: mlp, attn_pooling"
+        )
     from transformers import AutoConfig
 
     from medvl.models.configuration_medvl import prefix_token_count
@@ -442,7 +461,13 @@ def translate_config(
         vcfg = _vision_config(parts.vision)
         select = _feature_select(spec, prefix_token_count(vcfg))
         connector = _connector(spec, weights["connector_image"])
-        if spec.connector_type == "attn_pooling":
+        as_volume = spec.connector_type == "attn_pooling" if tower_input == "auto" else tower_input == "volume"
+        if as_volume and spec.type != "siglip":
+            raise MedMVLConversionError(
+                f"a {spec.type} tower cannot take CT volumes: MedM-VL's slice-by-slice CT preprocessing exists for "
+                "SigLIP towers only; convert with tower_input 'image' (--tower-input image)"
+            )
+        if as_volume:
             kwargs.update(
                 volume_config=vcfg.to_dict(),
                 volume_encoder="slicewise",
@@ -645,6 +670,7 @@ def build_medvl_model(
     vision: str | Path | None = None,
     volume: str | Path | None = None,
     token_ids: dict[str, int] | None = None,
+    tower_input: str = "auto",
 ) -> tuple[Any, MedMVLLayout, MedMVLParts]:
     """Build a ``MedVLForConditionalGeneration`` holding a MedM-VL checkpoint's weights (no processor).
 
@@ -652,6 +678,7 @@ def build_medvl_model(
         src: MedM-VL checkpoint folder.
         llm / vision / volume: local part folders (see :func:`resolve_parts`).
         token_ids: ``{"image_token_id": ..., "volume_token_id": ...}`` of the processor's tokenizer.
+        tower_input: see :func:`translate_config`.
     """
     from medvl.models.configuration_medvl import MedVLConfig
     from medvl.models.modeling_medvl import MedVLForConditionalGeneration
@@ -659,7 +686,7 @@ def build_medvl_model(
     layout = read_layout(src)
     parts = resolve_parts(src, layout, llm=llm, vision=vision, volume=volume)
     weights = split_state_dict(load_state_dict(src))
-    kwargs = translate_config(layout, parts, weights)
+    kwargs = translate_config(layout, parts, weights, tower_input)
     tie = _decide_tie(weights["llm"], kwargs["text_config"])
     kwargs.update(token_ids or {})
     dtype = next(iter(weights["llm"].values())).dtype
@@ -742,6 +769,7 @@ def convert_medmvl(
     vision: str | Path | None = None,
     volume: str | Path | None = None,
     dtype: str | None = None,
+    tower_input: str = "auto",
 ) -> Path:
     """Convert a MedM-VL checkpoint folder into a self-contained medvl checkpoint.
 
@@ -752,6 +780,8 @@ def convert_medmvl(
         vision: local folder of the 2D tower named by ``lvlm_encoder_image_name_or_path``.
         volume: local folder of the 3D encoder named by ``lvlm_encoder_image3d_name_or_path``.
         dtype: "float32" / "bfloat16" / "float16" to cast the weights; None keeps the checkpoint's.
+        tower_input: what a 2D tower's model takes: "auto" (attn_pooling -> CT volumes slice by slice,
+            else 2D images), "image" or "volume".
 
     Returns:
         The output folder.
@@ -771,7 +801,7 @@ def convert_medmvl(
         "volume_token_id": tok.convert_tokens_to_ids("<volume>"),
     }
     model, layout, parts = build_medvl_model(src, llm=parts.llm, vision=parts.vision, volume=parts.volume,
-                                             token_ids=ids)
+                                             token_ids=ids, tower_input=tower_input)
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tok) > rows:
         logger.warning("tokenizer has %d entries but the embedding %d rows; adding rows for the media markers",
