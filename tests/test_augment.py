@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +127,59 @@ def test_config_validation():
         AugmentConfig(scale=1.0)
     with pytest.raises(ValueError, match="5D"):
         Augmenter(training=True)([], volume_values=torch.zeros(1, 4, 4, 4))
+
+
+# ---------------------------------------------------------------- sample-level hook (PIL images, Volumes)
+
+
+def test_rotate_scale_pil_direction():
+    from PIL import Image
+
+    from medvl.data.augment import rotate_scale_pil
+
+    image = Image.fromarray((np.arange(16).reshape(4, 4) * 10).astype(np.uint8))
+    rotated = np.array(rotate_scale_pil(image, 90.0)).astype(int)
+    assert np.abs(rotated - np.array(image.transpose(Image.Transpose.ROTATE_90))).max() <= 1  # counter-clockwise
+
+
+def test_augment_sample_flip_swaps_text_and_mirrors_image_and_volume():
+    from PIL import Image
+
+    from medvl.imaging import Volume
+    from medvl.models.volume_processing_medvl import MedVLVolumeProcessor
+
+    grey = np.zeros((8, 8), np.uint8)
+    grey[:, 6:] = 255  # bright on the image's right
+    # A LAS volume (i runs towards the patient's left): a marker at large i is on the patient's left.
+    array = np.full((10, 8, 6), -1000.0, np.float32)
+    array[8, 4, 3] = 1000.0
+    volume = Volume(array, np.diag([-1.0, 1.0, 1.0, 1.0]), source="las.nii.gz")
+    sample = {"messages": [{"role": "assistant", "content": "Left apex."}], "images": [Image.fromarray(grey)],
+              "volumes": [volume], "record": "r1"}
+    config = AugmentConfig(brightness=0, contrast=0, rotate_degrees=0, scale=0, flip_lr_prob=1.0)
+
+    assert Augmenter(config).augment_sample(sample) is sample  # evaluation: untouched
+    out = Augmenter(config, training=True).augment_sample(sample)
+    assert out["record"] == "r1" and out["messages"][0]["content"] == "Right apex."
+    assert np.array_equal(np.array(out["images"][0]), np.array(sample["images"][0])[:, ::-1])
+    assert isinstance(out["volumes"][0], Volume) and np.allclose(out["volumes"][0].affine, volume.affine)
+    processor = MedVLVolumeProcessor(crop_foreground=False, target_shape=None, intensity="none")
+    before = processor(volume)["volume_values"][0, 0]
+    after = processor(out["volumes"][0])["volume_values"][0, 0]
+    # i runs towards the patient's left, so in the SPL layout W = i: 8 of 0..9 (left), mirrored 9 - 8 = 1.
+    assert np.unravel_index(int(before.argmax()), before.shape)[2] == 8
+    assert np.unravel_index(int(after.argmax()), after.shape)[2] == 1
+
+
+def test_augment_sample_default_keeps_laterality():
+    from PIL import Image
+
+    grey = np.zeros((16, 16), np.uint8)
+    grey[4:12, 11:15] = 255
+    sample = {"messages": [{"role": "user", "content": "left?"}], "images": [Image.fromarray(grey).convert("RGB")],
+              "volumes": []}
+    augmenter = Augmenter(training=True, seed=5)
+    for _ in range(10):
+        out = augmenter.augment_sample(sample)
+        assert out["messages"] == sample["messages"]
+        assert centroid_w(torch.from_numpy(np.array(out["images"][0], dtype=np.float32)).permute(2, 0, 1)) > 10

@@ -16,18 +16,31 @@ Layout assumptions: 2D ``pixel_values`` are (N, C, H, W) with the image's left-r
 ``volume_values`` are (N, C, D, H, W) in medvl's SPL layout, whose W axis is the patient's
 right -> left. Both flip along their last axis; rotations are in the (H, W) plane (axial slices).
 
+Two entry points with the same randomness and rules:
+
+* ``Augmenter(...)(messages, pixel_values, volume_values)`` on processed tensors;
+* ``Augmenter(...).augment_sample(sample)`` on a dataset sample ``{"messages", "images" (PIL),
+  "volumes" (Volume / dict / ndarray), ...}`` before processing, the hook of
+  ``medvl.data.dataset`` (``augment=Augmenter(cfg, training=True).augment_sample``). There images
+  get flip + rotation/scale + brightness/contrast, volumes only the flip (mirrored along the array
+  axis closest to the patient's left-right, affine kept, so the anatomy is mirrored in world space);
+  volume intensity/rotation jitter belongs on ``volume_values`` after the volume processor.
+
 Evaluation never augments: ``Augmenter(config, training=False)`` (the default) is the identity.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageEnhance, ImageOps
 
 # Idioms where "right" does not name a side; matched case-insensitively and left untouched.
 _RIGHT_IDIOMS = (r"all right", r"right away", r"right now", r"that'?s right", r"that is right", r"right[- ]angled?",
@@ -97,6 +110,30 @@ def swap_laterality_in_messages(messages: list[dict[str, Any]]) -> list[dict[str
     return out
 
 
+def flip_volume_lr(volume: Any) -> Any:
+    """Mirror a volume left-right in world space (the array flips, the affine stays).
+
+    Args:
+        volume: an object with ``array``/``affine`` (e.g. medvl's ``Volume``), a dict with those keys, or a
+            bare array in medvl's SPL layout (W, the last axis, is the patient's right -> left).
+
+    Returns:
+        A new volume of the same kind.
+    """
+    if isinstance(volume, dict) or hasattr(volume, "array"):
+        array = volume["array"] if isinstance(volume, dict) else volume.array
+        affine = volume.get("affine") if isinstance(volume, dict) else getattr(volume, "affine", None)
+        # The array axis whose direction has the largest RAS x component is the left-right axis.
+        axis = 2 if affine is None else int(np.argmax(np.abs(np.asarray(affine)[0, :3])))
+        flipped = np.ascontiguousarray(np.flip(np.asarray(array), axis=axis))
+        if isinstance(volume, dict):
+            return {**volume, "array": flipped}
+        if dataclasses.is_dataclass(volume):
+            return dataclasses.replace(volume, array=flipped)
+        raise TypeError(f"cannot rebuild a flipped {type(volume).__name__}; pass a dataclass or dict")
+    return np.ascontiguousarray(np.flip(np.asarray(volume), axis=-1))
+
+
 def adjust_intensity(x: torch.Tensor, brightness: float = 0.0, contrast: float = 1.0) -> torch.Tensor:
     """``(x - mean) * contrast + mean + brightness`` with the mean over the whole sample.
 
@@ -142,6 +179,25 @@ def rotate_scale(x: torch.Tensor, degrees: float = 0.0, scale: float = 1.0) -> t
     grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
     out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out[0].to(x.dtype)
+
+
+def rotate_scale_pil(image: Image.Image, degrees: float = 0.0, scale: float = 1.0) -> Image.Image:
+    """:func:`rotate_scale` for a PIL image (counter-clockwise as displayed, about the centre, bilinear).
+
+    Args:
+        image: the image.
+        degrees: rotation angle.
+        scale: > 1 zooms in.
+    """
+    if degrees == 0.0 and scale == 1.0:
+        return image
+    # PIL's AFFINE data maps output pixel (x, y) to the input pixel; x right, y down.
+    w, h = image.size
+    cx, cy = w / 2.0, h / 2.0
+    angle = math.radians(degrees)
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    data = (cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy)
+    return image.transform(image.size, Image.Transform.AFFINE, data, resample=Image.Resampling.BILINEAR)
 
 
 @dataclass
@@ -229,6 +285,39 @@ class Augmenter:
         volume_values = self._jitter(volume_values, expected_dim=5)
         return messages, pixel_values, volume_values
 
+    def augment_sample(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Augment a dataset sample before processing (``medvl.data.dataset``'s ``augment`` hook).
+
+        Args:
+            sample: ``{"messages": [...], "images": [PIL.Image], "volumes": [Volume-like], ...}``.
+
+        Returns:
+            A new dict with augmented ``messages``, ``images`` and ``volumes`` (other keys kept); the
+            same dict when not training.
+        """
+        cfg = self.config
+        if not self.training or self._uniform(0, 1) >= cfg.prob:
+            return sample
+        messages = sample.get("messages", [])
+        images = list(sample.get("images") or [])
+        volumes = list(sample.get("volumes") or [])
+        if cfg.flip_lr_prob > 0 and self._uniform(0, 1) < cfg.flip_lr_prob:
+            messages = swap_laterality_in_messages(messages)
+            images = [ImageOps.mirror(im) for im in images]
+            volumes = [flip_volume_lr(v) for v in volumes]
+        images = [self._jitter_pil(im) for im in images]
+        return {**sample, "messages": messages, "images": images, "volumes": volumes}
+
+    def _jitter_pil(self, image: Image.Image) -> Image.Image:
+        cfg = self.config
+        degrees = self._uniform(-cfg.rotate_degrees, cfg.rotate_degrees)
+        zoom = self._uniform(1 - cfg.scale, 1 + cfg.scale)
+        image = rotate_scale_pil(image, degrees, zoom)
+        contrast = self._uniform(1 - cfg.contrast, 1 + cfg.contrast)
+        brightness = self._uniform(-cfg.brightness, cfg.brightness)
+        image = ImageEnhance.Contrast(image).enhance(contrast)
+        return ImageEnhance.Brightness(image).enhance(1.0 + brightness)
+
     def _jitter(self, values: torch.Tensor | None, expected_dim: int) -> torch.Tensor | None:
         if values is None:
             return None
@@ -250,7 +339,9 @@ __all__ = [
     "AugmentConfig",
     "Augmenter",
     "adjust_intensity",
+    "flip_volume_lr",
     "rotate_scale",
+    "rotate_scale_pil",
     "swap_laterality",
     "swap_laterality_in_messages",
 ]
