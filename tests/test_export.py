@@ -103,3 +103,36 @@ def test_content_parts_template_renders_like_markers() -> None:
     tpl = Template(content_parts_template(VICUNA))
     kw = dict(bos_token="", eos_token="<|im_end|>", add_generation_prompt=True)
     assert tpl.render(messages=parts, **kw) == Template(VICUNA).render(messages=marker, **kw)
+
+
+def test_export_llava_clip_drops_cls(tmp_path: Path) -> None:
+    """CLIP + layer -2 + patch (MedM-VL's CLIP layout) maps to LLaVA's 'default' strategy: same logits."""
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from medvl.convert.medmvl import convert_medmvl
+    from medvl.data.records import Record
+    from medvl.export import export_llava
+    from medvl.inference import load_model, prepare_batch
+    from tests.test_convert_medmvl import QWEN, _make_clip_checkpoint
+
+    src = _make_clip_checkpoint(tmp_path)
+    medvl_dir = convert_medmvl(src, tmp_path / "medvl", llm=QWEN, vision=tmp_path / "clip-tiny")
+    out = export_llava(medvl_dir, tmp_path / "llava")
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["vision_feature_select_strategy"], cfg["vision_feature_layer"]) == ("default", -2)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(image)
+    model, processor = load_model(medvl_dir, device="cpu")
+    rec = Record(id="r", messages=[{"role": "user", "content": "<image>\nWhat?"}], images=[str(image)])
+    batch = prepare_batch(model, processor, [rec])
+    llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    llava_proc = AutoProcessor.from_pretrained(out)
+    text = llava_proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]}],
+                                          add_generation_prompt=True)
+    stock = llava_proc(text=[text], images=[Image.open(image).convert("RGB")], return_tensors="pt")
+    assert stock["input_ids"].tolist() == batch["input_ids"].tolist()
+    assert torch.equal(stock["pixel_values"], batch["pixel_values"])
+    with torch.no_grad():
+        diff = (llava(**stock).logits[0, -1] - model(**batch).logits[0, -1]).abs().max()
+    assert float(diff) <= 1e-4
