@@ -42,7 +42,11 @@ def _protocol_options(args: argparse.Namespace) -> dict:
     opts: dict = {}
     if args.protocol == "llava_med_v1" and args.candidates:
         data = json.loads(Path(args.candidates).read_text(encoding="utf-8"))
-        opts["candidates"] = data["0"] if isinstance(data, dict) else data
+        # LLaVA-Med's train_open_answers.json is {"0": [answers]}; a bare list is accepted too
+        cands = data.get("0") if isinstance(data, dict) else data
+        if not isinstance(cands, list):
+            raise ValueError(f"--candidates {args.candidates}: expected a list or {{\"0\": [...]}} of answers")
+        opts["candidates"] = cands
     if args.protocol == "medevalkit":
         opts["reference_prf_mixup"] = args.reference_prf_mixup
     if args.protocol == "m3d":
