@@ -258,3 +258,22 @@ def test_tied_word_embeddings_follow_the_text_config():
     assert tied.get_output_embeddings().weight.data_ptr() == tied.get_input_embeddings().weight.data_ptr()
     untied = make_model(make_config(llm="llama"))
     assert untied.get_output_embeddings().weight.data_ptr() != untied.get_input_embeddings().weight.data_ptr()
+
+
+def test_cached_encoder_features_give_the_same_logits():
+    config = make_config(tower="clip", volume="slicewise", volume_connector={"type": "attn_pool", "num_queries": 3,
+                                                                           "num_heads": 4})
+    model = make_model(config)
+    with torch.no_grad():
+        model.volume_slice_embedding.normal_()  # exercise the slice embedding (zero at init)
+    pixels = torch.randn(2, 3, 32, 32)
+    volumes = torch.randn(1, *volume_shape(config))
+    ids = torch.tensor([row([40], (IMG, config.num_image_tokens), (VOL, config.num_volume_tokens),
+                            (IMG, config.num_image_tokens))])
+    with torch.no_grad():
+        direct = model(input_ids=ids, pixel_values=pixels, volume_values=volumes).logits
+        image_cache, volume_cache = model.encode_images(pixels), model.encode_volumes(volumes)
+        cached = model(input_ids=ids, image_encoder_features=image_cache, volume_encoder_features=volume_cache).logits
+    assert image_cache.shape == (2, 16, 32)  # CLIP patches without CLS
+    assert volume_cache.shape == (1, 4 * 4, 32)  # 4 slices x 2x2 patches, slice-major
+    torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)

@@ -149,35 +149,55 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         return self.language_model.get_decoder()
 
     # ------------------------------------------------------------------ 1. media features
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Encode 2D images into LLM embeddings.
+    # Two stages each: encode_* (encoder + feature layer/token selection: what a frozen-encoder
+    # feature cache stores) and get_*_features (the trainable rest: slice embedding + connector).
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Run the 2D tower and select feature layer(s) and tokens.
 
         Args:
             pixel_values: (N, 3, H, W) float, all images of the batch in text order.
 
         Returns:
-            (N, config.num_image_tokens, llm_hidden).
+            (N, tokens, config.image_feature_size()) connector inputs.
         """
         if self.vision_tower is None:
             raise ValueError("this model has no 2D vision tower (vision_config is None) but got pixel_values")
         tower_dtype = next(self.vision_tower.parameters()).dtype
         outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True)
-        features = select_features(
+        return select_features(
             outputs.hidden_states,
             self.config.image_feature_layer,
             self.config.image_feature_select,
             prefix_token_count(self.config.vision_config),
         )
-        return self.image_connector(features)
 
-    def get_volume_features(self, volume_values: torch.Tensor) -> torch.Tensor:
-        """Encode 3D volumes into LLM embeddings.
+    def get_image_features(
+        self, pixel_values: torch.Tensor | None = None, encoder_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Encode 2D images into LLM embeddings.
+
+        Args:
+            pixel_values: (N, 3, H, W) float, all images of the batch in text order.
+            encoder_features: instead of pixel_values, cached ``encode_images`` outputs.
+
+        Returns:
+            (N, config.num_image_tokens, llm_hidden).
+        """
+        if encoder_features is None:
+            encoder_features = self.encode_images(pixel_values)
+        if self.image_connector is None:
+            raise ValueError("this model has no 2D vision tower (vision_config is None)")
+        return self.image_connector(encoder_features.to(self.image_connector.mlp[0].weight.dtype))
+
+    def encode_volumes(self, volume_values: torch.Tensor) -> torch.Tensor:
+        """Run the volume encoder and select feature layer(s) and tokens.
 
         Args:
             volume_values: (N, C, D, H, W) float, all volumes of the batch in text order.
 
         Returns:
-            (N, config.num_volume_tokens, llm_hidden).
+            (N, tokens, config.volume_feature_size()); slicewise: slice-major (slice 0's tokens,
+            then slice 1's, ...).
         """
         if self.volume_encoder is None:
             raise ValueError("this model has no volume encoder (volume_config is None) but got volume_values")
@@ -187,13 +207,12 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         volume_values = volume_values.to(encoder_dtype)
         if self.config.volume_encoder == "vit3d":
             outputs = self.volume_encoder(volume_values, output_hidden_states=True)
-            features = select_features(
+            return select_features(
                 outputs.hidden_states,
                 self.config.volume_feature_layer,
                 self.config.volume_feature_select,
                 int(self.config.volume_config.use_cls_token),
             )
-            return self.volume_connector(features)
         # slicewise: (N, C, D, H, W) -> (N*D, C, H, W), slice index fastest within a volume (MedM-VL)
         n, c, d, h, w = volume_values.shape
         if d != self.config.volume_num_slices:
@@ -206,10 +225,31 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             self.config.volume_feature_select,
             prefix_token_count(self.config.volume_config),
         )
-        features = features.reshape(n, d, features.shape[1], features.shape[2])
+        return features.reshape(n, d * features.shape[1], features.shape[2])
+
+    def get_volume_features(
+        self, volume_values: torch.Tensor | None = None, encoder_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Encode 3D volumes into LLM embeddings.
+
+        Args:
+            volume_values: (N, C, D, H, W) float, all volumes of the batch in text order.
+            encoder_features: instead of volume_values, cached ``encode_volumes`` outputs.
+
+        Returns:
+            (N, config.num_volume_tokens, llm_hidden).
+        """
+        if encoder_features is None:
+            encoder_features = self.encode_volumes(volume_values)
+        if self.volume_connector is None:
+            raise ValueError("this model has no volume encoder (volume_config is None)")
+        features = encoder_features.to(self.volume_connector.mlp[0].weight.dtype)
         if self.volume_slice_embedding is not None:
-            features = features + self.volume_slice_embedding[None, :, None, :].to(features.dtype)
-        return self.volume_connector(features.reshape(n, d * features.shape[2], features.shape[3]))
+            n, tokens, width = features.shape
+            d = self.config.volume_num_slices
+            features = features.reshape(n, d, tokens // d, width) + self.volume_slice_embedding[None, :, None, :]
+            features = features.reshape(n, tokens, width)
+        return self.volume_connector(features)
 
     # ------------------------------------------------------------------ 2. count check
     @staticmethod
@@ -254,6 +294,8 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         volume_values: torch.Tensor | None = None,
+        image_encoder_features: torch.Tensor | None = None,
+        volume_encoder_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Replace image / volume placeholder embeddings by media features.
 
@@ -262,11 +304,17 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             inputs_embeds: (B, L, hidden) text embeddings.
             pixel_values: (N_images, 3, H, W) or None.
             volume_values: (N_volumes, C, D, H, W) or None.
+            image_encoder_features / volume_encoder_features: cached ``encode_images`` /
+                ``encode_volumes`` outputs, used instead of pixel / volume values.
         """
-        for kind, values, token_id, encode in (
-            ("image", pixel_values, self.config.image_token_id, self.get_image_features),
-            ("volume", volume_values, self.config.volume_token_id, self.get_volume_features),
+        for kind, values, cached, token_id, encode in (
+            ("image", pixel_values, image_encoder_features, self.config.image_token_id, self.get_image_features),
+            ("volume", volume_values, volume_encoder_features, self.config.volume_token_id, self.get_volume_features),
         ):
+            if values is not None and cached is not None:
+                raise ValueError(f"pass either {kind} values or cached {kind} encoder features, not both")
+            if values is None:
+                values = cached
             if values is None:
                 if token_id is not None and bool((input_ids == token_id).any()):
                     rows = torch.nonzero((input_ids == token_id).any(-1)).flatten().tolist()
@@ -274,7 +322,8 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
                 continue
             if values.shape[0] == 0:
                 continue
-            features = encode(values).to(inputs_embeds.device, inputs_embeds.dtype)
+            features = (encode(values) if cached is None else encode(encoder_features=cached))
+            features = features.to(inputs_embeds.device, inputs_embeds.dtype)
             mask = self.check_placeholders(input_ids, token_id, features, kind)
             inputs_embeds = inputs_embeds.masked_scatter(
                 mask.unsqueeze(-1).to(inputs_embeds.device), features.reshape(-1, features.shape[-1])
@@ -296,6 +345,8 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
         past_key_values=None,
+        image_encoder_features: torch.Tensor | None = None,
+        volume_encoder_features: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Run the model.
@@ -315,6 +366,8 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             logits_to_keep: inference only: keep the last N positions' logits (0 = all).
             num_items_in_batch: total supervised tokens over gradient-accumulation steps (HF Trainer).
             past_key_values: older name of ``cache``.
+            image_encoder_features / volume_encoder_features: cached frozen-encoder outputs
+                (``encode_images`` / ``encode_volumes``) instead of pixel / volume values.
         """
         if cache is None:
             cache = past_key_values
@@ -325,8 +378,9 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             # Without media, a prompt (no cache yet) must not hold placeholders either; decode steps
             # are not checked: a generated token may legitimately be a marker id.
             prefill = cache is None or cache.get_seq_length() == 0
-            if pixel_values is not None or volume_values is not None or prefill:
-                inputs_embeds = self.merge_media(input_ids, inputs_embeds, pixel_values, volume_values)
+            media = (pixel_values, volume_values, image_encoder_features, volume_encoder_features)
+            if prefill or any(m is not None for m in media):
+                inputs_embeds = self.merge_media(input_ids, inputs_embeds, *media)
         elif pixel_values is not None or volume_values is not None:
             raise ValueError("media inputs need input_ids (placeholders) to be merged, not inputs_embeds")
 
@@ -382,6 +436,8 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         pixel_values: torch.Tensor | None = None,
         volume_values: torch.Tensor | None = None,
+        image_encoder_features: torch.Tensor | None = None,
+        volume_encoder_features: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
         **kwargs,
     ):
@@ -392,6 +448,8 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs["pixel_values"] = pixel_values
             model_inputs["volume_values"] = volume_values
+            model_inputs["image_encoder_features"] = image_encoder_features
+            model_inputs["volume_encoder_features"] = volume_encoder_features
         return model_inputs
 
 
