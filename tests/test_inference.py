@@ -57,6 +57,8 @@ def test_batched_left_padded_equals_one_by_one(loaded) -> None:
               for r in records]
     batched = generate(model, processor, records, batch_size=4, max_new_tokens=6, min_new_tokens=6, progress=False)
     assert batched == single
+    # batches of 2 are formed by prompt length (not record order); outputs still come back in record order
+    assert generate(model, processor, records, batch_size=2, max_new_tokens=6, min_new_tokens=6, progress=False) == single
     assert batched[0] == " A hyperdense lesion of abo"  # the first 6 of MedM-VL's own 8 greedy tokens
 
 

@@ -187,20 +187,31 @@ def generate(
     records = list(records)
     kwargs = _generation_kwargs(processor, max_new_tokens, min_new_tokens, do_sample, gen_kwargs)
     outputs: list[str] = [""] * len(records)
+    # Batch prompts of similar length together (less padding); results go back to record order.
+    order = sorted(range(len(records)), key=lambda i: _prompt_size(processor, records[i]), reverse=True)
     bar = tqdm(total=len(records), desc="generate", unit="sample", disable=not progress)
     try:
-        for start in range(0, len(records), batch_size):
-            chunk = records[start : start + batch_size]
-            batch = prepare_batch(model, processor, chunk)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            batch = prepare_batch(model, processor, [records[i] for i in index])
             sequences = model.generate(**batch, **kwargs)
             # Left padding: every row's prompt ends at the same column, new tokens follow it.
             new_tokens = sequences[:, batch["input_ids"].shape[1] :]
             texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            outputs[start : start + len(chunk)] = texts
-            bar.update(len(chunk))
+            for i, text in zip(index, texts):
+                outputs[i] = text
+            bar.update(len(index))
     finally:
         bar.close()
     return outputs
+
+
+def _prompt_size(processor: Any, record: Record) -> int:
+    """Rough prompt length in placeholder-expanded characters (for length-sorted batching)."""
+    text = " ".join(m["content"] for m in record.messages)
+    n_media = getattr(processor, "num_image_tokens", 0) * len(record.images)
+    n_media += getattr(processor, "num_volume_tokens", 0) * len(record.volumes)
+    return len(text) + 4 * n_media
 
 
 def chat(
