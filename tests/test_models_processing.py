@@ -90,3 +90,11 @@ def test_save_and_reload_keeps_settings(tiny_processor, tmp_path):
     b = tiny_processor(text=["<image> x <volume>"], images=[_image()], volumes=[_volume()])
     for key in ("input_ids", "pixel_values", "volume_values"):
         assert torch.equal(a[key], b[key]), key
+
+
+def test_truncation_through_media_tokens_is_an_error(tiny_processor):
+    text = "a b c d e f g <image> tail"
+    ok = tiny_processor(text=[text], images=[_image()], truncation=True, max_length=64)
+    assert (ok["input_ids"] == tiny_processor.image_token_id).sum() == tiny_processor.num_image_tokens
+    with pytest.raises(ValueError, match=r"text row 0: \d+ image placeholder tokens after tokenisation, expected 1 x 16"):
+        tiny_processor(text=[text], images=[_image()], truncation=True, max_length=10)

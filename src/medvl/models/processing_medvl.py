@@ -180,6 +180,7 @@ class MedVLProcessor(ProcessorMixin):
                 )
         expanded = [self.expand_text(t, row) for row, t in enumerate(texts)]
         data: dict[str, Any] = dict(self.tokenizer(expanded, return_tensors=None, **kwargs))
+        self._check_placeholders_survived(data["input_ids"], n_image_markers, n_volume_markers)
         if images:
             data["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
         if volumes:
@@ -187,6 +188,21 @@ class MedVLProcessor(ProcessorMixin):
                 raise ValueError("volumes given but this processor has no volume processor")
             data["volume_values"] = self.volume_processor(volumes)["volume_values"]
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _check_placeholders_survived(self, input_ids: list, n_images: list[int], n_volumes: list[int]) -> None:
+        """Truncation must never cut through (or drop) media placeholders."""
+        for row, ids in enumerate(input_ids):
+            for kind, token_id, per_item, markers in (
+                ("image", self.image_token_id, self.num_image_tokens, n_images[row]),
+                ("volume", self.volume_token_id, self.num_volume_tokens, n_volumes[row]),
+            ):
+                found = sum(1 for i in ids if i == token_id)
+                if found != markers * per_item:
+                    raise ValueError(
+                        f"text row {row}: {found} {kind} placeholder tokens after tokenisation, expected "
+                        f"{markers} x {per_item}; truncation (max_length) cut into the {kind} tokens, or the "
+                        f"text contains the placeholder token itself. Raise max_length or shorten the text."
+                    )
 
     # ------------------------------------------------------------------ chat
     def apply_chat_template(
