@@ -135,14 +135,14 @@ def test_m3d_closed_letter_rule_and_open_metrics():
 
 def test_mcq_extraction_rules():
     opts = ["Liver", "Spleen", "Left kidney", "Kidney"]
-    cases = [("B", "letter"), ("(C) left kidney", "letter"), ("The answer is D.", "cue"),
+    cases = [("B", "letter"), ("(C) left kidney", "letter"), ("The answer is D.", "cue"), ("I would pick (a)", "cue"),
              ("It shows the spleen clearly", "text"), ("A mass in the left kidney", "text"),
              ("splen", "similarity"), ("", "empty")]
     items = [VQAItem(id=str(i), prediction=p, reference="C", options=opts, language="en") for i, (p, _) in enumerate(cases)]
     res = score_vqa(items, "mcq")
     assert [r["method"] for r in res.per_item] == [m for _, m in cases]
-    assert [r["predicted_choice"] for r in res.per_item] == ["B", "C", "D", "B", "C", "B", None]
-    assert close(res.aggregate["accuracy"], 2 / 7)
+    assert [r["predicted_choice"] for r in res.per_item] == ["B", "C", "D", "A", "B", "C", "B", None]
+    assert close(res.aggregate["accuracy"], 2 / 8)
     with pytest.raises(ValueError, match="needs 'options'"):
         score_vqa([VQAItem(id="x", prediction="A", reference="A")], "mcq")
 

@@ -4,7 +4,8 @@ The chosen option is read from the output in this order (the first rule that fir
 rule is recorded per item as ``method``):
 
 1. ``letter``: the output starts with an option letter ("B", "B.", "(B)", "B)", "B:");
-2. ``cue``: a cue followed by a letter ("answer is C", "Answer: (C)", "option C");
+2. ``cue``: a cue followed by a letter ("answer is C", "Answer: (C)", "option C"), or exactly
+   one distinct bracketed letter anywhere ("I would pick (C)");
 3. ``text``: the text of exactly one option occurs in the output (case-insensitive; the longest
    option wins when one contains another);
 4. ``similarity``: otherwise the option most similar to the output (``difflib`` ratio, first
@@ -25,6 +26,7 @@ from medvl.eval.results import ScoreResult, library_versions, mean
 from medvl.eval.vqa.base import VQAItem, register_protocol
 
 _LEADING = re.compile(r"^\s*[\(\[]?([A-Za-z])(?:[\)\]\.:,]|\s|$)")
+_BRACKETED = re.compile(r"[\(\[]([A-Za-z])[\)\]]")
 _CUE = re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*(?:option\s*)?[\(\[]?([A-Za-z])(?:[\)\]\.:,]|\s|$)",
                   re.IGNORECASE)
 
@@ -58,6 +60,9 @@ def extract_choice(prediction: str, options: Sequence[str]) -> tuple[str | None,
     for m in _CUE.finditer(text):
         if m.group(1).upper() in letters:
             return m.group(1).upper(), "cue"
+    bracketed = {x.upper() for x in _BRACKETED.findall(text) if x.upper() in letters}
+    if len(bracketed) == 1:
+        return bracketed.pop(), "cue"
     low = text.lower()
     hits = [i for i, opt in enumerate(options) if opt.strip() and opt.strip().lower() in low]
     if hits:
