@@ -13,6 +13,17 @@ Reads top to bottom like transformers' ``modeling_llava.py``:
    only at supervised positions (labels != -100), so no (B, L, vocab) tensor is ever built for the
    prompt and media positions. Inference: the whole causal LM runs (full logits or
    ``logits_to_keep``, KV cache).
+
+State-dict layout (for converters and exporters)::
+
+    vision_tower.*              the HF 2D tower as is (e.g. SiglipVisionModel: vision_tower.vision_model.*)
+    image_connector.mlp.{0,2,..}.{weight,bias}   Linear layers (odd indices: activation)
+    image_connector.norm.*      optional input LayerNorm
+    volume_encoder.*            Vit3DModel (see vit3d.py) or the HF 2D tower of a slicewise encoder
+    volume_slice_embedding      (num_slices, feature_size), slicewise only
+    volume_connector.*          as image_connector; attn_pool adds query, attn.{in_proj_*,out_proj.*},
+                                norm_q / norm_kv
+    language_model.*            the AutoModelForCausalLM as is (language_model.model.*, language_model.lm_head.*)
 """
 
 from __future__ import annotations
