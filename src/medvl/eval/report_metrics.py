@@ -335,24 +335,32 @@ def clinical_metric(name: str, predictions: Sequence[str], references: Sequence[
 
 
 def _run_clinical(name: str, mod: Any, preds: list[str], refs: list[str], weights: str) -> dict[str, Any]:
-    # Each package has its own entry point; the calls follow their READMEs. They cannot be tested
-    # here (no weights offline), so any API drift surfaces as the package's own error.
-    if name == "f1_chexbert":
-        scorer = mod.F1CheXbert(chexbert_checkpoint=weights)
-        accuracy, accuracy_per_item, report_5, report_all = scorer(hyps=preds, refs=refs)
-        return {"accuracy": accuracy, "micro_f1_5": report_5["micro avg"]["f1-score"],
-                "macro_f1_14": report_all["macro avg"]["f1-score"], "per_item": list(accuracy_per_item)}
-    if name == "radgraph":
-        scorer = mod.F1RadGraph(reward_level="all", model_path=weights)
-        score, reward_list, _, _ = scorer(hyps=preds, refs=refs)
-        return {"radgraph_f1": score, "per_item": reward_list}
-    if name == "ratescore":
-        scorer = mod.RaTEScore(bert_model=weights)
-        per = scorer.compute_score(preds, refs)
-        return {"ratescore": mean(per), "per_item": list(per)}
-    scorer = mod.GREEN(weights, output_dir=".")
-    mean_score, std, per, _, _ = scorer(refs, preds)
-    return {"green": float(mean_score), "per_item": list(per)}
+    # Each package has its own entry point; the calls follow the packages' READMEs (GREEN:
+    # ``GREEN(model, output_dir)(refs, hyps)`` -> mean, std, scores, summary, frame). They cannot
+    # run here (no weights offline), so an API that changed is reported as such, not guessed around.
+    try:
+        if name == "f1_chexbert":
+            scorer = mod.F1CheXbert(chexbert_checkpoint=weights)
+            accuracy, accuracy_per_item, report_all, report_5 = scorer(hyps=preds, refs=refs)
+            return {"accuracy": float(accuracy), "micro_f1_5": report_5["micro avg"]["f1-score"],
+                    "macro_f1_14": report_all["macro avg"]["f1-score"], "per_item": list(accuracy_per_item)}
+        if name == "radgraph":
+            scorer = mod.F1RadGraph(reward_level="all", model_path=weights)
+            mean_reward, reward_list, _, _ = scorer(hyps=preds, refs=refs)
+            # reward_level="all" gives (simple, partial, complete) entity/relation F1
+            simple, partial, complete = mean_reward
+            return {"radgraph_simple": simple, "radgraph_partial": partial, "radgraph_complete": complete,
+                    "per_item": [list(r) for r in zip(*reward_list)] if isinstance(reward_list, tuple) else reward_list}
+        if name == "ratescore":
+            scorer = mod.RaTEScore(bert_model=weights)
+            per = scorer.compute_score(preds, refs)
+            return {"ratescore": mean(per), "per_item": list(per)}
+        scorer = mod.GREEN(weights, output_dir=".")
+        mean_score, _std, per, _summary, _frame = scorer(refs, preds)
+        return {"green": float(mean_score), "per_item": list(per)}
+    except (TypeError, AttributeError, ValueError) as e:
+        raise RuntimeError(f"clinical metric {name!r}: the installed '{mod.__name__}' package does not accept the "
+                           f"call medvl makes (its API may have changed): {e}") from e
 
 
 def available_clinical_metrics() -> list[str]:
