@@ -277,3 +277,19 @@ def test_cached_encoder_features_give_the_same_logits():
     assert image_cache.shape == (2, 16, 32)  # CLIP patches without CLS
     assert volume_cache.shape == (1, 4 * 4, 32)  # 4 slices x 2x2 patches, slice-major
     torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_config_json_round_trip(tmp_path):
+    config = make_config(tower="clip", volume="slicewise", image_feature_layer=[-2, -1],
+                         volume_connector={"type": "attn_pool", "num_queries": 3, "num_heads": 4},
+                         slice_position_embedding=False)
+    config.volume_config.layer_norm_eps = 1e-5  # equals a Vit3D default: must survive as a SigLIP value
+    config.save_pretrained(tmp_path)
+    again = MedVLConfig.from_pretrained(tmp_path)
+    assert type(again.volume_config).__name__ == "SiglipVisionConfig" and again.volume_encoder == "slicewise"
+    for name in ("text_config", "vision_config", "volume_config"):
+        assert getattr(again, name).to_dict() == getattr(config, name).to_dict(), name
+    assert again.image_connector_config == config.image_connector_config
+    assert again.volume_connector_config.num_queries == 3 and again.image_feature_layer == [-2, -1]
+    assert (again.num_image_tokens, again.num_volume_tokens, again.slice_position_embedding) == (16, 3, False)
+    assert again.image_feature_size() == 64  # two layers concatenated
