@@ -416,7 +416,10 @@ def test_convert_cli(tmp_path: Path) -> None:
     assert main(["convert", "medm-vl", str(src), str(tmp_path / "bad")]) == 2  # parts missing: listed, exit 2
     assert main(["convert", "medm-vl", str(src), str(tmp_path / "out"), "--llm", str(QWEN),
                  "--vision", str(tmp_path / "clip-tiny")]) == 0
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "medvl"
+    config_text = (tmp_path / "out" / "config.json").read_text()
+    assert json.loads(config_text)["model_type"] == "medvl"
+    # self-contained: no part folder or hub id the checkpoint was built from
+    assert str(tmp_path) not in config_text and "Qwen/" not in config_text and "openai/" not in config_text
 
 
 def test_tower_input_routing(tmp_path: Path) -> None:

@@ -415,6 +415,12 @@ def _vision_config(folder: Path) -> Any:
     return getattr(cfg, "vision_config", None) or cfg
 
 
+def _clean(config: dict[str, Any]) -> dict[str, Any]:
+    """Drop where a part config was read from: the checkpoint must not refer to local folders or hub ids."""
+    config.pop("_name_or_path", None)
+    return config
+
+
 def _3d_layer(select_layer: int) -> int:
     """MedM-CLIP / M3D-CLIP hidden-state lists have no embedding entry; medvl's (transformers') do."""
     return select_layer if select_layer < 0 else select_layer + 1
@@ -454,7 +460,7 @@ def translate_config(
 
     from medvl.models.configuration_medvl import prefix_token_count
 
-    text_config = AutoConfig.from_pretrained(parts.llm).to_dict()
+    text_config = _clean(AutoConfig.from_pretrained(parts.llm).to_dict())
     kwargs: dict[str, Any] = {"text_config": text_config}
     if layout.image is not None:
         spec = layout.image
@@ -469,7 +475,7 @@ def translate_config(
             )
         if as_volume:
             kwargs.update(
-                volume_config=vcfg.to_dict(),
+                volume_config=_clean(vcfg.to_dict()),
                 volume_encoder="slicewise",
                 volume_connector=connector,
                 volume_feature_layer=spec.select_layer,
@@ -479,7 +485,7 @@ def translate_config(
             )
         else:
             kwargs.update(
-                vision_config=vcfg.to_dict(),
+                vision_config=_clean(vcfg.to_dict()),
                 image_connector=connector,
                 image_feature_layer=spec.select_layer,
                 image_feature_select=select,
