@@ -52,6 +52,9 @@ def test_determinism_same_seed_same_bytes(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     for png in (tmp_path / "a" / "images").iterdir():
         assert png.read_bytes() == (tmp_path / "b" / "images" / png.name).read_bytes()
+    synthesize("2d", 6, 3, tmp_path / "w", workers=2)  # parallel rendering gives the same bytes
+    for name in ("train.jsonl", "cases.jsonl", "images/case00004.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "w" / name).read_bytes()
     synthesize("2d", 6, 4, tmp_path / "c")
     assert (tmp_path / "a" / "cases.jsonl").read_bytes() != (tmp_path / "c" / "cases.jsonl").read_bytes()
 

@@ -64,6 +64,9 @@ EFFUSION_LEVEL = (0.76, 0.86)  # fluid fills the lung below this fraction of its
 
 # Attenuation per mm (arbitrary units) of the radiograph model; soft tissue = 1.
 MU_SOFT, MU_LUNG, MU_BONE_EXCESS = 1.0, 0.15, 1.2
+# Nodules project brighter than their chord of soft tissue alone would (a dense, partly calcified
+# solid nodule); without this a 5-10 mm nodule is fainter than a rib crossing at 128 px.
+NODULE_GAIN = 1.0
 HU = {"air": -1000.0, "lung": -850.0, "fat": -90.0, "soft": 40.0, "fluid": 15.0, "bone": 700.0}
 
 
@@ -201,7 +204,7 @@ def render_radiograph(f: CaseFindings, rng: np.random.Generator, geometry: Geome
         nx, ny, _ = _nodule_position(a, n)
         r = n.diameter_mm / 2
         chord = 2 * np.sqrt(np.clip(r ** 2 - (x - nx) ** 2 - (y - ny) ** 2, 0, None))
-        density += (MU_SOFT - MU_LUNG) * chord
+        density += NODULE_GAIN * (MU_SOFT - MU_LUNG) * chord
     density = ndimage.gaussian_filter(density, sigma=0.6)
     density += rng.normal(0, 1.0, density.shape)
     exposure = rng.uniform(0.92, 1.08)
@@ -422,8 +425,34 @@ def case_questions(f: CaseFindings, rng: np.random.Generator, keep: dict[str, di
     return out
 
 
+def _render_case(job: tuple) -> dict[str, Any]:
+    """Render and write one case (runs in a worker process when ``workers`` > 1)."""
+    kind, i, seed, out, dicom, geometry, findings_dict, split = job
+    f = CaseFindings.from_dict(findings_dict)
+    case_id = f"case{i:05d}"
+    render_rng = _case_rng(seed, i, 1)
+    info: dict[str, Any] = {"id": case_id, "split": split, "findings": findings_dict}
+    if kind == "2d":
+        pixels = render_radiograph(f, render_rng, geometry)
+        rel = f"images/{case_id}.{'dcm' if dicom else 'png'}"
+        if dicom:
+            save_dicom_dx(pixels, Path(out) / rel, spacing=geometry.spacing, case_id=case_id)
+        else:
+            save_png16(pixels, Path(out) / rel)
+        info["pixel_spacing_mm"] = [geometry.spacing, geometry.spacing]
+    else:
+        axcodes = ORIENTATIONS[int(render_rng.integers(len(ORIENTATIONS)))]
+        hu, affine = render_ct(f, render_rng, geometry, axcodes)
+        rel = f"volumes/{case_id}.nii.gz"
+        save_nifti(hu, affine, Path(out) / rel)
+        info["axcodes"] = "".join(axcodes)
+        info["spacing_mm"] = list(geometry.spacing)
+    info["file"] = rel
+    return info
+
+
 def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = False,
-               geometry: Geometry2D | Geometry3D | None = None) -> dict[str, Any]:
+               geometry: Geometry2D | Geometry3D | None = None, workers: int = 1) -> dict[str, Any]:
     """Write a synthetic dataset.
 
     Args:
@@ -433,6 +462,7 @@ def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = F
         out: output directory (created).
         dicom: 2D only: write DICOM DX files instead of 16-bit PNG.
         geometry: image/volume geometry (defaults: Geometry2D() / Geometry3D()).
+        workers: processes that render in parallel (the output does not depend on it).
 
     Returns:
         the dataset summary also written to ``out/dataset.json``.
@@ -455,29 +485,17 @@ def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = F
     })
     splits = assign_splits(n, seed)
     records: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-    cases = []
     marker = "<image>" if kind == "2d" else "<volume>"
+    jobs = [(kind, i, seed, str(out), dicom, geometry, f.to_dict(), splits[i]) for i, f in enumerate(findings)]
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            cases = pool.map(_render_case, jobs, chunksize=max(1, n // (8 * workers)))
+    else:
+        cases = [_render_case(job) for job in jobs]
     for i, f in enumerate(findings):
-        case_id = f"case{i:05d}"
-        render_rng = _case_rng(seed, i, 1)
-        info: dict[str, Any] = {"id": case_id, "split": splits[i], "findings": f.to_dict()}
-        if kind == "2d":
-            pixels = render_radiograph(f, render_rng, geometry)  # type: ignore[arg-type]
-            rel = f"images/{case_id}.{'dcm' if dicom else 'png'}"
-            if dicom:
-                save_dicom_dx(pixels, out / rel, spacing=geometry.spacing, case_id=case_id)  # type: ignore[union-attr]
-            else:
-                save_png16(pixels, out / rel)
-            info["pixel_spacing_mm"] = [geometry.spacing, geometry.spacing]  # type: ignore[union-attr]
-        else:
-            axcodes = ORIENTATIONS[int(render_rng.integers(len(ORIENTATIONS)))]
-            hu, affine = render_ct(f, render_rng, geometry, axcodes)  # type: ignore[arg-type]
-            rel = f"volumes/{case_id}.nii.gz"
-            save_nifti(hu, affine, out / rel)
-            info["axcodes"] = "".join(axcodes)
-            info["spacing_mm"] = list(geometry.spacing)  # type: ignore[union-attr]
-        info["file"] = rel
-        cases.append(info)
+        case_id, rel = cases[i]["id"], cases[i]["file"]
         for qa in case_questions(f, _case_rng(seed, i, 2), keep):
             rec = {
                 "id": f"{case_id}-{qa.question_type}-{qa.language}",
@@ -521,6 +539,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dicom", action="store_true", help="2D: write DICOM DX instead of 16-bit PNG")
     parser.add_argument("--size", type=int, default=None, help="2D image size in pixels (default 256)")
     parser.add_argument("--spacing", type=float, default=None, help="2D pixel spacing in mm (default 1.4)")
+    parser.add_argument("--workers", type=int, default=1, help="rendering processes (same output for any number)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -532,6 +551,7 @@ def run(args: argparse.Namespace) -> int:
     geometry = None
     if args.kind == "2d" and (args.size or args.spacing):
         geometry = Geometry2D(size=args.size or 256, spacing=args.spacing or 1.4)
-    summary = synthesize(args.kind, args.n, args.seed, args.out, dicom=args.dicom, geometry=geometry)
+    summary = synthesize(args.kind, args.n, args.seed, args.out, dicom=args.dicom, geometry=geometry,
+                         workers=args.workers)
     print(json.dumps(summary["splits"]))
     return 0

@@ -1,0 +1,405 @@
+"""``medvl quickstart``: synthetic data -> a small model from scratch -> training -> held-out evaluation.
+
+What it does, in order (everything under ``--out``):
+
+1. ``data/``: a synthetic phantom set (:mod:`medvl.data.synth`), train/validation/test by case.
+2. A byte-level BPE tokenizer trained on the training corpus, a small SigLIP-style 2D tower (or a
+   3D ViT), a small Qwen2-style LLM and an MLP connector, all built from configs by
+   :func:`medvl.build.build_model` (random weights; nothing is downloaded).
+3. Training with :func:`medvl.train.run_training` (the HF Trainer), every part trained.
+4. The *blind baseline*: the same model and training with every image replaced by a blank one. It
+   measures what the questions give away without looking; the gap to it is what vision adds.
+5. Evaluation on the held-out test split through :func:`medvl.inference.generate` (the same path
+   as ``medvl infer``/``eval``): closed-question accuracy per question type and language, report
+   BLEU/ROUGE-L; ``metrics.json``, ``loss_curve.png``, the checkpoint in ``model/``, a table.
+
+The recipe (model sizes, steps, learning rate) lives in :data:`RECIPES` and was chosen with
+``benchmarks/quickstart_recipes.py`` (accuracy after N optimizer steps); see the docstring there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvl.data.synth import Geometry2D, Geometry3D, synthesize
+from medvl.data.synth_text import CLOSED_TYPES
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("2d", "3d")
+
+
+@dataclass
+class Recipe:
+    """Everything the quickstart varies between 2D and 3D.
+
+    Args:
+        n_cases: synthetic cases (80/10/10 split).
+        geometry: how the phantoms are rendered (pixel/voxel spacing in mm).
+        model: a ``medvl.build.ModelSpec`` as a mapping (tokenizer corpus filled in at run time).
+        max_steps: optimizer steps of each training run (the model and the blind baseline).
+        batch_size: samples per step.
+        lr: peak learning rate (cosine schedule with warm-up). From scratch, 1e-3 and above
+            stalled at the answer prior in our probes; 3e-4 learns.
+    """
+
+    n_cases: int
+    geometry: Any
+    model: dict[str, Any]
+    max_steps: int
+    batch_size: int = 16
+    lr: float = 3e-4
+    warmup_ratio: float = 0.03
+
+
+_LLM = {
+    "model_type": "qwen2", "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 512, "tie_word_embeddings": True,
+}
+
+RECIPES: dict[str, Recipe] = {
+    # 128 px radiographs at 2.8 mm/px (a 36 cm field): a 5 mm nodule is ~2 px, a 30 mm one ~11 px.
+    "2d": Recipe(
+        n_cases=4000,
+        geometry=Geometry2D(size=128, spacing=2.8),
+        model={
+            "llm": {"config": _LLM},
+            "vision": {
+                "config": {"model_type": "siglip_vision_model", "image_size": 128, "patch_size": 16,
+                           "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2,
+                           "num_attention_heads": 4},
+                "connector": {"type": "mlp", "depth": 2},
+            },
+            "tokenizer": {"source": "train", "vocab_size": 1024},
+        },
+        max_steps=1500,
+    ),
+    # 64x64x32 volumes at 5.25 x 5.25 x 7.5 mm; the 3D ViT sees (D, H, W) = (32, 64, 64) in 4x16x16
+    # patches: 128 volume tokens.
+    "3d": Recipe(
+        n_cases=2000,
+        geometry=Geometry3D(shape=(64, 64, 32), spacing=(5.25, 5.25, 7.5)),
+        model={
+            "llm": {"config": _LLM},
+            "volume": {
+                "encoder": "vit3d",
+                "config": {"image_size": [32, 64, 64], "patch_size": [4, 16, 16], "in_channels": 1,
+                           "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "norm_first": True, "final_norm": True},
+                "connector": {"type": "mlp", "depth": 2},
+                "processor": {"window": "lung", "crop_foreground": False},
+            },
+            "tokenizer": {"source": "train", "vocab_size": 1024},
+        },
+        max_steps=1500,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------- data
+def _write_corpus(data_dir: Path, path: Path) -> None:
+    """Questions, answers and reports of the training split, one per line (the tokenizer's corpus)."""
+    lines = []
+    for line in (data_dir / "train.jsonl").read_text(encoding="utf-8").splitlines():
+        for m in json.loads(line)["messages"]:
+            lines.append(m["content"].replace("<image>", "").replace("<volume>", "").strip())
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_blind_split(data_dir: Path, split: str, kind: str) -> Path:
+    """A copy of ``split.jsonl`` whose every image/volume is one blank file (same size and geometry).
+
+    Args:
+        data_dir: the synthetic set.
+        split: "train", "validation" or "test".
+        kind: "2d" or "3d".
+    """
+    key = "images" if kind == "2d" else "volumes"
+    records = [json.loads(line) for line in (data_dir / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+    blank = data_dir / ("blank.png" if kind == "2d" else "blank.nii.gz")
+    if not blank.exists():
+        template = data_dir / records[0][key][0]
+        if kind == "2d":
+            from PIL import Image
+
+            size = Image.open(template).size
+            Image.fromarray(np.zeros(size[::-1], dtype=np.uint16)).save(blank)
+        else:
+            import nibabel as nib
+
+            img = nib.load(template)
+            air = np.full(img.shape, -1000, dtype=np.int16)  # nothing but air: no anatomy at all
+            nib.save(nib.Nifti1Image(air, img.affine, img.header), str(blank))
+    out = data_dir / f"{split}_blind.jsonl"
+    with open(out, "w", encoding="utf-8") as fh:
+        for rec in records:
+            rec[key] = [blank.name]
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return out
+
+
+# ---------------------------------------------------------------------------- training
+def _train(recipe: Recipe, spec: dict[str, Any], train_file: Path, eval_file: Path, out_dir: Path, seed: int) -> Path:
+    """One training run through medvl.train.run_training; returns its output folder."""
+    from medvl.build import ModelSpec, build_model
+    from medvl.train.config import TrainConfig
+    from medvl.train.run import run_training
+    from medvl.utils.config import from_dict
+
+    model, processor = build_model(from_dict(ModelSpec, spec, prefix="model.spec."))
+    cfg = from_dict(TrainConfig, {
+        "data": {"train": [str(train_file)], "eval": [str(eval_file)], "max_length": 512},
+        "train": {
+            "stage": "quickstart",
+            "parts": {"llm": {"mode": "full"}, "vision": {"mode": "full"}, "volume": {"mode": "full"},
+                      "connector": {"mode": "full"}},
+            "lr": recipe.lr, "max_steps": recipe.max_steps, "batch_size": recipe.batch_size,
+            "eval_batch_size": 64, "warmup_ratio": recipe.warmup_ratio, "scheduler": "cosine",
+            "logging_steps": 25, "save_steps": 10 ** 9, "eval_steps": max(recipe.max_steps // 3, 1),
+            "save_total_limit": 1, "seed": seed, "report_to": [], "precision": "fp32",
+        },
+        "output": {"dir": str(out_dir), "overwrite": True},
+    })
+    return run_training(cfg, model=model, processor=processor)
+
+
+# ---------------------------------------------------------------------------- evaluation
+def _normalise(text: str) -> str:
+    return text.strip().strip(".。!！ ").lower()
+
+
+def evaluate_split(model_dir: Path, test_file: Path, *, batch_size: int = 64) -> dict[str, Any]:
+    """Answer every test question with ``medvl.inference.generate`` and score it.
+
+    Args:
+        model_dir: a checkpoint folder.
+        test_file: records (``meta.question_type``, ``meta.answer_type``, ``meta.reference``).
+        batch_size: generation batch size.
+
+    Returns:
+        per-record predictions and the aggregate scores.
+    """
+    from medvl.data.records import load_records
+    from medvl.inference import generate, load_model
+
+    model, processor = load_model(model_dir)
+    records = load_records(test_file)
+    closed = [r for r in records if r.meta.get("answer_type") == "CLOSED"]
+    reports = [r for r in records if r.meta.get("question_type") == "report"]
+    other_open = [r for r in records if r.meta.get("answer_type") != "CLOSED" and r.meta.get("question_type") != "report"]
+    answers = generate(model, processor, closed + other_open, batch_size=batch_size, max_new_tokens=12, progress=False)
+    report_texts = generate(model, processor, reports, batch_size=batch_size, max_new_tokens=96, progress=False)
+    rows = []
+    for rec, pred in zip(closed + other_open + reports, answers + report_texts):
+        ref = rec.meta["reference"]
+        rows.append({"id": rec.id, "question_type": rec.meta["question_type"], "answer_type": rec.meta["answer_type"],
+                     "language": rec.meta["language"], "question": rec.messages[0]["content"], "reference": ref,
+                     "prediction": pred, "correct": _normalise(pred) == _normalise(ref)})
+    return {"rows": rows, **score_rows(rows)}
+
+
+def score_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Closed accuracy (overall, per question type, per language), open exact match, report metrics.
+
+    Args:
+        rows: dicts with question_type, answer_type, language, reference, prediction, correct.
+    """
+    closed = [r for r in rows if r["answer_type"] == "CLOSED"]
+    out: dict[str, Any] = {
+        "closed_accuracy": float(np.mean([r["correct"] for r in closed])) if closed else None,
+        "n_closed": len(closed),
+        "per_question_type": {},
+        "per_language": {},
+    }
+    for qtype in sorted({r["question_type"] for r in rows} - {"report"}):
+        items = [r["correct"] for r in rows if r["question_type"] == qtype]
+        out["per_question_type"][qtype] = {"accuracy": float(np.mean(items)), "n": len(items)}
+    for lang in sorted({r["language"] for r in closed}):
+        items = [r["correct"] for r in closed if r["language"] == lang]
+        out["per_language"][lang] = {"closed_accuracy": float(np.mean(items)), "n": len(items)}
+    reports = [r for r in rows if r["question_type"] == "report"]
+    out["report"] = report_metrics(reports)
+    return out
+
+
+def report_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """BLEU-4 (sacrebleu, ``zh`` tokenizer for Chinese) and ROUGE-L (rouge-score, jieba for Chinese)
+    per language and overall (the mean over items).
+
+    Args:
+        rows: report rows (reference, prediction, language).
+    """
+    from medvl.eval.report_metrics import rouge_score_metrics, sacrebleu_metrics
+
+    result: dict[str, Any] = {"n": len(rows)}
+    if not rows:
+        return result
+    totals = {"bleu4": 0.0, "rougeL": 0.0}
+    for lang in sorted({r["language"] for r in rows}):
+        items = [r for r in rows if r["language"] == lang]
+        preds, refs = [r["prediction"] for r in items], [r["reference"] for r in items]
+        bleu = sacrebleu_metrics(preds, refs, tokenize="zh" if lang == "zh" else None)["corpus_bleu"]
+        rouge = rouge_score_metrics(preds, refs, lang=lang)["rougeL"]
+        result[lang] = {"bleu4": float(bleu), "rougeL": float(rouge), "n": len(items)}
+        totals["bleu4"] += bleu * len(items)
+        totals["rougeL"] += rouge * len(items)
+    # languages weighted by their number of reports
+    result.update({k: float(v / len(rows)) for k, v in totals.items()})
+    return result
+
+
+# ---------------------------------------------------------------------------- reporting
+def plot_loss_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Training (and validation) loss of each run against the step, one PNG.
+
+    Args:
+        histories: run name -> ``trainer.state.log_history``.
+        path: output PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (name, hist), colour in zip(histories.items(), ("tab:blue", "tab:grey", "tab:green")):
+        train = [(h["step"], h["loss"]) for h in hist if "loss" in h and "step" in h]
+        evals = [(h["step"], h["eval_loss"]) for h in hist if "eval_loss" in h]
+        if train:
+            ax.plot(*zip(*train), color=colour, label=f"{name} train")
+        if evals:
+            ax.plot(*zip(*evals), "o--", color=colour, label=f"{name} validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """A plain-text table: accuracy and blind accuracy per closed question type, then reports.
+
+    Args:
+        metrics: the quickstart metrics dict.
+    """
+    lines = [f"{'question type':<20} {'n':>5} {'accuracy':>9} {'blind':>7}", "-" * 44]
+    blind = metrics.get("blind", {}).get("per_question_type", {})
+    for qtype, v in metrics["per_question_type"].items():
+        b = blind.get(qtype, {}).get("accuracy")
+        lines.append(f"{qtype:<20} {v['n']:>5} {v['accuracy']:>9.3f} {'' if b is None else f'{b:.3f}':>7}")
+    lines.append("-" * 44)
+    b = metrics.get("blind_closed_accuracy")
+    lines.append(f"{'closed (all)':<20} {metrics['n_closed']:>5} {metrics['closed_accuracy']:>9.3f} "
+                 f"{'' if b is None else f'{b:.3f}':>7}")
+    rep = metrics.get("report", {})
+    if rep.get("n"):
+        lines.append(f"{'report BLEU-4':<20} {rep['n']:>5} {rep['bleu4']:>9.2f}")
+        lines.append(f"{'report ROUGE-L':<20} {rep['n']:>5} {rep['rougeL']:>9.3f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- entry point
+def run_quickstart(kind: str = "2d", out: str | Path = "runs/quickstart", *, n_cases: int | None = None,
+                   max_steps: int | None = None, seed: int = 0, blind: bool = True, workers: int | None = None,
+                   recipe: Recipe | None = None) -> dict[str, Any]:
+    """Run the whole quickstart and return the metrics (also written to ``out/metrics.json``).
+
+    Args:
+        kind: "2d" (radiographs) or "3d" (CT volumes).
+        out: output folder (``data/``, ``model/``, ``metrics.json``, ``loss_curve.png``, runs).
+        n_cases: override the recipe's number of synthetic cases.
+        max_steps: override the recipe's optimizer steps per training run.
+        seed: data and training seed.
+        blind: also train and evaluate the blind baseline.
+        workers: rendering processes (default: the CPU count, at most 4).
+        recipe: a whole custom recipe (n_cases / max_steps still override it).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; valid choices: {', '.join(KINDS)}")
+    recipe = recipe or RECIPES[kind]
+    recipe = replace(recipe, n_cases=n_cases or recipe.n_cases, max_steps=max_steps or recipe.max_steps)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    timings: dict[str, float] = {}
+
+    data_dir = out / "data"
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    workers = workers or min(4, os.cpu_count() or 1)
+    summary = synthesize(kind, recipe.n_cases, seed, data_dir, geometry=recipe.geometry, workers=workers)
+    timings["data_s"] = time.time() - t_start
+
+    corpus = out / "tokenizer_corpus.txt"
+    _write_corpus(data_dir, corpus)
+    spec = json.loads(json.dumps(recipe.model))
+    spec["tokenizer"]["corpus"] = str(corpus)
+    spec["seed"] = seed
+
+    runs = {"model": (data_dir / "train.jsonl", data_dir / "validation.jsonl", data_dir / "test.jsonl")}
+    if blind:
+        runs["blind"] = tuple(write_blind_split(data_dir, s, kind) for s in ("train", "validation", "test"))
+    results: dict[str, dict[str, Any]] = {}
+    histories: dict[str, list] = {}
+    for name, (train_file, eval_file, test_file) in runs.items():
+        t0 = time.time()
+        run_dir = _train(recipe, spec, train_file, eval_file, out / f"run_{name}", seed)
+        timings[f"train_{name}_s"] = time.time() - t0
+        histories[name] = json.loads((run_dir / "metrics.json").read_text())["log_history"]
+        t0 = time.time()
+        results[name] = evaluate_split(run_dir / "model", test_file)
+        timings[f"eval_{name}_s"] = time.time() - t0
+
+    final = out / "model"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(out / "run_model" / "model", final)
+    plot_loss_curves(histories, out / "loss_curve.png")
+
+    main = results["model"]
+    metrics: dict[str, Any] = {
+        "kind": kind,
+        "closed_accuracy": main["closed_accuracy"],
+        "blind_closed_accuracy": results["blind"]["closed_accuracy"] if blind else None,
+        "n_closed": main["n_closed"],
+        "per_question_type": main["per_question_type"],
+        "per_language": main["per_language"],
+        "report": main["report"],
+    }
+    if blind:
+        metrics["blind"] = {k: results["blind"][k] for k in ("closed_accuracy", "per_question_type", "per_language", "report")}
+    example = next((r for r in main["rows"] if r["question_type"] == "report"), main["rows"][0])
+    metrics["example"] = {k: example[k] for k in ("id", "question", "reference", "prediction")}
+    metrics["recipe"] = {"n_cases": recipe.n_cases, "max_steps": recipe.max_steps, "batch_size": recipe.batch_size,
+                         "lr": recipe.lr, "geometry": recipe.geometry.__dict__, "model": spec}
+    metrics["data"] = summary["splits"]
+    metrics["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    metrics["wall_s"] = round(time.time() - t_start, 1)
+    metrics["torch_threads"] = _torch_threads()
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
+        for name, res in results.items():
+            for row in res["rows"]:
+                fh.write(json.dumps({"run": name, **row}, ensure_ascii=False) + "\n")
+    return metrics
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+__all__ = ["RECIPES", "Recipe", "run_quickstart", "evaluate_split", "score_rows", "format_table", "write_blind_split"]
