@@ -229,6 +229,10 @@ class Vit3DPreTrainedModel(PreTrainedModel):
     main_input_name = "volume_values"
     supports_gradient_checkpointing = True
     _no_split_modules = ["Vit3DLayer"]
+    # Attention always runs through torch's fused scaled_dot_product_attention, so any requested
+    # implementation ("eager", "sdpa") is served by it; declaring sdpa lets a composite config that
+    # asks for sdpa everywhere build this encoder.
+    _supports_sdpa = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
