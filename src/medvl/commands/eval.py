@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                          bertscore_model=args.bertscore_model, meteor=not args.no_meteor,
                          tokenization=args.tokenization, progress=not args.no_progress)
         results = evaluate(cfg, model=args.model)
-    except (MedVLDataError, ValueError, FileNotFoundError) as e:
+    except (MedVLDataError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         print(f"medvl eval: error: {e}", file=sys.stderr)
         return 2
     print(markdown_table(results), end="")

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             ids, preds, refs = read_report_predictions(args.inp)
             result = score_reports(ids, preds, refs, tokenization=args.tokenization, meteor=not args.no_meteor,
                                    lang=args.lang, bertscore_model=args.bertscore_model, clinical=clinical)
-    except (MedVLDataError, ValueError, FileNotFoundError, ImportError) as e:
+    except (MedVLDataError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         print(f"medvl score: error: {e}", file=sys.stderr)
         return 2
     out = {"task": args.task, "input": str(args.inp), **result.to_dict()}

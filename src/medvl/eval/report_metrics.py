@@ -90,10 +90,13 @@ def coco_metrics(predictions: Sequence[str], references: Sequence[str], *, token
     if tokenization == "ptb":
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-        tok = PTBTokenizer()
+        # One Java call for both sides (each call starts a JVM).
+        both = {("ref", k): [{"caption": r}] for k, r in zip(keys, references)}
+        both.update({("pred", k): [{"caption": p}] for k, p in zip(keys, predictions)})
         with contextlib.redirect_stdout(io.StringIO()):
-            gts = tok.tokenize({k: [{"caption": r}] for k, r in zip(keys, references)})
-            res = tok.tokenize({k: [{"caption": p}] for k, p in zip(keys, predictions)})
+            tokenized = PTBTokenizer().tokenize(both)
+        gts = {k: tokenized[("ref", k)] for k in keys}
+        res = {k: tokenized[("pred", k)] for k in keys}
     else:
         gts = {k: [r.lower()] for k, r in zip(keys, references)}
         res = {k: [p.lower()] for k, p in zip(keys, predictions)}
