@@ -15,6 +15,11 @@ LLMS = {
     "qwen2": dict(model_type="qwen2", num_key_value_heads=2, tie_word_embeddings=True),
     "llama": dict(model_type="llama", num_key_value_heads=2),
     "phi3": dict(model_type="phi3", num_key_value_heads=4, pad_token_id=0),
+    # families whose LM head output is scaled or soft-capped
+    "gemma2": dict(model_type="gemma2", num_key_value_heads=2, head_dim=8, final_logit_softcapping=5.0),
+    "granite": dict(model_type="granite", num_key_value_heads=2, logits_scaling=4.0),
+    "cohere": dict(model_type="cohere", num_key_value_heads=2, logit_scale=0.5, eos_token_id=2, bos_token_id=1,
+                   pad_token_id=0),
 }
 TOWERS = {
     "siglip": dict(model_type="siglip_vision_model"),
@@ -293,3 +298,18 @@ def test_config_json_round_trip(tmp_path):
     assert again.volume_connector_config.num_queries == 3 and again.image_feature_layer == [-2, -1]
     assert (again.num_image_tokens, again.num_volume_tokens, again.slice_position_embedding) == (16, 3, False)
     assert again.image_feature_size() == 64  # two layers concatenated
+
+
+@pytest.mark.parametrize("llm", ["gemma2", "granite", "cohere"])
+def test_supervised_loss_mirrors_scaled_lm_heads(llm):
+    config = make_config(llm=llm)
+    model = make_model(config)
+    ids = torch.tensor([row([40, 41], (IMG, config.num_image_tokens), tail=6)])
+    labels = ids.clone()
+    labels[:, :-5] = -100
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        loss = model(input_ids=ids, pixel_values=pixels, labels=labels).loss
+        full = model(input_ids=ids, pixel_values=pixels).logits  # the LLM's own forward applies its scaling
+    torch.testing.assert_close(loss, F.cross_entropy(full[0, :-1], labels[0, 1:], ignore_index=-100),
+                               atol=1e-5, rtol=1e-5)

@@ -431,11 +431,15 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         )
 
     def _scale_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        # A few LLM families scale / soft-cap the LM head output (Gemma 2/3, Cohere); mirror them.
+        # A few LLM families scale / soft-cap the LM head output (Cohere, Granite, Gemma 2/3); the
+        # training path applies the head itself, so it mirrors what their forward does.
         text_config = self.config.text_config
         scale = getattr(text_config, "logit_scale", None)
         if isinstance(scale, (int, float)) and not isinstance(scale, bool):
             logits = logits * scale
+        scaling = getattr(text_config, "logits_scaling", None)  # Granite divides
+        if isinstance(scaling, (int, float)) and not isinstance(scaling, bool) and scaling:
+            logits = logits / scaling
         softcap = getattr(text_config, "final_logit_softcapping", None)
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap

@@ -237,6 +237,7 @@ class MedVLProcessor(ProcessorMixin):
         ]
         if not tokenize:
             return rendered if batched else rendered[0]
+        kwargs.pop("return_dict", None)  # always a BatchFeature (dict-like)
         return self(text=rendered, images=images, volumes=volumes, **kwargs)
 
     def batch_decode(self, *args, **kwargs):
