@@ -120,3 +120,15 @@ def test_medvl_eval_cli_bad_task(tmp_path, capsys):
 
     assert main(["eval", str(tmp_path), "--tasks", "nope", "--out", str(tmp_path / "o")]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_evaluate_protocol_override(tmp_path, synth_dir):
+    cfg = EvalConfig(tasks=["synth_vqa"], out_dir=tmp_path, data={"synth_vqa": str(synth_dir)}, split="train",
+                     limit=4, protocols={"synth_vqa": "llava_med_v1"}, progress=False)
+    results = evaluate(cfg, generate_fn=answer_even_ids)
+    assert {r["protocol"] for r in results} == {"llava_med_v1"}
+    with pytest.raises(ValueError, match="unknown VQA protocol 'vqa'"):
+        evaluate(EvalConfig(tasks=["synth_vqa"], out_dir=tmp_path, protocols={"synth_vqa": "vqa"}), generate_fn=answer_even_ids)
+    with pytest.raises(ValueError, match="only VQA tasks"):
+        evaluate(EvalConfig(tasks=["synth_report"], out_dir=tmp_path, protocols={"synth_report": "mcq"}),
+                 generate_fn=answer_even_ids)

@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     parser.add_argument("--data", action="append", default=[], metavar="TASK=DIR", help="release folder of a task")
     parser.add_argument("--data-root", default=None, help="folder with each release under its default name")
+    parser.add_argument("--protocol", action="append", default=[], metavar="TASK=PROTOCOL",
+                        help="score a VQA task with another protocol, e.g. slake=llava_med_v1")
     parser.add_argument("--split", default=None, help="split (default: each task's test split)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N samples per task")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -46,10 +48,16 @@ def run(args: argparse.Namespace) -> int:
             if not sep:
                 raise ValueError(f"--data expects TASK=DIR, got {spec!r}")
             data[name] = path
+        protocols = {}
+        for spec in args.protocol:
+            name, sep, proto = spec.partition("=")
+            if not sep:
+                raise ValueError(f"--protocol expects TASK=PROTOCOL, got {spec!r}")
+            protocols[name] = proto
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         generation = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
         cfg = EvalConfig(tasks=tasks, out_dir=args.out, data=data, data_root=args.data_root, split=args.split,
-                         limit=args.limit, batch_size=args.batch_size, generation=generation,
+                         limit=args.limit, batch_size=args.batch_size, generation=generation, protocols=protocols,
                          bertscore_model=args.bertscore_model, meteor=not args.no_meteor,
                          tokenization=args.tokenization, progress=not args.no_progress)
         results = evaluate(cfg, model=args.model)

@@ -20,6 +20,7 @@ Tasks with several languages (SLAKE, synthetic sets) are also scored per languag
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class EvalConfig:
         batch_size: generation batch size.
         chunk_batches: batches generated between two appends to the predictions file.
         generation: overrides of the tasks' generation settings (e.g. ``max_new_tokens``).
+        protocols: task name -> VQA protocol replacing the task's default (e.g. SLAKE scored
+            ``llava_med_v1`` to compare with LLaVA-Med's table).
         bertscore_model: local model folder for BERTScore (m3d protocol, report metrics).
         meteor: compute METEOR (Java for reports, WordNet for m3d).
         tokenization: pycocoevalcap tokenisation for report tasks (auto = PTB when Java is present).
@@ -73,6 +76,7 @@ class EvalConfig:
     batch_size: int = 8
     chunk_batches: int = 4
     generation: dict[str, Any] = field(default_factory=dict)
+    protocols: dict[str, str] = field(default_factory=dict)
     bertscore_model: str | None = None
     meteor: bool = True
     tokenization: str = "auto"
@@ -227,8 +231,16 @@ def evaluate(cfg: EvalConfig, *, model: str | Path | None = None, generate_fn: G
         the results entries (also written to ``results.json``).
     """
     from medvl.eval.tasks import data_fingerprint, get_task
+    from medvl.eval.vqa import get_protocol
 
     specs = {name: get_task(name) for name in cfg.tasks}  # unknown names fail before any work
+    for name, protocol in cfg.protocols.items():
+        if name not in specs:
+            raise ValueError(f"protocol given for task {name!r}, which is not among --tasks ({', '.join(specs)})")
+        if specs[name].kind != "vqa":
+            raise ValueError(f"task {name!r} is a report task; only VQA tasks take another protocol")
+        get_protocol(protocol)  # unknown protocol names fail here, listing the valid ones
+        specs[name] = dataclasses.replace(specs[name], protocol=protocol, protocol_options={})
     if generate_fn is None:
         if model is None:
             raise ValueError("evaluate() needs a model path or a generate_fn")
