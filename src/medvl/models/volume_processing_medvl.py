@@ -13,7 +13,9 @@ Pipeline of the ``"standard"`` mode (every step is a constructor setting and can
 2. **Resampling** to ``target_spacing`` (mm, in output axis order D, H, W) with MONAI ``Spacingd``
    (trilinear, border padding). When an axis is downsampled and ``antialias`` is on, the volume is
    first smoothed with a Gaussian of sigma ``max(0, (target/current - 1) / 2)`` voxels on that axis,
-   the rule of ``skimage.transform.resize`` that MONAI's ``Resize(anti_aliasing=True)`` also uses.
+   the rule of ``skimage.transform.resize`` that MONAI's ``Resize(anti_aliasing=True)`` also uses
+   (integrated-Gaussian kernel as MONAI's ``GaussianSmooth``, edge mode ``nearest``; the resize of
+   step 4 does the same).
 3. **Foreground crop** (MONAI ``CropForegroundd``) to the bounding box of voxels above
    ``foreground_hu`` (HU). An all-background volume is left uncropped (with a warning).
 4. **Shape**: ``shape_mode="resize"`` trilinear resize to ``target_shape`` (anti-aliased when
@@ -435,18 +437,42 @@ class MedVLVolumeProcessor:
         return image.as_tensor()[0].numpy().astype(np.float32, copy=False), affine
 
     def _resample(self, image: Any) -> Any:
-        from monai.transforms import GaussianSmooth, Spacingd
+        from monai.transforms import Spacingd
 
         current = np.sqrt((image.affine.numpy()[:3, :3] ** 2).sum(axis=0))
-        factors = np.asarray(self.target_spacing) / current
-        if self.antialias and (factors > 1).any():
-            # skimage's rule (also MONAI Resize's): sigma = (downsampling factor - 1) / 2 voxels.
-            sigma = [float(max(0.0, (f - 1.0) / 2.0)) for f in factors]
-            smoothed = GaussianSmooth(sigma=sigma)(image)
-            image = smoothed
+        image = self._antialias(image, np.asarray(self.target_spacing) / current)
         spacing = Spacingd(keys="image", pixdim=self.target_spacing, mode="bilinear", padding_mode="border",
                            dtype=np.float32)
         return spacing({"image": image})["image"]
+
+    def _antialias(self, image: Any, factors: np.ndarray) -> Any:
+        """Gaussian pre-filter before downsampling by ``factors`` (> 1 = fewer voxels) per axis.
+
+        sigma = max(0, (factor - 1) / 2) voxels, the rule of ``skimage.transform.resize`` and of MONAI's
+        ``Resize(anti_aliasing=True)``. The kernel is the integrated (erf) Gaussian that MONAI's
+        ``GaussianSmooth`` uses (a sampled Gaussian of sigma 0.5 barely attenuates the Nyquist
+        frequency), truncated at 4 sigma, applied per axis with ``scipy.ndimage.correlate1d`` (edge mode
+        ``nearest``): several times faster than MONAI's convolution on CT-sized volumes.
+        """
+        from monai.data import MetaTensor
+        from scipy.ndimage import correlate1d
+        from scipy.special import erf
+
+        if not self.antialias or not (np.asarray(factors) > 1).any():
+            return image
+        data = image.as_tensor().numpy()[0].astype(np.float32, copy=True)
+        for axis, factor in enumerate(factors):
+            sigma = max(0.0, (float(factor) - 1.0) / 2.0)
+            if sigma <= 0:
+                continue
+            radius = int(math.ceil(4.0 * sigma))
+            x = np.arange(-radius, radius + 1, dtype=np.float64)
+            scale = 1.0 / (sigma * math.sqrt(2.0))
+            kernel = 0.5 * (erf((x + 0.5) * scale) - erf((x - 0.5) * scale))
+            kernel /= kernel.sum()
+            data = correlate1d(data, kernel.astype(np.float32), axis=axis, mode="nearest")
+        out = MetaTensor(torch.from_numpy(np.ascontiguousarray(data))[None])
+        return out.copy_meta_from(image)
 
     def _crop(self, image: Any, source: str) -> Any:
         from monai.transforms import CropForegroundd
@@ -466,16 +492,14 @@ class MedVLVolumeProcessor:
             return image
         target = list(self.target_shape)
         if self.shape_mode == "resize":
-            return Resized(keys="image", spatial_size=target, mode="trilinear", anti_aliasing=self.antialias)(
-                {"image": image}
-            )["image"]
+            image = self._antialias(image, np.asarray(image.shape[1:]) / np.asarray(target))
+            return Resized(keys="image", spatial_size=target, mode="trilinear")({"image": image})["image"]
         if self.shape_mode == "fit":
             shape = image.shape[1:]
             scale = min(t / s for t, s in zip(target, shape))
             fitted = [max(1, min(t, int(math.floor(s * scale + 0.5)))) for t, s in zip(target, shape)]
-            image = Resized(keys="image", spatial_size=fitted, mode="trilinear", anti_aliasing=self.antialias)(
-                {"image": image}
-            )["image"]
+            image = self._antialias(image, np.asarray(shape) / np.asarray(fitted))
+            image = Resized(keys="image", spatial_size=fitted, mode="trilinear")({"image": image})["image"]
         pad = ResizeWithPadOrCropd(keys="image", spatial_size=target, mode="constant", value=self.pad_hu)
         return pad({"image": image})["image"]
 
