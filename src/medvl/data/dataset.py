@@ -204,6 +204,9 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = len(self.records)
+        if not -n <= index < n:  # plain iteration relies on IndexError to stop
+            raise IndexError(f"index {index} out of range for a dataset of {n} records")
+        index %= n
         for attempt in range(n):
             j = (index + attempt) % n
             try:

@@ -1,0 +1,126 @@
+"""Batch collators: padded batches and padding-free packed rows.
+
+Both produce the batch keys of the model's forward (see docs/ARCHITECTURE.md): ``input_ids``,
+``labels`` (-100 where unsupervised, not shifted), ``pixel_values`` / ``volume_values`` with the
+media of all samples concatenated in row order (row 0's media first, in marker order).
+
+* :class:`PaddedCollator`: ``attention_mask``; right padding for training, left padding for
+  generation (so every prompt ends at the last column).
+* :class:`PackingCollator`: all samples concatenated into ONE row with ``position_ids`` restarting
+  at 0 per sample and no ``attention_mask``: transformers then derives a block-diagonal causal mask
+  from the position restarts (sdpa/eager; run with ``use_cache=False``). The first label of every
+  sample is -100 so the previous sample's last token never predicts the next sample's first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from medvl.data.labels import IGNORE_INDEX
+
+MEDIA_KEYS = ("pixel_values", "volume_values")
+
+
+def _concat_media(samples: Sequence[dict[str, Any]], batch: dict[str, Any]) -> None:
+    for key in MEDIA_KEYS:
+        parts = [s[key] for s in samples if s.get(key) is not None and len(s[key])]
+        if parts:
+            batch[key] = torch.cat(parts, dim=0)
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=torch.long)
+
+
+class PaddedCollator:
+    """Pad samples to a rectangle.
+
+    Args:
+        pad_token_id: id written into padded positions (attention_mask 0 there).
+        padding_side: ``right`` (training) or ``left`` (generation).
+        pad_to_multiple_of: round the padded length up to a multiple (e.g. 8 for tensor cores).
+        return_ids: also return ``ids`` (record ids, a list of str); off by default because the
+            HF Trainer passes every key to the model.
+    """
+
+    def __init__(
+        self,
+        pad_token_id: int,
+        padding_side: Literal["right", "left"] = "right",
+        pad_to_multiple_of: int | None = None,
+        return_ids: bool = False,
+    ):
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"invalid padding_side {padding_side!r}; valid choices: right, left")
+        if pad_token_id is None:
+            raise ValueError("pad_token_id is None: give the tokenizer a pad token")
+        self.pad_token_id = int(pad_token_id)
+        self.padding_side = padding_side
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.return_ids = return_ids
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Collate samples (dicts with ``input_ids``, optional ``labels`` and media).
+
+        Args:
+            samples: items of a :class:`~medvl.data.dataset.ConversationDataset`.
+        """
+        ids = [_as_tensor(s["input_ids"]) for s in samples]
+        has_labels = all(s.get("labels") is not None for s in samples)
+        length = max(len(x) for x in ids)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch_ids = torch.full((len(ids), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), length), dtype=torch.long)
+        labels = torch.full((len(ids), length), IGNORE_INDEX, dtype=torch.long) if has_labels else None
+        for row, (x, s) in enumerate(zip(ids, samples)):
+            cols = slice(0, len(x)) if self.padding_side == "right" else slice(length - len(x), length)
+            batch_ids[row, cols] = x
+            mask[row, cols] = 1
+            if labels is not None:
+                labels[row, cols] = _as_tensor(s["labels"])
+        batch: dict[str, Any] = {"input_ids": batch_ids, "attention_mask": mask}
+        if labels is not None:
+            batch["labels"] = labels
+        _concat_media(samples, batch)
+        if self.return_ids:
+            batch["ids"] = [s.get("id") for s in samples]
+        return batch
+
+
+class PackingCollator:
+    """Concatenate samples into one padding-free row with per-sample ``position_ids``.
+
+    Args:
+        return_ids: also return ``ids`` (record ids), off by default (see :class:`PaddedCollator`).
+    """
+
+    def __init__(self, return_ids: bool = False):
+        self.return_ids = return_ids
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Pack samples (dicts with ``input_ids``, ``labels`` and media) into a (1, total) row.
+
+        Args:
+            samples: items of a :class:`~medvl.data.dataset.ConversationDataset` (train mode).
+        """
+        ids, labels, pos = [], [], []
+        for s in samples:
+            x = _as_tensor(s["input_ids"])
+            y = _as_tensor(s["labels"]).clone()
+            y[0] = IGNORE_INDEX  # the previous sample's last logit must not learn this token
+            ids.append(x)
+            labels.append(y)
+            pos.append(torch.arange(len(x), dtype=torch.long))
+        batch: dict[str, Any] = {
+            "input_ids": torch.cat(ids)[None],
+            "labels": torch.cat(labels)[None],
+            "position_ids": torch.cat(pos)[None],
+        }
+        _concat_media(samples, batch)
+        if self.return_ids:
+            batch["ids"] = [s.get("id") for s in samples]
+        return batch
