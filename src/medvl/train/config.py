@@ -79,9 +79,9 @@ class ModelSection:
     # A medvl checkpoint directory (a MedVL model saved by ``medvl build``/``train``/``convert``),
     # or a LoRA adapter directory written by ``medvl train`` (merged into its base on load).
     path: str | None = None
-    # A ``medvl.build.ModelSpec`` as a mapping (used when ``path`` is not set): LLM, encoders and
-    # connector named as local paths or configs. Checked against ModelSpec's fields on use.
-    spec: dict[str, Any] = field(default_factory=dict)
+    # A ``medvl.build.ModelSpec``, as a mapping or as the path of a build YAML (e.g.
+    # configs/tiny.yaml): LLM, encoders and connector named as local paths or configs.
+    spec: dict[str, Any] | str = field(default_factory=dict)
 
 
 @dataclass
@@ -90,20 +90,24 @@ class DataSection:
 
     # Dataset files (native JSON/JSONL or MedM-VL/LLaVA JSON); several are concatenated.
     train: list[str] = field(default_factory=list)
+    # Mixing weight per train file: how often each record is used per epoch (0.5 = a random half,
+    # 2 = twice). Empty: 1 for every file.
+    weights: list[float] = field(default_factory=list)
     # Validation files; if empty and ``eval_fraction`` > 0, that fraction of ``train`` is held out.
     eval: list[str] = field(default_factory=list)
     eval_fraction: float = 0.0
     # Media paths in the records are relative to this folder (default: each file's folder).
     root: str | None = None
-    # Chat template name (None: the processor's own template).
-    template: str | None = None
+    # Chat template: auto (the processor's own, else chatml), tokenizer, chatml, llama3, vicuna,
+    # medmvl, plain (LLaVA-style pre-training captions), or a literal Jinja template.
+    template: str = "auto"
     max_length: int = 2048
     # A bad sample (missing file, wrong marker count, empty answer): stop with an error naming it,
     # or skip it and count it.
     on_error: Literal["raise", "skip"] = "raise"
-    # A sample longer than max_length: stop, skip it, or drop text turns from the end (media tokens
-    # are never cut).
-    on_overlong: Literal["raise", "skip", "truncate"] = "raise"
+    # A sample longer than max_length (media tokens included): skip it (counted, with a warning) or
+    # stop with an error naming it. Samples are never truncated.
+    on_overlong: Literal["skip", "error"] = "skip"
     # Concatenate several samples per row (padding-free, position_ids restart per sample).
     packing: bool = False
     num_workers: int = 0
@@ -181,20 +185,21 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | Non
     return cfg
 
 
-def validate(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     """Check what the typed loader cannot: value ranges and cross-field rules.
 
     Args:
         cfg: the configuration to check; raises ``ValueError`` naming the key.
+        check_model: check the model section (off when the caller passes a built model).
     """
-    if cfg.model.path is None and not cfg.model.spec:
+    if check_model and cfg.model.path is None and not cfg.model.spec:
         raise ValueError("model: set model.path (a checkpoint directory) or model.spec (a build spec)")
-    if cfg.model.path is not None and cfg.model.spec:
+    if check_model and cfg.model.path is not None and cfg.model.spec:
         raise ValueError("model: set model.path or model.spec, not both")
-    if cfg.model.spec:
-        from medvl.build import ModelSpec  # checks the spec's keys and choices now, not after data loading
-
-        from_dict(ModelSpec, cfg.model.spec, prefix="model.spec.")
+    if check_model and cfg.model.spec:
+        model_spec(cfg)  # checks the spec's keys and choices now, not after data loading
+    if cfg.data.weights and len(cfg.data.weights) != len(cfg.data.train):
+        raise ValueError(f"data.weights has {len(cfg.data.weights)} values for {len(cfg.data.train)} data.train files")
     t = cfg.train
     for key, value in (("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
                        ("train.save_steps", t.save_steps), ("train.logging_steps", t.logging_steps),
@@ -215,6 +220,21 @@ def validate(cfg: TrainConfig) -> None:
     if all(part.mode == "frozen" for _, part in t.parts.items()):
         raise ValueError("train.parts: every part is frozen, nothing would train; set a part's mode to full or lora")
     check_hf_args(t.hf_args)
+
+
+def model_spec(cfg: TrainConfig) -> Any:
+    """``cfg.model.spec`` as a ``medvl.build.ModelSpec`` (read from its YAML file if it is a path).
+
+    Args:
+        cfg: the configuration.
+    """
+    from medvl.build import ModelSpec, load_model_spec
+
+    if isinstance(cfg.model.spec, str):
+        if not Path(cfg.model.spec).is_file():
+            raise FileNotFoundError(f"model.spec: build YAML {cfg.model.spec} not found")
+        return load_model_spec(cfg.model.spec)
+    return from_dict(ModelSpec, cfg.model.spec, prefix="model.spec.")
 
 
 def check_hf_args(hf_args: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ def part_module_names(model: nn.Module) -> dict[str, tuple[str, ...]]:
     Args:
         model: the model, possibly wrapped by PEFT.
     """
-    base = _unwrap(model)
+    base = unwrap_model(model)
     mapping = getattr(base, "trainable_part_modules", None) or DEFAULT_PART_MODULES
     unknown = sorted(set(mapping) - set(PART_NAMES))
     if unknown:
@@ -93,8 +93,12 @@ def present_parts(model: nn.Module) -> list[str]:
     return [part for part, params in parameters_by_part(model).items() if params]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain model under PEFT / DDP / DeepSpeed wrappers."""
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model under PEFT / DDP / DeepSpeed wrappers.
+
+    Args:
+        model: a model, possibly wrapped.
+    """
     while True:
         if hasattr(model, "get_base_model") and callable(model.get_base_model):
             model = model.get_base_model()

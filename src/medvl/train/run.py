@@ -28,9 +28,9 @@ from typing import Any
 import yaml
 
 from medvl.train.checkpoint import atomic_dir, clean_staging
-from medvl.train.config import TrainConfig, validate
+from medvl.train.config import TrainConfig, model_spec, validate
 from medvl.train.lora import is_adapter_dir, is_peft_model, load_model, merge_lora, save_extra_trainable
-from medvl.utils.config import from_dict, to_dict
+from medvl.utils.config import to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -122,34 +122,40 @@ def load_or_build_model(cfg: TrainConfig) -> tuple[Any, Any]:
             model = load_model(path)
         processor = AutoProcessor.from_pretrained(path)
         return model, processor
-    from medvl.build import ModelSpec, build_model
+    from medvl.build import build_model
 
-    spec = from_dict(ModelSpec, cfg.model.spec, prefix="model.spec.")
-    return build_model(spec)
+    return build_model(model_spec(cfg))
 
 
 # ---------------------------------------------------------------------------- data
-def build_datasets(cfg: TrainConfig, processor: Any, model: Any) -> tuple[Any, Any | None, Any]:
+def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, Any]:
     """Training set, validation set (or None) and collator from ``cfg.data``.
 
     Args:
         cfg: the training configuration.
-        processor: the model's processor.
-        model: the model (its config gives the media token counts).
+        processor: the model's processor (tokenizer, image and volume processors, chat template).
     """
-    from medvl.data.collator import build_collator
-    from medvl.data.dataset import build_dataset
+    from medvl.data.collator import PackingCollator, PaddedCollator
+    from medvl.data.dataset import ConversationDataset, mix_records
+    from medvl.data.records import load_records
 
-    if not cfg.data.train:
-        raise ValueError("data.train: no training files given")
     d = cfg.data
-    common = dict(processor=processor, root=d.root, template=d.template, max_length=d.max_length,
-                  on_error=d.on_error, on_overlong=d.on_overlong)
-    train = build_dataset(d.train, **common)
-    evaluation = build_dataset(d.eval, **common) if d.eval else None
+    if not d.train:
+        raise ValueError("data.train: no training files given")
+    groups = [(load_records(f, root=d.root), w) for f, w in zip(d.train, d.weights or [1.0] * len(d.train))]
+    train_records = mix_records(groups, seed=cfg.train.seed)
+    eval_records = [r for f in d.eval for r in load_records(f, root=d.root)]
+    common = dict(template=d.template, max_length=d.max_length, on_error=d.on_error, on_overlong=d.on_overlong)
+    train = ConversationDataset(train_records, processor, **common)
+    evaluation = ConversationDataset(eval_records, processor, **common) if eval_records else None
     if evaluation is None and d.eval_fraction > 0:
         train, evaluation = split_dataset(train, d.eval_fraction, cfg.train.seed)
-    collator = build_collator(processor, packing=d.packing, max_length=d.max_length)
+    logger.info("data: %d training samples, %d validation samples", len(train), len(evaluation) if evaluation else 0)
+    if d.packing:
+        collator = PackingCollator()
+    else:
+        tokenizer = getattr(processor, "tokenizer", processor)
+        collator = PaddedCollator(pad_token_id=tokenizer.pad_token_id, padding_side="right")
     return train, evaluation, collator
 
 
@@ -215,6 +221,9 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
         remove_unused_columns=False,
         label_names=["labels"],
     )
+    from medvl.train.trainer import cpu_distributed_kwargs
+
+    kwargs.update(cpu_distributed_kwargs(deepspeed=bool(t.deepspeed or t.hf_args.get("deepspeed"))))
     kwargs.update(t.hf_args)
     return TrainingArguments(**kwargs)
 
@@ -267,22 +276,24 @@ def _prepare_output_dir(cfg: TrainConfig, is_main: bool) -> Path | None:
     return None
 
 
-def run_training(cfg: TrainConfig, *, model: Any = None, processor: Any = None) -> Path:
+def run_training(
+    cfg: TrainConfig, *, model: Any = None, processor: Any = None, callbacks: list[Any] | None = None
+) -> Path:
     """Train as configured; return the output folder (the final model is in ``<output>/model``).
 
     Args:
         cfg: the configuration (``load_train_config`` / ``medvl train``).
         model: an already built model to train instead of ``cfg.model`` (Python API use).
         processor: its processor (required with ``model``).
+        callbacks: extra ``transformers.TrainerCallback`` objects (e.g. early stopping).
     """
     from transformers import set_seed
 
     from medvl.train.parts import apply_parts, describe
     from medvl.train.trainer import MedVLTrainer
 
-    if model is None:
-        validate(cfg)
-    elif processor is None:
+    validate(cfg, check_model=model is None)
+    if model is not None and processor is None:
         raise ValueError("run_training(model=...) needs the model's processor too")
     rank = int(os.environ.get("RANK", "0"))
     is_main = rank == 0
@@ -312,7 +323,7 @@ def run_training(cfg: TrainConfig, *, model: Any = None, processor: Any = None) 
     model = apply_parts(model, cfg.train.parts, cfg.train.lora)
     logger.info("stage %s, trainable parts:\n%s", cfg.train.stage, describe(model, cfg.train.parts, cfg.train.lr))
 
-    train_set, eval_set, collator = build_datasets(cfg, processor, model)
+    train_set, eval_set, collator = build_datasets(cfg, processor)
     args = training_arguments(cfg, has_eval=eval_set is not None)
     trainer = MedVLTrainer(
         model=model,
@@ -321,6 +332,7 @@ def run_training(cfg: TrainConfig, *, model: Any = None, processor: Any = None) 
         eval_dataset=eval_set,
         data_collator=collator,
         parts=cfg.train.parts,
+        callbacks=callbacks,
     )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics: dict[str, Any] = {"train": result.metrics, "global_step": result.global_step}

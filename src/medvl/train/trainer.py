@@ -21,7 +21,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from medvl.train.checkpoint import STAGING_PREFIX, commit_dir
 from medvl.train.config import PartsConfig
 from medvl.train.lora import is_peft_model, load_extra_trainable, save_extra_trainable
-from medvl.train.parts import param_groups
+from medvl.train.dummy_media import add_dummy_media, media_slots
+from medvl.train.parts import unwrap_model, param_groups
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,23 @@ class MedVLTrainer(Trainer):
         # While a checkpoint is being written, the Trainer's output dir points at a staging folder.
         self._staging_root: str | None = None
         super().__init__(*args, **kwargs)
+        self._media_slots = media_slots(getattr(unwrap_model(self.model), "config", None))
+
+    # ---- every rank runs every encoder (ZeRO-3 / DDP with text-only batches) ------------------
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        """The Trainer's loss, after adding dummy media to batches that lack a modality (multi-process).
+
+        Args:
+            model: the (wrapped) model.
+            inputs: the batch.
+            return_outputs: also return the model outputs.
+            num_items_in_batch: supervised tokens over the accumulated batch.
+        """
+        if self.args.world_size > 1 and self._media_slots:
+            inputs = add_dummy_media(inputs, self._media_slots)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
 
     # ---- optimiser: one parameter group per (part, weight decay or not) -----------------------
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -127,3 +145,46 @@ class MedVLTrainer(Trainer):
         loaded = load_extra_trainable(model if model is not None else self.model, resume_from_checkpoint)
         if loaded:
             logger.info("restored %d extra trainable parameter(s) from %s", len(loaded), resume_from_checkpoint)
+
+
+def cpu_distributed_kwargs(deepspeed: bool) -> dict[str, Any]:
+    """Extra ``TrainingArguments`` that make multi-process training work on a CPU-only machine.
+
+    Without them transformers/accelerate see one process on CPU: torchrun's ranks would train
+    independent copies (DDP) or misreport the world size to DeepSpeed. DDP needs ``use_cpu``
+    (gloo); DeepSpeed needs a gloo process group set up beforehand (reused through
+    ``use_configured_state``) and its shared-memory op left unbuilt (see
+    :func:`disable_deepspeed_cpu_shm`). Nothing changes with CUDA or a single process.
+
+    Args:
+        deepspeed: whether the run uses DeepSpeed.
+    """
+    if torch.cuda.is_available() or "LOCAL_RANK" not in os.environ:
+        return {}
+    if not deepspeed:
+        return {"use_cpu": True} if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {}
+    from accelerate import PartialState
+
+    disable_deepspeed_cpu_shm()
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return {"accelerator_config": {"use_configured_state": True}}
+
+
+def disable_deepspeed_cpu_shm() -> None:
+    """Keep DeepSpeed on CPU from JIT-compiling its shared-memory all-reduce op.
+
+    On a CPU-only machine DeepSpeed's communication backend builds a C++ extension on first use
+    (minutes of compilation, and a stale lock if interrupted); gloo does the same job without it.
+    No effect when CUDA is available.
+    """
+    if torch.cuda.is_available():
+        return
+    try:
+        import deepspeed.ops
+    except ImportError:
+        return
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
