@@ -24,6 +24,7 @@ from medvl.data.synth_text import (
 )
 
 SMALL_3D = Geometry3D(shape=(64, 64, 32), spacing=(5.0, 5.0, 7.5))
+TINY_2D = Geometry2D(size=48, spacing=7.5)  # where pixel content does not matter (speed)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -45,22 +46,22 @@ def _nodule_diff_2d(nodule: Nodule, seed: int = 0) -> np.ndarray:
 
 
 def test_determinism_same_seed_same_bytes(tmp_path):
-    a = synthesize("2d", 6, 3, tmp_path / "a")
-    b = synthesize("2d", 6, 3, tmp_path / "b")
+    a = synthesize("2d", 6, 3, tmp_path / "a", geometry=TINY_2D)
+    b = synthesize("2d", 6, 3, tmp_path / "b", geometry=TINY_2D)
     assert a == b
     for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "cases.jsonl"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     for png in (tmp_path / "a" / "images").iterdir():
         assert png.read_bytes() == (tmp_path / "b" / "images" / png.name).read_bytes()
-    synthesize("2d", 6, 3, tmp_path / "w", workers=2)  # parallel rendering gives the same bytes
+    synthesize("2d", 6, 3, tmp_path / "w", geometry=TINY_2D, workers=2)  # parallel rendering gives the same bytes
     for name in ("train.jsonl", "cases.jsonl", "images/case00004.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "w" / name).read_bytes()
-    synthesize("2d", 6, 4, tmp_path / "c")
+    synthesize("2d", 6, 4, tmp_path / "c", geometry=TINY_2D)
     assert (tmp_path / "a" / "cases.jsonl").read_bytes() != (tmp_path / "c" / "cases.jsonl").read_bytes()
 
 
 def test_splits_disjoint_and_records_follow_their_case(tmp_path):
-    summary = synthesize("2d", 20, 1, tmp_path)
+    summary = synthesize("2d", 20, 1, tmp_path, geometry=TINY_2D)
     assert {s: summary["splits"][s]["cases"] for s in synth.SPLITS} == {"train": 16, "validation": 2, "test": 2}
     cases = _read_jsonl(tmp_path / "cases.jsonl")
     split_of = {c["id"]: c["split"] for c in cases}
@@ -94,7 +95,7 @@ def test_ct_hu_levels():
 
 
 def test_nifti_affine_spacing_and_orientation(tmp_path):
-    synthesize("3d", 4, 0, tmp_path)
+    synthesize("3d", 3, 0, tmp_path)
     for case in _read_jsonl(tmp_path / "cases.jsonl"):
         img = nib.load(tmp_path / case["file"])
         assert img.get_data_dtype() == np.int16
@@ -151,7 +152,7 @@ def test_medvl_volume_pipeline_puts_left_on_the_right(tmp_path):
             path = tmp_path / f"{''.join(axcodes)}-{len(findings.nodules)}.nii.gz"
             synth.save_nifti(hu, affine, path)
             volume = volume3d.load_volume(path)
-            proc = vp.MedVLVolumeProcessor()
+            proc = vp.MedVLVolumeProcessor(target_shape=(16, 32, 32), window="lung", crop_foreground=False)
             arrays.append(proc([volume])["volume_values"][0].float().mean(0).numpy())
         diff = arrays[0] - arrays[1]
         w = np.argwhere(diff > 0.5 * diff.max())[:, 2]
@@ -178,7 +179,7 @@ def test_mirrored_patient_gets_mirrored_answers_and_image():
 
 
 def test_bilingual_records_and_balanced_closed_answers(tmp_path):
-    synthesize("2d", 120, 5, tmp_path)
+    synthesize("2d", 120, 5, tmp_path, geometry=TINY_2D)
     records = [r for s in synth.SPLITS for r in _read_jsonl(tmp_path / f"{s}.jsonl")]
     languages = Counter(r["meta"]["language"] for r in records)
     assert languages["en"] > 80 and languages["zh"] > 80

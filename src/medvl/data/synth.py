@@ -64,9 +64,13 @@ EFFUSION_LEVEL = (0.76, 0.86)  # fluid fills the lung below this fraction of its
 
 # Attenuation per mm (arbitrary units) of the radiograph model; soft tissue = 1.
 MU_SOFT, MU_LUNG, MU_BONE_EXCESS = 1.0, 0.15, 1.2
-# Nodules project brighter than their chord of soft tissue alone would (a dense, partly calcified
-# solid nodule); without this a 5-10 mm nodule is fainter than a rib crossing at 128 px.
-NODULE_GAIN = 1.0
+# Nodules project brighter than their chord of soft tissue alone would (dense solid nodules); with
+# plain soft tissue a 5-10 mm nodule is fainter than a rib and only 2-3 grey levels after the usual
+# 16 -> 8 bit conversion: invisible to a small model trained for minutes.
+NODULE_GAIN = 2.0
+# Display mapping of the PNG/DICOM pixels (a "for presentation" radiograph): attenuation units
+# DISPLAY_RANGE[0]..[1] -> 0..65535, so that the lung fields get most of the grey levels.
+DISPLAY_RANGE = (30.0, 250.0)
 HU = {"air": -1000.0, "lung": -850.0, "fat": -90.0, "soft": 40.0, "fluid": 15.0, "bone": 700.0}
 
 
@@ -207,8 +211,9 @@ def render_radiograph(f: CaseFindings, rng: np.random.Generator, geometry: Geome
         density += NODULE_GAIN * (MU_SOFT - MU_LUNG) * chord
     density = ndimage.gaussian_filter(density, sigma=0.6)
     density += rng.normal(0, 1.0, density.shape)
-    exposure = rng.uniform(0.92, 1.08)
-    return np.clip((density + 15) * 190 * exposure, 0, 65535).astype(np.uint16)
+    exposure = rng.uniform(0.95, 1.05)
+    lo, hi = DISPLAY_RANGE
+    return np.clip((density * exposure - lo) / (hi - lo) * 65535, 0, 65535).astype(np.uint16)
 
 
 def save_png16(array: np.ndarray, path: Path) -> None:
