@@ -8,7 +8,8 @@ aggregation of ``utils/SLAKE/SLAKE.py`` ``cal_metrics``:
   "answer:" cues);
 - closed yes/no: correct when exactly one of "yes"/"no" occurs as a substring (XOR) and the
   reference occurs in the response; other closed answers need an exact match after removing
-  newlines and periods;
+  newlines and periods. As in MedEvalKit, the yes/no rule is chosen when the reference is
+  exactly "yes" or "no" (case-sensitive: a reference "Yes" takes the exact-match rule);
 - open: exact match (``em``, which is what open accuracy counts), NLTK sentence BLEU-1..4 on
   MedEvalKit's tokeniser (no smoothing), ROUGE-1/2/L F from the ``rouge`` package (1.0.1), and
   set-based token precision/recall/F1.
