@@ -10,6 +10,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 .PHONY: quickstart test venv clean
 
 $(STAMP): pyproject.toml
+	bash scripts/system-deps.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]' torch==2.13.0
