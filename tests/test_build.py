@@ -56,7 +56,7 @@ def test_tiny_yaml_checkpoint_is_self_contained(tiny_model_dir, tiny_processor):
 
 def _make_parts(root: Path) -> tuple[Path, Path]:
     """Pretrained-style part folders: a tiny Qwen2 LLM with its tokenizer and a tiny SigLIP tower."""
-    from transformers import AutoModelForCausalLM, Qwen2Config, SiglipVisionConfig, SiglipVisionModel
+    from transformers import AutoModelForCausalLM, Qwen2Config, SiglipConfig, SiglipModel
 
     tokenizer = train_tokenizer(builtin_corpus(200), vocab_size=400)
     torch.manual_seed(1)
@@ -69,8 +69,12 @@ def _make_parts(root: Path) -> tuple[Path, Path]:
             p.add_(torch.randn_like(p))
     llm.save_pretrained(root / "llm")
     tokenizer.save_pretrained(root / "llm")
-    tower = SiglipVisionModel(SiglipVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                                 num_hidden_layers=2, num_attention_heads=4))
+    # a full SigLIP checkpoint (text + vision, like google/siglip-*); medvl keeps its vision half
+    tower = SiglipModel(SiglipConfig(
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4),
+        text_config=dict(vocab_size=50, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=4)))
     with torch.no_grad():
         for p in tower.parameters():
             p.add_(torch.randn_like(p))
@@ -79,7 +83,7 @@ def _make_parts(root: Path) -> tuple[Path, Path]:
 
 
 def test_pretrained_parts_keep_their_weights_and_checkpoint_loads_without_them(tmp_path, monkeypatch):
-    from transformers import AutoModelForCausalLM, SiglipVisionModel
+    from transformers import AutoModelForCausalLM, SiglipModel
 
     llm_dir, tower_dir = _make_parts(tmp_path / "parts")
     spec = load_model_spec(None, [f"llm.path={llm_dir}", f"vision.path={tower_dir}", "vision.connector.depth=2",
@@ -89,7 +93,7 @@ def test_pretrained_parts_keep_their_weights_and_checkpoint_loads_without_them(t
                                   "volume.config.num_attention_heads=4", "volume.connector.pool_stride=[2,2,2]"])
     model, processor = build_model(spec)
     llm_ref = AutoModelForCausalLM.from_pretrained(llm_dir).state_dict()
-    tower_ref = SiglipVisionModel.from_pretrained(tower_dir).state_dict()
+    tower_ref = SiglipModel.from_pretrained(tower_dir).vision_model.state_dict()
     for ref, module in ((llm_ref, model.language_model), (tower_ref, model.vision_tower)):
         got = module.state_dict()
         assert set(got) == set(ref)

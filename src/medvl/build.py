@@ -244,7 +244,13 @@ def _volume_processor_config(spec: ModelSpec, volume_config: PreTrainedConfig | 
 
 # ---------------------------------------------------------------------------- model
 def _load_part_weights(module: torch.nn.Module, loaded: torch.nn.Module, what: str) -> None:
-    missing, unexpected = module.load_state_dict(loaded.state_dict(), strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(loaded.state_dict(), strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(
+            f"{what}: the pretrained weights in {what}.path do not fit the configured module; "
+            f"do {what}.config overrides change its architecture? ({str(err).splitlines()[1].strip()})"
+        ) from None
     if missing or unexpected:
         raise ValueError(f"{what}: pretrained weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
 

@@ -16,7 +16,7 @@ Reads top to bottom like transformers' ``modeling_llava.py``:
 
 State-dict layout (for converters and exporters)::
 
-    vision_tower.*              the HF 2D tower as is (e.g. SiglipVisionModel: vision_tower.vision_model.*)
+    vision_tower.*              the HF 2D tower as is (its own module names, e.g. vision_tower.encoder.*)
     image_connector.mlp.{0,2,..}.{weight,bias}   Linear layers (odd indices: activation)
     image_connector.norm.*      optional input LayerNorm
     volume_encoder.*            Vit3DModel (see vit3d.py) or the HF 2D tower of a slicewise encoder
