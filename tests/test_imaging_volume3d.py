@@ -21,6 +21,7 @@ CT_SERIES = DICOMDIR_TESTS / "98892001" / "CT5N"  # 5 axial 16x16 CT slices, 2.5
 CT_IRREGULAR = DICOMDIR_TESTS / "77654033" / "CT2"  # 4 slices at -99.48, 103.02, 104.27, 105.52 mm
 MR_MIXED = DICOMDIR_TESTS / "98892003" / "MR2"  # 7 files from 3 series (localisers)
 MR_SMALL = Path(pydicom.data.get_testdata_file("MR_small.dcm"))  # one 64x64 MR slice, 0.8 mm thick
+DATA_STORE = Path(pydicom.__file__).resolve().parent.parent / "data_store" / "data"  # the pydicom-data package
 ANATOMICAL = Path(nib.__file__).resolve().parent / "tests" / "data" / "anatomical.nii"
 
 
@@ -139,6 +140,29 @@ def test_empty_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("nothing here")
     with pytest.raises(MedVLDataError, match="no DICOM files"):
         load_volume(tmp_path)
+
+
+def test_enhanced_multiframe_ct_file():
+    path = DATA_STORE / "eCT_Supplemental.dcm"  # Enhanced CT, 2 frames of 512x512, 10 mm apart
+    volume = load_volume(path)
+    ds = pydicom.dcmread(path)
+    assert volume.shape == (512, 512, 2)
+    assert np.allclose(volume.spacing, (0.388672, 0.388672, 10.0))
+    frames = ds.PerFrameFunctionalGroupsSequence
+    # Rows (-1, 0, 0) x columns (0, 1, 0): the slice normal is -z (LPS), so the frame at z = -149 comes
+    # first along it, then z = -159: frames are stored in the opposite order.
+    z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in frames]
+    assert z == [-159.0, -149.0]
+    for k, frame in enumerate([1, 0]):
+        # The frame's pixels with the shared rescale (slope 1, intercept -1024), transposed to (column, row).
+        assert np.array_equal(volume.array[:, :, k], ds.pixel_array[frame].T.astype(np.float32) - 1024.0)
+        lps = np.array([float(v) for v in frames[frame].PlanePositionSequence[0].ImagePositionPatient])
+        assert np.allclose(volume.affine @ [0, 0, k, 1], [-lps[0], -lps[1], lps[2], 1.0], atol=1e-4)
+
+
+def test_single_slice_file_is_not_a_volume():
+    with pytest.raises(MedVLDataError, match="single DICOM slice is not a volume"):
+        load_volume(pydicom.data.get_testdata_file("CT_small.dcm"))
 
 
 # ---------------------------------------------------------------- NIfTI

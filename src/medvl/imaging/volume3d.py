@@ -10,8 +10,10 @@ z Superior). DICOM's LPS patient coordinates are converted to RAS on load.
   files such as ``.txt``/``.json`` are skipped) must be a readable DICOM image of ONE
   SeriesInstanceUID with one ImageOrientationPatient; slices are sorted by their position along the
   slice normal and must be evenly spaced (1% tolerance). The array is (column, row, slice) so that
-  i runs along the DICOM row direction, like nibabel's DICOM conversion. Values get the modality
-  LUT (Rescale Slope/Intercept): HU for CT.
+  i runs along the DICOM row direction. Values get the modality LUT (Rescale Slope/Intercept): HU
+  for CT.
+* Enhanced (multi-frame) DICOM file (or a folder holding only that file): the same checks, with the
+  geometry and rescale of each frame from the per-frame / shared functional groups.
 * ``.npy``: a 3D array in HU stored already oriented as (D, H, W) = ``"SPL"`` (medvl's processed
   layout, also MedM-VL's CT-RATE arrays), 1 mm voxels. ``.npz``: the array under ``volume``,
   ``image``, ``array``, ``data`` or ``arr_0``, optionally ``affine`` (4x4, voxel -> RAS) or
@@ -21,13 +23,15 @@ z Superior). DICOM's LPS patient coordinates are converted to RAS on load.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from medvl.errors import MedVLDataError
-from medvl.imaging.image2d import dicom_pixel_array, read_dicom
+from medvl.imaging.image2d import dicom_pixel_array, is_dicom_file, read_dicom
 from medvl.models.volume_processing_medvl import axcodes_affine
 
 logger = logging.getLogger(__name__)
@@ -92,9 +96,12 @@ def load_volume(path: str | Path, record: str | int | None = None) -> Volume:
         volume = _load_npy(path, record)
     elif name.endswith(".npz"):
         volume = _load_npz(path, record)
+    elif is_dicom_file(path):
+        volume = _load_dicom_multiframe(path, record)
     else:
         raise MedVLDataError(
-            "unsupported volume format; expected .nii, .nii.gz, .npy, .npz or a DICOM series folder",
+            "unsupported volume format; expected .nii, .nii.gz, .npy, .npz, a DICOM series folder or a "
+            "multi-frame DICOM file",
             record=record,
             path=str(path),
         )
@@ -196,11 +203,37 @@ def _series_files(folder: Path) -> list[Path]:
     return files
 
 
+@dataclass
+class _Slice:
+    """One 2D plane of a DICOM volume: a file of a series, or a frame of a multi-frame file."""
+
+    name: str
+    position: np.ndarray  # ImagePositionPatient (LPS, mm)
+    orientation: np.ndarray  # ImageOrientationPatient (row direction, column direction)
+    pixel_spacing: tuple[float, float]  # (between rows, between columns), mm
+    shape: tuple[int, int]  # (rows, columns)
+    thickness: float | None
+    load: Callable[[], np.ndarray]  # -> float32 (rows, columns) after the modality LUT
+
+
+def _floats(values: Any) -> np.ndarray:
+    return np.asarray([float(v) for v in values], dtype=np.float64)
+
+
 def _load_dicom_series(folder: Path, record: str | int | None) -> Volume:
     files = _series_files(folder)
     if not files:
         raise MedVLDataError("folder holds no DICOM files", record=record, path=str(folder))
     headers = [(f, read_dicom(f, record, stop_before_pixels=True)) for f in files]
+    multi = [f for f, ds in headers if int(ds.get("NumberOfFrames", 1) or 1) > 1]
+    if multi:
+        if len(files) == 1:
+            return _load_dicom_multiframe(files[0], record)
+        raise MedVLDataError(
+            f"folder mixes a multi-frame DICOM file ({multi[0].name}) with other files; load the file itself",
+            record=record,
+            path=str(folder),
+        )
 
     series: dict[str, list[Path]] = {}
     for f, ds in headers:
@@ -213,78 +246,141 @@ def _load_dicom_series(folder: Path, record: str | int | None) -> Volume:
             path=str(folder),
         )
 
+    slices = []
     for f, ds in headers:
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise MedVLDataError("multi-frame DICOM files are not supported in a series folder", record=record,
-                                 path=str(f))
         for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
             if tag not in ds:
                 raise MedVLDataError(f"DICOM slice lacks {tag}; cannot place it in 3D", record=record, path=str(f))
+        thickness = ds.get("SliceThickness")
+        slices.append(_Slice(
+            name=f.name,
+            position=_floats(ds.ImagePositionPatient),
+            orientation=_floats(ds.ImageOrientationPatient),
+            pixel_spacing=tuple(float(v) for v in ds.PixelSpacing),
+            shape=(int(ds.Rows), int(ds.Columns)),
+            thickness=float(thickness) if thickness not in (None, "") else None,
+            load=lambda f=f: _file_slice(f, record),
+        ))
+    return _assemble(slices, str(folder), record)
 
-    orientation = np.asarray([float(v) for v in headers[0][1].ImageOrientationPatient])
-    for f, ds in headers[1:]:
-        other = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-        if not np.allclose(other, orientation, atol=1e-4):
+
+def _file_slice(path: Path, record: str | int | None) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut
+
+    ds = read_dicom(path, record)
+    pixels = dicom_pixel_array(ds, path, record)
+    if pixels.ndim != 2:
+        raise MedVLDataError(f"expected a single-frame greyscale slice, got pixel array {pixels.shape}",
+                             record=record, path=str(path))
+    return apply_modality_lut(pixels, ds).astype(np.float32)
+
+
+def _load_dicom_multiframe(path: Path, record: str | int | None) -> Volume:
+    """An enhanced (multi-frame) CT/MR file: geometry from the shared / per-frame functional groups."""
+    ds = read_dicom(path, record)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    pixels = dicom_pixel_array(ds, path, record)
+    if frames == 1:
+        raise MedVLDataError("a single DICOM slice is not a volume; pass its series folder", record=record,
+                             path=str(path))
+    if pixels.ndim != 3:
+        raise MedVLDataError(f"expected greyscale frames, got pixel array {pixels.shape}", record=record,
+                             path=str(path))
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per_frame) != frames:
+        raise MedVLDataError(f"{frames} frames but {len(per_frame)} per-frame functional groups", record=record,
+                             path=str(path))
+
+    def group(index: int, keyword: str, attribute: str) -> Any:
+        for item in (per_frame[index], shared):
+            if item is not None and keyword in item and attribute in item[keyword][0]:
+                return item[keyword][0][attribute].value
+        if attribute in ds:
+            return ds[attribute].value
+        return None
+
+    slices = []
+    for n in range(frames):
+        position = group(n, "PlanePositionSequence", "ImagePositionPatient")
+        orientation = group(n, "PlaneOrientationSequence", "ImageOrientationPatient")
+        spacing = group(n, "PixelMeasuresSequence", "PixelSpacing")
+        if position is None or orientation is None or spacing is None:
+            raise MedVLDataError(f"frame {n} lacks its position, orientation or pixel spacing", record=record,
+                                 path=str(path))
+        slope = group(n, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = group(n, "PixelValueTransformationSequence", "RescaleIntercept")
+        thickness = group(n, "PixelMeasuresSequence", "SliceThickness")
+        slope = 1.0 if slope in (None, "") else float(slope)
+        intercept = 0.0 if intercept in (None, "") else float(intercept)
+        slices.append(_Slice(
+            name=f"{path.name}#frame{n}",
+            position=_floats(position),
+            orientation=_floats(orientation),
+            pixel_spacing=tuple(float(v) for v in spacing),
+            shape=tuple(pixels.shape[1:]),
+            thickness=None if thickness in (None, "") else float(thickness),
+            load=lambda n=n, slope=slope, intercept=intercept: (pixels[n] * slope + intercept).astype(np.float32),
+        ))
+    return _assemble(slices, str(path), record)
+
+
+def _assemble(slices: list[_Slice], source: str, record: str | int | None) -> Volume:
+    """Check that the planes form one evenly spaced stack; sort them; build the array and RAS affine."""
+    orientation = slices[0].orientation
+    for sl in slices[1:]:
+        if not np.allclose(sl.orientation, orientation, atol=1e-4):
             raise MedVLDataError(
-                f"slices have different ImageOrientationPatient ({orientation.tolist()} in {headers[0][0].name} vs "
-                f"{other.tolist()}); not one volume",
+                f"slices have different ImageOrientationPatient ({orientation.tolist()} in {slices[0].name} vs "
+                f"{sl.orientation.tolist()} in {sl.name}); not one volume",
                 record=record,
-                path=str(f),
+                path=source,
             )
-    shapes = {(int(ds.Rows), int(ds.Columns)) for _, ds in headers}
-    if len(shapes) > 1:
-        raise MedVLDataError(f"slices have different sizes {sorted(shapes)}", record=record, path=str(folder))
+    shapes = {sl.shape for sl in slices}
+    spacings = {sl.pixel_spacing for sl in slices}
+    if len(shapes) > 1 or len(spacings) > 1:
+        raise MedVLDataError(f"slices have different sizes {sorted(shapes)} or pixel spacings {sorted(spacings)}",
+                             record=record, path=source)
     row_dir, col_dir = orientation[:3], orientation[3:]
     normal = np.cross(row_dir, col_dir)
-    positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for _, ds in headers])
+    positions = np.stack([sl.position for sl in slices])
     along = positions @ normal
     order = np.argsort(along, kind="stable")
-    headers = [headers[i] for i in order]
+    slices = [slices[i] for i in order]
     positions, along = positions[order], along[order]
 
-    if len(headers) > 1:
+    if len(slices) > 1:
         gaps = np.diff(along)
         if (gaps < 1e-3).any():
             dup = int(np.argmax(gaps < 1e-3))
             raise MedVLDataError(
-                f"two slices share position {along[dup]:.3f} mm along the normal ({headers[dup][0].name}, "
-                f"{headers[dup + 1][0].name}); duplicated or multi-phase series",
+                f"two slices share position {along[dup]:.3f} mm along the normal ({slices[dup].name}, "
+                f"{slices[dup + 1].name}); duplicated or multi-phase series",
                 record=record,
-                path=str(folder),
+                path=source,
             )
         if gaps.max() - gaps.min() > SPACING_RTOL * gaps.mean():
+            worst = int(np.argmax(np.abs(gaps - np.median(gaps))))
             raise MedVLDataError(
                 f"inconsistent slice spacing: gaps between sorted slices range {gaps.min():.3f}..{gaps.max():.3f} mm "
-                f"(first irregular gap after {headers[int(np.argmax(np.abs(gaps - np.median(gaps))))][0].name}); "
+                f"(e.g. {gaps[worst]:.3f} mm between {slices[worst].name} and {slices[worst + 1].name}); "
                 "missing slices or a mixed acquisition",
                 record=record,
-                path=str(folder),
+                path=source,
             )
-        step = (positions[-1] - positions[0]) / (len(headers) - 1)  # follows gantry tilt, like nibabel
+        step = (positions[-1] - positions[0]) / (len(slices) - 1)  # follows gantry tilt, like nibabel
     else:
-        thickness = float(headers[0][1].get("SliceThickness", 1.0) or 1.0)
-        step = normal * thickness
+        step = normal * (slices[0].thickness or 1.0)
 
-    from pydicom.pixels import apply_modality_lut
-
-    slices = []
-    for f, _ in headers:
-        ds = read_dicom(f, record)
-        pixels = dicom_pixel_array(ds, f, record)
-        if pixels.ndim != 2:
-            raise MedVLDataError(f"expected a single-frame greyscale slice, got pixel array {pixels.shape}",
-                                 record=record, path=str(f))
-        slices.append(apply_modality_lut(pixels, ds).astype(np.float32))
-    # pixel_array is [row, column]; the volume is (column, row, slice) so i runs along the row direction.
-    array = np.stack(slices, axis=-1).transpose(1, 0, 2)
-
-    row_spacing, col_spacing = (float(v) for v in headers[0][1].PixelSpacing)
+    # pixel data is [row, column]; the volume is (column, row, slice) so i runs along the row direction.
+    array = np.stack([sl.load() for sl in slices], axis=-1).transpose(1, 0, 2)
+    row_spacing, col_spacing = slices[0].pixel_spacing
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = row_dir * col_spacing  # moving along a row = next column: column spacing
     affine_lps[:3, 1] = col_dir * row_spacing  # moving down a column = next row: row spacing
     affine_lps[:3, 2] = step
     affine_lps[:3, 3] = positions[0]
-    return Volume(array=np.ascontiguousarray(array), affine=LPS_TO_RAS @ affine_lps, source=str(folder))
+    return Volume(array=np.ascontiguousarray(array), affine=LPS_TO_RAS @ affine_lps, source=source)
 
 
 __all__ = ["Volume", "load_volume"]
