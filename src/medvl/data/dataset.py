@@ -185,8 +185,10 @@ class ConversationDataset(torch.utils.data.Dataset):
             enc = self.encoder.encode(messages, **where)  # length checked before any file is read
             ids, labels = enc.input_ids, enc.labels
         images = self._load_images(rec)
-        use_cache = self.cache is not None and self.augment is None
-        volumes = [self.cache.load(p, **where) for p in rec.volumes] if use_cache else self._load_volumes(rec)
+        # preprocessed volumes from `medvl data prepare` (not with augmentation: it needs the raw volume)
+        cached = [self.cache.get(p, record=rec.id) for p in rec.volumes] if self.cache is not None and self.augment is None else []
+        use_cache = bool(cached) and all(c is not None for c in cached)
+        volumes = cached if use_cache else self._load_volumes(rec)
         if self.augment is not None:
             out = self.augment({"messages": messages, "images": images, "volumes": volumes, "record": rec})
             images, volumes = out.get("images", images), out.get("volumes", volumes)

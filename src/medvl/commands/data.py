@@ -1,0 +1,128 @@
+"""``medvl data check|prepare|synth``: inspect, cache and synthesise data sets."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+HELP = "data sets: check (report every problem), prepare (cache preprocessed volumes), synth (phantoms)"
+
+logger = logging.getLogger(__name__)
+
+
+def _synth_module():
+    try:
+        return importlib.import_module("medvl.data.synth")
+    except ImportError:
+        return None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sub-commands of ``medvl data``.
+
+    Args:
+        parser: the ``data`` verb's parser.
+    """
+    sub = parser.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+
+    check = sub.add_parser("check", help="read a data set or registry once and report every problem (exit 1 if any)")
+    check.add_argument("source", help="records file (.json/.jsonl) or registry (.yaml)")
+    check.add_argument("--model", default=None, help="model folder: enables token counts (media included) and over-long checks")
+    check.add_argument("--template", default="auto", help="chat template (auto, chatml, llama3, vicuna, medmvl, plain)")
+    check.add_argument("--max-length", type=int, default=None, help="token limit, media placeholders included")
+    check.add_argument("--split", default=None, help="registry split to check (default: all)")
+    check.add_argument("--no-read-media", action="store_true", help="only check that media files exist")
+    check.add_argument("--json", default=None, help="also write the full report as JSON here")
+    check.add_argument("--max-issues", type=int, default=50, help="problems listed on screen (all are counted)")
+
+    prep = sub.add_parser("prepare", help="cache preprocessed volumes (memory-mappable .npy + manifest)")
+    prep.add_argument("source", help="records file (.json/.jsonl) or registry (.yaml)")
+    prep.add_argument("--model", required=True, help="model folder whose volume processor is used")
+    prep.add_argument("--out", required=True, help="cache folder")
+    prep.add_argument("--dtype", choices=("float16", "float32", "int16"), default="float16",
+                      help="float16/float32: final tensors; int16: HU after the spatial steps")
+    prep.add_argument("--split", default=None, help="registry split (default: all)")
+    prep.add_argument("--skip-errors", action="store_true", help="skip unreadable volumes instead of stopping")
+
+    synth = sub.add_parser("synth", help="write a synthetic chest phantom data set (2D radiographs or 3D CT)")
+    mod = _synth_module()
+    if mod is not None and hasattr(mod, "add_arguments"):
+        mod.add_arguments(synth)
+
+
+def _load_processor(model_dir: str):
+    from medvl.models import MedVLProcessor
+
+    if not Path(model_dir).is_dir():
+        raise SystemExit(f"--model {model_dir}: not a folder")
+    return MedVLProcessor.from_pretrained(model_dir)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from medvl.data.check import check_data
+
+    processor = _load_processor(args.model) if args.model else None
+    report = check_data(
+        args.source,
+        processor,
+        template=args.template,
+        max_length=args.max_length,
+        split=args.split,
+        read_media=not args.no_read_media,
+        progress=sys.stderr.isatty(),
+    )
+    print(report.format(max_issues=args.max_issues))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+    return 0 if report.ok else 1
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from medvl.data.prepare import prepare_volumes
+    from medvl.data.registry import load_sources
+
+    processor = _load_processor(args.model)
+    if processor.volume_processor is None:
+        print(f"error: the model in {args.model} has no volume processor", file=sys.stderr)
+        return 2
+    records = [r for _, recs in load_sources(args.source, split=args.split) for r in recs]
+    summary = prepare_volumes(
+        records,
+        processor.volume_processor,
+        args.out,
+        dtype=args.dtype,
+        on_error="skip" if args.skip_errors else "raise",
+        progress=sys.stderr.isatty(),
+    )
+    print(json.dumps(summary, indent=2))
+    return 1 if summary["failed"] else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``medvl data COMMAND``.
+
+    Args:
+        args: parsed arguments.
+    """
+    from medvl.errors import MedVLDataError
+
+    try:
+        if args.data_command == "check":
+            return _check(args)
+        if args.data_command == "prepare":
+            return _prepare(args)
+        if args.data_command == "synth":
+            mod = _synth_module()
+            if mod is None or not hasattr(mod, "run"):
+                print("error: medvl.data.synth is not available in this installation", file=sys.stderr)
+                return 2
+            return int(mod.run(args) or 0)
+    except (MedVLDataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    raise AssertionError(args.data_command)

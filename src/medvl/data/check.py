@@ -1,0 +1,314 @@
+"""``medvl data check``: read a data set (or a registry of them) once and report every problem.
+
+Unlike training, which stops at (or skips) the first bad sample, the checker keeps going and counts:
+records, media found / missing / unreadable, marker-count mismatches, empty assistant answers,
+undecodable text (invalid UTF-8 / JSON), other invalid records, and, with a model's processor,
+token counts with media placeholders and the over-long samples. Per-source statistics come with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medvl.data.records import Record, parse_record
+from medvl.data.registry import DatasetEntry, is_registry, load_registry
+from medvl.errors import MedVLDataError
+
+logger = logging.getLogger(__name__)
+
+# problem kinds, in report order
+KINDS = (
+    "undecodable",
+    "invalid_json",
+    "marker_mismatch",
+    "empty_answer",
+    "invalid_record",
+    "missing_media",
+    "unreadable_media",
+    "overlong",
+)
+
+
+@dataclass
+class SourceStats:
+    """Counts of one data set.
+
+    Args:
+        name: data set name.
+        path: records file.
+    """
+
+    name: str
+    path: str
+    records: int = 0
+    valid_records: int = 0
+    images: int = 0
+    volumes: int = 0
+    media_found: int = 0
+    problems: dict[str, int] = field(default_factory=lambda: {k: 0 for k in KINDS})
+    tokens: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly counts (token statistics instead of the raw list)."""
+        out = asdict(self)
+        toks = out.pop("tokens")
+        if toks:
+            out["tokens"] = {"min": min(toks), "median": statistics.median(toks), "max": max(toks), "total": sum(toks)}
+        return out
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_data`.
+
+    Args:
+        sources: per data set statistics.
+        issues: ``(kind, message)`` of every problem found (messages name record and file).
+        max_length: the length limit used for ``overlong`` (None: not checked).
+        token_counts: whether tokens were counted (needs a processor).
+    """
+
+    sources: list[SourceStats] = field(default_factory=list)
+    issues: list[tuple[str, str]] = field(default_factory=list)
+    max_length: int | None = None
+    token_counts: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return not self.issues
+
+    def totals(self) -> dict[str, int]:
+        """Problem counts summed over sources."""
+        return {k: sum(s.problems[k] for s in self.sources) for k in KINDS}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly report."""
+        return {
+            "ok": self.ok,
+            "max_length": self.max_length,
+            "totals": self.totals(),
+            "sources": [s.summary() for s in self.sources],
+            "issues": [{"kind": k, "message": m} for k, m in self.issues],
+        }
+
+    def format(self, max_issues: int = 50) -> str:
+        """Human-readable report: one table row per source, then the problems.
+
+        Args:
+            max_issues: how many problem lines to list (all are counted).
+        """
+        cols = ["source", "records", "valid", "images", "volumes", "found", *KINDS]
+        if self.token_counts:
+            cols += ["tok_min", "tok_med", "tok_max"]
+        rows = []
+        for s in self.sources:
+            row = [s.name, s.records, s.valid_records, s.images, s.volumes, s.media_found, *(s.problems[k] for k in KINDS)]
+            if self.token_counts:
+                row += [min(s.tokens), int(statistics.median(s.tokens)), max(s.tokens)] if s.tokens else ["-"] * 3
+            rows.append([str(v) for v in row])
+        widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+        lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
+        lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+        if not self.token_counts:
+            lines.append("(token counts and over-long samples need --model)")
+        elif self.max_length is not None:
+            lines.append(f"max_length {self.max_length} (media placeholders included)")
+        if self.issues:
+            lines.append(f"\n{len(self.issues)} problem(s):")
+            lines += [f"  [{k}] {m}" for k, m in self.issues[:max_issues]]
+            if len(self.issues) > max_issues:
+                lines.append(f"  ... and {len(self.issues) - max_issues} more (see --json)")
+        else:
+            lines.append("\nOK: no problems found")
+        return "\n".join(lines)
+
+
+def _classify(err: MedVLDataError) -> str:
+    msg = str(err)
+    if "markers (" in msg or "marker in an assistant" in msg:
+        return "marker_mismatch"
+    if "empty assistant answer" in msg:
+        return "empty_answer"
+    return "invalid_record"
+
+
+def _raw_objects(path: Path, stats: SourceStats, report: CheckReport) -> list[tuple[str, Any]]:
+    """Decode a records file tolerantly: every bad line is reported, the good ones are kept."""
+    def bad(kind: str, rid: str | None, msg: str) -> None:
+        stats.problems[kind] += 1
+        stats.records += 1
+        report.issues.append((kind, str(MedVLDataError(msg, record=rid, path=str(path)))))
+
+    if not path.is_file():
+        report.issues.append(("invalid_record", str(MedVLDataError("records file not found", path=str(path)))))
+        stats.problems["invalid_record"] += 1
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    if not jsonl:
+        try:
+            doc = json.loads(data.decode("utf-8-sig"))
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+            bad("undecodable", None, f"invalid UTF-8 at byte {err.start} (line {line})")
+            return []
+        except json.JSONDecodeError as err:
+            if not (data.lstrip()[:1] == b"{" and len([x for x in lines if x.strip()]) > 1):
+                bad("invalid_json", None, f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}")
+                return []
+            jsonl = True
+        else:
+            if isinstance(doc, dict) and isinstance(doc.get("data"), list):
+                doc = doc["data"]
+            items = doc if isinstance(doc, list) else [doc]
+            return [(f"{path.name}:{i + 1}", obj) for i, obj in enumerate(items)]
+    out = []
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        rid = f"{path.name}:{lineno}"
+        try:
+            text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            bad("undecodable", rid, f"line {lineno}: invalid UTF-8 at byte {err.start} of the line")
+            continue
+        try:
+            out.append((rid, json.loads(text)))
+        except json.JSONDecodeError as err:
+            bad("invalid_json", rid, f"line {lineno} is not valid JSON: {err.msg} (column {err.colno})")
+    return out
+
+
+def check_data(
+    source: str | Path,
+    processor: Any = None,
+    *,
+    template: str | None = "auto",
+    max_length: int | None = None,
+    split: str | None = None,
+    read_media: bool = True,
+    image_loader: Callable[[str], Any] | None = None,
+    volume_loader: Callable[[str], Any] | None = None,
+    progress: bool = True,
+) -> CheckReport:
+    """Read every record and media file of a data set or registry once and count the problems.
+
+    Args:
+        source: a records file (JSON/JSONL) or a registry YAML.
+        processor: a ``MedVLProcessor`` (enables token counts with media placeholders, the
+            over-long check and running the volume processor on each volume); None to skip.
+        template: chat template for token counting (see :mod:`medvl.data.templates`).
+        max_length: token limit (media included) for the over-long check; None: no limit.
+        split: registry split to check (None: all).
+        read_media: open every image/volume (False: only check that the files exist).
+        image_loader: path -> image (default :func:`medvl.imaging.load_image`).
+        volume_loader: path -> volume (default :func:`medvl.imaging.load_volume`).
+        progress: show a progress bar.
+    """
+    if is_registry(source):
+        entries = load_registry(source).select(split)
+    else:
+        entries = [DatasetEntry(name=Path(source).stem, path=str(source))]
+    encoder = None
+    if processor is not None:
+        from medvl.data.labels import ConversationEncoder
+
+        encoder = ConversationEncoder.from_processor(processor, template, max_length)
+    if read_media and image_loader is None:
+        from medvl.imaging import load_image as image_loader
+    if read_media and volume_loader is None:
+        from medvl.imaging import load_volume as volume_loader
+    report = CheckReport(max_length=max_length, token_counts=encoder is not None)
+    media_status: dict[tuple[str, str], str | None] = {}  # (kind, path) -> error message or None
+    for entry in entries:
+        stats = SourceStats(entry.name, entry.path)
+        report.sources.append(stats)
+        path = Path(entry.path)
+        root = Path(entry.root) if entry.root else path.parent
+        vroot = Path(entry.volume_root) if entry.volume_root else root
+        objects = _raw_objects(path, stats, report)
+        iterator = objects
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(objects, desc=f"check {entry.name}", unit="rec", leave=False)
+        for rid, obj in iterator:
+            stats.records += 1
+            try:
+                rec = parse_record(obj, rid, str(path), root, vroot, entry.format)
+            except MedVLDataError as err:
+                kind = _classify(err)
+                stats.problems[kind] += 1
+                report.issues.append((kind, str(err)))
+                continue
+            good = _check_media(rec, path, stats, report, media_status, read_media, image_loader, volume_loader, processor)
+            good = _check_tokens(rec, path, encoder, stats, report) and good
+            stats.valid_records += int(good)
+    return report
+
+
+def _check_media(rec: Record, path: Path, stats: SourceStats, report: CheckReport, status: dict, read_media: bool,
+                 image_loader: Any, volume_loader: Any, processor: Any) -> bool:
+    good = True
+    for kind, files, loader in (("image", rec.images, image_loader), ("volume", rec.volumes, volume_loader)):
+        for f in files:
+            stats.images += kind == "image"
+            stats.volumes += kind == "volume"
+            key = (kind, f)
+            if key not in status:
+                status[key] = _read_media(kind, f, read_media, loader, processor)
+            problem = status[key]
+            if problem is None:
+                stats.media_found += 1
+                continue
+            good = False
+            missing = problem == "not found"
+            stats.problems["missing_media" if missing else "unreadable_media"] += 1
+            msg = f"{kind} file not found" if missing else f"unreadable {kind}: {problem}"
+            report.issues.append(("missing_media" if missing else "unreadable_media", str(MedVLDataError(msg, record=rec.id, path=f))))
+    return good
+
+
+def _read_media(kind: str, f: str, read_media: bool, loader: Any, processor: Any) -> str | None:
+    """None when the file is fine, else a short description of the problem."""
+    if not Path(f).exists():
+        return "not found"
+    if not read_media:
+        return None
+    try:
+        obj = loader(f)
+        if kind == "volume" and processor is not None and getattr(processor, "volume_processor", None) is not None:
+            processor.volume_processor([obj])  # e.g. a volume smaller than the patch size
+    except MedVLDataError as err:
+        return str(err)
+    except Exception as err:  # a checker reports, it does not crash
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _check_tokens(rec: Record, path: Path, encoder: Any, stats: SourceStats, report: CheckReport) -> bool:
+    if encoder is None:
+        return True
+    from medvl.data.labels import OverlongSampleError
+
+    try:
+        n = encoder.count_tokens(rec.messages, record=rec.id)
+        stats.tokens.append(n)
+        encoder.check_length(n, rec.id, str(path))
+    except OverlongSampleError as err:
+        stats.problems["overlong"] += 1
+        report.issues.append(("overlong", str(err)))
+        return False
+    except (MedVLDataError, ValueError) as err:
+        stats.problems["invalid_record"] += 1
+        report.issues.append(("invalid_record", str(MedVLDataError(str(err), record=rec.id, path=str(path)))))
+        return False
+    return True

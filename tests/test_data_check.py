@@ -1,0 +1,99 @@
+"""``medvl data check``: every kind of problem is found, counted per source, and sets the exit code."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from medvl.cli import main
+from medvl.data.check import check_data
+
+
+def _msg(q, a="ok"):
+    return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+
+
+def make_bad_dataset(tmp_path):
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "trunc.png").write_bytes((tmp_path / "ok.png").read_bytes()[:40])
+    vol = np.zeros((16, 64, 64), np.float32)
+    np.save(tmp_path / "ok.npy", vol)
+    vol[0, 0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", vol)
+    lines = [
+        json.dumps({"id": "good", "messages": _msg("<image> what?"), "images": ["ok.png"]}),
+        json.dumps({"id": "good-vol", "messages": _msg("<volume> what?"), "volumes": ["ok.npy"]}),
+        json.dumps({"id": "again", "messages": _msg("<image> same file"), "images": ["ok.png"]}),
+        json.dumps({"id": "text", "messages": _msg("a long question " * 30)}),
+        json.dumps({"id": "missing", "messages": _msg("<image>"), "images": ["nope.png"]}),
+        json.dumps({"id": "trunc", "messages": _msg("<image>"), "images": ["trunc.png"]}),
+        json.dumps({"id": "nan", "messages": _msg("<volume>"), "volumes": ["nan.npy"]}),
+        json.dumps({"id": "more-markers", "messages": _msg("<image><image>"), "images": ["ok.png"]}),
+        json.dumps({"id": "empty", "messages": _msg("q", "")}),
+        json.dumps({"id": "role", "messages": [{"role": "doctor", "content": "x"}]}),
+        "{not json",
+    ]
+    raw = "\n".join(lines).encode() + b'\n{"id": "latin", "messages": [{"role": "user", "content": "caf\xe9"}]}\n'
+    (tmp_path / "d.jsonl").write_bytes(raw)
+    return tmp_path / "d.jsonl"
+
+
+def test_check_counts_every_problem(tmp_path, tiny_processor):
+    path = make_bad_dataset(tmp_path)
+    report = check_data(path, tiny_processor, max_length=60, progress=False)
+    (src,) = report.sources
+    assert src.records == 12
+    assert src.problems == {
+        "undecodable": 1,
+        "invalid_json": 1,
+        "marker_mismatch": 1,
+        "empty_answer": 1,
+        "invalid_record": 1,  # unknown role
+        "missing_media": 1,
+        "unreadable_media": 2,  # truncated PNG, NaN volume
+        "overlong": 1,  # the long text question
+    }
+    # media references of the records that parsed; ok.png is read once but found twice
+    assert src.images == 4 and src.volumes == 2 and src.media_found == 3
+    kinds = {k for k, _ in report.issues}
+    assert kinds >= {"undecodable", "invalid_json", "marker_mismatch", "empty_answer", "invalid_record",
+                     "missing_media", "unreadable_media", "overlong"}
+    text = "\n".join(m for _, m in report.issues)
+    assert "record 'missing'" in text and "nope.png" in text
+    assert "record 'nan'" in text and "nan.npy" in text
+    assert "d.jsonl:11" in text and "line 11 is not valid JSON" in text
+    assert "d.jsonl:12" in text and "invalid UTF-8" in text
+    overlong = [m for k, m in report.issues if k == "overlong"]
+    assert any("record 'text'" in m for m in overlong)
+    assert not report.ok
+    assert len(src.tokens) == src.records - 5  # every record that parsed got a token count
+
+
+def test_check_token_counts_include_media(tmp_path, tiny_processor):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    rows = [{"id": "t", "messages": _msg("hi")}, {"id": "i", "messages": _msg("<image>hi"), "images": ["a.png"]}]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    report = check_data(tmp_path / "d.json", tiny_processor, progress=False)
+    text_only, with_image = report.sources[0].tokens
+    # the marker is one token of the text; the model sees num_image_tokens placeholders instead
+    assert with_image - text_only == tiny_processor.num_image_tokens
+    assert report.ok
+
+
+def test_cli_exit_codes_and_per_source_report(tmp_path, tiny_model_dir, capsys):
+    bad = make_bad_dataset(tmp_path)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([{"id": "g", "messages": _msg("<image> q"), "images": ["ok.png"]}]))
+    assert main(["data", "check", str(good), "--model", str(tiny_model_dir)]) == 0
+    assert "OK: no problems found" in capsys.readouterr().out
+    reg = tmp_path / "reg.yaml"
+    reg.write_text(f"datasets:\n  clean: {{path: {good}}}\n  dirty: {{path: {bad}, split: test}}\n")
+    out_json = tmp_path / "report.json"
+    assert main(["data", "check", str(reg), "--json", str(out_json)]) == 1
+    out = capsys.readouterr().out
+    assert "clean" in out and "dirty" in out and "problem(s)" in out
+    data = json.loads(out_json.read_text())
+    assert [s["name"] for s in data["sources"]] == ["clean", "dirty"]
+    assert data["sources"][0]["records"] == 1 and data["totals"]["missing_media"] == 1 and not data["ok"]
