@@ -333,6 +333,8 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
                 continue
             if values.shape[0] == 0:
                 continue
+            if token_id is None:
+                raise ValueError(f"config.{kind}_token_id is not set, so {kind} inputs cannot be placed in the text")
             features = (encode(values) if cached is None else encode(encoder_features=cached))
             features = features.to(inputs_embeds.device, inputs_embeds.dtype)
             mask = self.check_placeholders(input_ids, token_id, features, kind)
