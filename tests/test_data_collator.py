@@ -60,8 +60,7 @@ def test_packed_loss_and_gradients_equal_padded(tmp_path, tiny_model_dir, tiny_p
                       {"role": "user", "content": "<volume> and this?"}, {"role": "assistant", "content": "No edema."}], volumes=[v]),
         Record("r2", [{"role": "user", "content": "<image><image> compare"}, {"role": "assistant", "content": "Same."}], images=[a, a]),
     ]
-    loaders = {"image_loader": lambda p: Image.open(p).convert("RGB"), "volume_loader": lambda p: np.load(p)}
-    samples = [s for s in ConversationDataset(records, tiny_processor, **loaders)]
+    samples = [s for s in ConversationDataset(records, tiny_processor)]
     model = MedVLForConditionalGeneration.from_pretrained(tiny_model_dir, attn_implementation="sdpa").float()
     model.train()
     for m in model.modules():  # dropout off: the comparison is about the batch layout only

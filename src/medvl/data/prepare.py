@@ -115,7 +115,7 @@ class VolumeCache:
             if self._processor is None:
                 raise ValueError("call check_processor(volume_processor) before reading an int16 (HU) cache")
             return torch.from_numpy(np.ascontiguousarray(self._processor.intensity_map(np.asarray(array, np.float32)), np.float32))
-        return torch.from_numpy(np.asarray(array, dtype=np.float32))
+        return torch.from_numpy(np.array(array, dtype=np.float32))  # a private copy of the mapped file
 
     def __contains__(self, path: str) -> bool:
         return str(path) in self.entries
