@@ -38,7 +38,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_medvl import MedVLConfig, prefix_token_count
 from .connectors import AttnPoolConnector, build_connector
-from .vit3d import Vit3DConfig, Vit3DModel
+from .vit3d import Vit3DModel
 
 IGNORE_INDEX = -100
 
