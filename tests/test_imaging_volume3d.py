@@ -59,6 +59,18 @@ def test_ct_series_matches_nibabel_geometry_and_pixels():
             assert np.allclose(ours, theirs, atol=1e-4)
 
 
+def test_ct_series_through_the_processor_is_spl():
+    # CT5N: i = column (LPS +x, patient's left), j = row (LPS +y, posterior), k sorted towards superior,
+    # so the SPL layout (D superior, H posterior, W left) is the plain transpose (k, j, i).
+    volume = load_volume(CT_SERIES)
+    processor = MedVLVolumeProcessor(crop_foreground=False, target_shape=None, intensity="none")
+    hu, affine = processor.spatial(volume)
+    assert np.array_equal(hu, volume.array.transpose(2, 1, 0))
+    assert "".join(nib.aff2axcodes(affine)) == "SPL"
+    values = MedVLVolumeProcessor(target_spacing=(2.5, 1.0, 1.0), target_shape=(4, 8, 8), window="abdomen")(volume)
+    assert tuple(values["volume_values"].shape) == (1, 1, 4, 8, 8)
+
+
 def test_ct_series_values_are_hu():
     volume = load_volume(CT_SERIES)
     ds = pydicom.dcmread(next(CT_SERIES.iterdir()))
