@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from data_helpers import qwen2_tokenizer
+from tests.data_helpers import qwen2_tokenizer
 from medvl.data.labels import IGNORE_INDEX, ConversationEncoder, OverlongSampleError
 from medvl.data.records import load_records
 from medvl.data.templates import LLAMA3, resolve_template
