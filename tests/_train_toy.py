@@ -55,3 +55,33 @@ class ToySet(torch.utils.data.Dataset):
 def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack equal-length toy samples."""
     return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
+
+
+def write_bright_dark(folder, n: int = 32, size: int = 32) -> "Path":
+    """A native-format JSONL set: "Is the image bright?" answered yes/no from the image alone.
+
+    Args:
+        folder: where to write ``train.jsonl`` and the PNGs.
+        n: number of records (alternating bright / dark).
+        size: image side in pixels.
+    """
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        bright = i % 2 == 0
+        pixels = np.clip(rng.normal(200 if bright else 50, 20, (size, size)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).convert("RGB").save(folder / f"img{i}.png")
+        lines.append(json.dumps({"id": f"s{i}", "images": [f"img{i}.png"], "messages": [
+            {"role": "user", "content": "<image>\nIs the image bright?"},
+            {"role": "assistant", "content": "yes" if bright else "no"}]}))
+    path = folder / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -267,7 +267,8 @@ def describe(model: nn.Module, parts: PartsConfig, base_lr: float) -> str:
         total = sum(p.numel() for _, p in params)
         trainable = sum(p.numel() for _, p in params if p.requires_grad)
         cfg = getattr(parts, part)
-        lines.append(f"{part:<10} {cfg.mode:<7} {total:>12,} {trainable:>12,} {(cfg.lr or base_lr):>9.2e}")
+        lr = "-" if cfg.mode == "frozen" else f"{(cfg.lr or base_lr):.2e}"
+        lines.append(f"{part:<10} {cfg.mode:<7} {total:>12,} {trainable:>12,} {lr:>9}")
     return "\n".join(lines)
 
 

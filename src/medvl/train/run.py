@@ -186,6 +186,7 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
         cfg: the training configuration.
         has_eval: whether there is a validation split (turns on periodic evaluation).
     """
+    import torch
     from transformers import TrainingArguments
 
     t = cfg.train
@@ -217,6 +218,7 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
         disable_tqdm=not t.progress_bar,
         deepspeed=t.deepspeed,
         dataloader_num_workers=cfg.data.num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
         # the batch keys (pixel_values, volume_values, ...) are not in every forward signature PEFT shows
         remove_unused_columns=False,
         label_names=["labels"],
