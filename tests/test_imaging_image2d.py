@@ -136,6 +136,20 @@ def test_512_ct_uses_the_files_voi_window():
     assert np.abs(np.array(img)[..., 0].astype(int) - expected).max() <= 1
 
 
+def test_enhanced_ct_uses_functional_group_rescale_and_window():
+    path = DATA_STORE / "eCT_Supplemental.dcm"  # Enhanced CT: rescale and window only in the shared groups
+    ds = pydicom.dcmread(path)
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    assert "WindowCenter" not in ds and "RescaleIntercept" not in ds
+    assert float(shared.PixelValueTransformationSequence[0].RescaleIntercept) == -1024.0
+    assert (float(shared.FrameVOILUTSequence[0].WindowCenter), float(shared.FrameVOILUTSequence[0].WindowWidth)) == (
+        49.0, 102.0)
+    hu = ds.pixel_array[0].astype(np.float64) - 1024.0  # first frame only
+    # DICOM LINEAR window function (PS3.3 C.11.2.1.2) with center 49, width 102.
+    expected = np.round(np.clip((hu - 48.5) / 101.0 + 0.5, 0, 1) * 255)
+    assert np.array_equal(np.array(load_image(path))[..., 0], expected.astype(np.uint8))
+
+
 def test_chest_radiograph_monochrome1_is_inverted():
     ds = pydicom.dcmread(CHEST_XRAY)
     assert ds.PhotometricInterpretation == "MONOCHROME1" and (ds.Rows, ds.Columns) == (1955, 1841)

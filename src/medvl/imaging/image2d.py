@@ -98,7 +98,7 @@ def _pil_pixels(path: Path, window: WindowArg, record: str | int | None) -> np.n
             img.load()  # decode now: truncated/corrupt data fails here, not later in a worker
             _check_size(img.size[0], img.size[1], path, record)
             mode = img.mode
-            if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+            if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float grey
                 return _grey_high_depth(np.array(img), mode, window, path, record)
             if window is not None:
                 grey = np.array(img.convert("L"))
@@ -169,14 +169,17 @@ def read_dicom(path: Path, record: str | int | None, stop_before_pixels: bool = 
         raise MedVLDataError(f"corrupt DICOM file: {type(exc).__name__}: {exc}", record=record, path=str(path)) from exc
 
 
-def dicom_pixel_array(ds: Any, path: Path, record: str | int | None) -> np.ndarray:
+def dicom_pixel_array(ds: Any, path: Path, record: str | int | None, frame: int | None = None) -> np.ndarray:
     """Decoded pixel data of a DICOM dataset, with medvl errors.
 
     Args:
         ds: pydicom dataset.
         path: its file (for messages).
         record: record id for messages.
+        frame: decode only this frame of a multi-frame file (None: all frames).
     """
+    if frame is not None:
+        ds.pixel_array_options(index=frame)  # decoding one frame of a long cine loop is much faster
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise MedVLDataError("DICOM file has no pixel data", record=record, path=str(path))
     try:
@@ -198,12 +201,11 @@ def _dicom_pixels(path: Path, window: WindowArg, record: str | int | None) -> np
         raise MedVLDataError("DICOM header has no Rows/Columns (truncated, or not an image)", record=record,
                              path=str(path))
     _check_size(int(ds.Columns or 0), int(ds.Rows or 0), path, record)
-    array = dicom_pixel_array(ds, path, record)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if frames > 1:
         logger.info("%s has %d frames; using the first", path, frames)
-        array = array[0]
+    array = dicom_pixel_array(ds, path, record, frame=0 if frames > 1 else None)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
 
     if photometric == "PALETTE COLOR":
@@ -213,16 +215,23 @@ def _dicom_pixels(path: Path, window: WindowArg, record: str | int | None) -> np
         # pydicom 3 returns RGB for YBR data by default (as_rgb); we only rescale the bit depth.
         return _to_uint8_rgb(array, int(ds.get("BitsStored", 8)))
 
-    modality_values = apply_modality_lut(array, ds)
+    slope = functional_group_value(ds, 0, "PixelValueTransformationSequence", "RescaleSlope")
+    intercept = functional_group_value(ds, 0, "PixelValueTransformationSequence", "RescaleIntercept")
+    if "ModalityLUTSequence" in ds or slope in (None, ""):
+        modality_values = apply_modality_lut(array, ds)
+    else:  # also covers enhanced (multi-frame) files, whose rescale sits in the functional groups
+        modality_values = array * float(slope) + float(intercept or 0.0)
     values = modality_values.astype(np.float64)
+    center = functional_group_value(ds, 0, "FrameVOILUTSequence", "WindowCenter")
+    width = functional_group_value(ds, 0, "FrameVOILUTSequence", "WindowWidth")
     if window is not None:
         out = _map_grey(values, window, (0.0, 1.0))
     elif "VOILUTSequence" in ds:
         lut = apply_voi(modality_values, ds, index=0)
         top = float(np.max(ds.VOILUTSequence[0].LUTData)) or 1.0
         out = np.round(np.clip(lut.astype(np.float64) / top, 0, 1) * 255.0).astype(np.uint8)
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        out = _dicom_linear_window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), ds)
+    elif center not in (None, "") and width not in (None, ""):
+        out = _dicom_linear_window(values, _first(center), _first(width), ds)
     elif str(ds.get("Modality", "")).upper() == "CT":
         out = apply_window_uint8(values, "wide")
     else:
@@ -233,6 +242,31 @@ def _dicom_pixels(path: Path, window: WindowArg, record: str | int | None) -> np
     if photometric == "MONOCHROME1":
         out = 255 - out  # MONOCHROME1: low values are white
     return out
+
+
+def functional_group_value(ds: Any, frame: int, sequence: str, attribute: str) -> Any:
+    """An attribute of a frame: from its per-frame functional group, else the shared one, else top level.
+
+    Enhanced (multi-frame) CT/MR files keep rescale, window, position and spacing in functional
+    groups; classic files keep them at the top level.
+
+    Args:
+        ds: pydicom dataset.
+        frame: frame index.
+        sequence: functional group macro, e.g. ``"PixelValueTransformationSequence"``.
+        attribute: keyword inside it, e.g. ``"RescaleSlope"``.
+
+    Returns:
+        The value, or None when absent everywhere.
+    """
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    items = [per_frame[frame]] if frame < len(per_frame) else []
+    if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
+        items.append(ds.SharedFunctionalGroupsSequence[0])
+    for item in items:
+        if sequence in item and len(item[sequence].value) and attribute in item[sequence][0]:
+            return item[sequence][0][attribute].value
+    return ds[attribute].value if attribute in ds else None
 
 
 def _first(value: Any) -> float:
@@ -262,4 +296,4 @@ def _to_uint8_rgb(array: np.ndarray, bits: int) -> np.ndarray:
     return np.round(np.clip(array.astype(np.float64) * scale, 0, 255)).astype(np.uint8)
 
 
-__all__ = ["dicom_pixel_array", "is_dicom_file", "load_image", "read_dicom"]
+__all__ = ["dicom_pixel_array", "functional_group_value", "is_dicom_file", "load_image", "read_dicom"]

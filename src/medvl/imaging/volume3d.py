@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from medvl.errors import MedVLDataError
-from medvl.imaging.image2d import dicom_pixel_array, is_dicom_file, read_dicom
+from medvl.imaging.image2d import dicom_pixel_array, functional_group_value, is_dicom_file, read_dicom
 from medvl.models.volume_processing_medvl import axcodes_affine
 
 logger = logging.getLogger(__name__)
@@ -286,19 +286,13 @@ def _load_dicom_multiframe(path: Path, record: str | int | None) -> Volume:
     if pixels.ndim != 3:
         raise MedVLDataError(f"expected greyscale frames, got pixel array {pixels.shape}", record=record,
                              path=str(path))
-    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     if len(per_frame) != frames:
         raise MedVLDataError(f"{frames} frames but {len(per_frame)} per-frame functional groups", record=record,
                              path=str(path))
 
     def group(index: int, keyword: str, attribute: str) -> Any:
-        for item in (per_frame[index], shared):
-            if item is not None and keyword in item and attribute in item[keyword][0]:
-                return item[keyword][0][attribute].value
-        if attribute in ds:
-            return ds[attribute].value
-        return None
+        return functional_group_value(ds, index, keyword, attribute)
 
     slices = []
     for n in range(frames):
