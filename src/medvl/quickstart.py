@@ -59,6 +59,7 @@ class Recipe:
     batch_size: int = 16
     lr: float = 3e-4
     warmup_ratio: float = 0.03
+    num_workers: int = 0
 
 
 _LLM = {
@@ -101,6 +102,7 @@ RECIPES: dict[str, Recipe] = {
             "tokenizer": {"source": "train", "vocab_size": 1024},
         },
         max_steps=1500,
+        num_workers=1,
     ),
 }
 
@@ -157,7 +159,8 @@ def _train(recipe: Recipe, spec: dict[str, Any], train_file: Path, eval_file: Pa
 
     model, processor = build_model(from_dict(ModelSpec, spec, prefix="model.spec."))
     cfg = from_dict(TrainConfig, {
-        "data": {"train": [str(train_file)], "eval": [str(eval_file)], "max_length": 512},
+        "data": {"train": [str(train_file)], "eval": [str(eval_file)], "max_length": 512,
+                 "num_workers": recipe.num_workers},
         "train": {
             "stage": "quickstart",
             "parts": {"llm": {"mode": "full"}, "vision": {"mode": "full"}, "volume": {"mode": "full"},
@@ -296,9 +299,14 @@ def format_table(metrics: dict[str, Any]) -> str:
     """
     lines = [f"{'question type':<20} {'n':>5} {'accuracy':>9} {'blind':>7}", "-" * 44]
     blind = metrics.get("blind", {}).get("per_question_type", {})
-    for qtype, v in metrics["per_question_type"].items():
+    per_type = metrics["per_question_type"]
+    # closed types first (they make up closed_accuracy), then the open ones scored by exact match
+    ordered = [q for q in CLOSED_TYPES if q in per_type] + [q for q in per_type if q not in CLOSED_TYPES]
+    for qtype in ordered:
+        v = per_type[qtype]
         b = blind.get(qtype, {}).get("accuracy")
-        lines.append(f"{qtype:<20} {v['n']:>5} {v['accuracy']:>9.3f} {'' if b is None else f'{b:.3f}':>7}")
+        name = qtype if qtype in CLOSED_TYPES else f"{qtype} (open)"
+        lines.append(f"{name:<20} {v['n']:>5} {v['accuracy']:>9.3f} {'' if b is None else f'{b:.3f}':>7}")
     lines.append("-" * 44)
     b = metrics.get("blind_closed_accuracy")
     lines.append(f"{'closed (all)':<20} {metrics['n_closed']:>5} {metrics['closed_accuracy']:>9.3f} "
