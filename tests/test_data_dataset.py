@@ -123,3 +123,20 @@ def test_mix_records_by_weight():
     assert [r.id for r in mix_records([(a, 0.5), (b, 2.0)], seed=1)] == ids  # deterministic
     with pytest.raises(ValueError, match=">= 0"):
         mix_records([(a, -1.0)])
+
+
+def test_training_template_is_bound_to_the_processor(tmp_path, tiny_processor):
+    """A model trained on vicuna prompts is prompted with vicuna after saving/reloading its processor."""
+    import copy
+
+    from medvl.data.templates import VICUNA
+
+    proc = copy.copy(tiny_processor)
+    records = load_records(make_dataset_dir(tmp_path))[2:3]
+    train = ConversationDataset(records, proc, template="vicuna")
+    assert proc.chat_template == VICUNA and tiny_processor.chat_template != VICUNA
+    prompt = ConversationDataset(records, proc, mode="prompt")[0]["input_ids"].tolist()
+    assert train[0]["input_ids"].tolist()[: len(prompt)] == prompt
+    text = proc.apply_chat_template(records[0].messages[:1], add_generation_prompt=True)
+    assert text.endswith("USER: Define effusion. ASSISTANT:")
+    assert proc(text=text)["input_ids"][0].tolist() == prompt

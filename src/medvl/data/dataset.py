@@ -74,6 +74,8 @@ class ConversationDataset(torch.utils.data.Dataset):
         processor: a ``MedVLProcessor`` (tokenizer, ``image_processor``, ``volume_processor``,
             ``num_image_tokens``, ``num_volume_tokens``, ``chat_template``).
         template: chat template (``auto`` = the processor's own; see :mod:`medvl.data.templates`).
+            In ``train`` mode the processor's ``chat_template`` is set to it, so that the saved
+            checkpoint prompts at inference exactly as it was trained.
         max_length: longest sample in tokens, media placeholders included (None: no limit).
         on_error: ``raise`` or ``skip`` bad records (missing/corrupt media, marker mismatch...).
         on_overlong: ``skip`` (count + warn) or ``error`` for samples longer than ``max_length``;
@@ -121,6 +123,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.on_error = on_error
         self.on_overlong = on_overlong
         self.mode = mode
+        self._bind_template(processor)
         self.augment = augment if mode == "train" else None
         self._image_loader = image_loader
         self._volume_loader = volume_loader
@@ -132,6 +135,19 @@ class ConversationDataset(torch.utils.data.Dataset):
             cache.check_processor(getattr(processor, "volume_processor", None))
         self.cache = cache
         self.skipped: Counter[str] = Counter()
+
+    def _bind_template(self, processor: Any) -> None:
+        """Make the processor carry the template the model is trained with.
+
+        Why: inference renders prompts with ``processor.apply_chat_template``, and the processor is
+        saved with the checkpoint; a model trained on e.g. ``vicuna`` prompts must be prompted the
+        same way after reloading.
+        """
+        if self.mode != "train" or not hasattr(processor, "tokenizer") or not hasattr(processor, "chat_template"):
+            return
+        if processor.chat_template != self.encoder.template:
+            logger.info("processor chat template set to the training template %r", self.encoder.template_name)
+            processor.chat_template = self.encoder.template
 
     def __len__(self) -> int:
         return len(self.records)
