@@ -152,8 +152,10 @@ def test_all_air_volume_is_not_cropped():
 
 def test_resize_to_target_shape():
     array = np.zeros((7, 9, 11), dtype=np.float32)
-    out = MedVLVolumeProcessor(crop_foreground=False, target_shape=(4, 6, 8))([array, array])["volume_values"]
+    processor = MedVLVolumeProcessor(crop_foreground=False, target_shape=(4, 6, 8))
+    out = processor([array, array])["volume_values"]
     assert tuple(out.shape) == (2, 1, 4, 6, 8)
+    assert processor.output_shape == (1, 4, 6, 8)
 
 
 def test_pad_crop_keeps_voxels_and_pads_with_air():

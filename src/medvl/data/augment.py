@@ -49,7 +49,7 @@ _EN_PAIRS = {"left": "right", "right": "left", "leftward": "rightward", "rightwa
              "leftwards": "rightwards", "rightwards": "leftwards"}
 _EN_WORD = re.compile(r"\b(?:left|right)(?:wards?)?\b", re.IGNORECASE)
 _IDIOM = re.compile(r"\b(?:" + "|".join(_RIGHT_IDIOMS) + r")\b", re.IGNORECASE)
-_ZH = re.compile(r"左右|右左|左|右")
+_ZH = re.compile(r"左右|左|右")
 
 
 def _match_case(template: str, word: str) -> str:
@@ -80,7 +80,7 @@ def swap_laterality(text: str) -> str:
 
     def chinese(match: re.Match[str]) -> str:
         token = match.group(0)
-        if len(token) == 2:  # 左右 / 右左: "about" or "both sides", symmetric
+        if len(token) == 2:  # 左右: "about" (5厘米左右) or "both sides", symmetric
             return token
         return "右" if token == "左" else "左"
 

@@ -322,6 +322,13 @@ class MedVLVolumeProcessor:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MedVLVolumeProcessor) and self.to_dict() == other.to_dict()
 
+    @property
+    def output_shape(self) -> tuple[int, int, int, int] | None:
+        """(C, D, H, W) of every processed volume, or None when ``target_shape`` is None."""
+        if self.target_shape is None:
+            return None
+        return (self.channels, *self.target_shape)
+
     # ------------------------------------------------------------------ entry points
 
     def __call__(self, volumes: Any, return_tensors: str | None = "pt", **_: Any) -> BatchFeature:
