@@ -1,0 +1,131 @@
+"""medvl bench: the --quick suite runs end to end with a complete, finite, positive schema; the pieces
+that derive numbers (FLOP parameter count, peak RSS, synthetic CT, padding accounting) are checked
+against independently computed values. No timing assertions: speed is measured, never asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medvl import cli
+from medvl.bench import (
+    SUITES,
+    flop_params,
+    format_table,
+    peak_rss_delta_mib,
+    run_benchmarks,
+    synthetic_ct,
+    write_nifti,
+)
+
+
+def _positive(value, where: str) -> None:
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+    assert math.isfinite(value) and value > 0, f"{where} = {value}"
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    assert cli.main(["bench", "--quick", "--repeats", "1", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_quick_suite_schema_and_ratios(quick_results):
+    r = quick_results
+    assert r["schema"] == "medvl-bench/1" and r["quick"] is True
+    assert r["suites"] == list(SUITES)
+    assert r["machine"]["torch_threads"] >= 1
+    assert len(r["machine"]["load_average_start"]) == 3
+    m = r["results"]["machine"]
+    for key in ("fp32_peak_gflops", "bf16_peak_gflops", "memory_bandwidth_gbs"):
+        _positive(m[key], key)
+    _positive(m["matmul"][0]["bf16_over_fp32"], "bf16_over_fp32")
+    # the reference peak is the one measured at the thread count in use
+    assert m["matmul"][0]["threads"] == r["machine"]["torch_threads"]
+
+    t = r["results"]["train"]
+    lengths = t["sample_lengths"]
+    assert t["real_tokens"] == sum(lengths)
+    assert t["padded_tokens"] == len(lengths) * max(lengths)
+    assert t["padding_fraction"] == pytest.approx(1 - sum(lengths) / (len(lengths) * max(lengths)))
+    for mode in ("padded", "packed"):
+        for key in ("seconds", "tokens_per_s", "mfu_fp32"):
+            _positive(t[mode][key], f"train.{mode}.{key}")
+        assert t[mode]["tokens_per_s"] == pytest.approx(t["real_tokens"] / t[mode]["seconds"])
+    assert t["packed_over_padded"] == pytest.approx(t["packed"]["tokens_per_s"] / t["padded"]["tokens_per_s"])
+    assert t["padded"]["mfu_fp32"] == pytest.approx(
+        6 * t["llm_flop_params"] * t["padded"]["tokens_per_s"] / 1e9 / m["fp32_peak_gflops"])
+    for key, value in t["logits"].items():
+        _positive(value, f"train.logits.{key}")
+    assert 0 < t["supervised_tokens"] < t["real_tokens"]  # prompts and templates are not supervised
+
+    g = r["results"]["generate"]
+    for key in ("batched", "single"):
+        _positive(g[key]["tokens_per_s"], f"generate.{key}")
+        # exactly new_tokens_per_prompt tokens per prompt (min_new_tokens = max_new_tokens)
+        assert g[key]["tokens_per_s"] == pytest.approx(g["prompts"] * g["new_tokens_per_prompt"] / g[key]["seconds"])
+    _positive(g["batched_over_single"], "batched_over_single")
+
+    v = r["results"]["volume"]
+    assert v["input_voxels"] == int(np.prod(v["volume_shape"]))
+    for fmt in ("nii_gz", "nii"):
+        for key in ("load_seconds", "process_seconds", "volumes_per_s", "voxel_gbs", "fraction_of_memory_bandwidth"):
+            _positive(v[fmt][key], f"volume.{fmt}.{key}")
+        assert v[fmt]["voxel_gbs"] == pytest.approx(v["input_voxels"] * 4 * v[fmt]["volumes_per_s"] / 1e9)
+    if v["cache"]["available"]:
+        for dtype in ("float16", "int16"):
+            _positive(v["cache"][dtype]["cached_over_raw"], f"cache.{dtype}")
+            _positive(v["cache"][dtype]["cache_bytes"], f"cache.{dtype}.bytes")
+
+
+def test_table_lists_every_suite(quick_results):
+    table = format_table(quick_results)
+    for suite in SUITES:
+        assert f"\n{suite} " in table
+    assert "packed / padded" in table and "batched / batch-1" in table and "n/a" not in table
+
+
+def test_flop_params_counts_qwen2_matmul_weights(tiny_model):
+    c = tiny_model.config.text_config
+    h, i, v, layers = c.hidden_size, c.intermediate_size, c.vocab_size, c.num_hidden_layers
+    kv = c.num_key_value_heads * (h // c.num_attention_heads)
+    # q/k/v carry biases in Qwen2, o and the MLP do not; two RMSNorms per layer + the final one;
+    # the tied embedding is counted once, as the LM head
+    per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * i + 2 * h
+    assert c.tie_word_embeddings
+    assert flop_params(tiny_model) == layers * per_layer + h + v * h
+
+
+def test_peak_rss_delta_sees_a_64_mib_tensor():
+    def allocate():
+        x = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
+        return float(x[-1])
+
+    delta = peak_rss_delta_mib(allocate)
+    if delta is None:
+        pytest.skip("this kernel does not expose /proc/self/clear_refs")
+    assert 60 <= delta < 200
+
+
+def test_synthetic_ct_round_trips_through_load_volume(tmp_path):
+    from medvl.imaging import load_volume
+
+    array = synthetic_ct((40, 32, 6))
+    assert array.dtype == np.int16 and array.shape == (40, 32, 6)
+    # air in the corner, soft tissue in the middle, lung at x = -0.4 of the half-width (noise sd 20 HU)
+    assert array[0, 0, 0] < -900 and -100 < array[20, 16, 3] < 200 and -1000 < array[12, 16, 3] < -700
+    path = write_nifti(array, (0.75, 0.75, 2.5), tmp_path / "ct.nii.gz")
+    volume = load_volume(path)
+    np.testing.assert_array_equal(volume.array, array.astype(np.float32))
+    assert volume.spacing == pytest.approx((0.75, 0.75, 2.5))
+
+
+def test_unknown_suite_lists_the_valid_ones(capsys):
+    with pytest.raises(ValueError, match="valid choices: machine, train, generate, volume"):
+        run_benchmarks(["train", "warp"], quick=True)
+    assert cli.main(["bench", "--quick", "--suite", "warp"]) == 2
