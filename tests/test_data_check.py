@@ -97,3 +97,11 @@ def test_cli_exit_codes_and_per_source_report(tmp_path, tiny_model_dir, capsys):
     data = json.loads(out_json.read_text())
     assert [s["name"] for s in data["sources"]] == ["clean", "dirty"]
     assert data["sources"][0]["records"] == 1 and data["totals"]["missing_media"] == 1 and not data["ok"]
+
+
+def test_cli_synth_then_check(tmp_path, capsys):
+    """`medvl data synth` (medvl.data.synth) is wired in, and its output passes the checker."""
+    assert main(["data", "synth", "--kind", "2d", "--n", "3", "--size", "64", "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", str(tmp_path / "s" / "train.jsonl")]) == 0
+    assert "OK: no problems found" in capsys.readouterr().out
