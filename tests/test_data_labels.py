@@ -75,6 +75,7 @@ def test_supervised_tokens_decode_to_answers(case):
     template, kw, expect = CASES[case]
     tok = qwen2_tokenizer(**kw)
     enc = ConversationEncoder(tok, template, num_image_tokens=5)
+    assert enc.boundary_safe  # byte-level BPE: segments tokenise as the whole string does
     out = enc.encode(CONV)
     answers = [m["content"] for m in CONV if m["role"] == "assistant"]
     check_runs(tok, out, [expect(a) for a in answers], merged=case == "plain")

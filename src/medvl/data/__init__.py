@@ -1,0 +1,12 @@
+"""medvl's data pipeline (import the submodules; this package imports nothing heavy on its own).
+
+* :mod:`medvl.data.records`: ``Record`` and ``load_records`` (native and MedM-VL/LLaVA JSON/JSONL).
+* :mod:`medvl.data.registry`: dataset registry YAML, ``load_sources`` / ``load_registry_records``.
+* :mod:`medvl.data.templates`: chat templates (tokenizer's own, chatml, llama3, vicuna/medmvl, plain).
+* :mod:`medvl.data.labels`: ``ConversationEncoder``: token ids with exact assistant-only labels.
+* :mod:`medvl.data.dataset`: ``ConversationDataset`` (lazy errors, skip policies), ``mix_records``.
+* :mod:`medvl.data.collator`: ``PaddedCollator`` (right/left) and ``PackingCollator``.
+* :mod:`medvl.data.check`: ``check_data`` behind ``medvl data check``.
+* :mod:`medvl.data.prepare`: ``prepare_volumes`` / ``VolumeCache`` behind ``medvl data prepare``.
+* :mod:`medvl.data.augment`, :mod:`medvl.data.synth`: augmentation and synthetic phantoms.
+"""

@@ -96,6 +96,38 @@ class ConversationEncoder:
         specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t not in (IMAGE_MARKER, VOLUME_MARKER)]
         eos = getattr(tokenizer, "eos_token", None)
         self._eot_candidates = tuple(dict.fromkeys([*KNOWN_END_OF_TURN, *([eos] if eos else []), *specials]))
+        self.boundary_safe = self._probe_boundaries()
+
+    _PROBE = (
+        {"role": "user", "content": "Is the heart enlarged?"},
+        {"role": "assistant", "content": "No, the heart size is normal."},
+        {"role": "user", "content": "Any effusion?"},
+        {"role": "assistant", "content": "Small left effusion."},
+    )
+
+    def _probe_boundaries(self) -> bool:
+        """Check once that segment-wise tokenisation equals whole-string tokenisation.
+
+        Why: labels are exact either way, but if a tokenizer merges characters across the
+        prompt/answer boundary (SentencePiece tokenizers that prepend a space to every call do),
+        a multi-turn prompt tokenised in one piece at inference differs from the training prefix.
+        """
+        try:
+            msgs = [dict(m) for m in self._PROBE]
+            segs = self.segments(msgs)
+        except Exception:  # templates that need other roles are checked on real data instead
+            return True
+        pieces = [self.tokenize_text(t) for t, _ in segs]
+        joined = [i for p in pieces for i in p]
+        whole = self.tokenizer("".join(t for t, _ in segs), add_special_tokens=False)["input_ids"]
+        if joined != whole:
+            logger.warning(
+                "tokenizer/template %r: tokenising the prompt and answer segments separately differs from "
+                "tokenising the whole conversation; labels stay exact, but multi-turn prompts at inference may "
+                "tokenise differently from training", self.template_name,
+            )
+            return False
+        return True
 
     @classmethod
     def from_processor(cls, processor: Any, template: str | None = "auto", max_length: int | None = None) -> "ConversationEncoder":
