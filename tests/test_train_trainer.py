@@ -101,3 +101,30 @@ def test_lora_checkpoint_resume_matches_uninterrupted_run(tmp_path):
     resumed.train(resume_from_checkpoint=str(ckpt))
     after = [h["loss"] for h in resumed.state.log_history if "loss" in h]
     assert after[-4:] == pytest.approx(ref[-4:], rel=1e-4)
+
+
+def test_gradient_checkpointing_bf16_with_frozen_llm_trains_connector(tmp_path):
+    # Stage 1: frozen LLM (and embeddings), checkpointed layers; the connector still gets gradients.
+    parts = PartsConfig(llm=PartConfig("frozen"), vision=PartConfig("frozen"), connector=PartConfig("full"))
+    trainer = _trainer(tmp_path, parts, max_steps=3, save_steps=100, bf16=True, use_cpu=True, activation_checkpointing=True,
+                       activation_checkpointing_kwargs={"use_reentrant": False})
+    connector = snapshot(trainer.model, "connector")
+    llm = snapshot(trainer.model, "llm")
+    trainer.train()
+    assert trainer.model.is_activation_checkpointing
+    after = snapshot(trainer.model, "connector")
+    assert all(not torch.equal(connector[n], after[n]) for n in connector if n.endswith("weight"))
+    assert all(torch.equal(llm[n], p) for n, p in snapshot(trainer.model, "llm").items())
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
+
+
+def test_gradient_accumulation_equals_the_large_batch(tmp_path):
+    # Every supervised token weighs the same (num_items_in_batch): 2 x 4 accumulated == 1 x 8.
+    parts = PartsConfig(llm=PartConfig("full"), connector=PartConfig("full"))
+    results = []
+    for batch, accum in ((8, 1), (4, 2)):
+        trainer = _trainer(tmp_path / f"{batch}x{accum}", parts, max_steps=3, save_steps=100, warmup_steps=0,
+                           per_device_train_batch_size=batch, gradient_accumulation_steps=accum)
+        trainer.train()
+        results.append(snapshot(trainer.model, "connector"))
+    assert all(torch.allclose(results[0][n], results[1][n], atol=1e-5) for n in results[0])

@@ -225,7 +225,10 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
     )
     from medvl.train.trainer import cpu_distributed_kwargs
 
-    kwargs.update(cpu_distributed_kwargs(deepspeed=bool(t.deepspeed or t.hf_args.get("deepspeed"))))
+    uses_deepspeed = bool(t.deepspeed or t.hf_args.get("deepspeed"))
+    if t.precision == "bf16" and not torch.cuda.is_available() and not uses_deepspeed:
+        kwargs["use_cpu"] = True  # transformers refuses bf16 on a CPU-only machine unless told it is CPU
+    kwargs.update(cpu_distributed_kwargs(deepspeed=uses_deepspeed))
     kwargs.update(t.hf_args)
     return TrainingArguments(**kwargs)
 
