@@ -26,6 +26,7 @@ def make_bad_dataset(tmp_path):
         json.dumps({"id": "good", "messages": _msg("<image> what?"), "images": ["ok.png"]}),
         json.dumps({"id": "good-vol", "messages": _msg("<volume> what?"), "volumes": ["ok.npy"]}),
         json.dumps({"id": "again", "messages": _msg("<image> same file"), "images": ["ok.png"]}),
+        json.dumps({"id": "again", "messages": _msg("same id")}),
         json.dumps({"id": "text", "messages": _msg("a long question " * 30)}),
         json.dumps({"id": "missing", "messages": _msg("<image>"), "images": ["nope.png"]}),
         json.dumps({"id": "trunc", "messages": _msg("<image>"), "images": ["trunc.png"]}),
@@ -44,13 +45,14 @@ def test_check_counts_every_problem(tmp_path, tiny_processor):
     path = make_bad_dataset(tmp_path)
     report = check_data(path, tiny_processor, max_length=60, progress=False)
     (src,) = report.sources
-    assert src.records == 12
+    assert src.records == 13
     assert src.problems == {
         "undecodable": 1,
         "invalid_json": 1,
         "marker_mismatch": 1,
         "empty_answer": 1,
         "invalid_record": 1,  # unknown role
+        "duplicate_id": 1,
         "missing_media": 1,
         "unreadable_media": 2,  # truncated PNG, NaN volume
         "overlong": 1,  # the long text question
@@ -58,13 +60,13 @@ def test_check_counts_every_problem(tmp_path, tiny_processor):
     # media references of the records that parsed; ok.png is read once but found twice
     assert src.images == 4 and src.volumes == 2 and src.media_found == 3
     kinds = {k for k, _ in report.issues}
-    assert kinds >= {"undecodable", "invalid_json", "marker_mismatch", "empty_answer", "invalid_record",
-                     "missing_media", "unreadable_media", "overlong"}
+    assert kinds == set(src.problems)
     text = "\n".join(m for _, m in report.issues)
     assert "record 'missing'" in text and "nope.png" in text
     assert "record 'nan'" in text and "nan.npy" in text
-    assert "d.jsonl:11" in text and "line 11 is not valid JSON" in text
-    assert "d.jsonl:12" in text and "invalid UTF-8" in text
+    assert "d.jsonl:12" in text and "line 12 is not valid JSON" in text
+    assert "d.jsonl:13" in text and "invalid UTF-8" in text
+    assert "record 'again'" in text and "duplicate record id (first seen as d.jsonl:3)" in text
     overlong = [m for k, m in report.issues if k == "overlong"]
     assert any("record 'text'" in m for m in overlong)
     assert not report.ok

@@ -29,6 +29,7 @@ KINDS = (
     "marker_mismatch",
     "empty_answer",
     "invalid_record",
+    "duplicate_id",
     "missing_media",
     "unreadable_media",
     "overlong",
@@ -235,6 +236,7 @@ def check_data(
         root = Path(entry.root) if entry.root else path.parent
         vroot = Path(entry.volume_root) if entry.volume_root else root
         objects = _raw_objects(path, stats, report)
+        seen_ids: dict[str, str] = {}
         iterator = objects
         if progress:
             from tqdm.auto import tqdm
@@ -249,6 +251,11 @@ def check_data(
                 stats.problems[kind] += 1
                 report.issues.append((kind, str(err)))
                 continue
+            if rec.id in seen_ids:  # results are matched to references by id: duplicates corrupt scores
+                stats.problems["duplicate_id"] += 1
+                report.issues.append(("duplicate_id", str(MedVLDataError(f"duplicate record id (first seen as {seen_ids[rec.id]})", record=rec.id, path=str(path)))))
+            else:
+                seen_ids[rec.id] = rid
             good = _check_media(rec, path, stats, report, media_status, read_media, image_loader, volume_loader, processor)
             good = _check_tokens(rec, path, encoder, stats, report) and good
             stats.valid_records += int(good)
