@@ -64,7 +64,8 @@ CASES = {
     "qwen2.5-own": ("auto", {}, lambda a: a + "<|im_end|>"),
     "chatml": ("chatml", {}, lambda a: a + "<|im_end|>"),
     "llama3": ("llama3", {}, lambda a: a + "<|eot_id|>"),
-    "llama3-own": ("auto", {"template": LLAMA3, "eos": "<|eot_id|>"}, lambda a: a + "<|eot_id|>"),
+    # a tokenizer-provided (not bundled) Llama-3 template: the end of turn is detected, not declared
+    "llama3-own": (LLAMA3, {}, lambda a: a + "<|eot_id|>"),
     "vicuna": ("vicuna", {}, lambda a: " " + a + "<|im_end|>"),
     "plain": ("plain", {}, lambda a: a + "<|im_end|>"),
 }
