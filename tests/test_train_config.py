@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medvl.train.config import load_train_config
+from medvl.train.config import load_train_config, unfilled_placeholders
 from medvl.train.run import training_arguments
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -84,3 +84,14 @@ def test_shipped_recipes_reproduce_medmvl(recipe):
         assert (cfg.train.lora.r, cfg.train.lora.alpha, cfg.train.lora.dropout) == (*lora, 0.05)
         assert cfg.model.path is not None  # starts from an imported MedM-VL checkpoint
     assert (CONFIGS / "deepspeed" / Path(cfg.train.deepspeed).name).is_file()
+
+
+def test_recipe_placeholders_are_reported(tmp_path):
+    cfg = load_train_config(CONFIGS / "medm-vl-ct-chest/pretrain.yaml")
+    unfilled = unfilled_placeholders(cfg)
+    assert "model.spec.llm.path=/path/to/Qwen2.5-3B-Instruct" in unfilled
+    assert any(u.startswith("model.spec.volume.path=") for u in unfilled)
+    assert any(u.startswith("data.train[0]=") for u in unfilled)
+    filled = load_train_config(CONFIGS / "medm-vl-2d/finetune_lora.yaml",
+                               [f"model.path={tmp_path}", "data.train=[a.jsonl]"])
+    assert unfilled_placeholders(filled) == []

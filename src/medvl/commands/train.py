@@ -37,11 +37,15 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: parsed arguments.
     """
-    from medvl.train.config import load_train_config
+    from medvl.train.config import load_train_config, unfilled_placeholders
     from medvl.train.run import final_model_dir, run_training
 
     try:
         cfg = load_train_config(args.config, args.overrides)
+        unfilled = unfilled_placeholders(cfg)
+        if unfilled:
+            raise ValueError("the recipe still has placeholder paths; fill them in (in the YAML or as key=value "
+                             "overrides): " + ", ".join(unfilled))
     except (ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2

@@ -222,6 +222,33 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     check_hf_args(t.hf_args)
 
 
+PLACEHOLDER = "/path/to/"
+
+
+def unfilled_placeholders(cfg: TrainConfig) -> list[str]:
+    """Dotted keys whose value is still a recipe placeholder (``/path/to/...``).
+
+    Args:
+        cfg: the configuration.
+    """
+    from medvl.utils.config import to_dict
+
+    found: list[str] = []
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(value, str) and value.startswith(PLACEHOLDER):
+            found.append(f"{key}={value}")
+
+    walk(to_dict(cfg), "")
+    return found
+
+
 def model_spec(cfg: TrainConfig) -> Any:
     """``cfg.model.spec`` as a ``medvl.build.ModelSpec`` (read from its YAML file if it is a path).
 

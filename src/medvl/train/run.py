@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from medvl.train.checkpoint import atomic_dir, clean_staging
-from medvl.train.config import TrainConfig, model_spec, validate
+from medvl.train.config import TrainConfig, model_spec, unfilled_placeholders, validate
 from medvl.train.lora import is_adapter_dir, is_peft_model, load_model, merge_lora, save_extra_trainable
 from medvl.utils.config import to_dict
 
@@ -298,6 +298,12 @@ def run_training(
     from medvl.train.trainer import MedVLTrainer
 
     validate(cfg, check_model=model is None)
+    placeholders = unfilled_placeholders(cfg)
+    if placeholders:
+        raise ValueError(
+            "the recipe still has placeholder paths; fill them in (in the YAML or as key=value overrides): "
+            + ", ".join(placeholders)
+        )
     if model is not None and processor is None:
         raise ValueError("run_training(model=...) needs the model's processor too")
     rank = int(os.environ.get("RANK", "0"))
