@@ -60,6 +60,12 @@ def test_quick_suite_schema_and_ratios(quick_results):
     assert t["packed_over_padded"] == pytest.approx(t["packed"]["tokens_per_s"] / t["padded"]["tokens_per_s"])
     assert t["padded"]["mfu_fp32"] == pytest.approx(
         6 * t["llm_flop_params"] * t["padded"]["tokens_per_s"] / 1e9 / m["fp32_peak_gflops"])
+    # the head runs at supervised positions only: fewer FLOPs than 6 N T, so a smaller fraction
+    body = t["llm_flop_params"] - t["lm_head_params"]
+    needed = 6 * (body * t["real_tokens"] + t["lm_head_params"] * t["supervised_tokens"])
+    assert t["packed"]["mfu_fp32_supervised_head"] == pytest.approx(
+        needed / t["packed"]["seconds"] / 1e9 / m["fp32_peak_gflops"])
+    assert t["packed"]["mfu_fp32_supervised_head"] < t["packed"]["mfu_fp32"]
     for key, value in t["logits"].items():
         _positive(value, f"train.logits.{key}")
     assert 0 < t["supervised_tokens"] < t["real_tokens"]  # prompts and templates are not supervised
