@@ -221,6 +221,10 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
         dataloader_pin_memory=torch.cuda.is_available(),
         # the batch keys (pixel_values, volume_values, ...) are not in every forward signature PEFT shows
         remove_unused_columns=False,
+        # towers have modules that never run (post-norm, pooling head: features are hidden states);
+        # DDP must then look for unused parameters when an encoder trains
+        ddp_find_unused_parameters=True if any(
+            getattr(t.parts, p).mode != "frozen" for p in ("vision", "volume")) else None,
         label_names=["labels"],
     )
     from medvl.train.trainer import cpu_distributed_kwargs
