@@ -140,3 +140,10 @@ def test_training_template_is_bound_to_the_processor(tmp_path, tiny_processor):
     text = proc.apply_chat_template(records[0].messages[:1], add_generation_prompt=True)
     assert text.endswith("USER: Define effusion. ASSISTANT:")
     assert proc(text=text)["input_ids"][0].tolist() == prompt
+
+
+def test_from_registry_source(tmp_path, tiny_processor):
+    path = make_dataset_dir(tmp_path)
+    (tmp_path / "reg.yaml").write_text(f"datasets:\n  d: {{path: {path.name}, weight: 2}}\n")
+    ds = ConversationDataset.from_source(tmp_path / "reg.yaml", tiny_processor, on_error="skip")
+    assert len(ds) == 10 and ds[2]["id"] == "text" and ds.records[0].meta["source"] == "d"

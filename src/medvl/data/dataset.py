@@ -136,6 +136,33 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.cache = cache
         self.skipped: Counter[str] = Counter()
 
+    @classmethod
+    def from_source(
+        cls,
+        source: str | Path,
+        processor: Any,
+        *,
+        split: str | None = "train",
+        names: list[str] | None = None,
+        weights: dict[str, float] | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> "ConversationDataset":
+        """A dataset from a records file or a registry YAML (its data sets mixed by weight).
+
+        Args:
+            source: records file (.json/.jsonl) or registry (.yaml).
+            processor: the model's processor.
+            split: registry split to use.
+            names: registry data sets to use (default: all of the split).
+            weights: name -> weight overriding the registry's.
+            seed: seed of the fractional-weight draws.
+            **kwargs: the other :class:`ConversationDataset` arguments.
+        """
+        from medvl.data.registry import load_registry_records
+
+        return cls(load_registry_records(source, split, names, weights, seed), processor, **kwargs)
+
     def _bind_template(self, processor: Any) -> None:
         """Make the processor carry the template the model is trained with.
 
