@@ -390,21 +390,38 @@ def _case_rng(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, index, stream])
 
 
-def assign_splits(n: int, seed: int) -> list[str]:
+def assign_splits(n: int, seed: int, findings: list[CaseFindings] | None = None) -> list[str]:
     """Split names for n cases (80/10/10, at least one validation and test case when n >= 3).
+
+    With ``findings`` the split is stratified: cases are ordered by (nodules present, effusion
+    present, heart size) and a random key, and validation/test take evenly spaced positions of
+    that order, so that even a small test split keeps the answers balanced.
 
     Args:
         n: number of cases.
         seed: the dataset seed.
+        findings: the cases' findings (stratification), or None for a plain random split.
     """
     n_val = max(1, round(n * SPLIT_FRACTIONS[1])) if n >= 3 else 0
     n_test = max(1, round(n * SPLIT_FRACTIONS[2])) if n >= 3 else 0
-    order = np.random.default_rng([seed, 2**31 - 1]).permutation(n)
+    key = np.random.default_rng([seed, 2**31 - 1]).permutation(n)
+    if findings is not None:
+        strata = [(bool(f.nodules), f.effusion != "none", f.heart) for f in findings]
+        order = sorted(range(n), key=lambda i: (strata[i], key[i]))
+    else:
+        order = [int(i) for i in key]
     splits = ["train"] * n
-    for i in order[:n_val]:
-        splits[i] = "validation"
-    for i in order[n_val:n_val + n_test]:
-        splits[i] = "test"
+    if n_val:
+        step = n / n_val
+        for k in range(n_val):
+            splits[order[int(k * step)]] = "validation"
+    if n_test:
+        step = n / n_test
+        for k in range(n_test):
+            pos = int(k * step + step / 2)
+            while splits[order[pos]] != "train":  # never steal a validation case
+                pos = (pos + 1) % n
+            splits[order[pos]] = "test"
     return splits
 
 
@@ -488,7 +505,7 @@ def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = F
         qtype: [a for a in (answer_for(f, qtype, "en") for f in findings) if a is not None]
         for qtype in CLOSED_TYPES
     })
-    splits = assign_splits(n, seed)
+    splits = assign_splits(n, seed, findings)
     records: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     marker = "<image>" if kind == "2d" else "<volume>"
     jobs = [(kind, i, seed, str(out), dicom, geometry, f.to_dict(), splits[i]) for i, f in enumerate(findings)]
