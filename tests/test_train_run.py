@@ -67,6 +67,7 @@ def test_cli_trains_and_writes_run_folder(tmp_path, tiny_model_dir):
     assert (out / "loss.png").stat().st_size > 1000
     assert list((out / "runs").rglob("events.out.tfevents.*"))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-24"]
+    assert {"tokenizer.json", "model.safetensors", "optimizer.pt"} <= {p.name for p in (out / "checkpoint-12").iterdir()}
 
     # frozen vision tower unchanged, connector and LLM changed
     before = load_file(str(Path(tiny_model_dir) / "model.safetensors"))

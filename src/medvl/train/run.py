@@ -347,12 +347,15 @@ def run_training(
         eval_dataset=eval_set,
         data_collator=collator,
         parts=cfg.train.parts,
+        processor=processor,
         callbacks=callbacks,
     )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics: dict[str, Any] = {"train": result.metrics, "global_step": result.global_step}
     if eval_set is not None:
-        metrics["eval"] = trainer.evaluate()
+        last = [h for h in trainer.state.log_history if "eval_loss" in h]
+        # the periodic evaluation may already have run at the last step
+        metrics["eval"] = last[-1] if last and last[-1].get("step") == trainer.state.global_step else trainer.evaluate()
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)

@@ -34,11 +34,15 @@ class MedVLTrainer(Trainer):
         *args: as for ``transformers.Trainer``.
         parts: ``train.parts``; each part's ``lr`` becomes the learning rate of its parameter groups
             (None: the Trainer's ``learning_rate``). The schedule scales every group alike.
+        processor: saved into every checkpoint, so that a ``checkpoint-N`` folder loads (and
+            serves) on its own. Not passed as ``processing_class``, which would rewrite the model's
+            special token ids.
         **kwargs: as for ``transformers.Trainer``.
     """
 
-    def __init__(self, *args: Any, parts: PartsConfig | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, parts: PartsConfig | None = None, processor: Any = None, **kwargs: Any):
         self.parts_config = parts or PartsConfig()
+        self.checkpoint_processor = processor
         # While a checkpoint is being written, the Trainer's output dir points at a staging folder.
         self._staging_root: str | None = None
         super().__init__(*args, **kwargs)
@@ -119,6 +123,8 @@ class MedVLTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             staged = os.path.join(staging_root, folder)
+            if self.checkpoint_processor is not None:
+                self.checkpoint_processor.save_pretrained(staged)
             best = self.state.best_model_checkpoint
             if best is not None and best.startswith(staging_root):
                 # The Trainer recorded the staging path; record the final one (and re-save the state).
