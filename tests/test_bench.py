@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,9 @@ from medvl.bench import (
     synthetic_ct,
     write_nifti,
 )
+
+
+RSS_PEAK_RESETTABLE = Path("/proc/self/clear_refs").exists()
 
 
 def _positive(value, where: str) -> None:
@@ -67,6 +71,8 @@ def test_quick_suite_schema_and_ratios(quick_results):
         needed / t["packed"]["seconds"] / 1e9 / m["fp32_peak_gflops"])
     assert t["packed"]["mfu_fp32_supervised_head"] < t["packed"]["mfu_fp32"]
     for key, value in t["logits"].items():
+        if value is None and "rss" in key and not RSS_PEAK_RESETTABLE:
+            continue  # a kernel without /proc/self/clear_refs: peak memory is not measured
         _positive(value, f"train.logits.{key}")
     assert 0 < t["supervised_tokens"] < t["real_tokens"]  # prompts and templates are not supervised
 
@@ -93,7 +99,8 @@ def test_table_lists_every_suite(quick_results):
     table = format_table(quick_results)
     for suite in SUITES:
         assert f"\n{suite} " in table
-    assert "packed / padded" in table and "batched / batch-1" in table and "n/a" not in table
+    assert "packed / padded" in table and "batched / batch-1" in table
+    assert "n/a" not in table or not RSS_PEAK_RESETTABLE
 
 
 def test_flop_params_counts_qwen2_matmul_weights(tiny_model):

@@ -41,7 +41,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -675,11 +675,6 @@ def run_benchmarks(
     info["wall_seconds"] = time.perf_counter() - started
     info["suite_seconds"] = seconds
     return results
-
-
-def quick_sizes(**changes: Any) -> BenchSizes:
-    """:meth:`BenchSizes.quick` with some fields changed (e.g. ``repeats=1``)."""
-    return replace(BenchSizes.quick(), **changes)
 
 
 # ---------------------------------------------------------------------------- table
