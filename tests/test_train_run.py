@@ -155,3 +155,25 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model_dir
     final, ref = (load_file(str(final_model_dir(d) / "model.safetensors")) for d in (out, reference))
     assert final.keys() == ref.keys()
     assert all(torch.allclose(final[k], ref[k], atol=1e-5) for k in ref)
+
+
+def test_data_from_files_and_registries_with_weights(tmp_path, tiny_processor):
+    from medvl.train.run import build_datasets
+
+    data = write_bright_dark(tmp_path / "data", 10)
+    registry = tmp_path / "datasets.yaml"
+    registry.write_text(yaml.safe_dump({"datasets": {
+        "toy-train": {"path": str(data), "split": "train", "weight": 2.0},
+        "toy-val": {"path": str(data), "split": "validation"},
+    }}))
+    recipe = _recipe(tmp_path, "unused", data, tmp_path / "out", max_steps=1)
+    cfg = load_train_config(recipe, [f"data.train=[{registry},{data}]", "data.weights=[1.0,0.5]",
+                                     f"data.eval=[{registry}]"])
+    train, evaluation, collate = build_datasets(cfg, tiny_processor)
+    assert len(train) == 2 * 10 + 5 and len(evaluation) == 10
+    batch = collate([train[0], train[1]])
+    assert batch["pixel_values"].shape[0] == 2 and batch["labels"].shape == batch["input_ids"].shape
+    held_out = load_train_config(recipe, ["data.eval_fraction=0.3"])
+    train, evaluation, _ = build_datasets(held_out, tiny_processor)
+    assert (len(train), len(evaluation)) == (7, 3)
+    assert not set(train.indices) & set(evaluation.indices)

@@ -88,15 +88,21 @@ class ModelSection:
 class DataSection:
     """Training and validation data."""
 
-    # Dataset files (native JSON/JSONL or MedM-VL/LLaVA JSON); several are concatenated.
+    # Dataset files (native JSON/JSONL or MedM-VL/LLaVA JSON) or dataset registries (.yaml, see
+    # medvl.data.registry: their data sets of split ``train_split`` mixed by weight); several are
+    # concatenated.
     train: list[str] = field(default_factory=list)
     # Mixing weight per train file: how often each record is used per epoch (0.5 = a random half,
     # 2 = twice). Empty: 1 for every file.
     weights: list[float] = field(default_factory=list)
-    # Validation files; if empty and ``eval_fraction`` > 0, that fraction of ``train`` is held out.
+    # Validation files or registries (split ``eval_split``); if empty and ``eval_fraction`` > 0,
+    # that fraction of ``train`` is held out.
     eval: list[str] = field(default_factory=list)
+    train_split: str = "train"
+    eval_split: str = "validation"
     eval_fraction: float = 0.0
-    # Media paths in the records are relative to this folder (default: each file's folder).
+    # Media paths in the records files are relative to this folder (default: each file's folder;
+    # registries name their own roots).
     root: str | None = None
     # Chat template: auto (the processor's own, else chatml), tokenizer, chatml, llama3, vicuna,
     # medmvl, plain (LLaVA-style pre-training captions), or a literal Jinja template.

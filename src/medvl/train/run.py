@@ -138,13 +138,20 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
     from medvl.data.collator import PackingCollator, PaddedCollator
     from medvl.data.dataset import ConversationDataset, mix_records
     from medvl.data.records import load_records
+    from medvl.data.registry import REGISTRY_SUFFIXES, load_registry_records
 
     d = cfg.data
     if not d.train:
         raise ValueError("data.train: no training files given")
-    groups = [(load_records(f, root=d.root), w) for f, w in zip(d.train, d.weights or [1.0] * len(d.train))]
+
+    def records(source: str, split: str) -> list[Any]:
+        if Path(source).suffix.lower() in REGISTRY_SUFFIXES:
+            return load_registry_records(source, split, seed=cfg.train.seed)
+        return load_records(source, root=d.root)
+
+    groups = [(records(f, d.train_split), w) for f, w in zip(d.train, d.weights or [1.0] * len(d.train))]
     train_records = mix_records(groups, seed=cfg.train.seed)
-    eval_records = [r for f in d.eval for r in load_records(f, root=d.root)]
+    eval_records = [r for f in d.eval for r in records(f, d.eval_split)]
     common = dict(template=d.template, max_length=d.max_length, on_error=d.on_error, on_overlong=d.on_overlong)
     train = ConversationDataset(train_records, processor, **common)
     evaluation = ConversationDataset(eval_records, processor, **common) if eval_records else None
