@@ -13,13 +13,14 @@ import os
 
 HELP = "train or fine-tune a model from a YAML recipe (stages, full/LoRA, resume, multi-process)"
 
-EXAMPLES = """examples:
+EXAMPLES = r"""examples:
   medvl train configs/medm-vl-2d/finetune_lora.yaml model.path=ckpt/MedM-VL-2D data.train=[my.jsonl]
   medvl train run.yaml train.resume=true                      # continue from the last checkpoint
   medvl train run.yaml train.parts.vision.mode=lora train.parts.connector.lr=1e-4
   medvl train run.yaml 'train.hf_args={dataloader_pin_memory: false}'   # any TrainingArguments field
   torchrun --nproc_per_node 8 -m medvl train run.yaml train.deepspeed=configs/deepspeed/zero3.json
-  torchrun --nproc_per_node 8 -m medvl train run.yaml 'train.hf_args={fsdp: "full_shard auto_wrap", fsdp_config: {transformer_layer_cls_to_wrap: [Qwen2DecoderLayer]}}'
+  torchrun --nproc_per_node 8 -m medvl train run.yaml train.deepspeed=null train.gradient_checkpointing=false \
+      'train.hf_args={fsdp: true, fsdp_config: {transformer_layer_cls_to_wrap: [Qwen2DecoderLayer], activation_checkpointing: true}}'
   medvl export RUN/model --merge-lora RUN/merged                # LoRA runs: a self-contained checkpoint
 
 The output folder holds config.yaml (resolved), env.json (versions, git revision), checkpoint-N/,
