@@ -348,7 +348,8 @@ def run_quickstart(kind: str = "2d", out: str | Path = "runs/quickstart", *, n_c
         recipe: a whole custom recipe (n_cases / max_steps still override it).
         parallel: train the model and the blind baseline at the same time in two processes with
             half the CPU threads each (default: when there is a blind run and >= 2 CPUs). Models
-            this small use one core far better than two, so this nearly halves the wall time.
+            this small use one core far better than two, so this nearly halves the wall time. The
+            workers are spawned: a calling script needs the ``if __name__ == "__main__":`` guard.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; valid choices: {', '.join(KINDS)}")
