@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
@@ -18,6 +19,7 @@ from transformers import TrainingArguments
 from medvl.train.config import LoraSettings, PartConfig, PartsConfig
 from medvl.train.lora import load_model
 from medvl.train.parts import apply_parts
+from medvl.train.run import save_final_model
 from medvl.train.trainer import MedVLTrainer, cpu_distributed_kwargs
 
 
@@ -80,6 +82,7 @@ def main() -> None:
     if dummy == "0":
         trainer._media_slots = []  # reproduce the hang the dummy media prevent
     trainer.train()
+    save_final_model(trainer, None, Path(out), None)  # gathers the ZeRO-3 shards
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"losses": losses, "world_size": args.world_size}, f)

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 try:  # tests/ as a package or as a plain folder on sys.path
     from tests._train_toy import write_bright_dark
@@ -83,4 +85,9 @@ def test_deepspeed_zero3_rank_without_media_does_not_hang(tmp_path, tiny_model_d
     assert all(r["world_size"] == 2 and len(r["losses"]) == 3 for r in ranks)
     files = {p.name for p in (out / "checkpoint-3").iterdir()}
     assert {"rng_state_0.pth", "rng_state_1.pth", "global_step3", "model.safetensors"} <= files
+    # the final model holds the gathered full weights, not the empty ZeRO-3 placeholders
+    final = load_file(str(final_model_dir(out) / "model.safetensors"))
+    base = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    assert final.keys() == base.keys() and all(final[k].shape == base[k].shape for k in base)
+    assert any(not torch.equal(final[k], base[k]) for k in base if k.startswith("vision_tower."))  # trained
     shutil.rmtree(out)

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -27,9 +28,9 @@ from typing import Any
 
 import yaml
 
-from medvl.train.checkpoint import atomic_dir, clean_staging
+from medvl.train.checkpoint import atomic_dir, clean_staging, commit_dir, staging_path
 from medvl.train.config import TrainConfig, model_spec, unfilled_placeholders, validate
-from medvl.train.lora import is_adapter_dir, is_peft_model, load_model, merge_lora, save_extra_trainable
+from medvl.train.lora import is_adapter_dir, is_peft_model, load_model, merge_lora
 from medvl.utils.config import to_dict
 
 logger = logging.getLogger(__name__)
@@ -245,27 +246,38 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
 
 
 # ---------------------------------------------------------------------------- saving
-def save_final_model(model: Any, processor: Any, output_dir: Path, base_dir: Path | None) -> Path:
-    """Write the trained model to ``output_dir/model`` atomically.
+def save_final_model(trainer: Any, processor: Any, output_dir: Path, base_dir: Path | None) -> Path:
+    """Write the trained model to ``output_dir/model`` atomically; call on every rank.
+
+    Saving goes through ``trainer.save_model``, which gathers ZeRO-3 / FSDP shards; the folder is
+    staged, fsync'ed and renamed by the main process.
 
     Args:
-        model: the trained model (plain, or a PeftModel for LoRA runs).
-        processor: its processor (saved alongside).
+        trainer: the trainer after ``train()`` (plain model, or a PeftModel for LoRA runs).
+        processor: the model's processor (saved alongside).
         output_dir: the run's output folder.
         base_dir: LoRA only: the base checkpoint folder the adapter refers to.
     """
     final = final_model_dir(output_dir)
-    with atomic_dir(final) as staging:
-        if is_peft_model(model):
-            if base_dir is None:
-                raise ValueError("a LoRA model needs its base checkpoint folder to be saved")
-            model.peft_config["default"].base_model_name_or_path = str(Path(base_dir).resolve())
-            model.save_pretrained(staging)
-            save_extra_trainable(model, staging)
-        else:
-            model.save_pretrained(staging)
+    staging = staging_path(final)
+    is_main = trainer.is_world_process_zero()
+    if is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if is_peft_model(model):
+        if base_dir is None:
+            raise ValueError("a LoRA model needs its base checkpoint folder to be saved")
+        model.peft_config["default"].base_model_name_or_path = str(Path(base_dir).resolve())
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))  # adapters (+ extra trainable parameters) for LoRA runs
+    trainer.accelerator.wait_for_everyone()
+    if is_main:
         if processor is not None:
             processor.save_pretrained(staging)
+        (staging / "training_args.bin").unlink(missing_ok=True)
+        commit_dir(staging, final)
+    trainer.accelerator.wait_for_everyone()
     return final
 
 
@@ -363,10 +375,8 @@ def run_training(
         last = [h for h in trainer.state.log_history if "eval_loss" in h]
         # the periodic evaluation may already have run at the last step
         metrics["eval"] = last[-1] if last and last[-1].get("step") == trainer.state.global_step else trainer.evaluate()
-    trainer.accelerator.wait_for_everyone()
+    save_final_model(trainer, processor, out, base_dir)
     if trainer.is_world_process_zero():
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        save_final_model(unwrapped, processor, out, base_dir)
         metrics["log_history"] = trainer.state.log_history
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
         plot_loss(trainer.state.log_history, out / "loss.png")
