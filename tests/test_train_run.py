@@ -88,7 +88,7 @@ def test_existing_run_is_not_overwritten(tmp_path, tiny_model_dir):
 def test_lora_adapter_save_and_exact_merge(tmp_path, tiny_model_dir):
     data = write_bright_dark(tmp_path / "data", 16)
     out = tmp_path / "lora"
-    recipe = _recipe(tmp_path, tiny_model_dir, data, out, max_steps=6, save_steps=100, lr=1e-2,
+    recipe = _recipe(tmp_path, tiny_model_dir, data, out, max_steps=6, save_steps=6, lr=1e-2,
                      parts={"llm": {"mode": "lora"}, "vision": {"mode": "frozen"}, "connector": {"mode": "full"}},
                      lora={"r": 4, "alpha": 8, "dropout": 0.0})
     run_training(load_train_config(recipe))
@@ -96,6 +96,8 @@ def test_lora_adapter_save_and_exact_merge(tmp_path, tiny_model_dir):
     assert (adapter / "adapter_config.json").is_file() and not (adapter / "model.safetensors").exists()
     assert (adapter / "tokenizer.json").is_file()
 
+    assert json.loads((out / "checkpoint-6" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        Path(tiny_model_dir).resolve())  # a mid-run checkpoint merges too
     merged_dir = merge_lora(adapter, tmp_path / "merged")
     from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 

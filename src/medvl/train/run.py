@@ -355,6 +355,9 @@ def run_training(
     if getattr(model.config, "use_cache", None) is not None:
         model.config.use_cache = False  # no KV cache while training (and required by checkpointing)
     model = apply_parts(model, cfg.train.parts, cfg.train.lora)
+    if is_peft_model(model):
+        # every adapter save (checkpoints included) names the base it applies to
+        model.peft_config["default"].base_model_name_or_path = str(base_dir)
     logger.info("stage %s, trainable parts:\n%s", cfg.train.stage, describe(model, cfg.train.parts, cfg.train.lr))
 
     train_set, eval_set, collator = build_datasets(cfg, processor)
