@@ -348,7 +348,8 @@ def run_training(
         else:
             # The adapter must refer to weights on disk: keep the starting model next to the run.
             base_dir = (out / BASE_MODEL_DIR).resolve()
-            if is_main and not (base_dir / "config.json").is_file():
+            # (re)written unless resuming, so that an overwritten run never keeps an old base
+            if is_main and (resume_from is None or not (base_dir / "config.json").is_file()):
                 with atomic_dir(base_dir) as staging:
                     model.save_pretrained(staging)
                     processor.save_pretrained(staging)
