@@ -147,7 +147,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model_dir
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert not final_model_dir(out).exists()
 
-    resumed = subprocess.run([sys.executable, "-m", "medvl", "train", str(recipe), "train.resume=true"], env=env,
+    # the console script (it registers medvl's Auto classes lazily, unlike `python -m medvl`)
+    script = Path(sys.executable).with_name("medvl")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "medvl"]
+    resumed = subprocess.run([*command, "train", str(recipe), "train.resume=true"], env=env,
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     want, got = _losses(reference), _losses(out)

@@ -145,7 +145,7 @@ def load_model(path: str | Path, **kwargs: Any) -> nn.Module:
         path: a checkpoint folder.
         **kwargs: passed to ``from_pretrained`` (e.g. ``dtype``).
     """
-    import medvl  # noqa: F401  (registers medvl's Auto classes)
+    import medvl.models  # noqa: F401  (registers medvl's Auto classes, also under the `medvl` console script)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(path)
