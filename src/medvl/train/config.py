@@ -117,6 +117,10 @@ class DataSection:
     # Concatenate several samples per row (padding-free, position_ids restart per sample).
     packing: bool = False
     num_workers: int = 0
+    # Folder written by `medvl data prepare` (memory-mapped preprocessed volumes). Volumes found
+    # there are read from it instead of being decoded and preprocessed again; a cache built with
+    # another volume processor configuration is refused. Not used for augmented samples.
+    volume_cache: str | None = None
 
 
 @dataclass

@@ -153,7 +153,8 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
     groups = [(records(f, d.train_split), w) for f, w in zip(d.train, d.weights or [1.0] * len(d.train))]
     train_records = mix_records(groups, seed=cfg.train.seed)
     eval_records = [r for f in d.eval for r in records(f, d.eval_split)]
-    common = dict(template=d.template, max_length=d.max_length, on_error=d.on_error, on_overlong=d.on_overlong)
+    common = dict(template=d.template, max_length=d.max_length, on_error=d.on_error, on_overlong=d.on_overlong,
+                  cache=d.volume_cache)
     train = ConversationDataset(train_records, processor, **common)
     evaluation = ConversationDataset(eval_records, processor, **common) if eval_records else None
     if evaluation is None and d.eval_fraction > 0:
