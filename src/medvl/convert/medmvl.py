@@ -505,68 +505,33 @@ def translate_config(
 
 
 # ----------------------------------------------------------------------------- weight mapping
-def _patch_perm(channels: int, patch: tuple[int, int, int], order: str) -> torch.Tensor:
-    """Index vector: medvl's patch vector (c, pd, ph, pw) element j comes from source element perm[j].
-
-    Args:
-        channels: input channels.
-        patch: (pd, ph, pw).
-        order: the source flattening order, a permutation of "cdhw" (MedM-CLIP "hwdc", MONAI "dhwc").
-    """
-    pd, ph, pw = patch
-    sizes = {"c": channels, "d": pd, "h": ph, "w": pw}
-    src = torch.arange(channels * pd * ph * pw).reshape([sizes[a] for a in order])
-    return src.permute([order.index(a) for a in "cdhw"]).reshape(-1)
-
-
 def map_vit3d_weights(sd: dict[str, torch.Tensor], kind: str, vit: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """MedM-CLIP / M3D-CLIP ``vision_encoder`` weights -> medvl ``Vit3DModel`` names.
+    """MedM-CLIP (``medmclip``) or M3D-CLIP (``m3dclip``, a MONAI ViT) vision weights -> ``Vit3DModel`` keys.
+
+    The key and patch-layout mapping lives with the model (``medvl.models.vit3d``); here we only keep
+    the vision encoder's keys (MedM-CLIP checkpoints also carry a whole BERT text encoder) and
+    check that nothing the encoder needs is missing.
 
     Args:
-        sd: the 3D encoder's vision weights (``vision_encoder.`` stripped).
-        kind: ``"medmclip"`` or ``"m3dclip"``.
-        vit: the Vit3DConfig kwargs from the translator (patch size, channels).
+        sd: the 3D encoder's weights with the ``vision_encoder.`` prefix removed.
+        kind: "medmclip" or "m3dclip".
+        vit: the ``Vit3DConfig`` fields of the translated config.
     """
-    perm = _patch_perm(vit["in_channels"], tuple(vit["patch_size"]), "hwdc" if kind == "medmclip" else "dhwc")
-    out: dict[str, torch.Tensor] = {}
-    try:
-        if kind == "medmclip":
-            out["embeddings.patch_norm_in.weight"] = sd["to_patch_embedding.1.weight"][perm]
-            out["embeddings.patch_norm_in.bias"] = sd["to_patch_embedding.1.bias"][perm]
-            out["embeddings.patch_proj.weight"] = sd["to_patch_embedding.2.weight"][:, perm]
-            out["embeddings.patch_proj.bias"] = sd["to_patch_embedding.2.bias"]
-            out["embeddings.patch_norm_out.weight"] = sd["to_patch_embedding.3.weight"]
-            out["embeddings.patch_norm_out.bias"] = sd["to_patch_embedding.3.bias"]
-            out["embeddings.cls_token"] = sd["cls_token"]
-            out["embeddings.position_embedding"] = sd["pos_embedding"]
-            for i in range(vit["num_hidden_layers"]):
-                s, t = f"transformer_layers.{i}.", f"encoder.layers.{i}."
-                for a, b in (
-                    ("norm1", "norm1"), ("norm2", "norm2"), ("linear1", "mlp.fc1"), ("linear2", "mlp.fc2"),
-                    ("self_attn.out_proj", "attn.proj"),
-                ):
-                    out[t + b + ".weight"] = sd[s + a + ".weight"]
-                    out[t + b + ".bias"] = sd[s + a + ".bias"]
-                out[t + "attn.qkv.weight"] = sd[s + "self_attn.in_proj_weight"]
-                out[t + "attn.qkv.bias"] = sd[s + "self_attn.in_proj_bias"]
-        else:
-            out["embeddings.patch_proj.weight"] = sd["patch_embedding.patch_embeddings.1.weight"][:, perm]
-            out["embeddings.patch_proj.bias"] = sd["patch_embedding.patch_embeddings.1.bias"]
-            out["embeddings.cls_token"] = sd["cls_token"]
-            out["embeddings.position_embedding"] = sd["patch_embedding.position_embeddings"]
-            out["norm.weight"] = sd["norm.weight"]
-            out["norm.bias"] = sd["norm.bias"]
-            for i in range(vit["num_hidden_layers"]):
-                s, t = f"blocks.{i}.", f"encoder.layers.{i}."
-                for a, b in (
-                    ("norm1", "norm1"), ("norm2", "norm2"), ("mlp.linear1", "mlp.fc1"), ("mlp.linear2", "mlp.fc2"),
-                    ("attn.out_proj", "attn.proj"),
-                ):
-                    out[t + b + ".weight"] = sd[s + a + ".weight"]
-                    out[t + b + ".bias"] = sd[s + a + ".bias"]
-                out[t + "attn.qkv.weight"] = sd[s + "attn.qkv.weight"]
-    except KeyError as err:
-        raise MedMVLConversionError(f"{kind} vision encoder weight {err} missing from the checkpoint") from None
+    from medvl.models.vit3d import Vit3DConfig, vit3d_state_dict_from_medmclip, vit3d_state_dict_from_monai
+
+    config = Vit3DConfig(**{k: v for k, v in vit.items() if k != "model_type"})
+    if kind == "medmclip":
+        keep, convert = ("to_patch_embedding.", "pos_embedding", "cls_token", "transformer_layers."), vit3d_state_dict_from_medmclip
+    else:
+        keep, convert = ("patch_embedding.", "cls_token", "blocks.", "norm."), vit3d_state_dict_from_monai
+    out = convert({k: v for k, v in sd.items() if k.startswith(keep)}, config)
+    from medvl.models.vit3d import Vit3DModel
+
+    with torch.device("meta"):
+        expected = set(Vit3DModel(config).state_dict())
+    missing = sorted(expected - set(out))
+    if missing:
+        raise MedMVLConversionError(f"{kind} vision encoder weights missing from the checkpoint: {missing[:5]}")
     return out
 
 
