@@ -47,13 +47,11 @@ from medvl.data.synth_text import CLOSED_TYPES, answer_for, balance_keep_probabi
 
 def _prep_2d(args):
     i, seed, img = args
-    from PIL import Image
 
     f = random_findings(_case_rng(seed, i, 0))
-    raw = render_radiograph(f, _case_rng(seed, i, 1), Geometry2D()).astype(np.float32)
-    lo, hi = raw.min(), raw.max()
-    u8 = np.round((raw - lo) / max(hi - lo, 1) * 255).astype(np.uint8)
-    small = np.asarray(Image.fromarray(u8).resize((img, img), Image.BICUBIC), dtype=np.float32) / 255
+    # rendered at the model's size over a 36 cm field and taken to 8 bits as load_image does
+    raw = render_radiograph(f, _case_rng(seed, i, 1), Geometry2D(size=img, spacing=358.4 / img)).astype(np.float32)
+    small = np.round(raw / 65535 * 255) / 255
     return (small - 0.5) / 0.5
 
 
@@ -80,7 +78,7 @@ def build_data(kind, n, seed, img, workers, shape3d):
                                        for q in CLOSED_TYPES})
     splits = assign_splits(n, seed)
     qas = [case_questions(f, _case_rng(seed, i, 2), keep) for i, f in enumerate(findings)]
-    cache = os.path.join(os.environ.get("QS_CACHE", "/tmp"), f"qs_{kind}_{n}_{seed}_{img if kind == '2d' else (shape3d, GEOM3D.shape)}.npy".replace(" ", ""))
+    cache = os.path.join(os.environ.get("QS_CACHE", "/tmp"), f"qs2_{kind}_{n}_{seed}_{img if kind == '2d' else (shape3d, GEOM3D.shape)}.npy".replace(" ", ""))
     if os.path.exists(cache):
         return findings, splits, qas, np.load(cache)
     with Pool(workers) as pool:
@@ -102,10 +100,23 @@ def main():
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--vlr", type=float, default=0.0, help="learning rate of the encoder + connector (default: --lr)")
+    p.add_argument("--loss-reduction", default="token", choices=["token", "sample", "square"])
+    p.add_argument("--max-token", action="store_true", help="append a max-pooled summary token to the image tokens")
+    p.add_argument("--oracle", action="store_true", help="diagnostic: image features are the ground-truth labels")
+    p.add_argument("--group", action="store_true", help="conversations of independent questions (one per finding family), reports alone")
+    p.add_argument("--pool-mode", default="avg", choices=["avg", "max"])
+    p.add_argument("--pretrain-steps", type=int, default=0, help="stage 0: multi-label pretraining of the 2D tower")
+    p.add_argument("--pretrain-lr", type=float, default=1e-3)
+    p.add_argument("--pretrain-layer", type=int, default=-1, help="tower hidden state the pretraining head reads")
+    p.add_argument("--zero-res", action="store_true", help="zero-init the tower's residual branches")
+    p.add_argument("--feature-layer", type=int, default=-1)
+    p.add_argument("--freeze-vision", action="store_true")
     p.add_argument("--warmup", type=float, default=0.05)
     p.add_argument("--img", type=int, default=128)
     p.add_argument("--patch", type=int, default=16)
     p.add_argument("--pool", type=int, default=1)
+    p.add_argument("--stem", default="", help="conv stem widths, e.g. 16,32,64 (2D)")
     p.add_argument("--vdim", type=int, default=128)
     p.add_argument("--vlayers", type=int, default=2)
     p.add_argument("--tdim", type=int, default=128)
@@ -158,8 +169,8 @@ def main():
         cfg.update(vision_config=dict(model_type="siglip_vision_model", hidden_size=a.vdim, intermediate_size=a.vdim * 4,
                                       num_hidden_layers=a.vlayers, num_attention_heads=4, image_size=a.img,
                                       patch_size=a.patch, num_channels=3),
-                   image_connector=dict(type="spatial_pool" if a.pool > 1 else "mlp", pool_stride=(1, a.pool, a.pool)),
-                   image_token_id=media_id)
+                   image_connector=dict(type="spatial_pool" if a.pool > 1 else "mlp", pool_stride=(1, a.pool, a.pool), pool=a.pool_mode),
+                   image_token_id=media_id, image_feature_layer=a.feature_layer)
     else:
         vp = tuple(int(x) for x in a.vpatch3d.split(","))
         cfg.update(volume_config=dict(model_type="medvl_vit3d", image_size=shape3d, patch_size=vp, in_channels=1,
@@ -170,7 +181,28 @@ def main():
                    volume_token_id=media_id)
     config = MedVLConfig(**cfg)
     n_media = config.num_image_tokens if a.kind == "2d" else config.num_volume_tokens
-    model = MedVLForConditionalGeneration(config).to(a.device)
+    model = MedVLForConditionalGeneration(config)
+    if a.stem:
+        from medvl.models.stems import install_conv_stem
+
+        install_conv_stem(model.vision_tower, a.patch, [int(c) for c in a.stem.split(",")])
+    if a.zero_res:
+        with torch.no_grad():
+            for layer in model.vision_tower.encoder.layers:
+                for lin in (layer.self_attn.out_proj, layer.mlp.fc2):
+                    lin.weight.zero_()
+                    lin.bias.zero_()
+    if a.max_token:
+        enc_images = model.encode_images
+
+        def encode_with_max(pixel_values):
+            f = enc_images(pixel_values)
+            return torch.cat([f, f.max(1, keepdim=True).values], 1)
+
+        model.encode_images = encode_with_max
+        config.num_image_tokens += 1
+        n_media += 1
+    model = model.to(a.device)
     n_params = sum(p.numel() for p in model.parameters())
 
     def enc(s):
@@ -192,11 +224,25 @@ def main():
         return ids, labels
 
     train_items = []
+    rng_g = random.Random(a.seed + 1)
     for i, s in enumerate(splits):
         if s != "train":
             continue
         turns = [qa for qa in qas[i] if not (a.closed_only and qa.answer_type != "CLOSED")]
-        if a.single:
+        if a.group:
+            fams = {}
+            for qa in turns:
+                fam = "report" if qa.question_type == "report" else qa.question_type.split("_")[0]
+                fams.setdefault(fam, []).append(qa)
+            for fam in fams.values():
+                rng_g.shuffle(fam)
+            reports = fams.pop("report", [])
+            train_items += [(i, [qa]) for qa in reports]
+            for k in range(max((len(v) for v in fams.values()), default=0)):
+                conv = [v[k] for v in fams.values() if k < len(v)]
+                rng_g.shuffle(conv)
+                train_items.append((i, conv))
+        elif a.single:
             train_items += [(i, [qa]) for qa in turns]
         else:
             train_items.append((i, turns))
@@ -206,11 +252,51 @@ def main():
         pix_t = pix_t[:, None].expand(-1, 3, -1, -1)
     blank = torch.full_like(pix_t[:1], -1.0)
 
+    if a.oracle:
+        lab_feat = torch.zeros(len(findings), n_media, a.vdim)
+        for i, f in enumerate(findings):
+            sides = {n.side for n in f.nodules}
+            bits = [len(f.nodules) > 0, len(f.nodules) == 1, len(f.nodules) == 2, len(f.nodules) == 3,
+                    "left" in sides, "right" in sides, f.effusion in ("left", "both"), f.effusion in ("right", "both"),
+                    f.heart == "enlarged"]
+            lab_feat[i, 0, :len(bits)] = torch.tensor(bits, dtype=torch.float32) * 4 - 2
+        model.encode_images = lambda pixel_values: lab_feat[pixel_values[:, 0, 0, 0].long()]
+        pix_t = torch.arange(len(findings), dtype=torch.float32)[:, None, None, None].expand(-1, 3, a.img, a.img)
+
     def media(idx):
         x = pix_t[idx] if not a.blind else blank.expand(len(idx), *pix_t.shape[1:])
         return x.contiguous().to(a.device)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
+    if a.pretrain_steps:
+        t_pre = time.time()
+        labels_all = []
+        for f in findings:
+            sides = {n.side for n in f.nodules}
+            labels_all.append([len(f.nodules) > 0, len(f.nodules) == 1, len(f.nodules) == 2, len(f.nodules) == 3,
+                               "left" in sides, "right" in sides, f.effusion in ("left", "both"),
+                               f.effusion in ("right", "both"), f.heart == "enlarged"])
+        labels_all = torch.tensor(labels_all, dtype=torch.float32)
+        train_cases = [i for i, s_ in enumerate(splits) if s_ == "train"]
+        head = torch.nn.Linear(a.vdim, labels_all.shape[1])
+        popt = torch.optim.AdamW(list(model.vision_tower.parameters()) + list(head.parameters()), lr=a.pretrain_lr)
+        prng = random.Random(a.seed + 7)
+        for ps in range(a.pretrain_steps):
+            idx = prng.sample(train_cases, a.batch)
+            feats = model.vision_tower(media(idx), output_hidden_states=True).hidden_states[a.pretrain_layer].max(1).values
+            ploss = torch.nn.functional.binary_cross_entropy_with_logits(head(feats), labels_all[idx])
+            ploss.backward()
+            popt.step()
+            popt.zero_grad(set_to_none=True)
+        test_cases = [i for i, s_ in enumerate(splits) if s_ == "test"]
+        with torch.no_grad():
+            pr = head(model.vision_tower(media(test_cases), output_hidden_states=True).hidden_states[a.pretrain_layer].max(1).values)
+        pacc = ((pr > 0) == (labels_all[test_cases] > 0.5)).float().mean(0)
+        print(json.dumps({"tag": a.tag, "pretrain_acc": [round(float(x), 3) for x in pacc], "pretrain_s": round(time.time() - t_pre, 1)}), flush=True)
+    if a.freeze_vision:
+        model.vision_tower.requires_grad_(False)
+    media_params = [p for n, p in model.named_parameters() if not n.startswith("language_model.") and p.requires_grad]
+    llm_params = [p for n, p in model.named_parameters() if n.startswith("language_model.")]
+    opt = torch.optim.AdamW([{"params": llm_params, "lr": a.lr}, {"params": media_params, "lr": a.vlr or a.lr}], weight_decay=0.0)
     total = a.time_steps or a.steps
     warm = max(1, int(a.warmup * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1, s / total))))
@@ -267,7 +353,16 @@ def main():
         lab = torch.tensor([s[1] + [-100] * (L - len(s[1])) for s in seqs], device=a.device)
         att = torch.tensor([[1] * len(s[0]) + [0] * (L - len(s[0])) for s in seqs], device=a.device)
         out = model(input_ids=ids, attention_mask=att, labels=lab, **{key: media([train_items[j][0] for j in batch_idx])})
-        out.loss.backward()
+        loss = out.loss
+        if a.loss_reduction != "token":
+            sup = torch.nn.functional.pad(lab[:, 1:], (0, 1), value=-100) != -100
+            n_row = sup.sum(1, keepdim=True).clamp(min=1).float()
+            w_row = 1 / n_row if a.loss_reduction == "sample" else 1 / n_row.sqrt()
+            w = w_row.expand_as(sup)[sup]
+            tgt = torch.nn.functional.pad(lab[:, 1:], (0, 1), value=-100)[sup]
+            ce = torch.nn.functional.cross_entropy(out.logits.float(), tgt, reduction="none")
+            loss = (ce * w).sum() / w.sum()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()

@@ -27,6 +27,21 @@ def test_spatial_pool_averages_grid_blocks_in_raster_order():
         ConnectorConfig(type="spatial_pool", pool_stride=(2, 2, 2)).num_output_tokens(48, (3, 4, 6))
 
 
+def test_spatial_max_pool_keeps_each_blocks_maximum():
+    config = ConnectorConfig(type="spatial_pool", depth=1, pool_stride=(1, 2, 2), pool="max")
+    grid = (1, 4, 4)
+    connector = build_connector(config, 3, 3, grid)
+    with torch.no_grad():
+        connector.mlp[0].weight.copy_(torch.eye(3))
+        connector.mlp[0].bias.zero_()
+    features = torch.randn(2, 16, 3)
+    cube = features.reshape(2, 4, 4, 3)
+    expected = torch.stack([cube[:, 2 * h: 2 * h + 2, 2 * w: 2 * w + 2].amax((1, 2)) for h in range(2) for w in range(2)], 1)
+    torch.testing.assert_close(connector(features), expected)
+    with pytest.raises(ValueError, match="valid choices: 'avg', 'max'|valid choices: avg, max"):
+        ConnectorConfig(type="spatial_pool", pool="median")
+
+
 def test_attn_pool_is_learned_queries_cross_attention_then_mlp():
     config = ConnectorConfig(type="attn_pool", num_queries=5, num_heads=2, depth=2, layer_norm=False)
     connector = build_connector(config, 8, 6)

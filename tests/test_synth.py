@@ -218,3 +218,32 @@ def test_cli_functions_and_bad_choices(tmp_path):
         synthesize("4d", 2, 0, tmp_path / "x")
     with pytest.raises(ValueError, match="--dicom"):
         synthesize("3d", 2, 0, tmp_path / "y", dicom=True)
+
+
+def test_grouped_training_conversations_never_pair_dependent_questions(tmp_path):
+    synthesize("2d", 40, 1, tmp_path / "s", geometry=TINY_2D)
+    synthesize("2d", 40, 1, tmp_path / "g", geometry=TINY_2D, train_format="grouped")
+    single, grouped = _read_jsonl(tmp_path / "s" / "train.jsonl"), _read_jsonl(tmp_path / "g" / "train.jsonl")
+    # the same question/answer pairs per case, now in fewer records (one image pass answers several)
+    pairs = lambda recs: Counter((r["meta"]["case"], m["content"].replace("<image>\n", ""), n["content"])  # noqa: E731
+                                 for r in recs for m, n in zip(r["messages"][::2], r["messages"][1::2]))
+    assert pairs(single) == pairs(grouped)
+    assert len(grouped) < 0.7 * len(single)
+    cases = {json.loads(line)["id"]: json.loads(line)["findings"] for line in (tmp_path / "g" / "cases.jsonl").open()}
+    for rec in grouped:
+        users = [m["content"] for m in rec["messages"][::2]]
+        assert users[0].startswith("<image>\n") and not any("<image>" in u for u in users[1:])
+        types = rec["meta"].get("question_types", [rec["meta"].get("question_type")])
+        families = [synth.finding_family(t) for t in types]
+        assert len(set(families)) == len(families), rec["id"]  # at most one question per finding
+        assert "report" not in families or len(families) == 1  # a report gives everything away: alone
+        f = CaseFindings.from_dict(cases[rec["meta"]["case"]])
+        for t, lang, answer in zip(types, rec["meta"].get("languages", [rec["meta"].get("language")]),
+                                   [m["content"] for m in rec["messages"][1::2]]):
+            if t != "report" and t in CLOSED_TYPES:
+                assert answer == answer_for(f, t, lang)
+    # held-out splits are single questions either way, byte for byte
+    for split in ("validation", "test"):
+        assert (tmp_path / "s" / f"{split}.jsonl").read_bytes() == (tmp_path / "g" / f"{split}.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="valid choices: single, grouped"):
+        synthesize("2d", 2, 1, tmp_path / "x", geometry=TINY_2D, train_format="pairs")

@@ -60,6 +60,9 @@ class VisionSpec:
     feature_layer: int | list[int] = -1  # index into hidden_states (-1 = last layer, no post-norm)
     feature_select: Literal["patch", "cls", "all"] = "patch"
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    # widths of a convolutional stem replacing the tower's patch embedding (medvl.models.stems), e.g.
+    # [16, 32, 64, 128]; for towers trained from scratch (a pretrained `path` has its own embedding)
+    conv_stem: list[int] | None = None
     # image processor: {"class": "SiglipImageProcessorPil", ...kwargs}; empty = from `path` or the tower type
     image_processor: dict[str, Any] = field(default_factory=dict)
 
@@ -292,6 +295,7 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
         volume_connector=spec.volume.connector if spec.volume else None,
         image_feature_layer=spec.vision.feature_layer if spec.vision else -1,
         image_feature_select=spec.vision.feature_select if spec.vision else "patch",
+        image_conv_stem=spec.vision.conv_stem if spec.vision else None,
         volume_feature_layer=spec.volume.feature_layer if spec.volume else -1,
         volume_feature_select=spec.volume.feature_select if spec.volume else "patch",
         volume_num_slices=spec.volume.num_slices if spec.volume else 32,
@@ -304,6 +308,9 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
     if spec.llm.path is not None:
         _load_part_weights(model.language_model, AutoModelForCausalLM.from_pretrained(spec.llm.path), "llm")
     if spec.vision is not None and spec.vision.path is not None:
+        if spec.vision.conv_stem:
+            raise ValueError("vision.conv_stem replaces the patch embedding of a tower trained from scratch; a "
+                             f"pretrained tower (vision.path {spec.vision.path!r}) keeps its own: drop one of them")
         tower_cls = type(model.vision_tower)
         _load_part_weights(model.vision_tower, tower_cls.from_pretrained(spec.vision.path), "vision")
     if spec.volume is not None and spec.volume.path is not None:

@@ -447,6 +447,59 @@ def case_questions(f: CaseFindings, rng: np.random.Generator, keep: dict[str, di
     return out
 
 
+def finding_family(question_type: str) -> str:
+    """The finding a question is about ("nodule", "effusion", "heart") or "report" (all of them).
+
+    Args:
+        question_type: one of CLOSED_TYPES or OPEN_TYPES.
+    """
+    return "report" if question_type == "report" else question_type.split("_")[0]
+
+
+def group_independent(qas: list, rng: np.random.Generator) -> list[list]:
+    """Split one case's questions into conversations whose answers cannot give each other away.
+
+    Nodules, effusion and heart size are drawn independently (:func:`random_findings`), so a
+    conversation holding at most one question per finding leaks nothing from one answer to the
+    next; a report mentions every finding and stays alone. One image pass then supervises up to
+    three answers instead of one.
+
+    Args:
+        qas: the case's questions (:func:`case_questions`).
+        rng: the case's grouping stream.
+
+    Returns:
+        conversations (lists of QA), reports first, then turn k of every family, in random order.
+    """
+    families: dict[str, list] = {}
+    for qa in qas:
+        families.setdefault(finding_family(qa.question_type), []).append(qa)
+    conversations = [[qa] for qa in families.pop("report", [])]
+    for family in families.values():
+        rng.shuffle(family)
+    for k in range(max((len(v) for v in families.values()), default=0)):
+        turns = [family[k] for family in families.values() if k < len(family)]
+        rng.shuffle(turns)
+        conversations.append(turns)
+    return conversations
+
+
+def _record(case_id: str, turns: list, marker: str, media_key: str, rel: str) -> dict[str, Any]:
+    """One native record: the media marker in the first user turn, the QA pairs as turns."""
+    messages = []
+    for k, qa in enumerate(turns):
+        messages += [{"role": "user", "content": f"{marker}\n{qa.question}" if k == 0 else qa.question},
+                     {"role": "assistant", "content": qa.answer}]
+    if len(turns) == 1:
+        qa = turns[0]
+        return {"id": f"{case_id}-{qa.question_type}-{qa.language}", "messages": messages, media_key: [rel],
+                "meta": {"answer_type": qa.answer_type, "question_type": qa.question_type, "language": qa.language,
+                         "reference": qa.answer, "case": case_id, "source": "medvl-synth"}}
+    return {"id": f"{case_id}-" + "+".join(qa.question_type for qa in turns), "messages": messages, media_key: [rel],
+            "meta": {"question_types": [qa.question_type for qa in turns], "languages": [qa.language for qa in turns],
+                     "case": case_id, "source": "medvl-synth"}}
+
+
 def _render_case(job: tuple) -> dict[str, Any]:
     """Render and write one case (runs in a worker process when ``workers`` > 1)."""
     kind, i, seed, out, dicom, geometry, findings_dict, split = job
@@ -473,8 +526,12 @@ def _render_case(job: tuple) -> dict[str, Any]:
     return info
 
 
+TRAIN_FORMATS = ("single", "grouped")
+
+
 def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = False,
-               geometry: Geometry2D | Geometry3D | None = None, workers: int = 1) -> dict[str, Any]:
+               geometry: Geometry2D | Geometry3D | None = None, workers: int = 1,
+               train_format: str = "single") -> dict[str, Any]:
     """Write a synthetic dataset.
 
     Args:
@@ -485,6 +542,9 @@ def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = F
         dicom: 2D only: write DICOM DX files instead of 16-bit PNG.
         geometry: image/volume geometry (defaults: Geometry2D() / Geometry3D()).
         workers: processes that render in parallel (the output does not depend on it).
+        train_format: "single" (one question per training record) or "grouped" (training records
+            are conversations of independent questions, :func:`group_independent`). Validation and
+            test records are single questions either way.
 
     Returns:
         the dataset summary also written to ``out/dataset.json``.
@@ -493,6 +553,8 @@ def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = F
         raise ValueError(f"unknown kind {kind!r}; valid choices: {', '.join(KINDS)}")
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
+    if train_format not in TRAIN_FORMATS:
+        raise ValueError(f"unknown train_format {train_format!r}; valid choices: {', '.join(TRAIN_FORMATS)}")
     if dicom and kind != "2d":
         raise ValueError("--dicom applies to --kind 2d only (3D cases are written as NIfTI)")
     geometry = geometry or (Geometry2D() if kind == "2d" else Geometry3D())
@@ -516,18 +578,15 @@ def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = F
             cases = pool.map(_render_case, jobs, chunksize=max(1, n // (8 * workers)))
     else:
         cases = [_render_case(job) for job in jobs]
+    media_key = "images" if kind == "2d" else "volumes"
     for i, f in enumerate(findings):
         case_id, rel = cases[i]["id"], cases[i]["file"]
-        for qa in case_questions(f, _case_rng(seed, i, 2), keep):
-            rec = {
-                "id": f"{case_id}-{qa.question_type}-{qa.language}",
-                "messages": [{"role": "user", "content": f"{marker}\n{qa.question}"},
-                             {"role": "assistant", "content": qa.answer}],
-                ("images" if kind == "2d" else "volumes"): [rel],
-                "meta": {"answer_type": qa.answer_type, "question_type": qa.question_type, "language": qa.language,
-                         "reference": qa.answer, "case": case_id, "source": "medvl-synth"},
-            }
-            records[splits[i]].append(rec)
+        qas = case_questions(f, _case_rng(seed, i, 2), keep)
+        if splits[i] == "train" and train_format == "grouped":
+            conversations = group_independent(qas, _case_rng(seed, i, 3))
+        else:
+            conversations = [[qa] for qa in qas]
+        records[splits[i]] += [_record(case_id, turns, marker, media_key, rel) for turns in conversations]
 
     for split in SPLITS:
         with open(out / f"{split}.jsonl", "w", encoding="utf-8") as fh:
@@ -538,7 +597,7 @@ def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = F
             fh.write(json.dumps(info, ensure_ascii=False) + "\n")
     summary = {
         "generator": "medvl.data.synth", "kind": kind, "n": n, "seed": seed, "dicom": dicom,
-        "geometry": geometry.__dict__,
+        "geometry": geometry.__dict__, "train_format": train_format,
         "splits": {s: {"cases": splits.count(s), "records": len(records[s])} for s in SPLITS},
         "question_types": {"closed": list(CLOSED_TYPES), "open": list(OPEN_TYPES)},
     }
@@ -562,6 +621,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None, help="2D image size in pixels (default 256)")
     parser.add_argument("--spacing", type=float, default=None, help="2D pixel spacing in mm (default 1.4)")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes (same output for any number)")
+    parser.add_argument("--train-format", choices=TRAIN_FORMATS, default="single",
+                        help="grouped: training records are conversations of independent questions (one per "
+                             "finding; reports alone); validation/test stay single questions")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -574,6 +636,6 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "2d" and (args.size or args.spacing):
         geometry = Geometry2D(size=args.size or 256, spacing=args.spacing or 1.4)
     summary = synthesize(args.kind, args.n, args.seed, args.out, dicom=args.dicom, geometry=geometry,
-                         workers=args.workers)
+                         workers=args.workers, train_format=args.train_format)
     print(json.dumps(summary["splits"]))
     return 0

@@ -27,6 +27,9 @@ MAX_NODULES = 3
 LANGUAGES = ("en", "zh")
 
 # Closed question types (fixed answer set, scored by exact match) and open ones (scored as text).
+# Multi-hot labels of a case (CaseFindings.labels), the patient's sides.
+FINDING_LABELS = ("nodule", "nodules_1", "nodules_2", "nodules_3", "nodule_left", "nodule_right",
+                  "effusion_left", "effusion_right", "heart_enlarged")
 CLOSED_TYPES = ("nodule_presence", "nodule_count", "nodule_side", "effusion_presence", "effusion_side", "heart_size")
 OPEN_TYPES = ("nodule_location", "nodule_size", "report")
 
@@ -86,6 +89,14 @@ class CaseFindings:
         if not sides:
             return "none"
         return "both" if len(sides) == 2 else sides.pop()
+
+    def labels(self) -> list[int]:
+        """0/1 finding labels in the order of :data:`FINDING_LABELS` (for encoder pretraining)."""
+        sides = {n.side for n in self.nodules}
+        count = len(self.nodules)
+        return [int(v) for v in (count > 0, count == 1, count == 2, count == 3, "left" in sides, "right" in sides,
+                                 self.effusion in ("left", "both"), self.effusion in ("right", "both"),
+                                 self.heart == "enlarged")]
 
 
 def random_findings(rng: np.random.Generator) -> CaseFindings:

@@ -30,6 +30,7 @@ from .vit3d import Vit3DConfig
 
 CONNECTOR_TYPES = ("mlp", "spatial_pool", "attn_pool")
 FEATURE_SELECTS = ("patch", "cls", "all")
+POOL_MODES = ("avg", "max")
 VOLUME_ENCODERS = ("vit3d", "slicewise")
 IMAGE_TOKEN = "<image>"
 VOLUME_TOKEN = "<volume>"
@@ -63,8 +64,11 @@ class ConnectorConfig:
             ("gelu" is the exact erf GELU of LLaVA / MedM-VL).
         num_queries: attn_pool only: output token count.
         num_heads: attn_pool only: attention heads (must divide the encoder feature size).
-        pool_stride: spatial_pool only: (depth, height, width) stride of the average pooling; 2D
-            images use the last two entries.
+        pool_stride: spatial_pool only: (depth, height, width) stride of the pooling; 2D images use
+            the last two entries.
+        pool: spatial_pool only: "avg" (MedM-VL's spatial_pooling) or "max". Max pooling keeps a
+            small finding's feature at full strength in its pooled token; averaging dilutes it by
+            the pool size, which a from-scratch model is much slower to learn through.
         layer_norm: LayerNorm on the connector input (attn_pool: on keys/values and queries). None
             means the type's default: on for attn_pool, off otherwise.
     """
@@ -75,6 +79,7 @@ class ConnectorConfig:
     num_queries: int = 64
     num_heads: int = 8
     pool_stride: tuple[int, int, int] = (1, 2, 2)
+    pool: str = "avg"
     layer_norm: bool | None = None
 
     def __post_init__(self) -> None:
@@ -90,6 +95,8 @@ class ConnectorConfig:
         if len(stride) != 3 or min(stride) < 1:
             raise ValueError(f"connector pool_stride must be 3 positive ints (d, h, w), got {self.pool_stride!r}")
         self.pool_stride = stride
+        if self.pool not in POOL_MODES:
+            raise _choice_error("connector pool", self.pool, POOL_MODES)
         if self.num_queries < 1 or self.num_heads < 1:
             raise ValueError("connector num_queries and num_heads must be >= 1")
         if self.layer_norm is None:
@@ -217,6 +224,8 @@ class MedVLConfig(PreTrainedConfig):
         image_feature_layer / volume_feature_layer: index (or list of indices, concatenated along the
             hidden axis) into the encoder's ``hidden_states`` (-1 = output of the last layer).
         image_feature_select / volume_feature_select: "patch", "cls" or "all" tokens.
+        image_conv_stem: widths of a convolutional stem that replaces the 2D tower's patch embedding
+            (``medvl.models.stems.ConvStem``, e.g. [16, 32, 64, 128]); None keeps the tower's own.
         volume_num_slices: slicewise only: slices per volume (the volume processor's depth).
         slice_position_embedding: slicewise only: add a learned per-slice embedding (zero-initialised)
             to the slice features before the connector.
@@ -239,6 +248,7 @@ class MedVLConfig(PreTrainedConfig):
     volume_connector: dict | ConnectorConfig | None = None
     image_feature_layer: int | list[int] = -1
     image_feature_select: str = "patch"
+    image_conv_stem: list[int] | None = None
     volume_feature_layer: int | list[int] = -1
     volume_feature_select: str = "patch"
     volume_num_slices: int = 32
@@ -314,6 +324,11 @@ class MedVLConfig(PreTrainedConfig):
                 setattr(self, name, [int(v) for v in value])
             elif not isinstance(value, int):
                 raise ValueError(f"{name} must be an int or a list of ints, got {value!r}")
+        if self.image_conv_stem is not None:
+            if not isinstance(self.image_conv_stem, (list, tuple)) or not self.image_conv_stem or not all(
+                    isinstance(c, int) and c > 0 for c in self.image_conv_stem):
+                raise ValueError(f"image_conv_stem must be a non-empty list of positive ints, got {self.image_conv_stem!r}")
+            self.image_conv_stem = [int(c) for c in self.image_conv_stem]
         # Connectors are stored as validated plain dicts (JSON), typed access via *_connector_config.
         self.image_connector = ConnectorConfig.from_any(self.image_connector).to_dict()
         self.volume_connector = ConnectorConfig.from_any(self.volume_connector).to_dict()

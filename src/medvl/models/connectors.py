@@ -42,7 +42,7 @@ class MLPConnector(nn.Module):
 
 
 class SpatialPoolConnector(nn.Module):
-    """Average-pool the (d, h, w) patch grid with ``pool_stride``, then an MLP (MedM-VL spatial_pooling)."""
+    """Average- (MedM-VL spatial_pooling) or max-pool the (d, h, w) patch grid with ``pool_stride``, then an MLP."""
 
     def __init__(self, config: ConnectorConfig, in_dim: int, out_dim: int, grid: tuple[int, int, int] | None = None):
         super().__init__()
@@ -50,6 +50,7 @@ class SpatialPoolConnector(nn.Module):
             raise ValueError("spatial_pool connector needs a patch grid (feature select 'patch')")
         self.grid = tuple(grid)
         self.stride = tuple(config.pool_stride)
+        self.pool = F.avg_pool3d if config.pool == "avg" else F.max_pool3d
         self.norm = nn.LayerNorm(in_dim) if config.layer_norm else None
         self.mlp = _mlp(config, in_dim, out_dim)
 
@@ -59,7 +60,7 @@ class SpatialPoolConnector(nn.Module):
         if t != d * h * w:
             raise ValueError(f"spatial_pool expected {d}x{h}x{w}={d * h * w} tokens per item, got {t}")
         cube = features.transpose(1, 2).reshape(n, dim, d, h, w)
-        pooled = F.avg_pool3d(cube, kernel_size=self.stride, stride=self.stride)
+        pooled = self.pool(cube, kernel_size=self.stride, stride=self.stride)
         pooled = pooled.flatten(2).transpose(1, 2)  # (n, d'h'w', dim), raster order
         if self.norm is not None:
             pooled = self.norm(pooled)

@@ -16,7 +16,9 @@ Reads top to bottom like transformers' ``modeling_llava.py``:
 
 State-dict layout (for converters and exporters)::
 
-    vision_tower.*              the HF 2D tower as is (its own module names, e.g. vision_tower.encoder.*)
+    vision_tower.*              the HF 2D tower as is (its own module names, e.g. vision_tower.encoder.*);
+                                with ``image_conv_stem`` its patch-embedding conv is a ConvStem
+                                (``...patch_embedding.layers.{0,3,..}``, ``...patch_embedding.proj``)
     image_connector.mlp.{0,2,..}.{weight,bias}   Linear layers (odd indices: activation)
     image_connector.norm.*      optional input LayerNorm
     volume_encoder.*            Vit3DModel (see vit3d.py) or the HF 2D tower of a slicewise encoder
@@ -38,6 +40,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_medvl import MedVLConfig, prefix_token_count
 from .connectors import AttnPoolConnector, build_connector
+from .stems import install_conv_stem
 from .vit3d import Vit3DModel
 
 IGNORE_INDEX = -100
@@ -119,6 +122,8 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         self.image_connector = None
         if config.vision_config is not None:
             self.vision_tower = AutoModel.from_config(config.vision_config)
+            if config.image_conv_stem:
+                install_conv_stem(self.vision_tower, config.vision_config.patch_size, config.image_conv_stem)
             _, grid = config.image_token_layout()
             self.image_connector = build_connector(
                 config.image_connector_config, config.image_feature_size(), llm_hidden, grid

@@ -54,6 +54,8 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 
+from .stems import ConvStem
+
 
 class Vit3DConfig(PreTrainedConfig):
     r"""Configuration of ``Vit3DModel``.
@@ -70,6 +72,8 @@ class Vit3DConfig(PreTrainedConfig):
         use_cls_token: prepend a learned CLS token.
         cls_position_embedding: the CLS token has its own position embedding row (vit-pytorch) or not (MONAI).
         patch_norm: LayerNorm on the raw patch vector and after the patch projection (vit-pytorch).
+        conv_stem: widths of a convolutional stem (``stems.ConvStem``, e.g. [16, 32, 64]) that
+            replaces the patch projection; None: patchify + Linear.
         final_norm: a final LayerNorm (``last_hidden_state`` is normed).
         final_norm_in_hidden_states: ``hidden_states[-1]`` is the normed output (M3D semantics)
             instead of the last block's raw output (transformers semantics).
@@ -92,6 +96,7 @@ class Vit3DConfig(PreTrainedConfig):
     use_cls_token: bool = True
     cls_position_embedding: bool = True
     patch_norm: bool = False
+    conv_stem: list[int] | None = None
     final_norm: bool = True
     final_norm_in_hidden_states: bool = False
     initializer_range: float = 0.02
@@ -109,6 +114,13 @@ class Vit3DConfig(PreTrainedConfig):
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"Vit3DConfig: hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")
+        if self.conv_stem is not None:
+            if not isinstance(self.conv_stem, (list, tuple)) or not self.conv_stem or not all(
+                    isinstance(c, int) and c > 0 for c in self.conv_stem):
+                raise ValueError(f"Vit3DConfig: conv_stem must be a non-empty list of positive ints, got {self.conv_stem!r}")
+            if self.patch_norm:
+                raise ValueError("Vit3DConfig: conv_stem replaces the patch projection; it cannot be combined with patch_norm")
+            self.conv_stem = [int(c) for c in self.conv_stem]
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"Vit3DConfig: invalid hidden_act {self.hidden_act!r}; valid choices: {sorted(ACT2FN)}")
 
@@ -133,7 +145,11 @@ class Vit3DEmbeddings(nn.Module):
         pd, ph, pw = config.patch_size
         patch_dim = config.in_channels * pd * ph * pw
         self.patch_norm_in = nn.LayerNorm(patch_dim, eps=config.layer_norm_eps) if config.patch_norm else None
-        self.patch_proj = nn.Linear(patch_dim, config.hidden_size)
+        self.stem = None
+        if config.conv_stem:
+            self.stem = ConvStem(config.in_channels, config.hidden_size, config.patch_size, config.conv_stem, dims=3)
+        else:
+            self.patch_proj = nn.Linear(patch_dim, config.hidden_size)
         self.patch_norm_out = (
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.patch_norm else None
         )
@@ -141,24 +157,32 @@ class Vit3DEmbeddings(nn.Module):
         num_positions = config.num_patches + int(config.use_cls_token and config.cls_position_embedding)
         self.position_embedding = nn.Parameter(torch.zeros(1, num_positions, config.hidden_size))
 
-    def patchify(self, volumes: torch.Tensor) -> torch.Tensor:
-        """(N, C, D, H, W) -> (N, num_patches, C*pd*ph*pw), tokens in (d, h, w) raster order."""
-        n, c, d, h, w = volumes.shape
-        if [d, h, w] != list(self.config.image_size) or c != self.config.in_channels:
+    def _check_shape(self, volumes: torch.Tensor) -> None:
+        if volumes.ndim != 5 or list(volumes.shape[2:]) != list(self.config.image_size) or volumes.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"Vit3D expects volumes of shape (N, {self.config.in_channels}, "
                 f"{', '.join(map(str, self.config.image_size))}), got {tuple(volumes.shape)}"
             )
+
+    def patchify(self, volumes: torch.Tensor) -> torch.Tensor:
+        """(N, C, D, H, W) -> (N, num_patches, C*pd*ph*pw), tokens in (d, h, w) raster order."""
+        self._check_shape(volumes)
+        n, c, d, h, w = volumes.shape
         pd, ph, pw = self.config.patch_size
         x = volumes.reshape(n, c, d // pd, pd, h // ph, ph, w // pw, pw)
         x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # n, gd, gh, gw, c, pd, ph, pw
         return x.reshape(n, (d // pd) * (h // ph) * (w // pw), c * pd * ph * pw)
 
     def forward(self, volumes: torch.Tensor) -> torch.Tensor:
-        x = self.patchify(volumes.to(self.patch_proj.weight.dtype))
-        if self.patch_norm_in is not None:
-            x = self.patch_norm_in(x)
-        x = self.patch_proj(x)
+        if self.stem is not None:
+            self._check_shape(volumes)
+            # (N, hidden, gd, gh, gw) -> (N, tokens, hidden), tokens in (d, h, w) raster order as patchify
+            x = self.stem(volumes.to(self.stem.weight.dtype)).flatten(2).transpose(1, 2)
+        else:
+            x = self.patchify(volumes.to(self.patch_proj.weight.dtype))
+            if self.patch_norm_in is not None:
+                x = self.patch_norm_in(x)
+            x = self.patch_proj(x)
         if self.patch_norm_out is not None:
             x = self.patch_norm_out(x)
         if self.cls_token is None:
