@@ -100,7 +100,7 @@ SMOKE_RECIPE = Recipe(
                    "connector": {"type": "spatial_pool", "pool_stride": [1, 2, 2], "pool": "max"}},
         "tokenizer": {"source": "train", "vocab_size": 512},
     },
-    max_steps=400,
+    max_steps=700,
     encoder_pretrain={"steps": 400, "batch_size": 16, "lr": 1e-3, "feature_layer": 0},
 )
 

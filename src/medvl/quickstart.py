@@ -96,7 +96,7 @@ RECIPES: dict[str, Recipe] = {
             },
             "tokenizer": {"source": "train", "vocab_size": 1024},
         },
-        max_steps=800,
+        max_steps=1000,
         encoder_pretrain={"steps": 1000, "batch_size": 16, "lr": 1e-3, "feature_layer": 0},
     ),
     # 64x64x32 volumes at 5.25 x 5.25 x 7.5 mm; the 3D ViT sees (D, H, W) = (32, 64, 64) in 4x16x16
@@ -270,7 +270,7 @@ def _train(recipe: Recipe, spec: dict[str, Any], data: RunData, out_dir: Path, s
             "parts": parts,
             "lr": recipe.lr, "max_steps": recipe.max_steps, "batch_size": recipe.batch_size,
             "eval_batch_size": 64, "warmup_ratio": recipe.warmup_ratio, "scheduler": "cosine",
-            "logging_steps": 25, "save_steps": 10 ** 9, "eval_steps": max(recipe.max_steps // 3, 1),
+            "logging_steps": 25, "save_steps": 10 ** 9, "eval_steps": recipe.max_steps,  # validation loss at the end
             "save_total_limit": 1, "seed": seed, "report_to": [], "precision": "fp32", "progress_bar": progress,
         },
         "output": {"dir": str(out_dir), "overwrite": True},
