@@ -10,7 +10,15 @@ the data medvl's synthetic phantoms rendered in memory; only the loop is a plain
 
     python benchmarks/quickstart_recipes.py --kind 2d --steps 1200 --img 128 --patch 8 --pool 2
 
-Findings (benchmarks/results/, H200 in fp32 for the accuracy curves; CPU timing with 2 threads on
+The 2D recipe of 2026-11-28 (conv stem, stage-0 encoder pretraining, frozen tower, 4 max-pooled
+tokens, grouped conversations) was found with this harness; ``benchmarks/README.md`` ("Quickstart
+recipe") lists those runs, e.g.::
+
+    python benchmarks/quickstart_recipes.py --n 2000 --group --steps 600 --eval-every 200 \
+        --stem 16,32,64,128 --lr 1e-3 --pool 4 --pool-mode max --pretrain-steps 800 \
+        --pretrain-layer 0 --feature-layer 0 --freeze-vision
+
+Earlier findings (benchmarks/results/, H200 in fp32 for the accuracy curves; CPU timing with 2 threads on
 the same machine's CPU; phantoms before nodules got their display mapping and density gain):
 
 * One conversation per case (all questions of an image in one sample, ``--single`` off) was worse
