@@ -106,7 +106,7 @@ RECIPES: dict[str, Recipe] = {
             },
             "tokenizer": {"source": "train", "vocab_size": 1024},
         },
-        max_steps=1000,
+        max_steps=1400,
         encoder_pretrain={"steps": 1000, "batch_size": 16, "lr": 1e-3, "feature_layer": 0},
     ),
     # 64x64x32 volumes at 5.25 x 5.25 x 7.5 mm; the 3D ViT sees (D, H, W) = (32, 64, 64) in 4x16x16
