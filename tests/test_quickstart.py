@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -143,3 +144,23 @@ def test_quickstart_learns_above_the_blind_baseline(tmp_path):
     per_type = metrics["per_question_type"]
     assert per_type["effusion_presence"]["accuracy"] > 0.85 and per_type["heart_size"]["accuracy"] > 0.85, per_type
     assert metrics["closed_accuracy"] > metrics["blind_closed_accuracy"] + 0.15
+
+
+def test_3d_quickstart_runs_both_stages_from_the_volume_cache(tmp_path):
+    # plumbing at toy size (learning is the 2D smoke test's job): cache, stage 0, tuning, evaluation
+    import torch
+
+    from medvl.quickstart import RECIPES
+
+    recipe = replace(RECIPES["3d"], n_cases=30, max_steps=2,
+                     encoder_pretrain={"steps": 2, "batch_size": 4, "feature_layer": 0})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = run_quickstart("3d", tmp_path, recipe=recipe, workers=1, parallel=False)
+    finally:
+        torch.set_num_threads(threads)
+    manifest = json.loads((tmp_path / "data" / "volume_cache" / "manifest.json").read_text())
+    assert str(tmp_path / "data" / "blank.nii.gz") in manifest["entries"] and len(manifest["entries"]) == 31
+    assert set(metrics["encoder_pretrain"]) == {"model", "blind"} and metrics["n_closed"] > 0
+    assert metrics["recipe"]["model"]["volume"]["connector"]["pool"] == "max"
