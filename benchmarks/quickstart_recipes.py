@@ -263,10 +263,7 @@ def main():
     if a.oracle:
         lab_feat = torch.zeros(len(findings), n_media, a.vdim)
         for i, f in enumerate(findings):
-            sides = {n.side for n in f.nodules}
-            bits = [len(f.nodules) > 0, len(f.nodules) == 1, len(f.nodules) == 2, len(f.nodules) == 3,
-                    "left" in sides, "right" in sides, f.effusion in ("left", "both"), f.effusion in ("right", "both"),
-                    f.heart == "enlarged"]
+            bits = f.labels()
             lab_feat[i, 0, :len(bits)] = torch.tensor(bits, dtype=torch.float32) * 4 - 2
         model.encode_images = lambda pixel_values: lab_feat[pixel_values[:, 0, 0, 0].long()]
         pix_t = torch.arange(len(findings), dtype=torch.float32)[:, None, None, None].expand(-1, 3, a.img, a.img)
@@ -277,13 +274,7 @@ def main():
 
     if a.pretrain_steps:
         t_pre = time.time()
-        labels_all = []
-        for f in findings:
-            sides = {n.side for n in f.nodules}
-            labels_all.append([len(f.nodules) > 0, len(f.nodules) == 1, len(f.nodules) == 2, len(f.nodules) == 3,
-                               "left" in sides, "right" in sides, f.effusion in ("left", "both"),
-                               f.effusion in ("right", "both"), f.heart == "enlarged"])
-        labels_all = torch.tensor(labels_all, dtype=torch.float32)
+        labels_all = torch.tensor([f.labels() for f in findings], dtype=torch.float32)
         train_cases = [i for i, s_ in enumerate(splits) if s_ == "train"]
         head = torch.nn.Linear(a.vdim, labels_all.shape[1])
         popt = torch.optim.AdamW(list(model.vision_tower.parameters()) + list(head.parameters()), lr=a.pretrain_lr)

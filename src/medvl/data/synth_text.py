@@ -26,10 +26,10 @@ MAX_NODULES = 3
 
 LANGUAGES = ("en", "zh")
 
-# Closed question types (fixed answer set, scored by exact match) and open ones (scored as text).
 # Multi-hot labels of a case (CaseFindings.labels), the patient's sides.
 FINDING_LABELS = ("nodule", "nodules_1", "nodules_2", "nodules_3", "nodule_left", "nodule_right",
                   "effusion_left", "effusion_right", "heart_enlarged")
+# Closed question types (fixed answer set, scored by exact match) and open ones (scored as text).
 CLOSED_TYPES = ("nodule_presence", "nodule_count", "nodule_side", "effusion_presence", "effusion_side", "heart_size")
 OPEN_TYPES = ("nodule_location", "nodule_size", "report")
 

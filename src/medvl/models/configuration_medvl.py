@@ -26,6 +26,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import SubConfigSpec
 
+from .stems import validate_stem_widths
 from .vit3d import Vit3DConfig
 
 CONNECTOR_TYPES = ("mlp", "spatial_pool", "attn_pool")
@@ -324,11 +325,7 @@ class MedVLConfig(PreTrainedConfig):
                 setattr(self, name, [int(v) for v in value])
             elif not isinstance(value, int):
                 raise ValueError(f"{name} must be an int or a list of ints, got {value!r}")
-        if self.image_conv_stem is not None:
-            if not isinstance(self.image_conv_stem, (list, tuple)) or not self.image_conv_stem or not all(
-                    isinstance(c, int) and c > 0 for c in self.image_conv_stem):
-                raise ValueError(f"image_conv_stem must be a non-empty list of positive ints, got {self.image_conv_stem!r}")
-            self.image_conv_stem = [int(c) for c in self.image_conv_stem]
+        self.image_conv_stem = validate_stem_widths(self.image_conv_stem, "image_conv_stem")
         # Connectors are stored as validated plain dicts (JSON), typed access via *_connector_config.
         self.image_connector = ConnectorConfig.from_any(self.image_connector).to_dict()
         self.volume_connector = ConnectorConfig.from_any(self.volume_connector).to_dict()

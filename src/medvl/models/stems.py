@@ -22,6 +22,20 @@ import torch
 from torch import nn
 
 
+def validate_stem_widths(widths: object, name: str) -> list[int] | None:
+    """A config's stem widths as a list of positive ints (None: no stem).
+
+    Args:
+        widths: the configured value.
+        name: the config field, for the error message.
+    """
+    if widths is None:
+        return None
+    if not isinstance(widths, (list, tuple)) or not widths or not all(isinstance(c, int) and c > 0 for c in widths):
+        raise ValueError(f"{name} must be a non-empty list of positive ints, got {widths!r}")
+    return [int(c) for c in widths]
+
+
 class ConvStem(nn.Module):
     """3x3 stride-2 convolutions, each followed by GroupNorm and GELU, then a convolution to the
     tower's hidden size with kernel = stride = the rest of the patch size.

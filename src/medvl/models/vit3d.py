@@ -54,7 +54,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 
-from .stems import ConvStem
+from .stems import ConvStem, validate_stem_widths
 
 
 class Vit3DConfig(PreTrainedConfig):
@@ -114,13 +114,9 @@ class Vit3DConfig(PreTrainedConfig):
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"Vit3DConfig: hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")
-        if self.conv_stem is not None:
-            if not isinstance(self.conv_stem, (list, tuple)) or not self.conv_stem or not all(
-                    isinstance(c, int) and c > 0 for c in self.conv_stem):
-                raise ValueError(f"Vit3DConfig: conv_stem must be a non-empty list of positive ints, got {self.conv_stem!r}")
-            if self.patch_norm:
-                raise ValueError("Vit3DConfig: conv_stem replaces the patch projection; it cannot be combined with patch_norm")
-            self.conv_stem = [int(c) for c in self.conv_stem]
+        self.conv_stem = validate_stem_widths(self.conv_stem, "Vit3DConfig: conv_stem")
+        if self.conv_stem and self.patch_norm:
+            raise ValueError("Vit3DConfig: conv_stem replaces the patch projection; it cannot be combined with patch_norm")
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"Vit3DConfig: invalid hidden_act {self.hidden_act!r}; valid choices: {sorted(ACT2FN)}")
 
