@@ -66,3 +66,18 @@ def test_batch_with_media_is_left_alone(model):
     out = add_dummy_media(batch, media_slots(model.config))
     assert out["pixel_values"].shape[0] == 1 and out["volume_values"] is batch["volume_values"]
     assert out["input_ids"].shape[1] == batch["input_ids"].shape[1] + model.config.num_image_tokens
+
+
+def test_cached_kinds_get_dummy_features_and_present_features_count(model):
+    batch = PaddedCollator(pad_token_id=0)(_samples())
+    plain = model(**batch).loss
+    volume_shape = (model.config.num_volume_tokens * 8, model.config.volume_config.hidden_size)  # 64 tokens before pooling
+    slots = media_slots(model.config)
+    with_dummy = add_dummy_media(batch, slots, feature_shapes={"volume_values": volume_shape})
+    # the cached kind gets zero encoder features (its encoder runs nowhere), the other raw media
+    assert "volume_values" not in with_dummy and with_dummy["volume_encoder_features"].shape == (1, *volume_shape)
+    assert with_dummy["pixel_values"].shape[0] == 1
+    assert model(**with_dummy).loss.item() == pytest.approx(plain.item(), rel=1e-5)
+    # a batch that already has a kind's cached features gets no dummy for that kind
+    again = add_dummy_media(with_dummy, slots, feature_shapes={"volume_values": volume_shape})
+    assert again["input_ids"].shape == with_dummy["input_ids"].shape

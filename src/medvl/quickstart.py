@@ -294,7 +294,9 @@ def _train(recipe: Recipe, spec: dict[str, Any], data: RunData, out_dir: Path, s
     cfg = from_dict(TrainConfig, {
         "data": {"train": [str(data.train_file)], "eval": [str(data.eval_file)], "max_length": 512,
                  "num_workers": recipe.num_workers,
-                 "volume_cache": str(data.volume_cache) if data.volume_cache is not None else None},
+                 "volume_cache": str(data.volume_cache) if data.volume_cache is not None else None,
+                 # the frozen encoder runs once per file instead of at every step
+                 "cache_encoder_features": parts[encoder_part]["mode"] == "frozen"},
         "train": {
             "stage": "quickstart",
             "parts": parts,

@@ -21,7 +21,8 @@ import torch
 
 from medvl.data.labels import IGNORE_INDEX
 
-MEDIA_KEYS = ("pixel_values", "volume_values")
+# raw media, or a frozen encoder's cached outputs in their place (medvl.data.feature_cache)
+MEDIA_KEYS = ("pixel_values", "volume_values", "image_encoder_features", "volume_encoder_features")
 
 
 def _concat_media(samples: Sequence[dict[str, Any]], batch: dict[str, Any]) -> None:

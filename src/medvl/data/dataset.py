@@ -87,6 +87,9 @@ class ConversationDataset(torch.utils.data.Dataset):
             left/right in the text). Off by default; never used in ``prompt`` mode.
         cache: a :class:`medvl.data.prepare.VolumeCache` (or its folder) of preprocessed volumes;
             refused when it was built with another volume processor configuration.
+        feature_cache: a :class:`medvl.data.feature_cache.EncoderFeatureCache`: records whose
+            media it holds get ``image_encoder_features`` / ``volume_encoder_features`` instead of
+            pixel / volume values (not with augmentation). Usually attached after construction.
         image_loader: path -> PIL image (default :func:`medvl.imaging.load_image`).
         volume_loader: path -> Volume (default :func:`medvl.imaging.load_volume`).
         encoder: a ready :class:`ConversationEncoder` (overrides ``template``/``max_length``).
@@ -107,6 +110,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         image_loader: Callable[[str], Any] | None = None,
         volume_loader: Callable[[str], Any] | None = None,
         encoder: ConversationEncoder | None = None,
+        feature_cache: Any = None,
     ):
         for name, value, choices in (
             ("on_error", on_error, ("raise", "skip")),
@@ -134,6 +138,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         if cache is not None:
             cache.check_processor(getattr(processor, "volume_processor", None))
         self.cache = cache
+        self.feature_cache = feature_cache
         self.skipped: Counter[str] = Counter()
 
     @classmethod
@@ -210,6 +215,21 @@ class ConversationDataset(torch.utils.data.Dataset):
                 raise MedVLDataError(f"volume preprocessing failed: {err}", record=rec.id, path=path) from err
         return torch.stack(tensors)
 
+    def media_values(self, rec: Record, kind: str) -> torch.Tensor:
+        """One record's preprocessed media of one kind, as the model takes them (no augmentation).
+
+        Args:
+            rec: the record.
+            kind: "image" (pixel values) or "volume" (volume values).
+        """
+        if kind == "image":
+            return self._pixel_values(self._load_images(rec), rec)
+        if kind != "volume":
+            raise ValueError(f"unknown media kind {kind!r}; valid choices: image, volume")
+        cached = [self.cache.get(p, record=rec.id) for p in rec.volumes] if self.cache is not None else []
+        use_cache = bool(cached) and all(c is not None for c in cached)
+        return self._volume_values(cached if use_cache else self._load_volumes(rec), rec, from_cache=use_cache)
+
     # ------------------------------------------------------------------ items
     def build(self, index: int) -> dict[str, Any]:
         """Build item ``index`` without any skip policy (errors propagate).
@@ -227,11 +247,21 @@ class ConversationDataset(torch.utils.data.Dataset):
         else:
             enc = self.encoder.encode(messages, **where)  # length checked before any file is read
             ids, labels = enc.input_ids, enc.labels
-        images = self._load_images(rec)
+        # a frozen encoder's cached outputs stand in for the media (never with augmentation)
+        features = {}
+        if self.feature_cache is not None and self.augment is None:
+            for kind, paths, key in (("image", rec.images, "image_encoder_features"),
+                                     ("volume", rec.volumes, "volume_encoder_features")):
+                cached_features = self.feature_cache.lookup(kind, paths)
+                if cached_features is not None:
+                    features[key] = cached_features
+        images = [] if "image_encoder_features" in features else self._load_images(rec)
         # preprocessed volumes from `medvl data prepare` (not with augmentation: it needs the raw volume)
-        cached = [self.cache.get(p, record=rec.id) for p in rec.volumes] if self.cache is not None and self.augment is None else []
+        skip_volumes = "volume_encoder_features" in features
+        cached = [self.cache.get(p, record=rec.id) for p in rec.volumes] \
+            if self.cache is not None and self.augment is None and not skip_volumes else []
         use_cache = bool(cached) and all(c is not None for c in cached)
-        volumes = cached if use_cache else self._load_volumes(rec)
+        volumes = [] if skip_volumes else cached if use_cache else self._load_volumes(rec)
         if self.augment is not None:
             out = self.augment({"messages": messages, "images": images, "volumes": volumes, "record": rec})
             images, volumes = out.get("images", images), out.get("volumes", volumes)
@@ -245,6 +275,7 @@ class ConversationDataset(torch.utils.data.Dataset):
             item["pixel_values"] = self._pixel_values(images, rec)
         if volumes:
             item["volume_values"] = self._volume_values(volumes, rec, from_cache=use_cache)
+        item.update(features)
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:

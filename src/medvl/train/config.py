@@ -121,6 +121,10 @@ class DataSection:
     # there are read from it instead of being decoded and preprocessed again; a cache built with
     # another volume processor configuration is refused. Not used for augmented samples.
     volume_cache: str | None = None
+    # Run each frozen encoder (image / volume part in mode frozen) once per distinct media file at
+    # the start of training and feed its outputs instead of the media (medvl.data.feature_cache):
+    # same loss, without the encoder's forward pass at every step. Only for frozen encoders.
+    cache_encoder_features: bool = False
 
 
 @dataclass
@@ -229,6 +233,10 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
             raise ValueError(f"train.parts.{name}.lr must be > 0, got {part.lr}")
     if all(part.mode == "frozen" for _, part in t.parts.items()):
         raise ValueError("train.parts: every part is frozen, nothing would train; set a part's mode to full or lora")
+    if cfg.data.cache_encoder_features:
+        if t.parts.vision.mode != "frozen" and t.parts.volume.mode != "frozen":
+            raise ValueError("data.cache_encoder_features needs a frozen encoder: set train.parts.vision.mode or "
+                             f"train.parts.volume.mode to frozen (now {t.parts.vision.mode}, {t.parts.volume.mode})")
     check_hf_args(t.hf_args)
 
 

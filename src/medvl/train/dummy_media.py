@@ -62,7 +62,12 @@ def _pair(size: Any) -> tuple[int, int]:
     return int(size[-2]), int(size[-1])
 
 
-def add_dummy_media(batch: dict[str, Any], slots: list[MediaSlot], pad_token_id: int = 0) -> dict[str, Any]:
+# batch key of the raw media -> batch key of a frozen encoder's cached outputs (medvl.data.feature_cache)
+FEATURE_KEYS = {"pixel_values": "image_encoder_features", "volume_values": "volume_encoder_features"}
+
+
+def add_dummy_media(batch: dict[str, Any], slots: list[MediaSlot], pad_token_id: int = 0,
+                    feature_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
     """Return ``batch`` with one dummy item for every modality in ``slots`` that it lacks.
 
     Padded batches (with ``attention_mask``) get the placeholders in new columns of row 0 with
@@ -73,8 +78,16 @@ def add_dummy_media(batch: dict[str, Any], slots: list[MediaSlot], pad_token_id:
         batch: collator output (``input_ids``, ``labels``, ``attention_mask`` or ``position_ids``, media).
         slots: from :func:`media_slots`.
         pad_token_id: id for the new columns of the other rows.
+        feature_shapes: media key -> per-item shape of the cached encoder features, for the kinds
+            served from an encoder feature cache: their dummy is zero features (the encoder runs
+            on no rank, the connector on every rank).
     """
-    missing = [s for s in slots if batch.get(s.key) is None or batch[s.key].shape[0] == 0]
+    feature_shapes = feature_shapes or {}
+
+    def present(key: str) -> bool:
+        return batch.get(key) is not None and batch[key].shape[0] > 0
+
+    missing = [s for s in slots if not present(s.key) and not present(FEATURE_KEYS.get(s.key, s.key))]
     if not missing:
         return batch
     batch = dict(batch)
@@ -97,6 +110,9 @@ def add_dummy_media(batch: dict[str, Any], slots: list[MediaSlot], pad_token_id:
             batch["position_ids"] = torch.cat([pos, block], dim=1)
         else:
             raise ValueError("cannot add dummy media to a batch with neither attention_mask nor position_ids")
-        batch[slot.key] = torch.zeros((1, *slot.shape), device=ids.device)
+        if slot.key in feature_shapes:
+            batch[FEATURE_KEYS[slot.key]] = torch.zeros((1, *feature_shapes[slot.key]), device=ids.device)
+        else:
+            batch[slot.key] = torch.zeros((1, *slot.shape), device=ids.device)
     batch["input_ids"] = ids
     return batch

@@ -168,6 +168,44 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
     return train, evaluation, collator
 
 
+def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> dict[str, tuple[int, ...]]:
+    """Encode the media of ``datasets`` with the model's frozen encoder(s) once and let the datasets
+    serve the features (``data.cache_encoder_features``); returns media key -> feature shape (for
+    the dummy media of multi-process batches).
+
+    Args:
+        cfg: the training configuration (frozen parts decide which encoders are cached).
+        model: the model after ``apply_parts``.
+        datasets: training / validation datasets (``Subset`` views or None allowed).
+    """
+    from medvl.data.feature_cache import build_feature_cache
+
+    frozen = {"image": cfg.train.parts.vision.mode == "frozen", "volume": cfg.train.parts.volume.mode == "frozen"}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    present = {"image": getattr(base, "vision_tower", None) is not None,
+               "volume": getattr(base, "volume_encoder", None) is not None}
+    kinds = [k for k in ("image", "volume") if frozen[k] and present[k]]
+    if not kinds:
+        raise ValueError("data.cache_encoder_features: the model has no frozen encoder to cache "
+                         f"(frozen parts: {[k for k, v in frozen.items() if v] or 'none'}; encoders: "
+                         f"{[k for k, v in present.items() if v] or 'none'})")
+    # Subset views (data.eval_fraction) share their underlying dataset
+    unique = list({id(d): d for d in (getattr(d, "dataset", d) for d in datasets if d is not None)}.values())
+    if any(d.augment is not None for d in unique):
+        raise ValueError("data.cache_encoder_features cannot be used with augmentation (features differ per sample)")
+    deepspeed = cfg.train.deepspeed or cfg.train.hf_args.get("deepspeed")
+    if deepspeed:
+        ds = json.loads(Path(deepspeed).read_text()) if isinstance(deepspeed, str) else deepspeed
+        if ds.get("zero_optimization", {}).get("stage") == 3:
+            # the encoders' weights are partitioned across ranks there; not supported (untested)
+            raise ValueError("data.cache_encoder_features is not supported with DeepSpeed ZeRO-3; use ZeRO-2 or DDP")
+    cache = build_feature_cache(model, unique, kinds)
+    for d in unique:
+        d.feature_cache = cache
+    key = {"image": "pixel_values", "volume": "volume_values"}
+    return {key[k]: tuple(next(iter(cache.features[k].values())).shape) for k in kinds if cache.features[k]}
+
+
 def split_dataset(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     """Hold out ``fraction`` of ``dataset`` (a seeded random subset) as the validation split.
 
@@ -363,6 +401,7 @@ def run_training(
     logger.info("stage %s, trainable parts:\n%s", cfg.train.stage, describe(model, cfg.train.parts, cfg.train.lr))
 
     train_set, eval_set, collator = build_datasets(cfg, processor)
+    feature_shapes = attach_feature_cache(cfg, model, [train_set, eval_set]) if cfg.data.cache_encoder_features else {}
     args = training_arguments(cfg, has_eval=eval_set is not None)
     trainer = MedVLTrainer(
         model=model,
@@ -374,6 +413,7 @@ def run_training(
         processor=processor,
         callbacks=callbacks,
     )
+    trainer.feature_shapes = feature_shapes
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics: dict[str, Any] = {"train": result.metrics, "global_step": result.global_step}
     if eval_set is not None:

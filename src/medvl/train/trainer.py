@@ -47,6 +47,8 @@ class MedVLTrainer(Trainer):
         self._staging_root: str | None = None
         super().__init__(*args, **kwargs)
         self._media_slots = media_slots(getattr(unwrap_model(self.model), "config", None))
+        # media key -> cached encoder feature shape (set by run_training with data.cache_encoder_features)
+        self.feature_shapes: dict[str, tuple[int, ...]] = {}
 
     # ---- every rank runs every encoder (ZeRO-3 / DDP with text-only batches) ------------------
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
@@ -60,7 +62,7 @@ class MedVLTrainer(Trainer):
             num_items_in_batch: supervised tokens over the accumulated batch.
         """
         if self.args.world_size > 1 and self._media_slots:
-            inputs = add_dummy_media(inputs, self._media_slots)
+            inputs = add_dummy_media(inputs, self._media_slots, feature_shapes=self.feature_shapes)
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 

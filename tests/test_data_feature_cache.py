@@ -1,0 +1,118 @@
+"""Frozen-encoder feature cache: the same batches, loss and gradients as encoding the media at every
+step, with the encoders never run in training; and the configurations it must refuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+try:  # tests/ as a package or as a plain folder on sys.path
+    from tests._train_toy import write_bright_dark
+except ImportError:
+    from _train_toy import write_bright_dark
+from medvl.data.collator import PaddedCollator
+from medvl.data.dataset import ConversationDataset
+from medvl.data.feature_cache import build_feature_cache
+from medvl.data.records import load_records
+from medvl.data.synth import Geometry3D, synthesize
+from medvl.train.config import TrainConfig, validate
+from medvl.train.run import run_training
+from medvl.utils.config import from_dict
+
+
+@pytest.fixture(scope="module")
+def mixed_records(tmp_path_factory):
+    """2D bright/dark records plus synthetic CT records (volumes the tiny model's shape)."""
+    root = tmp_path_factory.mktemp("feature_cache")
+    images = load_records(write_bright_dark(root / "2d", 6))
+    synthesize("3d", 4, 0, root / "3d", geometry=Geometry3D(shape=(64, 64, 16), spacing=(5.25, 5.25, 7.5)))
+    volumes = load_records(root / "3d" / "train.jsonl")[:6]
+    return images + volumes
+
+
+def _frozen_encoders(model):
+    model.train()
+    for module in (model.vision_tower, model.volume_encoder):
+        module.requires_grad_(False)
+    return model
+
+
+def test_cached_features_give_the_same_loss_and_gradients(tiny_model_dir, tiny_processor, mixed_records):
+    from medvl.models import MedVLForConditionalGeneration
+
+    model = _frozen_encoders(MedVLForConditionalGeneration.from_pretrained(tiny_model_dir))
+    dataset = ConversationDataset(mixed_records, tiny_processor, max_length=512)
+    collate = PaddedCollator(pad_token_id=tiny_processor.tokenizer.pad_token_id)
+    direct = collate([dataset[i] for i in range(len(dataset))])
+    assert {"pixel_values", "volume_values"} <= set(direct)
+
+    cache = build_feature_cache(model, [dataset], ["image", "volume"], batch_size=4)
+    assert len(cache.features["image"]) == 6 and len(cache.features["volume"]) == len({r.volumes[0] for r in mixed_records if r.volumes})
+    dataset.feature_cache = cache
+    cached = collate([dataset[i] for i in range(len(dataset))])
+    assert "pixel_values" not in cached and "volume_values" not in cached
+    assert torch.equal(cached["input_ids"], direct["input_ids"]) and torch.equal(cached["labels"], direct["labels"])
+
+    results = []
+    for batch in (direct, cached):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys() and any("connector" in n for n in grads_a)
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6)
+    assert not any("vision_tower" in n or "volume_encoder" in n for n in grads_a)  # frozen
+
+
+def test_cache_refuses_a_training_encoder(tiny_model_dir, tiny_processor, mixed_records):
+    from medvl.models import MedVLForConditionalGeneration
+
+    model = MedVLForConditionalGeneration.from_pretrained(tiny_model_dir)
+    dataset = ConversationDataset(mixed_records[:2], tiny_processor, max_length=512)
+    with pytest.raises(ValueError, match="image encoder trains in this stage"):
+        build_feature_cache(model, [dataset], ["image"])
+    with pytest.raises(ValueError, match="valid choices: image, volume"):
+        build_feature_cache(model, [dataset], ["audio"])
+
+
+def test_config_needs_a_frozen_encoder(tiny_model_dir):
+    cfg = from_dict(TrainConfig, {
+        "model": {"path": str(tiny_model_dir)},
+        "data": {"train": ["x.jsonl"], "cache_encoder_features": True},
+        "train": {"parts": {"vision": {"mode": "full"}, "volume": {"mode": "lora"}}},
+    })
+    with pytest.raises(ValueError, match="needs a frozen encoder"):
+        validate(cfg)
+
+
+def _losses(out: Path) -> list[float]:
+    history = json.loads((out / "metrics.json").read_text())["log_history"]
+    return [h["loss"] for h in history if "loss" in h]
+
+
+def test_training_with_the_cache_matches_training_without(tmp_path, tiny_model_dir):
+    data = write_bright_dark(tmp_path / "data", 16)
+    runs = {}
+    for cached in (False, True):
+        out = tmp_path / f"run_{cached}"
+        cfg = from_dict(TrainConfig, {
+            "model": {"path": str(tiny_model_dir)},
+            "data": {"train": [str(data)], "max_length": 128, "cache_encoder_features": cached, "eval_fraction": 0.25},
+            "train": {"parts": {"llm": {"mode": "full"}, "vision": {"mode": "frozen"}, "connector": {"mode": "full"}},
+                      "lr": 5e-3, "batch_size": 4, "max_steps": 6, "logging_steps": 1, "report_to": [],
+                      "progress_bar": False, "save_steps": 1000},
+            "output": {"dir": str(out)},
+        })
+        run_training(cfg)
+        runs[cached] = (_losses(out), json.loads((out / "metrics.json").read_text())["eval"]["eval_loss"])
+    (losses_direct, eval_direct), (losses_cached, eval_cached) = runs[False], runs[True]
+    assert len(losses_direct) == 6
+    assert losses_cached == pytest.approx(losses_direct, rel=1e-4, abs=1e-5)
+    assert eval_cached == pytest.approx(eval_direct, rel=1e-4, abs=1e-5)
