@@ -75,3 +75,35 @@ def test_vit3d_stem_tokens_follow_the_patchify_raster_order():
 def test_vit3d_stem_rejects_patch_norm():
     with pytest.raises(ValueError, match="cannot be combined with patch_norm"):
         Vit3DConfig(image_size=[8, 16, 16], patch_size=[4, 8, 8], conv_stem=[4], patch_norm=True)
+
+
+def test_input_pool_is_a_max_that_takes_its_share_of_the_patch():
+    torch.manual_seed(0)
+    pooled = ConvStem(1, 8, [4, 16, 16], [4, 4, 4, 4], dims=3, input_pool=[2, 1, 1])
+    # the pool takes a factor 2 of the depth patch: the convolutions see a (2, 16, 16) patch
+    assert [m.stride for m in pooled.layers if isinstance(m, torch.nn.Conv3d)] == [(2, 2, 2), (1, 2, 2), (1, 2, 2), (1, 2, 2)]
+    volumes = torch.randn(2, 1, 8, 32, 32)
+    out = pooled(volumes)
+    assert out.shape == (2, 8, 2, 2, 2)  # the same token grid as without the pool
+    # a single bright voxel survives the pool at full value whichever of the two slices holds it
+    spike = torch.zeros(1, 1, 8, 32, 32)
+    for z in (2, 3):
+        one = spike.clone()
+        one[0, 0, z, 10, 10] = 5.0
+        assert pooled.pool(one).max() == 5.0 and pooled.pool(one)[0, 0, 1, 10, 10] == 5.0
+    # the same as an explicit max pool followed by a stem built for the remaining patch
+    plain = ConvStem(1, 8, [2, 16, 16], [4, 4, 4, 4], dims=3)
+    plain.load_state_dict(pooled.state_dict())
+    torch.testing.assert_close(out, plain(torch.nn.functional.max_pool3d(volumes, (2, 1, 1))))
+
+
+def test_input_pool_and_vit3d_config_errors():
+    with pytest.raises(ValueError, match="input_pool"):
+        ConvStem(1, 8, [4, 16, 16], [4], dims=3, input_pool=[3, 1, 1])
+    with pytest.raises(ValueError, match="conv_stem_pool needs conv_stem"):
+        Vit3DConfig(image_size=[8, 16, 16], patch_size=[4, 8, 8], conv_stem_pool=[2, 1, 1])
+    with pytest.raises(ValueError, match=r"divide patch_size \[4, 8, 8\]"):
+        Vit3DConfig(image_size=[8, 16, 16], patch_size=[4, 8, 8], conv_stem=[4], conv_stem_pool=[8, 1, 1])
+    config = Vit3DConfig(image_size=[8, 16, 16], patch_size=[4, 8, 8], hidden_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32, conv_stem=[4, 4], conv_stem_pool=[2, 1, 1])
+    assert Vit3DModel(config)(torch.randn(1, 1, 8, 16, 16)).last_hidden_state.shape == (1, 1 + 8, 16)

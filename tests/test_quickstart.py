@@ -164,3 +164,7 @@ def test_3d_quickstart_runs_both_stages_from_the_volume_cache(tmp_path):
     assert str(tmp_path / "data" / "blank.nii.gz") in manifest["entries"] and len(manifest["entries"]) == 31
     assert set(metrics["encoder_pretrain"]) == {"model", "blind"} and metrics["n_closed"] > 0
     assert metrics["recipe"]["model"]["volume"]["connector"]["pool"] == "max"
+    from medvl.inference import load_model
+
+    model, _ = load_model(tmp_path / "model")  # the thin-slab stem survives the checkpoint
+    assert model.config.volume_config.conv_stem_pool == [2, 1, 1] and model.volume_encoder.embeddings.stem.pool is not None

@@ -74,6 +74,8 @@ class Vit3DConfig(PreTrainedConfig):
         patch_norm: LayerNorm on the raw patch vector and after the patch projection (vit-pytorch).
         conv_stem: widths of a convolutional stem (``stems.ConvStem``, e.g. [16, 32, 64]) that
             replaces the patch projection; None: patchify + Linear.
+        conv_stem_pool: (D, H, W) max-pooling factors at the stem's input (e.g. [2, 1, 1], a
+            thin-slab MIP); they divide patch_size. Only with conv_stem.
         final_norm: a final LayerNorm (``last_hidden_state`` is normed).
         final_norm_in_hidden_states: ``hidden_states[-1]`` is the normed output (M3D semantics)
             instead of the last block's raw output (transformers semantics).
@@ -97,6 +99,7 @@ class Vit3DConfig(PreTrainedConfig):
     cls_position_embedding: bool = True
     patch_norm: bool = False
     conv_stem: list[int] | None = None
+    conv_stem_pool: list[int] | None = None
     final_norm: bool = True
     final_norm_in_hidden_states: bool = False
     initializer_range: float = 0.02
@@ -115,6 +118,13 @@ class Vit3DConfig(PreTrainedConfig):
             raise ValueError(f"Vit3DConfig: hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")
         self.conv_stem = validate_stem_widths(self.conv_stem, "Vit3DConfig: conv_stem")
+        if self.conv_stem_pool is not None:
+            if not self.conv_stem:
+                raise ValueError("Vit3DConfig: conv_stem_pool needs conv_stem")
+            self.conv_stem_pool = [int(v) for v in self.conv_stem_pool]
+            if len(self.conv_stem_pool) != 3 or any(q < 1 or p % q for p, q in zip(self.patch_size, self.conv_stem_pool)):
+                raise ValueError(f"Vit3DConfig: conv_stem_pool {self.conv_stem_pool} needs 3 positive factors "
+                                 f"(D, H, W) that divide patch_size {self.patch_size}")
         if self.conv_stem and self.patch_norm:
             raise ValueError("Vit3DConfig: conv_stem replaces the patch projection; it cannot be combined with patch_norm")
         if self.hidden_act not in ACT2FN:
@@ -143,7 +153,8 @@ class Vit3DEmbeddings(nn.Module):
         self.patch_norm_in = nn.LayerNorm(patch_dim, eps=config.layer_norm_eps) if config.patch_norm else None
         self.stem = None
         if config.conv_stem:
-            self.stem = ConvStem(config.in_channels, config.hidden_size, config.patch_size, config.conv_stem, dims=3)
+            self.stem = ConvStem(config.in_channels, config.hidden_size, config.patch_size, config.conv_stem, dims=3,
+                                 input_pool=config.conv_stem_pool)
         else:
             self.patch_proj = nn.Linear(patch_dim, config.hidden_size)
         self.patch_norm_out = (
