@@ -10,7 +10,7 @@ What it does, in order (everything under ``--out``):
 3. Stage 0: the encoder is pretrained on the training cases' findings as a multi-label classifier
    (:mod:`medvl.train.encoder_pretrain`).
 4. Instruction tuning with :func:`medvl.train.run_training` (the HF Trainer): LLM and connector
-   trained, the encoder frozen.
+   trained, the encoder frozen and run once per image/volume (``data.cache_encoder_features``).
 5. The *blind baseline*: the same model and both stages with every image replaced by a blank one.
    It measures what the questions give away without looking; the gap to it is what vision adds.
 6. Evaluation on the held-out test split through :func:`medvl.inference.generate` (the same path

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 
+from medvl.data.feature_cache import FEATURE_KINDS
 from medvl.data.labels import ConversationEncoder, OverlongSampleError
 from medvl.data.records import Record
 from medvl.errors import MedVLDataError
@@ -250,9 +251,8 @@ class ConversationDataset(torch.utils.data.Dataset):
         # a frozen encoder's cached outputs stand in for the media (never with augmentation)
         features = {}
         if self.feature_cache is not None and self.augment is None:
-            for kind, paths, key in (("image", rec.images, "image_encoder_features"),
-                                     ("volume", rec.volumes, "volume_encoder_features")):
-                cached_features = self.feature_cache.lookup(kind, paths)
+            for kind, (field, _, key) in FEATURE_KINDS.items():
+                cached_features = self.feature_cache.lookup(kind, getattr(rec, field))
                 if cached_features is not None:
                     features[key] = cached_features
         images = [] if "image_encoder_features" in features else self._load_images(rec)

@@ -81,7 +81,7 @@ def build_feature_cache(model: Any, datasets: Sequence[Any], kinds: Iterable[str
     encoder_modules = {"image": base.vision_tower, "volume": base.volume_encoder}
     start = time.time()
     for kind in cache.kinds:
-        field, values_key, _ = FEATURE_KINDS[kind]
+        field = FEATURE_KINDS[kind][0]
         module = encoder_modules[kind]
         if module is None:
             raise ValueError(f"data.cache_encoder_features: the model has no {kind} encoder")
@@ -106,13 +106,12 @@ def build_feature_cache(model: Any, datasets: Sequence[Any], kinds: Iterable[str
 
         queued: set[str] = set()
         for dataset in datasets:
-            for index, rec in enumerate(dataset.records):
-                paths = [p for p in getattr(rec, field) if p not in queued]
-                if not paths:
+            for rec in dataset.records:
+                paths = getattr(rec, field)
+                if all(p in queued for p in paths):
                     continue
-                values = dataset.media_values(rec, kind)
-                for path, value in zip(getattr(rec, field), values):
-                    if path in paths and path not in queued:
+                for path, value in zip(paths, dataset.media_values(rec, kind)):
+                    if path not in queued:
                         queued.add(path)
                         pending.append((path, value))
                 if len(pending) >= batch_size:

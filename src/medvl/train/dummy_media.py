@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from medvl.data.feature_cache import FEATURE_KINDS
+
 IGNORE_INDEX = -100
 
 
@@ -62,8 +64,8 @@ def _pair(size: Any) -> tuple[int, int]:
     return int(size[-2]), int(size[-1])
 
 
-# batch key of the raw media -> batch key of a frozen encoder's cached outputs (medvl.data.feature_cache)
-FEATURE_KEYS = {"pixel_values": "image_encoder_features", "volume_values": "volume_encoder_features"}
+# batch key of the raw media -> batch key of a frozen encoder's cached outputs
+FEATURE_KEYS = {values: features for _, values, features in FEATURE_KINDS.values()}
 
 
 def add_dummy_media(batch: dict[str, Any], slots: list[MediaSlot], pad_token_id: int = 0,
