@@ -19,7 +19,7 @@ from medvl.data.feature_cache import build_feature_cache
 from medvl.data.records import load_records
 from medvl.data.synth import Geometry3D, synthesize
 from medvl.train.config import TrainConfig, validate
-from medvl.train.run import run_training
+from medvl.train.run import attach_feature_cache, run_training
 from medvl.utils.config import from_dict
 
 
@@ -90,6 +90,21 @@ def test_config_needs_a_frozen_encoder(tiny_model_dir):
     })
     with pytest.raises(ValueError, match="needs a frozen encoder"):
         validate(cfg)
+
+
+def test_cache_is_refused_with_zero3(tmp_path, tiny_model_dir, tiny_processor, mixed_records):
+    from medvl.models import MedVLForConditionalGeneration
+
+    zero3 = tmp_path / "zero3.json"
+    zero3.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    cfg = from_dict(TrainConfig, {"model": {"path": str(tiny_model_dir)},
+                                  "data": {"train": ["x.jsonl"], "cache_encoder_features": True},
+                                  "train": {"deepspeed": str(zero3)}})
+    model = _frozen_encoders(MedVLForConditionalGeneration.from_pretrained(tiny_model_dir))
+    dataset = ConversationDataset(mixed_records[:2], tiny_processor, max_length=512)
+    with pytest.raises(ValueError, match="not supported with DeepSpeed ZeRO-3"):
+        attach_feature_cache(cfg, model, [dataset, None])
+    assert dataset.feature_cache is None
 
 
 def _losses(out: Path) -> list[float]:

@@ -178,7 +178,7 @@ def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> d
         model: the model after ``apply_parts``.
         datasets: training / validation datasets (``Subset`` views or None allowed).
     """
-    from medvl.data.feature_cache import build_feature_cache
+    from medvl.data.feature_cache import FEATURE_KINDS, build_feature_cache
 
     frozen = {"image": cfg.train.parts.vision.mode == "frozen", "volume": cfg.train.parts.volume.mode == "frozen"}
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -202,8 +202,7 @@ def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> d
     cache = build_feature_cache(model, unique, kinds)
     for d in unique:
         d.feature_cache = cache
-    key = {"image": "pixel_values", "volume": "volume_values"}
-    return {key[k]: tuple(next(iter(cache.features[k].values())).shape) for k in kinds if cache.features[k]}
+    return {FEATURE_KINDS[k][1]: tuple(next(iter(cache.features[k].values())).shape) for k in kinds if cache.features[k]}
 
 
 def split_dataset(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
