@@ -8,5 +8,7 @@
 * :mod:`medvl.data.collator`: ``PaddedCollator`` (right/left) and ``PackingCollator``.
 * :mod:`medvl.data.check`: ``check_data`` behind ``medvl data check``.
 * :mod:`medvl.data.prepare`: ``prepare_volumes`` / ``VolumeCache`` behind ``medvl data prepare``.
+* :mod:`medvl.data.feature_cache`: ``build_feature_cache``: a frozen encoder's outputs, once per file
+  (``data.cache_encoder_features``).
 * :mod:`medvl.data.augment`, :mod:`medvl.data.synth`: augmentation and synthetic phantoms.
 """
