@@ -1,6 +1,6 @@
 """Independent re-implementation of MedM-VL (commit 225fc0f) numerics, used as the test oracle.
 
-Written from the fixture READMEs in ``../shared/fixtures/medmvl/`` (no MedM-VL code, no medvl code):
+Written from the fixture READMEs in ``tests/fixtures/medmvl/`` (no MedM-VL code, no medvl code):
 the ``qwen2`` (Vicuna-style) template, chunk-wise tokenisation around the markers with sentinel ids
 -200/-201, the label rule, 2D and CT preprocessing, encoder feature selection, the connectors
 (mlp, attn_pooling with 8 heads, spatial_pooling), and the merge + LLM forward. The tests check this

@@ -1,23 +1,12 @@
-"""Shared loader of ../shared/fixtures/eval-golden.json for the eval tests."""
+"""Loader of tests/fixtures/eval-golden.json for the eval tests."""
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
-import pytest
-
-_CANDIDATES = [
-    os.environ.get("MEDVL_EVAL_GOLDEN", ""),
-    str(Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "eval-golden.json"),
-    "/work/shared/fixtures/eval-golden.json",
-]
+from conftest import fixture_path
 
 
 def load_golden() -> dict:
-    """The golden vectors, or a clean skip when the shared fixtures are not checked out."""
-    for c in _CANDIDATES:
-        if c and Path(c).is_file():
-            return json.loads(Path(c).read_text(encoding="utf-8"))
-    pytest.skip("eval-golden.json not found (set MEDVL_EVAL_GOLDEN)")
+    """The golden vectors (a missing file fails collection; it never skips)."""
+    return json.loads(fixture_path("eval-golden.json").read_text(encoding="utf-8"))

@@ -1,6 +1,6 @@
 """MedM-VL importer: the independent oracle, config/weight translation, and equivalence on the fixtures.
 
-The fixtures in ``../shared/fixtures/medmvl/`` hold tiny checkpoints in MedM-VL's saved format with the
+The fixtures in ``tests/fixtures/medmvl/`` hold tiny checkpoints in MedM-VL's saved format with the
 values MedM-VL's own code computed on them. ``tests/_medmvl_reference.py`` re-implements MedM-VL's
 numerics from the fixture READMEs alone; it is checked against the fixtures here, and then serves as
 the oracle for the layouts the fixtures do not cover.
@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import fixture_path
+
 from tests import _medmvl_reference as R
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "medmvl"
-if not FIXTURES.is_dir():  # repository checked out elsewhere: the shared folder next to /work/main
-    FIXTURES = Path("/work/shared/fixtures/medmvl")
+FIXTURES = fixture_path("medmvl")
 FOLDERS = ["medmvl-2d-siglip-mlp", "medmvl-ct-siglip-attnpool"]
 
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="MedM-VL fixtures not available")
 
 
 def _expected(name: str) -> dict:

@@ -15,13 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
+from conftest import fixture_path
 from tests.data_helpers import qwen2_tokenizer
 from medvl.data.labels import IGNORE_INDEX, ConversationEncoder, OverlongSampleError
 from medvl.data.records import load_records
 from medvl.data.templates import LLAMA3, resolve_template
 from medvl.errors import MedVLDataError
 
-FIXTURES = Path("/work/shared/fixtures/medmvl")
+FIXTURES = fixture_path("medmvl")
 CONV = [
     {"role": "system", "content": "You are a radiologist."},
     {"role": "user", "content": "<image>\nWhich organ is shown?"},

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import fixture_path
 from medvl.data.records import Record, load_records
 from medvl.errors import MedVLDataError
 
-FIXTURES = Path("/work/shared/fixtures/medmvl")
+FIXTURES = fixture_path("medmvl")
 
 
 def _write_jsonl(path: Path, rows: list) -> Path:

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "medmvl"
-FIXTURE = FIXTURE if FIXTURE.is_dir() else Path("/work/shared/fixtures/medmvl")
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="MedM-VL fixtures not available")
+from conftest import fixture_path
+
+FIXTURE = fixture_path("medmvl")
 
 QUESTION = "Is there a lesion in the right lung?"
 

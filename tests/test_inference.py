@@ -13,10 +13,9 @@ import pytest
 
 from medvl.data.records import Record, load_records
 
-FIXTURE = Path("/work/shared/fixtures/medmvl/medmvl-2d-siglip-mlp")
-_alt = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "medmvl" / "medmvl-2d-siglip-mlp"
-FIXTURE = _alt if _alt.is_dir() else FIXTURE
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="MedM-VL fixtures not available")
+from conftest import fixture_path
+
+FIXTURE = fixture_path("medmvl", "medmvl-2d-siglip-mlp")
 
 
 @pytest.fixture(scope="module")

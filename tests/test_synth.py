@@ -142,8 +142,9 @@ def test_left_finding_lands_at_large_w_after_orientation(axcodes):
 
 
 def test_medvl_volume_pipeline_puts_left_on_the_right(tmp_path):
-    volume3d = pytest.importorskip("medvl.imaging.volume3d")
-    vp = pytest.importorskip("medvl.models.volume_processing_medvl")
+    from medvl.imaging import volume3d
+    from medvl.models import volume_processing_medvl as vp
+
     nodule = Nodule("left", "upper", 25.0, (0.5, 0.5, 0.5))
     for axcodes in synth.ORIENTATIONS:
         arrays = []
@@ -197,7 +198,7 @@ def test_bilingual_records_and_balanced_closed_answers(tmp_path):
 
 
 def test_dicom_output_has_geometry_tags(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    import pydicom
     synthesize("2d", 3, 2, tmp_path / "dcm", dicom=True)
     synthesize("2d", 3, 2, tmp_path / "png")
     ds = pydicom.dcmread(tmp_path / "dcm" / "images" / "case00000.dcm")

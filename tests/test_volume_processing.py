@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import fixture_path
+
 from medvl.models.volume_processing_medvl import (
     HU_WINDOWS,
     MedVLVolumeProcessor,
@@ -18,9 +20,7 @@ from medvl.models.volume_processing_medvl import (
     resolve_window,
 )
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "medmvl" / "medmvl-ct-siglip-attnpool"
-if not FIXTURE.exists():  # checkouts placed elsewhere
-    FIXTURE = Path("/work/shared/fixtures/medmvl/medmvl-ct-siglip-attnpool")
+FIXTURE = fixture_path("medmvl", "medmvl-ct-siglip-attnpool")
 
 
 def geometry_only(**kw) -> MedVLVolumeProcessor:
