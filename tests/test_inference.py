@@ -61,6 +61,56 @@ def test_batched_left_padded_equals_one_by_one(loaded) -> None:
     assert batched[0] == " A hyperdense lesion of abo"  # the first 6 of MedM-VL's own 8 greedy tokens
 
 
+def test_streamed_deltas_concatenate_to_the_batched_answers(loaded) -> None:
+    """Every row of a batched generation streams deltas that add up to its returned (and unstreamed) text."""
+    from medvl.inference import generate
+
+    model, processor = loaded
+    records = _records()
+    plain = generate(model, processor, records, batch_size=4, max_new_tokens=8, progress=False)
+    pieces: dict[int, list[str]] = {i: [] for i in range(len(records))}
+    streamed = generate(model, processor, records, batch_size=4, max_new_tokens=8, progress=False,
+                        on_text=lambda i, d: pieces[i].append(d))
+    assert streamed == plain
+    assert ["".join(pieces[i]) for i in range(len(records))] == plain
+    assert len(pieces[0]) > 1  # really incremental, not one final chunk
+    assert "".join(pieces[0]).startswith(" A hyperdense lesion of abo")  # MedM-VL's own greedy tokens
+
+
+def test_should_stop_ends_one_row_and_not_the_others(loaded) -> None:
+    """A row flagged to stop (a client that left) ends early; the other rows are unchanged."""
+    from medvl.inference import generate
+
+    model, processor = loaded
+    records = _records()
+    full = generate(model, processor, records, batch_size=4, max_new_tokens=6, min_new_tokens=6, progress=False)
+    got = generate(model, processor, records, batch_size=4, max_new_tokens=6, min_new_tokens=6, progress=False,
+                   should_stop=lambda i: i == 1)
+    assert got[0] == full[0] and got[2:] == full[2:]
+    assert len(processor.tokenizer(got[1])["input_ids"]) < len(processor.tokenizer(full[1])["input_ids"])
+
+
+def test_stream_chat_and_in_memory_media_equal_chat(loaded) -> None:
+    """``stream_chat`` yields the pieces of ``chat``'s answer; a decoded PIL image equals its file path."""
+    from medvl.imaging.image2d import load_image
+    from medvl.inference import chat, stream_chat
+
+    model, processor = loaded
+    path = str(FIXTURE / "inputs" / "image.png")
+    messages = [{"role": "user", "content": "<image>\nIs there a lesion in the right lung?"}]
+    answer = chat(model, processor, messages, images=[path], max_new_tokens=8)
+    pieces = list(stream_chat(model, processor, messages, images=[load_image(path)], max_new_tokens=8))
+    assert "".join(pieces) == answer and len(pieces) > 1
+    # closing the generator early stops the worker (no thread left behind)
+    import threading
+
+    before = threading.active_count()
+    gen = stream_chat(model, processor, messages, images=[path], max_new_tokens=64, min_new_tokens=64)
+    next(gen)
+    gen.close()
+    assert threading.active_count() == before
+
+
 def test_prompt_is_last_user_turn(loaded) -> None:
     """A trailing assistant turn is left out; the reference comes from MedM-VL's ``answer`` or that turn."""
     from medvl.inference import prompt_messages, reference_of

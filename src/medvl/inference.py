@@ -15,11 +15,15 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from medvl.data.records import Record
 from medvl.errors import MedVLDataError
@@ -84,11 +88,16 @@ def reference_of(record: Record) -> str | None:
 
 
 def _load_media(record: Record) -> tuple[list[Any], list[Any]]:
+    """The record's media, read from disk; entries that are already loaded (a ``PIL.Image`` or a
+    ``Volume``, as the server and the demo decode uploads in memory) pass through unchanged."""
     from medvl.imaging.image2d import load_image
     from medvl.imaging.volume3d import load_volume
 
     images, volumes = [], []
     for p in record.images:
+        if not isinstance(p, (str, Path)):
+            images.append(p)
+            continue
         try:
             images.append(load_image(p, record=record.id))
         except MedVLDataError:
@@ -96,6 +105,9 @@ def _load_media(record: Record) -> tuple[list[Any], list[Any]]:
         except Exception as err:  # unreadable / corrupt file: name the record and file
             raise MedVLDataError(f"cannot read image: {err}", record=record.id, path=p) from err
     for p in record.volumes:
+        if not isinstance(p, (str, Path)):
+            volumes.append(p)
+            continue
         try:
             volumes.append(load_volume(p, record=record.id))
         except MedVLDataError:
@@ -154,6 +166,78 @@ def _generation_kwargs(processor: Any, max_new_tokens: int, min_new_tokens: int,
     return kwargs
 
 
+TextCallback = Callable[[int, str], None]
+"""``on_text(record_index, delta)``: called with each newly decoded piece of a record's answer."""
+
+
+class _RowStreamer(BaseStreamer):
+    """Turns the token ids ``generate`` produces for a whole batch into per-row text deltas.
+
+    transformers' own ``TextStreamer`` handles batch size 1 only; the server streams every row of a
+    batched generation, so each row keeps its token list and emits the growth of its decoded text.
+    A delta is held back while the text ends in an incomplete multi-byte character (U+FFFD), so the
+    deltas of a row concatenate exactly to the final decoded answer.
+    """
+
+    def __init__(self, tokenizer: Any, rows: Sequence[int], on_text: TextCallback, stop_ids: set[int]):
+        self.tokenizer = tokenizer
+        self.rows = list(rows)
+        self.on_text = on_text
+        self.stop_ids = stop_ids
+        self.tokens: list[list[int]] = [[] for _ in self.rows]
+        self.sent: list[str] = ["" for _ in self.rows]
+        self.done = [False] * len(self.rows)
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # the first call carries the prompt ids
+            self._prompt_seen = True
+            return
+        ids = value.reshape(len(self.rows), -1)
+        for j in range(len(self.rows)):
+            if self.done[j]:
+                continue
+            for tok in ids[j].tolist():
+                if tok in self.stop_ids:
+                    self.done[j] = True
+                    break
+                self.tokens[j].append(tok)
+            self._emit(j, final=self.done[j])
+
+    def end(self) -> None:
+        for j in range(len(self.rows)):
+            self._emit(j, final=True)
+
+    def _emit(self, j: int, final: bool) -> None:
+        text = self.tokenizer.decode(self.tokens[j], skip_special_tokens=True)
+        if not final and text.endswith("\ufffd"):
+            return
+        if len(text) > len(self.sent[j]) and text.startswith(self.sent[j]):
+            delta = text[len(self.sent[j]) :]
+            self.sent[j] = text
+            self.on_text(self.rows[j], delta)
+
+
+class _RowStop(StoppingCriteria):
+    """Per-row early stop: a row whose ``should_stop(record_index)`` is true finishes (e.g. its client left)."""
+
+    def __init__(self, rows: Sequence[int], should_stop: Callable[[int], bool]):
+        self.rows = list(rows)
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        flags = [bool(self.should_stop(i)) for i in self.rows]
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+
+def _stop_token_ids(model: Any, processor: Any) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if processor.tokenizer.eos_token_id is not None:
+        ids.add(processor.tokenizer.eos_token_id)
+    return ids
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -165,6 +249,8 @@ def generate(
     min_new_tokens: int = 0,
     do_sample: bool = False,
     progress: bool = True,
+    on_text: TextCallback | None = None,
+    should_stop: Callable[[int], bool] | None = None,
     **gen_kwargs: Any,
 ) -> list[str]:
     """Answer every record's last user turn; returns the decoded continuations in record order.
@@ -178,6 +264,11 @@ def generate(
         min_new_tokens: suppress end-of-sequence before this many new tokens.
         do_sample: sample instead of greedy decoding.
         progress: show a progress bar (stderr).
+        on_text: streaming hook, ``on_text(record_index, delta)`` for each newly decoded piece of an
+            answer (greedy or sampling; not with beam search). The deltas of a record concatenate to
+            its returned text.
+        should_stop: ``should_stop(record_index) -> bool``, polled after every step; a record for which
+            it returns True stops generating (its text so far is returned), the others go on.
         **gen_kwargs: passed to ``model.generate`` (e.g. ``num_beams``, ``repetition_penalty``).
     """
     from tqdm.auto import tqdm
@@ -194,7 +285,14 @@ def generate(
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             batch = prepare_batch(model, processor, [records[i] for i in index])
-            sequences = model.generate(**batch, **kwargs)
+            step_kwargs = dict(kwargs)
+            if on_text is not None:
+                step_kwargs["streamer"] = _RowStreamer(processor.tokenizer, index, on_text, _stop_token_ids(model, processor))
+            if should_stop is not None:
+                criteria = StoppingCriteriaList(step_kwargs.pop("stopping_criteria", []) or [])
+                criteria.append(_RowStop(index, should_stop))
+                step_kwargs["stopping_criteria"] = criteria
+            sequences = model.generate(**batch, **step_kwargs)
             # Left padding: every row's prompt ends at the same column, new tokens follow it.
             new_tokens = sequences[:, batch["input_ids"].shape[1] :]
             texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -219,8 +317,8 @@ def chat(
     processor: Any,
     messages: list[dict[str, str]],
     *,
-    images: Sequence[str] = (),
-    volumes: Sequence[str] = (),
+    images: Sequence[Any] = (),
+    volumes: Sequence[Any] = (),
     max_new_tokens: int = 256,
     min_new_tokens: int = 0,
     do_sample: bool = False,
@@ -233,8 +331,8 @@ def chat(
         processor: its ``MedVLProcessor``.
         messages: ``[{"role": ..., "content": ...}]`` ending with a user turn; ``<image>`` /
             ``<volume>`` markers in the user turns, one per file.
-        images: image paths, in marker order over the whole conversation.
-        volumes: volume paths (file or DICOM folder), in marker order.
+        images: image paths (or loaded ``PIL.Image`` objects), in marker order over the whole conversation.
+        volumes: volume paths (file or DICOM folder) or loaded ``Volume`` objects, in marker order.
         max_new_tokens: generation length limit.
         min_new_tokens: suppress end-of-sequence before this many new tokens.
         do_sample: sample instead of greedy decoding.
@@ -254,4 +352,64 @@ def chat(
     )[0]
 
 
-__all__ = ["load_model", "generate", "chat", "prepare_batch", "prompt_messages", "reference_of"]
+def stream_chat(
+    model: Any,
+    processor: Any,
+    messages: list[dict[str, str]],
+    *,
+    images: Sequence[Any] = (),
+    volumes: Sequence[Any] = (),
+    max_new_tokens: int = 256,
+    min_new_tokens: int = 0,
+    do_sample: bool = False,
+    cancel: threading.Event | None = None,
+    **gen_kwargs: Any,
+) -> Iterator[str]:
+    """:func:`chat`, streamed: yields text deltas as tokens are generated (they concatenate to ``chat``'s answer).
+
+    Generation runs in a worker thread; the consumer iterates the deltas. Setting ``cancel`` (or
+    closing the generator) stops generation after the current step.
+
+    Args:
+        model: a ``MedVLForConditionalGeneration``.
+        processor: its ``MedVLProcessor``.
+        messages: the conversation, ending with a user turn (``<image>`` / ``<volume>`` markers).
+        images: image paths or loaded ``PIL.Image`` objects, in marker order.
+        volumes: volume paths or loaded ``Volume`` objects, in marker order.
+        max_new_tokens: generation length limit.
+        min_new_tokens: suppress end-of-sequence before this many new tokens.
+        do_sample: sample instead of greedy decoding.
+        cancel: an event that, once set, stops generation.
+        **gen_kwargs: passed to ``model.generate``.
+    """
+    record = Record(id="chat", messages=list(messages), images=list(images), volumes=list(volumes))
+    cancel = cancel or threading.Event()
+    deltas: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def work() -> None:
+        try:
+            generate(model, processor, [record], batch_size=1, max_new_tokens=max_new_tokens,
+                     min_new_tokens=min_new_tokens, do_sample=do_sample, progress=False,
+                     on_text=lambda _i, d: deltas.put(("text", d)), should_stop=lambda _i: cancel.is_set(),
+                     **gen_kwargs)
+            deltas.put(("end", None))
+        except BaseException as err:  # handed to the consumer, raised there
+            deltas.put(("error", err))
+
+    worker = threading.Thread(target=work, name="medvl-stream-chat", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = deltas.get()
+            if kind == "text":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        cancel.set()
+        worker.join()
+
+
+__all__ = ["load_model", "generate", "chat", "stream_chat", "prepare_batch", "prompt_messages", "reference_of"]
