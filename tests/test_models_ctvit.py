@@ -149,6 +149,27 @@ def test_build_from_ctclip_weights_folder_is_bit_for_bit(tmp_path, files):
     assert processor.volume_processor.mode == "ct_clip" and processor.volume_processor.output_shape == (1, 16, 48, 48)
 
 
+def test_medvl_build_cli_writes_ctclip_weights_bit_for_bit(tmp_path):
+    from medvl.cli import main
+
+    folder = _weights_folder(tmp_path, "ctclip", ("model.safetensors", "config.json"))
+    spec = tmp_path / "ct.yaml"
+    spec.write_text(yaml.safe_dump({
+        "llm": {"config": {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                           "num_attention_heads": 2, "num_key_value_heads": 1}},
+        "volume": {"encoder": "ctvit", "path": str(folder), "config": {"num_frames": 16},
+                   "connector": {"type": "attn_pool", "num_queries": 4, "num_heads": 4}},
+        "tokenizer": {"source": "train", "vocab_size": 400},
+    }))
+    assert main(["build", str(spec), "--out", str(tmp_path / "out")]) == 0
+    saved = load_file(str(tmp_path / "out" / "model.safetensors"))
+    reference = load_file(str(FIXTURE / "model.safetensors"))
+    assert all(torch.equal(saved[f"volume_encoder.{k}"], v) for k, v in reference.items())
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["volume_encoder"] == "ctvit" and config["volume_config"]["model_type"] == "medvl_ctvit"
+    assert config["num_volume_tokens"] == 4
+
+
 def test_build_takes_the_visual_transformer_of_a_full_ctclip_state_dict(tmp_path):
     folder = tmp_path / "full"
     folder.mkdir()
