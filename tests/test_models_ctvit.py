@@ -198,6 +198,14 @@ def test_weights_folder_without_config_uses_released_ctclip_arguments(tmp_path):
         build_model(load_model_spec(None, [*TINY_LLM, "volume.encoder=ctvit", f"volume.path={folder}"]))
 
 
+def test_a_saved_medvl_ctvit_folder_loads_too(tmp_path):
+    _fixture_encoder().save_pretrained(tmp_path / "saved")
+    config, state_dict = load_ctclip_folder(tmp_path / "saved", {"num_frames": 32})
+    assert config.num_frames == 32 and config.dim == 64 and config.dim_head == 16
+    reference = torch.load(FIXTURE / "ctvit_state_dict.pt", weights_only=True)
+    assert set(state_dict) == set(reference) and all(torch.equal(state_dict[k], v) for k, v in reference.items())
+
+
 def test_weights_folder_errors(tmp_path):
     both = _weights_folder(tmp_path, "both", ("ctvit_state_dict.pt", "model.safetensors", "config.json"))
     with pytest.raises(ValueError, match="several weights files"):

@@ -25,6 +25,7 @@ constructor arguments (without it: the released CT-CLIP arguments, ``CTCLIP_RELE
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,7 +273,9 @@ def _volume_processor_config(spec: ModelSpec, volume_config: PreTrainedConfig | 
 CTVIT_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
-def load_ctclip_folder(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[CTViTConfig, dict[str, torch.Tensor]]:
+def load_ctclip_folder(
+    path: str | Path, overrides: dict[str, Any] | None = None
+) -> tuple[CTViTConfig, dict[str, torch.Tensor]]:
     """Read a folder of CT-CLIP visual-transformer weights: ``(CTViTConfig, CTViT state dict)``.
 
     Args:
@@ -297,19 +300,19 @@ def load_ctclip_folder(path: str | Path, overrides: dict[str, Any] | None = None
     overrides = dict(overrides or {})
     config_file = folder / "config.json"
     if config_file.is_file():
-        import json
-
         settings = json.loads(config_file.read_text(encoding="utf-8"))
         if "model_type" in settings:  # a medvl CTViTConfig (CTViTModel.save_pretrained)
             if settings["model_type"] != CTViTConfig.model_type:
                 raise ValueError(f"{config_file}: model_type {settings['model_type']!r} is not a CTViT "
-                                 f"({CTViTConfig.model_type!r}); without model_type it holds CTViT's constructor arguments")
+                                 f"({CTViTConfig.model_type!r}); without model_type it holds CTViT's "
+                                 "constructor arguments")
             config = CTViTConfig.from_dict({**settings, **overrides})
         else:
             num_frames = int(overrides.pop("num_frames", CTViTConfig.num_frames))
             config = CTViTConfig.from_ctclip_kwargs({**settings, **overrides}, num_frames=num_frames)
     else:
-        logger.info("%s has no config.json: using the released CT-CLIP CTViT arguments %s", folder, CTCLIP_RELEASED_KWARGS)
+        logger.info("%s has no config.json: using the released CT-CLIP CTViT arguments %s", folder,
+                    CTCLIP_RELEASED_KWARGS)
         num_frames = int(overrides.pop("num_frames", CTViTConfig.num_frames))
         config = CTViTConfig.from_ctclip_kwargs({**CTCLIP_RELEASED_KWARGS, **overrides}, num_frames=num_frames)
     weights_file = files[0]

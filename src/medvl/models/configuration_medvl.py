@@ -362,7 +362,9 @@ class MedVLConfig(PreTrainedConfig):
                 raise ValueError(f"volume_encoder 'ctvit' hands over its final tokens only: volume_feature_layer must "
                                  f"be -1, got {self.volume_feature_layer!r}")
             if self.volume_encoder != "ctvit" and isinstance(self.volume_config, CTViTConfig):
-                raise ValueError(f"a medvl_ctvit volume_config needs volume_encoder 'ctvit', got {self.volume_encoder!r}")
+                raise ValueError(
+                    f"a medvl_ctvit volume_config needs volume_encoder 'ctvit', got {self.volume_encoder!r}"
+                )
             if self.volume_encoder == "vit3d" and not isinstance(self.volume_config, Vit3DConfig):
                 raise ValueError(
                     f"volume_encoder 'vit3d' needs a medvl_vit3d volume_config, got {self.volume_config.model_type!r}"
@@ -391,4 +393,6 @@ class MedVLConfig(PreTrainedConfig):
                 )
 
 
-__all__ = ["MedVLConfig", "ConnectorConfig", "CONNECTOR_TYPES", "CTVIT_FEATURE_SELECTS", "FEATURE_SELECTS", "VOLUME_ENCODERS"]
+__all__ = [
+    "MedVLConfig", "ConnectorConfig", "CONNECTOR_TYPES", "CTVIT_FEATURE_SELECTS", "FEATURE_SELECTS", "VOLUME_ENCODERS",
+]

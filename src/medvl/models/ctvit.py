@@ -133,7 +133,9 @@ class CTViTConfig(PreTrainedConfig):
         self.patch_size = _pair(self.patch_size, "patch_size")
         for size, patch in zip(self.image_size, self.patch_size):
             if size % patch:
-                raise ValueError(f"CTViTConfig: patch_size {self.patch_size} does not divide image_size {self.image_size}")
+                raise ValueError(
+                    f"CTViTConfig: patch_size {self.patch_size} does not divide image_size {self.image_size}"
+                )
         if self.temporal_patch_size < 1 or self.num_frames % self.temporal_patch_size:
             raise ValueError(f"CTViTConfig: temporal_patch_size {self.temporal_patch_size} does not divide "
                              f"num_frames {self.num_frames}")
@@ -158,7 +160,9 @@ class CTViTConfig(PreTrainedConfig):
         kwargs = {k: v for k, v in kwargs.items() if k not in CTCLIP_TRAINING_ONLY_KWARGS}
         missing = [k for k in CTCLIP_REQUIRED_KWARGS if k not in kwargs]
         if missing:
-            raise ValueError(f"CTViT constructor arguments lack {missing} (required: {', '.join(CTCLIP_REQUIRED_KWARGS)})")
+            raise ValueError(
+                f"CTViT constructor arguments lack {missing} (required: {', '.join(CTCLIP_REQUIRED_KWARGS)})"
+            )
         valid = (*CTCLIP_REQUIRED_KWARGS, "dim_head", "heads", "channels", "attn_dropout", "ff_dropout", "num_frames")
         unknown = sorted(set(kwargs) - set(valid))
         if unknown:

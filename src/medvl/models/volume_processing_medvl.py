@@ -626,4 +626,7 @@ class MedVLVolumeProcessor:
         return np.repeat(normed, 3, axis=0)
 
 
-__all__ = ["CT_CLIP_SHAPE", "CT_CLIP_SPACING", "HU_WINDOWS", "MedVLVolumeProcessor", "axcodes_affine", "resolve_window", "window_bounds"]
+__all__ = [
+    "CT_CLIP_SHAPE", "CT_CLIP_SPACING", "HU_WINDOWS", "MedVLVolumeProcessor", "axcodes_affine", "resolve_window",
+    "window_bounds",
+]
