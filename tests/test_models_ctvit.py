@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import fixture_path
 from medvl.build import build_model, load_ctclip_folder, load_model_spec, save_checkpoint
-from medvl.models import MedVLForConditionalGeneration
+from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 from medvl.models.ctvit import CTCLIP_RELEASED_KWARGS, CTViTConfig, CTViTModel
 
 FIXTURE = fixture_path("ctclip")
@@ -297,6 +297,25 @@ def test_gradients_reach_ctvit_when_it_trains(tmp_path):
     assert "vq._codebook.embed" not in dict(model.volume_encoder.named_parameters())
 
 
+def test_dummy_volumes_for_a_ctvit_model_keep_the_loss(tmp_path):
+    from medvl.data.collator import PaddedCollator
+    from medvl.train.dummy_media import add_dummy_media, media_slots
+
+    model, _ = build_model(_ctvit_spec(_weights_folder(tmp_path, "ctclip")))
+    model.train()
+    slot = {s.key: s for s in media_slots(model.config)}["volume_values"]
+    assert slot.shape == (1, 16, 48, 48) and slot.num_tokens == model.config.num_volume_tokens
+    ids = torch.arange(10, 19)
+    batch = PaddedCollator(pad_token_id=0)([{"input_ids": ids, "labels": torch.where(ids > 14, ids, -100)}])
+    plain = model(**batch).loss
+    with_dummy = add_dummy_media(batch, [slot])
+    loss = model(**with_dummy).loss
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-5)
+    loss.backward()
+    grad = model.volume_encoder.to_patch_emb[2].weight.grad
+    assert grad is not None and not grad.any()  # CTViT ran in the graph, with a zero gradient
+
+
 def _write_ct_records(folder: Path, n: int = 4) -> Path:
     import nibabel as nib
 
@@ -315,6 +334,8 @@ def _write_ct_records(folder: Path, n: int = 4) -> Path:
 
 
 def test_one_training_step_end_to_end_on_a_toy_ctvit(tmp_path):
+    from medvl.data.records import load_records
+    from medvl.inference import generate
     from medvl.train.config import load_train_config
     from medvl.train.run import final_model_dir, run_training
 
@@ -343,3 +364,8 @@ def test_one_training_step_end_to_end_on_a_toy_ctvit(tmp_path):
     assert "volume_encoder.to_patch_emb.2.weight" in changed
     assert torch.equal(before["volume_encoder.vq._codebook.embed"], after["volume_encoder.vq._codebook.embed"])
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("language_model."))
+    # the trained checkpoint answers through the one inference path (NIfTI -> ct_clip processor -> CTViT)
+    trained = MedVLForConditionalGeneration.from_pretrained(final_model_dir(out)).eval()
+    texts = generate(trained, MedVLProcessor.from_pretrained(final_model_dir(out)), load_records(data)[:2],
+                     max_new_tokens=3, min_new_tokens=3, progress=False)
+    assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)
