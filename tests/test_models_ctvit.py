@@ -297,6 +297,26 @@ def test_gradients_reach_ctvit_when_it_trains(tmp_path):
     assert "vq._codebook.embed" not in dict(model.volume_encoder.named_parameters())
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    folder = _weights_folder(tmp_path, "ctclip")
+    grads = []
+    for checkpointing in (False, True):
+        model, _ = build_model(_ctvit_spec(folder))
+        model.train()
+        calls = []
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            spatial = model.volume_encoder.enc_spatial_transformer
+            wrapped = spatial._gradient_checkpointing_func
+            spatial._gradient_checkpointing_func = lambda *a, **k: calls.append(1) or wrapped(*a, **k)
+        model.get_volume_features(_inputs()).square().mean().backward()
+        assert len(calls) == (2 if checkpointing else 0)  # one per spatial layer
+        grads.append({n: p.grad.clone() for n, p in model.volume_encoder.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "enc_temporal_transformer.layers.0.1.to_q.weight" in grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+
+
 def test_dummy_volumes_for_a_ctvit_model_keep_the_loss(tmp_path):
     from medvl.data.collator import PaddedCollator
     from medvl.train.dummy_media import add_dummy_media, media_slots

@@ -321,17 +321,25 @@ class CTViTBlock(nn.ModuleList):
 
 
 class CTViTTransformer(nn.Module):
-    """A stack of ``CTViTBlock`` and the final ``norm_out``."""
+    """A stack of ``CTViTBlock`` and the final ``norm_out``.
+
+    With ``gradient_checkpointing`` (set by ``PreTrainedModel.gradient_checkpointing_enable``) each
+    block's activations are recomputed in the backward pass while it trains.
+    """
 
     def __init__(self, config: CTViTConfig, depth: int):
         super().__init__()
         self.layers = nn.ModuleList([CTViTBlock(config) for _ in range(depth)])
         self.norm_out = CTViTLayerNorm(config.dim)
+        self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor, grid_shape: tuple[int, int, int, int],
                 attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x, grid_shape, attn_bias)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = self._gradient_checkpointing_func(layer.__call__, x, grid_shape, attn_bias)
+            else:
+                x = layer(x, grid_shape, attn_bias)
         return self.norm_out(x)
 
 
@@ -419,6 +427,7 @@ class CTViTPreTrainedModel(PreTrainedModel):
     config_class = CTViTConfig
     base_model_prefix = "ctvit"
     main_input_name = "volume_values"
+    supports_gradient_checkpointing = True
     # Attention always runs through torch's scaled_dot_product_attention, whatever is requested.
     _supports_sdpa = True
 
