@@ -7,7 +7,7 @@ through torch's scaled_dot_product_attention, as always in medvl's CTViT). Measu
 
 * forward (no grad, eval): seconds per volume, volumes/s, peak allocated memory;
 * forward + backward (encoder trainable, loss on the straight-through quantised tokens): seconds per
-  volume, peak memory;
+  volume, peak memory; again with activation checkpointing per transformer block;
 * how many codebook indices the bf16 forward picks like the float32 forward (same weights, same input).
 
 Weights are random unless ``--weights DIR`` names a CT-CLIP weights folder (as ``medvl build``
@@ -108,15 +108,21 @@ def measure(config: CTViTConfig, weights: str | None, batches: list[int], repeat
             out = model(x)
             out.last_hidden_state.float().square().mean().backward()
 
-        try:
-            seconds, peak = _timed(forward_backward, repeats, device)
-            entry["train_s_per_volume"] = seconds / batch
-            entry["train_peak_gib"] = peak / 2**30
-        except torch.OutOfMemoryError:
-            entry["train_s_per_volume"] = None
-            entry["train_peak_gib"] = "out of memory"
-            torch.cuda.empty_cache()
-        model.zero_grad(set_to_none=True)
+        for suffix, checkpointing in (("", False), ("_checkpointing", True)):
+            if checkpointing:
+                model.activation_checkpointing_enable()
+            try:
+                seconds, peak = _timed(forward_backward, repeats, device)
+                entry[f"train{suffix}_s_per_volume"] = seconds / batch
+                entry[f"train{suffix}_peak_gib"] = peak / 2**30
+            except torch.OutOfMemoryError:
+                entry[f"train{suffix}_s_per_volume"] = None
+                entry[f"train{suffix}_peak_gib"] = "out of memory"
+                model.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+            if checkpointing:
+                model.activation_checkpointing_disable()
+            model.zero_grad(set_to_none=True)
         results["batches"][str(batch)] = entry
         logger.info("batch %d: %s", batch, entry)
     # bf16 vs float32 code choice on the same input
