@@ -244,12 +244,16 @@ REMOTE_SCRIPT = textwrap.dedent(
     sys.path[:] = [p for p in sys.path if not os.path.isfile(os.path.join(p or ".", "medvl", "__init__.py"))]
     assert importlib.util.find_spec("medvl") is None, "medvl must not be importable here"
     import numpy as np, torch
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText, AutoProcessor
     model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
     with torch.no_grad():
         tokens = model.encode_volumes(torch.from_numpy(np.load(sys.argv[2])))
+    hu = np.random.default_rng(3).normal(-300, 500, (40, 36, 6)).astype(np.float32)
+    processed = processor.volume_processor({"array": hu, "affine": np.diag([1.2, 1.2, 5.0, 1.0])})["volume_values"]
     assert not any(name == "medvl" or name.startswith("medvl.") for name in sys.modules), "medvl was imported"
     np.save(sys.argv[3], tokens.numpy())
+    np.save(sys.argv[3].replace("tokens", "processed"), processed.numpy())
     print(type(model.volume_encoder).__module__)
     """
 )
@@ -275,6 +279,12 @@ def test_trust_remote_code_round_trip_gives_equal_tokens(tmp_path):
     assert "transformers_modules" in result.stdout and "ctvit" in result.stdout
     np.testing.assert_allclose(np.load(tmp_path / "tokens.npy").reshape(2, *GRID, 64), _npy("expected_tokens"),
                                atol=1e-5, rtol=0)
+    # the checkpoint's copy of the volume processor applies CT-CLIP's preprocessing like medvl's
+    assert MedVLProcessor.from_pretrained(ckpt).volume_processor == processor.volume_processor
+    hu = np.random.default_rng(3).normal(-300, 500, (40, 36, 6)).astype(np.float32)
+    local = processor.volume_processor({"array": hu, "affine": np.diag([1.2, 1.2, 5.0, 1.0])})["volume_values"]
+    assert local.shape == (1, 1, 16, 48, 48)
+    np.testing.assert_array_equal(np.load(tmp_path / "processed.npy"), local.numpy())
 
 
 def test_gradients_reach_ctvit_when_it_trains(tmp_path):
