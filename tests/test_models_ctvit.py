@@ -303,7 +303,7 @@ def test_gradients_reach_ctvit_when_it_trains(tmp_path):
                  "enc_spatial_transformer.layers.0.0.dsconv.weight", "spatial_rel_pos_bias.net.0.0.weight",
                  "enc_temporal_transformer.layers.1.3.4.weight", "enc_temporal_transformer.norm_out.gamma"):
         assert name in grads and grads[name].abs().sum() > 0, name
-    # the codebook is a buffer (CT-CLIP updates it by EMA, never by gradients)
+    # the codebook is a buffer (CT-CLIP's VQ moves it by EMA, never by gradients)
     assert "vq._codebook.embed" not in dict(model.volume_encoder.named_parameters())
 
 

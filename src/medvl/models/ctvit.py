@@ -31,8 +31,8 @@ What the original does, quirks included (all reproduced; the test fixture checks
    * Feed-forward: LayerNorm -> Linear(d, 2*inner) -> x * GELU(gate) -> Linear(inner, d), with
      inner = int(4 * 2/3 * d) (1365 for d = 512), no biases.
 4. VQ: for every token the codebook row with the highest cosine similarity is chosen and the
-   *stored, un-normalised* row is the output token. The codebook is a buffer (the original updates
-   it by EMA while training the autoencoder, never through gradients); here it stays frozen. When
+   *stored, un-normalised* row is the output token. The codebook is a buffer (the original's VQ
+   moves it by EMA in training mode, never through gradients); here it stays frozen. When
    gradients flow, the output carries a straight-through gradient to the pre-quantisation tokens.
 
 Weight names (identical to CT-CLIP's ``CTViT.state_dict()``)::
