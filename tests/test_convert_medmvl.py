@@ -376,6 +376,22 @@ def test_invalid_layouts(tmp_path: Path) -> None:
         translate_config(read_layout(src), parts, {"connector_image": {}})
 
 
+def test_ctclip_checkpoints_are_refused_with_the_reason(tmp_path: Path) -> None:
+    from medvl.convert.medmvl import MedMVLConversionError, convert_medmvl
+
+    src = _make_clip_checkpoint(tmp_path)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "lvlm_encoder_image_type": None,
+                                                 "lvlm_encoder_image3d_type": "ctclip",
+                                                 "lvlm_encoder_image3d_name_or_path": "CT-CLIP_v2_visual_transformer.pt",
+                                                 "lvlm_connector_image3d_type": "spatial_pooling",
+                                                 "lvlm_connector_image3d_name": "mlp2x_gelu"}))
+    with pytest.raises(MedMVLConversionError, match="'ctclip' 3D encoder has no well-defined saved layout") as err:
+        convert_medmvl(src, tmp_path / "out")
+    assert "does not register 'ctclip'" in str(err.value) and "encoder: ctvit" in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("kind", ["medmclip", "m3dclip"])
 def test_3d_converted_processor(tmp_path: Path, kind: str) -> None:
     """The converted processor applies MedM-VL's input handling for the 3D encoder and feeds the model."""

@@ -95,3 +95,39 @@ def test_recipe_placeholders_are_reported(tmp_path):
     filled = load_train_config(CONFIGS / "medm-vl-2d/finetune_lora.yaml",
                                [f"model.path={tmp_path}", "data.train=[a.jsonl]"])
     assert unfilled_placeholders(filled) == []
+
+
+def test_ct_rate_recipes_are_valid_and_their_spec_builds(tmp_path):
+    """configs/ct-rate: CTViT (CT-CLIP) + LLM; the spec builds with the fixture's CT-CLIP weights in place."""
+    import shutil
+
+    import yaml
+    from conftest import fixture_path
+
+    from medvl.build import ModelSpec, build_model
+    from medvl.utils.config import load_config
+
+    pretrain = load_train_config(CONFIGS / "ct-rate/pretrain.yaml")
+    finetune = load_train_config(CONFIGS / "ct-rate/finetune.yaml")
+    assert {p: getattr(pretrain.train.parts, p).mode for p in ("llm", "volume", "connector")} == {
+        "llm": "frozen", "volume": "frozen", "connector": "full"}
+    assert finetune.train.parts.llm.mode == "lora" and finetune.model.path == "runs/ct-rate-pretrain/model"
+    assert any(u.startswith("model.spec.volume.path=") for u in unfilled_placeholders(pretrain))
+    for cfg in (pretrain, finetune):
+        assert (CONFIGS / "deepspeed" / Path(cfg.train.deepspeed).name).is_file()
+    # the recipe's volume section, with the fixture's tiny CTViT instead of the released weights and a
+    # tiny LLM instead of Qwen2.5-3B; the 4x4x4 pooling needs a grid divisible by 4: 16 slices / 4 x (48 / 8)
+    weights = tmp_path / "ctclip"
+    weights.mkdir()
+    shutil.copy(fixture_path("ctclip", "model.safetensors"), weights)
+    (weights / "config.json").write_text(fixture_path("ctclip", "config.json").read_text().replace('"image_size": 48',
+                                                                                                     '"image_size": 32'))
+    spec_yaml = tmp_path / "spec.yaml"
+    spec_yaml.write_text(yaml.safe_dump(pretrain.model.spec))
+    spec = load_config(ModelSpec, spec_yaml, [
+        "llm.path=null", "llm.config.model_type=qwen2", "llm.config.hidden_size=32", "llm.config.intermediate_size=64",
+        "llm.config.num_hidden_layers=1", "llm.config.num_attention_heads=2", "llm.config.num_key_value_heads=1",
+        "tokenizer.source=train", "tokenizer.vocab_size=400", f"volume.path={weights}", "volume.config.num_frames=64"])
+    model, processor = build_model(spec)
+    assert model.config.volume_encoder == "ctvit" and model.config.num_volume_tokens == 4 * 1 * 1
+    assert processor.volume_processor.mode == "ct_clip" and processor.volume_processor.output_shape == (1, 64, 32, 32)

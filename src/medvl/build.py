@@ -16,10 +16,16 @@ Example YAML (see ``configs/tiny.yaml``)::
       config: {image_size: [16, 64, 64], patch_size: [4, 16, 16], ...}
       connector: {type: spatial_pool, pool_stride: [2, 2, 2]}
     tokenizer: {source: train, vocab_size: 1024}
+
+CT-CLIP's encoder: ``volume: {encoder: ctvit, path: DIR}`` where DIR holds CT-CLIP's visual-transformer
+weights (one ``.pt``/``.pth`` or ``.safetensors`` file: a ``CTViT.state_dict()``, or a full CT-CLIP
+state dict whose ``visual_transformer.*`` part is taken) and optionally a ``config.json`` of CTViT's
+constructor arguments (without it: the released CT-CLIP arguments, ``CTCLIP_RELEASED_KWARGS``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +41,15 @@ from transformers import (
     PreTrainedConfig,
 )
 
-from medvl.models import ConnectorConfig, MedVLConfig, MedVLForConditionalGeneration, MedVLProcessor, Vit3DConfig
+from medvl.models import (
+    ConnectorConfig,
+    CTViTConfig,
+    MedVLConfig,
+    MedVLForConditionalGeneration,
+    MedVLProcessor,
+    Vit3DConfig,
+)
+from medvl.models.ctvit import CTCLIP_RELEASED_KWARGS, ctvit_state_dict_from_ctclip
 from medvl.models.processing_medvl import CHATML_TEMPLATE, IMAGE_TOKEN, VOLUME_TOKEN
 from medvl.tokenization import builtin_corpus, qwen2_tokenizer, train_tokenizer
 from medvl.utils.config import load_config
@@ -69,13 +83,19 @@ class VisionSpec:
 
 @dataclass
 class VolumeSpec:
-    """The 3D encoder (native ``vit3d`` or a 2D tower ``slicewise``) and its connector."""
+    """The 3D encoder (native ``vit3d``, CT-CLIP's ``ctvit`` or a 2D tower ``slicewise``) and its connector.
 
-    encoder: Literal["vit3d", "slicewise"] = "vit3d"
+    ``ctvit``: ``path`` is a folder of CT-CLIP visual-transformer weights (see the module docstring),
+    ``config`` holds CTViT constructor arguments (CT-CLIP's names) plus ``num_frames`` (slices per
+    volume, default 240); ``feature_select`` is ``patch`` (quantised tokens, CT-CLIP's output) or
+    ``pre_vq``; the processor defaults to CT-CLIP's preprocessing (``mode: ct_clip``).
+    """
+
+    encoder: Literal["vit3d", "slicewise", "ctvit"] = "vit3d"
     path: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     feature_layer: int | list[int] = -1
-    feature_select: Literal["patch", "cls", "all"] = "patch"
+    feature_select: Literal["patch", "cls", "all", "pre_vq"] = "patch"
     connector: ConnectorConfig = field(default_factory=lambda: ConnectorConfig(type="spatial_pool"))
     num_slices: int = 32  # slicewise: slices per volume
     slice_position_embedding: bool = True  # slicewise: learned per-slice embedding before the connector
@@ -230,6 +250,10 @@ def _volume_processor_config(spec: ModelSpec, volume_config: PreTrainedConfig | 
     if spec.volume.encoder == "vit3d":
         settings.setdefault("target_shape", list(volume_config.image_size))
         settings.setdefault("channels", volume_config.in_channels)
+    elif spec.volume.encoder == "ctvit":  # CT-CLIP's own preprocessing unless the spec says otherwise
+        settings.setdefault("mode", "ct_clip")
+        settings.setdefault("target_shape", [volume_config.num_frames, *volume_config.image_size])
+        settings.setdefault("channels", volume_config.channels)
     else:
         size = volume_config.image_size if isinstance(volume_config.image_size, int) else volume_config.image_size[0]
         settings.setdefault("target_shape", [spec.volume.num_slices, size, size])
@@ -243,6 +267,78 @@ def _volume_processor_config(spec: ModelSpec, volume_config: PreTrainedConfig | 
         logger.warning("medvl.models.volume_processing_medvl is missing: volume processor settings stored unchecked")
         return settings
     return MedVLVolumeProcessor(**settings).to_dict()
+
+
+# ---------------------------------------------------------------------------- CT-CLIP weights
+CTVIT_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def load_ctclip_folder(
+    path: str | Path, overrides: dict[str, Any] | None = None
+) -> tuple[CTViTConfig, dict[str, torch.Tensor]]:
+    """Read a folder of CT-CLIP visual-transformer weights: ``(CTViTConfig, CTViT state dict)``.
+
+    Args:
+        path: folder with exactly one weights file (``.safetensors``, ``.pt``, ``.pth`` or ``.bin``) and
+            an optional ``config.json``: CTViT's constructor arguments (CT-CLIP's names; missing optional
+            ones take CTViT's class defaults) or a medvl ``CTViTConfig`` (with ``model_type``). Without
+            it, the released CT-CLIP arguments (``CTCLIP_RELEASED_KWARGS``) apply.
+        overrides: settings applied over the folder's config (e.g. ``num_frames``).
+
+    Raises:
+        FileNotFoundError: the folder or its weights file is missing.
+        ValueError: several weights files, a bad config, or a file that holds no tensors.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"volume.path {str(path)!r} is not a local folder of CT-CLIP weights")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(CTVIT_WEIGHT_SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no CT-CLIP weights file ({', '.join(CTVIT_WEIGHT_SUFFIXES)})")
+    if len(files) > 1:
+        raise ValueError(f"{folder}: several weights files {[p.name for p in files]}; keep exactly one")
+    overrides = dict(overrides or {})
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        settings = json.loads(config_file.read_text(encoding="utf-8"))
+        if "model_type" in settings:  # a medvl CTViTConfig (CTViTModel.save_pretrained)
+            if settings["model_type"] != CTViTConfig.model_type:
+                raise ValueError(f"{config_file}: model_type {settings['model_type']!r} is not a CTViT "
+                                 f"({CTViTConfig.model_type!r}); without model_type it holds CTViT's "
+                                 "constructor arguments")
+            config = CTViTConfig.from_dict({**settings, **overrides})
+        else:
+            num_frames = int(overrides.pop("num_frames", CTViTConfig.num_frames))
+            config = CTViTConfig.from_ctclip_kwargs({**settings, **overrides}, num_frames=num_frames)
+    else:
+        logger.info("%s has no config.json: using the released CT-CLIP CTViT arguments %s", folder,
+                    CTCLIP_RELEASED_KWARGS)
+        num_frames = int(overrides.pop("num_frames", CTViTConfig.num_frames))
+        config = CTViTConfig.from_ctclip_kwargs({**CTCLIP_RELEASED_KWARGS, **overrides}, num_frames=num_frames)
+    weights_file = files[0]
+    if weights_file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state_dict = load_file(str(weights_file))
+    else:
+        state_dict = torch.load(str(weights_file), map_location="cpu", weights_only=True)
+        if isinstance(state_dict, dict) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+            state_dict = state_dict["state_dict"]
+    if not isinstance(state_dict, dict) or not state_dict or not all(torch.is_tensor(v) for v in state_dict.values()):
+        raise ValueError(f"{weights_file}: expected a state dict (name -> tensor), got {type(state_dict).__name__}")
+    return config, ctvit_state_dict_from_ctclip(state_dict)
+
+
+def _load_ctvit_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    own = module.state_dict()
+    for key, value in state_dict.items():
+        if key in own and own[key].shape != value.shape:
+            raise ValueError(f"volume.path {source!r}: {key} has shape {tuple(value.shape)} in the file but "
+                             f"{tuple(own[key].shape)} in the configured CTViT; is config.json right?")
+    missing, unexpected = module.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"volume.path {source!r}: the CT-CLIP weights do not fit the CTViT config "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]}); is config.json right?")
 
 
 # ---------------------------------------------------------------------------- model
@@ -279,8 +375,16 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
         text_config.vocab_size = -(-vocab_needed // 64) * 64  # round up: tensor-core friendly rows
     vision_config = _part_config(spec.vision.path, spec.vision.config, "vision", True) if spec.vision else None
     volume_config = None
+    ctvit_weights = None
     if spec.volume is not None:
-        if spec.volume.encoder == "vit3d" and spec.volume.path is None:
+        if spec.volume.encoder == "ctvit":
+            if spec.volume.path is not None:
+                volume_config, ctvit_weights = load_ctclip_folder(spec.volume.path, spec.volume.config)
+            else:
+                overrides = dict(spec.volume.config)
+                overrides.pop("model_type", None)
+                volume_config = CTViTConfig(**overrides)
+        elif spec.volume.encoder == "vit3d" and spec.volume.path is None:
             volume_config = _part_config(None, {"model_type": Vit3DConfig.model_type, **spec.volume.config}, "volume")
         else:
             volume_config = _part_config(spec.volume.path, spec.volume.config, "volume", True)
@@ -313,7 +417,9 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
                              f"pretrained tower (vision.path {spec.vision.path!r}) keeps its own: drop one of them")
         tower_cls = type(model.vision_tower)
         _load_part_weights(model.vision_tower, tower_cls.from_pretrained(spec.vision.path), "vision")
-    if spec.volume is not None and spec.volume.path is not None:
+    if ctvit_weights is not None:
+        _load_ctvit_weights(model.volume_encoder, ctvit_weights, spec.volume.path)
+    elif spec.volume is not None and spec.volume.path is not None:
         encoder_cls = type(model.volume_encoder)
         _load_part_weights(model.volume_encoder, encoder_cls.from_pretrained(spec.volume.path), "volume")
     if model.get_input_embeddings().weight.shape[0] < vocab_needed:
@@ -361,6 +467,7 @@ __all__ = [
     "VisionSpec",
     "VolumeSpec",
     "build_model",
+    "load_ctclip_folder",
     "load_model_spec",
     "save_checkpoint",
 ]

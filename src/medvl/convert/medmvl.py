@@ -44,6 +44,18 @@ ATTN_POOLING_HEADS = 8
 SPATIAL_POOLING_SIZE = 2
 # MedM-VL's CT-through-2D-tower preprocessing resizes every volume to this many slices.
 MEDMVL_CT_SLICES = 32
+# Why a MedM-VL checkpoint with the CT-CLIP encoder is refused (facts from MedM-VL's code,
+# lvlm/model/encoder/ctclip.py and lvlm/model/encoder/__init__.py at github.com/MSIIP/MedM-VL b1b0770).
+CTCLIP_REFUSAL = (
+    "MedM-VL's 'ctclip' 3D encoder has no well-defined saved layout, so it is not imported: MedM-VL's "
+    "encoder factory (lvlm/model/encoder/__init__.py) does not register 'ctclip', so its training and "
+    "loading code cannot build such a model; CTCLIPModel.load_pretrained_weights reads an undefined "
+    "`config` (the CTViT weights path is never stored); its Image3DProcessor resizes volumes to 32x256x256 "
+    "while CTViT asserts a 480x480 in-plane input; and the encoder's config is read with "
+    "AutoConfig.from_pretrained from a .pt path. No MedM-VL release uses it. Build the same architecture "
+    "natively instead: `medvl build` with `volume: {encoder: ctvit, path: <folder with CT-CLIP's "
+    "visual-transformer weights>}` (see configs/ct-rate/ and docs/ctclip.md)."
+)
 
 
 class MedMVLConversionError(ValueError):
@@ -151,6 +163,8 @@ def read_layout(src: str | Path) -> MedMVLLayout:
         llm_max_length=int(cfg.get("lvlm_llm_max_length") or 2048),
         raw=cfg,
     )
+    if cfg.get("lvlm_encoder_image3d_type") == "ctclip":
+        raise MedMVLConversionError(f"{path}: {CTCLIP_REFUSAL}")
     for role, types in (("image", ENCODER_2D_TYPES), ("image3d", ENCODER_3D_TYPES)):
         if cfg.get(f"lvlm_encoder_{role}_type") is None:
             continue

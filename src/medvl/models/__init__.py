@@ -6,6 +6,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Aut
 
 from .configuration_medvl import ConnectorConfig, MedVLConfig
 from .connectors import AttnPoolConnector, MLPConnector, SpatialPoolConnector, build_connector
+from .ctvit import CTViTConfig, CTViTModel
 from .modeling_medvl import MedVLForConditionalGeneration, MedVLPreTrainedModel
 from .processing_medvl import CHATML_TEMPLATE, MedVLProcessor
 from .vit3d import Vit3DConfig, Vit3DModel
@@ -17,7 +18,7 @@ def register_auto_classes() -> None:
     Also marks the classes for ``auto_map`` so ``save_pretrained`` writes the code files into the
     checkpoint and it loads with ``trust_remote_code=True`` where medvl is not installed.
     """
-    for model_type, config_cls in (("medvl", MedVLConfig), ("medvl_vit3d", Vit3DConfig)):
+    for model_type, config_cls in (("medvl", MedVLConfig), ("medvl_vit3d", Vit3DConfig), ("medvl_ctvit", CTViTConfig)):
         try:
             AutoConfig.register(model_type, config_cls)
         except ValueError:  # already registered
@@ -25,6 +26,7 @@ def register_auto_classes() -> None:
     for auto_cls, config_cls, model_cls in (
         (AutoModelForImageTextToText, MedVLConfig, MedVLForConditionalGeneration),
         (AutoModel, Vit3DConfig, Vit3DModel),
+        (AutoModel, CTViTConfig, CTViTModel),
     ):
         try:
             auto_cls.register(config_cls, model_cls)
@@ -44,6 +46,8 @@ register_auto_classes()
 __all__ = [
     "AttnPoolConnector",
     "CHATML_TEMPLATE",
+    "CTViTConfig",
+    "CTViTModel",
     "ConnectorConfig",
     "MLPConnector",
     "MedVLConfig",

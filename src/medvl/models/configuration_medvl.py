@@ -26,13 +26,17 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import SubConfigSpec
 
+from .ctvit import CTViTConfig
 from .stems import validate_stem_widths
 from .vit3d import Vit3DConfig
 
 CONNECTOR_TYPES = ("mlp", "spatial_pool", "attn_pool")
 FEATURE_SELECTS = ("patch", "cls", "all")
+# CTViT (volume_encoder "ctvit") hands over its patch tokens either quantised ("patch": the codebook
+# rows CT-CLIP and MedM-VL use) or as the pre-quantisation tokens of its temporal transformer.
+CTVIT_FEATURE_SELECTS = ("patch", "pre_vq")
 POOL_MODES = ("avg", "max")
-VOLUME_ENCODERS = ("vit3d", "slicewise")
+VOLUME_ENCODERS = ("vit3d", "slicewise", "ctvit")
 IMAGE_TOKEN = "<image>"
 VOLUME_TOKEN = "<volume>"
 
@@ -207,6 +211,8 @@ def _make_subconfig(value: Any, default_model_type: str | None) -> PreTrainedCon
     model_type = value.pop("model_type", default_model_type)
     if model_type == Vit3DConfig.model_type:
         return Vit3DConfig(**value)
+    if model_type == CTViTConfig.model_type:
+        return CTViTConfig(**value)
     if model_type is None:
         raise ValueError(f"sub-config {value!r} has no model_type")
     return AutoConfig.for_model(model_type, **value)
@@ -219,12 +225,15 @@ class MedVLConfig(PreTrainedConfig):
         text_config: causal-LM config (dict with ``model_type`` or a config object). Default: Qwen2.
         vision_config: 2D tower config, or None for a model without 2D images.
         volume_config: 3D encoder config, or None for a model without volumes.
-        volume_encoder: "vit3d" (volume_config is a ``Vit3DConfig``) or "slicewise" (volume_config is
-            a 2D tower config run on every slice). Inferred from volume_config when None.
+        volume_encoder: "vit3d" (volume_config is a ``Vit3DConfig``), "ctvit" (a ``CTViTConfig``: CT-CLIP's
+            encoder) or "slicewise" (volume_config is a 2D tower config run on every slice). Inferred
+            from volume_config when None.
         image_connector / volume_connector: ``ConnectorConfig`` or dict.
         image_feature_layer / volume_feature_layer: index (or list of indices, concatenated along the
             hidden axis) into the encoder's ``hidden_states`` (-1 = output of the last layer).
-        image_feature_select / volume_feature_select: "patch", "cls" or "all" tokens.
+        image_feature_select / volume_feature_select: "patch", "cls" or "all" tokens. With
+            volume_encoder "ctvit": "patch" (CTViT's quantised tokens, the default) or "pre_vq"
+            (its pre-quantisation tokens); its feature layer must be -1.
         image_conv_stem: widths of a convolutional stem that replaces the 2D tower's patch embedding
             (``medvl.models.stems.ConvStem``, e.g. [16, 32, 64, 128]); None keeps the tower's own.
         volume_num_slices: slicewise only: slices per volume (the volume processor's depth).
@@ -294,6 +303,8 @@ class MedVLConfig(PreTrainedConfig):
             per_slice, grid = tower_token_layout(self.volume_config, self.volume_feature_select)
             grid = None if grid is None else (self.volume_num_slices, grid[1], grid[2])
             return per_slice * self.volume_num_slices, grid
+        if self.volume_encoder == "ctvit":
+            return self.volume_config.num_patches, self.volume_config.grid_size
         grid = self.volume_config.grid_size
         num_patches = grid[0] * grid[1] * grid[2]
         has_cls = bool(self.volume_config.use_cls_token)
@@ -314,9 +325,19 @@ class MedVLConfig(PreTrainedConfig):
         return self.volume_config.hidden_size * _num_layers(self.volume_feature_layer)
 
     def _validate_and_derive(self) -> None:
-        for name in ("image_feature_select", "volume_feature_select"):
-            if getattr(self, name) not in FEATURE_SELECTS:
-                raise _choice_error(name, getattr(self, name), FEATURE_SELECTS)
+        if self.volume_config is not None and self.volume_encoder is None:
+            if isinstance(self.volume_config, CTViTConfig):
+                self.volume_encoder = "ctvit"
+            else:
+                self.volume_encoder = "vit3d" if isinstance(self.volume_config, Vit3DConfig) else "slicewise"
+        if self.image_feature_select not in FEATURE_SELECTS:
+            raise _choice_error("image_feature_select", self.image_feature_select, FEATURE_SELECTS)
+        volume_selects = CTVIT_FEATURE_SELECTS if self.volume_encoder == "ctvit" else FEATURE_SELECTS
+        if self.volume_config is None:
+            volume_selects = tuple(dict.fromkeys(FEATURE_SELECTS + CTVIT_FEATURE_SELECTS))
+        if self.volume_feature_select not in volume_selects:
+            raise _choice_error(f"volume_feature_select (volume_encoder {self.volume_encoder!r})",
+                                self.volume_feature_select, volume_selects)
         for name in ("image_feature_layer", "volume_feature_layer"):
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):
@@ -331,10 +352,19 @@ class MedVLConfig(PreTrainedConfig):
         self.volume_connector = ConnectorConfig.from_any(self.volume_connector).to_dict()
 
         if self.volume_config is not None:
-            if self.volume_encoder is None:
-                self.volume_encoder = "vit3d" if isinstance(self.volume_config, Vit3DConfig) else "slicewise"
             if self.volume_encoder not in VOLUME_ENCODERS:
                 raise _choice_error("volume_encoder", self.volume_encoder, VOLUME_ENCODERS)
+            if self.volume_encoder == "ctvit" and not isinstance(self.volume_config, CTViTConfig):
+                raise ValueError(
+                    f"volume_encoder 'ctvit' needs a medvl_ctvit volume_config, got {self.volume_config.model_type!r}"
+                )
+            if self.volume_encoder == "ctvit" and self.volume_feature_layer != -1:
+                raise ValueError(f"volume_encoder 'ctvit' hands over its final tokens only: volume_feature_layer must "
+                                 f"be -1, got {self.volume_feature_layer!r}")
+            if self.volume_encoder != "ctvit" and isinstance(self.volume_config, CTViTConfig):
+                raise ValueError(
+                    f"a medvl_ctvit volume_config needs volume_encoder 'ctvit', got {self.volume_encoder!r}"
+                )
             if self.volume_encoder == "vit3d" and not isinstance(self.volume_config, Vit3DConfig):
                 raise ValueError(
                     f"volume_encoder 'vit3d' needs a medvl_vit3d volume_config, got {self.volume_config.model_type!r}"
@@ -363,4 +393,6 @@ class MedVLConfig(PreTrainedConfig):
                 )
 
 
-__all__ = ["MedVLConfig", "ConnectorConfig", "CONNECTOR_TYPES", "FEATURE_SELECTS", "VOLUME_ENCODERS"]
+__all__ = [
+    "MedVLConfig", "ConnectorConfig", "CONNECTOR_TYPES", "CTVIT_FEATURE_SELECTS", "FEATURE_SELECTS", "VOLUME_ENCODERS",
+]

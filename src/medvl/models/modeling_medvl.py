@@ -21,7 +21,9 @@ State-dict layout (for converters and exporters)::
                                 (``...patch_embedding.layers.{0,3,..}``, ``...patch_embedding.proj``)
     image_connector.mlp.{0,2,..}.{weight,bias}   Linear layers (odd indices: activation)
     image_connector.norm.*      optional input LayerNorm
-    volume_encoder.*            Vit3DModel (see vit3d.py) or the HF 2D tower of a slicewise encoder
+    volume_encoder.*            Vit3DModel (see vit3d.py), CTViTModel (ctvit.py: CT-CLIP's own keys, e.g.
+                                volume_encoder.enc_spatial_transformer.layers.0.1.to_q.weight) or the HF
+                                2D tower of a slicewise encoder
     volume_slice_embedding      (num_slices, feature_size), slicewise only
     volume_connector.*          as image_connector; attn_pool adds query, attn.{in_proj_*,out_proj.*},
                                 norm_q / norm_kv
@@ -40,6 +42,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_medvl import MedVLConfig, prefix_token_count
 from .connectors import AttnPoolConnector, build_connector
+from .ctvit import CTViTModel
 from .stems import install_conv_stem
 from .vit3d import Vit3DModel
 
@@ -134,6 +137,8 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         if config.volume_config is not None:
             if config.volume_encoder == "vit3d":
                 self.volume_encoder = Vit3DModel(config.volume_config)
+            elif config.volume_encoder == "ctvit":
+                self.volume_encoder = CTViTModel(config.volume_config)
             else:
                 self.volume_encoder = AutoModel.from_config(config.volume_config)
                 if config.slice_position_embedding:
@@ -213,7 +218,8 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
 
         Returns:
             (N, tokens, config.volume_feature_size()); slicewise: slice-major (slice 0's tokens,
-            then slice 1's, ...).
+            then slice 1's, ...); ctvit: CTViT's (t, h, w) raster order, quantised tokens (feature
+            select "patch") or pre-quantisation tokens ("pre_vq").
         """
         if self.volume_encoder is None:
             raise ValueError("this model has no volume encoder (volume_config is None) but got volume_values")
@@ -229,6 +235,15 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
                 self.config.volume_feature_select,
                 int(self.config.volume_config.use_cls_token),
             )
+        if self.config.volume_encoder == "ctvit":
+            frames = self.config.volume_config.num_frames
+            if volume_values.shape[2] != frames:
+                raise ValueError(f"the ctvit volume encoder is configured for {frames} slices (volume_config.num_frames), "
+                                 f"got volumes of shape {tuple(volume_values.shape)}")
+            outputs = self.volume_encoder(volume_values)
+            if self.config.volume_feature_select == "pre_vq":
+                return outputs.pre_quantization
+            return outputs.last_hidden_state
         # slicewise: (N, C, D, H, W) -> (N*D, C, H, W), slice index fastest within a volume (MedM-VL)
         n, c, d, h, w = volume_values.shape
         if d != self.config.volume_num_slices:

@@ -35,6 +35,19 @@ The ``"medmvl"`` mode reproduces MedM-VL's CT-through-SigLIP preprocessing bit f
 MONAI trilinear ``Resize`` to ``target_shape`` in float32, uint8 truncation, three identical channels,
 ``(x / 255 - 0.5) / 0.5``). It only applies the orientation step before that (a no-op for bare arrays).
 
+The ``"ct_clip"`` mode reproduces CT-CLIP's preprocessing of CT-RATE volumes (the CTViT encoder's
+input; ``scripts/data_inference_nii.py`` of github.com/ibrahimethemhamamci/CT-CLIP at commit a2a155c,
+see ``docs/ctclip.md``): the array is used in its stored axis order, no reorientation ((i, j, k) ->
+(D, H, W) = (k, i, j)); HU clipped to [-1000, 1000] in float64; trilinear resampling
+(``torch.nn.functional.interpolate``, ``align_corners=False``) to ``target_spacing`` (default 1.5 mm
+along D, 0.75 mm in-plane), new size ``int(n * current / target)`` per axis; division by 1000; float32;
+centre crop / pad with -1 (the extra voxel of an odd difference at the end) to ``target_shape``
+(default 240 x 480 x 480); one channel. ``"ct_clip_train"`` is the same with the order of CT-CLIP's
+training loader (``scripts/data.py``): resample first, then clip. Spacing comes from the affine's
+column lengths; CT-CLIP took it (and the rescale slope/intercept that turns stored values into HU)
+from CT-RATE's metadata CSV, so a CT-RATE volume must reach this processor in HU with an affine that
+carries the CSV spacing (the CT-RATE task adapter's job). Bare arrays are (D, H, W) at 1 mm.
+
 Input volumes: objects with ``array`` and ``affine`` attributes (medvl's ``Volume``), dicts with those
 keys, or bare 3D arrays, which are taken as already oriented with 1 mm voxels.
 """
@@ -65,7 +78,15 @@ HU_WINDOWS: dict[str, tuple[float, float]] = {
     "wide": (0.0, 2000.0),
 }
 
-MODES = ("standard", "medmvl")
+MODES = ("standard", "medmvl", "ct_clip", "ct_clip_train")
+CT_CLIP_MODES = ("ct_clip", "ct_clip_train")
+# the constructor's default shape; a ct_clip processor left at it takes CT-CLIP's shape instead
+DEFAULT_TARGET_SHAPE = (32, 256, 256)
+# CT-CLIP's preprocessing constants (scripts/data_inference_nii.py, CT-CLIP commit a2a155c)
+CT_CLIP_SPACING = (1.5, 0.75, 0.75)  # mm, (D, H, W)
+CT_CLIP_SHAPE = (240, 480, 480)  # (D, H, W)
+CT_CLIP_HU_RANGE = (-1000.0, 1000.0)
+CT_CLIP_PAD_VALUE = -1.0  # after the division by 1000
 SHAPE_MODES = ("resize", "pad_crop", "fit", "none")
 INTENSITY_MODES = ("window", "minmax", "none")
 
@@ -159,8 +180,11 @@ class MedVLVolumeProcessor:
     """Turns 3D volumes into the ``volume_values`` tensor (N, C, D, H, W) of a medvl model.
 
     Args:
-        mode: ``"standard"`` (the configurable pipeline) or ``"medmvl"`` (MedM-VL's CT preprocessing,
-            bit for bit; uses ``target_shape`` and ``axcodes`` only).
+        mode: ``"standard"`` (the configurable pipeline), ``"medmvl"`` (MedM-VL's CT preprocessing,
+            bit for bit; uses ``target_shape`` and ``axcodes`` only) or ``"ct_clip"`` /
+            ``"ct_clip_train"`` (CT-CLIP's CT-RATE preprocessing of its evaluation / training loader;
+            uses ``target_spacing`` (default (1.5, 0.75, 0.75)) and ``target_shape`` (default
+            (240, 480, 480)) only, never reorients).
         axcodes: orientation of the output axes (nibabel codes); None keeps the input layout.
         target_spacing: voxel size (mm) of the output axes (D, H, W) before the shape step; None keeps it.
         antialias: Gaussian pre-filter when an axis is downsampled (spacing and resize steps).
@@ -192,7 +216,7 @@ class MedVLVolumeProcessor:
         antialias: bool = True,
         crop_foreground: bool = True,
         foreground_hu: float = -500.0,
-        target_shape: Sequence[int] | None = (32, 256, 256),
+        target_shape: Sequence[int] | None = DEFAULT_TARGET_SHAPE,
         shape_mode: str = "resize",
         pad_hu: float = -1024.0,
         intensity: str = "window",
@@ -255,6 +279,14 @@ class MedVLVolumeProcessor:
             if self.target_shape is None:
                 raise ValueError("mode='medmvl' needs target_shape = (slices, size, size)")
             self.channels = 3
+        if self.mode in CT_CLIP_MODES:
+            # CT-CLIP feeds the stored array axes; its constants are the defaults of a ct_clip processor
+            self.axcodes = None
+            self.channels = 1
+            if self.target_spacing is None:
+                self.target_spacing = CT_CLIP_SPACING
+            if self.target_shape is None or target_shape is DEFAULT_TARGET_SHAPE:
+                self.target_shape = CT_CLIP_SHAPE
         if self.target_shape is None and self.shape_mode != "none":
             self.shape_mode = "none"
 
@@ -367,6 +399,8 @@ class MedVLVolumeProcessor:
         if self.mode == "medmvl":
             array, _, source = self._oriented(volume)
             return self._medmvl(array, source)
+        if self.mode in CT_CLIP_MODES:
+            return self._ct_clip(volume)
         hu, _ = self.spatial(volume)
         return self.intensity_map(hu)
 
@@ -433,6 +467,9 @@ class MedVLVolumeProcessor:
         """
         from monai.data import MetaTensor
 
+        if self.mode in CT_CLIP_MODES:
+            raise ValueError(f"volume processor mode {self.mode!r} has no separate HU stage (it resamples after "
+                             "clipping): cache its final float32 output instead of int16 HU")
         array, affine, source = self._oriented(volume)
         image = MetaTensor(torch.from_numpy(array.astype(np.float32))[None], affine=torch.from_numpy(affine))
         if self.target_spacing is not None:
@@ -541,6 +578,38 @@ class MedVLVolumeProcessor:
         unit = (np.clip(hu, low, high) - np.float32(low)) / np.float32(high - low)
         return (np.float32(low_out) + unit * np.float32(high_out - low_out)).astype(np.float32)
 
+    def _ct_clip(self, volume: Any) -> np.ndarray:
+        """CT-CLIP's CT-RATE preprocessing (``scripts/data_inference_nii.py`` / ``data.py``) -> (1, D, H, W)."""
+        bare = self._unpack(volume)[1] is None
+        array, affine, _ = self._oriented(volume)  # validation only: axcodes is None in these modes
+        spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        if not bare:  # a NIfTI-like (i, j, k) array: CT-CLIP's transpose(2, 0, 1) makes it (D, H, W)
+            array, spacing = array.transpose(2, 0, 1), spacing[[2, 0, 1]]
+        low, high = CT_CLIP_HU_RANGE
+        hu = array.astype(np.float64)  # nibabel's get_fdata: CT-CLIP works in float64 up to the division
+        if self.mode == "ct_clip":
+            hu = np.clip(hu, low, high)
+        # CT-CLIP's resize_array: scaling factor current / target, new size int(n * factor)
+        size = [int(n * (float(cur) / float(tgt))) for n, cur, tgt in zip(hu.shape, spacing, self.target_spacing)]
+        if min(size) < 1:
+            raise ValueError(f"volume of shape {hu.shape} and spacing {tuple(spacing)} shrinks to {size} voxels")
+        resized = torch.nn.functional.interpolate(
+            torch.from_numpy(np.ascontiguousarray(hu))[None, None], size=size, mode="trilinear", align_corners=False
+        )[0, 0].numpy()
+        if self.mode == "ct_clip_train":
+            resized = np.clip(resized, low, high)
+        scaled = (resized / 1000).astype(np.float32)
+        # centre crop, then pad with -1 (CT-CLIP: start (n - t) // 2; pad t - n split with the odd voxel after)
+        slices, pads = [], []
+        for n, target in zip(scaled.shape, self.target_shape):
+            start = max((n - target) // 2, 0)
+            end = min(start + target, n)
+            slices.append(slice(start, end))
+            before = (target - (end - start)) // 2
+            pads.append((before, target - (end - start) - before))
+        out = np.pad(scaled[tuple(slices)], pads, mode="constant", constant_values=np.float32(CT_CLIP_PAD_VALUE))
+        return out[None].astype(np.float32, copy=False)
+
     def _medmvl(self, array: np.ndarray, source: str) -> np.ndarray:
         """MedM-VL's CT preprocessing (its dataset + SigLIP processor), bit for bit."""
         from monai.transforms import CropForeground, Resize
@@ -557,4 +626,7 @@ class MedVLVolumeProcessor:
         return np.repeat(normed, 3, axis=0)
 
 
-__all__ = ["HU_WINDOWS", "MedVLVolumeProcessor", "axcodes_affine", "resolve_window", "window_bounds"]
+__all__ = [
+    "CT_CLIP_SHAPE", "CT_CLIP_SPACING", "HU_WINDOWS", "MedVLVolumeProcessor", "axcodes_affine", "resolve_window",
+    "window_bounds",
+]

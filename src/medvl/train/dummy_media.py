@@ -49,8 +49,11 @@ def media_slots(config: Any) -> list[MediaSlot]:
                                (getattr(vision, "num_channels", 3), h, w)))
     volume = getattr(config, "volume_config", None)
     if volume is not None and getattr(config, "volume_token_id", None) is not None and getattr(config, "num_volume_tokens", 0):
-        if getattr(config, "volume_encoder", "vit3d") == "vit3d":
+        encoder = getattr(config, "volume_encoder", "vit3d")
+        if encoder == "vit3d":
             shape = (getattr(volume, "in_channels", 1), *tuple(volume.image_size))
+        elif encoder == "ctvit":  # CT-CLIP's CTViT: (channels, slices, H, W)
+            shape = (volume.channels, volume.num_frames, *_pair(volume.image_size))
         else:  # a 2D tower applied slice by slice
             h, w = _pair(volume.image_size)
             shape = (getattr(volume, "num_channels", 3), config.volume_num_slices, h, w)
