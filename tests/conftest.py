@@ -26,7 +26,7 @@ FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 def fixture_path(*parts: str) -> Path:
     """A file or folder under ``tests/fixtures``; a missing one is a failure, never a skip.
 
-    Module-level callers (``from conftest import fixture_path``) fail at collection, which pytest
+    Module-level callers (``from tests.conftest import fixture_path``) fail at collection, which pytest
     reports as an error naming the missing path.
 
     Args:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import fixture_path
+from tests.conftest import fixture_path
 
 
 def load_golden() -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fixture_path
+from tests.conftest import fixture_path
 
 from tests import _medmvl_reference as R
 

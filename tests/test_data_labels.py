@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from conftest import fixture_path
+from tests.conftest import fixture_path
 from tests.data_helpers import qwen2_tokenizer
 from medvl.data.labels import IGNORE_INDEX, ConversationEncoder, OverlongSampleError
 from medvl.data.records import load_records

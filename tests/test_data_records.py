@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fixture_path
+from tests.conftest import fixture_path
 from medvl.data.records import Record, load_records
 from medvl.errors import MedVLDataError
 

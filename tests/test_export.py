@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fixture_path
+from tests.conftest import fixture_path
 
 FIXTURE = fixture_path("medmvl")
 

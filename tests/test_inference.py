@@ -13,7 +13,7 @@ import pytest
 
 from medvl.data.records import Record, load_records
 
-from conftest import fixture_path
+from tests.conftest import fixture_path
 
 FIXTURE = fixture_path("medmvl", "medmvl-2d-siglip-mlp")
 

@@ -20,7 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from conftest import fixture_path
+from tests.conftest import fixture_path
 from medvl.build import build_model, load_ctclip_folder, load_model_spec, save_checkpoint
 from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 from medvl.models.ctvit import CTCLIP_RELEASED_KWARGS, CTViTConfig, CTViTModel

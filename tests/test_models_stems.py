@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_models_medvl import IMG, VOL, make_config, make_model, row
+from tests.test_models_medvl import IMG, VOL, make_config, make_model, row
 
 from medvl.models import MedVLForConditionalGeneration
 from medvl.models.stems import ConvStem, install_conv_stem

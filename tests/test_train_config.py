@@ -102,7 +102,7 @@ def test_ct_rate_recipes_are_valid_and_their_spec_builds(tmp_path):
     import shutil
 
     import yaml
-    from conftest import fixture_path
+    from tests.conftest import fixture_path
 
     from medvl.build import ModelSpec, build_model
     from medvl.utils.config import load_config

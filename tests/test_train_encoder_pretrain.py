@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_models_medvl import make_config
+from tests.test_models_medvl import make_config
 
 from medvl.models import MedVLForConditionalGeneration
 from medvl.train.encoder_pretrain import EncoderPretrainConfig, pretrain_encoder

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fixture_path
+from tests.conftest import fixture_path
 
 from medvl.models.volume_processing_medvl import (
     HU_WINDOWS,
