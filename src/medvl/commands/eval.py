@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR")
     parser.add_argument("--tokenization", default="auto", choices=["auto", "ptb", "lowercase_whitespace"],
                         help="report tasks: pycocoevalcap tokenisation (auto = PTB when Java is present)")
+    parser.add_argument("--bootstrap-resamples", type=int, default=1000,
+                        help="resamples of the bootstrap 95%% intervals of mean-over-items metrics (0: none)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -59,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = EvalConfig(tasks=tasks, out_dir=args.out, data=data, data_root=args.data_root, split=args.split,
                          limit=args.limit, batch_size=args.batch_size, generation=generation, protocols=protocols,
                          bertscore_model=args.bertscore_model, meteor=not args.no_meteor,
-                         tokenization=args.tokenization, progress=not args.no_progress)
+                         tokenization=args.tokenization, progress=not args.no_progress,
+                         bootstrap_resamples=args.bootstrap_resamples, bootstrap_seed=args.bootstrap_seed)
         results = evaluate(cfg, model=args.model)
     except (MedVLDataError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         print(f"medvl eval: error: {e}", file=sys.stderr)
