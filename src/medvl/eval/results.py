@@ -106,7 +106,9 @@ ITEM_MEANS: dict[str, dict[str, tuple[str, str | None]]] = {
     # pycocoevalcap's ROUGE-L and CIDEr-D are means of per-report scores (CIDEr's document
     # frequencies stay those of the full reference set while items are resampled).
     "report": {"rouge_l": ("rouge_l", None), "cider": ("cider", None), "rougeL": ("rougeL", None),
-               "bert_f1": ("bert_f1", None)},
+               "bertscore_f1": ("bertscore_f1", None), "f1_chexbert_accuracy": ("f1_chexbert_accuracy_5", None),
+               "radgraph_simple": ("radgraph_simple", None), "radgraph_partial": ("radgraph_partial", None),
+               "radgraph_complete": ("radgraph_complete", None), "ratescore": ("ratescore", None)},
 }
 
 

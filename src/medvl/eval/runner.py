@@ -45,7 +45,8 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "mcq": ("accuracy",),
     "m3d": ("closed_accuracy", "bleu1", "rouge1", "meteor", "bert_f1"),
     "uni_med": ("closed_accuracy", "open_bleu1", "accuracy"),
-    "report": ("bleu_1", "bleu_4", "rouge_l", "meteor", "cider"),
+    "report": ("bleu_1", "bleu_4", "rouge_l", "meteor", "cider", "f1_chexbert_micro_f1_5", "f1_chexbert_accuracy",
+               "radgraph_partial", "ratescore"),
 }
 
 
@@ -69,6 +70,7 @@ class EvalConfig:
         meteor: compute METEOR (Java for reports, WordNet for m3d).
         tokenization: pycocoevalcap tokenisation for report tasks (auto = PTB when Java is present).
         progress: show progress bars.
+        clinical: report tasks: clinical metric name -> local model folder (F1-CheXbert, RadGraph, RaTEScore).
         bootstrap_resamples: resamples of the bootstrap 95% intervals (0: none).
         bootstrap_seed: seed of the bootstrap.
     """
@@ -89,6 +91,7 @@ class EvalConfig:
     progress: bool = True
     bootstrap_resamples: int = 1000
     bootstrap_seed: int = 0
+    clinical: dict[str, str] = field(default_factory=dict)
 
 
 def model_generate_fn(model_path: str | Path, *, batch_size: int = 8, dtype: str | None = None,
@@ -212,7 +215,8 @@ def score_rows(spec: Any, rows: list[dict], cfg: EvalConfig) -> ScoreResult:
 
         return score_reports([r["id"] for r in rows], [r["prediction"] for r in rows],
                              [str(r["reference"]) for r in rows], meteor=cfg.meteor,
-                             tokenization=cfg.tokenization, bertscore_model=cfg.bertscore_model)
+                             tokenization=cfg.tokenization, bertscore_model=cfg.bertscore_model,
+                             clinical=cfg.clinical or None)
     from medvl.eval.vqa import VQAItem, score_vqa
 
     items = [VQAItem(id=r["id"], prediction=r["prediction"], reference=str(r["reference"]),
