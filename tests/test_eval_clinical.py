@@ -17,7 +17,7 @@ from medvl.eval import report_metrics as rm
 
 REPORTS = ["no acute cardiopulmonary process .", "mild cardiomegaly with small left pleural effusion .",
            "the lungs are clear and there is no pneumothorax ."]
-WORDS = sorted({w for r in REPORTS for w in r.split()} | {"heart", "normal", "lung"})
+WORDS = sorted({w for r in REPORTS for w in r.split()} | {"heart", "normal", "lung", "a", "b", "edema", "clear"})
 
 
 def tiny_bert(folder, num_labels: int | None = None, id2label: dict | None = None, seed: int = 0):
@@ -27,7 +27,10 @@ def tiny_bert(folder, num_labels: int | None = None, id2label: dict | None = Non
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    assert tokenizer.convert_ids_to_tokens(tokenizer.encode("no effusion", add_special_tokens=False)) == [
+        "no", "effusion"]  # a real WordPiece vocabulary, not [UNK] everywhere
+    tokenizer.save_pretrained(folder)
     kwargs = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}} if id2label else {}
     config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=512, **kwargs)
@@ -131,3 +134,70 @@ def test_medvl_eval_clinical_on_a_report_replica(tmp_path, tiny_model_dir):
     per_item = json.loads((out / "scores" / "iu_xray.json").read_text())["all"]["per_item"]
     assert [r["f1_chexbert_accuracy_5"] for r in per_item] == [1.0, 1.0]
     assert "f1_chexbert_micro_f1_5" in (out / "results.md").read_text()
+
+
+def radgraph_folder(tmp_path):
+    """``radgraph/{config.json, vocabulary/, weights.th}`` as the package's radgraph.tar.gz unpacks, with a
+    tiny local BERT. Spans are one token wide; the NER head labels every span OBS-DP and the relation
+    head predicts no relation, so each report's entities are its distinct tokens."""
+    from radgraph.allennlp.data import Vocabulary, token_indexers  # noqa: F401 - the package's own classes
+    from radgraph.allennlp.modules import text_field_embedders, token_embedders
+    from radgraph.dygie.models import dygie
+
+    folder = tmp_path / "radgraph-models"
+    model_dir = folder / "radgraph"
+    bert_dir = tmp_path / "radgraph-bert"
+    tiny_bert(bert_dir, seed=3)
+    bert = {"model_name": str(bert_dir), "max_length": 512}
+    config = {
+        "dataset_reader": {"type": "dygie", "max_span_width": 1, "token_indexers": {"bert": {
+            "type": "pretrained_transformer_mismatched", **bert}}},
+        "model": {"type": "dygie", "embedder": {"token_embedders": {"bert": {
+                      "type": "pretrained_transformer_mismatched", **bert}}},
+                  "initializer": {}, "module_initializer": {},
+                  "feature_size": 4, "max_span_width": 1, "target_task": "relation",
+                  "feedforward_params": {"num_layers": 1, "hidden_dims": 8, "dropout": 0.0},
+                  "loss_weights": {"ner": 1.0, "relation": 1.0, "coref": 0.0, "events": 0.0},
+                  "modules": {"coref": {"spans_per_word": 0.3, "max_antecedents": 10, "coref_prop": 0},
+                              "ner": {}, "relation": {"spans_per_word": 0.5},
+                              "events": {"trigger_spans_per_word": 0.3, "argument_spans_per_word": 0.8,
+                                         "loss_weights": {"trigger": 1.0, "arguments": 1.0}}}},
+    }
+    vocab_dir = model_dir / "vocabulary"
+    vocab_dir.mkdir(parents=True)
+    (vocab_dir / "non_padded_namespaces.txt").write_text("*tags\n*labels\n", encoding="utf-8")
+    (vocab_dir / "radgraph__ner_labels.txt").write_text("\nANAT-DP\nOBS-DP\nOBS-U\nOBS-DA\n", encoding="utf-8")
+    (vocab_dir / "radgraph__relation_labels.txt").write_text("suggestive_of\nlocated_at\nmodify\n", encoding="utf-8")
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    vocab = Vocabulary.from_files(str(vocab_dir))
+    with rm.encode_plus_available():  # the vendored allennlp needs it under transformers 5 (see medvl)
+        embedder = text_field_embedders.BasicTextFieldEmbedder(
+            {"bert": token_embedders.PretrainedTransformerMismatchedEmbedder(**bert)})
+    model_cfg = {k: v for k, v in config["model"].items()
+                 if k not in ("type", "embedder", "initializer", "module_initializer")}
+    torch.manual_seed(4)
+    model = dygie.DyGIE(vocab=vocab, embedder=embedder, **model_cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("_ner._ner_scorers.") and name.endswith("bias") and param.shape[0] == 4:
+                param.zero_()
+                param[1] = 1e4  # labels 1.. = ANAT-DP, OBS-DP, ...: index 1 of the non-null scores is OBS-DP
+            if name.startswith("_relation._relation_scorers.") and name.endswith("bias"):
+                param.fill_(-1e4)
+    torch.save(model.state_dict(), model_dir / "weights.th")
+    return folder
+
+
+def test_radgraph_real_package_local_checkpoint(tmp_path):
+    pytest.importorskip("radgraph", reason="optional extra medvl[clinical]")
+    folder = radgraph_folder(tmp_path)
+    preds = ["no effusion", "mild edema", ""]
+    refs = ["no effusion", "mild effusion", "clear lungs"]
+    res = rm.clinical_metric("radgraph", preds, refs, weights=str(folder))
+    # entities = distinct tokens labelled OBS-DP, no relations: every level is the token-set F1;
+    # the empty prediction scores 0 (the package's rule)
+    want = [1.0, 0.5, 0.0]
+    for level in ("simple", "partial", "complete"):
+        assert [r[level] for r in res["per_item"]] == pytest.approx(want)
+        assert res[level] == pytest.approx(sum(want) / 3)
+    assert res["model_type"] == "radgraph"

@@ -26,7 +26,7 @@ import logging
 import re
 import shutil
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from medvl.eval.results import ScoreResult, java_version, library_versions, mean
 from medvl.eval.text import has_cjk, jieba_tokenize, medevalkit_tokenize
@@ -419,6 +419,35 @@ def _chexbert_scores(scorer: Any, refs_labels: list, hyps_labels: list) -> tuple
     return accuracy, per_report, report_14, report_5
 
 
+@contextlib.contextmanager
+def encode_plus_available() -> Iterator[None]:
+    """Give transformers-5 tokenizers back two methods transformers 4 had (for the duration of the block).
+
+    radgraph 0.1.18 vendors allennlp, whose tokenizer wrapper calls ``tokenizer.encode_plus(text,
+    add_special_tokens=..., return_offsets_mapping=..., ...)`` and ``build_inputs_with_special_tokens``.
+    transformers 5 removed both: its ``__call__`` takes the same single-text arguments and returns the
+    same ``BatchEncoding``; the special tokens are added the BERT way (``[CLS] a [SEP] (b [SEP])``),
+    which is what the BERT encoders of RadGraph's checkpoints use.
+    """
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    def encode_plus(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return self(*args, **kwargs)
+
+    def build_inputs_with_special_tokens(self: Any, ids_0: list[int], ids_1: list[int] | None = None) -> list[int]:
+        out = [self.cls_token_id, *ids_0, self.sep_token_id]
+        return out if ids_1 is None else [*out, *ids_1, self.sep_token_id]
+
+    added = [name for name, fn in (("encode_plus", encode_plus),
+                                   ("build_inputs_with_special_tokens", build_inputs_with_special_tokens))
+             if not hasattr(PreTrainedTokenizerBase, name) and not setattr(PreTrainedTokenizerBase, name, fn)]
+    try:
+        yield
+    finally:
+        for name in added:
+            delattr(PreTrainedTokenizerBase, name)
+
+
 class _EncodePlusTokenizer:
     """f1chexbert 0.0.2 calls ``tokenizer.encode_plus(wordpieces)["input_ids"]``, which transformers 5
     removed. For a list of wordpiece strings transformers 4's ``encode_plus`` returned
@@ -451,7 +480,7 @@ def _radgraph(preds: list[str], refs: list[str], weights: str) -> dict[str, Any]
                          f"({_CLINICAL['radgraph'][2]})")
     _require_files("radgraph", os.path.join(weights, model_type), ["config.json", "vocabulary", "weights.th"])
     cuda = 0 if _device() == "cuda" else -1
-    with contextlib.redirect_stdout(None):
+    with contextlib.redirect_stdout(None), encode_plus_available():
         scorer = F1RadGraph(reward_level="all", model_type=model_type, model_cache_dir=weights, cuda=cuda)
         mean_reward, rewards, _, _ = scorer(refs=refs, hyps=preds)
     simple, partial, complete = (float(v) for v in mean_reward)
