@@ -32,3 +32,26 @@ def test_item_values_only_when_they_reproduce_the_aggregate():
     assert item_values(wrong, "accuracy") is None  # the column does not give the reported value
     corpus = ScoreResult("report", {"bleu_4": 0.2}, [{"id": "a", "bleu_4": 0.1}])
     assert item_values(corpus, "bleu_4") is None  # corpus BLEU is not a mean over reports
+
+
+def test_corpus_bleu_bootstrap_reproduces_pycocoevalcap_and_brackets_it():
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    from medvl.eval.report_metrics import bleu_bootstrap
+
+    preds = ["the heart is normal in size", "no pleural effusion", "mild cardiomegaly is seen",
+             "lungs are clear", "there is a small left effusion"]
+    refs = ["heart size is normal", "no pleural effusion or pneumothorax", "cardiomegaly is seen",
+            "the lungs are clear", "small left pleural effusion"]
+    keys = range(len(preds))
+    corpus, _ = Bleu(4).compute_score({k: [refs[k]] for k in keys}, {k: [preds[k]] for k in keys}, verbose=0)
+    # intervals come back only when the summed per-report counts reproduce pycocoevalcap's corpus value
+    ci = bleu_bootstrap(preds, refs, n_resamples=400, seed=3)
+    assert set(ci) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4"}
+    for n in range(4):
+        low, high = ci[f"bleu_{n + 1}"]
+        assert low <= corpus[n] + 1e-12 and corpus[n] - 1e-12 <= high and low < high
+    assert bleu_bootstrap(preds, refs, n_resamples=400, seed=3) == ci
+    # a set of identical pairs: every resample has BLEU 1
+    same = bleu_bootstrap(refs, refs, n_resamples=50, seed=0)
+    assert all(v == pytest.approx([1.0, 1.0]) for v in same.values())

@@ -127,6 +127,57 @@ def coco_metrics(predictions: Sequence[str], references: Sequence[str], *, token
     return out
 
 
+def bleu_bootstrap(tokenized_predictions: Sequence[str], tokenized_references: Sequence[str], *,
+                   n_resamples: int, seed: int = 0, confidence: float = 0.95) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of pycocoevalcap's corpus BLEU-1..4 (reports resampled).
+
+    Corpus BLEU is not a mean over reports; it is a function of the summed n-gram counts. Each
+    report's counts are taken from pycocoevalcap's own ``BleuScorer`` (``ctest``: test length, closest
+    reference length, guessed and correct n-grams), resampled, summed and put through the formula of
+    ``BleuScorer.compute_score``. On the full set that formula reproduces the reported value, which is
+    checked before any interval is returned.
+
+    Args:
+        tokenized_predictions: predictions as pycocoevalcap saw them (after tokenisation).
+        tokenized_references: references, likewise.
+        n_resamples: bootstrap resamples.
+        seed: numpy ``default_rng`` seed.
+        confidence: interval coverage.
+
+    Returns:
+        ``{"bleu_1": [low, high], ..., "bleu_4": [...]}`` (empty when there are no items).
+    """
+    import numpy as np
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
+
+    if not tokenized_predictions or n_resamples <= 0:
+        return {}
+    scorer = BleuScorer(n=4)
+    for hyp, ref in zip(tokenized_predictions, tokenized_references):
+        scorer += (hyp, [ref])
+    stats = np.array([[c["testlen"], scorer._single_reflen(c["reflen"], "closest", c["testlen"]), *c["guess"],
+                       *c["correct"]] for c in scorer.ctest], dtype=np.float64)
+
+    def corpus_bleu(totals: np.ndarray) -> np.ndarray:
+        # totals (..., 10): testlen, reflen, guess 1-4, correct 1-4; BleuScorer.compute_score's formula
+        tiny, small = 1e-15, 1e-9
+        ratio = (totals[..., 0] + tiny) / (totals[..., 1] + small)
+        brevity = np.where(ratio < 1, np.exp(1 - 1 / np.maximum(ratio, tiny)), 1.0)
+        prod = np.cumprod((totals[..., 6:10] + tiny) / (totals[..., 2:6] + small), axis=-1)
+        return prod ** (1.0 / np.arange(1, 5)) * brevity[..., None]
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference_values, _ = scorer.compute_score(option="closest")
+    if not np.allclose(corpus_bleu(stats.sum(axis=0)), reference_values, rtol=1e-9, atol=1e-12):
+        return {}  # counts do not reproduce pycocoevalcap's value: no interval rather than a wrong one
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(stats), size=(n_resamples, len(stats)))
+    values = corpus_bleu(stats[idx].sum(axis=1))
+    alpha = (1.0 - confidence) / 2.0
+    lows, highs = np.quantile(values, [alpha, 1.0 - alpha], axis=0)
+    return {f"bleu_{n + 1}": [float(lows[n]), float(highs[n])] for n in range(4)}
+
+
 class JiebaTokenizer:
     """``rouge-score`` tokenizer for Chinese (and mixed) text: jieba words, lower-cased.
 
@@ -523,7 +574,8 @@ def available_clinical_metrics() -> dict[str, str]:
 
 def score_reports(ids: Sequence[str], predictions: Sequence[str], references: Sequence[str], *,
                   tokenization: str = "auto", meteor: bool = True, lang: str = "auto",
-                  bertscore_model: str | None = None, clinical: dict[str, str] | None = None) -> ScoreResult:
+                  bertscore_model: str | None = None, clinical: dict[str, str] | None = None,
+                  bootstrap_resamples: int = 0, bootstrap_seed: int = 0) -> ScoreResult:
     """All report metrics for one prediction set (protocol ``"report"``).
 
     Args:
@@ -535,7 +587,10 @@ def score_reports(ids: Sequence[str], predictions: Sequence[str], references: Se
         lang: ``en``, ``zh`` or ``auto`` (Chinese references switch rouge-score to jieba and
             sacrebleu to its ``zh`` tokenizer).
         bertscore_model: local model folder for BERTScore (optional).
-        clinical: clinical metric name -> local weights path (optional).
+        clinical: clinical metric name -> local model folder (optional).
+        bootstrap_resamples: resamples of the corpus-BLEU bootstrap intervals (0: none; see
+            :func:`bleu_bootstrap`); mean-over-report metrics are bootstrapped by the caller.
+        bootstrap_seed: seed of that bootstrap.
 
     Returns:
         aggregate keys ``bleu_1``..``bleu_4``, ``rouge_l``, ``meteor``, ``cider`` (pycocoevalcap),
@@ -590,5 +645,9 @@ def score_reports(ids: Sequence[str], predictions: Sequence[str], references: Se
                      f"{weights}")
     versions = library_versions(["pycocoevalcap", "rouge-score", "sacrebleu", "nltk", "jieba", "bert-score"])
     versions["java"] = java_version() or "not found"
+    intervals = {}
+    if bootstrap_resamples > 0 and "tokenized_predictions" in coco:
+        intervals = bleu_bootstrap(coco["tokenized_predictions"], coco["tokenized_references"],
+                                   n_resamples=bootstrap_resamples, seed=bootstrap_seed)
     return ScoreResult(protocol="report", aggregate=agg, per_item=rows, versions=versions, notes=notes,
-                       counts={"all": len(rows)})
+                       counts={"all": len(rows)}, intervals=intervals)

@@ -22,6 +22,8 @@ class ScoreResult:
         versions: library name -> version used to compute the values.
         notes: how the values were computed where it matters (tokeniser used, metrics skipped).
         counts: number of items per group (e.g. ``{"open": 7, "closed": 6}``).
+        intervals: metric -> bootstrap 95% interval [low, high] computed by the scorer itself, for
+            corpus-level metrics whose resampling needs more than per-item values (corpus BLEU).
     """
 
     protocol: str
@@ -30,6 +32,7 @@ class ScoreResult:
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    intervals: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.protocol:
@@ -44,6 +47,7 @@ class ScoreResult:
             "per_item": [{k: _jsonable(v) for k, v in row.items()} for row in self.per_item],
             "versions": dict(self.versions),
             "notes": list(self.notes),
+            **({"intervals": {k: list(v) for k, v in self.intervals.items()}} if self.intervals else {}),
         }
 
 

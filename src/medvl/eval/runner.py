@@ -216,7 +216,8 @@ def score_rows(spec: Any, rows: list[dict], cfg: EvalConfig) -> ScoreResult:
         return score_reports([r["id"] for r in rows], [r["prediction"] for r in rows],
                              [str(r["reference"]) for r in rows], meteor=cfg.meteor,
                              tokenization=cfg.tokenization, bertscore_model=cfg.bertscore_model,
-                             clinical=cfg.clinical or None)
+                             clinical=cfg.clinical or None, bootstrap_resamples=cfg.bootstrap_resamples,
+                             bootstrap_seed=cfg.bootstrap_seed)
     from medvl.eval.vqa import VQAItem, score_vqa
 
     items = [VQAItem(id=r["id"], prediction=r["prediction"], reference=str(r["reference"]),
@@ -327,9 +328,15 @@ def confidence_interval(result: ScoreResult, metric: str, cfg: EvalConfig) -> di
 
     if cfg.bootstrap_resamples <= 0:
         return {}
+    if metric in result.intervals:  # computed by the scorer (corpus BLEU from per-report n-gram counts)
+        return {"ci95": list(result.intervals[metric]),
+                "bootstrap": {"method": "percentile, reports resampled, corpus value recomputed from "
+                                        "per-report counts", "n_resamples": cfg.bootstrap_resamples,
+                              "seed": cfg.bootstrap_seed, "n_items": len(result.per_item)}}
     values = item_values(result, metric)
     if values is None:
-        return {"ci95": None, "bootstrap": {"note": "not a mean over items (corpus-level metric): no interval"}}
+        return {"ci95": None, "bootstrap": {"note": "no interval: not a mean over items (corpus-level metric) or no "
+                                                "per-item column registered in medvl.eval.results.ITEM_MEANS"}}
     low, high = bootstrap_ci(values, n_resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed)
     return {"ci95": [low, high], "bootstrap": {"method": "percentile, items resampled with replacement",
                                                "n_resamples": cfg.bootstrap_resamples, "seed": cfg.bootstrap_seed,
