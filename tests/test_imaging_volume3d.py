@@ -349,3 +349,20 @@ def test_rescale_and_spacing_from_a_side_file(tmp_path):
     np.testing.assert_allclose(vol.affine[:3, :3], np.diag([-0.75, -0.75, 1.5]))  # directions kept
     with pytest.raises(MedVLDataError, match="spacing must be 3 positive"):
         load_volume(path, spacing=(0.75, 0.0, 1.5))
+
+
+def test_medmvl_mode_reads_unit_volumes_as_its_hu_window_would():
+    """MedM-VL maps -1000..1000 HU to 0..255; a 0..1 volume is the same picture without the HU step."""
+    from medvl.imaging.volume3d import Volume
+    from medvl.models.volume_processing_medvl import axcodes_affine
+
+    spl = axcodes_affine((1.0, 1.0, 1.0), "SPL")  # already in the output orientation
+    rng = np.random.default_rng(0)
+    levels = rng.integers(1, 255, size=(4, 8, 8)).astype(np.float64) + 0.5  # away from uint8 truncation edges
+    unit = (levels / 255.0).astype(np.float32)
+    hu = (levels / 255.0 * 2000.0 - 1000.0).astype(np.float32)
+    proc = MedVLVolumeProcessor(mode="medmvl", target_shape=(4, 8, 8))
+    from_unit = proc([Volume(array=unit, affine=spl, intensity="unit")])["volume_values"].numpy()
+    from_hu = proc([Volume(array=hu, affine=spl)])["volume_values"].numpy()
+    np.testing.assert_array_equal(from_unit, from_hu)
+    np.testing.assert_allclose(from_unit[0, 0], (np.floor(levels) / 255 - 0.5) / 0.5, atol=1e-6)
