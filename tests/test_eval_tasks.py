@@ -225,3 +225,18 @@ def test_medvl_eval_end_to_end_on_the_replica(task, tmp_path, tiny_model_dir, ca
     assert low - 1e-12 <= head[0]["value"] <= high + 1e-12 and head[0]["bootstrap"]["n_resamples"] == 50
     scores = json.loads((out / "scores" / f"{task}.json").read_text())
     assert len(scores["all"]["per_item"]) == len(records)
+
+
+def test_medvl_eval_reads_the_media_and_names_a_broken_file(tmp_path, tiny_model_dir, capsys):
+    """The images really go through the loader and the processor: a truncated JPEG stops the run,
+    naming the record and the file."""
+    from medvl.cli import main
+
+    root = replicas.vqa_rad(tmp_path / "data")
+    broken = root / "VQA_RAD Image Folder" / "synpic29265.jpg"
+    broken.write_bytes(broken.read_bytes()[:40])
+    argv = ["eval", str(tiny_model_dir), "--tasks", "vqa_rad", "--data", f"vqa_rad={root}", "--max-new-tokens", "1",
+            "--batch-size", "1", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "vqa_rad-3" in err and "synpic29265.jpg" in err
