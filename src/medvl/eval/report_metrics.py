@@ -10,8 +10,10 @@
 - :func:`sacrebleu_metrics`: corpus and sentence BLEU from sacrebleu (0-100 scale) + signature.
 - :func:`nltk_metrics`: NLTK corpus/sentence BLEU-1..4 and METEOR on a chosen tokenisation.
 - :func:`bertscore`: BERTScore from ``bert-score`` with an explicit local model folder.
-- :func:`clinical_metric`: F1-CheXbert, RadGraph F1, RaTEScore, GREEN behind the same call;
-  they need local weights and their packages, and fail with a clear message otherwise.
+- :func:`clinical_metric`: F1-CheXbert, RadGraph F1 and RaTEScore run by their own packages on a
+  local model folder (``pip install medvl[clinical]``); a clear message otherwise. GREEN is not
+  offered (no PyPI package, 7B judge). Layouts and package quirks: ``docs/benchmarks.md``.
+- :func:`bleu_bootstrap`: bootstrap intervals of pycocoevalcap's corpus BLEU.
 
 :func:`score_reports` combines them into a :class:`~medvl.eval.results.ScoreResult` (protocol
 ``"report"``). HF ``evaluate`` is never used (it downloads metric code at run time).
