@@ -36,7 +36,8 @@ def test_evaluate_writes_outputs_and_per_language(tmp_path, synth_dir):
     assert data["model"] == "oracle-half"
     for entry in data["results"]:
         assert {"task", "metric", "protocol", "value", "n", "model", "data_fingerprint", "versions"} <= set(entry)
-    acc = {(r["language"]): r for r in results if r["task"] == "synth_vqa" and r["metric"] == "accuracy"}
+    acc = {(r["language"]): r for r in results
+           if r["task"] == "synth_vqa" and r["metric"] == "accuracy" and r["subgroup"] == "all"}
     assert acc["all"]["protocol"] == "exact_norm"
     # the half-oracle gets exactly the even positions of each chunk right
     n_correct = sum(1 for p in preds if p["prediction"] != "")
@@ -46,6 +47,18 @@ def test_evaluate_writes_outputs_and_per_language(tmp_path, synth_dir):
         assert {"en", "zh"} <= set(acc)
         assert sum(acc[l]["n"] for l in langs) == acc["all"]["n"]
     report = {r["metric"] for r in results if r["task"] == "synth_report" and r["language"] == "all"}
+    # subgroups of the release's own labels (here the synthetic question types), each scored alone
+    by_type = {r["subgroup"]: r for r in results if r["task"] == "synth_vqa" and r["metric"] == "accuracy"
+               and r["subgroup"].startswith("question_type=")}
+    assert len(by_type) > 1 and sum(r["n"] for r in by_type.values()) == acc["all"]["n"]
+    for sub, entry in by_type.items():
+        rows = [p for p in preds if f"question_type={p['question_type']}" == sub]
+        assert entry["value"] == pytest.approx(sum(p["prediction"] != "" for p in rows) / len(rows))
+    # a seeded percentile bootstrap interval around every mean-over-items headline value
+    overall = acc["all"]
+    assert overall["bootstrap"]["n_resamples"] == 1000 and overall["bootstrap"]["seed"] == 0
+    assert overall["ci95"][0] <= overall["value"] <= overall["ci95"][1] and overall["ci95"][0] < overall["ci95"][1]
+    assert data["bootstrap"] == {"confidence": 0.95, "n_resamples": 1000, "seed": 0}
     assert {"bleu_4", "rouge_l", "cider", "rougeL"} <= report
     md = (out / "results.md").read_text()
     assert "| synth_vqa | all | exact_norm | accuracy |" in md

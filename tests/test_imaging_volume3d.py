@@ -300,3 +300,69 @@ def test_volume_dataclass_spacing():
     v = Volume(np.zeros((1, 1, 1), np.float32), np.array([[0, 0, -3.0, 0], [0, -2.0, 0, 0], [1.0, 0, 0, 0],
                                                           [0, 0, 0, 1]]))
     assert v.spacing == (1.0, 2.0, 3.0)
+
+
+# ---------------------------------------------------------------- release conventions (issue 12)
+
+
+def test_m3d_unit_volume_is_loaded_and_mapped_without_hu_window(tmp_path):
+    """M3D-Data stores (1, D, H, W) float32 already min-max scaled to 0..1."""
+    from medvl.models.volume_processing_medvl import MedVLVolumeProcessor
+
+    ramp = np.linspace(0.0, 1.0, 8 * 16 * 16, dtype=np.float32).reshape(1, 8, 16, 16)
+    path = tmp_path / "Axial_C__portal_venous_phase.npy"
+    np.save(path, ramp)
+    vol = load_volume(path, record="m3d-0", intensity="unit")
+    assert vol.array.shape == (8, 16, 16) and vol.intensity == "unit"
+    np.testing.assert_array_equal(vol.array, ramp[0])
+    # The checkpoint's processor is configured for HU (window "wide", foreground crop at -500 HU):
+    proc = MedVLVolumeProcessor(target_shape=(8, 16, 16), output_range=(-1.0, 1.0))
+    out = proc([vol])["volume_values"].numpy()
+    np.testing.assert_allclose(out[0, 0], 2.0 * ramp[0] - 1.0, atol=1e-6)  # 0..1 -> output_range, no window
+    # the same array taken as HU is what the issue describes: a flat grey volume
+    hu = proc([np.asarray(ramp[0])])["volume_values"].numpy()
+    assert float(hu.max() - hu.min()) <= 1.01e-3  # 1 HU of a 2000 HU window, of an output span of 2
+    # a processor set to intensity "unit" does the same for bare (1, D, H, W) arrays
+    unit = MedVLVolumeProcessor(target_shape=(8, 16, 16), intensity="unit")
+    np.testing.assert_allclose(unit([ramp])["volume_values"].numpy()[0, 0], ramp[0], atol=1e-6)
+
+
+def test_unit_volume_out_of_range_names_the_file(tmp_path):
+    path = tmp_path / "bad.npy"
+    np.save(path, np.full((1, 4, 4, 4), 300.0, np.float32))
+    with pytest.raises(MedVLDataError, match=r"bad.npy.*|intensity 'unit'"):
+        load_volume(path, record="m3d-1", intensity="unit")
+    with pytest.raises(ValueError, match="valid: hu, unit"):
+        load_volume(path, intensity="percent")
+
+
+def test_rescale_and_spacing_from_a_side_file(tmp_path):
+    """CT-RATE keeps raw stored values and puts slope/intercept and spacing in its metadata CSV."""
+    import nibabel as nib
+
+    raw = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6) + 1000
+    path = tmp_path / "valid_1_a_1.nii.gz"
+    nib.save(nib.Nifti1Image(raw, np.diag([-1.0, -1.0, 1.0, 1.0])), path)
+    vol = load_volume(path, rescale=(1.0, -1024.0), spacing=(0.75, 0.75, 1.5))
+    np.testing.assert_array_equal(vol.array, raw.astype(np.float32) - 1024.0)
+    assert vol.spacing == (0.75, 0.75, 1.5)
+    np.testing.assert_allclose(vol.affine[:3, :3], np.diag([-0.75, -0.75, 1.5]))  # directions kept
+    with pytest.raises(MedVLDataError, match="spacing must be 3 positive"):
+        load_volume(path, spacing=(0.75, 0.0, 1.5))
+
+
+def test_medmvl_mode_reads_unit_volumes_as_its_hu_window_would():
+    """MedM-VL maps -1000..1000 HU to 0..255; a 0..1 volume is the same picture without the HU step."""
+    from medvl.imaging.volume3d import Volume
+    from medvl.models.volume_processing_medvl import axcodes_affine
+
+    spl = axcodes_affine((1.0, 1.0, 1.0), "SPL")  # already in the output orientation
+    rng = np.random.default_rng(0)
+    levels = rng.integers(1, 255, size=(4, 8, 8)).astype(np.float64) + 0.5  # away from uint8 truncation edges
+    unit = (levels / 255.0).astype(np.float32)
+    hu = (levels / 255.0 * 2000.0 - 1000.0).astype(np.float32)
+    proc = MedVLVolumeProcessor(mode="medmvl", target_shape=(4, 8, 8))
+    from_unit = proc([Volume(array=unit, affine=spl, intensity="unit")])["volume_values"].numpy()
+    from_hu = proc([Volume(array=hu, affine=spl)])["volume_values"].numpy()
+    np.testing.assert_array_equal(from_unit, from_hu)
+    np.testing.assert_allclose(from_unit[0, 0], (np.floor(levels) / 255 - 0.5) / 0.5, atol=1e-6)

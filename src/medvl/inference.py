@@ -104,12 +104,15 @@ def _load_media(record: Record) -> tuple[list[Any], list[Any]]:
             raise
         except Exception as err:  # unreadable / corrupt file: name the record and file
             raise MedVLDataError(f"cannot read image: {err}", record=record.id, path=p) from err
+    # A release's own conventions (M3D's 0..1 arrays, CT-RATE's rescale and spacing) come with the
+    # record from the benchmark task: ``meta["volume_load"]`` = keywords of ``load_volume``.
+    volume_load = dict(record.meta.get("volume_load") or {}) if isinstance(record.meta, dict) else {}
     for p in record.volumes:
         if not isinstance(p, (str, Path)):
             volumes.append(p)
             continue
         try:
-            volumes.append(load_volume(p, record=record.id))
+            volumes.append(load_volume(p, record=record.id, **volume_load))
         except MedVLDataError:
             raise
         except Exception as err:

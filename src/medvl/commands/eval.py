@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR")
     parser.add_argument("--tokenization", default="auto", choices=["auto", "ptb", "lowercase_whitespace"],
                         help="report tasks: pycocoevalcap tokenisation (auto = PTB when Java is present)")
+    parser.add_argument("--clinical", action="append", default=[], metavar="NAME=FOLDER",
+                        help="report tasks: clinical metric run by its package on a local model folder "
+                             "(f1_chexbert, radgraph, ratescore; pip install medvl[clinical]; see docs/benchmarks.md)")
+    parser.add_argument("--bootstrap-resamples", type=int, default=1000,
+                        help="resamples of the bootstrap 95%% intervals of mean-over-items metrics (0: none)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -54,12 +60,20 @@ def run(args: argparse.Namespace) -> int:
             if not sep:
                 raise ValueError(f"--protocol expects TASK=PROTOCOL, got {spec!r}")
             protocols[name] = proto
+        clinical = {}
+        for spec in args.clinical:
+            name, sep, path = spec.partition("=")
+            if not sep:
+                raise ValueError(f"--clinical expects NAME=FOLDER, got {spec!r}")
+            clinical[name] = path
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         generation = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
         cfg = EvalConfig(tasks=tasks, out_dir=args.out, data=data, data_root=args.data_root, split=args.split,
                          limit=args.limit, batch_size=args.batch_size, generation=generation, protocols=protocols,
                          bertscore_model=args.bertscore_model, meteor=not args.no_meteor,
-                         tokenization=args.tokenization, progress=not args.no_progress)
+                         tokenization=args.tokenization, progress=not args.no_progress,
+                         bootstrap_resamples=args.bootstrap_resamples, bootstrap_seed=args.bootstrap_seed,
+                         clinical=clinical)
         results = evaluate(cfg, model=args.model)
     except (MedVLDataError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         print(f"medvl eval: error: {e}", file=sys.stderr)

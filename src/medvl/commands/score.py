@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="report: pycocoevalcap tokenisation (auto = PTB when Java is present)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts a Java/WordNet process)")
     parser.add_argument("--lang", default="auto", choices=["auto", "en", "zh"], help="report: language of the texts")
-    parser.add_argument("--clinical", action="append", default=[], metavar="NAME=WEIGHTS",
-                        help="report: clinical metric with local weights, e.g. f1_chexbert=/models/chexbert.pth")
+    parser.add_argument("--clinical", action="append", default=[], metavar="NAME=FOLDER",
+                        help="report: clinical metric run by its package on a local model folder: f1_chexbert, radgraph, "
+                             "ratescore (pip install medvl[clinical]; folder layouts in docs/benchmarks.md)")
 
 
 def _protocol_options(args: argparse.Namespace) -> dict:
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             for spec in args.clinical:
                 name, sep, path = spec.partition("=")
                 if not sep:
-                    raise ValueError(f"--clinical expects NAME=WEIGHTS, got {spec!r}")
+                    raise ValueError(f"--clinical expects NAME=FOLDER, got {spec!r}")
                 clinical[name] = path
             ids, preds, refs = read_report_predictions(args.inp)
             result = score_reports(ids, preds, refs, tokenization=args.tokenization, meteor=not args.no_meteor,

@@ -10,8 +10,10 @@
 - :func:`sacrebleu_metrics`: corpus and sentence BLEU from sacrebleu (0-100 scale) + signature.
 - :func:`nltk_metrics`: NLTK corpus/sentence BLEU-1..4 and METEOR on a chosen tokenisation.
 - :func:`bertscore`: BERTScore from ``bert-score`` with an explicit local model folder.
-- :func:`clinical_metric`: F1-CheXbert, RadGraph F1, RaTEScore, GREEN behind the same call;
-  they need local weights and their packages, and fail with a clear message otherwise.
+- :func:`clinical_metric`: F1-CheXbert, RadGraph F1 and RaTEScore run by their own packages on a
+  local model folder (``pip install medvl[clinical]``); a clear message otherwise. GREEN is not
+  offered (no PyPI package, 7B judge). Layouts and package quirks: ``docs/benchmarks.md``.
+- :func:`bleu_bootstrap`: bootstrap intervals of pycocoevalcap's corpus BLEU.
 
 :func:`score_reports` combines them into a :class:`~medvl.eval.results.ScoreResult` (protocol
 ``"report"``). HF ``evaluate`` is never used (it downloads metric code at run time).
@@ -26,7 +28,7 @@ import logging
 import re
 import shutil
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from medvl.eval.results import ScoreResult, java_version, library_versions, mean
 from medvl.eval.text import has_cjk, jieba_tokenize, medevalkit_tokenize
@@ -125,6 +127,57 @@ def coco_metrics(predictions: Sequence[str], references: Sequence[str], *, token
         notes.append("METEOR 1.5 not computed: Java not found")
     out["notes"] = notes
     return out
+
+
+def bleu_bootstrap(tokenized_predictions: Sequence[str], tokenized_references: Sequence[str], *,
+                   n_resamples: int, seed: int = 0, confidence: float = 0.95) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of pycocoevalcap's corpus BLEU-1..4 (reports resampled).
+
+    Corpus BLEU is not a mean over reports; it is a function of the summed n-gram counts. Each
+    report's counts are taken from pycocoevalcap's own ``BleuScorer`` (``ctest``: test length, closest
+    reference length, guessed and correct n-grams), resampled, summed and put through the formula of
+    ``BleuScorer.compute_score``. On the full set that formula reproduces the reported value, which is
+    checked before any interval is returned.
+
+    Args:
+        tokenized_predictions: predictions as pycocoevalcap saw them (after tokenisation).
+        tokenized_references: references, likewise.
+        n_resamples: bootstrap resamples.
+        seed: numpy ``default_rng`` seed.
+        confidence: interval coverage.
+
+    Returns:
+        ``{"bleu_1": [low, high], ..., "bleu_4": [...]}`` (empty when there are no items).
+    """
+    import numpy as np
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
+
+    if not tokenized_predictions or n_resamples <= 0:
+        return {}
+    scorer = BleuScorer(n=4)
+    for hyp, ref in zip(tokenized_predictions, tokenized_references):
+        scorer += (hyp, [ref])
+    stats = np.array([[c["testlen"], scorer._single_reflen(c["reflen"], "closest", c["testlen"]), *c["guess"],
+                       *c["correct"]] for c in scorer.ctest], dtype=np.float64)
+
+    def corpus_bleu(totals: np.ndarray) -> np.ndarray:
+        # totals (..., 10): testlen, reflen, guess 1-4, correct 1-4; BleuScorer.compute_score's formula
+        tiny, small = 1e-15, 1e-9
+        ratio = (totals[..., 0] + tiny) / (totals[..., 1] + small)
+        brevity = np.where(ratio < 1, np.exp(1 - 1 / np.maximum(ratio, tiny)), 1.0)
+        prod = np.cumprod((totals[..., 6:10] + tiny) / (totals[..., 2:6] + small), axis=-1)
+        return prod ** (1.0 / np.arange(1, 5)) * brevity[..., None]
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference_values, _ = scorer.compute_score(option="closest")
+    if not np.allclose(corpus_bleu(stats.sum(axis=0)), reference_values, rtol=1e-9, atol=1e-12):
+        return {}  # counts do not reproduce pycocoevalcap's value: no interval rather than a wrong one
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(stats), size=(n_resamples, len(stats)))
+    values = corpus_bleu(stats[idx].sum(axis=1))
+    alpha = (1.0 - confidence) / 2.0
+    lows, highs = np.quantile(values, [alpha, 1.0 - alpha], axis=0)
+    return {f"bleu_{n + 1}": [float(lows[n]), float(highs[n])] for n in range(4)}
 
 
 class JiebaTokenizer:
@@ -291,30 +344,42 @@ def bertscore(predictions: Sequence[str], references: Sequence[str], *, model_pa
 
 # --- clinical metrics --------------------------------------------------------------------------
 
+# name: (pip distribution, import name, local folder layout). Each package's own loader code was
+# read (versions in pyproject's ``clinical`` extra); medvl points it at the local folder and never
+# lets it download. GREEN is not offered: its package is not on PyPI and it needs a 7B LLM judge.
 _CLINICAL = {
-    # name: (pip package / import name, how to get the weights)
-    "f1_chexbert": ("f1chexbert", "CheXbert checkpoint chexbert.pth (Stanford AIMI, research licence)"),
-    "radgraph": ("radgraph", "RadGraph model folder (PhysioNet credentialed access)"),
-    "ratescore": ("RaTEScore", "RaTE-NER and BioLORD weights folder"),
-    "green": ("green_score", "GREEN-RadLlama2-7b model folder"),
+    "f1_chexbert": ("f1chexbert", "f1chexbert",
+                    "a folder with chexbert.pth (the CheXbert checkpoint, {'model_state_dict': ...}) and "
+                    "bert-base-uncased/ (its tokenizer and config.json)"),
+    "radgraph": ("radgraph", "radgraph",
+                 "a folder with <model_type>/ (radgraph or radgraph-xl: config.json, vocabulary/, weights.th, as "
+                 "unpacked from the package's radgraph*.tar.gz) whose config names a local BERT folder"),
+    "ratescore": ("ratescore", "RaTEScore",
+                  "a folder with RaTE-NER-Deberta/ (token classifier) and BioLORD-2023-C/ (entity encoder), "
+                  "both Hugging Face model folders"),
 }
 
 
 def clinical_metric(name: str, predictions: Sequence[str], references: Sequence[str], *,
                     weights: str | None = None) -> dict[str, Any]:
-    """A clinical-efficacy metric (F1-CheXbert, RadGraph F1, RaTEScore, GREEN) with local weights.
+    """A clinical-efficacy metric (F1-CheXbert, RadGraph F1, RaTEScore) computed by its own package.
 
-    These metrics run a medical model; medvl never downloads it. The user installs the metric's
-    package and passes the local weights.
+    These metrics run a medical model; medvl never downloads it. Install the package
+    (``pip install medvl[clinical]``) and pass the local folder described in
+    :func:`available_clinical_metrics` / ``docs/benchmarks.md``.
 
     Args:
-        name: one of ``f1_chexbert``, ``radgraph``, ``ratescore``, ``green``.
+        name: one of ``f1_chexbert``, ``radgraph``, ``ratescore``.
         predictions: generated reports.
         references: references.
-        weights: local path of the metric's model weights.
+        weights: the metric's local model folder.
+
+    Returns:
+        aggregate values by name plus ``per_item``: one dict of values per report, in input order.
 
     Raises:
-        ValueError: unknown name (lists the valid ones) or no weights given.
+        ValueError: unknown name (lists the valid ones), no weights given, or an incomplete folder.
+        FileNotFoundError: the folder does not exist.
         ImportError: the metric's package is not installed.
     """
     import importlib
@@ -322,60 +387,197 @@ def clinical_metric(name: str, predictions: Sequence[str], references: Sequence[
 
     if name not in _CLINICAL:
         raise ValueError(f"unknown clinical metric {name!r}; valid: {', '.join(sorted(_CLINICAL))}")
-    module, where = _CLINICAL[name]
+    dist, module, where = _CLINICAL[name]
     if not weights:
         raise ValueError(f"clinical metric {name!r} needs local weights ({where}); pass weights=PATH "
                          "(medvl does not download models)")
     if not os.path.exists(weights):
         raise FileNotFoundError(f"clinical metric {name!r}: weights path {weights!r} does not exist")
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(f"clinical metric {name!r} needs the '{module}' package (pip install {module}); "
-                          f"it is not installed: {e}") from e
     _check_pairs(predictions, references)
-    return _run_clinical(name, mod, list(predictions), list(references), weights)
-
-
-def _run_clinical(name: str, mod: Any, preds: list[str], refs: list[str], weights: str) -> dict[str, Any]:
-    # Each package has its own entry point; the calls follow the packages' READMEs (GREEN:
-    # ``GREEN(model, output_dir)(refs, hyps)`` -> mean, std, scores, summary, frame). They cannot
-    # run here (no weights offline), so an API that changed is reported as such, not guessed around.
     try:
-        if name == "f1_chexbert":
-            scorer = mod.F1CheXbert(chexbert_checkpoint=weights)
-            accuracy, accuracy_per_item, report_all, report_5 = scorer(hyps=preds, refs=refs)
-            return {"accuracy": float(accuracy), "micro_f1_5": report_5["micro avg"]["f1-score"],
-                    "macro_f1_14": report_all["macro avg"]["f1-score"], "per_item": list(accuracy_per_item)}
-        if name == "radgraph":
-            scorer = mod.F1RadGraph(reward_level="all", model_path=weights)
-            mean_reward, reward_list, _, _ = scorer(hyps=preds, refs=refs)
-            # reward_level="all" gives (simple, partial, complete) entity/relation F1
-            simple, partial, complete = mean_reward
-            return {"radgraph_simple": simple, "radgraph_partial": partial, "radgraph_complete": complete,
-                    "per_item": [list(r) for r in zip(*reward_list)] if isinstance(reward_list, tuple) else reward_list}
-        if name == "ratescore":
-            scorer = mod.RaTEScore(bert_model=weights)
-            per = scorer.compute_score(preds, refs)
-            return {"ratescore": mean(per), "per_item": list(per)}
-        scorer = mod.GREEN(weights, output_dir=".")
-        mean_score, _std, per, _summary, _frame = scorer(refs, preds)
-        return {"green": float(mean_score), "per_item": list(per)}
-    except (TypeError, AttributeError, ValueError) as e:
-        raise RuntimeError(f"clinical metric {name!r}: the installed '{mod.__name__}' package does not accept the "
-                           f"call medvl makes (its API may have changed): {e}") from e
+        importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"clinical metric {name!r} needs the '{dist}' package (pip install {dist}, or "
+                          f"pip install medvl[clinical]); it could not be imported: {e}") from e
+    runner = {"f1_chexbert": _f1_chexbert, "radgraph": _radgraph, "ratescore": _ratescore}[name]
+    return runner(list(predictions), list(references), os.path.abspath(weights))
 
 
-def available_clinical_metrics() -> list[str]:
-    """Names accepted by :func:`clinical_metric`."""
-    return sorted(_CLINICAL)
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _require_files(name: str, folder: str, parts: Sequence[str]) -> None:
+    import os
+
+    missing = [p for p in parts if not os.path.exists(os.path.join(folder, p))]
+    if missing:
+        raise ValueError(f"clinical metric {name!r}: {folder} lacks {', '.join(missing)} "
+                         f"({_CLINICAL[name][2]})")
+
+
+def _f1_chexbert(preds: list[str], refs: list[str], weights: str) -> dict[str, Any]:
+    """f1chexbert 0.0.2: ``F1CheXbert(device=...)`` reads ``CACHE_DIR/chexbert.pth`` (module global) and
+    builds BERT from ``"bert-base-uncased"``; ``scorer(hyps, refs)`` returns (accuracy, per-report
+    accuracy, 14-label report, 5-label report) as sklearn ``classification_report`` dicts."""
+    import contextlib
+    import os
+
+    import f1chexbert.f1chexbert as impl
+
+    folder = weights if os.path.isdir(weights) else os.path.dirname(weights)
+    _require_files("f1_chexbert", folder, ["chexbert.pth", "bert-base-uncased/config.json",
+                                           "bert-base-uncased/vocab.txt"])
+    cwd, cache = os.getcwd(), impl.CACHE_DIR
+    try:
+        # The package names its BERT "bert-base-uncased": transformers takes an existing folder of
+        # that name (relative to the working directory) before the hub, so the local copy is used.
+        os.chdir(folder)
+        impl.CACHE_DIR = folder  # where the package looks for chexbert.pth (no download when present)
+        with contextlib.redirect_stdout(None):
+            scorer = impl.F1CheXbert(device=_device())
+            if not hasattr(scorer.tokenizer, "encode_plus"):
+                scorer.tokenizer = _EncodePlusTokenizer(scorer.tokenizer)
+            # The package's own labeller; F1CheXbert.forward's arithmetic is redone below because it
+            # calls sklearn's private _check_targets, whose return value changed in scikit-learn 1.6.
+            refs_labels = [scorer.get_label(r.strip()) for r in refs]
+            hyps_labels = [scorer.get_label(h.strip()) for h in preds]
+    finally:
+        impl.CACHE_DIR = cache
+        os.chdir(cwd)
+    accuracy, per_report, report_14, report_5 = _chexbert_scores(scorer, refs_labels, hyps_labels)
+    return {"accuracy": float(accuracy), "micro_f1_5": float(report_5["micro avg"]["f1-score"]),
+            "macro_f1_5": float(report_5["macro avg"]["f1-score"]),
+            "micro_f1_14": float(report_14["micro avg"]["f1-score"]),
+            "macro_f1_14": float(report_14["macro avg"]["f1-score"]),
+            "per_item": [{"accuracy_5": float(v)} for v in per_report]}
+
+
+def _chexbert_scores(scorer: Any, refs_labels: list, hyps_labels: list) -> tuple:
+    """f1chexbert 0.0.2's ``F1CheXbert.forward`` after labelling, with public sklearn calls only:
+    accuracy of the 5 CheXpert labels (exact match per report), per-report exact match, and the 14-
+    and 5-label ``classification_report`` dicts."""
+    import numpy as np
+    from sklearn.metrics import accuracy_score, classification_report
+
+    idx = scorer.target_names_5_index
+    refs_5 = np.asarray(refs_labels)[:, idx]
+    hyps_5 = np.asarray(hyps_labels)[:, idx]
+    accuracy = accuracy_score(y_true=refs_5, y_pred=hyps_5)
+    per_report = (refs_5 == hyps_5).all(axis=1).astype(np.float32)
+    report_14 = classification_report(refs_labels, hyps_labels, target_names=scorer.target_names, output_dict=True)
+    report_5 = classification_report(refs_5, hyps_5, target_names=scorer.target_names_5, output_dict=True)
+    return accuracy, per_report, report_14, report_5
+
+
+@contextlib.contextmanager
+def encode_plus_available() -> Iterator[None]:
+    """Give transformers-5 tokenizers back two methods transformers 4 had (for the duration of the block).
+
+    radgraph 0.1.18 vendors allennlp, whose tokenizer wrapper calls ``tokenizer.encode_plus(text,
+    add_special_tokens=..., return_offsets_mapping=..., ...)`` and ``build_inputs_with_special_tokens``.
+    transformers 5 removed both: its ``__call__`` takes the same single-text arguments and returns the
+    same ``BatchEncoding``; the special tokens are added the BERT way (``[CLS] a [SEP] (b [SEP])``),
+    which is what the BERT encoders of RadGraph's checkpoints use.
+    """
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    def encode_plus(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return self(*args, **kwargs)
+
+    def build_inputs_with_special_tokens(self: Any, ids_0: list[int], ids_1: list[int] | None = None) -> list[int]:
+        out = [self.cls_token_id, *ids_0, self.sep_token_id]
+        return out if ids_1 is None else [*out, *ids_1, self.sep_token_id]
+
+    added = [name for name, fn in (("encode_plus", encode_plus),
+                                   ("build_inputs_with_special_tokens", build_inputs_with_special_tokens))
+             if not hasattr(PreTrainedTokenizerBase, name) and not setattr(PreTrainedTokenizerBase, name, fn)]
+    try:
+        yield
+    finally:
+        for name in added:
+            delattr(PreTrainedTokenizerBase, name)
+
+
+class _EncodePlusTokenizer:
+    """f1chexbert 0.0.2 calls ``tokenizer.encode_plus(wordpieces)["input_ids"]``, which transformers 5
+    removed. For a list of wordpiece strings transformers 4's ``encode_plus`` returned
+    ``[CLS] + convert_tokens_to_ids(wordpieces) + [SEP]``; this wrapper restores exactly that and passes
+    everything else through to the real tokenizer."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def encode_plus(self, tokens: list[str]) -> dict[str, list[int]]:
+        ids = self._tokenizer.convert_tokens_to_ids(list(tokens))
+        return {"input_ids": [self._tokenizer.cls_token_id, *ids, self._tokenizer.sep_token_id]}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+
+def _radgraph(preds: list[str], refs: list[str], weights: str) -> dict[str, Any]:
+    """radgraph 0.1.18: ``F1RadGraph(reward_level="all", model_type=..., model_cache_dir=folder)`` loads
+    ``folder/<model_type>/{config.json, vocabulary/, weights.th}``; ``scorer(refs=..., hyps=...)`` returns
+    (mean (simple, partial, complete), per-report lists, hypothesis and reference annotations)."""
+    import contextlib
+    import os
+
+    from radgraph import F1RadGraph
+
+    model_type = next((t for t in ("radgraph-xl", "radgraph") if os.path.isdir(os.path.join(weights, t))), None)
+    if model_type is None:
+        raise ValueError(f"clinical metric 'radgraph': {weights} has neither radgraph-xl/ nor radgraph/ "
+                         f"({_CLINICAL['radgraph'][2]})")
+    _require_files("radgraph", os.path.join(weights, model_type), ["config.json", "vocabulary", "weights.th"])
+    cuda = 0 if _device() == "cuda" else -1
+    with contextlib.redirect_stdout(None), encode_plus_available():
+        scorer = F1RadGraph(reward_level="all", model_type=model_type, model_cache_dir=weights, cuda=cuda)
+        mean_reward, rewards, _, _ = scorer(refs=refs, hyps=preds)
+    simple, partial, complete = (float(v) for v in mean_reward)
+    per_item = [{"simple": float(a), "partial": float(b), "complete": float(c)} for a, b, c in zip(*rewards)]
+    return {"simple": simple, "partial": partial, "complete": complete, "model_type": model_type,
+            "per_item": per_item}
+
+
+def _ratescore(preds: list[str], refs: list[str], weights: str) -> dict[str, Any]:
+    """RaTEScore 0.6.0: ``RaTEScore(bert_model=NER folder, eval_model=encoder folder, use_gpu=...)``;
+    ``compute_score(candidates, references)`` returns one score per pair.
+
+    The package splits texts into sentences (medspacy) and drops those under 3 characters, so a
+    report with no sentence left would shift every later pair; such pairs are scored here with the
+    package's own rule for a report without entities (0.5) and the rest go through the package."""
+    import os
+
+    from RaTEScore import RaTEScore
+    from RaTEScore.utils import sentence_split
+
+    _require_files("ratescore", weights, ["RaTE-NER-Deberta/config.json", "BioLORD-2023-C/config.json"])
+    scorer = RaTEScore(bert_model=os.path.join(weights, "RaTE-NER-Deberta"),
+                       eval_model=os.path.join(weights, "BioLORD-2023-C"), use_gpu=_device() == "cuda")
+    scorable = [i for i, (p, r) in enumerate(zip(preds, refs))
+                if sentence_split([p])[0] and sentence_split([r])[0]]
+    scores = [0.5] * len(preds)
+    if scorable:
+        got = scorer.compute_score([preds[i] for i in scorable], [refs[i] for i in scorable])
+        for i, v in zip(scorable, got):
+            scores[i] = float(v)
+    return {"ratescore": mean(scores), "per_item": [{"ratescore": v} for v in scores]}
+
+
+def available_clinical_metrics() -> dict[str, str]:
+    """Names accepted by :func:`clinical_metric` -> the local folder each one needs."""
+    return {name: spec[2] for name, spec in sorted(_CLINICAL.items())}
 
 
 # --- combined ------------------------------------------------------------------------------------
 
 def score_reports(ids: Sequence[str], predictions: Sequence[str], references: Sequence[str], *,
                   tokenization: str = "auto", meteor: bool = True, lang: str = "auto",
-                  bertscore_model: str | None = None, clinical: dict[str, str] | None = None) -> ScoreResult:
+                  bertscore_model: str | None = None, clinical: dict[str, str] | None = None,
+                  bootstrap_resamples: int = 0, bootstrap_seed: int = 0) -> ScoreResult:
     """All report metrics for one prediction set (protocol ``"report"``).
 
     Args:
@@ -387,7 +589,10 @@ def score_reports(ids: Sequence[str], predictions: Sequence[str], references: Se
         lang: ``en``, ``zh`` or ``auto`` (Chinese references switch rouge-score to jieba and
             sacrebleu to its ``zh`` tokenizer).
         bertscore_model: local model folder for BERTScore (optional).
-        clinical: clinical metric name -> local weights path (optional).
+        clinical: clinical metric name -> local model folder (optional).
+        bootstrap_resamples: resamples of the corpus-BLEU bootstrap intervals (0: none; see
+            :func:`bleu_bootstrap`); mean-over-report metrics are bootstrapped by the caller.
+        bootstrap_seed: seed of that bootstrap.
 
     Returns:
         aggregate keys ``bleu_1``..``bleu_4``, ``rouge_l``, ``meteor``, ``cider`` (pycocoevalcap),
@@ -433,9 +638,18 @@ def score_reports(ids: Sequence[str], predictions: Sequence[str], references: Se
     for name, weights in (clinical or {}).items():
         res = clinical_metric(name, predictions, references, weights=weights)
         for k, v in res.items():
-            if k != "per_item":
-                agg[f"{name}_{k}" if not k.startswith(name) else k] = v
+            if k == "per_item":
+                for row, values in zip(rows, v):
+                    row.update({(kk if kk.startswith(name) else f"{name}_{kk}"): vv for kk, vv in values.items()})
+            elif isinstance(v, (int, float)):
+                agg[k if k.startswith(name) else f"{name}_{k}"] = float(v)
+        notes.append(f"{name}: {library_versions([_CLINICAL[name][0]]).get(_CLINICAL[name][0])} with local weights "
+                     f"{weights}")
     versions = library_versions(["pycocoevalcap", "rouge-score", "sacrebleu", "nltk", "jieba", "bert-score"])
     versions["java"] = java_version() or "not found"
+    intervals = {}
+    if bootstrap_resamples > 0 and "tokenized_predictions" in coco:
+        intervals = bleu_bootstrap(coco["tokenized_predictions"], coco["tokenized_references"],
+                                   n_resamples=bootstrap_resamples, seed=bootstrap_seed)
     return ScoreResult(protocol="report", aggregate=agg, per_item=rows, versions=versions, notes=notes,
-                       counts={"all": len(rows)})
+                       counts={"all": len(rows)}, intervals=intervals)

@@ -22,6 +22,8 @@ class ScoreResult:
         versions: library name -> version used to compute the values.
         notes: how the values were computed where it matters (tokeniser used, metrics skipped).
         counts: number of items per group (e.g. ``{"open": 7, "closed": 6}``).
+        intervals: metric -> bootstrap 95% interval [low, high] computed by the scorer itself, for
+            corpus-level metrics whose resampling needs more than per-item values (corpus BLEU).
     """
 
     protocol: str
@@ -30,6 +32,7 @@ class ScoreResult:
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    intervals: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.protocol:
@@ -44,6 +47,7 @@ class ScoreResult:
             "per_item": [{k: _jsonable(v) for k, v in row.items()} for row in self.per_item],
             "versions": dict(self.versions),
             "notes": list(self.notes),
+            **({"intervals": {k: list(v) for k, v in self.intervals.items()}} if self.intervals else {}),
         }
 
 
@@ -90,3 +94,65 @@ def java_version() -> str | None:
         return None
     lines = (proc.stderr or proc.stdout).strip().splitlines()
     return lines[0] if lines else "java"
+
+
+# Per-item values behind each headline metric that is a mean over items: protocol -> metric ->
+# (per-item column, answer type the mean is taken over or None for every item that has the column).
+# The bootstrap checks that the mean of the column equals the reported value before using it.
+ITEM_MEANS: dict[str, dict[str, tuple[str, str | None]]] = {
+    "llava_med_v1": {"closed_accuracy": ("closed_hit_run_eval_batch", "CLOSED"),
+                     "open_recall": ("token_recall", "OPEN"), "open_accuracy": ("open_substring_hit", "OPEN")},
+    "exact_norm": {"accuracy": ("correct", None), "closed_accuracy": ("correct", "CLOSED"),
+                   "open_accuracy": ("correct", "OPEN")},
+    "mcq": {"accuracy": ("correct", None)},
+    "m3d": {"closed_accuracy": ("correct", "CLOSED"), "bleu1": ("bleu1", "OPEN"), "rouge1": ("rouge1", "OPEN"),
+            "meteor": ("meteor", "OPEN"), "bert_f1": ("bert_f1", "OPEN")},
+    # pycocoevalcap's ROUGE-L and CIDEr-D are means of per-report scores (CIDEr's document
+    # frequencies stay those of the full reference set while items are resampled).
+    "report": {"rouge_l": ("rouge_l", None), "cider": ("cider", None), "rougeL": ("rougeL", None),
+               "bertscore_f1": ("bertscore_f1", None), "f1_chexbert_accuracy": ("f1_chexbert_accuracy_5", None),
+               "radgraph_simple": ("radgraph_simple", None), "radgraph_partial": ("radgraph_partial", None),
+               "radgraph_complete": ("radgraph_complete", None), "ratescore": ("ratescore", None)},
+}
+
+
+def item_values(result: ScoreResult, metric: str) -> list[float] | None:
+    """Per-item values whose mean is ``result.aggregate[metric]``, or None when the metric is not a
+    mean over items (corpus BLEU, METEOR's Java aggregate) or the values do not reproduce it.
+
+    Args:
+        result: a scored result.
+        metric: aggregate key.
+    """
+    spec = ITEM_MEANS.get(result.protocol, {}).get(metric)
+    if spec is None or metric not in result.aggregate:
+        return None
+    column, answer_type = spec
+    values = [float(r[column]) for r in result.per_item
+              if r.get(column) is not None and (answer_type is None or r.get("answer_type") == answer_type)]
+    if not values or abs(sum(values) / len(values) - float(result.aggregate[metric])) > 1e-9:
+        return None
+    return values
+
+
+def bootstrap_ci(values: list[float], *, n_resamples: int = 1000, seed: int = 0,
+                 confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (items resampled with replacement).
+
+    Args:
+        values: per-item values.
+        n_resamples: number of bootstrap resamples.
+        seed: seed of numpy's ``default_rng`` (same seed, same interval).
+        confidence: coverage of the interval (0.95 -> 2.5th and 97.5th percentiles).
+    """
+    import numpy as np
+
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    data = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(data), size=(n_resamples, len(data)))
+    means = data[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)

@@ -31,6 +31,10 @@ from medvl.eval.results import ScoreResult, library_versions
 
 logger = logging.getLogger(__name__)
 
+# Record fields a release labels its samples with; every value with items gets its own scores.
+# (Answer type is covered by the protocols' closed_/open_ metrics, language by the language groups.)
+SUBGROUP_KEYS = ("modality", "organ", "question_type")
+
 GenerateFn = Callable[..., list[str]]
 
 # Metrics shown in the markdown table and chart (results.json has every aggregate).
@@ -41,7 +45,8 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "mcq": ("accuracy",),
     "m3d": ("closed_accuracy", "bleu1", "rouge1", "meteor", "bert_f1"),
     "uni_med": ("closed_accuracy", "open_bleu1", "accuracy"),
-    "report": ("bleu_1", "bleu_4", "rouge_l", "meteor", "cider"),
+    "report": ("bleu_1", "bleu_4", "rouge_l", "meteor", "cider", "f1_chexbert_micro_f1_5", "f1_chexbert_accuracy",
+               "radgraph_partial", "ratescore"),
 }
 
 
@@ -65,6 +70,9 @@ class EvalConfig:
         meteor: compute METEOR (Java for reports, WordNet for m3d).
         tokenization: pycocoevalcap tokenisation for report tasks (auto = PTB when Java is present).
         progress: show progress bars.
+        clinical: report tasks: clinical metric name -> local model folder (F1-CheXbert, RadGraph, RaTEScore).
+        bootstrap_resamples: resamples of the bootstrap 95% intervals (0: none).
+        bootstrap_seed: seed of the bootstrap.
     """
 
     tasks: Sequence[str]
@@ -81,6 +89,9 @@ class EvalConfig:
     meteor: bool = True
     tokenization: str = "auto"
     progress: bool = True
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
+    clinical: dict[str, str] = field(default_factory=dict)
 
 
 def model_generate_fn(model_path: str | Path, *, batch_size: int = 8, dtype: str | None = None,
@@ -146,7 +157,7 @@ def _prediction_row(rec: Any, prediction: str, task: str, fingerprint: str) -> d
     row = {"id": rec.id, "task": task, "prediction": prediction, "reference": meta.get("reference"),
            "answer_type": meta.get("answer_type", "OPEN"), "language": meta.get("language"),
            "question": meta.get("question", ""), "data_fingerprint": fingerprint}
-    for key in ("options", "answer_choice"):
+    for key in ("options", "answer_choice", *SUBGROUP_KEYS):
         if meta.get(key) is not None:
             row[key] = meta[key]
     return row
@@ -204,7 +215,9 @@ def score_rows(spec: Any, rows: list[dict], cfg: EvalConfig) -> ScoreResult:
 
         return score_reports([r["id"] for r in rows], [r["prediction"] for r in rows],
                              [str(r["reference"]) for r in rows], meteor=cfg.meteor,
-                             tokenization=cfg.tokenization, bertscore_model=cfg.bertscore_model)
+                             tokenization=cfg.tokenization, bertscore_model=cfg.bertscore_model,
+                             clinical=cfg.clinical or None, bootstrap_resamples=cfg.bootstrap_resamples,
+                             bootstrap_seed=cfg.bootstrap_seed)
     from medvl.eval.vqa import VQAItem, score_vqa
 
     items = [VQAItem(id=r["id"], prediction=r["prediction"], reference=str(r["reference"]),
@@ -257,29 +270,77 @@ def evaluate(cfg: EvalConfig, *, model: str | Path | None = None, generate_fn: G
         gen = {**spec.generation, **cfg.generation}
         rows = generate_predictions(name, records, generate_fn, gen, out / "predictions" / f"{name}.jsonl",
                                     fingerprint, cfg)
-        groups: dict[str, list[dict]] = {"all": rows}
-        languages = sorted({r["language"] for r in rows if r.get("language")})
-        if len(languages) > 1:
-            groups.update({lang: [r for r in rows if r.get("language") == lang] for lang in languages})
         scores = {}
-        for group, group_rows in groups.items():
+        for (language, subgroup), group_rows in score_groups(rows).items():
             res = score_rows(spec, group_rows, cfg)
-            scores[group] = res.to_dict()
+            key = language if subgroup == "all" else subgroup
+            scores[key] = res.to_dict()
             for metric, value in res.aggregate.items():
-                results.append({"task": name, "metric": metric, "protocol": res.protocol, "value": value,
-                                "n": len(group_rows), "language": group, "model": model_name,
-                                "data_fingerprint": fingerprint, "split": split, "generation": gen,
-                                "versions": res.versions})
+                entry = {"task": name, "metric": metric, "protocol": res.protocol, "value": value,
+                         "n": len(group_rows), "language": language, "subgroup": subgroup, "model": model_name,
+                         "data_fingerprint": fingerprint, "split": split, "generation": gen,
+                         "versions": res.versions}
+                entry.update(confidence_interval(res, metric, cfg))
+                results.append(entry)
         (out / "scores" / f"{name}.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n",
                                                     encoding="utf-8")
         logger.info("%s: scored %d samples (%s)", name, len(rows), spec.protocol)
     meta = {"model": model_name, "tasks": list(cfg.tasks),
+            "bootstrap": {"confidence": 0.95, "n_resamples": cfg.bootstrap_resamples, "seed": cfg.bootstrap_seed},
             "versions": library_versions(["torch", "transformers", "nltk", "pycocoevalcap", "rouge-score", "sacrebleu"])}
     (out / "results.json").write_text(json.dumps({**meta, "results": results}, indent=2, ensure_ascii=False) + "\n",
                                       encoding="utf-8")
     (out / "results.md").write_text(markdown_table(results), encoding="utf-8")
     bar_chart(results, out / "results.png", title=model_name)
     return results
+
+
+def score_groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """The row groups scored separately: (language, subgroup) -> rows.
+
+    ``("all", "all")`` is every row; each language of a multilingual task adds ``(lang, "all")``; each
+    value of a ``SUBGROUP_KEYS`` field that takes at least two values adds ``("all", "field=value")``.
+
+    Args:
+        rows: prediction rows.
+    """
+    groups: dict[tuple[str, str], list[dict]] = {("all", "all"): rows}
+    languages = sorted({r["language"] for r in rows if r.get("language")})
+    if len(languages) > 1:
+        groups.update({(lang, "all"): [r for r in rows if r.get("language") == lang] for lang in languages})
+    for key in SUBGROUP_KEYS:
+        values = sorted({str(r[key]).strip() for r in rows if r.get(key) not in (None, "")})
+        if len(values) > 1:
+            for value in values:
+                groups[("all", f"{key}={value}")] = [r for r in rows if str(r.get(key, "")).strip() == value]
+    return groups
+
+
+def confidence_interval(result: ScoreResult, metric: str, cfg: EvalConfig) -> dict:
+    """``ci95`` ([low, high]) and ``bootstrap`` (method, resamples, seed) of one metric, or a note why not.
+
+    Args:
+        result: the group's scores.
+        metric: aggregate key.
+        cfg: run settings (``bootstrap_resamples``, ``bootstrap_seed``).
+    """
+    from medvl.eval.results import bootstrap_ci, item_values
+
+    if cfg.bootstrap_resamples <= 0:
+        return {}
+    if metric in result.intervals:  # computed by the scorer (corpus BLEU from per-report n-gram counts)
+        return {"ci95": list(result.intervals[metric]),
+                "bootstrap": {"method": "percentile, reports resampled, corpus value recomputed from "
+                                        "per-report counts", "n_resamples": cfg.bootstrap_resamples,
+                              "seed": cfg.bootstrap_seed, "n_items": len(result.per_item)}}
+    values = item_values(result, metric)
+    if values is None:
+        return {"ci95": None, "bootstrap": {"note": "no interval: not a mean over items (corpus-level metric) or no "
+                                                "per-item column registered in medvl.eval.results.ITEM_MEANS"}}
+    low, high = bootstrap_ci(values, n_resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed)
+    return {"ci95": [low, high], "bootstrap": {"method": "percentile, items resampled with replacement",
+                                               "n_resamples": cfg.bootstrap_resamples, "seed": cfg.bootstrap_seed,
+                                               "n_items": len(values)}}
 
 
 def headline(results: list[dict]) -> list[dict]:
@@ -298,8 +359,19 @@ def markdown_table(results: list[dict]) -> str:
         results: results entries.
     """
     lines = ["| task | language | protocol | metric | value | n |", "|---|---|---|---|---|---|"]
-    for r in headline(results):
-        lines.append(f"| {r['task']} | {r['language']} | {r['protocol']} | {r['metric']} | {r['value']:.4f} | {r['n']} |")
+    rows = headline(results)
+    for r in rows:
+        if r.get("subgroup", "all") == "all":
+            lines.append(f"| {r['task']} | {r['language']} | {r['protocol']} | {r['metric']} | {r['value']:.4f} "
+                         f"| {r['n']} |")
+    intervals = [r for r in rows if r.get("ci95")]
+    if intervals:
+        lines += ["", "Bootstrap 95% intervals (percentile; resamples and seed in results.json):", "",
+                  "| task | language | subgroup | metric | value | 95% CI | n |", "|---|---|---|---|---|---|---|"]
+        for r in intervals:
+            lo, hi = r["ci95"]
+            lines.append(f"| {r['task']} | {r['language']} | {r.get('subgroup', 'all')} | {r['metric']} | "
+                         f"{r['value']:.4f} | {lo:.4f}-{hi:.4f} | {r['n']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -316,7 +388,7 @@ def bar_chart(results: list[dict], path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = headline(results)
+    rows = [r for r in headline(results) if r.get("subgroup", "all") == "all"]
     labels = [f"{r['task']}{'' if r['language'] == 'all' else ' [' + r['language'] + ']'} · {r['metric']}" for r in rows]
     values = [float(r["value"]) for r in rows]
     fig, ax = plt.subplots(figsize=(8, max(2.0, 0.35 * len(rows) + 1)))

@@ -12,10 +12,16 @@ z Superior). DICOM's LPS patient coordinates are converted to RAS on load.
   slice normal and must be evenly spaced (1% tolerance). The array is (column, row, slice) so that
   i runs along the DICOM row direction. Values get the modality LUT (Rescale Slope/Intercept): HU
   for CT.
+* Release conventions (:func:`load_volume` keywords, set by benchmark tasks through a record's
+  ``meta["volume_load"]``): ``intensity="unit"`` marks values already scaled to 0..1 (M3D-Data), so
+  the volume processor maps them without an HU window; ``rescale=(slope, intercept)`` turns stored
+  values into HU and ``spacing=(si, sj, sk)`` replaces the voxel size of the file's affine (CT-RATE's
+  metadata CSV, as CT-CLIP's loader applies it).
 * Enhanced (multi-frame) DICOM file (or a folder holding only that file): the same checks, with the
   geometry and rescale of each frame from the per-frame / shared functional groups.
 * ``.npy``: a 3D array in HU stored already oriented as (D, H, W) = ``"SPL"`` (medvl's processed
-  layout, also MedM-VL's CT-RATE arrays), 1 mm voxels. ``.npz``: the array under ``volume``,
+  layout, also MedM-VL's CT-RATE arrays), 1 mm voxels. A leading channel axis of length 1
+  (``(1, D, H, W)``, M3D-Data's layout) is dropped. ``.npz``: the array under ``volume``,
   ``image``, ``array``, ``data`` or ``arr_0``, optionally ``affine`` (4x4, voxel -> RAS) or
   ``spacing`` (3 values, mm, for the SPL layout).
 """
@@ -53,11 +59,15 @@ class Volume:
         array: float32 values indexed (i, j, k).
         affine: 4x4 voxel -> RAS world (mm).
         source: the file or folder it came from (used in error messages).
+        intensity: what the values are: ``"hu"`` (HU, or scanner units for MR) or ``"unit"``
+            (already scaled to 0..1 by the release's own preprocessing, e.g. M3D-Data); the volume
+            processor reads it to pick its intensity mapping.
     """
 
     array: np.ndarray
     affine: np.ndarray
     source: str = ""
+    intensity: str = "hu"
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -69,12 +79,22 @@ class Volume:
         return tuple(int(s) for s in self.array.shape)
 
 
-def load_volume(path: str | Path, record: str | int | None = None) -> Volume:
+VOLUME_INTENSITIES = ("hu", "unit")
+
+
+def load_volume(path: str | Path, record: str | int | None = None, *, intensity: str = "hu",
+                rescale: tuple[float, float] | None = None,
+                spacing: tuple[float, float, float] | None = None) -> Volume:
     """Load a CT/MR volume.
 
     Args:
         path: ``.nii``/``.nii.gz`` file, DICOM series folder, ``.npy`` or ``.npz`` file.
         record: record id, used in error messages.
+        intensity: ``"hu"`` or ``"unit"`` (values already in 0..1, checked); see :class:`Volume`.
+        rescale: (slope, intercept) applied to the stored values (``slope * v + intercept``), for
+            releases that keep the scanner's raw values and put the rescale in a side file (CT-RATE).
+        spacing: voxel size (mm) along the array axes (i, j, k), replacing the lengths of the
+            affine's columns (directions are kept), for releases whose headers lack it (CT-RATE).
 
     Returns:
         :class:`Volume` with float32 values and a voxel -> RAS affine.
@@ -84,6 +104,8 @@ def load_volume(path: str | Path, record: str | int | None = None) -> Volume:
             series (mixed series, mixed orientations, uneven spacing, duplicate slices); the message
             names the record and file.
     """
+    if intensity not in VOLUME_INTENSITIES:
+        raise ValueError(f"unknown volume intensity {intensity!r}; valid: {', '.join(VOLUME_INTENSITIES)}")
     path = Path(path)
     if not path.exists():
         raise MedVLDataError("volume file or folder not found", record=record, path=str(path))
@@ -105,7 +127,28 @@ def load_volume(path: str | Path, record: str | int | None = None) -> Volume:
             record=record,
             path=str(path),
         )
+    if rescale is not None:
+        slope, intercept = (float(v) for v in rescale)
+        if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
+            raise MedVLDataError(f"invalid rescale slope/intercept {rescale!r}", record=record, path=str(path))
+        volume.array = (volume.array.astype(np.float64) * slope + intercept).astype(np.float32)
+    if spacing is not None:
+        steps = np.asarray([float(v) for v in spacing], dtype=np.float64)
+        if steps.shape != (3,) or not (steps > 0).all() or not np.isfinite(steps).all():
+            raise MedVLDataError(f"spacing must be 3 positive numbers (mm), got {spacing!r}", record=record,
+                                 path=str(path))
+        affine = np.asarray(volume.affine, dtype=np.float64).copy()
+        norms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        affine[:3, :3] = affine[:3, :3] / np.where(norms > 0, norms, 1.0) * steps
+        volume.affine = affine
+    volume.intensity = intensity
     _validate(volume, record)
+    if intensity == "unit":
+        low, high = float(volume.array.min()), float(volume.array.max())
+        # M3D's preprocessing min-max scales each volume; a small tolerance absorbs interpolation overshoot.
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise MedVLDataError(f"volume declared as 0..1 (intensity 'unit') has values in [{low:g}, {high:g}]",
+                                 record=record, path=str(path))
     return volume
 
 
@@ -150,6 +193,8 @@ def _load_npy(path: Path, record: str | int | None) -> Volume:
     except Exception as exc:
         raise MedVLDataError(f"unreadable .npy file: {type(exc).__name__}: {exc}", record=record,
                              path=str(path)) from exc
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]  # (1, D, H, W): M3D-Data's channel-first layout
     return Volume(array=_float32(array, path, record), affine=axcodes_affine((1.0, 1.0, 1.0), "SPL"),
                   source=str(path))
 

@@ -26,6 +26,11 @@ Pipeline of the ``"standard"`` mode (every step is a constructor setting and can
    window (a preset name or ``(center, width)``) and maps it linearly and *fixedly* onto
    ``output_range`` ((0, 1) or (-1, 1)); ``"minmax"`` maps each volume's own min..max instead (only
    when asked: it makes the same HU value mean different things in different volumes).
+   ``"unit"`` is for volumes a release ships already scaled to 0..1 (M3D-Data's ``.npy``): no HU
+   window, values clipped to 0..1 and mapped onto ``output_range``; the HU-based foreground crop is
+   skipped and padding uses 0. A volume whose ``intensity`` attribute (or dict key) is ``"unit"``
+   gets this mode whatever the processor's setting, because an HU window would turn it flat grey;
+   the ``"medmvl"`` mode then starts from ``v * 255`` instead of its HU window.
 6. **Channels**: 1, or 3 for slice-wise 2D encoders: the same window x3, or three windows
    (``channel_windows``) stacked as RGB; then optional per-channel ``image_mean`` / ``image_std``
    normalisation, like a 2D image processor.
@@ -88,7 +93,7 @@ CT_CLIP_SHAPE = (240, 480, 480)  # (D, H, W)
 CT_CLIP_HU_RANGE = (-1000.0, 1000.0)
 CT_CLIP_PAD_VALUE = -1.0  # after the division by 1000
 SHAPE_MODES = ("resize", "pad_crop", "fit", "none")
-INTENSITY_MODES = ("window", "minmax", "none")
+INTENSITY_MODES = ("window", "minmax", "none", "unit")
 
 
 def resolve_window(window: str | Sequence[float] | dict[str, float]) -> tuple[float, float]:
@@ -396,13 +401,24 @@ class MedVLVolumeProcessor:
         Args:
             volume: see :meth:`__call__`.
         """
+        unit = self.intensity == "unit" or _volume_intensity(volume) == "unit"
         if self.mode == "medmvl":
             array, _, source = self._oriented(volume)
-            return self._medmvl(array, source)
+            return self._medmvl(array, source, unit=unit)
         if self.mode in CT_CLIP_MODES:
+            if unit:  # CT-CLIP's steps are defined on HU; 0..1 data would come out as a flat volume
+                raise ValueError(f"mode {self.mode!r} needs a volume in HU, got one already scaled to 0..1 (intensity 'unit')")
             return self._ct_clip(volume)
+        if unit and self.intensity != "unit":
+            return self.as_unit().preprocess(volume)
         hu, _ = self.spatial(volume)
         return self.intensity_map(hu)
+
+    def as_unit(self) -> MedVLVolumeProcessor:
+        """A copy for volumes already in 0..1: ``intensity="unit"``, no HU foreground crop, 0 padding."""
+        settings = self.to_dict()
+        settings.update(intensity="unit", crop_foreground=False, pad_hu=0.0)
+        return type(self).from_dict(settings)
 
     # ------------------------------------------------------------------ steps
 
@@ -424,6 +440,8 @@ class MedVLVolumeProcessor:
     def _oriented(self, volume: Any) -> tuple[np.ndarray, np.ndarray, str]:
         """Validate and orient; returns (array float32-or-int, affine, source)."""
         array, affine, source = self._unpack(volume)
+        if array.ndim == 4 and array.shape[0] == 1:
+            array = array[0]  # (1, D, H, W), a single-channel volume stored channel-first (M3D-Data)
         if array.ndim != 3:
             raise ValueError(f"{source}: a volume must be 3D (i, j, k), got shape {tuple(array.shape)}")
         if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
@@ -569,6 +587,9 @@ class MedVLVolumeProcessor:
         low_out, high_out = self.output_range
         if self.intensity == "none":
             return hu.copy()
+        if self.intensity == "unit":
+            unit = np.clip(hu, 0.0, 1.0).astype(np.float32)
+            return (np.float32(low_out) + unit * np.float32(high_out - low_out)).astype(np.float32)
         if self.intensity == "minmax":
             low, high = float(hu.min()), float(hu.max())
             if high <= low:
@@ -610,11 +631,17 @@ class MedVLVolumeProcessor:
         out = np.pad(scaled[tuple(slices)], pads, mode="constant", constant_values=np.float32(CT_CLIP_PAD_VALUE))
         return out[None].astype(np.float32, copy=False)
 
-    def _medmvl(self, array: np.ndarray, source: str) -> np.ndarray:
-        """MedM-VL's CT preprocessing (its dataset + SigLIP processor), bit for bit."""
+    def _medmvl(self, array: np.ndarray, source: str, unit: bool = False) -> np.ndarray:
+        """MedM-VL's CT preprocessing (its dataset + SigLIP processor), bit for bit.
+
+        ``unit``: the volume is already in 0..1, so ``v * 255`` replaces the HU window.
+        """
         from monai.transforms import CropForeground, Resize
 
-        scaled = (np.clip(array.astype(np.float64), -1000, 1000) + 1000) / 2000 * 255
+        if unit:
+            scaled = np.clip(array.astype(np.float64), 0, 1) * 255
+        else:
+            scaled = (np.clip(array.astype(np.float64), -1000, 1000) + 1000) / 2000 * 255
         if not (scaled > 0).any():
             raise ValueError(f"{source}: volume is all air (<= -1000 HU); MedM-VL's foreground crop would be empty")
         cropped = CropForeground()(scaled[None])
@@ -624,6 +651,13 @@ class MedVLVolumeProcessor:
         unit = (u8.astype(np.float64) * (1 / 255)).astype(np.float32)
         normed = (unit - np.float32(0.5)) / np.float32(0.5)
         return np.repeat(normed, 3, axis=0)
+
+
+def _volume_intensity(volume: Any) -> str:
+    """The ``intensity`` a volume declares (``"hu"`` when it says nothing)."""
+    if isinstance(volume, dict):
+        return str(volume.get("intensity") or "hu")
+    return str(getattr(volume, "intensity", None) or "hu")
 
 
 __all__ = [

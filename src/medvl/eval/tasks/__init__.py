@@ -11,13 +11,15 @@ pmc_vqa            vqa       mcq            ``test_2.csv`` + ``images/``
 omnimedvqa         vqa       mcq            ``QA_information/Open-access/*.json`` + ``Images/``
 mimic_cxr          report    report         R2Gen ``annotation.json`` + ``images/``
 iu_xray            report    report         R2Gen ``annotation.json`` + ``images/`` (2 views)
-ct_rate            report    report         ``radiology_text_reports/validation_reports.csv`` + volumes
-m3d_vqa_closed     vqa       m3d            ``M3D_VQA_test.csv`` + ``.npy`` volumes
+ct_rate            report    report         reports CSV + ``metadata/`` CSV (rescale, spacing) + volumes
+m3d_vqa_closed     vqa       m3d            ``M3D_VQA_test.csv`` + 0..1 ``.npy`` volumes (intensity unit)
 m3d_vqa_open       vqa       m3d            same, open-ended
 m3d_cap            report    report         ``M3D_Cap.json`` + ``.npy`` + ``.txt``
 synth_vqa          vqa       exact_norm     ``medvl data synth`` output (en + zh)
 synth_report       report    report         ``medvl data synth`` output
 =================  ========  =============  =================================================
+
+Layouts, fields, value conventions and where each was checked: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations

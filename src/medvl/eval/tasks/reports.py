@@ -86,12 +86,50 @@ def ct_rate_volume_path(root: Path, split_dir: str, volume_name: str) -> Path:
     return root / split_dir / patient / scan / volume_name
 
 
+def read_ct_rate_metadata(path: Path) -> dict[str, dict]:
+    """``VolumeName`` -> ``{"rescale": [slope, intercept], "spacing": [xy, xy, z]}`` from CT-RATE's metadata CSV.
+
+    The release's NIfTI files keep the scanner's stored values and no reliable voxel size; its
+    ``metadata/{train,validation}_metadata.csv`` has ``RescaleSlope``, ``RescaleIntercept``,
+    ``XYSpacing`` (a list written like ``"[0.75, 0.75]"``) and ``ZSpacing`` per volume. CT-CLIP's loader
+    (``scripts/data_inference_nii.py``, ``nii_img_to_tensor``) computes ``slope * v + intercept`` and
+    resamples from (z, xy, xy) spacing; medvl passes the same values to ``load_volume`` (array axes
+    i, j, k = x, y, z, as nibabel reads the files).
+
+    Args:
+        path: the metadata CSV.
+    """
+    if not path.is_file():
+        raise MedVLDataError("task 'ct_rate': metadata CSV not found (needed for the rescale slope/intercept and "
+                             "voxel spacing of each volume)", path=str(path))
+    out = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for i, row in enumerate(csv.DictReader(fh)):
+            where = f"row {i + 2} ({row.get('VolumeName')})"
+            require(row, ("VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing"), where, path)
+            try:
+                xy = [float(v) for v in row["XYSpacing"].strip().strip("[]()").replace(" ", "").split(",") if v]
+                slope, intercept = float(row["RescaleSlope"]), float(row["RescaleIntercept"])
+                z = float(row["ZSpacing"])
+            except ValueError as e:
+                raise MedVLDataError(f"unreadable rescale/spacing value ({e})", record=where, path=str(path)) from None
+            if len(xy) not in (1, 2):
+                raise MedVLDataError(f"XYSpacing {row['XYSpacing']!r} is not one or two numbers", record=where,
+                                     path=str(path))
+            out[row["VolumeName"].strip()] = {"rescale": [slope, intercept], "spacing": [xy[0], xy[-1], z]}
+    return out
+
+
 def load_ct_rate(root: Path, split: str) -> list:
     """CT-RATE (Hamamci et al. 2024) chest CT volumes with reports.
 
     Source: https://huggingface.co/datasets/ibrahimhamamci/CT-RATE (``dataset/radiology_text_reports/
-    {validation,train}_reports.csv`` + ``dataset/{valid,train}/<patient>/<scan>/<volume>.nii.gz``);
-    licence CC BY-NC-SA 4.0, access after accepting the terms. The reference is ``Findings_EN``.
+    {validation,train}_reports.csv`` with ``VolumeName``, ``ClinicalInformation_EN``, ``Technique_EN``,
+    ``Findings_EN``, ``Impressions_EN``; ``dataset/metadata/{validation,train}_metadata.csv``;
+    ``dataset/{valid,train}/<split>_<patient>/<split>_<patient>_<scan>/<VolumeName>.nii.gz``); licence
+    CC BY-NC-SA 4.0, access after accepting the terms. The reference is ``Findings_EN``. Each volume is
+    read with the metadata CSV's rescale slope/intercept and XY/Z spacing (see
+    :func:`read_ct_rate_metadata`); the model's volume processor then resamples and windows it.
 
     Args:
         root: the release's ``dataset`` folder.
@@ -103,6 +141,8 @@ def load_ct_rate(root: Path, split: str) -> list:
     path = root / "radiology_text_reports" / f"{split}_reports.csv"
     if not path.is_file():
         raise MedVLDataError("task 'ct_rate': reports CSV not found", path=str(path))
+    meta_path = root / "metadata" / f"{split}_metadata.csv"
+    metadata = read_ct_rate_metadata(meta_path)
     records = []
     with open(path, newline="", encoding="utf-8") as fh:
         for i, row in enumerate(csv.DictReader(fh)):
@@ -113,8 +153,12 @@ def load_ct_rate(root: Path, split: str) -> list:
             except ValueError as e:
                 raise MedVLDataError(str(e), record=where, path=str(path)) from None
             vol_path = media_path(vol.parent, vol.name, where, path)
+            load = metadata.get(row["VolumeName"].strip())
+            if load is None:
+                raise MedVLDataError(f"volume {row['VolumeName']} has no row in {meta_path.name}", record=where,
+                                     path=str(meta_path))
             name = row["VolumeName"].removesuffix(".nii.gz")
             records.append(make_record(f"ct_rate-{name}", CT_PROMPT, row["Findings_EN"].strip(), marker="<volume>",
-                                       media=[vol_path], source="ct_rate",
+                                       media=[vol_path], source="ct_rate", volume_load=load,
                                        impression=(row.get("Impressions_EN") or "").strip()))
     return records

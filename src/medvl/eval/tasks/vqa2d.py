@@ -18,9 +18,12 @@ def load_vqa_rad(root: Path, split: str) -> list:
     """VQA-RAD (Lau et al. 2018) from its OSF release.
 
     Source: https://osf.io/89kps/ (``VQA_RAD Dataset Public.json`` + ``VQA_RAD Image Folder/``);
-    licence CC0 1.0. Each entry has ``qid``, ``image_name``, ``question``, ``answer``,
-    ``answer_type`` (CLOSED/OPEN) and ``phrase_type``; the test split is the entries whose
-    ``phrase_type`` starts with "test" (451 questions), the rest is train.
+    licence CC0 1.0. Each entry has ``qid``, ``phrase_type``, ``qid_linked_id``, ``image_case_url``,
+    ``image_name`` (``synpic<N>.jpg``), ``image_organ`` (HEAD/CHEST/ABD), ``evaluation``, ``question``,
+    ``question_rephrase``, ``question_relation``, ``question_frame``, ``question_type`` (PRES, ABN,
+    MODALITY, ...), ``answer`` (string or number) and ``answer_type`` (CLOSED/OPEN, sometimes with a
+    trailing space); the test split is the entries whose ``phrase_type`` starts with "test"
+    (test_freeform, test_para: 451 questions), the rest is train.
 
     Args:
         root: folder holding the JSON file and the image folder.
@@ -40,8 +43,14 @@ def load_vqa_rad(root: Path, split: str) -> list:
         records.append(make_record(f"vqa_rad-{e['qid']}", str(e["question"]).strip(), str(e["answer"]).strip(),
                                    marker="<image>", media=[img], suffix=SHORT_ANSWER_SUFFIX,
                                    answer_type=str(e["answer_type"]).strip().upper(), source="vqa_rad",
-                                   organ=e.get("image_organ"), question_type=e.get("question_type")))
+                                   organ=_label(e.get("image_organ")), question_type=_label(e.get("question_type"))))
     return records
+
+
+def _label(value: object) -> str | None:
+    """A release's subgroup label, stripped (None when absent or empty)."""
+    text = str(value).strip() if value is not None else ""
+    return text or None
 
 
 def load_slake(root: Path, split: str, language: str | None = None) -> list:
@@ -49,8 +58,10 @@ def load_slake(root: Path, split: str, language: str | None = None) -> list:
 
     Source: https://www.med-vqa.com/slake/ (``Slake1.0/{train,validate,test}.json`` + ``imgs/``);
     licence CC BY 4.0 as stated on the distributor's dataset card (check the site before use).
-    Entries have ``qid``, ``img_name`` (relative to ``imgs/``), ``question``, ``answer``,
-    ``q_lang`` (en/zh), ``answer_type``, ``modality``, ``content_type``.
+    Entries have ``qid``, ``img_id``, ``img_name`` (``xmlab<N>/source.jpg``, relative to ``imgs/``),
+    ``question``, ``answer``, ``q_lang`` (en/zh), ``answer_type`` (OPEN/CLOSED), ``location`` (body
+    region, reported as the organ subgroup), ``modality`` (CT/MRI/X-Ray), ``content_type`` (question
+    type: Organ, Position, Abnormality, ...), ``base_type`` and ``triple``.
 
     Args:
         root: the ``Slake1.0`` folder.
@@ -68,8 +79,9 @@ def load_slake(root: Path, split: str, language: str | None = None) -> list:
         img = media_path(root / "imgs", e["img_name"], where, path)
         records.append(make_record(f"slake-{e['qid']}", str(e["question"]).strip(), str(e["answer"]).strip(),
                                    marker="<image>", media=[img], suffix=SHORT_ANSWER_SUFFIX,
-                                   answer_type=str(e["answer_type"]).upper(), language=e["q_lang"],
-                                   source="slake", modality=e.get("modality"), content_type=e.get("content_type")))
+                                   answer_type=str(e["answer_type"]).strip().upper(), language=e["q_lang"],
+                                   source="slake", modality=_label(e.get("modality")), organ=_label(e.get("location")),
+                                   question_type=_label(e.get("content_type"))))
     return records
 
 
