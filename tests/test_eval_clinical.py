@@ -118,7 +118,7 @@ def test_clinical_values_kept_per_item_in_score_reports(tmp_path):
 
 def test_medvl_eval_clinical_on_a_report_replica(tmp_path, tiny_model_dir):
     pytest.importorskip("f1chexbert", reason="optional extra medvl[clinical]")
-    import benchmark_replicas as replicas
+    from tests import benchmark_replicas as replicas
 
     from medvl.cli import main
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
-import benchmark_replicas as replicas
+from tests import benchmark_replicas as replicas
 import numpy as np
 import pytest
 from PIL import Image
