@@ -182,3 +182,16 @@ def test_data_from_files_and_registries_with_weights(tmp_path, tiny_processor):
     train, evaluation, _ = build_datasets(held_out, tiny_processor)
     assert (len(train), len(evaluation)) == (7, 3)
     assert not set(train.indices) & set(evaluation.indices)
+
+
+def test_last_step_checkpoint_only_when_asked(tmp_path, tiny_model_dir):
+    # 3 steps, saving every 2: transformers would add a full checkpoint-3 (optimizer state) at the end
+    data = write_bright_dark(tmp_path / "data", 8)
+    plain, asked = tmp_path / "plain", tmp_path / "asked"
+    for out, extra in ((plain, {}), (asked, {"save_final_checkpoint": True})):
+        run_training(load_train_config(_recipe(tmp_path, tiny_model_dir, data, out, max_steps=3, save_steps=2,
+                                               batch_size=4, **extra)))
+        assert (final_model_dir(out) / "model.safetensors").is_file()
+    assert sorted(p.name for p in plain.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert sorted(p.name for p in asked.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert (asked / "checkpoint-3" / "optimizer.pt").is_file()

@@ -153,6 +153,10 @@ class TrainSection:
     logging_steps: int = 10
     save_steps: int = 500
     save_total_limit: int | None = 2
+    # Also write a full checkpoint-<step> (weights, optimizer, scheduler, RNG) at the last step when
+    # it is not a multiple of save_steps. Off: the final model is written to <output>/model anyway,
+    # and an extra optimizer state at the end of every run costs minutes and gigabytes.
+    save_final_checkpoint: bool = False
     # Evaluate every this many steps (None: at save_steps); only when there is a validation split.
     eval_steps: int | None = None
     # Continue from the last complete checkpoint in output.dir (optimizer, scheduler, data order,

@@ -356,7 +356,7 @@ def run_training(
     from transformers import set_seed
 
     from medvl.train.parts import apply_parts, describe
-    from medvl.train.trainer import MedVLTrainer
+    from medvl.train.trainer import MedVLTrainer, SkipFinalCheckpoint
 
     validate(cfg, check_model=model is None)
     placeholders = unfilled_placeholders(cfg)
@@ -410,7 +410,7 @@ def run_training(
         data_collator=collator,
         parts=cfg.train.parts,
         processor=processor,
-        callbacks=callbacks,
+        callbacks=list(callbacks or []) + ([] if cfg.train.save_final_checkpoint else [SkipFinalCheckpoint()]),
     )
     trainer.feature_shapes = feature_shapes
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
@@ -153,6 +153,24 @@ class MedVLTrainer(Trainer):
         loaded = load_extra_trainable(model if model is not None else self.model, resume_from_checkpoint)
         if loaded:
             logger.info("restored %d extra trainable parameter(s) from %s", len(loaded), resume_from_checkpoint)
+
+
+class SkipFinalCheckpoint(TrainerCallback):
+    """Cancel the checkpoint transformers writes at the last step when it is off the save grid.
+
+    With ``save_strategy="steps"`` the stock ``DefaultFlowCallback`` saves a full checkpoint
+    (optimizer state included) at the end of every run; ``run_training`` writes the final model
+    anyway, so that extra checkpoint is only kept with ``train.save_final_checkpoint``. Periodic
+    checkpoints (steps that are multiples of ``save_steps``) are untouched. Must run after
+    ``DefaultFlowCallback`` (callbacks run in the order they were added; the default one is first).
+    """
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step >= state.max_steps and control.should_save:
+            on_grid = state.save_steps > 0 and state.global_step % state.save_steps == 0
+            if not on_grid:
+                control.should_save = False
+        return control
 
 
 def cpu_distributed_kwargs(deepspeed: bool) -> dict[str, Any]:
