@@ -7,6 +7,7 @@ and RNG state) is the stock Trainer's.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -49,6 +50,11 @@ class MedVLTrainer(Trainer):
         self._media_slots = media_slots(getattr(unwrap_model(self.model), "config", None))
         # media key -> cached encoder feature shape (set by run_training with data.cache_encoder_features)
         self.feature_shapes: dict[str, tuple[int, ...]] = {}
+        # medvl's model can apply its LM head at the supervised positions only (same loss, no
+        # (B, L, vocab) tensor); asked for whenever the logits themselves are not returned
+        base = unwrap_model(self.model)
+        self._supervised_logits = "return_supervised_logits_only" in inspect.signature(base.forward).parameters
+        self._prediction_loss_only = False
 
     # ---- every rank runs every encoder (ZeRO-3 / DDP with text-only batches) ------------------
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
@@ -63,8 +69,27 @@ class MedVLTrainer(Trainer):
         """
         if self.args.world_size > 1 and self._media_slots:
             inputs = add_dummy_media(inputs, self._media_slots, feature_shapes=self.feature_shapes)
+        if self._supervised_logits and (not return_outputs or self._prediction_loss_only):
+            inputs = {**inputs, "return_supervised_logits_only": True}
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
+
+    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> Any:
+        """The Trainer's prediction step; when only the loss is wanted, the logits are computed at the
+        supervised positions only. ``predict`` / ``compute_metrics`` get the standard (B, L, vocab).
+
+        Args:
+            model: the (wrapped) model.
+            inputs: the batch.
+            prediction_loss_only: whether only the loss is needed.
+            ignore_keys: output keys to drop.
+        """
+        self._prediction_loss_only = prediction_loss_only
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        finally:
+            self._prediction_loss_only = False
 
     # ---- optimiser: one parameter group per (part, weight decay or not) -----------------------
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
