@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from medvl.data.augment import AugmentConfig
 from medvl.utils.config import from_dict, load_config
 
 PartMode = Literal["frozen", "full", "lora"]
@@ -85,6 +86,21 @@ class ModelSection:
 
 
 @dataclass
+class AugmentSection(AugmentConfig):
+    """``data.augment``: training augmentation of ``medvl.data.augment``, for 2D images and 3D volumes.
+
+    Off unless ``enabled``. When on, each training sample gets a small in-plane rotation / zoom
+    (``rotate_degrees``, ``scale``) and intensity jitter (``brightness``, ``contrast``), images before
+    their processor and volumes after theirs; and with ``flip_lr_prob`` > 0 a left-right mirror of all
+    its media WITH left/right swapped in its text (cardiac names kept; samples naming the right
+    middle lobe, the lingula, the minor fissure or the azygos are never mirrored). Validation
+    samples are never augmented. Not compatible with ``data.cache_encoder_features``.
+    """
+
+    enabled: bool = False
+
+
+@dataclass
 class DataSection:
     """Training and validation data."""
 
@@ -125,6 +141,8 @@ class DataSection:
     # the start of training and feed its outputs instead of the media (medvl.data.feature_cache):
     # same loss, without the encoder's forward pass at every step. Only for frozen encoders.
     cache_encoder_features: bool = False
+    # Training augmentation (flip with text swap, intensity, small affine), off by default.
+    augment: AugmentSection = field(default_factory=AugmentSection)
 
 
 @dataclass
@@ -237,6 +255,9 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
             raise ValueError(f"train.parts.{name}.lr must be > 0, got {part.lr}")
     if all(part.mode == "frozen" for _, part in t.parts.items()):
         raise ValueError("train.parts: every part is frozen, nothing would train; set a part's mode to full or lora")
+    if cfg.data.cache_encoder_features and cfg.data.augment.enabled:
+        raise ValueError("data.cache_encoder_features cannot be used with data.augment.enabled (the encoder "
+                         "features of an augmented sample differ at every step); turn one of them off")
     if cfg.data.cache_encoder_features:
         if t.parts.vision.mode != "frozen" and t.parts.volume.mode != "frozen":
             raise ValueError("data.cache_encoder_features needs a frozen encoder: set train.parts.vision.mode or "

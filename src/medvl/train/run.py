@@ -155,10 +155,20 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
     eval_records = [r for f in d.eval for r in records(f, d.eval_split)]
     common = dict(template=d.template, max_length=d.max_length, on_error=d.on_error, on_overlong=d.on_overlong,
                   cache=d.volume_cache)
-    train = ConversationDataset(train_records, processor, **common)
+    augmenter = None
+    if d.augment.enabled:
+        from medvl.data.augment import Augmenter
+
+        # each rank draws its own augmentations (seeded: a run is reproducible)
+        augmenter = Augmenter(d.augment, training=True, seed=cfg.train.seed + int(os.environ.get("RANK", "0")))
+    train = ConversationDataset(train_records, processor, augment=augmenter, **common)
     evaluation = ConversationDataset(eval_records, processor, **common) if eval_records else None
     if evaluation is None and d.eval_fraction > 0:
         train, evaluation = split_dataset(train, d.eval_fraction, cfg.train.seed)
+        if augmenter is not None:  # the held-out view must not see the augmented samples
+            from torch.utils.data import Subset
+
+            evaluation = Subset(ConversationDataset(train_records, processor, **common), evaluation.indices)
     logger.info("data: %d training samples, %d validation samples", len(train), len(evaluation) if evaluation else 0)
     if d.packing:
         collator = PackingCollator()
