@@ -407,6 +407,10 @@ def save_checkpoint(model: MedVLForConditionalGeneration, processor: MedVLProces
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    from medvl.model_card import write_model_card
+
+    write_model_card(out, step="assembled with `medvl build`: parts loaded from pretrained folders keep their "
+                               "weights, the others (connectors at least) are randomly initialised")
     logger.info("saved medvl checkpoint to %s", out)
     return out
 

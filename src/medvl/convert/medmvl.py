@@ -768,6 +768,11 @@ def convert_medmvl(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    from medvl.model_card import write_model_card
+
+    write_model_card(out, step=f"converted from the MedM-VL checkpoint `{src.name}` with `medvl convert` (same "
+                               "outputs as MedM-VL's code); its training data, licences and evaluation are those "
+                               "of the original release and its model card")
     (out / "medmvl_source.json").write_text(json.dumps(
         {"source": str(src.resolve()), "lvlm_config": layout.raw,
          "parts": {k: str(v) for k, v in vars(parts).items() if v is not None}}, indent=1))

@@ -55,6 +55,8 @@ class MedVLTrainer(Trainer):
         base = unwrap_model(self.model)
         self._supervised_logits = "return_supervised_logits_only" in inspect.signature(base.forward).parameters
         self._prediction_loss_only = False
+        # write_model_card arguments (source, data, recipe) for every checkpoint; set by run_training
+        self.model_card: dict[str, Any] | None = None
 
     # ---- every rank runs every encoder (ZeRO-3 / DDP with text-only batches) ------------------
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
@@ -152,6 +154,11 @@ class MedVLTrainer(Trainer):
             staged = os.path.join(staging_root, folder)
             if self.checkpoint_processor is not None:
                 self.checkpoint_processor.save_pretrained(staged)
+            if self.model_card is not None:
+                from medvl.model_card import write_model_card
+
+                write_model_card(staged, step=f"checkpoint at optimizer step {self.state.global_step} of `medvl train`",
+                                 **self.model_card)
             best = self.state.best_model_checkpoint
             if best is not None and best.startswith(staging_root):
                 # The Trainer recorded the staging path; record the final one (and re-save the state).
