@@ -181,7 +181,8 @@ class TrainSection:
     # RNG). With no checkpoint there the run starts from scratch, so resume=true is safe to always set.
     resume: bool = False
     seed: int = 42
-    # A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); launch with torchrun or deepspeed.
+    # A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json: a path, else medvl's bundled config of
+    # that name); needs the optional extra (pip install 'medvl[deepspeed]') and a launcher (torchrun).
     deepspeed: str | None = None
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     progress_bar: bool = True
@@ -216,9 +217,38 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | Non
         path: the YAML recipe (None: defaults only).
         overrides: ``dotted.key=value`` strings applied on top of the file.
     """
-    cfg = load_config(TrainConfig, path, overrides)
+    from medvl.recipes import resolve_config_file
+
+    cfg = load_config(TrainConfig, resolve_config_file(path) if path is not None else None, overrides)
+    resolve_bundled_paths(cfg)
     validate(cfg)
     return cfg
+
+
+def resolve_bundled_paths(cfg: TrainConfig) -> None:
+    """Point ``train.deepspeed`` and a ``model.spec`` YAML at medvl's bundled configs when they are not
+    files relative to the working directory (``configs/deepspeed/zero3.json`` in the shipped recipes
+    then works from anywhere, also from an installed package; see :mod:`medvl.recipes`).
+
+    Args:
+        cfg: the configuration, updated in place.
+    """
+    from medvl.recipes import resolve_config_file
+
+    t = cfg.train
+    if isinstance(t.deepspeed, str) and t.deepspeed:
+        t.deepspeed = str(resolve_config_file(t.deepspeed, (".json",)))
+    if isinstance(t.hf_args.get("deepspeed"), str):
+        t.hf_args["deepspeed"] = str(resolve_config_file(t.hf_args["deepspeed"], (".json",)))
+    if isinstance(cfg.model.spec, str) and cfg.model.spec:
+        cfg.model.spec = str(resolve_config_file(cfg.model.spec))
+
+
+def deepspeed_available() -> bool:
+    """Whether the optional DeepSpeed package is installed (``pip install 'medvl[deepspeed]'``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
 
 
 def validate(cfg: TrainConfig, check_model: bool = True) -> None:
@@ -262,6 +292,10 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
         if t.parts.vision.mode != "frozen" and t.parts.volume.mode != "frozen":
             raise ValueError("data.cache_encoder_features needs a frozen encoder: set train.parts.vision.mode or "
                              f"train.parts.volume.mode to frozen (now {t.parts.vision.mode}, {t.parts.volume.mode})")
+    if (t.deepspeed or t.hf_args.get("deepspeed")) and not deepspeed_available():
+        raise ValueError("train.deepspeed is set but DeepSpeed is not installed; it is an optional extra: "
+                         "pip install 'medvl[deepspeed]' (and launch with torchrun), or set train.deepspeed=null "
+                         "to train with DDP / a single process")
     check_hf_args(t.hf_args)
 
 
@@ -301,9 +335,12 @@ def model_spec(cfg: TrainConfig) -> Any:
     from medvl.build import ModelSpec, load_model_spec
 
     if isinstance(cfg.model.spec, str):
-        if not Path(cfg.model.spec).is_file():
-            raise FileNotFoundError(f"model.spec: build YAML {cfg.model.spec} not found")
-        return load_model_spec(cfg.model.spec)
+        from medvl.recipes import resolve_config_file
+
+        try:
+            return load_model_spec(resolve_config_file(cfg.model.spec))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"model.spec: build YAML not found: {err}") from None
     return from_dict(ModelSpec, cfg.model.spec, prefix="model.spec.")
 
 

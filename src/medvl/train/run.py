@@ -421,6 +421,9 @@ def run_training(
     from medvl.train.parts import apply_parts, describe
     from medvl.train.trainer import MedVLTrainer, SkipFinalCheckpoint
 
+    from medvl.train.config import resolve_bundled_paths
+
+    resolve_bundled_paths(cfg)
     validate(cfg, check_model=model is None)
     placeholders = unfilled_placeholders(cfg)
     if placeholders:
