@@ -264,3 +264,34 @@ def test_augmenter_never_flips_a_sample_without_a_twin(text, expected):
     values = torch.from_numpy(np.stack([grey] * 3)[None].astype(np.float32))
     messages, flipped, _ = Augmenter(config, training=True)(sample["messages"], values)
     assert torch.equal(flipped, values if expected is None else values.flip(-1))
+
+
+class _JitterSet(torch.utils.data.Dataset):
+    """The same volume at every index, jittered by one shared augmenter (as a dataset holds it)."""
+
+    def __init__(self, augmenter: Augmenter):
+        self.augmenter = augmenter
+        self.volume = torch.arange(4 * 8 * 8, dtype=torch.float32).reshape(1, 1, 4, 8, 8) / 100
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.augmenter.augment_volume_values(self.volume)[0]
+
+
+def test_dataloader_workers_and_epochs_draw_different_augmentations():
+    # Each worker holds a copy of the augmenter; without a reseed per worker (and per epoch) the two
+    # workers would replay the same draws and every epoch would repeat the first.
+    augmenter = Augmenter(AugmentConfig(brightness=0.5, contrast=0.5, rotate_degrees=10, scale=0.1), training=True,
+                          seed=3)
+    loader = torch.utils.data.DataLoader(_JitterSet(augmenter), batch_size=1, num_workers=2,
+                                         generator=torch.Generator().manual_seed(0))
+    epochs = [torch.cat(list(loader)) for _ in range(2)]
+    for batch in epochs:
+        rows = batch.flatten(1)
+        assert len({tuple(r.tolist()) for r in rows}) == len(rows)  # 8 samples, 8 different draws
+    assert not torch.allclose(epochs[0], epochs[1])
+    # and augmentation stays off where it should: the evaluation augmenter is the identity
+    assert torch.equal(Augmenter(augmenter.config).augment_volume_values(_JitterSet(augmenter).volume),
+                       _JitterSet(augmenter).volume)
