@@ -15,7 +15,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -23,6 +23,9 @@ from medvl.data.feature_cache import FEATURE_KINDS
 from medvl.data.labels import ConversationEncoder, OverlongSampleError
 from medvl.data.records import Record
 from medvl.errors import MedVLDataError
+
+if TYPE_CHECKING:
+    from medvl.data.augment import Augmenter
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +111,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         on_error: OnError = "raise",
         on_overlong: OnOverlong = "skip",
         mode: Mode = "train",
-        augment: Callable[[dict[str, Any]], dict[str, Any]] | Any | None = None,
+        augment: Augmenter | Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         cache: Any = None,
         image_loader: Callable[[str], Any] | None = None,
         volume_loader: Callable[[str], Any] | None = None,
