@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def test_installed_wheel_carries_the_recipes(tmp_path):
     # pip --target puts the data files under <site>/share; a real install puts them under <prefix>/share
     shutil.move(str(Path(site) / "share"), str(venv / "share"))
     # the test environment's packages (torch, transformers...) after the venv's own (which holds medvl)
-    test_site = next(p for p in sys.path if p.endswith("site-packages") and "medvl" not in p)
+    test_site = sysconfig.get_paths()["purelib"]
     (Path(site) / "zz_test_env.pth").write_text(test_site + "\n")
     empty = tmp_path / "elsewhere"
     empty.mkdir()
