@@ -10,6 +10,7 @@ from medvl.data.augment import (
     AugmentConfig,
     Augmenter,
     adjust_intensity,
+    flip_blockers,
     rotate_scale,
     swap_laterality,
     swap_laterality_in_messages,
@@ -183,3 +184,114 @@ def test_augment_sample_default_keeps_laterality():
         out = augmenter.augment_sample(sample)
         assert out["messages"] == sample["messages"]
         assert centroid_w(torch.from_numpy(np.array(out["images"][0], dtype=np.float32)).permute(2, 0, 1)) > 10
+
+
+# Report sentences in the style of chest radiograph / CT reports, with their mirrored text worked out
+# by hand. None: the sentence names a structure without a left-right twin, so the sample is not flipped.
+REPORT_SENTENCES = [
+    ("There is a 6 mm nodule in the left upper lobe.", "There is a 6 mm nodule in the right upper lobe."),
+    ("Small right pleural effusion with adjacent atelectasis.", "Small left pleural effusion with adjacent atelectasis."),
+    ("Patchy opacity in the right lower lobe, concerning for pneumonia.",
+     "Patchy opacity in the left lower lobe, concerning for pneumonia."),
+    ("The left hemidiaphragm is elevated.", "The right hemidiaphragm is elevated."),
+    ("Right-sided central venous catheter with its tip in the superior vena cava.",
+     "Left-sided central venous catheter with its tip in the superior vena cava."),
+    ("Blunting of the right costophrenic angle.", "Blunting of the left costophrenic angle."),
+    ("Left lower lobe collapse; the right lung is clear.", "Right lower lobe collapse; the left lung is clear."),
+    ("Healed fracture of the left seventh rib.", "Healed fracture of the right seventh rib."),
+    ("Right hilar lymphadenopathy and a left apical pneumothorax.",
+     "Left hilar lymphadenopathy and a right apical pneumothorax."),
+    ("Leftward deviation of the trachea.", "Rightward deviation of the trachea."),
+    ("The left main bronchus is patent.", "The right main bronchus is patent."),
+    ("Mild enlargement of the left ventricle.", "Mild enlargement of the left ventricle."),
+    ("Left atrial enlargement; the right ventricle is normal in size.",
+     "Left atrial enlargement; the right ventricle is normal in size."),
+    ("Right heart strain with a small left pleural effusion.", "Right heart strain with a small right pleural effusion."),
+    ("Stent in the left anterior descending artery; calcification of the right coronary artery.",
+     "Stent in the left anterior descending artery; calcification of the right coronary artery."),
+    ("Findings were discussed with the referring physician right away.",
+     "Findings were discussed with the referring physician right away."),
+    ("Consolidation in the right middle lobe.", None),
+    ("Linear atelectasis in the lingula.", None),
+    ("Thickening of the minor fissure.", None),
+    ("An azygos lobe is noted.", None),
+    ("左肺上叶见一直径约6毫米结节。", "右肺上叶见一直径约6毫米结节。"),
+    ("右侧少量胸腔积液。", "左侧少量胸腔积液。"),
+    ("右肺下叶斑片状高密度影，考虑炎症。", "左肺下叶斑片状高密度影，考虑炎症。"),
+    ("纵隔居中，气管向左移位。", "纵隔居中，气管向右移位。"),
+    ("双肺纹理增多，右侧肋膈角变钝。", "双肺纹理增多，左侧肋膈角变钝。"),
+    ("右心膈角区见脂肪密度影。", "左心膈角区见脂肪密度影。"),
+    ("左心室增大。", "左心室增大。"),
+    ("右心房及右心室未见增大，左侧胸腔积液。", "右心房及右心室未见增大，右侧胸腔积液。"),
+    ("左冠状动脉前降支支架置入术后，右侧第5肋骨陈旧性骨折。", "左冠状动脉前降支支架置入术后，左侧第5肋骨陈旧性骨折。"),
+    ("病灶大小约3厘米左右，位于左肾。", "病灶大小约3厘米左右，位于右肾。"),
+    ("右肺中叶实变。", None),
+    ("左肺上叶舌段条索影。", None),
+    ("水平裂增厚。", None),
+]
+
+
+@pytest.mark.parametrize("text, expected", REPORT_SENTENCES)
+def test_report_sentences_mirror_with_correct_anatomy(text, expected):
+    if expected is None:
+        assert flip_blockers(text)
+        with pytest.raises(ValueError, match="no left-right counterpart"):
+            swap_laterality(text)
+        return
+    assert flip_blockers(text) == []
+    assert swap_laterality(text) == expected
+    assert swap_laterality(expected) == text  # mirroring twice is the identity
+
+
+@pytest.mark.parametrize("text, expected", REPORT_SENTENCES)
+def test_augmenter_never_flips_a_sample_without_a_twin(text, expected):
+    from PIL import Image
+
+    grey = np.zeros((8, 8), np.uint8)
+    grey[:, 6:] = 255
+    sample = {"messages": [{"role": "user", "content": "<image>\nDescribe the findings."},
+                           {"role": "assistant", "content": text}], "images": [Image.fromarray(grey)], "volumes": []}
+    config = AugmentConfig(brightness=0, contrast=0, rotate_degrees=0, scale=0, flip_lr_prob=1.0)
+    augmenter = Augmenter(config, training=True)
+    out = augmenter.augment_sample(sample)
+    image = np.array(out["images"][0])
+    if expected is None:  # drawn, refused: text and image both as they were
+        assert out["messages"] == sample["messages"] and np.array_equal(image, grey)
+        assert augmenter.flips_refused == 1
+    else:  # mirrored together
+        assert out["messages"][1]["content"] == expected and np.array_equal(image, grey[:, ::-1])
+        assert augmenter.flips_refused == 0
+    values = torch.from_numpy(np.stack([grey] * 3)[None].astype(np.float32))
+    messages, flipped, _ = Augmenter(config, training=True)(sample["messages"], values)
+    assert torch.equal(flipped, values if expected is None else values.flip(-1))
+
+
+class _JitterSet(torch.utils.data.Dataset):
+    """The same volume at every index, jittered by one shared augmenter (as a dataset holds it)."""
+
+    def __init__(self, augmenter: Augmenter):
+        self.augmenter = augmenter
+        self.volume = torch.arange(4 * 8 * 8, dtype=torch.float32).reshape(1, 1, 4, 8, 8) / 100
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.augmenter.augment_volume_values(self.volume)[0]
+
+
+def test_dataloader_workers_and_epochs_draw_different_augmentations():
+    # Each worker holds a copy of the augmenter; without a reseed per worker (and per epoch) the two
+    # workers would replay the same draws and every epoch would repeat the first.
+    augmenter = Augmenter(AugmentConfig(brightness=0.5, contrast=0.5, rotate_degrees=10, scale=0.1), training=True,
+                          seed=3)
+    loader = torch.utils.data.DataLoader(_JitterSet(augmenter), batch_size=1, num_workers=2,
+                                         generator=torch.Generator().manual_seed(0))
+    epochs = [torch.cat(list(loader)) for _ in range(2)]
+    for batch in epochs:
+        rows = batch.flatten(1)
+        assert len({tuple(r.tolist()) for r in rows}) == len(rows)  # 8 samples, 8 different draws
+    assert not torch.allclose(epochs[0], epochs[1])
+    # and augmentation stays off where it should: the evaluation augmenter is the identity
+    assert torch.equal(Augmenter(augmenter.config).augment_volume_values(_JitterSet(augmenter).volume),
+                       _JitterSet(augmenter).volume)

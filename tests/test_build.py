@@ -177,3 +177,107 @@ def test_spec_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a local folder"):
         build_model(load_model_spec(None, [f"llm.path={tmp_path / 'nope'}", "tokenizer.source=train",
                                            "vision.config.model_type=siglip_vision_model"]))
+
+
+def _write_released_clip(folder: Path, kind: str) -> tuple[Path, torch.nn.Module]:
+    """A tiny 3D CLIP checkpoint in the layout its project releases it: config.json (model_type
+    medm-pretrain / m3d_clip) and model.safetensors holding the whole CLIP model (vision encoder under
+    ``vision_encoder.``, a text encoder, projections, logit scale), as ``save_pretrained`` writes it."""
+    from safetensors.torch import save_file
+
+    try:
+        from tests import _medmvl_reference as R
+    except ImportError:
+        import _medmvl_reference as R
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(11)
+    if kind == "medmclip":
+        config = {"model_type": "medm-pretrain", "architectures": ["MedMCLIP"], "hidden_size": 32, "image_size": 32,
+                  "image_patch_size": 8, "frame_size": 8, "frame_patch_size": 4, "image_num_heads": 4,
+                  "image_mlp_dim": 64, "image_num_layers": 2, "dropout_rate": 0.0, "gather_loss": True,
+                  "local_loss": False, "language_model_name_or_path": "google-bert/bert-base-uncased"}
+        vit = R.MedMClipViT(8, 32, 4, 8, 32, 2, 4, 64).eval()
+        rest = {"text_encoder.embeddings.word_embeddings.weight": torch.randn(10, 32), "logit_scale": torch.tensor(2.6),
+                "vision_encoder.mlp_head.0.weight": torch.randn(32), "vision_encoder.mlp_head.1.weight": torch.randn(32, 32)}
+        encoder = vit
+    else:
+        from monai.networks.nets import ViT
+
+        config = {"model_type": "m3d_clip", "architectures": ["M3DCLIP"], "in_channels": 1, "img_size": [8, 32, 32],
+                  "patch_size": [4, 8, 8], "hidden_size": 32, "mlp_dim": 64, "num_layers": 2, "num_heads": 4,
+                  "pos_embed": "perceptron", "dropout_rate": 0.0, "spatial_dims": 3, "max_text_len": 128,
+                  "vocab_size": 30522, "language_model_name_or_path": "bert-base-uncased"}
+        vit = ViT(in_channels=1, img_size=(8, 32, 32), patch_size=(4, 8, 8), hidden_size=32, mlp_dim=64, num_layers=2,
+                  num_heads=4, proj_type="perceptron", classification=True).eval()
+        with torch.no_grad():  # MONAI initialises these to zero; make them matter
+            vit.cls_token.normal_()
+            vit.patch_embedding.position_embeddings.normal_()
+        rest = {"language_encoder.embeddings.word_embeddings.weight": torch.randn(10, 32),
+                "mm_vision_proj.weight": torch.randn(32, 32), "mm_language_proj.weight": torch.randn(32, 32),
+                "logit_scale": torch.tensor(2.6)}
+        encoder = R.monai_vit_hidden_states(vit)
+    weights = {"vision_encoder." + k: v for k, v in vit.state_dict().items()
+               if not k.startswith("classification_head") and ".norm_cross_attn." not in k}
+    weights.update(rest)
+    save_file({k: v.contiguous() for k, v in weights.items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder, encoder
+
+
+@pytest.mark.parametrize("kind", ["medmclip", "m3dclip"])
+def test_build_with_a_released_3d_clip_encoder(tmp_path, kind):
+    from safetensors.torch import load_file
+
+    from medvl.cli import main as cli
+
+    clip_dir, reference = _write_released_clip(tmp_path / kind, kind)
+    source = load_file(str(clip_dir / "model.safetensors"))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(f"""
+        llm:
+          config: {{model_type: qwen2, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 1,
+                    num_attention_heads: 4, num_key_value_heads: 2}}
+        volume:
+          encoder: vit3d
+          path: {clip_dir}
+          connector: {{type: spatial_pool, pool_stride: [1, 2, 2], depth: 1}}
+        tokenizer: {{source: train, vocab_size: 400}}
+    """))
+    assert cli(["build", str(spec), "--out", str(tmp_path / "built")]) == 0
+    model = MedVLForConditionalGeneration.from_pretrained(tmp_path / "built").eval()
+    got = {k[len("volume_encoder."):]: v for k, v in model.state_dict().items() if k.startswith("volume_encoder.")}
+
+    # bit for bit: every tensor is the released one (the patch Linear with its input axis reordered)
+    if kind == "medmclip":
+        pairs = {"embeddings.cls_token": "cls_token", "embeddings.position_embedding": "pos_embedding",
+                 "embeddings.patch_proj.bias": "to_patch_embedding.2.bias",
+                 "embeddings.patch_norm_out.weight": "to_patch_embedding.3.weight",
+                 "encoder.layers.1.attn.qkv.weight": "transformer_layers.1.self_attn.in_proj_weight",
+                 "encoder.layers.0.mlp.fc2.bias": "transformer_layers.0.linear2.bias"}
+        # vit-pytorch flattens a patch as (ph, pw, pd, c); medvl as (c, pd, ph, pw)
+        patch = source["vision_encoder.to_patch_embedding.2.weight"].reshape(32, 8, 8, 4, 1).permute(0, 4, 3, 1, 2)
+    else:
+        pairs = {"embeddings.cls_token": "cls_token",
+                 "embeddings.position_embedding": "patch_embedding.position_embeddings",
+                 "embeddings.patch_proj.bias": "patch_embedding.patch_embeddings.1.bias",
+                 "encoder.layers.1.attn.qkv.weight": "blocks.1.attn.qkv.weight",
+                 "encoder.layers.0.mlp.fc2.bias": "blocks.0.mlp.linear2.bias", "norm.weight": "norm.weight"}
+        # MONAI flattens a patch as (pd, ph, pw, c)
+        patch = source["vision_encoder.patch_embedding.patch_embeddings.1.weight"].reshape(32, 4, 8, 8, 1)
+        patch = patch.permute(0, 4, 1, 2, 3)
+    for ours, theirs in pairs.items():
+        assert torch.equal(got[ours], source["vision_encoder." + theirs]), ours
+    assert torch.equal(got["embeddings.patch_proj.weight"], patch.reshape(32, -1))
+    assert not any("text_encoder" in k or "language_encoder" in k or "logit_scale" in k for k in model.state_dict())
+
+    # and the encoder computes what the released one computes (block outputs, MedM-VL's reading)
+    volume = torch.randn(2, 1, 8, 32, 32)
+    with torch.no_grad():
+        ours = model.volume_encoder(volume, output_hidden_states=True).hidden_states[1:]
+        theirs = reference(volume)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # the processor defaults to the encoder's input size and normalisation
+    processor = MedVLProcessor.from_pretrained(tmp_path / "built")
+    assert list(processor.volume_processor.target_shape) == [8, 32, 32]

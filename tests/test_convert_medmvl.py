@@ -154,7 +154,8 @@ def test_converted_model_reproduces_medmvl(name: str, converted: dict) -> None:
     assert enc.labels == exp["training"]["merged_labels"]
     media = {"volume_values": batch["volume_values"]} if is_3d else {"pixel_values": batch["pixel_values"]}
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([enc.input_ids]), labels=torch.tensor([enc.labels]), **media)
+        out = model(input_ids=torch.tensor([enc.input_ids]), labels=torch.tensor([enc.labels]), **media,
+                    return_supervised_logits_only=True)
     assert float(out.loss) == pytest.approx(exp["training"]["loss"], rel=1e-5)
     # logits only at the supervised positions: one per loss term MedM-VL counted
     assert out.logits.shape[0] == sum(label != -100 for label in exp["training"]["merged_labels"])

@@ -100,7 +100,10 @@ def test_forward_backward_every_combination(llm, tower, image_connector, volume,
     labels = ids.clone()
     labels[:, : ids.shape[1] - 3] = -100
     out = model(input_ids=ids, labels=labels, **kwargs)
-    assert out.logits.shape == (3, VOCAB)  # one logit row per supervised label (predicted from p-1)
+    assert out.logits.shape == (1, ids.shape[1], VOCAB)  # the Hugging Face contract
+    supervised_only = model(input_ids=ids, labels=labels, return_supervised_logits_only=True, **kwargs)
+    assert supervised_only.logits.shape == (3, VOCAB)  # one logit row per supervised label (predicted from p-1)
+    torch.testing.assert_close(supervised_only.loss, out.loss)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     connector = model.image_connector if tower is not None else model.volume_connector
@@ -197,15 +200,24 @@ def test_supervised_only_logits_give_the_full_logits_loss():
     labels[:, :20] = -100
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels,
+                    return_supervised_logits_only=True)
+        standard = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
         full = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
     reference = F.cross_entropy(full[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), ignore_index=-100)
     torch.testing.assert_close(out.loss, reference, atol=1e-5, rtol=1e-5)
     n_supervised = int((labels[:, 1:] != -100).sum())
     assert out.logits.shape == (n_supervised, VOCAB)
+    # the supervised rows are the full logits at the positions that predict a label
+    supervised = F.pad(labels[:, 1:], (0, 1), value=-100) != -100
+    torch.testing.assert_close(out.logits, full[supervised], atol=1e-5, rtol=1e-5)
+    # without the flag: the standard contract, (B, L, vocab) logits with labels too, same loss
+    torch.testing.assert_close(standard.logits, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(standard.loss, reference, atol=1e-5, rtol=1e-5)
     # num_items_in_batch (gradient accumulation): sum / given count
     with torch.no_grad():
-        out2 = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels, num_items_in_batch=100)
+        out2 = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels, num_items_in_batch=100,
+                     return_supervised_logits_only=True)
     torch.testing.assert_close(out2.loss, reference * n_supervised / 100, atol=1e-5, rtol=1e-5)
 
 
@@ -230,8 +242,10 @@ def test_packed_row_with_position_ids_equals_padded_batch():
     packed_labels = torch.cat([labels_for(rows[0]), labels_for(rows[1])])[None]
     position_ids = torch.tensor([list(range(len(rows[0]))) + list(range(len(rows[1])))])
     with torch.no_grad():
-        padded = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
-        packed = model(input_ids=packed_ids, position_ids=position_ids, pixel_values=pixels, labels=packed_labels)
+        padded = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels,
+                       return_supervised_logits_only=True)
+        packed = model(input_ids=packed_ids, position_ids=position_ids, pixel_values=pixels, labels=packed_labels,
+                       return_supervised_logits_only=True)
     torch.testing.assert_close(packed.loss, padded.loss, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed.logits, padded.logits, atol=1e-4, rtol=1e-4)
 

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -182,3 +183,81 @@ def test_data_from_files_and_registries_with_weights(tmp_path, tiny_processor):
     train, evaluation, _ = build_datasets(held_out, tiny_processor)
     assert (len(train), len(evaluation)) == (7, 3)
     assert not set(train.indices) & set(evaluation.indices)
+
+
+def test_last_step_checkpoint_only_when_asked(tmp_path, tiny_model_dir):
+    # 3 steps, saving every 2: transformers would add a full checkpoint-3 (optimizer state) at the end
+    data = write_bright_dark(tmp_path / "data", 8)
+    plain, asked = tmp_path / "plain", tmp_path / "asked"
+    for out, extra in ((plain, {}), (asked, {"save_final_checkpoint": True})):
+        run_training(load_train_config(_recipe(tmp_path, tiny_model_dir, data, out, max_steps=3, save_steps=2,
+                                               batch_size=4, **extra)))
+        assert (final_model_dir(out) / "model.safetensors").is_file()
+    assert sorted(p.name for p in plain.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert sorted(p.name for p in asked.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert (asked / "checkpoint-3" / "optimizer.pt").is_file()
+
+
+def _write_volume_set(folder: Path) -> Path:
+    """One CT-like .npy volume (HU) with a bright mass towards large i, and a record about it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    array = rng.normal(-500, 300, (20, 40, 30)).astype(np.float32)
+    array[5:15, 10:20, 22:28] = 400.0
+    np.save(folder / "v.npy", array)
+    path = folder / "volumes.jsonl"
+    path.write_text(json.dumps({"id": "v0", "volumes": ["v.npy"], "messages": [
+        {"role": "user", "content": "<volume>\nWhere is the mass?"},
+        {"role": "assistant", "content": "In the left lung, next to the left atrium."}]}) + "\n")
+    return path
+
+
+def test_data_augment_section_2d_and_3d(tmp_path, tiny_model_dir, tiny_processor):
+    from medvl.train.run import build_datasets
+
+    images = write_bright_dark(tmp_path / "data", 8)
+    volumes = _write_volume_set(tmp_path / "vol")
+    recipe = _recipe(tmp_path, tiny_model_dir, images, tmp_path / "out", max_steps=1)
+    data = [f"data.train=[{images},{volumes}]"]
+    plain_train, _, _ = build_datasets(load_train_config(recipe, data), tiny_processor)
+    assert plain_train.augment is None  # off by default
+    plain = {"image": plain_train[0], "volume": plain_train[8]}
+
+    # flip only: media mirrored along W and the words swapped (the cardiac name kept)
+    flip = ["data.augment.enabled=true", "data.augment.flip_lr_prob=1.0", "data.augment.brightness=0",
+            "data.augment.contrast=0", "data.augment.rotate_degrees=0", "data.augment.scale=0"]
+    train, _, _ = build_datasets(load_train_config(recipe, data + flip), tiny_processor)
+    image, volume = train[0], train[8]
+    torch.testing.assert_close(image["pixel_values"], plain["image"]["pixel_values"].flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(volume["volume_values"], plain["volume"]["volume_values"].flip(-1), atol=1e-5, rtol=0)
+    answer = tiny_processor.tokenizer.decode(volume["input_ids"][volume["labels"] != -100])
+    assert "In the right lung, next to the left atrium." in answer
+
+    # the default jitter (intensity + small rotation / zoom), no flip: 2D and 3D change, shapes kept
+    train, evaluation, _ = build_datasets(
+        load_train_config(recipe, data + ["data.augment.enabled=true", "data.eval_fraction=0.3"]), tiny_processor)
+    for kind, key in (("image", "pixel_values"), ("volume", "volume_values")):
+        index = 0 if kind == "image" else 8
+        position = train.indices.index(index) if index in train.indices else None
+        if position is None:
+            continue
+        got = train[position][key]
+        assert got.shape == plain[kind][key].shape and not torch.allclose(got, plain[kind][key], atol=1e-3)
+    # the held-out samples are never augmented
+    for position, index in enumerate(evaluation.indices):
+        key = "pixel_values" if index < 8 else "volume_values"
+        reference = plain_train[index][key]
+        assert torch.equal(evaluation[position][key], reference)
+
+    # the encoder feature cache refuses augmentation, at load time
+    with pytest.raises(ValueError, match="cache_encoder_features"):
+        load_train_config(recipe, data + ["data.augment.enabled=true", "data.cache_encoder_features=true"])
+
+
+def test_train_with_augmentation_runs(tmp_path, tiny_model_dir):
+    data = write_bright_dark(tmp_path / "data", 8)
+    out = tmp_path / "augmented"
+    recipe = _recipe(tmp_path, tiny_model_dir, data, out, max_steps=2, save_steps=2, batch_size=4)
+    assert cli(["train", str(recipe), "data.augment.enabled=true", "data.augment.flip_lr_prob=0.5"]) == 0
+    assert (final_model_dir(out) / "model.safetensors").is_file()
+    assert load_train_config(out / "config.yaml").data.augment.flip_lr_prob == 0.5  # recorded with the run

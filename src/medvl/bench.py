@@ -426,7 +426,8 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
     def step(batch: dict[str, torch.Tensor], loss_fn: Callable | None = None) -> Callable[[], None]:
         def run() -> None:
             model.zero_grad(set_to_none=True)
-            loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
+            # medvl's training path: the LM head at supervised positions only (as MedVLTrainer asks)
+            loss = loss_fn(model, batch) if loss_fn else model(**batch, return_supervised_logits_only=True).loss
             loss.backward()
         return run
 

@@ -51,6 +51,7 @@ from medvl.models import (
 )
 from medvl.models.ctvit import CTCLIP_RELEASED_KWARGS, ctvit_state_dict_from_ctclip
 from medvl.models.processing_medvl import CHATML_TEMPLATE, IMAGE_TOKEN, VOLUME_TOKEN
+from medvl.models.vit3d import clip_kind, vit3d_config_from_clip, vit3d_state_dict_from_clip
 from medvl.tokenization import builtin_corpus, qwen2_tokenizer, train_tokenizer
 from medvl.utils.config import load_config
 
@@ -92,6 +93,10 @@ class VolumeSpec:
     """
 
     encoder: Literal["vit3d", "slicewise", "ctvit"] = "vit3d"
+    # A local pretrained folder: a saved medvl Vit3DModel, a Hugging Face 2D tower (slicewise), or a
+    # released 3D CLIP checkpoint, MedM-CLIP (model_type medm-pretrain) or M3D-CLIP (m3d_clip), whose
+    # vision encoder is loaded (its text encoder is ignored) and whose input normalisation becomes
+    # the volume processor's default; for ctvit, a folder of CT-CLIP weights (above).
     path: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     feature_layer: int | list[int] = -1
@@ -242,11 +247,18 @@ def transformers_default_image_processor():
     return SiglipImageProcessorPil()
 
 
-def _volume_processor_config(spec: ModelSpec, volume_config: PreTrainedConfig | None) -> dict | None:
-    """Volume processor settings: the spec's, with shape and channels defaulting to the encoder's input."""
+def _volume_processor_config(spec: ModelSpec, volume_config: PreTrainedConfig | None,
+                             clip: str | None = None) -> dict | None:
+    """Volume processor settings: the spec's, with shape and channels defaulting to the encoder's input
+    (and, for a released 3D CLIP encoder, intensity handling defaulting to its pretraining input's)."""
     if spec.volume is None:
         return None
     settings = dict(spec.volume.processor)
+    if clip is not None:
+        from medvl.convert.medmvl import clip_volume_processor_settings
+
+        for key, value in clip_volume_processor_settings(clip, list(volume_config.image_size)).items():
+            settings.setdefault(key, value)
     if spec.volume.encoder == "vit3d":
         settings.setdefault("target_shape", list(volume_config.image_size))
         settings.setdefault("channels", volume_config.in_channels)
@@ -339,6 +351,43 @@ def _load_ctvit_weights(module: torch.nn.Module, state_dict: dict[str, torch.Ten
     if missing or unexpected:
         raise ValueError(f"volume.path {source!r}: the CT-CLIP weights do not fit the CTViT config "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]}); is config.json right?")
+# ---------------------------------------------------------------------------- released 3D CLIP encoders
+def _volume_clip_kind(spec: ModelSpec) -> str | None:
+    """``medmclip`` / ``m3dclip`` when ``volume.path`` is a released MedM-CLIP / M3D-CLIP checkpoint."""
+    if spec.volume is None or spec.volume.path is None:
+        return None
+    config_file = Path(spec.volume.path) / "config.json"
+    if not config_file.is_file():
+        return None  # _part_config reports the missing folder / config
+    kind = clip_kind(json.loads(config_file.read_text(encoding="utf-8")))
+    if kind is not None and spec.volume.encoder != "vit3d":
+        raise ValueError(f"volume.path {spec.volume.path!r} is a 3D CLIP checkpoint ({kind}): it needs "
+                         f"volume.encoder=vit3d, not {spec.volume.encoder!r}")
+    return kind
+
+
+def _clip_vit3d_config(volume: VolumeSpec, kind: str) -> Vit3DConfig:
+    """The ``Vit3DConfig`` of a MedM-CLIP / M3D-CLIP vision encoder (``volume.config`` fields applied on top)."""
+    raw = json.loads((Path(volume.path) / "config.json").read_text(encoding="utf-8"))
+    kwargs = vit3d_config_from_clip(raw, kind)
+    kwargs.pop("model_type")
+    unknown = sorted(set(volume.config) - set(Vit3DConfig().to_dict()))
+    if unknown:
+        raise ValueError(f"volume.config: unknown Vit3DConfig field(s) {unknown}")
+    return Vit3DConfig(**{**kwargs, **volume.config})
+
+
+def _load_clip_volume_weights(encoder: torch.nn.Module, path: str, kind: str) -> None:
+    """Load the vision encoder of a released 3D CLIP checkpoint into ``encoder`` (exactly, strict)."""
+    from medvl.convert.medmvl import load_state_dict
+
+    weights = vit3d_state_dict_from_clip(load_state_dict(path), kind, encoder.config)
+    try:
+        encoder.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"volume: the {kind} weights in {path} do not fit the configured encoder; do volume.config "
+                         f"overrides change its architecture? ({str(err).splitlines()[1].strip()})") from None
+    logger.info("volume: %s vision encoder loaded from %s (%d tensors)", kind, path, len(weights))
 
 
 # ---------------------------------------------------------------------------- model
@@ -376,6 +425,7 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
     vision_config = _part_config(spec.vision.path, spec.vision.config, "vision", True) if spec.vision else None
     volume_config = None
     ctvit_weights = None
+    volume_clip = _volume_clip_kind(spec)
     if spec.volume is not None:
         if spec.volume.encoder == "ctvit":
             if spec.volume.path is not None:
@@ -386,6 +436,8 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
                 volume_config = CTViTConfig(**overrides)
         elif spec.volume.encoder == "vit3d" and spec.volume.path is None:
             volume_config = _part_config(None, {"model_type": Vit3DConfig.model_type, **spec.volume.config}, "volume")
+        elif volume_clip is not None:
+            volume_config = _clip_vit3d_config(spec.volume, volume_clip)
         else:
             volume_config = _part_config(spec.volume.path, spec.volume.config, "volume", True)
     for name, value in (("eos_token_id", tokenizer.eos_token_id), ("pad_token_id", tokenizer.pad_token_id)):
@@ -419,6 +471,8 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
         _load_part_weights(model.vision_tower, tower_cls.from_pretrained(spec.vision.path), "vision")
     if ctvit_weights is not None:
         _load_ctvit_weights(model.volume_encoder, ctvit_weights, spec.volume.path)
+    elif volume_clip is not None:
+        _load_clip_volume_weights(model.volume_encoder, spec.volume.path, volume_clip)
     elif spec.volume is not None and spec.volume.path is not None:
         encoder_cls = type(model.volume_encoder)
         _load_part_weights(model.volume_encoder, encoder_cls.from_pretrained(spec.volume.path), "volume")
@@ -437,7 +491,7 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
         image_processor=_build_image_processor(spec, vision_config),
         tokenizer=tokenizer,
         chat_template=tokenizer.chat_template,
-        volume_processor_config=_volume_processor_config(spec, volume_config),
+        volume_processor_config=_volume_processor_config(spec, volume_config, volume_clip),
         num_image_tokens=config.num_image_tokens,
         num_volume_tokens=config.num_volume_tokens,
     )
@@ -456,6 +510,10 @@ def save_checkpoint(model: MedVLForConditionalGeneration, processor: MedVLProces
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    from medvl.model_card import write_model_card
+
+    write_model_card(out, step="assembled with `medvl build`: parts loaded from pretrained folders keep their "
+                               "weights, the others (connectors at least) are randomly initialised")
     logger.info("saved medvl checkpoint to %s", out)
     return out
 

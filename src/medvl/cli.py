@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from medvl.utils.logging import setup_logging
 
-# verb -> module under medvl.commands (order is the order shown in --help)
+# verb -> module under medvl.commands (order is the order shown in --help). Every verb listed here
+# must exist: tests/test_cli.py imports each module and checks its HELP/add_arguments/run.
 VERBS: dict[str, str] = {
     "quickstart": "quickstart",
     "build": "build",
@@ -32,14 +32,6 @@ VERBS: dict[str, str] = {
 }
 
 
-def _available_verbs() -> dict[str, str]:
-    found = {}
-    for verb, module in VERBS.items():
-        if importlib.util.find_spec(f"medvl.commands.{module}") is not None:
-            found[verb] = module
-    return found
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``medvl`` console script.
 
@@ -47,13 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         argv: arguments without the program name (defaults to ``sys.argv[1:]``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbs = _available_verbs()
     parser = argparse.ArgumentParser(prog="medvl", description="Medical vision-language models.")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     # Only the requested verb's module is imported; the others get a placeholder help line.
     requested = next((a for a in argv if not a.startswith("-")), None)
-    for verb, module in verbs.items():
+    for verb, module in VERBS.items():
         if verb == requested:
             mod = importlib.import_module(f"medvl.commands.{module}")
             p = sub.add_parser(verb, help=getattr(mod, "HELP", None), description=getattr(mod, "HELP", None))

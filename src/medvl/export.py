@@ -191,6 +191,10 @@ def export_llava(model_dir: str | Path, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True)
     llava.save_pretrained(out_dir)
     llava_processor.save_pretrained(out_dir)
+    from medvl.model_card import write_model_card
+
+    write_model_card(out_dir, step="exported to the stock Hugging Face LLaVA format with `medvl export --as-llava`",
+                     source=model_dir)
     logger.info("exported %s as stock LLaVA to %s", model_dir, out_dir)
     return out_dir
 

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the verb's sub-parser.
     """
-    parser.add_argument("config", help="build YAML (see configs/tiny.yaml): llm, vision, volume, tokenizer")
+    parser.add_argument("config", help="build YAML (see configs/tiny.yaml; a shipped one also by name, e.g. tiny): "
+                                       "llm, vision, volume, tokenizer")
     # nargs="+": argparse cannot give positionals that follow an option to an earlier positional
     # list, so `CONFIG --out DIR k=v` collects `DIR k=v` here and run() splits them.
     parser.add_argument("--out", required=True, nargs="+", metavar="DIR", help="output checkpoint folder")
@@ -43,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
 
     out_dir, overrides = args.out[0], [*args.overrides, *args.out[1:]]
     try:
-        spec = load_model_spec(args.config, overrides)
+        from medvl.recipes import resolve_config_file
+
+        spec = load_model_spec(resolve_config_file(args.config), overrides)
         model, processor = build_model(spec)
     except (ValueError, FileNotFoundError) as err:
         logger.error("%s", err)

@@ -15,6 +15,7 @@ HELP = "train or fine-tune a model from a YAML recipe (stages, full/LoRA, resume
 
 EXAMPLES = r"""examples:
   medvl train configs/medm-vl-2d/finetune_lora.yaml model.path=ckpt/MedM-VL-2D data.train=[my.jsonl]
+  medvl train medm-vl-2d/finetune_lora train.deepspeed=null ...   # a shipped recipe by name, without DeepSpeed
   medvl train run.yaml train.resume=true                      # continue from the last checkpoint
   medvl train run.yaml train.parts.vision.mode=lora train.parts.connector.lr=1e-4
   medvl train run.yaml 'train.hf_args={dataloader_pin_memory: false}'   # any TrainingArguments field
@@ -25,7 +26,8 @@ EXAMPLES = r"""examples:
 
 The output folder holds config.yaml (resolved), env.json (versions, git revision), checkpoint-N/,
 runs/ (TensorBoard), metrics.json, loss.png and the final model in model/ (an adapter folder for
-LoRA runs). DeepSpeed needs a launcher (torchrun), also for one process.
+LoRA runs). DeepSpeed is an optional extra (pip install 'medvl[deepspeed]') and needs a launcher
+(torchrun), also for one process.
 """
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EXAMPLES
-    parser.add_argument("config", help="YAML recipe with sections model, data, train, output")
+    parser.add_argument("config", help="YAML recipe with sections model, data, train, output: a path, or the name "
+                                       "of a recipe shipped with medvl (e.g. medm-vl-2d/finetune_lora)")
     parser.add_argument(
         "overrides",
         nargs="*",

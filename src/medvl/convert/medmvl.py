@@ -365,61 +365,22 @@ def _connector(spec: EncoderSpec, connector_sd: dict[str, torch.Tensor]) -> dict
 
 def _medmclip_vit3d(cfg: dict[str, Any]) -> dict[str, Any]:
     """MedM-CLIP config (hidden_size, image_size, image_patch_size, frame_size, ...) -> Vit3DConfig kwargs."""
-    def last(value: Any) -> int:  # MedM-VL's loader rewrites the sizes into [frames, H, W] lists
-        return int(value[-1] if isinstance(value, (list, tuple)) else value)
+    from medvl.models.vit3d import vit3d_config_from_clip
 
     try:
-        return {
-            "model_type": "medvl_vit3d",
-            "image_size": [int(cfg["frame_size"]), last(cfg["image_size"]), last(cfg["image_size"])],
-            "patch_size": [int(cfg["frame_patch_size"]), last(cfg["image_patch_size"]), last(cfg["image_patch_size"])],
-            "in_channels": 1,
-            "hidden_size": int(cfg["hidden_size"]),
-            "num_hidden_layers": int(cfg["image_num_layers"]),
-            "num_attention_heads": int(cfg["image_num_heads"]),
-            "intermediate_size": int(cfg["image_mlp_dim"]),
-            # vit-pytorch patch embedding + torch.nn.TransformerEncoderLayer defaults (post-norm, ReLU, eps 1e-5)
-            "hidden_act": "relu",
-            "layer_norm_eps": 1e-5,
-            "qkv_bias": True,
-            "norm_first": False,
-            "use_cls_token": True,
-            "cls_position_embedding": True,
-            "patch_norm": True,
-            "final_norm": False,
-            "final_norm_in_hidden_states": False,
-        }
-    except KeyError as err:
-        raise MedMVLConversionError(f"MedM-CLIP config lacks field {err}") from None
+        return vit3d_config_from_clip(cfg, "medmclip")
+    except ValueError as err:
+        raise MedMVLConversionError(str(err)) from None
 
 
 def _m3dclip_vit3d(cfg: dict[str, Any]) -> dict[str, Any]:
     """M3D-CLIP config (img_size, patch_size, hidden_size, mlp_dim, ...) -> Vit3DConfig kwargs."""
-    if cfg.get("pos_embed", "perceptron") != "perceptron":
-        raise MedMVLConversionError(
-            f"M3D-CLIP pos_embed={cfg.get('pos_embed')!r} is not supported; valid choices: 'perceptron'"
-        )
-    return {
-        "model_type": "medvl_vit3d",
-        "image_size": [int(v) for v in cfg.get("img_size", (32, 256, 256))],
-        "patch_size": [int(v) for v in cfg.get("patch_size", (4, 16, 16))],
-        "in_channels": int(cfg.get("in_channels", 1)),
-        "hidden_size": int(cfg.get("hidden_size", 768)),
-        "num_hidden_layers": int(cfg.get("num_layers", 12)),
-        "num_attention_heads": int(cfg.get("num_heads", 12)),
-        "intermediate_size": int(cfg.get("mlp_dim", 3072)),
-        # MONAI ViT: pre-norm TransformerBlock, exact GELU, qkv without bias, CLS appended after the
-        # position embedding, final norm that MedM-VL does NOT apply (it reads hidden_states_out).
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-5,
-        "qkv_bias": False,
-        "norm_first": True,
-        "use_cls_token": True,
-        "cls_position_embedding": False,
-        "patch_norm": False,
-        "final_norm": True,
-        "final_norm_in_hidden_states": False,
-    }
+    from medvl.models.vit3d import vit3d_config_from_clip
+
+    try:
+        return vit3d_config_from_clip(cfg, "m3dclip")
+    except ValueError as err:
+        raise MedMVLConversionError(str(err)) from None
 
 
 def _vision_config(folder: Path) -> Any:
@@ -531,22 +492,13 @@ def map_vit3d_weights(sd: dict[str, torch.Tensor], kind: str, vit: dict[str, Any
         kind: "medmclip" or "m3dclip".
         vit: the ``Vit3DConfig`` fields of the translated config.
     """
-    from medvl.models.vit3d import Vit3DConfig, vit3d_state_dict_from_medmclip, vit3d_state_dict_from_monai
+    from medvl.models.vit3d import Vit3DConfig, vit3d_state_dict_from_clip
 
     config = Vit3DConfig(**{k: v for k, v in vit.items() if k != "model_type"})
-    if kind == "medmclip":
-        keep, convert = ("to_patch_embedding.", "pos_embedding", "cls_token", "transformer_layers."), vit3d_state_dict_from_medmclip
-    else:
-        keep, convert = ("patch_embedding.", "cls_token", "blocks.", "norm."), vit3d_state_dict_from_monai
-    out = convert({k: v for k, v in sd.items() if k.startswith(keep)}, config)
-    from medvl.models.vit3d import Vit3DModel
-
-    with torch.device("meta"):
-        expected = set(Vit3DModel(config).state_dict())
-    missing = sorted(expected - set(out))
-    if missing:
-        raise MedMVLConversionError(f"{kind} vision encoder weights missing from the checkpoint: {missing[:5]}")
-    return out
+    try:
+        return vit3d_state_dict_from_clip(sd, kind, config)
+    except ValueError as err:
+        raise MedMVLConversionError(str(err)) from None
 
 
 def map_connector_weights(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -721,9 +673,20 @@ def volume_processor_settings(layout: MedMVLLayout, kwargs: dict[str, Any]) -> d
         return {"mode": "medmvl", "axcodes": None, "target_shape": [MEDMVL_CT_SLICES, size, size]}
     if layout.image3d is None:
         return None
-    shape = list(kwargs["volume_config"]["image_size"])
-    common = {"axcodes": None, "target_shape": shape, "antialias": False, "intensity": "none", "channels": 1}
-    if layout.image3d.type == "medmclip":
+    return {"axcodes": None, **clip_volume_processor_settings(layout.image3d.type,
+                                                              list(kwargs["volume_config"]["image_size"]))}
+
+
+def clip_volume_processor_settings(kind: str, shape: list[int]) -> dict[str, Any]:
+    """``MedVLVolumeProcessor`` intensity and shape settings of a MedM-CLIP / M3D-CLIP encoder's input
+    (see :func:`volume_processor_settings`); orientation is left to the caller.
+
+    Args:
+        kind: "medmclip" or "m3dclip".
+        shape: the encoder's input size (D, H, W).
+    """
+    common = {"target_shape": list(shape), "antialias": False, "intensity": "none", "channels": 1}
+    if kind == "medmclip":
         return {**common, "crop_foreground": True, "foreground_hu": MEDMCLIP_MEAN,
                 "image_mean": [MEDMCLIP_MEAN], "image_std": [MEDMCLIP_STD]}
     return {**common, "crop_foreground": False}
@@ -819,6 +782,11 @@ def convert_medmvl(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    from medvl.model_card import write_model_card
+
+    write_model_card(out, step=f"converted from the MedM-VL checkpoint `{src.name}` with `medvl convert` (same "
+                               "outputs as MedM-VL's code); its training data, licences and evaluation are those "
+                               "of the original release and its model card")
     (out / "medmvl_source.json").write_text(json.dumps(
         {"source": str(src.resolve()), "lvlm_config": layout.raw,
          "parts": {k: str(v) for k, v in vars(parts).items() if v is not None}}, indent=1))

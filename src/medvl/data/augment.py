@@ -9,6 +9,20 @@ compound 左右 which means "about" or "left and right" and is symmetric anyway)
 kept. Abbreviations such as "L"/"R" or "sinistral" are NOT swapped: datasets that use them should
 keep the flip off.
 
+Anatomical names are not all sides (the rules, decided here and tested on report sentences):
+
+* Names of cardiac chambers and vessels keep their side: "right ventricle", "left atrial
+  enlargement", "right heart strain", "left anterior descending", "left bundle branch block"; 左心室,
+  右心房, 左室, 右心, 左冠状动脉, 左前降支... A mirrored heart is still made of the same chambers.
+* Structures with no mirror twin make a sample unflippable: the right middle lobe (the left lung
+  has none), the lingula (left only), the minor / horizontal fissure and the azygos vein and lobe
+  (right only); 中叶, 舌段, 水平裂, 奇静脉. Swapping "right middle lobe" into "left middle lobe" would
+  name a structure that does not exist, and keeping it would contradict the mirrored image, so such
+  a sample is never flipped (the augmenter draws the flip and skips it; its other augmentations
+  still apply) and :func:`swap_laterality` refuses the text (:func:`flip_blockers` names them).
+* Mirroring any chest image also gives a situs-inversus picture (heart and aortic arch on the
+  other side); text that does not name a side cannot say so. This is why the flip is off by default.
+
 The geometric augmentations (small in-plane rotation and scale) and the intensity jitter
 (brightness shift and contrast factor around the sample mean) keep laterality.
 
@@ -24,7 +38,9 @@ Two entry points with the same randomness and rules:
   ``medvl.data.dataset`` (``augment=Augmenter(cfg, training=True).augment_sample``). There images
   get flip + rotation/scale + brightness/contrast, volumes only the flip (mirrored along the array
   axis closest to the patient's left-right, affine kept, so the anatomy is mirrored in world space);
-  volume intensity/rotation jitter belongs on ``volume_values`` after the volume processor.
+  the volume rotation/scale and intensity jitter runs on ``volume_values`` after the volume
+  processor (``Augmenter.augment_volume_values``; the dataset calls both hooks when given an
+  ``Augmenter``, which is what ``data.augment`` of ``medvl train`` does).
 
 Evaluation never augments: ``Augmenter(config, training=False)`` (the default) is the identity.
 """
@@ -50,6 +66,51 @@ _EN_PAIRS = {"left": "right", "right": "left", "leftward": "rightward", "rightwa
 _EN_WORD = re.compile(r"\b(?:left|right)(?:wards?)?\b", re.IGNORECASE)
 _IDIOM = re.compile(r"\b(?:" + "|".join(_RIGHT_IDIOMS) + r")\b", re.IGNORECASE)
 _ZH = re.compile(r"左右|左|右")
+# Cardiac chambers, heart sides and coronary / conduction names: a name, not a side; never swapped.
+_EN_CARDIAC = re.compile(
+    r"\b(?:left|right)(?:[- ]sided)?[- ](?:ventricles?|ventricular|atri(?:um|a|al)|heart|coronary|main coronary|"
+    r"anterior descending|circumflex|atrial appendage|bundle branch)\b",
+    re.IGNORECASE,
+)
+# (右心膈角, the right cardiophrenic angle, is a side of the chest and swaps)
+_ZH_CARDIAC = re.compile(r"[左右](?:心室|心房|室|房|心(?!膈)|冠状动脉|冠脉|前降支|回旋支|主干|束支)")
+# Structures without a left-right twin: a sample naming one is not flipped.
+_EN_UNPAIRED = re.compile(
+    r"\b(?:middle lobe|lingula(?:r)?|(?:minor|horizontal) fissure|azygo(?:s|esophageal))\b", re.IGNORECASE
+)
+_ZH_UNPAIRED = re.compile(r"中叶|舌段|舌叶|水平裂|奇静脉|奇叶")
+
+
+def flip_blockers(text: str) -> list[str]:
+    """The phrases of ``text`` that name a structure with no left-right twin (flipping is then wrong).
+
+    Args:
+        text: any text.
+
+    Returns:
+        The matched phrases in order ("right middle lobe" gives "middle lobe"), empty when a flip is safe.
+    """
+    return [m.group(0) for m in _EN_UNPAIRED.finditer(text)] + [m.group(0) for m in _ZH_UNPAIRED.finditer(text)]
+
+
+def _message_texts(messages: list[dict[str, Any]]) -> list[str]:
+    texts = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return texts
+
+
+def messages_flip_blockers(messages: list[dict[str, Any]]) -> list[str]:
+    """:func:`flip_blockers` over every text of a conversation.
+
+    Args:
+        messages: ``[{"role": ..., "content": str | list of parts}]``.
+    """
+    return [phrase for text in _message_texts(messages) for phrase in flip_blockers(text)]
 
 
 def _match_case(template: str, word: str) -> str:
@@ -68,9 +129,18 @@ def swap_laterality(text: str) -> str:
 
     Returns:
         The text with "left" <-> "right" (and -ward/-wards forms, whole words only) and 左 <-> 右 swapped;
-        "leftover", 左右 and idioms such as "all right" are unchanged. Applying it twice gives the input back.
+        "leftover", 左右, idioms such as "all right" and cardiac names ("right ventricle", 左心房) are
+        unchanged. Applying it twice gives the input back.
+
+    Raises:
+        ValueError: the text names a structure without a left-right twin (see :func:`flip_blockers`).
     """
-    protected = [(m.start(), m.end()) for m in _IDIOM.finditer(text)]
+    blockers = flip_blockers(text)
+    if blockers:
+        raise ValueError(f"cannot mirror a text naming {', '.join(repr(b) for b in blockers)} (no left-right "
+                         f"counterpart); such a sample must not be flipped: {text!r}")
+    protected = [(m.start(), m.end()) for pattern in (_IDIOM, _EN_CARDIAC) for m in pattern.finditer(text)]
+    zh_protected = [(m.start(), m.end()) for m in _ZH_CARDIAC.finditer(text)]
 
     def english(match: re.Match[str]) -> str:
         if any(start <= match.start() < end for start, end in protected):
@@ -82,9 +152,13 @@ def swap_laterality(text: str) -> str:
         token = match.group(0)
         if len(token) == 2:  # 左右: "about" (5厘米左右) or "both sides", symmetric
             return token
+        if any(start <= match.start() < end for start, end in zh_protected):
+            return token
         return "右" if token == "左" else "左"
 
-    return _ZH.sub(chinese, _EN_WORD.sub(english, text))
+    # The protected spans are positions in the input: the Chinese pass (one character for one)
+    # keeps them valid for the English pass, whose words change length ("left" -> "right").
+    return _EN_WORD.sub(english, _ZH.sub(chinese, text))
 
 
 def swap_laterality_in_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -245,7 +319,11 @@ class Augmenter:
     def __init__(self, config: AugmentConfig | None = None, training: bool = False, seed: int = 0) -> None:
         self.config = config or AugmentConfig()
         self.training = training
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+        self._worker_seed: int | None = None
+        # flips drawn but not done because the sample names a structure without a twin
+        self.flips_refused = 0
 
     def train(self, mode: bool = True) -> Augmenter:
         self.training = mode
@@ -255,7 +333,26 @@ class Augmenter:
         return self.train(False)
 
     def _uniform(self, low: float, high: float) -> float:
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.seed != self._worker_seed:
+            # A DataLoader worker holds a copy of this augmenter made when the epoch's workers start:
+            # without a reseed every worker (and every epoch) would replay the same draws. The
+            # worker's seed differs per worker and per epoch and follows the run's seed.
+            self._worker_seed = worker.seed
+            self.generator.manual_seed((self.seed * 1_000_003 + worker.seed) % (2**63))
         return float(low + (high - low) * torch.rand((), generator=self.generator))
+
+    def _draw_flip(self, messages: list[dict[str, Any]]) -> bool:
+        """Whether this sample is mirrored: drawn with ``flip_lr_prob``, refused when its text names a
+        structure without a left-right twin (the draw is made either way, so the random stream does
+        not depend on the text)."""
+        cfg = self.config
+        if cfg.flip_lr_prob <= 0 or self._uniform(0, 1) >= cfg.flip_lr_prob:
+            return False
+        if messages_flip_blockers(messages):
+            self.flips_refused += 1
+            return False
+        return True
 
     def __call__(
         self,
@@ -276,7 +373,7 @@ class Augmenter:
         cfg = self.config
         if not self.training or self._uniform(0, 1) >= cfg.prob:
             return messages, pixel_values, volume_values
-        if cfg.flip_lr_prob > 0 and self._uniform(0, 1) < cfg.flip_lr_prob:
+        if self._draw_flip(messages):
             # Mirror every medium of the sample and the words together, never one without the other.
             messages = swap_laterality_in_messages(messages)
             pixel_values = None if pixel_values is None else torch.flip(pixel_values, dims=[-1])
@@ -301,12 +398,26 @@ class Augmenter:
         messages = sample.get("messages", [])
         images = list(sample.get("images") or [])
         volumes = list(sample.get("volumes") or [])
-        if cfg.flip_lr_prob > 0 and self._uniform(0, 1) < cfg.flip_lr_prob:
+        if self._draw_flip(messages):
             messages = swap_laterality_in_messages(messages)
             images = [ImageOps.mirror(im) for im in images]
             volumes = [flip_volume_lr(v) for v in volumes]
         images = [self._jitter_pil(im) for im in images]
         return {**sample, "messages": messages, "images": images, "volumes": volumes}
+
+    def augment_volume_values(self, volume_values: torch.Tensor) -> torch.Tensor:
+        """Small in-plane rotation / scale and intensity jitter of processed volumes (the second hook of
+        ``medvl.data.dataset``, after the volume processor; the flip is done by :meth:`augment_sample`).
+
+        Args:
+            volume_values: one sample's volumes, (N, C, D, H, W), in the processor's output units.
+
+        Returns:
+            The jittered tensor; the same tensor when not training or not drawn (``prob``).
+        """
+        if not self.training or self._uniform(0, 1) >= self.config.prob:
+            return volume_values
+        return self._jitter(volume_values, expected_dim=5)
 
     def _jitter_pil(self, image: Image.Image) -> Image.Image:
         cfg = self.config
@@ -339,7 +450,9 @@ __all__ = [
     "AugmentConfig",
     "Augmenter",
     "adjust_intensity",
+    "flip_blockers",
     "flip_volume_lr",
+    "messages_flip_blockers",
     "rotate_scale",
     "rotate_scale_pil",
     "swap_laterality",

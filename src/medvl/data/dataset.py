@@ -15,7 +15,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -23,6 +23,9 @@ from medvl.data.feature_cache import FEATURE_KINDS
 from medvl.data.labels import ConversationEncoder, OverlongSampleError
 from medvl.data.records import Record
 from medvl.errors import MedVLDataError
+
+if TYPE_CHECKING:
+    from medvl.data.augment import Augmenter
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +88,9 @@ class ConversationDataset(torch.utils.data.Dataset):
             ids, a trailing assistant answer dropped; no labels).
         augment: optional callable ``augment(sample) -> sample`` on ``{"messages", "images"
             (PIL), "volumes" (Volume), "record"}`` before tokenisation (e.g. a flip that also swaps
-            left/right in the text). Off by default; never used in ``prompt`` mode.
+            left/right in the text), or a :class:`medvl.data.augment.Augmenter`, whose
+            ``augment_sample`` is that hook and whose ``augment_volume_values`` then jitters the
+            processed volumes. Off by default; never used in ``prompt`` mode.
         cache: a :class:`medvl.data.prepare.VolumeCache` (or its folder) of preprocessed volumes;
             refused when it was built with another volume processor configuration.
         feature_cache: a :class:`medvl.data.feature_cache.EncoderFeatureCache`: records whose
@@ -106,7 +111,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         on_error: OnError = "raise",
         on_overlong: OnOverlong = "skip",
         mode: Mode = "train",
-        augment: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        augment: Augmenter | Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         cache: Any = None,
         image_loader: Callable[[str], Any] | None = None,
         volume_loader: Callable[[str], Any] | None = None,
@@ -129,7 +134,12 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.on_overlong = on_overlong
         self.mode = mode
         self._bind_template(processor)
-        self.augment = augment if mode == "train" else None
+        if mode != "train":
+            augment = None
+        # an Augmenter: its sample hook before processing, its volume jitter after the volume processor
+        self.augment_volume_values: Callable[[torch.Tensor], torch.Tensor] | None = getattr(
+            augment, "augment_volume_values", None)
+        self.augment = getattr(augment, "augment_sample", augment)
         self._image_loader = image_loader
         self._volume_loader = volume_loader
         if cache is not None and not hasattr(cache, "load"):
@@ -275,6 +285,8 @@ class ConversationDataset(torch.utils.data.Dataset):
             item["pixel_values"] = self._pixel_values(images, rec)
         if volumes:
             item["volume_values"] = self._volume_values(volumes, rec, from_cache=use_cache)
+            if self.augment is not None and self.augment_volume_values is not None:
+                item["volume_values"] = self.augment_volume_values(item["volume_values"])
         item.update(features)
         return item
 

@@ -9,10 +9,12 @@ Reads top to bottom like transformers' ``modeling_llava.py``:
 2. ``check_placeholders``: the placeholder tokens of every batch row must add up to the features;
    a mismatch raises naming the row(s).
 3. ``merge_media``: ``inputs_embeds.masked_scatter`` puts the features at the placeholders.
-4. Training (``labels`` given): the LLM's decoder runs without cache, and the LM head is applied
-   only at supervised positions (labels != -100), so no (B, L, vocab) tensor is ever built for the
-   prompt and media positions. Inference: the whole causal LM runs (full logits or
-   ``logits_to_keep``, KV cache).
+4. Training (``labels`` given): the LLM's decoder runs without cache and the loss is the mean
+   cross-entropy over supervised positions (labels != -100). ``logits`` keep the Hugging Face
+   contract, (B, L, vocab), unless the caller asks for ``return_supervised_logits_only=True`` (what
+   medvl's trainer does): then the LM head runs only at supervised positions and ``logits`` are
+   (K, vocab), so no (B, L, vocab) tensor is built for the prompt and media positions.
+   Inference: the whole causal LM runs (full logits or ``logits_to_keep``, KV cache).
 
 State-dict layout (for converters and exporters)::
 
@@ -38,7 +40,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers import initialization as init
 from transformers.generation import GenerationMixin
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_medvl import MedVLConfig, prefix_token_count
 from .connectors import AttnPoolConnector, build_connector
@@ -364,6 +366,84 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         return inputs_embeds
 
     # ------------------------------------------------------------------ 4. forward
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        volume_values: torch.Tensor | None = None,
+        image_encoder_features: torch.Tensor | None = None,
+        volume_encoder_features: torch.Tensor | None = None,
+        cache=None,
+    ) -> torch.Tensor:
+        """Token embeddings with the media features at their placeholders (the LLM's input).
+
+        Args:
+            input_ids: (B, L) ids, or None with ``inputs_embeds``.
+            inputs_embeds: ready text embeddings (media cannot then be merged).
+            pixel_values / volume_values / image_encoder_features / volume_encoder_features: as ``forward``.
+            cache: the KV cache (decode steps after the prefill are not checked for placeholders).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+            # Without media, a prompt (no cache yet) must not hold placeholders either; decode steps
+            # are not checked: a generated token may legitimately be a marker id.
+            prefill = cache is None or cache.get_seq_length() == 0
+            media = (pixel_values, volume_values, image_encoder_features, volume_encoder_features)
+            if prefill or any(m is not None for m in media):
+                inputs_embeds = self.merge_media(input_ids, inputs_embeds, *media)
+        elif pixel_values is not None or volume_values is not None:
+            raise ValueError("media inputs need input_ids (placeholders) to be merged, not inputs_embeds")
+        return inputs_embeds
+
+    @property
+    def base_model(self) -> "MedVLBackbone":
+        """The model without its LM head, as Hugging Face vision-language models expose it.
+
+        transformers' VLMs keep their body (media merge + LLM decoder) in ``model`` and return
+        ``last_hidden_state`` from it; libraries that apply the LM head themselves (TRL's fused LM
+        head in ``SFTTrainer`` / ``DPOTrainer``) call ``model.base_model(...)``. medvl's parameters
+        live directly on this class (see the state-dict layout above), so this is a parameter-free
+        view that runs :meth:`forward_backbone`.
+        """
+        return MedVLBackbone(self)
+
+    def forward_backbone(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        volume_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        past_key_values=None,
+        image_encoder_features: torch.Tensor | None = None,
+        volume_encoder_features: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """Media merge + the LLM's decoder: ``last_hidden_state`` (B, L, hidden), no LM head.
+
+        Args:
+            input_ids ... volume_encoder_features: as :meth:`forward`.
+            **kwargs: passed to the decoder (e.g. ``output_hidden_states``).
+        """
+        if cache is None:
+            cache = past_key_values
+        inputs_embeds = self.embed_inputs(input_ids, inputs_embeds, pixel_values, volume_values,
+                                          image_encoder_features, volume_encoder_features, cache)
+        return self.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -380,6 +460,7 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         past_key_values=None,
         image_encoder_features: torch.Tensor | None = None,
         volume_encoder_features: torch.Tensor | None = None,
+        return_supervised_logits_only: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Run the model.
@@ -392,30 +473,24 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             position_ids: (B, L) or (1, L) for packed (padding-free) rows.
             cache: KV cache (generation).
             inputs_embeds: text embeddings instead of input_ids (media cannot then be merged).
-            labels: (B, L), NOT shifted, -100 where unsupervised. When given, the output ``logits``
-                are (K, vocab) for the K supervised positions only (in row-major order) and ``loss``
-                is their mean cross-entropy (or sum / ``num_items_in_batch``).
+            labels: (B, L), NOT shifted, -100 where unsupervised. When given, ``loss`` is the mean
+                cross-entropy of the supervised positions (or their sum / ``num_items_in_batch``).
             use_cache: forced off when training with labels.
             logits_to_keep: inference only: keep the last N positions' logits (0 = all).
             num_items_in_batch: total supervised tokens over gradient-accumulation steps (HF Trainer).
             past_key_values: older name of ``cache``.
             image_encoder_features / volume_encoder_features: cached frozen-encoder outputs
                 (``encode_images`` / ``encode_volumes``) instead of pixel / volume values.
+            return_supervised_logits_only: with ``labels``: apply the LM head only at the K
+                supervised positions and return ``logits`` of shape (K, vocab) (row-major order)
+                instead of (B, L, vocab). Same loss, far less memory; medvl's trainer asks for it.
+                Default False: the standard (B, L, vocab) that ``Trainer.predict``,
+                ``compute_metrics`` and TRL expect.
         """
         if cache is None:
             cache = past_key_values
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-            # Without media, a prompt (no cache yet) must not hold placeholders either; decode steps
-            # are not checked: a generated token may legitimately be a marker id.
-            prefill = cache is None or cache.get_seq_length() == 0
-            media = (pixel_values, volume_values, image_encoder_features, volume_encoder_features)
-            if prefill or any(m is not None for m in media):
-                inputs_embeds = self.merge_media(input_ids, inputs_embeds, *media)
-        elif pixel_values is not None or volume_values is not None:
-            raise ValueError("media inputs need input_ids (placeholders) to be merged, not inputs_embeds")
+        inputs_embeds = self.embed_inputs(input_ids, inputs_embeds, pixel_values, volume_values,
+                                          image_encoder_features, volume_encoder_features, cache)
 
         if labels is None:
             return self.language_model(
@@ -439,9 +514,13 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         # position p predicts token p+1; the last position of each row predicts nothing
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(hidden.device)
         supervised = targets != IGNORE_INDEX
-        logits = self.get_output_embeddings()(hidden[supervised])
-        logits = self._scale_logits(logits)
-        loss = F.cross_entropy(logits.float(), targets[supervised], reduction="sum")
+        if return_supervised_logits_only:
+            logits = self._scale_logits(self.get_output_embeddings()(hidden[supervised]))
+            supervised_logits = logits
+        else:
+            logits = self._scale_logits(self.get_output_embeddings()(hidden))
+            supervised_logits = logits[supervised]
+        loss = F.cross_entropy(supervised_logits.float(), targets[supervised], reduction="sum")
         # mean over supervised tokens; with gradient accumulation the HF Trainer passes the total
         # over all micro-batches so that every token weighs the same (an empty row gives loss 0)
         denominator = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp(min=1)
@@ -490,4 +569,35 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         return model_inputs
 
 
-__all__ = ["MedVLForConditionalGeneration", "MedVLPreTrainedModel", "select_features"]
+class MedVLBackbone:
+    """A parameter-free view of a :class:`MedVLForConditionalGeneration` without its LM head.
+
+    Calling it runs ``model.forward_backbone`` (media merge + decoder -> ``last_hidden_state``).
+    Not an ``nn.Module``: it owns nothing, so the model's state dict and parameter list are unchanged.
+
+    Args:
+        model: the full model.
+    """
+
+    # transformers asks the base model for its parallelism plans; medvl defines none
+    _tp_plan = None
+    _pp_plan = None
+
+    def __init__(self, model: MedVLForConditionalGeneration):
+        self.model = model
+        self.config = model.config
+
+    def __call__(self, *args, **kwargs) -> BaseModelOutputWithPast:
+        return self.model.forward_backbone(*args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def get_image_features(self, *args, **kwargs) -> torch.Tensor:
+        return self.model.get_image_features(*args, **kwargs)
+
+    def get_volume_features(self, *args, **kwargs) -> torch.Tensor:
+        return self.model.get_volume_features(*args, **kwargs)
+
+
+__all__ = ["MedVLBackbone", "MedVLForConditionalGeneration", "MedVLPreTrainedModel", "select_features"]

@@ -66,6 +66,38 @@ def _flatten(items: Any) -> list:
     return out
 
 
+def media_from_parts(conversations: list[list[dict]], kind: str) -> list:
+    """The media objects carried by content parts ``{"type": kind, kind: obj}``, in rendering order.
+
+    Hugging Face's chat-template convention (used by TRL's vision-language collators) puts the image
+    itself in its content part; the template renders the part as a marker, so the order here is
+    the order of the markers. A string (``"path"``/``"url"`` key or the value itself) is loaded with
+    ``transformers.image_utils.load_image`` for images; volumes must be arrays or ``Volume``-likes.
+
+    Args:
+        conversations: a batch of message lists.
+        kind: "image" or "volume".
+    """
+    found = []
+    for conversation in conversations:
+        for message in conversation:
+            content = message.get("content") if isinstance(message, dict) else None
+            if not isinstance(content, (list, tuple)):
+                continue
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != kind:
+                    continue
+                value = part.get(kind, part.get("path", part.get("url")))
+                if value is None:
+                    continue
+                if kind == "image" and isinstance(value, str):
+                    from transformers.image_utils import load_image
+
+                    value = load_image(value)
+                found.append(value)
+    return found
+
+
 class MedVLProcessor(ProcessorMixin):
     """Tokenizer + image processor + volume processor of a medvl model.
 
@@ -223,8 +255,11 @@ class MedVLProcessor(ProcessorMixin):
             chat_template: override the processor's template.
             add_generation_prompt: end with the assistant header.
             tokenize: False -> the rendered string(s); True -> ``self(text=..., images=..., volumes=...)``.
-            images / volumes: media for ``tokenize=True``.
-            **kwargs: passed to ``__call__`` when tokenizing (padding, padding_side...).
+            images / volumes: media for ``tokenize=True``; when not given, the media carried by the
+                content parts (``{"type": "image", "image": <PIL.Image>}``, ``{"type": "volume",
+                "volume": <array or Volume>}``, the Hugging Face / TRL convention) are used.
+            **kwargs: passed to ``__call__`` when tokenizing (padding, padding_side...), also as
+                transformers' ``processor_kwargs`` mapping.
         """
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations = conversation if batched else [conversation]
@@ -238,6 +273,14 @@ class MedVLProcessor(ProcessorMixin):
         if not tokenize:
             return rendered if batched else rendered[0]
         kwargs.pop("return_dict", None)  # always a BatchFeature (dict-like)
+        kwargs.update(kwargs.pop("processor_kwargs", None) or {})  # transformers >= 5.4 passes them so
+        if kwargs.pop("return_assistant_tokens_mask", False):
+            raise ValueError("MedVLProcessor.apply_chat_template does not return assistant masks; medvl's "
+                             "training data path (medvl.data.labels) supervises the assistant turns")
+        if images is None:
+            images = media_from_parts(conversations, "image") or None
+        if volumes is None:
+            volumes = media_from_parts(conversations, "volume") or None
         return self(text=rendered, images=images, volumes=volumes, **kwargs)
 
     def batch_decode(self, *args, **kwargs):

@@ -421,11 +421,137 @@ def vit3d_state_dict_from_monai(state_dict: dict[str, torch.Tensor], config: Vit
     return out
 
 
+# ---------------------------------------------------------------------------- released 3D CLIP checkpoints
+# ``model_type`` in the config.json of the released encoders -> layout name. MedM-VL's MedM-CLIP
+# (``MedMCLIPConfig``) and M3D's M3D-CLIP (``M3DCLIPConfig``) save their whole CLIP model (vision
+# encoder under ``vision_encoder.``, a BERT text encoder, projections, logit scale) with
+# ``save_pretrained``; only the vision encoder is a medvl volume encoder.
+CLIP_MODEL_TYPES: dict[str, str] = {"medm-pretrain": "medmclip", "m3d_clip": "m3dclip"}
+
+
+def clip_kind(config: dict) -> str | None:
+    """``"medmclip"`` / ``"m3dclip"`` for the config.json of a released 3D CLIP checkpoint, else None.
+
+    Args:
+        config: the parsed config.json.
+    """
+    return CLIP_MODEL_TYPES.get(str(config.get("model_type", "")))
+
+
+def vit3d_config_from_clip(config: dict, kind: str) -> dict:
+    """``Vit3DConfig`` keyword arguments (with ``model_type``) for a MedM-CLIP or M3D-CLIP config.json.
+
+    The settings reproduce the encoder as MedM-VL runs it (M3D-CLIP: block outputs without the final
+    norm, as MedM-VL reads ``hidden_states_out``).
+
+    Args:
+        config: the parsed config.json (MedM-CLIP: ``hidden_size, image_size, image_patch_size,
+            frame_size, frame_patch_size, image_num_heads, image_mlp_dim, image_num_layers``; M3D-CLIP:
+            ``img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads, pos_embed``).
+        kind: "medmclip" or "m3dclip".
+
+    Raises:
+        ValueError: an unknown kind, a missing MedM-CLIP field, or an unsupported M3D position embedding.
+    """
+    if kind == "medmclip":
+        def last(value) -> int:  # MedM-VL's loader rewrites the sizes into [frames, H, W] lists
+            return int(value[-1] if isinstance(value, (list, tuple)) else value)
+
+        try:
+            return {
+                "model_type": "medvl_vit3d",
+                "image_size": [int(config["frame_size"]), last(config["image_size"]), last(config["image_size"])],
+                "patch_size": [int(config["frame_patch_size"]), last(config["image_patch_size"]),
+                               last(config["image_patch_size"])],
+                "in_channels": 1,
+                "hidden_size": int(config["hidden_size"]),
+                "num_hidden_layers": int(config["image_num_layers"]),
+                "num_attention_heads": int(config["image_num_heads"]),
+                "intermediate_size": int(config["image_mlp_dim"]),
+                # vit-pytorch patch embedding + torch.nn.TransformerEncoderLayer defaults (post-norm, ReLU, eps 1e-5)
+                "hidden_act": "relu",
+                "layer_norm_eps": 1e-5,
+                "qkv_bias": True,
+                "norm_first": False,
+                "use_cls_token": True,
+                "cls_position_embedding": True,
+                "patch_norm": True,
+                "final_norm": False,
+                "final_norm_in_hidden_states": False,
+            }
+        except KeyError as err:
+            raise ValueError(f"MedM-CLIP config lacks field {err}") from None
+    if kind == "m3dclip":
+        if config.get("pos_embed", "perceptron") != "perceptron":
+            raise ValueError(f"M3D-CLIP pos_embed={config.get('pos_embed')!r} is not supported; valid choices: "
+                             "'perceptron'")
+        return {
+            "model_type": "medvl_vit3d",
+            "image_size": [int(v) for v in config.get("img_size", (32, 256, 256))],
+            "patch_size": [int(v) for v in config.get("patch_size", (4, 16, 16))],
+            "in_channels": int(config.get("in_channels", 1)),
+            "hidden_size": int(config.get("hidden_size", 768)),
+            "num_hidden_layers": int(config.get("num_layers", 12)),
+            "num_attention_heads": int(config.get("num_heads", 12)),
+            "intermediate_size": int(config.get("mlp_dim", 3072)),
+            # MONAI ViT: pre-norm TransformerBlock, exact GELU, qkv without bias, CLS appended after the
+            # position embedding, final norm that MedM-VL does NOT apply (it reads hidden_states_out).
+            "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5,
+            "qkv_bias": False,
+            "norm_first": True,
+            "use_cls_token": True,
+            "cls_position_embedding": False,
+            "patch_norm": False,
+            "final_norm": True,
+            "final_norm_in_hidden_states": False,
+        }
+    raise ValueError(f"unknown 3D CLIP layout {kind!r}; valid choices: {', '.join(sorted(set(CLIP_MODEL_TYPES.values())))}")
+
+
+def vit3d_state_dict_from_clip(state_dict: dict[str, torch.Tensor], kind: str,
+                               config: Vit3DConfig) -> dict[str, torch.Tensor]:
+    """The ``Vit3DModel`` weights inside a MedM-CLIP / M3D-CLIP state dict.
+
+    Keeps the vision encoder (``vision_encoder.`` prefix optional) and drops the rest (text encoder,
+    projections, logit scale, classifier heads); checks that every encoder weight is there.
+
+    Args:
+        state_dict: the whole CLIP model's weights, or its vision encoder's with the prefix stripped.
+        kind: "medmclip" or "m3dclip".
+        config: the target config (patch size and channels for the patch permutation).
+
+    Raises:
+        ValueError: an unknown kind, or encoder weights missing.
+    """
+    prefix = "vision_encoder."
+    if any(k.startswith(prefix) for k in state_dict):
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if kind == "medmclip":
+        keep, convert = ("to_patch_embedding.", "pos_embedding", "cls_token", "transformer_layers."), \
+            vit3d_state_dict_from_medmclip
+    elif kind == "m3dclip":
+        keep, convert = ("patch_embedding.", "cls_token", "blocks.", "norm."), vit3d_state_dict_from_monai
+    else:
+        raise ValueError(f"unknown 3D CLIP layout {kind!r}; valid choices: medmclip, m3dclip")
+    out = convert({k: v for k, v in state_dict.items() if k.startswith(keep)}, config)
+    with torch.device("meta"):
+        expected = set(Vit3DModel(config).state_dict())
+    missing = sorted(expected - set(out))
+    if missing:
+        raise ValueError(f"{kind} vision encoder weights missing from the checkpoint: {missing[:5]}")
+    return out
+
+
 __all__ = [
+    "CLIP_MODEL_TYPES",
     "Vit3DConfig",
     "Vit3DModel",
     "Vit3DPreTrainedModel",
+    "clip_kind",
     "permute_patch_dim",
+    "vit3d_config_from_clip",
+    "vit3d_state_dict_from_clip",
     "vit3d_state_dict_from_medmclip",
     "vit3d_state_dict_from_monai",
 ]

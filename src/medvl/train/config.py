@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from medvl.data.augment import AugmentConfig
 from medvl.utils.config import from_dict, load_config
 
 PartMode = Literal["frozen", "full", "lora"]
@@ -85,6 +86,21 @@ class ModelSection:
 
 
 @dataclass
+class AugmentSection(AugmentConfig):
+    """``data.augment``: training augmentation of ``medvl.data.augment``, for 2D images and 3D volumes.
+
+    Off unless ``enabled``. When on, each training sample gets a small in-plane rotation / zoom
+    (``rotate_degrees``, ``scale``) and intensity jitter (``brightness``, ``contrast``), images before
+    their processor and volumes after theirs; and with ``flip_lr_prob`` > 0 a left-right mirror of all
+    its media WITH left/right swapped in its text (cardiac names kept; samples naming the right
+    middle lobe, the lingula, the minor fissure or the azygos are never mirrored). Validation
+    samples are never augmented. Not compatible with ``data.cache_encoder_features``.
+    """
+
+    enabled: bool = False
+
+
+@dataclass
 class DataSection:
     """Training and validation data."""
 
@@ -125,6 +141,8 @@ class DataSection:
     # the start of training and feed its outputs instead of the media (medvl.data.feature_cache):
     # same loss, without the encoder's forward pass at every step. Only for frozen encoders.
     cache_encoder_features: bool = False
+    # Training augmentation (flip with text swap, intensity, small affine), off by default.
+    augment: AugmentSection = field(default_factory=AugmentSection)
 
 
 @dataclass
@@ -153,13 +171,18 @@ class TrainSection:
     logging_steps: int = 10
     save_steps: int = 500
     save_total_limit: int | None = 2
+    # Also write a full checkpoint-<step> (weights, optimizer, scheduler, RNG) at the last step when
+    # it is not a multiple of save_steps. Off: the final model is written to <output>/model anyway,
+    # and an extra optimizer state at the end of every run costs minutes and gigabytes.
+    save_final_checkpoint: bool = False
     # Evaluate every this many steps (None: at save_steps); only when there is a validation split.
     eval_steps: int | None = None
     # Continue from the last complete checkpoint in output.dir (optimizer, scheduler, data order,
     # RNG). With no checkpoint there the run starts from scratch, so resume=true is safe to always set.
     resume: bool = False
     seed: int = 42
-    # A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); launch with torchrun or deepspeed.
+    # A DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json: a path, else medvl's bundled config of
+    # that name); needs the optional extra (pip install 'medvl[deepspeed]') and a launcher (torchrun).
     deepspeed: str | None = None
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     progress_bar: bool = True
@@ -194,9 +217,38 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | Non
         path: the YAML recipe (None: defaults only).
         overrides: ``dotted.key=value`` strings applied on top of the file.
     """
-    cfg = load_config(TrainConfig, path, overrides)
+    from medvl.recipes import resolve_config_file
+
+    cfg = load_config(TrainConfig, resolve_config_file(path) if path is not None else None, overrides)
+    resolve_bundled_paths(cfg)
     validate(cfg)
     return cfg
+
+
+def resolve_bundled_paths(cfg: TrainConfig) -> None:
+    """Point ``train.deepspeed`` and a ``model.spec`` YAML at medvl's bundled configs when they are not
+    files relative to the working directory (``configs/deepspeed/zero3.json`` in the shipped recipes
+    then works from anywhere, also from an installed package; see :mod:`medvl.recipes`).
+
+    Args:
+        cfg: the configuration, updated in place.
+    """
+    from medvl.recipes import resolve_config_file
+
+    t = cfg.train
+    if isinstance(t.deepspeed, str) and t.deepspeed:
+        t.deepspeed = str(resolve_config_file(t.deepspeed, (".json",)))
+    if isinstance(t.hf_args.get("deepspeed"), str):
+        t.hf_args["deepspeed"] = str(resolve_config_file(t.hf_args["deepspeed"], (".json",)))
+    if isinstance(cfg.model.spec, str) and cfg.model.spec:
+        cfg.model.spec = str(resolve_config_file(cfg.model.spec))
+
+
+def deepspeed_available() -> bool:
+    """Whether the optional DeepSpeed package is installed (``pip install 'medvl[deepspeed]'``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
 
 
 def validate(cfg: TrainConfig, check_model: bool = True) -> None:
@@ -233,10 +285,17 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
             raise ValueError(f"train.parts.{name}.lr must be > 0, got {part.lr}")
     if all(part.mode == "frozen" for _, part in t.parts.items()):
         raise ValueError("train.parts: every part is frozen, nothing would train; set a part's mode to full or lora")
+    if cfg.data.cache_encoder_features and cfg.data.augment.enabled:
+        raise ValueError("data.cache_encoder_features cannot be used with data.augment.enabled (the encoder "
+                         "features of an augmented sample differ at every step); turn one of them off")
     if cfg.data.cache_encoder_features:
         if t.parts.vision.mode != "frozen" and t.parts.volume.mode != "frozen":
             raise ValueError("data.cache_encoder_features needs a frozen encoder: set train.parts.vision.mode or "
                              f"train.parts.volume.mode to frozen (now {t.parts.vision.mode}, {t.parts.volume.mode})")
+    if (t.deepspeed or t.hf_args.get("deepspeed")) and not deepspeed_available():
+        raise ValueError("train.deepspeed is set but DeepSpeed is not installed; it is an optional extra: "
+                         "pip install 'medvl[deepspeed]' (and launch with torchrun), or set train.deepspeed=null "
+                         "to train with DDP / a single process")
     check_hf_args(t.hf_args)
 
 
@@ -276,9 +335,12 @@ def model_spec(cfg: TrainConfig) -> Any:
     from medvl.build import ModelSpec, load_model_spec
 
     if isinstance(cfg.model.spec, str):
-        if not Path(cfg.model.spec).is_file():
-            raise FileNotFoundError(f"model.spec: build YAML {cfg.model.spec} not found")
-        return load_model_spec(cfg.model.spec)
+        from medvl.recipes import resolve_config_file
+
+        try:
+            return load_model_spec(resolve_config_file(cfg.model.spec))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"model.spec: build YAML not found: {err}") from None
     return from_dict(ModelSpec, cfg.model.spec, prefix="model.spec.")
 
 

@@ -213,5 +213,9 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path) -> Path:
         # the processor saved with the adapter (if any) is the one the run trained with
         copy_non_weight_files(adapter_dir, staging)
         merged.save_pretrained(staging)
+        from medvl.model_card import write_model_card
+
+        write_model_card(staging, step="LoRA adapter merged into its base (`medvl export --merge-lora`)",
+                         source=adapter_dir)
     logger.info("merged %s into %s -> %s", adapter_dir, base_dir, out_dir)
     return out_dir

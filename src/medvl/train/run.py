@@ -155,10 +155,20 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
     eval_records = [r for f in d.eval for r in records(f, d.eval_split)]
     common = dict(template=d.template, max_length=d.max_length, on_error=d.on_error, on_overlong=d.on_overlong,
                   cache=d.volume_cache)
-    train = ConversationDataset(train_records, processor, **common)
+    augmenter = None
+    if d.augment.enabled:
+        from medvl.data.augment import Augmenter
+
+        # each rank draws its own augmentations (seeded: a run is reproducible)
+        augmenter = Augmenter(d.augment, training=True, seed=cfg.train.seed + int(os.environ.get("RANK", "0")))
+    train = ConversationDataset(train_records, processor, augment=augmenter, **common)
     evaluation = ConversationDataset(eval_records, processor, **common) if eval_records else None
     if evaluation is None and d.eval_fraction > 0:
         train, evaluation = split_dataset(train, d.eval_fraction, cfg.train.seed)
+        if augmenter is not None:  # the held-out view must not see the augmented samples
+            from torch.utils.data import Subset
+
+            evaluation = Subset(ConversationDataset(train_records, processor, **common), evaluation.indices)
     logger.info("data: %d training samples, %d validation samples", len(train), len(evaluation) if evaluation else 0)
     if d.packing:
         collator = PackingCollator()
@@ -283,8 +293,54 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
     return TrainingArguments(**kwargs)
 
 
+# ---------------------------------------------------------------------------- model card
+def recipe_summary(cfg: TrainConfig) -> dict[str, Any]:
+    """What a model card says about how the model was trained (no machine paths).
+
+    Args:
+        cfg: the resolved configuration.
+    """
+    t, d = cfg.train, cfg.data
+    parts = {name: part.mode + (f" (lr {part.lr:g})" if part.lr is not None and part.mode != "frozen" else "")
+             for name, part in t.parts.items()}
+    summary: dict[str, Any] = {
+        "start": f"checkpoint {Path(cfg.model.path).name}" if cfg.model.path else "built from model.spec",
+        "stage": t.stage,
+        "parts": parts,
+        "lr": t.lr,
+        "schedule": f"{t.scheduler}, warm-up {t.warmup_ratio:g}",
+        "length": f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epoch(s)",
+        "batch": f"{t.batch_size} per device x {t.grad_accum} accumulation x {int(os.environ.get('WORLD_SIZE', '1'))} "
+                 "process(es)",
+        "precision": t.precision,
+        "template": d.template,
+        "max_length": d.max_length,
+        "packing": d.packing,
+        "augmentation": to_dict(d.augment) if d.augment.enabled else "off",
+        "seed": t.seed,
+    }
+    if any(part.mode == "lora" for _, part in t.parts.items()):
+        summary["lora"] = {"r": t.lora.r, "alpha": t.lora.alpha, "dropout": t.lora.dropout,
+                           "targets": list(t.lora.targets) or "all linear layers of the LoRA parts"}
+    return summary
+
+
+def model_card_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """``write_model_card`` arguments shared by a run's checkpoints: source, data and recipe.
+
+    Args:
+        cfg: the resolved configuration.
+    """
+    from medvl.model_card import data_entries
+
+    source = cfg.model.path if cfg.model.path and Path(cfg.model.path).is_dir() else None
+    return {"source": source, "data": data_entries(list(cfg.data.train), list(cfg.data.weights), cfg.data.train_split),
+            "recipe": recipe_summary(cfg)}
+
+
 # ---------------------------------------------------------------------------- saving
-def save_final_model(trainer: Any, processor: Any, output_dir: Path, base_dir: Path | None) -> Path:
+def save_final_model(trainer: Any, processor: Any, output_dir: Path, base_dir: Path | None,
+                     card: dict[str, Any] | None = None) -> Path:
     """Write the trained model to ``output_dir/model`` atomically; call on every rank.
 
     Saving goes through ``trainer.save_model``, which gathers ZeRO-3 / FSDP shards; the folder is
@@ -295,6 +351,8 @@ def save_final_model(trainer: Any, processor: Any, output_dir: Path, base_dir: P
         processor: the model's processor (saved alongside).
         output_dir: the run's output folder.
         base_dir: LoRA only: the base checkpoint folder the adapter refers to.
+        card: ``medvl.model_card.write_model_card`` arguments (source, data, recipe, evaluation);
+            None: no card.
     """
     final = final_model_dir(output_dir)
     staging = staging_path(final)
@@ -314,6 +372,11 @@ def save_final_model(trainer: Any, processor: Any, output_dir: Path, base_dir: P
         if processor is not None:
             processor.save_pretrained(staging)
         (staging / "training_args.bin").unlink(missing_ok=True)
+        if card is not None:
+            from medvl.model_card import write_model_card
+
+            write_model_card(staging, step=f"trained with `medvl train` ({trainer.state.global_step} optimizer steps)",
+                             **card)
         commit_dir(staging, final)
     trainer.accelerator.wait_for_everyone()
     return final
@@ -356,8 +419,11 @@ def run_training(
     from transformers import set_seed
 
     from medvl.train.parts import apply_parts, describe
-    from medvl.train.trainer import MedVLTrainer
+    from medvl.train.trainer import MedVLTrainer, SkipFinalCheckpoint
 
+    from medvl.train.config import resolve_bundled_paths
+
+    resolve_bundled_paths(cfg)
     validate(cfg, check_model=model is None)
     placeholders = unfilled_placeholders(cfg)
     if placeholders:
@@ -391,6 +457,10 @@ def run_training(
                 with atomic_dir(base_dir) as staging:
                     model.save_pretrained(staging)
                     processor.save_pretrained(staging)
+                    from medvl.model_card import write_model_card
+
+                    write_model_card(staging, step="starting weights of a LoRA run (the base its adapters apply to)",
+                                     source=cfg.model.path if cfg.model.path else None)
     if getattr(model.config, "use_cache", None) is not None:
         model.config.use_cache = False  # no KV cache while training (and required by checkpointing)
     model = apply_parts(model, cfg.train.parts, cfg.train.lora)
@@ -410,16 +480,21 @@ def run_training(
         data_collator=collator,
         parts=cfg.train.parts,
         processor=processor,
-        callbacks=callbacks,
+        callbacks=list(callbacks or []) + ([] if cfg.train.save_final_checkpoint else [SkipFinalCheckpoint()]),
     )
     trainer.feature_shapes = feature_shapes
+    card = model_card_fields(cfg) if is_main else None
+    trainer.model_card = card
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics: dict[str, Any] = {"train": result.metrics, "global_step": result.global_step}
     if eval_set is not None:
         last = [h for h in trainer.state.log_history if "eval_loss" in h]
         # the periodic evaluation may already have run at the last step
         metrics["eval"] = last[-1] if last and last[-1].get("step") == trainer.state.global_step else trainer.evaluate()
-    save_final_model(trainer, processor, out, base_dir)
+        if card is not None and "eval_loss" in metrics["eval"]:
+            card = {**card, "evaluation": {"validation split (data.eval / data.eval_fraction)": {
+                "loss": float(metrics["eval"]["eval_loss"])}}}
+    save_final_model(trainer, processor, out, base_dir, card=card)
     if trainer.is_world_process_zero():
         metrics["log_history"] = trainer.state.log_history
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")

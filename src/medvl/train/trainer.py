@@ -7,6 +7,7 @@ and RNG state) is the stock Trainer's.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
@@ -49,6 +50,13 @@ class MedVLTrainer(Trainer):
         self._media_slots = media_slots(getattr(unwrap_model(self.model), "config", None))
         # media key -> cached encoder feature shape (set by run_training with data.cache_encoder_features)
         self.feature_shapes: dict[str, tuple[int, ...]] = {}
+        # medvl's model can apply its LM head at the supervised positions only (same loss, no
+        # (B, L, vocab) tensor); asked for whenever the logits themselves are not returned
+        base = unwrap_model(self.model)
+        self._supervised_logits = "return_supervised_logits_only" in inspect.signature(base.forward).parameters
+        self._prediction_loss_only = False
+        # write_model_card arguments (source, data, recipe) for every checkpoint; set by run_training
+        self.model_card: dict[str, Any] | None = None
 
     # ---- every rank runs every encoder (ZeRO-3 / DDP with text-only batches) ------------------
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
@@ -63,8 +71,27 @@ class MedVLTrainer(Trainer):
         """
         if self.args.world_size > 1 and self._media_slots:
             inputs = add_dummy_media(inputs, self._media_slots, feature_shapes=self.feature_shapes)
+        if self._supervised_logits and (not return_outputs or self._prediction_loss_only):
+            inputs = {**inputs, "return_supervised_logits_only": True}
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
+
+    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> Any:
+        """The Trainer's prediction step; when only the loss is wanted, the logits are computed at the
+        supervised positions only. ``predict`` / ``compute_metrics`` get the standard (B, L, vocab).
+
+        Args:
+            model: the (wrapped) model.
+            inputs: the batch.
+            prediction_loss_only: whether only the loss is needed.
+            ignore_keys: output keys to drop.
+        """
+        self._prediction_loss_only = prediction_loss_only
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        finally:
+            self._prediction_loss_only = False
 
     # ---- optimiser: one parameter group per (part, weight decay or not) -----------------------
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -127,6 +154,11 @@ class MedVLTrainer(Trainer):
             staged = os.path.join(staging_root, folder)
             if self.checkpoint_processor is not None:
                 self.checkpoint_processor.save_pretrained(staged)
+            if self.model_card is not None:
+                from medvl.model_card import write_model_card
+
+                write_model_card(staged, step=f"checkpoint at optimizer step {self.state.global_step} of `medvl train`",
+                                 **self.model_card)
             best = self.state.best_model_checkpoint
             if best is not None and best.startswith(staging_root):
                 # The Trainer recorded the staging path; record the final one (and re-save the state).
@@ -153,6 +185,24 @@ class MedVLTrainer(Trainer):
         loaded = load_extra_trainable(model if model is not None else self.model, resume_from_checkpoint)
         if loaded:
             logger.info("restored %d extra trainable parameter(s) from %s", len(loaded), resume_from_checkpoint)
+
+
+class SkipFinalCheckpoint(TrainerCallback):
+    """Cancel the checkpoint transformers writes at the last step when it is off the save grid.
+
+    With ``save_strategy="steps"`` the stock ``DefaultFlowCallback`` saves a full checkpoint
+    (optimizer state included) at the end of every run; ``run_training`` writes the final model
+    anyway, so that extra checkpoint is only kept with ``train.save_final_checkpoint``. Periodic
+    checkpoints (steps that are multiples of ``save_steps``) are untouched. Must run after
+    ``DefaultFlowCallback`` (callbacks run in the order they were added; the default one is first).
+    """
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step >= state.max_steps and control.should_save:
+            on_grid = state.save_steps > 0 and state.global_step % state.save_steps == 0
+            if not on_grid:
+                control.should_save = False
+        return control
 
 
 def cpu_distributed_kwargs(deepspeed: bool) -> dict[str, Any]:
