@@ -165,7 +165,7 @@ def draw_side_labels(image: Image.Image, letters: tuple[str, str, str, str]) -> 
         letter -> (x, y) centre of where it was drawn.
     """
     w, h = image.size
-    font_px = max(10, min(w, h) // 14)
+    font_px = max(12, max(w, h) // 12)
     font = ImageFont.load_default(size=font_px)
     draw = ImageDraw.Draw(image)
     margin = font_px // 2 + 3
