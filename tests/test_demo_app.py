@@ -285,6 +285,13 @@ def test_demo_page_in_headless_chromium(demo_server: str, demo_model_dir: Path, 
                                    timeout=120_000)
             assert page.locator("#medvl-question textarea").input_value().endswith("?")
             page.screenshot(path=str(shots / "04-example.png"), full_page=True)
+
+            # ---- a corrupt upload: an error on the page naming the file, the attached case is kept
+            broken = tmp_path / "broken.nii.gz"
+            broken.write_bytes(b"not a NIfTI file")
+            upload.set_input_files(str(broken))
+            page.get_by_text("file 'broken.nii.gz': unreadable NIfTI file").first.wait_for(timeout=60_000)
+            assert "case00000.nii.gz" in page.locator("#medvl-attached").inner_text()
         finally:
             browser.close()
     assert len(list(shots.glob("*.png"))) == 4

@@ -72,3 +72,13 @@ def test_bad_uploads_name_the_file_and_the_problem(tmp_path: Path) -> None:
     zipfile.ZipFile(empty, "w").close()
     with pytest.raises(MedVLDataError, match="holds no files"):
         load_upload(empty)
+
+
+def test_a_corrupt_volume_names_the_uploaded_file_not_the_server_copy(tmp_path: Path) -> None:
+    server_copy = tmp_path / "gradio" / "3f7e" / "scan.nii.gz"
+    server_copy.parent.mkdir(parents=True)
+    server_copy.write_bytes(b"not a nifti at all")
+    with pytest.raises(MedVLDataError) as err:
+        load_upload(server_copy, "scan.nii.gz")
+    assert str(err.value).startswith("file 'scan.nii.gz': unreadable NIfTI file")
+    assert str(tmp_path) not in str(err.value)

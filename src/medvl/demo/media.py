@@ -60,6 +60,14 @@ def load_upload(path: str | Path, name: str | None = None) -> Upload:
     """
     path = Path(path)
     name = name or path.name
+    try:
+        return _load(path, name)
+    except MedVLDataError as err:
+        # Name the user's file, not the server's upload copy (its temporary path means nothing to them).
+        raise MedVLDataError(str(err).replace(f"file {str(path)!r}: ", "").replace(str(path), name), path=name) from err
+
+
+def _load(path: Path, name: str) -> Upload:
     lower = name.lower()
     if lower.endswith(".zip"):
         return Upload("volume", name, _load_zipped_series(path, name))
