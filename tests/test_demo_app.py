@@ -244,6 +244,20 @@ def test_demo_page_in_headless_chromium(demo_server: str, demo_model_dir: Path, 
             assert page.locator("#medvl-width input").input_value() == "1800"
             served = np.asarray(_served_image(page, "#medvl-axial"))
             assert np.array_equal(served, np.asarray(render_plane(view, "axial", index, "bone").image))
+            # a custom level/width, typed: "custom" gets selected and the planes show that window
+            page.locator("#medvl-level input").fill("-500")
+            page.locator("#medvl-width input").fill("1000")
+            custom = np.asarray(render_plane(view, "axial", index, (-500.0, 1000.0)).image)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # renders arrive as the server answers each keystroke
+                served = np.asarray(_served_image(page, "#medvl-axial"))
+                if np.array_equal(served, custom):
+                    break
+                time.sleep(0.3)
+            assert np.array_equal(served, custom)
+            assert page.get_by_label("custom").is_checked()
+            page.get_by_label("bone").check()  # back to a preset, with the fields still focused
+            page.wait_for_function("document.querySelector('#medvl-level input').value === '400'", timeout=60_000)
 
             # ---- ask; the streamed answer equals chat()'s greedy answer
             page.locator("#medvl-question textarea").fill(question)

@@ -298,6 +298,11 @@ def build_demo(
                            **model_events)
 
         # ---- viewer
+        # One FIFO group of size 1 with "always_last": renders happen in the order of the user's
+        # changes, and the last change (e.g. the width typed after the level) is never dropped.
+        viewer_events = {"concurrency_id": "medvl-viewer", "concurrency_limit": 1, "trigger_mode": "always_last",
+                         "show_progress": "hidden"}
+
         def on_plane(k: int):
             def render(conv, index, window_, level_, width_):
                 if conv is None or conv.view is None:
@@ -306,8 +311,7 @@ def build_demo(
             return render
 
         for k, slider in enumerate(sliders):
-            slider.change(on_plane(k), [state, slider, window, level, width], plane_images[k],
-                          show_progress="hidden")
+            slider.change(on_plane(k), [state, slider, window, level, width], plane_images[k], **viewer_events)
 
         def on_preset(conv, window_, level_, width_, *indices):
             if window_ != "custom":
@@ -316,14 +320,17 @@ def build_demo(
             return (level_, width_, *shown)
 
         window.input(on_preset, [state, window, level, width, *sliders], [level, width, *plane_images],
-                     show_progress="hidden")
+                     **viewer_events)
 
         def on_custom(conv, level_, width_, *indices):
-            return ("custom", *planes(conv or Conversation(), list(indices), window_setting("custom", level_, width_)))
+            # Called while the user types: a half-typed width (empty, 0, "-") selects "custom" and
+            # waits for a valid value instead of raising.
+            if level_ is None or width_ is None or not width_ > 0:
+                return ("custom", *[gr.update()] * 3)
+            return ("custom", *planes(conv or Conversation(), list(indices), (float(level_), float(width_))))
 
         for box in (level, width):
-            box.submit(on_custom, [state, level, width, *sliders], [window, *plane_images], show_progress="hidden")
-            box.blur(on_custom, [state, level, width, *sliders], [window, *plane_images], show_progress="hidden")
+            box.input(on_custom, [state, level, width, *sliders], [window, *plane_images], **viewer_events)
 
         # ---- chat
         def add_turn(conv, text, history):
