@@ -109,6 +109,44 @@ def phantom_files(tmp_path_factory) -> tuple[Path, Path]:
     return root / "2d" / "images" / "case00000.png", root / "3d" / "volumes" / "case00000.nii.gz"
 
 
+def test_page_callbacks_stream_chat_answers_without_re_encoding(demo_model_dir: Path, phantom_files) -> None:
+    """The page's own callbacks (no browser): uploads are encoded once, at upload; the answer arrives
+    in several growing pieces and ends as ``chat``'s greedy answer; the second turn reuses the media."""
+    from medvl.demo.app import build_demo
+    from medvl.inference import chat, load_model
+
+    png, nii = phantom_files
+    model, processor = load_model(demo_model_dir, device="cpu")
+    callbacks = {getattr(f.fn, "__name__", None): f.fn for f in build_demo(model, processor).fns.values()}
+    calls = {"image": 0, "volume": 0}
+    hooks = [model.vision_tower.register_forward_hook(lambda *_: calls.__setitem__("image", calls["image"] + 1)),
+             model.volume_encoder.register_forward_hook(lambda *_: calls.__setitem__("volume", calls["volume"] + 1))]
+    try:
+        conv = callbacks["on_upload"](None, str(png), "lung", -600.0, 1500.0)[0]
+        conv = callbacks["on_upload"](conv, str(nii), "lung", -600.0, 1500.0)[0]
+        assert calls == {"image": 1, "volume": 1}
+        history: list = []
+        answers = []
+        for question in ("Is there a nodule?", "Which lobe?"):
+            conv, box, history, _ = callbacks["add_turn"](conv, question, history)
+            assert box == ""
+            updates = [h[-1]["content"] for h, _ in callbacks["respond"](conv, history, MAX_NEW_TOKENS, 0.0, 1.0)]
+            assert len(set(updates)) > 2  # streamed: several distinct, growing states
+            assert all(updates[-1].startswith(u) for u in updates)
+            history = [*history, {"role": "assistant", "content": updates[-1]}]
+            answers.append(updates[-1])
+        assert calls == {"image": 1, "volume": 1}  # both turns reused the upload-time encoding
+    finally:
+        for h in hooks:
+            h.remove()
+    messages = [{"role": "user", "content": "<image>\n<volume>\nIs there a nodule?"}]
+    first = chat(model, processor, messages, images=[str(png)], volumes=[str(nii)], max_new_tokens=MAX_NEW_TOKENS)
+    messages += [{"role": "assistant", "content": first.strip()}, {"role": "user", "content": "Which lobe?"}]
+    second = chat(model, processor, messages, images=[str(png)], volumes=[str(nii)], max_new_tokens=MAX_NEW_TOKENS)
+    assert answers == [first.strip(), second.strip()]
+    assert conv.messages[-1] == {"role": "assistant", "content": second.strip()}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
