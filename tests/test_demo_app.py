@@ -168,12 +168,14 @@ def demo_server(demo_model_dir: Path, tmp_path: Path):
 
     port = _free_port()
     log = open(tmp_path / "demo-server.log", "w")
+    server_tmp = tmp_path / "server-tmp"  # the server's TMPDIR: the example phantoms are rendered there
+    server_tmp.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+           "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "TMPDIR": str(server_tmp),
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "medvl", "demo", str(demo_model_dir), "--port", str(port),
-         "--max-new-tokens", str(MAX_NEW_TOKENS), "--examples-dir", str(tmp_path / "examples")],
+         "--max-new-tokens", str(MAX_NEW_TOKENS)],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -204,6 +206,8 @@ def demo_server(demo_model_dir: Path, tmp_path: Path):
             time.sleep(0.1)
         log.close()
         assert not _group_alive(proc.pid), "processes of the demo server are still running"
+        # SIGTERM ran the exit handlers: no rendered example phantoms left behind
+        assert not list(server_tmp.glob("medvl-demo-examples-*")), "the example phantoms were not removed"
 
 
 def _served_image(page, selector: str) -> Image.Image:
@@ -336,6 +340,7 @@ def test_demo_page_in_headless_chromium(demo_server: str, demo_model_dir: Path, 
             page.wait_for_function("document.querySelector('#medvl-attached').innerText.includes('case00000.nii.gz')",
                                    timeout=120_000)
             assert page.locator("#medvl-question textarea").input_value().endswith("?")
+            assert list((tmp_path / "server-tmp").glob("medvl-demo-examples-*/3d/volumes/case00000.nii.gz"))
             page.screenshot(path=str(shots / "04-example.png"), full_page=True)
 
             # ---- a corrupt upload: an error on the page naming the file, the attached case is kept

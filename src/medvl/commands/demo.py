@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
 
 HELP = "web demo: chat about images and CT volumes in the browser (Gradio)"
 
@@ -40,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from medvl.demo.examples import ExampleCases
     from medvl.inference import load_model
 
+    # SIGTERM (systemd, docker stop, a test harness) exits like Ctrl-C, so that exit handlers run and
+    # the rendered example phantoms and temporary files are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
     demo = build_demo(model, processor, max_new_tokens=args.max_new_tokens,
                       examples=ExampleCases(folder=args.examples_dir))

@@ -224,7 +224,9 @@ def build_demo(
         names = ", ".join(f"`{u.name}` ({u.kind})" for u, _ in conv.pending)
         return f"Attached to your next question: {names}"
 
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    # Uploads may be patient images: Gradio's copies of them are deleted after an hour (checked every
+    # 10 minutes) and when the server stops, rather than kept in its cache folder indefinitely.
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         state = gr.State(None)
         gr.Markdown(f"# {title}\nModel input: "
                     + ", ".join(k for k, ok in (("2D images", has_images), ("CT volumes", has_volumes)) if ok))
