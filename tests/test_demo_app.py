@@ -206,8 +206,10 @@ def demo_server(demo_model_dir: Path, tmp_path: Path):
             time.sleep(0.1)
         log.close()
         assert not _group_alive(proc.pid), "processes of the demo server are still running"
-        # SIGTERM ran the exit handlers: no rendered example phantoms left behind
+        # SIGTERM closed the server properly: no rendered example phantoms, no copies of the uploads left
         assert not list(server_tmp.glob("medvl-demo-examples-*")), "the example phantoms were not removed"
+        left = [f.name for f in (tmp_path / "gradio").rglob("*") if f.is_file()]
+        assert not [n for n in left if n.endswith((".nii.gz", ".png")) and n != "image.png"], left
 
 
 def _served_image(page, selector: str) -> Image.Image:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 
 HELP = "web demo: chat about images and CT volumes in the browser (Gradio)"
 
@@ -42,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
     from medvl.demo.examples import ExampleCases
     from medvl.inference import load_model
 
-    # SIGTERM (systemd, docker stop, a test harness) exits like Ctrl-C, so that exit handlers run and
-    # the rendered example phantoms and temporary files are removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM (systemd, docker stop, a test harness) stops the server like Ctrl-C: Gradio then closes
+    # it properly, deleting its copies of the uploads, and exit handlers remove the example phantoms.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
     demo = build_demo(model, processor, max_new_tokens=args.max_new_tokens,
                       examples=ExampleCases(folder=args.examples_dir))
