@@ -16,10 +16,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from PIL import Image
 
 from medvl.demo.examples import ExampleCases
@@ -32,6 +30,9 @@ from medvl.inference import EncodedMedia, encode_media, stream_chat
 # Gradio phones home for analytics unless told otherwise; a hospital demo must not.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402  (after the environment switch above)
+
+if TYPE_CHECKING:
+    from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def window_setting(window: str, level: float | None, width: float | None) -> str
     return float(level), float(width)
 
 
-def processed_view(processor: Any, upload: Upload) -> tuple[Image.Image, str]:
+def processed_view(processor: MedVLProcessor, upload: Upload) -> tuple[Image.Image, str]:
     """What the model receives for an upload: the processor's tensor as a picture, and a caption.
 
     Args:
@@ -154,8 +155,8 @@ def generation_kwargs(max_tokens: float, temperature: float, top_p: float) -> di
 # ------------------------------------------------------------------------------------------------
 
 def build_demo(
-    model: Any,
-    processor: Any,
+    model: MedVLForConditionalGeneration,
+    processor: MedVLProcessor,
     *,
     max_new_tokens: int = 256,
     examples: ExampleCases | None = None,
