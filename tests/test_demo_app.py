@@ -354,3 +354,37 @@ def test_demo_page_in_headless_chromium(demo_server: str, demo_model_dir: Path, 
         finally:
             browser.close()
     assert len(list(shots.glob("*.png"))) == 4
+
+
+def test_demo_mounts_on_a_fastapi_app(tiny_model, tiny_processor) -> None:
+    """``medvl serve --ui`` mounts ``build_demo``'s page on its FastAPI app: a real uvicorn server serves it."""
+    import threading
+
+    import gradio as gr
+    import httpx
+    import uvicorn
+    from fastapi import FastAPI
+
+    from medvl.demo import build_demo
+    from medvl.demo.app import launch_options
+
+    app = FastAPI()
+    app = gr.mount_gradio_app(app, build_demo(tiny_model, tiny_processor), path="/ui", **launch_options())
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.started
+        page = httpx.get(f"http://127.0.0.1:{port}/ui/", timeout=30, follow_redirects=True)
+        assert page.status_code == 200
+        config = httpx.get(f"http://127.0.0.1:{port}/ui/config", timeout=30).json()
+        texts = [c.get("props", {}).get("value") for c in config["components"]]
+        assert any(isinstance(t, str) and "Research use only" in t for t in texts)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert not thread.is_alive()
