@@ -175,3 +175,148 @@ def test_infer_cli_bad_data(model_dir: Path, tmp_path: Path) -> None:
                                 "image": ["missing.png"]}]))
     assert main(["infer", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "p.jsonl"),
                  "--no-progress"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Encode once per conversation (tiny model: a 2D tower and a 3D encoder) and streamed terminal chat
+# ---------------------------------------------------------------------------------------------
+
+def _tiny_media(tmp_path: Path) -> tuple[str, str]:
+    """A random RGB PNG and a random-HU NIfTI (LPS storage, 2 mm slices) on disk."""
+    import nibabel as nib
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    png = tmp_path / "image.png"
+    Image.fromarray(rng.integers(0, 256, (80, 72, 3), dtype=np.uint8)).save(png)
+    nii = tmp_path / "ct.nii.gz"
+    hu = rng.normal(-300, 400, (40, 36, 20)).astype(np.int16)
+    nib.save(nib.Nifti1Image(hu, np.diag([-1.0, -1.0, 2.0, 1.0])), str(nii))
+    return str(png), str(nii)
+
+
+class _EncoderCalls:
+    """Counts forward calls of the model's 2D tower and volume encoder (real modules, forward hooks)."""
+
+    def __init__(self, model) -> None:
+        self.counts = {"image": 0, "volume": 0}
+        self.handles = [
+            model.vision_tower.register_forward_hook(lambda *_: self._hit("image")),
+            model.volume_encoder.register_forward_hook(lambda *_: self._hit("volume")),
+        ]
+
+    def _hit(self, kind: str) -> None:
+        self.counts[kind] += 1
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def test_encoded_media_answer_like_files_and_encode_once(tiny_model, tiny_processor, tmp_path: Path) -> None:
+    """Two turns about one image and one volume: the same greedy answers with and without the encoder
+    cache, and with the cache the encoders run once (at ``encode_media``) instead of once per turn."""
+    from medvl.inference import EncodedMedia, chat, encode_media, prepare_batch, stream_chat
+
+    png, nii = _tiny_media(tmp_path)
+    model, processor = tiny_model, tiny_processor
+    options = dict(max_new_tokens=6, min_new_tokens=6)
+    turns = ["<image>\n<volume>\nIs there a nodule?", "Which lobe?"]
+    calls = _EncoderCalls(model)
+    try:
+        plain, messages = [], []
+        for question in turns:
+            messages.append({"role": "user", "content": question})
+            plain.append(chat(model, processor, messages, images=[png], volumes=[nii], **options))
+            messages.append({"role": "assistant", "content": plain[-1].strip()})
+        assert calls.counts == {"image": 2, "volume": 2}  # once per turn without the cache
+
+        calls.counts = {"image": 0, "volume": 0}
+        images, volumes = encode_media(model, processor, images=[png], volumes=[nii])
+        assert calls.counts == {"image": 1, "volume": 1}
+        assert isinstance(images[0], EncodedMedia) and images[0].kind == "image" and images[0].source == png
+        assert tuple(images[0].features.shape) == (16, 64)  # 4 x 4 patches of the tiny SigLIP, width 64
+        assert tuple(volumes[0].features.shape) == (64, 64)  # 4 x 4 x 4 patches of the tiny 3D ViT
+        cached, messages = [], []
+        for question in turns:
+            messages.append({"role": "user", "content": question})
+            cached.append(chat(model, processor, messages, images=images, volumes=volumes, **options))
+            messages.append({"role": "assistant", "content": cached[-1].strip()})
+        assert cached == plain
+        assert calls.counts == {"image": 1, "volume": 1}  # no encoder call in either turn
+        # streamed with the cache: the same pieces; a mix of cached and raw media: the same answer
+        assert "".join(stream_chat(model, processor, messages[:3], images=images, volumes=volumes,
+                                   **options)) == plain[1]
+        assert chat(model, processor, messages[:1], images=images, volumes=[nii], **options) == plain[0]
+        assert calls.counts == {"image": 1, "volume": 2}
+    finally:
+        calls.close()
+    # the encoded path tokenises exactly like the processor
+    raw = prepare_batch(model, processor, [Record(id="a", messages=messages[:3], images=[png], volumes=[nii])])
+    enc = prepare_batch(model, processor, [Record(id="a", messages=messages[:3], images=images, volumes=volumes)])
+    assert raw["input_ids"].tolist() == enc["input_ids"].tolist()
+    assert "pixel_values" in raw and "image_encoder_features" in enc and "pixel_values" not in enc
+
+
+def test_encoded_media_count_mismatch_names_the_record(tiny_model, tiny_processor, tmp_path: Path) -> None:
+    from medvl.errors import MedVLDataError
+    from medvl.inference import encode_media, prepare_batch
+
+    png, _ = _tiny_media(tmp_path)
+    images, _ = encode_media(tiny_model, tiny_processor, images=[png])
+    rec = Record(id="rec-7", messages=[{"role": "user", "content": "no marker here"}], images=images)
+    with pytest.raises(MedVLDataError, match="rec-7.*1 media given for 0 <image> marker"):
+        prepare_batch(tiny_model, tiny_processor, [rec])
+
+
+def test_print_stream_writes_each_piece_before_the_next_is_generated() -> None:
+    """The terminal gets text while generation is still running; whitespace at the ends is dropped."""
+    import io
+
+    from medvl.commands.chat import print_stream
+
+    out = io.StringIO()
+    seen: list[str] = []
+
+    def pieces():
+        for piece in [" ", " A", " hyper", "dense", " lesion", " \n"]:
+            seen.append(out.getvalue())
+            yield piece
+
+    assert print_stream(pieces(), out, prefix="model> ") == "A hyperdense lesion"
+    assert out.getvalue() == "model> A hyperdense lesion\n"
+    # when the 4th piece was requested, the 2nd and 3rd were already on the terminal
+    assert seen[3] == "model> A hyper"
+
+
+def test_chat_cli_streams_and_encodes_each_medium_once(tiny_model_dir: Path, tiny_model, tiny_processor,
+                                                       tmp_path: Path, capsys, monkeypatch) -> None:
+    """``medvl chat`` with an image and a volume over two turns prints ``chat``'s answers, encoding once."""
+    from medvl.cli import main
+    from medvl.inference import chat
+    from medvl.models import MedVLForConditionalGeneration
+
+    png, nii = _tiny_media(tmp_path)
+    counts = {"image": 0, "volume": 0}
+    real_images, real_volumes = MedVLForConditionalGeneration.encode_images, MedVLForConditionalGeneration.encode_volumes
+
+    def counting(kind, real):
+        def wrapped(self, values):
+            counts[kind] += 1
+            return real(self, values)
+        return wrapped
+
+    monkeypatch.setattr(MedVLForConditionalGeneration, "encode_images", counting("image", real_images))
+    monkeypatch.setattr(MedVLForConditionalGeneration, "encode_volumes", counting("volume", real_volumes))
+    rc = main(["chat", str(tiny_model_dir), "--image", png, "--volume", nii, "--prompt", "Is there a nodule?",
+               "--prompt", "Which lobe?", "--max-new-tokens", "5", "--min-new-tokens", "5", "--device", "cpu"])
+    assert rc == 0
+    assert counts == {"image": 1, "volume": 1}
+    lines = capsys.readouterr().out.splitlines()
+    monkeypatch.undo()
+    messages = [{"role": "user", "content": "<image>\n<volume>\nIs there a nodule?"}]
+    first = chat(tiny_model, tiny_processor, messages, images=[png], volumes=[nii], max_new_tokens=5, min_new_tokens=5)
+    messages += [{"role": "assistant", "content": first.strip()}, {"role": "user", "content": "Which lobe?"}]
+    second = chat(tiny_model, tiny_processor, messages, images=[png], volumes=[nii], max_new_tokens=5, min_new_tokens=5)
+    assert lines == [first.strip(), second.strip()]

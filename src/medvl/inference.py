@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,30 @@ def reference_of(record: Record) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class EncodedMedia:
+    """One image or volume already run through the model's encoder (:func:`encode_media`).
+
+    A conversation that asks several questions about the same media keeps these in place of the
+    files (``Record.images`` / ``volumes``, ``chat(images=...)``) so that the encoder runs once per
+    conversation instead of once per turn. The connector still runs on every turn: it is cheap and
+    trainable, and only the encoder output is what a frozen-encoder feature cache stores too.
+
+    Args:
+        kind: "image" or "volume".
+        features: (tokens, width) output of ``encode_images`` / ``encode_volumes`` for this item.
+        source: where the media came from (file name or "<memory>"), for messages.
+    """
+
+    kind: str
+    features: torch.Tensor
+    source: str = ""
+
+
 def _load_media(record: Record) -> tuple[list[Any], list[Any]]:
     """The record's media, read from disk; entries that are already loaded (a ``PIL.Image`` or a
-    ``Volume``, as the server and the demo decode uploads in memory) pass through unchanged."""
+    ``Volume``, as the server and the demo decode uploads in memory, or :class:`EncodedMedia`) pass
+    through unchanged."""
     from medvl.imaging.image2d import load_image
     from medvl.imaging.volume3d import load_volume
 
@@ -139,12 +161,15 @@ def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict
         imgs, vols = _load_media(rec)
         images.extend(imgs)
         volumes.extend(vols)
-    kwargs: dict[str, Any] = {}
-    if images:
-        kwargs["images"] = images
-    if volumes:
-        kwargs["volumes"] = volumes
-    batch = processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
+    if any(isinstance(m, EncodedMedia) for m in (*images, *volumes)):
+        batch = _prepare_with_features(model, processor, records, texts, images, volumes)
+    else:
+        kwargs: dict[str, Any] = {}
+        if images:
+            kwargs["images"] = images
+        if volumes:
+            kwargs["volumes"] = volumes
+        batch = processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
     device, dtype = _model_device_dtype(model)
     out = {}
     for key, value in batch.items():
@@ -154,6 +179,101 @@ def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict
                 value = value.to(dtype)
         out[key] = value
     return out
+
+
+def _prepare_with_features(
+    model: Any, processor: Any, records: Sequence[Record], texts: list[str], images: list[Any], volumes: list[Any]
+) -> dict[str, torch.Tensor]:
+    """The batch of :func:`prepare_batch` when some media are :class:`EncodedMedia`.
+
+    The text goes through the processor's own marker expansion and tokenizer (what its ``__call__``
+    does); each modality that holds any encoded item is passed as ``*_encoder_features`` (the media
+    still in raw form are encoded here, in text order), the others as pixel / volume values.
+    """
+    names = ", ".join(r.id for r in records)
+    for marker, items in ((processor.image_token, images), (processor.volume_token, volumes)):
+        found = sum(t.count(marker) for t in texts)
+        if found != len(items):
+            raise MedVLDataError(f"{len(items)} media given for {found} {marker} marker(s)", record=names)
+    expanded = [processor.expand_text(t, row) for row, t in enumerate(texts)]
+    batch: dict[str, Any] = dict(processor.tokenizer(expanded, padding=True, padding_side="left", return_tensors="pt"))
+    for kind, items, values_key in (("image", images, "pixel_values"), ("volume", volumes, "volume_values")):
+        if not items:
+            continue
+        if any(isinstance(m, EncodedMedia) for m in items):
+            batch[f"{kind}_encoder_features"] = _features_in_order(model, processor, kind, items)
+        else:
+            batch[values_key] = _preprocess(processor, kind, items)
+    return batch
+
+
+def _preprocess(processor: Any, kind: str, items: Sequence[Any]) -> torch.Tensor:
+    """Pixel values (N, 3, H, W) or volume values (N, C, D, H, W) of loaded media, by the saved processor."""
+    if kind == "image":
+        return processor.image_processor(list(items), return_tensors="pt")["pixel_values"]
+    if processor.volume_processor is None:
+        raise ValueError("volumes given but this processor has no volume processor")
+    return processor.volume_processor(list(items))["volume_values"]
+
+
+def _features_in_order(model: Any, processor: Any, kind: str, items: Sequence[Any]) -> torch.Tensor:
+    """(N, tokens, width) encoder features of ``items`` in order: cached ones as they are, the rest encoded now."""
+    raw = [m for m in items if not isinstance(m, EncodedMedia)]
+    fresh = iter(_encode(model, processor, kind, raw)) if raw else iter(())
+    rows = []
+    for m in items:
+        if isinstance(m, EncodedMedia):
+            if m.kind != kind:
+                raise MedVLDataError(f"an encoded {m.kind} was given where a {kind} is expected", path=m.source)
+            rows.append(m.features)
+        else:
+            rows.append(next(fresh))
+    device, _ = _model_device_dtype(model)
+    return torch.stack([r.to(device) for r in rows])
+
+
+def _encode(model: Any, processor: Any, kind: str, items: Sequence[Any]) -> list[torch.Tensor]:
+    """Encoder outputs (one (tokens, width) tensor per item) of loaded media, encoded in one batch."""
+    device, dtype = _model_device_dtype(model)
+    values = _preprocess(processor, kind, items).to(device=device, dtype=dtype)
+    encode = model.encode_images if kind == "image" else model.encode_volumes
+    return list(encode(values).unbind(0))
+
+
+@torch.no_grad()
+def encode_media(
+    model: Any, processor: Any, *, images: Sequence[Any] = (), volumes: Sequence[Any] = ()
+) -> tuple[list[EncodedMedia], list[EncodedMedia]]:
+    """Read, preprocess and encode media once, for reuse over the turns of a conversation.
+
+    Passing the results to :func:`chat` / :func:`stream_chat` / records instead of the files gives
+    the same answers as the files (the encoder sees the same tensors, batched per modality the
+    same way a one-record batch is) without running the encoder again.
+
+    Args:
+        model: a ``MedVLForConditionalGeneration``.
+        processor: its ``MedVLProcessor``.
+        images: image paths or loaded ``PIL.Image`` objects (already encoded ones pass through).
+        volumes: volume paths or loaded ``Volume`` objects (already encoded ones pass through).
+
+    Returns:
+        (encoded images, encoded volumes), in the given order.
+    """
+    record = Record(id="encode", messages=[], images=list(images), volumes=list(volumes))
+    loaded_images, loaded_volumes = _load_media(record)
+    out: list[list[EncodedMedia]] = []
+    for kind, loaded, given in (("image", loaded_images, record.images), ("volume", loaded_volumes, record.volumes)):
+        features = iter(_encode(model, processor, kind, [m for m in loaded if not isinstance(m, EncodedMedia)])
+                        if any(not isinstance(m, EncodedMedia) for m in loaded) else ())
+        encoded = []
+        for m, src in zip(loaded, given):
+            if isinstance(m, EncodedMedia):
+                encoded.append(m)
+            else:
+                name = str(src) if isinstance(src, (str, Path)) else getattr(m, "source", "") or "<memory>"
+                encoded.append(EncodedMedia(kind, next(features), name))
+        out.append(encoded)
+    return out[0], out[1]
 
 
 def _generation_kwargs(processor: Any, max_new_tokens: int, min_new_tokens: int, do_sample: bool, extra: dict) -> dict:
@@ -334,8 +454,10 @@ def chat(
         processor: its ``MedVLProcessor``.
         messages: ``[{"role": ..., "content": ...}]`` ending with a user turn; ``<image>`` /
             ``<volume>`` markers in the user turns, one per file.
-        images: image paths (or loaded ``PIL.Image`` objects), in marker order over the whole conversation.
-        volumes: volume paths (file or DICOM folder) or loaded ``Volume`` objects, in marker order.
+        images: image paths (or loaded ``PIL.Image`` objects, or :func:`encode_media` outputs), in
+            marker order over the whole conversation.
+        volumes: volume paths (file or DICOM folder), loaded ``Volume`` objects or
+            :func:`encode_media` outputs, in marker order.
         max_new_tokens: generation length limit.
         min_new_tokens: suppress end-of-sequence before this many new tokens.
         do_sample: sample instead of greedy decoding.
@@ -377,8 +499,8 @@ def stream_chat(
         model: a ``MedVLForConditionalGeneration``.
         processor: its ``MedVLProcessor``.
         messages: the conversation, ending with a user turn (``<image>`` / ``<volume>`` markers).
-        images: image paths or loaded ``PIL.Image`` objects, in marker order.
-        volumes: volume paths or loaded ``Volume`` objects, in marker order.
+        images: image paths, loaded ``PIL.Image`` objects or :func:`encode_media` outputs, in marker order.
+        volumes: volume paths, loaded ``Volume`` objects or :func:`encode_media` outputs, in marker order.
         max_new_tokens: generation length limit.
         min_new_tokens: suppress end-of-sequence before this many new tokens.
         do_sample: sample instead of greedy decoding.
@@ -415,4 +537,5 @@ def stream_chat(
         worker.join()
 
 
-__all__ = ["load_model", "generate", "chat", "stream_chat", "prepare_batch", "prompt_messages", "reference_of"]
+__all__ = ["load_model", "generate", "chat", "stream_chat", "encode_media", "EncodedMedia", "prepare_batch",
+           "prompt_messages", "reference_of"]

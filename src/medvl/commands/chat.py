@@ -3,6 +3,9 @@
 The media are attached to the first user turn (one ``<image>`` / ``<volume>`` marker each, unless
 the text already has markers). ``--prompt`` answers one question and exits (scriptable); otherwise
 an interactive loop runs until ``/exit`` (``/reset`` starts a new conversation with the same media).
+
+Answers are printed as they are generated (``medvl.inference.stream_chat``). Each image and volume is
+read and encoded once (``medvl.inference.encode_media``) and its encoder output reused on every turn.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Iterable
+from typing import TextIO
 
 HELP = "chat with a model about images / volumes (interactive, multi-turn)"
 
@@ -54,6 +59,37 @@ def attach_media(text: str, n_images: int, n_volumes: int) -> str:
     return markers + text
 
 
+def print_stream(deltas: Iterable[str], out: TextIO, prefix: str = "") -> str:
+    """Write streamed text deltas as they arrive; returns the whole answer, stripped.
+
+    Leading whitespace is dropped and trailing whitespace held back until more text follows, so the
+    printed line equals the stripped answer.
+
+    Args:
+        deltas: text pieces (``stream_chat``).
+        out: the stream to write to (flushed after every piece).
+        prefix: written before the first piece (e.g. ``"model> "``).
+    """
+    out.write(prefix)
+    pieces: list[str] = []
+    pending = ""  # whitespace not yet written: it may turn out to be the answer's trailing whitespace
+    started = False
+    for delta in deltas:
+        pieces.append(delta)
+        text = pending + delta
+        if not started:
+            text = text.lstrip()
+            started = bool(text)
+        body = text.rstrip()
+        pending = text[len(body):]
+        if body:
+            out.write(body)
+            out.flush()
+    out.write("\n")
+    out.flush()
+    return "".join(pieces).strip()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the chat loop.
 
@@ -62,11 +98,17 @@ def run(args: argparse.Namespace) -> int:
     """
     from medvl.commands.infer import generation_options
     from medvl.errors import MedVLDataError
-    from medvl.inference import chat, load_model
+    from medvl.inference import encode_media, load_model, stream_chat
 
     model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
     options = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
                    do_sample=args.do_sample, **generation_options(args))
+    try:
+        # Encoded once here; every turn (and /reset) reuses the encoder outputs.
+        images, volumes = encode_media(model, processor, images=args.image, volumes=args.volume)
+    except MedVLDataError as err:
+        logger.error("%s", err)
+        return 2
     base = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(base)
     scripted = list(args.prompt or [])
@@ -91,12 +133,12 @@ def run(args: argparse.Namespace) -> int:
             if not text:
                 continue
         if not any(m["role"] == "user" for m in messages):
-            text = attach_media(text, len(args.image), len(args.volume))
+            text = attach_media(text, len(images), len(volumes))
         messages.append({"role": "user", "content": text})
         try:
-            reply = chat(model, processor, messages, images=args.image, volumes=args.volume, **options)
+            deltas = stream_chat(model, processor, messages, images=images, volumes=volumes, **options)
+            reply = print_stream(deltas, sys.stdout, prefix="model> " if interactive else "")
         except MedVLDataError as err:
             logger.error("%s", err)
             return 2
-        messages.append({"role": "assistant", "content": reply.strip()})
-        print(reply.strip() if not interactive else f"model> {reply.strip()}")
+        messages.append({"role": "assistant", "content": reply})

@@ -1,0 +1,115 @@
+"""Uploaded files of the web demo -> loaded media (``PIL.Image`` or ``Volume``) with the medvl readers.
+
+Accepted: PNG/JPEG/BMP/TIFF and single-frame DICOM as 2D images; NIfTI (``.nii``, ``.nii.gz``),
+``.npy``/``.npz``, multi-frame DICOM and a ZIP of a DICOM series as volumes. A ZIP is extracted into a
+private temporary folder (member names checked, sizes capped) and read with
+:func:`medvl.imaging.volume3d.load_volume`, then the folder is removed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
+
+from medvl.errors import MedVLDataError
+from medvl.imaging.image2d import is_dicom_file, load_image
+from medvl.imaging.volume3d import Volume, load_volume
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy", ".npz", ".zip")
+UPLOAD_SUFFIXES = (*IMAGE_SUFFIXES, ".dcm", ".dicom", *VOLUME_SUFFIXES)
+# A zipped DICOM series is unpacked on disk: refuse archives that would unpack to more than this.
+MAX_UNZIPPED_BYTES = 4 * 1024**3
+
+
+@dataclass
+class Upload:
+    """One uploaded file, loaded.
+
+    Args:
+        kind: "image" or "volume".
+        name: the file name the user uploaded (shown in the page; never logged with its content).
+        data: a ``PIL.Image`` (RGB, 8-bit) or a :class:`~medvl.imaging.volume3d.Volume`.
+    """
+
+    kind: str
+    name: str
+    data: Image.Image | Volume
+
+
+def _is_multiframe_dicom(path: Path) -> bool:
+    import pydicom
+
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    return int(getattr(ds, "NumberOfFrames", 1) or 1) > 1
+
+
+def load_upload(path: str | Path, name: str | None = None) -> Upload:
+    """Load one uploaded file as a 2D image or a volume, by its name and content.
+
+    Args:
+        path: the file on disk (Gradio's upload copy).
+        name: the user's file name (defaults to ``path``'s name).
+
+    Raises:
+        MedVLDataError: unsupported type or unreadable file, naming the file.
+    """
+    path = Path(path)
+    name = name or path.name
+    try:
+        return _load(path, name)
+    except MedVLDataError as err:
+        # Name the user's file, not the server's upload copy (its temporary path means nothing to them).
+        raise MedVLDataError(str(err).replace(f"file {str(path)!r}: ", "").replace(str(path), name), path=name) from err
+
+
+def _load(path: Path, name: str) -> Upload:
+    lower = name.lower()
+    if lower.endswith(".zip"):
+        return Upload("volume", name, _load_zipped_series(path, name))
+    if lower.endswith(VOLUME_SUFFIXES):
+        return Upload("volume", name, load_volume(path))
+    if is_dicom_file(path):
+        if _is_multiframe_dicom(path):
+            return Upload("volume", name, load_volume(path))
+        return Upload("image", name, load_image(path))
+    if lower.endswith(IMAGE_SUFFIXES):
+        return Upload("image", name, load_image(path))
+    raise MedVLDataError(f"unsupported file type; upload one of {', '.join(UPLOAD_SUFFIXES)}", path=name)
+
+
+def _load_zipped_series(path: Path, name: str) -> Volume:
+    """A DICOM series from a ZIP: extracted into a temporary folder that is removed afterwards."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise MedVLDataError(f"not a readable ZIP archive: {err}", path=name) from err
+    with archive, tempfile.TemporaryDirectory(prefix="medvl-demo-zip-") as tmp:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if sum(m.file_size for m in members) > MAX_UNZIPPED_BYTES:
+            raise MedVLDataError(f"the archive unpacks to more than {MAX_UNZIPPED_BYTES >> 30} GiB", path=name)
+        folders: dict[Path, int] = {}
+        for member in members:
+            parts = PurePosixPath(member.filename.replace("\\", "/")).parts
+            # Never write outside the temporary folder (absolute names, "..") and skip macOS metadata.
+            if not parts or parts[0] in ("/", "__MACOSX") or ".." in parts or parts[-1].startswith("."):
+                continue
+            target = Path(tmp).joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as src, open(target, "wb") as dst:
+                dst.write(src.read())
+            folders[target.parent] = folders.get(target.parent, 0) + 1
+        if not folders:
+            raise MedVLDataError("the ZIP archive holds no files", path=name)
+        # The series is the folder with the most files (archives often wrap it in one or more folders).
+        series = max(folders, key=lambda f: folders[f])
+        volume = load_volume(series)
+    volume.source = name
+    return volume
+
+
+__all__ = ["Upload", "load_upload", "UPLOAD_SUFFIXES"]
