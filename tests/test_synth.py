@@ -248,3 +248,11 @@ def test_grouped_training_conversations_never_pair_dependent_questions(tmp_path)
         assert (tmp_path / "s" / f"{split}.jsonl").read_bytes() == (tmp_path / "g" / f"{split}.jsonl").read_bytes()
     with pytest.raises(ValueError, match="valid choices: single, grouped"):
         synthesize("2d", 2, 1, tmp_path / "x", geometry=TINY_2D, train_format="pairs")
+
+
+def test_tiny_data_sets_where_a_question_type_has_no_candidate(tmp_path):
+    """One case (or a seed where a split lacks a question type) still writes every split."""
+    for n, seed in ((1, 0), (3, 3)):
+        out = tmp_path / f"{n}_{seed}"
+        synthesize("2d", n, seed, out)
+        assert any(out.rglob("*.json*"))

@@ -329,6 +329,9 @@ def balance_keep_probabilities(answers_by_type: dict[str, list[str]]) -> dict[st
     """
     keep: dict[str, dict[str, float]] = {}
     for qtype, answers in answers_by_type.items():
+        if not answers:  # a tiny split may hold no candidate of this type: nothing to balance
+            keep[qtype] = {}
+            continue
         values, counts = np.unique(np.asarray(answers), return_counts=True)
         rarest = counts.min()
         keep[qtype] = {str(v): float(rarest / c) for v, c in zip(values, counts)}
