@@ -519,3 +519,31 @@ def test_killing_the_server_mid_stream_leaves_no_process(tiny_model_dir, tmp_pat
             left.append(stat.parent.name)
     assert left == []
     assert seen[-1] == 200
+
+
+def test_health_is_503_until_the_model_is_loaded(tiny_model, tiny_processor) -> None:
+    """In process: a loader held back by an event; /health and chat answer 503 until it returns."""
+    from starlette.testclient import TestClient
+
+    from medvl.serve.app import ServeConfig, create_app
+
+    release = threading.Event()
+
+    def loader():
+        release.wait(60)
+        return tiny_model, tiny_processor
+
+    app = create_app(ServeConfig(model_name="tiny"), loader=loader)
+    with TestClient(app) as c:
+        assert c.get("/health").status_code == 503 and c.get("/health").json()["status"] == "loading"
+        busy = c.post("/v1/chat/completions", json={"messages": user(text("q"))})
+        assert busy.status_code == 503 and busy.json()["error"]["code"] == "model_loading"
+        assert "medvl_model_ready 0.0" in c.get("/metrics").text
+        release.set()
+        state = app.state.medvl
+        assert state.ready.wait(60)
+        assert c.get("/health").status_code == 200
+        ok = c.post("/v1/chat/completions", json={"messages": user(text("q")), "max_tokens": 2})
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 2
+        assert "medvl_model_ready 1.0" in c.get("/metrics").text
+        assert c.get("/nope").json()["error"]["type"] == "not_found_error"
