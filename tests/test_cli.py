@@ -26,3 +26,11 @@ def test_help_lists_the_verbs(capsys):
     for verb, module in VERBS.items():
         if importlib.util.find_spec(f"medvl.commands.{module}") is not None:
             assert verb in out
+
+
+def test_global_log_level_before_the_verb(capsys) -> None:
+    """``medvl --log-level DEBUG VERB``: the option's value is not mistaken for the verb."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--log-level", "WARNING", "serve", "--help"])
+    assert exc.value.code == 0
+    assert "--media-root" in capsys.readouterr().out

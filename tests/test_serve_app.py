@@ -547,3 +547,21 @@ def test_health_is_503_until_the_model_is_loaded(tiny_model, tiny_processor) -> 
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 2
         assert "medvl_model_ready 1.0" in c.get("/metrics").text
         assert c.get("/nope").json()["error"]["type"] == "not_found_error"
+
+
+def test_ui_is_mounted_when_the_demo_exists(tiny_model, tiny_processor) -> None:
+    """``--ui``: the Gradio page at /ui (behind a login with the API key); the API keeps its bearer check."""
+    pytest.importorskip("medvl.demo", reason="the web demo (medvl.demo) is not in this tree")
+    from starlette.testclient import TestClient
+
+    from medvl.serve.app import ServeConfig, create_app, mount_ui
+
+    app = create_app(ServeConfig(model_name="tiny", api_key=API_KEY), loaded=(tiny_model, tiny_processor))
+    mount_ui(app, tiny_model, tiny_processor)
+    with TestClient(app) as c:
+        page = c.get("/ui/")
+        assert page.status_code == 200 and "gradio" in page.text.lower()
+        assert c.get("/ui/config").status_code in (401, 403)  # the page's API needs the login
+        assert c.post("/ui/login/", data={"username": "x", "password": API_KEY}).status_code == 200
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200

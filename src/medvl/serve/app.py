@@ -87,6 +87,8 @@ class ServerState:
         # (fast tokenizers are not safe to share across threads that change padding settings).
         self.front: Any = None
         self.front_lock = threading.Lock()
+        self.public_paths = set(PUBLIC_PATHS)  # no bearer token needed (mount_ui adds the demo page)
+        self.public_prefixes: list[str] = []
         self.decoder = MediaDecoder(config.media_roots, MediaLimits(config.max_image_pixels,
                                                                     config.max_volume_voxels, config.max_media))
         self.metrics = ServerMetrics(queue_length=lambda: self.scheduler.queue_length if self.scheduler else 0,
@@ -184,7 +186,7 @@ def create_app(config: ServeConfig, *, loader: Callable[[], tuple[Any, Any]] | N
 
     # ------------------------------------------------------------------ auth
     if config.api_key:
-        app.add_middleware(BearerAuth, api_key=config.api_key)
+        app.add_middleware(BearerAuth, api_key=config.api_key, state=state)
 
     # ------------------------------------------------------------------ routes
     @app.get("/health")
@@ -231,14 +233,22 @@ class BearerAuth:
     Args:
         app: the wrapped ASGI app.
         api_key: the expected token.
+        state: the server state (its ``public_paths`` / ``public_prefixes`` need no token).
     """
 
-    def __init__(self, app: Any, api_key: str):
+    def __init__(self, app: Any, api_key: str, state: ServerState):
         self.app = app
         self.api_key = api_key.encode()
+        self.state = state
+
+    def _public(self, path: str) -> bool:
+        return path in self.state.public_paths or any(path.startswith(p) for p in self.state.public_prefixes)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+        if scope["type"] == "websocket" and not self._public(scope["path"]):
+            await send({"type": "websocket.close", "code": 1008})  # no route uses websockets behind the key
+            return
+        if scope["type"] == "http" and not self._public(scope["path"]):
             headers = dict(scope.get("headers") or [])
             scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode("latin-1"), self.api_key):
@@ -451,19 +461,36 @@ async def _stream(state: ServerState, req: ChatRequest, job: Job, events: asynci
 def mount_ui(app: FastAPI, model: Any, processor: Any, path: str = "/ui") -> None:
     """Mount the Gradio web demo (``medvl.demo.build_demo``) on the API server.
 
+    With an API key the page is not behind the bearer check (a browser cannot send that header) but
+    behind Gradio's login form, whose password is the same key.
+
     Args:
-        app: the server app.
+        app: the server app (from :func:`create_app`).
         model: the loaded model.
         processor: its processor.
         path: URL path of the page.
     """
     try:
+        import gradio
+
         from medvl.demo import build_demo
     except ImportError as err:
         raise RuntimeError(f"--ui needs the web demo (medvl.demo) and gradio: {err}") from err
-    import gradio
+    state: ServerState = app.state.medvl
+    options: dict[str, Any] = {}
+    try:  # the demo's theme and css are app-level settings in Gradio 6
+        from medvl.demo.app import launch_options
 
-    gradio.mount_gradio_app(app, build_demo(model, processor), path=path)
+        options.update(launch_options())
+    except ImportError:
+        pass
+    key = state.config.api_key
+    if key:
+        options["auth"] = lambda _user, password: secrets.compare_digest(str(password).encode(), key.encode())
+        state.public_prefixes.append(path.rstrip("/") + "/")
+        state.public_paths.add(path.rstrip("/"))
+    gradio.mount_gradio_app(app, build_demo(model, processor), path=path, ssr_mode=False,
+                            max_file_size=f"{state.config.max_request_mb:g}mb", **options)
 
 
 def model_name_of(path: str | os.PathLike) -> str:
