@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--media-root", action="append", default=[], metavar="DIR",
                         help="folder file:// URLs may read from (repeatable; none: file:// is refused)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="requests generated together (1: one at a time)")
-    parser.add_argument("--batch-wait-ms", type=float, default=5.0,
+    parser.add_argument("--batch-wait-ms", type=float, default=0.0,
                         help="how long the first request of a batch waits for batch mates")
     parser.add_argument("--api-key", default=None,
                         help="require 'Authorization: Bearer KEY' on every route but /health (default: $MEDVL_API_KEY)")

@@ -63,7 +63,7 @@ class ServeConfig:
     model_name: str = "medvl"
     media_roots: list[str] = field(default_factory=list)
     max_batch_size: int = 8
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 0.0
     api_key: str | None = None
     max_request_mb: float = 64.0
     max_image_pixels: int = 64_000_000
