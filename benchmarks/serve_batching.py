@@ -153,7 +153,8 @@ def main() -> int:
         model = Path(args.model) if args.model else build(args.size, work / "model")
         images, volumes = media_urls(work)
         results: dict = {"model": str(args.model or f"random {args.size}"), "max_tokens": args.max_tokens,
-                         "rounds": args.rounds, "repeats": args.repeats, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                         "rounds": args.rounds, "repeats": args.repeats,
+                         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                          "cpu": cpu_name(), "cores": os.cpu_count(), "load_before": os.getloadavg(),
                          "servers": {}}
         servers = {}

@@ -219,7 +219,7 @@ def post(server, body, key: str | None = API_KEY, raw: bytes | None = None) -> h
 
 def test_2d_data_url_equals_infer_and_usage(client, reference, media_root) -> None:
     png = media_root / "img0.png"
-    resp = client.chat.completions.create(model=MODEL, 
+    resp = client.chat.completions.create(model=MODEL,
         max_tokens=MAX_TOKENS,
         messages=user(image_part(data_url(png, "image/png")), text("Is there a nodule?")))
     answer = resp.choices[0].message.content
@@ -242,10 +242,10 @@ def test_ct_nifti_volume_url_equals_infer(client, reference, media_root) -> None
     ct = media_root / "ct1.nii.gz"
     question = "Describe the lungs."
     expected = reference("<volume>\n" + question, volumes=[ct])
-    by_data = client.chat.completions.create(model=MODEL, 
+    by_data = client.chat.completions.create(model=MODEL,
         max_tokens=MAX_TOKENS, messages=user(volume_part(data_url(ct, "application/gzip")), text(question)))
     assert by_data.choices[0].message.content == expected
-    by_path = client.chat.completions.create(model=MODEL, 
+    by_path = client.chat.completions.create(model=MODEL,
         max_tokens=MAX_TOKENS, messages=user(volume_part("file://ct1.nii.gz"), text(question)))
     assert by_path.choices[0].message.content == expected
     assert by_data.usage.prompt_tokens == by_path.usage.prompt_tokens
@@ -253,11 +253,11 @@ def test_ct_nifti_volume_url_equals_infer(client, reference, media_root) -> None
 
 def test_zipped_dicom_series_and_dicom_image(client, reference, media_root) -> None:
     series = media_root / "series.zip"
-    got = client.chat.completions.create(model=MODEL, 
+    got = client.chat.completions.create(model=MODEL,
         max_tokens=MAX_TOKENS, messages=user(volume_part(data_url(series, "application/zip")), text("Findings?")))
     assert got.choices[0].message.content == reference("<volume>\nFindings?", volumes=[CT_SERIES])
     png16 = media_root / "img16.png"
-    got16 = client.chat.completions.create(model=MODEL, 
+    got16 = client.chat.completions.create(model=MODEL,
         max_tokens=MAX_TOKENS, messages=user(image_part(data_url(png16, "image/png")), text("Findings?")))
     assert got16.choices[0].message.content == reference("<image>\nFindings?", images=[png16])
 
@@ -404,13 +404,13 @@ def test_file_urls_stay_inside_the_media_root(server, media_root) -> None:
 def test_logs_hold_no_prompt_answer_or_dicom_header(server, client, media_root) -> None:
     dcm = media_root / "planted.dcm"
     assert PLANTED_NAME in str(pydicom.dcmread(dcm).PatientName)
-    resp = client.chat.completions.create(model=MODEL, 
+    resp = client.chat.completions.create(model=MODEL,
         max_tokens=MAX_TOKENS, messages=user(image_part(data_url(dcm, "application/dicom")),
                                              text(f"{PROMPT_CANARY}: any nodule?")))
     answer = resp.choices[0].message.content
-    by_path = client.chat.completions.create(model=MODEL, 
+    by_path = client.chat.completions.create(model=MODEL,
         max_tokens=MAX_TOKENS, messages=user(image_part("file://planted.dcm"), text(f"{PROMPT_CANARY} again")))
-    assert by_path.choices[0].message.content == answer or True  # different prompt; only the logs matter here
+    assert by_path.usage.prompt_tokens > 16  # the DICOM was read from the media root too
     log = server.log.read_text(errors="replace")
     assert resp.id in log  # the request was logged ...
     for secret in (PLANTED_NAME, "Canaryplanted", "Zyxwv", PLANTED_ID, PROMPT_CANARY):
@@ -451,7 +451,8 @@ def test_32_concurrent_mixed_clients_equal_sequential_greedy(server, reference, 
         try:
             barrier.wait()
             if streamed:
-                out = client.chat.completions.create(model=MODEL, messages=user(*parts), max_tokens=MAX_TOKENS, stream=True)
+                out = client.chat.completions.create(model=MODEL, messages=user(*parts), max_tokens=MAX_TOKENS,
+                                                     stream=True)
                 results[k] = "".join(c.choices[0].delta.content or "" for c in out if c.choices)
             else:
                 results[k] = client.chat.completions.create(model=MODEL, messages=user(*parts),

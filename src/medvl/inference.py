@@ -510,4 +510,5 @@ def stream_chat(
         worker.join()
 
 
-__all__ = ["load_model", "generate", "generate_detailed", "Generation", "chat", "stream_chat", "prepare_batch", "prompt_messages", "reference_of"]
+__all__ = ["load_model", "generate", "generate_detailed", "Generation", "chat", "stream_chat", "prepare_batch",
+           "prompt_messages", "reference_of"]

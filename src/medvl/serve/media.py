@@ -112,8 +112,8 @@ class MediaDecoder:
                 if window != "minmax":
                     window_bounds(window)
             except (ValueError, TypeError) as err:
-                raise bad_request(f"{ref.param.rsplit('.', 1)[0]}.window: {err}", ref.param.rsplit(".", 1)[0] + ".window",
-                                  "invalid_window") from None
+                param = ref.param.rsplit(".", 1)[0] + ".window"
+                raise bad_request(f"{param}: {err}", param, "invalid_window") from None
         with self._materialise(ref, "image") as path:
             self._check_image_size(path, ref)
             try:

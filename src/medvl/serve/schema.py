@@ -274,7 +274,8 @@ def _parse_parts(parts: list, where: str, role: str, media: list[MediaRef]) -> s
             allowed = {"url", "detail", "window"} if kind == "image_url" else {"url", "window"}
             unknown = set(spec) - allowed
             if unknown:
-                raise bad_request(f"{param}.{kind} has unsupported field(s) {sorted(unknown)}; valid: {sorted(allowed)}",
+                raise bad_request(f"{param}.{kind} has unsupported field(s) {sorted(unknown)}; "
+                                  f"valid: {sorted(allowed)}",
                                   f"{param}.{kind}", "unsupported_parameter")
             media_kind = "image" if kind == "image_url" else "volume"
             media.append(MediaRef(kind=media_kind, url=spec["url"], param=f"{param}.{kind}.url",
