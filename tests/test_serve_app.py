@@ -302,6 +302,15 @@ def test_stop_string_cuts_the_answer(client, media_root) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected
 
 
+def test_seeded_sampling_is_reproducible(client, media_root) -> None:
+    messages = user(image_part("file://img0.png"), text("Describe."))
+    runs = [client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=1.5, seed=s)
+            .choices[0].message.content for s in (11, 11, 12)]
+    assert runs[0] == runs[1]  # a seeded request runs alone with its own seed
+    greedy = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8).choices[0].message.content
+    assert greedy not in runs or runs[0] != runs[2]  # temperature 1.5 on random weights: sampling, not greedy
+
+
 # ---------------------------------------------------------------------- errors
 
 
