@@ -369,6 +369,8 @@ def test_bad_input_gives_4xx_in_openai_format(server, media_root, tmp_path) -> N
         assert err["type"] == ("not_found_error" if status == 404 else "invalid_request_error"), name
     # transport-level problems
     _error(post(server, None, raw=b'{"messages": [}'), 400, "invalid_json")
+    _error(post(server, None, raw=b"[" * 200_000 + b"]" * 200_000), 400, "invalid_json")  # nesting bomb
+    _error(post(server, None, raw=b"\xff\xfe not utf-8"), 400, "invalid_json")
     _error(post(server, None, raw=json.dumps({"messages": user(text("x" * (3 * 1024 * 1024)))}).encode()), 413,
            "request_too_large")
     # the openai client surfaces them as its typed errors with the body intact

@@ -318,6 +318,8 @@ async def _chat(request: Request, state: ServerState, started: float) -> Respons
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise bad_request(f"the request body is not valid JSON: {err}", None, "invalid_json") from None
+    except RecursionError:
+        raise bad_request("the request body is nested too deeply", None, "invalid_json") from None
     req = parse_chat_request(payload)
     if req.model is not None and req.model != config.model_name:
         raise APIError(404, f"the model {req.model!r} does not exist; this server serves {config.model_name!r}",
