@@ -320,3 +320,26 @@ def test_chat_cli_streams_and_encodes_each_medium_once(tiny_model_dir: Path, tin
     messages += [{"role": "assistant", "content": first.strip()}, {"role": "user", "content": "Which lobe?"}]
     second = chat(tiny_model, tiny_processor, messages, images=[png], volumes=[nii], max_new_tokens=5, min_new_tokens=5)
     assert lines == [first.strip(), second.strip()]
+
+
+def test_generate_detailed_per_row_limits_and_usage(loaded) -> None:
+    """Per-record max_new_tokens in one batch equal separate runs at those limits; token counts are exact."""
+    from medvl.inference import generate, generate_detailed, prompt_messages
+
+    model, processor = loaded
+    records = _records()
+    limits = [2, 5, 3, 4]
+    got = generate_detailed(model, processor, records, batch_size=4, max_new_tokens=limits, min_new_tokens=5,
+                            progress=False)
+    for rec, n, g in zip(records, limits, got):
+        alone = generate(model, processor, [rec], batch_size=1, max_new_tokens=n, min_new_tokens=5, progress=False)[0]
+        assert g.text == alone and g.completion_tokens == n and g.finish_reason == "length"
+        # prompt tokens: the processor's own tokenisation of the rendered prompt, no padding
+        text = processor.apply_chat_template(prompt_messages(rec), add_generation_prompt=True)
+        ids = processor.tokenizer(processor.expand_text(text))["input_ids"]
+        assert g.prompt_tokens == len(ids)
+    # a row cut by should_stop reports it
+    cut = generate_detailed(model, processor, records[:2], batch_size=2, max_new_tokens=6, min_new_tokens=6,
+                            progress=False, should_stop=lambda i: i == 1)
+    assert cut[0].finish_reason == "length" and cut[0].completion_tokens == 6
+    assert cut[1].finish_reason in ("cancelled", "stop") and cut[1].completion_tokens < 6

@@ -32,6 +32,19 @@ VERBS: dict[str, str] = {
 }
 
 
+def _requested_verb(argv: list[str]) -> str | None:
+    """The first positional argument, skipping the value of ``--log-level VALUE``."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--log-level":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``medvl`` console script.
 
@@ -43,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     # Only the requested verb's module is imported; the others get a placeholder help line.
-    requested = next((a for a in argv if not a.startswith("-")), None)
+    requested = _requested_verb(argv)
     for verb, module in VERBS.items():
         if verb == requested:
             mod = importlib.import_module(f"medvl.commands.{module}")

@@ -361,6 +361,37 @@ def _stop_token_ids(model: Any, processor: Any) -> set[int]:
     return ids
 
 
+@dataclass
+class Generation:
+    """One record's answer with its token accounting (what a server reports as ``usage``).
+
+    Args:
+        text: the decoded continuation (special tokens skipped), as :func:`generate` returns it.
+        prompt_tokens: tokens of the rendered prompt (media placeholders included, padding excluded).
+        completion_tokens: generated tokens before the end-of-sequence token (which is not counted).
+        finish_reason: ``"stop"`` (end-of-sequence), ``"length"`` (its max new tokens reached) or
+            ``"cancelled"`` (``should_stop`` ended it).
+    """
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class _RowLimit(StoppingCriteria):
+    """Per-row generation length: row j stops once it has ``limits[j]`` new tokens (rows of one batch
+    may ask for different lengths; the batch runs to the longest)."""
+
+    def __init__(self, prompt_length: int, limits: Sequence[int]):
+        self.prompt_length = prompt_length
+        self.limits = torch.tensor(list(limits))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        produced = input_ids.shape[1] - self.prompt_length
+        return (self.limits <= produced).to(input_ids.device)
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -394,37 +425,103 @@ def generate(
             it returns True stops generating (its text so far is returned), the others go on.
         **gen_kwargs: passed to ``model.generate`` (e.g. ``num_beams``, ``repetition_penalty``).
     """
+    results = generate_detailed(model, processor, records, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                min_new_tokens=min_new_tokens, do_sample=do_sample, progress=progress,
+                                on_text=on_text, should_stop=should_stop, **gen_kwargs)
+    return [r.text for r in results]
+
+
+@torch.no_grad()
+def generate_detailed(
+    model: Any,
+    processor: Any,
+    records: Sequence[Record],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int | Sequence[int] = 128,
+    min_new_tokens: int = 0,
+    do_sample: bool = False,
+    progress: bool = True,
+    on_text: TextCallback | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+    **gen_kwargs: Any,
+) -> list[Generation]:
+    """:func:`generate` with per-record token counts and finish reasons, and optionally per-record lengths.
+
+    The same batches and the same ``model.generate`` call as :func:`generate` (which is this function
+    without the accounting), so texts are identical.
+
+    Args:
+        model: a ``MedVLForConditionalGeneration`` (eval mode).
+        processor: its ``MedVLProcessor``.
+        records: samples (see :func:`generate`).
+        batch_size: samples per left-padded batch.
+        max_new_tokens: one limit for all records, or one per record (a batch then runs to its
+            longest row and stops each row at its own limit).
+        min_new_tokens: suppress end-of-sequence before this many new tokens.
+        do_sample: sample instead of greedy decoding.
+        progress: show a progress bar (stderr).
+        on_text: streaming hook (see :func:`generate`).
+        should_stop: per-record early stop (see :func:`generate`).
+        **gen_kwargs: passed to ``model.generate``.
+    """
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     records = list(records)
-    kwargs = _generation_kwargs(processor, max_new_tokens, min_new_tokens, do_sample, gen_kwargs)
-    outputs: list[str] = [""] * len(records)
+    per_row = None if isinstance(max_new_tokens, int) else [int(n) for n in max_new_tokens]
+    if per_row is not None:
+        if len(per_row) != len(records):
+            raise ValueError(f"max_new_tokens has {len(per_row)} entries for {len(records)} records")
+        if min(per_row, default=1) < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {per_row}")
+    stop_ids = _stop_token_ids(model, processor)
+    outputs: list[Generation | None] = [None] * len(records)
     # Batch prompts of similar length together (less padding); results go back to record order.
     order = sorted(range(len(records)), key=lambda i: _prompt_size(processor, records[i]), reverse=True)
     bar = tqdm(total=len(records), desc="generate", unit="sample", disable=not progress)
     try:
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
+            limits = [per_row[i] for i in index] if per_row is not None else [int(max_new_tokens)] * len(index)
+            kwargs = _generation_kwargs(processor, max(limits), min_new_tokens, do_sample, gen_kwargs)
             batch = prepare_batch(model, processor, [records[i] for i in index])
-            step_kwargs = dict(kwargs)
+            prompt_length = batch["input_ids"].shape[1]
             if on_text is not None:
-                step_kwargs["streamer"] = _RowStreamer(processor.tokenizer, index, on_text, _stop_token_ids(model, processor))
+                kwargs["streamer"] = _RowStreamer(processor.tokenizer, index, on_text, stop_ids)
+            criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", []) or [])
             if should_stop is not None:
-                criteria = StoppingCriteriaList(step_kwargs.pop("stopping_criteria", []) or [])
                 criteria.append(_RowStop(index, should_stop))
-                step_kwargs["stopping_criteria"] = criteria
-            sequences = model.generate(**batch, **step_kwargs)
+            if len(set(limits)) > 1:
+                criteria.append(_RowLimit(prompt_length, limits))
+            if criteria:
+                kwargs["stopping_criteria"] = criteria
+            sequences = model.generate(**batch, **kwargs)
             # Left padding: every row's prompt ends at the same column, new tokens follow it.
-            new_tokens = sequences[:, batch["input_ids"].shape[1] :]
+            new_tokens = sequences[:, prompt_length:]
             texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for i, text in zip(index, texts):
-                outputs[i] = text
+            pad_id = kwargs["pad_token_id"]
+            for row, (i, text) in enumerate(zip(index, texts)):
+                ids = new_tokens[row].tolist()[: limits[row]]
+                count, reason = len(ids), "length"
+                for n, tok in enumerate(ids):
+                    if tok in stop_ids:
+                        count, reason = n, "stop"
+                        break
+                    if tok == pad_id:  # a finished row is padded: it was stopped by should_stop
+                        count, reason = n, "cancelled"
+                        break
+                if reason == "length" and count < limits[row]:
+                    reason = "cancelled"
+                if reason == "length" and should_stop is not None and should_stop(i):
+                    reason = "cancelled"
+                outputs[i] = Generation(text=text, prompt_tokens=int(batch["attention_mask"][row].sum()),
+                                        completion_tokens=count, finish_reason=reason)
             bar.update(len(index))
     finally:
         bar.close()
-    return outputs
+    return outputs  # type: ignore[return-value]
 
 
 def _prompt_size(processor: Any, record: Record) -> int:
@@ -537,5 +634,6 @@ def stream_chat(
         worker.join()
 
 
-__all__ = ["load_model", "generate", "chat", "stream_chat", "encode_media", "EncodedMedia", "prepare_batch",
+__all__ = ["load_model", "generate", "generate_detailed", "Generation", "chat", "stream_chat", "encode_media",
+           "EncodedMedia", "prepare_batch",
            "prompt_messages", "reference_of"]

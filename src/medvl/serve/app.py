@@ -1,0 +1,507 @@
+"""The FastAPI application of ``medvl serve``: OpenAI-compatible chat completions for 2D and 3D models.
+
+Routes: ``POST /v1/chat/completions`` (JSON or Server-Sent Events), ``GET /v1/models``, ``GET /health``
+(503 until the model is loaded), ``GET /metrics`` (Prometheus text). Every error is answered in
+OpenAI's format ``{"error": {"message", "type", "param", "code"}}``; bad input is a 4xx and never
+reaches the worker thread as an unhandled exception.
+
+Privacy: INFO logs carry request ids, media counts, token counts and timings only -- never prompt
+text, answers, media bytes or DICOM header values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medvl.data.records import Record
+from medvl.inference import Generation
+from medvl.serve.media import MediaDecoder, MediaLimits
+from medvl.serve.metrics import ServerMetrics
+from medvl.serve.scheduler import Job, SamplingSettings, Scheduler
+from medvl.serve.schema import APIError, ChatRequest, bad_request, parse_chat_request
+
+logger = logging.getLogger(__name__)
+
+PUBLIC_PATHS = {"/health"}  # reachable without the API key (load balancers, readiness probes)
+
+
+@dataclass
+class ServeConfig:
+    """Settings of one server (the ``medvl serve`` options).
+
+    Args:
+        model_name: the name ``/v1/models`` lists and requests may give as ``model``.
+        media_roots: folders ``file://`` URLs may read (none: ``file://`` refused).
+        max_batch_size: requests generated together.
+        batch_wait_ms: how long the scheduler waits for batch mates after the first request.
+        api_key: required bearer token for every route but ``/health`` (None: open).
+        max_request_mb: largest accepted request body.
+        max_image_pixels: largest image (width x height x frames).
+        max_volume_voxels: largest volume (stored voxels).
+        max_media: images + volumes per request.
+        default_max_tokens: completion limit when a request gives none (capped by the context).
+    """
+
+    model_name: str = "medvl"
+    media_roots: list[str] = field(default_factory=list)
+    max_batch_size: int = 8
+    batch_wait_ms: float = 0.0
+    api_key: str | None = None
+    max_request_mb: float = 64.0
+    max_image_pixels: int = 64_000_000
+    max_volume_voxels: int = 256 * 1024 * 1024
+    max_media: int = 8
+    default_max_tokens: int = 512
+
+
+class ServerState:
+    """The model, its scheduler and readiness, shared by the routes."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.model: Any = None
+        self.processor: Any = None
+        self.scheduler: Scheduler | None = None
+        self.ready = threading.Event()
+        self.load_error: BaseException | None = None
+        self.max_positions: int | None = None
+        # The worker thread owns the processor; request threads count prompt tokens with their own copy
+        # (fast tokenizers are not safe to share across threads that change padding settings).
+        self.front: Any = None
+        self.front_lock = threading.Lock()
+        self.public_paths = set(PUBLIC_PATHS)  # no bearer token needed (mount_ui adds the demo page)
+        self.public_prefixes: list[str] = []
+        self.decoder = MediaDecoder(config.media_roots, MediaLimits(config.max_image_pixels,
+                                                                    config.max_volume_voxels, config.max_media))
+        self.metrics = ServerMetrics(queue_length=lambda: self.scheduler.queue_length if self.scheduler else 0,
+                                     running=lambda: self.scheduler.running if self.scheduler else 0)
+
+    def attach(self, model: Any, processor: Any) -> None:
+        """Install a loaded model: start the scheduler and become ready.
+
+        Args:
+            model: ``MedVLForConditionalGeneration`` in eval mode.
+            processor: its ``MedVLProcessor``.
+        """
+        self.model, self.processor = model, processor
+        self.front = copy.deepcopy(processor)
+        text_config = getattr(model.config, "text_config", model.config)
+        self.max_positions = getattr(text_config, "max_position_embeddings", None)
+        self.scheduler = Scheduler(model, processor, max_batch_size=self.config.max_batch_size,
+                                   batch_wait_s=self.config.batch_wait_ms / 1000.0,
+                                   on_batch=self.metrics.batch_size.observe)
+        self.metrics.ready.set(1)
+        self.ready.set()
+
+    def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens of the rendered prompt with media placeholders expanded (as the processor tokenises it).
+
+        Args:
+            messages: the conversation (string content with markers).
+        """
+        with self.front_lock:
+            text = self.front.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            try:
+                expanded = self.front.expand_text(text)
+            except ValueError as err:  # e.g. a volume sent to a model without a volume encoder
+                raise bad_request(str(err).replace("text row 0 has", "the request has"), "messages",
+                                  "unsupported_media") from None
+            return len(self.front.tokenizer(expanded)["input_ids"])
+
+
+def create_app(config: ServeConfig, *, loader: Callable[[], tuple[Any, Any]] | None = None,
+               loaded: tuple[Any, Any] | None = None, on_load_error: Callable[[BaseException], None] | None = None
+               ) -> FastAPI:
+    """Build the FastAPI app.
+
+    Args:
+        config: server settings.
+        loader: called on a background thread at start-up to load ``(model, processor)``; ``/health``
+            answers 503 until it returns.
+        loaded: an already loaded ``(model, processor)`` (instead of ``loader``).
+        on_load_error: called if ``loader`` fails (the CLI stops the server).
+    """
+    if (loader is None) == (loaded is None):
+        raise ValueError("create_app needs exactly one of loader= or loaded=")
+    state = ServerState(config)
+    if loaded is not None:
+        state.attach(*loaded)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if loader is not None:
+            def load() -> None:
+                try:
+                    started = time.monotonic()
+                    state.attach(*loader())
+                    logger.info("model %s loaded in %.1f s; ready", config.model_name, time.monotonic() - started)
+                except BaseException as err:
+                    state.load_error = err
+                    logger.error("loading the model failed: %s: %s", type(err).__name__, err)
+                    if on_load_error is not None:
+                        on_load_error(err)
+
+            threading.Thread(target=load, name="medvl-serve-load", daemon=True).start()
+        yield
+        if state.scheduler is not None:
+            state.scheduler.close()
+
+    app = FastAPI(title="medvl serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.medvl = state
+
+    # ------------------------------------------------------------------ errors
+    @app.exception_handler(APIError)
+    async def api_error(_request: Request, err: APIError) -> JSONResponse:
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, err: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+        return JSONResponse(APIError(err.status_code, str(err.detail), type=kind).body(), status_code=err.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(_request: Request, err: Exception) -> JSONResponse:
+        # Only the exception type at INFO+: its message might quote request content.
+        logger.error("internal error: %s", type(err).__name__)
+        logger.debug("internal error details", exc_info=err)
+        return JSONResponse(APIError(500, "internal server error", type="server_error").body(), status_code=500)
+
+    # ------------------------------------------------------------------ auth
+    if config.api_key:
+        app.add_middleware(BearerAuth, api_key=config.api_key, state=state)
+
+    # ------------------------------------------------------------------ routes
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if state.ready.is_set():
+            return JSONResponse({"status": "ok", "model": config.model_name})
+        status = "error" if state.load_error is not None else "loading"
+        return JSONResponse({"status": status}, status_code=503)
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [
+            {"id": config.model_name, "object": "model", "created": 0, "owned_by": "medvl"}]})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        started = time.monotonic()
+        try:
+            response = await _chat(request, state, started)
+        except APIError as err:
+            state.metrics.requests.labels("chat_completions", str(err.status)).inc()
+            logger.info("request refused: %d %s (%s)", err.status, err.code, err.param)
+            raise
+        except Exception as err:  # a bug, not bad input: a 500 whose log line quotes no request content
+            state.metrics.requests.labels("chat_completions", "500").inc()
+            logger.error("internal error: %s", type(err).__name__)
+            logger.debug("internal error details", exc_info=err)
+            raise APIError(500, "internal server error", type="server_error") from None
+        return response
+
+    return app
+
+
+class BearerAuth:
+    """Pure ASGI middleware: every path but ``/health`` needs ``Authorization: Bearer <api key>``.
+
+    (A plain ASGI wrapper rather than ``@app.middleware``: it leaves streamed responses and their
+    client-disconnect signal untouched.)
+
+    Args:
+        app: the wrapped ASGI app.
+        api_key: the expected token.
+        state: the server state (its ``public_paths`` / ``public_prefixes`` need no token).
+    """
+
+    def __init__(self, app: Any, api_key: str, state: ServerState):
+        self.app = app
+        self.api_key = api_key.encode()
+        self.state = state
+
+    def _public(self, path: str) -> bool:
+        return path in self.state.public_paths or any(path.startswith(p) for p in self.state.public_prefixes)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "websocket" and not self._public(scope["path"]):
+            await send({"type": "websocket.close", "code": 1008})  # no route uses websockets behind the key
+            return
+        if scope["type"] == "http" and not self._public(scope["path"]):
+            headers = dict(scope.get("headers") or [])
+            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode("latin-1"), self.api_key):
+                err = APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                               type="authentication_error", code="invalid_api_key")
+                response = JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# ---------------------------------------------------------------------- chat completions
+
+
+async def _read_body(request: Request, limit_mb: float) -> bytes:
+    limit = int(limit_mb * 1024 * 1024)
+    too_large = APIError(413, f"the request body is larger than this server's limit of {limit_mb:g} MB "
+                              "(--max-request-mb)", code="request_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _prepare(state: ServerState, req: ChatRequest, request_id: str) -> tuple[Record, int, int]:
+    """Decode media, build the record, check the context: (record, prompt tokens, max tokens). Runs in a thread."""
+    proc = state.front
+    kinds = {m.kind for m in req.media}
+    if "image" in kinds and not getattr(proc, "num_image_tokens", 0):
+        raise bad_request("this model has no 2D image encoder; it cannot take image_url parts", "messages",
+                          "unsupported_media")
+    if "volume" in kinds and not getattr(proc, "num_volume_tokens", 0):
+        raise bad_request("this model has no volume encoder; it cannot take volume_url parts", "messages",
+                          "unsupported_media")
+    prompt_tokens = state.count_prompt_tokens(req.messages)
+    limit = state.max_positions
+    if limit is not None:
+        room = limit - prompt_tokens
+        if room < 1:
+            raise bad_request(f"the prompt is {prompt_tokens} tokens (media placeholders included); this model "
+                              f"reads at most {limit} positions", "messages", "context_length_exceeded")
+        if req.max_tokens is not None and req.max_tokens > room:
+            raise bad_request(f"'{req.max_tokens_param}' = {req.max_tokens} is over this model's limit: the prompt "
+                              f"uses {prompt_tokens} of its {limit} positions, {room} remain",
+                              req.max_tokens_param, "context_length_exceeded")
+        max_tokens = req.max_tokens or min(state.config.default_max_tokens, room)
+    else:
+        max_tokens = req.max_tokens or state.config.default_max_tokens
+    images, volumes = state.decoder.decode(req.media)
+    record = Record(id=request_id, messages=req.messages, images=images, volumes=volumes)
+    return record, prompt_tokens, max_tokens
+
+
+async def _chat(request: Request, state: ServerState, started: float) -> Response:
+    config = state.config
+    if not state.ready.is_set():
+        raise APIError(503, "the model is still loading; retry when GET /health answers 200",
+                       type="service_unavailable_error", code="model_loading")
+    body = await _read_body(request, config.max_request_mb)
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise bad_request(f"the request body is not valid JSON: {err}", None, "invalid_json") from None
+    except RecursionError:
+        raise bad_request("the request body is nested too deeply", None, "invalid_json") from None
+    req = parse_chat_request(payload)
+    if req.model is not None and req.model != config.model_name:
+        raise APIError(404, f"the model {req.model!r} does not exist; this server serves {config.model_name!r}",
+                       type="not_found_error", param="model", code="model_not_found")
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    record, prompt_tokens, max_tokens = await run_in_threadpool(_prepare, state, req, request_id)
+    logger.info("%s: %d image(s), %d volume(s), %d prompt tokens, max_tokens %d, %s%s", request_id,
+                len(record.images), len(record.volumes), prompt_tokens, max_tokens,
+                "sampling" if req.do_sample else "greedy", ", stream" if req.stream else "")
+
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def post(kind: str, value: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop is closed (server shutting down)
+            pass
+
+    def on_done(text: str, gen: Generation) -> None:
+        if job.cancelled.is_set():  # nobody is listening; count what the early stop saved
+            state.metrics.cancelled.inc()
+            state.metrics.cancelled_tokens.inc(gen.completion_tokens)
+            logger.info("%s: cancelled after %d completion tokens", request_id, gen.completion_tokens)
+        post("done", (text, gen))
+
+    job = Job(record=record, max_tokens=max_tokens,
+              settings=SamplingSettings(req.do_sample, req.temperature if req.do_sample else None,
+                                        req.top_p if req.do_sample else None, req.seed if req.do_sample else None),
+              stop=req.stop, on_delta=lambda d: post("delta", d),
+              on_done=lambda text, gen: on_done(text, gen), on_error=lambda err: post("error", err))
+    assert state.scheduler is not None
+    state.scheduler.submit(job)
+    created = int(time.time())
+    if req.stream:
+        return StreamingResponse(_stream(state, req, job, events, request_id, created, started),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    try:
+        while True:
+            try:
+                kind, value = await asyncio.wait_for(events.get(), timeout=1.0)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    job.cancel()
+                    logger.info("%s: client disconnected", request_id)
+                    return Response(status_code=499)
+                continue
+            if kind == "done":
+                text, gen = value
+                break
+            if kind == "error":
+                raise _as_api_error(value)
+    except asyncio.CancelledError:
+        job.cancel()
+        raise
+    _account(state, request_id, gen, started)
+    return JSONResponse({
+        "id": request_id, "object": "chat.completion", "created": created, "model": config.model_name,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": _finish(gen), "logprobs": None}],
+        "usage": _usage(gen),
+    })
+
+
+def _finish(gen: Generation) -> str:
+    return "length" if gen.finish_reason == "length" else "stop"
+
+
+def _usage(gen: Generation) -> dict[str, int]:
+    return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+            "total_tokens": gen.prompt_tokens + gen.completion_tokens}
+
+
+def _account(state: ServerState, request_id: str, gen: Generation, started: float) -> None:
+    elapsed = time.monotonic() - started
+    m = state.metrics
+    m.requests.labels("chat_completions", "200").inc()
+    m.prompt_tokens.inc(gen.prompt_tokens)
+    m.completion_tokens.inc(gen.completion_tokens)
+    m.latency.observe(elapsed)
+    logger.info("%s: done, %d completion tokens, finish %s, %.2f s", request_id, gen.completion_tokens,
+                _finish(gen), elapsed)
+
+
+def _as_api_error(err: BaseException) -> APIError:
+    if isinstance(err, APIError):
+        return err
+    from medvl.errors import MedVLDataError
+
+    if isinstance(err, (MedVLDataError, ValueError)):
+        return bad_request(f"the input could not be processed: {err}", "messages", "invalid_input")
+    logger.error("generation failed: %s", type(err).__name__)
+    return APIError(500, "generation failed (internal error)", type="server_error", code="generation_failed")
+
+
+async def _stream(state: ServerState, req: ChatRequest, job: Job, events: asyncio.Queue, request_id: str,
+                  created: int, started: float) -> AsyncIterator[bytes]:
+    """Server-Sent Events: role chunk, content deltas, finish chunk, optional usage chunk, ``[DONE]``."""
+    name = state.config.model_name
+
+    def chunk(delta: dict, finish: str | None = None, usage: dict | None = None, choices: bool = True) -> bytes:
+        data: dict[str, Any] = {"id": request_id, "object": "chat.completion.chunk", "created": created,
+                                "model": name,
+                                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+                                if choices else []}
+        if req.include_usage:
+            data["usage"] = usage
+        return f"data: {json.dumps(data)}\n\n".encode()
+
+    finished = False
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        first = True
+        while True:
+            kind, value = await events.get()
+            if kind == "delta":
+                if first:
+                    state.metrics.first_token.observe(time.monotonic() - started)
+                    first = False
+                yield chunk({"content": value})
+            elif kind == "done":
+                text, gen = value
+                _account(state, request_id, gen, started)
+                yield chunk({}, _finish(gen))
+                if req.include_usage:
+                    yield chunk({}, usage=_usage(gen), choices=False)
+                break
+            else:
+                err = _as_api_error(value)
+                state.metrics.requests.labels("chat_completions", str(err.status)).inc()
+                yield f"data: {json.dumps(err.body())}\n\n".encode()
+                break
+        yield b"data: [DONE]\n\n"
+        finished = True
+    finally:
+        if not finished:  # the client went away mid-stream: free its batch row
+            job.cancel()
+            logger.info("%s: client disconnected mid-stream", request_id)
+
+
+def mount_ui(app: FastAPI, model: Any, processor: Any, path: str = "/ui") -> None:
+    """Mount the Gradio web demo (``medvl.demo.build_demo``) on the API server.
+
+    With an API key the page is not behind the bearer check (a browser cannot send that header) but
+    behind Gradio's login form, whose password is the same key.
+
+    Args:
+        app: the server app (from :func:`create_app`).
+        model: the loaded model.
+        processor: its processor.
+        path: URL path of the page.
+    """
+    try:
+        import gradio
+
+        from medvl.demo import build_demo
+    except ImportError as err:
+        raise RuntimeError(f"--ui needs the web demo (medvl.demo) and gradio: {err}") from err
+    state: ServerState = app.state.medvl
+    options: dict[str, Any] = {}
+    try:  # the demo's theme and css are app-level settings in Gradio 6
+        from medvl.demo.app import launch_options
+
+        options.update(launch_options())
+    except ImportError:
+        pass
+    key = state.config.api_key
+    if key:
+        options["auth"] = lambda _user, password: secrets.compare_digest(str(password).encode(), key.encode())
+        state.public_prefixes.append(path.rstrip("/") + "/")
+        state.public_paths.add(path.rstrip("/"))
+    gradio.mount_gradio_app(app, build_demo(model, processor), path=path, ssr_mode=False,
+                            max_file_size=f"{state.config.max_request_mb:g}mb", **options)
+
+
+def model_name_of(path: str | os.PathLike) -> str:
+    """The served model name of a checkpoint folder: its folder name.
+
+    Args:
+        path: checkpoint folder.
+    """
+    return Path(path).resolve().name
+
+
+__all__ = ["ServeConfig", "create_app", "mount_ui", "model_name_of"]
