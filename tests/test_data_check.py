@@ -52,6 +52,7 @@ def test_check_counts_every_problem(tmp_path, tiny_processor):
         "marker_mismatch": 1,
         "empty_answer": 1,
         "invalid_record": 1,  # unknown role
+        "outside_root": 0,
         "duplicate_id": 1,
         "missing_media": 1,
         "unreadable_media": 2,  # truncated PNG, NaN volume
@@ -60,7 +61,7 @@ def test_check_counts_every_problem(tmp_path, tiny_processor):
     # media references of the records that parsed; ok.png is read once but found twice
     assert src.images == 4 and src.volumes == 2 and src.media_found == 3
     kinds = {k for k, _ in report.issues}
-    assert kinds == set(src.problems)
+    assert kinds == {k for k, n in src.problems.items() if n}
     text = "\n".join(m for _, m in report.issues)
     assert "record 'missing'" in text and "nope.png" in text
     assert "record 'nan'" in text and "nan.npy" in text
@@ -107,3 +108,22 @@ def test_cli_synth_then_check(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "check", str(tmp_path / "s" / "train.jsonl")]) == 0
     assert "OK: no problems found" in capsys.readouterr().out
+
+
+def test_check_reports_media_outside_the_root(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(tmp_path / "secret.png")
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(data / "ok.png")
+    rows = [{"id": "ok", "messages": _msg("<image> q"), "images": ["ok.png"]},
+            {"id": "escape", "messages": _msg("<image> q"), "images": ["../secret.png"]},
+            {"id": "abs", "messages": _msg("<image> q"), "images": [str(tmp_path / "secret.png")]}]
+    f = data / "d.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = check_data(f, progress=False)
+    assert report.totals()["outside_root"] == 2 and not report.ok
+    assert all("outside the data root" in m for k, m in report.issues if k == "outside_root")
+    assert main(["data", "check", str(f)]) == 1
+    out = capsys.readouterr().out
+    assert "[outside_root] record 'escape'" in out and "OK: no problems" not in out
+    assert main(["data", "check", str(f), "--allow-outside-root"]) == 0

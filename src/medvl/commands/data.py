@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--no-read-media", action="store_true", help="only check that media files exist")
     check.add_argument("--json", default=None, help="also write the full report as JSON here")
     check.add_argument("--max-issues", type=int, default=50, help="problems listed on screen (all are counted)")
+    check.add_argument("--allow-outside-root", action="store_true",
+                       help="accept media paths that leave the data root (reported as outside_root otherwise)")
 
     prep = sub.add_parser("prepare", help="cache preprocessed volumes (memory-mappable .npy + manifest)")
     prep.add_argument("source", help="records file (.json/.jsonl) or registry (.yaml)")
@@ -47,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="float16/float32: final tensors; int16: HU after the spatial steps")
     prep.add_argument("--split", default=None, help="registry split (default: all)")
     prep.add_argument("--skip-errors", action="store_true", help="skip unreadable volumes instead of stopping")
+    prep.add_argument("--allow-outside-root", action="store_true", help="accept media paths that leave the data root")
 
     synth = sub.add_parser("synth", help="write a synthetic chest phantom data set (2D radiographs or 3D CT)")
     mod = _synth_module()
@@ -109,13 +112,13 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: parsed arguments.
     """
+    from medvl.data.records import outside_root_allowed
     from medvl.errors import MedVLDataError
 
     try:
-        if args.data_command == "check":
-            return _check(args)
-        if args.data_command == "prepare":
-            return _prepare(args)
+        if args.data_command in ("check", "prepare"):
+            with outside_root_allowed(args.allow_outside_root):
+                return _check(args) if args.data_command == "check" else _prepare(args)
         if args.data_command == "synth":
             mod = _synth_module()
             if mod is None or not hasattr(mod, "run"):

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenization", default="auto", choices=["auto", "ptb", "lowercase_whitespace"],
                         help="report tasks: pycocoevalcap tokenisation (auto = PTB when Java is present)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept media paths that leave a task's data root (refused by default)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: parsed arguments.
     """
+    from medvl.data.records import outside_root_allowed
     from medvl.errors import MedVLDataError
     from medvl.eval.runner import EvalConfig, evaluate, markdown_table
 
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                          limit=args.limit, batch_size=args.batch_size, generation=generation, protocols=protocols,
                          bertscore_model=args.bertscore_model, meteor=not args.no_meteor,
                          tokenization=args.tokenization, progress=not args.no_progress)
-        results = evaluate(cfg, model=args.model)
+        with outside_root_allowed(args.allow_outside_root):
+            results = evaluate(cfg, model=args.model)
     except (MedVLDataError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         print(f"medvl eval: error: {e}", file=sys.stderr)
         return 2

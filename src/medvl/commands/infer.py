@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="records file (native or MedM-VL/LLaVA JSON/JSONL)")
     parser.add_argument("--root", help="folder media paths are relative to (default: the data file's folder)")
     parser.add_argument("--out", required=True, help="output JSONL (id, prediction, reference)")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept media paths that leave the data root (refused by default)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--min-new-tokens", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from medvl.inference import generate, load_model, reference_of
 
     try:
-        records = load_records(args.data, root=args.root)
+        records = load_records(args.data, root=args.root, allow_outside_root=args.allow_outside_root)
     except (MedVLDataError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2

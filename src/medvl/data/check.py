@@ -18,7 +18,7 @@ from typing import Any
 
 from medvl.data.records import Record, parse_record
 from medvl.data.registry import DatasetEntry, is_registry, load_registry
-from medvl.errors import MedVLDataError
+from medvl.errors import MedVLDataError, MediaOutsideRootError
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ KINDS = (
     "marker_mismatch",
     "empty_answer",
     "invalid_record",
+    "outside_root",
     "duplicate_id",
     "missing_media",
     "unreadable_media",
@@ -132,6 +133,8 @@ class CheckReport:
 
 
 def _classify(err: MedVLDataError) -> str:
+    if isinstance(err, MediaOutsideRootError):
+        return "outside_root"
     msg = str(err)
     if "markers (" in msg or "marker in an assistant" in msg:
         return "marker_mismatch"
@@ -199,6 +202,7 @@ def check_data(
     image_loader: Callable[[str], Any] | None = None,
     volume_loader: Callable[[str], Any] | None = None,
     progress: bool = True,
+    allow_outside_root: bool | None = None,
 ) -> CheckReport:
     """Read every record and media file of a data set or registry once and count the problems.
 
@@ -213,6 +217,8 @@ def check_data(
         image_loader: path -> image (default :func:`medvl.imaging.load_image`).
         volume_loader: path -> volume (default :func:`medvl.imaging.load_volume`).
         progress: show a progress bar.
+        allow_outside_root: accept media paths outside the data root (None: the
+            :func:`medvl.data.records.outside_root_allowed` setting; they are reported by default).
     """
     if is_registry(source):
         entries = load_registry(source).select(split)
@@ -245,7 +251,7 @@ def check_data(
         for rid, obj in iterator:
             stats.records += 1
             try:
-                rec = parse_record(obj, rid, str(path), root, vroot, entry.format)
+                rec = parse_record(obj, rid, str(path), root, vroot, entry.format, allow_outside_root)
             except MedVLDataError as err:
                 kind = _classify(err)
                 stats.problems[kind] += 1

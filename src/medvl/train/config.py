@@ -104,6 +104,9 @@ class DataSection:
     # Media paths in the records files are relative to this folder (default: each file's folder;
     # registries name their own roots).
     root: str | None = None
+    # Media paths must resolve (``..`` and symlinks followed) inside their data root; true accepts
+    # paths that leave it (media kept elsewhere on purpose).
+    allow_outside_root: bool = False
     # Chat template: auto (the processor's own, else chatml), tokenizer, chatml, llama3, vicuna,
     # medmvl, plain (LLaVA-style pre-training captions), or a literal Jinja template.
     template: str = "auto"

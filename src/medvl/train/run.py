@@ -138,7 +138,7 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
     """
     from medvl.data.collator import PackingCollator, PaddedCollator
     from medvl.data.dataset import ConversationDataset, mix_records
-    from medvl.data.records import load_records
+    from medvl.data.records import load_records, outside_root_allowed
     from medvl.data.registry import REGISTRY_SUFFIXES, load_registry_records
 
     d = cfg.data
@@ -150,9 +150,10 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
             return load_registry_records(source, split, seed=cfg.train.seed)
         return load_records(source, root=d.root)
 
-    groups = [(records(f, d.train_split), w) for f, w in zip(d.train, d.weights or [1.0] * len(d.train))]
-    train_records = mix_records(groups, seed=cfg.train.seed)
-    eval_records = [r for f in d.eval for r in records(f, d.eval_split)]
+    with outside_root_allowed(d.allow_outside_root):
+        groups = [(records(f, d.train_split), w) for f, w in zip(d.train, d.weights or [1.0] * len(d.train))]
+        train_records = mix_records(groups, seed=cfg.train.seed)
+        eval_records = [r for f in d.eval for r in records(f, d.eval_split)]
     common = dict(template=d.template, max_length=d.max_length, on_error=d.on_error, on_overlong=d.on_overlong,
                   cache=d.volume_cache)
     train = ConversationDataset(train_records, processor, **common)
