@@ -3,7 +3,12 @@
 Reads native or MedM-VL/LLaVA records; the prompt is each record's conversation up to (excluding)
 a trailing assistant turn (for MedM-VL inference files: the last human turn), rendered with the
 model's own chat template. Writes one JSON line per sample: ``id``, ``prediction``, ``reference``
-(``answer`` of MedM-VL files, else the trailing assistant turn, else null).
+(``answer`` of MedM-VL files, else the trailing assistant turn, else null) and ``run`` (a
+fingerprint of the model and the generation settings).
+
+Lines are appended and flushed batch by batch. Running the same command again continues after the
+last complete line; an ``--out`` holding another model's or another file's predictions is refused,
+as is an ``--out`` that is the input file or lies inside the checkpoint.
 """
 
 from __future__ import annotations
@@ -55,44 +60,93 @@ def generation_options(args: argparse.Namespace) -> dict:
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr, None) is not None}
 
 
+def _resume_point(out: Path, records: list, run_key: str) -> int:
+    """How many leading records ``out`` already answers for this run (0 for a new file).
+
+    A line cut by an interruption is dropped; lines from another model, other generation settings
+    or other records are refused rather than mixed with new ones.
+    """
+    if not out.exists() or out.stat().st_size == 0:
+        return 0
+    raw = out.read_bytes()
+    lines = raw.split(b"\n")
+    kept, good_bytes = 0, 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            good_bytes += len(line) + (i < len(lines) - 1)
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1 or all(not x.strip() for x in lines[i + 1:]):
+                break  # the last line, cut by Ctrl-C or a full disk: generate it again
+            raise ValueError(f"--out {out}: line {i + 1} is not valid JSON; it is not a predictions file of "
+                             "medvl infer: choose another --out") from None
+        if not isinstance(row, dict) or row.get("run") != run_key:
+            raise ValueError(f"--out {out} already holds predictions of another model, other generation settings or "
+                             "another data file (or is not a medvl infer output); choose another --out, or delete it "
+                             "to start afresh")
+        if kept >= len(records) or row.get("id") != records[kept].id:
+            raise ValueError(f"--out {out}: line {i + 1} (id {row.get('id')!r}) does not match record {kept + 1} of "
+                             "--data; it holds predictions of other records: choose another --out")
+        kept += 1
+        good_bytes += len(line) + 1
+    if good_bytes < len(raw):
+        with out.open("r+b") as f:
+            f.truncate(good_bytes)
+    return kept
+
+
 def run(args: argparse.Namespace) -> int:
-    """Generate for every record and write the predictions.
+    """Generate for every record, appending the predictions batch by batch (resumable).
 
     Args:
         args: parsed arguments.
     """
-    from medvl.data.records import load_records
-    from medvl.errors import MedVLDataError
-    from medvl.inference import generate, load_model, reference_of
+    from tqdm.auto import tqdm
 
-    try:
-        records = load_records(args.data, root=args.root, allow_outside_root=args.allow_outside_root)
-    except (MedVLDataError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 2
+    from medvl.data.records import load_records
+    from medvl.inference import generate, load_model, reference_of
+    from medvl.utils.paths import model_fingerprint, refuse_output_over_inputs, settings_fingerprint
+
+    out = Path(args.out)
+    refuse_output_over_inputs(out, inputs=[args.data], folders=[args.model])
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    records = load_records(args.data, root=args.root, allow_outside_root=args.allow_outside_root)
     if args.limit is not None:
         records = records[: args.limit]
-    model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
-    try:
-        predictions = generate(
-            model,
-            processor,
-            records,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            min_new_tokens=args.min_new_tokens,
-            do_sample=args.do_sample,
-            progress=not args.no_progress,
-            **generation_options(args),
-        )
-    except MedVLDataError as err:
-        logger.error("%s", err)
-        return 2
-    out = Path(args.out)
+    if not records:
+        raise ValueError(f"--data {args.data}: the file holds no records")
+    options = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, do_sample=args.do_sample,
+                   **generation_options(args))
+    run_key = settings_fingerprint(model=model_fingerprint(args.model), generation=options)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as f:
-        for rec, pred in zip(records, predictions):
-            f.write(json.dumps({"id": rec.id, "prediction": pred, "reference": reference_of(rec)}, ensure_ascii=False))
-            f.write("\n")
+    start = _resume_point(out, records, run_key)
+    if start:
+        logger.info("%s: resuming after %d of %d predictions already written", out, start, len(records))
+    if start < len(records):
+        model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
+    written = start
+    bar = tqdm(total=len(records), initial=start, desc="infer", unit="sample", disable=args.no_progress)
+    try:
+        # one batch at a time, appended and flushed: an error, Ctrl-C or a full disk keeps what was written
+        with out.open("a", encoding="utf-8") as f:
+            for begin in range(start, len(records), args.batch_size):
+                part = records[begin: begin + args.batch_size]
+                texts = generate(model, processor, part, batch_size=args.batch_size, progress=False, **options)
+                f.write("".join(json.dumps({"id": rec.id, "prediction": pred, "reference": reference_of(rec),
+                                            "run": run_key}, ensure_ascii=False) + "\n"
+                                for rec, pred in zip(part, texts)))
+                f.flush()
+                written += len(part)
+                bar.update(len(part))
+    except BaseException:
+        if written:
+            logger.error("%d of %d predictions are saved in %s; rerun the same command to continue", written,
+                         len(records), out)
+        raise
+    finally:
+        bar.close()
     print(f"wrote {len(records)} predictions to {out}")
     return 0
