@@ -416,6 +416,11 @@ def run_training(
     trainer.feature_shapes = feature_shapes
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics: dict[str, Any] = {"train": result.metrics, "global_step": result.global_step}
+    for name, dataset in (("training", train_set), ("validation", eval_set)):
+        skipped = getattr(getattr(dataset, "dataset", dataset), "skipped", None)
+        if skipped:  # dropped, never replaced (counts of this process; DataLoader workers count their own)
+            logger.warning("%s samples skipped (data.on_error / data.on_overlong): %s", name, dict(skipped))
+            metrics[f"{name}_skipped"] = dict(skipped)
     if eval_set is not None:
         last = [h for h in trainer.state.log_history if "eval_loss" in h]
         # the periodic evaluation may already have run at the last step
