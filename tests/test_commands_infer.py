@@ -80,3 +80,37 @@ def test_output_over_an_input_is_refused(tiny_model_dir, tmp_path, capsys, where
     err = capsys.readouterr().err
     assert str(out) in err and ("choose another --out" in err or "outside it" in err)
     assert data.read_bytes() == before and not (Path(tiny_model_dir) / "preds.jsonl").exists()
+
+
+def _long_prompt_data(tmp_path: Path) -> Path:
+    f = _dataset(tmp_path, n=3)
+    rows = [json.loads(x) for x in f.read_text().splitlines()]
+    rows[1]["messages"][0]["content"] = "<image> " + "word " * 2100  # tiny model: 2048 positions
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f
+
+
+def test_overlong_prompt_is_an_error_naming_the_record(tiny_model_dir, tmp_path, capsys):
+    data = _long_prompt_data(tmp_path)
+    out = tmp_path / "preds.jsonl"
+    assert _infer(tiny_model_dir, data, out) == 2
+    err = capsys.readouterr().err
+    assert "record 'q1'" in err and str(data) in err and "2048 positions" in err and "Traceback" not in err
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["q0"]
+
+
+def test_overlong_prompt_skipped_and_counted_when_asked(tiny_model_dir, tmp_path, capsys):
+    data = _long_prompt_data(tmp_path)
+    out = tmp_path / "preds.jsonl"
+    assert _infer(tiny_model_dir, data, out, "--on-overlong", "skip", "--batch-size", "3") == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["q0", "q1", "q2"]
+    assert rows[1]["prediction"] is None and rows[1]["skipped"] == "overlong"
+    assert isinstance(rows[0]["prediction"], str) and isinstance(rows[2]["prediction"], str)
+    assert "1 over-long prompts skipped" in capsys.readouterr().out
+
+
+def test_chat_refuses_an_overlong_prompt(tiny_model_dir, capsys, caplog):
+    assert main(["chat", str(tiny_model_dir), "--prompt", "word " * 2100, "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err + caplog.text  # the verb logs the error (stderr in a terminal)
+    assert "2048 positions" in err and "Traceback" not in err

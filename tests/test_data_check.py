@@ -127,3 +127,23 @@ def test_check_reports_media_outside_the_root(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[outside_root] record 'escape'" in out and "OK: no problems" not in out
     assert main(["data", "check", str(f), "--allow-outside-root"]) == 0
+
+
+def test_check_reports_an_empty_file_instead_of_ok(tmp_path, capsys):
+    for name, text in (("empty.jsonl", ""), ("blank.json", "\n\n"), ("array.json", "[]")):
+        f = tmp_path / name
+        f.write_text(text)
+        report = check_data(f, progress=False)
+        assert not report.ok and "holds no records" in report.issues[0][1] and name in report.issues[0][1]
+        assert main(["data", "check", str(f)]) == 1
+        assert "OK: no problems" not in capsys.readouterr().out
+
+
+def test_check_with_model_reports_prompts_longer_than_its_positions(tmp_path, tiny_model_dir, capsys):
+    rows = [{"id": "short", "messages": _msg("a short question")},
+            {"id": "huge", "messages": _msg("word " * 2100)}]  # tiny model: 2048 positions
+    f = tmp_path / "d.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["data", "check", str(f), "--model", str(tiny_model_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "[overlong] record 'huge'" in out and "record 'short'" not in out and "max_length 2048" in out

@@ -130,6 +130,7 @@ def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict
     if volumes:
         kwargs["volumes"] = volumes
     batch = processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
+    check_prompt_lengths(model, records, batch["attention_mask"].sum(dim=1).tolist())
     device, dtype = _model_device_dtype(model)
     out = {}
     for key, value in batch.items():
@@ -139,6 +140,32 @@ def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict
                 value = value.to(dtype)
         out[key] = value
     return out
+
+
+def check_prompt_lengths(model: Any, records: Sequence[Record], lengths: Sequence[int]) -> None:
+    """Refuse a prompt longer than the model's positions: it would be answered with garbage.
+
+    Args:
+        model: the model (its text config's ``max_position_embeddings`` is the limit; none: no check).
+        records: the samples of the batch.
+        lengths: each prompt's token count (media placeholders included).
+
+    Raises:
+        OverlongSampleError: naming the first over-long record, its file, its length and the limit.
+    """
+    from medvl.data.labels import OverlongSampleError
+
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text_config, "max_position_embeddings", None)
+    if not limit:
+        return
+    for rec, n in zip(records, lengths):
+        if int(n) > limit:
+            raise OverlongSampleError(
+                f"the prompt is {int(n)} tokens (media placeholders included), more than the model's {limit} positions "
+                "(max_position_embeddings); shorten the conversation, or skip such records (medvl infer --on-overlong skip)",
+                length=int(n), max_length=int(limit), record=rec.id, path=rec.source_file)
 
 
 def _generation_kwargs(processor: Any, max_new_tokens: int, min_new_tokens: int, do_sample: bool, extra: dict) -> dict:

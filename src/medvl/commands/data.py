@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("source", help="records file (.json/.jsonl) or registry (.yaml)")
     check.add_argument("--model", default=None, help="model folder: enables token counts (media included) and over-long checks")
     check.add_argument("--template", default="auto", help="chat template (auto, chatml, llama3, vicuna, medmvl, plain)")
-    check.add_argument("--max-length", type=int, default=None, help="token limit, media placeholders included")
+    check.add_argument("--max-length", type=int, default=None, help="token limit, media placeholders included (default with --model: the model's positions)")
     check.add_argument("--split", default=None, help="registry split to check (default: all)")
     check.add_argument("--no-read-media", action="store_true", help="only check that media files exist")
     check.add_argument("--json", default=None, help="also write the full report as JSON here")
@@ -65,15 +65,29 @@ def _load_processor(model_dir: str):
     return MedVLProcessor.from_pretrained(model_dir)
 
 
+def _model_positions(model_dir: str) -> int | None:
+    """The model's position limit (its text config's ``max_position_embeddings``), if it has one."""
+    from transformers import AutoConfig
+
+    import medvl.models  # noqa: F401  (registers the medvl config with AutoConfig)
+
+    config = AutoConfig.from_pretrained(model_dir)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text_config, "max_position_embeddings", None)
+
+
 def _check(args: argparse.Namespace) -> int:
     from medvl.data.check import check_data
 
     processor = _load_processor(args.model) if args.model else None
+    max_length = args.max_length
+    if processor is not None and max_length is None:
+        max_length = _model_positions(args.model)  # a longer prompt would be answered with garbage
     report = check_data(
         args.source,
         processor,
         template=args.template,
-        max_length=args.max_length,
+        max_length=max_length,
         split=args.split,
         read_media=not args.no_read_media,
         progress=sys.stderr.isatty(),

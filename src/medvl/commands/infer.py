@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="records file (native or MedM-VL/LLaVA JSON/JSONL)")
     parser.add_argument("--root", help="folder media paths are relative to (default: the data file's folder)")
     parser.add_argument("--out", required=True, help="output JSONL (id, prediction, reference)")
+    parser.add_argument("--on-overlong", choices=("error", "skip"), default="error",
+                        help="a prompt longer than the model's positions: stop with an error naming it (default), or "
+                             "skip it (its line gets prediction null and skipped: overlong) and count it")
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="accept media paths that leave the data root (refused by default)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -97,6 +100,27 @@ def _resume_point(out: Path, records: list, run_key: str) -> int:
     return kept
 
 
+def _generate_part(model, processor, part: list, args: argparse.Namespace, options: dict, skipped: list) -> list:
+    """Predictions of one batch; with ``--on-overlong skip`` an over-long prompt gets None (counted)."""
+    from medvl.data.labels import OverlongSampleError
+    from medvl.inference import generate
+
+    try:
+        return generate(model, processor, part, batch_size=args.batch_size, progress=False, **options)
+    except OverlongSampleError:
+        if args.on_overlong != "skip":
+            raise
+    texts = []
+    for rec in part:  # find the over-long ones: one record at a time
+        try:
+            texts += generate(model, processor, [rec], batch_size=1, progress=False, **options)
+        except OverlongSampleError as err:
+            logger.warning("skipping: %s", err)
+            skipped.append(rec.id)
+            texts.append(None)
+    return texts
+
+
 def run(args: argparse.Namespace) -> int:
     """Generate for every record, appending the predictions batch by batch (resumable).
 
@@ -106,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from medvl.data.records import load_records
-    from medvl.inference import generate, load_model, reference_of
+    from medvl.inference import load_model, reference_of
     from medvl.utils.paths import model_fingerprint, refuse_output_over_inputs, settings_fingerprint
 
     out = Path(args.out)
@@ -127,16 +151,17 @@ def run(args: argparse.Namespace) -> int:
         logger.info("%s: resuming after %d of %d predictions already written", out, start, len(records))
     if start < len(records):
         model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
-    written = start
+    written, skipped = start, []
     bar = tqdm(total=len(records), initial=start, desc="infer", unit="sample", disable=args.no_progress)
     try:
         # one batch at a time, appended and flushed: an error, Ctrl-C or a full disk keeps what was written
         with out.open("a", encoding="utf-8") as f:
             for begin in range(start, len(records), args.batch_size):
                 part = records[begin: begin + args.batch_size]
-                texts = generate(model, processor, part, batch_size=args.batch_size, progress=False, **options)
+                texts = _generate_part(model, processor, part, args, options, skipped)
                 f.write("".join(json.dumps({"id": rec.id, "prediction": pred, "reference": reference_of(rec),
-                                            "run": run_key}, ensure_ascii=False) + "\n"
+                                            "run": run_key, **({"skipped": "overlong"} if pred is None else {})},
+                                           ensure_ascii=False) + "\n"
                                 for rec, pred in zip(part, texts)))
                 f.flush()
                 written += len(part)
@@ -148,5 +173,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         bar.close()
-    print(f"wrote {len(records)} predictions to {out}")
+    if skipped:
+        logger.warning("%d over-long prompt(s) skipped (prediction null): %s", len(skipped),
+                       ", ".join(repr(r) for r in skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
+    print(f"wrote {len(records)} predictions to {out}" + (f" ({len(skipped)} over-long prompts skipped)" if skipped else ""))
     return 0

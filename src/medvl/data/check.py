@@ -155,6 +155,9 @@ def _raw_objects(path: Path, stats: SourceStats, report: CheckReport) -> list[tu
         stats.problems["invalid_record"] += 1
         return []
     data = path.read_bytes()
+    if not data.strip():
+        bad("invalid_record", None, "the file is empty: it holds no records")
+        return []
     lines = data.split(b"\n")
     jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
     if not jsonl:
@@ -173,6 +176,8 @@ def _raw_objects(path: Path, stats: SourceStats, report: CheckReport) -> list[tu
             if isinstance(doc, dict) and isinstance(doc.get("data"), list):
                 doc = doc["data"]
             items = doc if isinstance(doc, list) else [doc]
+            if not items:
+                bad("invalid_record", None, "the file holds no records (an empty JSON array)")
             return [(f"{path.name}:{i + 1}", obj) for i, obj in enumerate(items)]
     out = []
     for lineno, raw in enumerate(lines, start=1):
