@@ -338,18 +338,23 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
     return model, processor
 
 
-def save_checkpoint(model: MedVLForConditionalGeneration, processor: MedVLProcessor, out: str | Path) -> Path:
+def save_checkpoint(
+    model: MedVLForConditionalGeneration, processor: MedVLProcessor, out: str | Path, *, overwrite: bool = False
+) -> Path:
     """Write a self-contained checkpoint: weights, config, code files, processor, tokenizer, template.
 
     Args:
         model: the model.
         processor: its processor.
-        out: output folder (created).
+        out: output folder: new or empty (written into a staging folder, renamed when complete).
+        overwrite: replace a non-empty ``out`` as a whole.
     """
+    from medvl.utils.paths import fresh_output_dir
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    with fresh_output_dir(out, overwrite=overwrite, flag="--out") as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
     logger.info("saved medvl checkpoint to %s", out)
     return out
 

@@ -741,6 +741,7 @@ def convert_medmvl(
     volume: str | Path | None = None,
     dtype: str | None = None,
     tower_input: str = "auto",
+    overwrite: bool = False,
 ) -> Path:
     """Convert a MedM-VL checkpoint folder into a self-contained medvl checkpoint.
 
@@ -753,17 +754,29 @@ def convert_medmvl(
         dtype: "float32" / "bfloat16" / "float16" to cast the weights; None keeps the checkpoint's.
         tower_input: what a 2D tower's model takes: "auto" (attn_pooling -> CT volumes slice by slice,
             else 2D images), "image" or "volume".
+        overwrite: replace a non-empty ``out`` (never one of the folders read).
 
     Returns:
         The output folder.
     """
+    from medvl.utils.paths import fresh_output_dir
+
+    src, out = Path(src), Path(out)
+    # checked before any weight is read; the folder appears only once complete
+    with fresh_output_dir(out, overwrite=overwrite, reads=[src, llm, vision, volume], flag="OUT") as staging:
+        _convert_into(src, staging, llm=llm, vision=vision, volume=volume, dtype=dtype, tower_input=tower_input)
+    logger.info("converted MedM-VL checkpoint %s -> %s", src, out)
+    return out
+
+
+def _convert_into(src: Path, out: Path, *, llm: str | Path | None, vision: str | Path | None,
+                  volume: str | Path | None, dtype: str | None, tower_input: str) -> None:
     from transformers import GenerationConfig
 
     from medvl.build import transformers_default_image_processor
     from medvl.data.templates import resolve_template
     from medvl.models import MedVLProcessor
 
-    src, out = Path(src), Path(out)
     layout = read_layout(src)
     parts = resolve_parts(src, layout, llm=llm, vision=vision, volume=volume)
     tok = _tokenizer(parts, src)
@@ -802,11 +815,8 @@ def convert_medmvl(
         num_image_tokens=model.config.num_image_tokens,
         num_volume_tokens=model.config.num_volume_tokens,
     )
-    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "medmvl_source.json").write_text(json.dumps(
         {"source": str(src.resolve()), "lvlm_config": layout.raw,
          "parts": {k: str(v) for k, v in vars(parts).items() if v is not None}}, indent=1))
-    logger.info("converted MedM-VL checkpoint %s -> %s", src, out)
-    return out

@@ -7,8 +7,10 @@ here are the one place these rules live.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +87,40 @@ def settings_fingerprint(**parts: Any) -> str:
     """
     text = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def fresh_output_dir(
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    reads: Sequence[str | Path | None] = (),
+    flag: str = "OUT",
+) -> Iterator[Path]:
+    """Write a checkpoint folder safely: yield a staging folder that becomes ``out`` only when complete.
+
+    ``out`` must be new or empty, unless ``overwrite`` (then the old folder is replaced as a whole,
+    atomically, once the new one is complete). It may never be, contain or lie inside a folder the
+    command reads (exporting onto the source would destroy it). On an error nothing in ``out`` changes
+    and the staging folder (a hidden sibling) is removed.
+
+    Args:
+        out: the final folder.
+        overwrite: replace a non-empty ``out``.
+        reads: folders the command reads (source checkpoint, parts).
+        flag: the option or argument that named ``out`` (for the messages).
+    """
+    from medvl.train.checkpoint import atomic_dir
+
+    out = Path(out)
+    refuse_output_over_inputs(out, folders=[r for r in reads if r is not None], flag=flag)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{flag} {out} is a file, not a folder; choose a new folder")
+    if out.is_dir() and not overwrite:
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+            raise FileExistsError(f"{flag} {out} is not empty ({shown}); choose a new or empty folder, or pass "
+                                  "--overwrite to replace it")
+    with atomic_dir(out) as staging:
+        yield staging
