@@ -114,3 +114,16 @@ def test_chat_refuses_an_overlong_prompt(tiny_model_dir, capsys, caplog):
     assert main(["chat", str(tiny_model_dir), "--prompt", "word " * 2100, "--max-new-tokens", "2"]) == 2
     err = capsys.readouterr().err + caplog.text  # the verb logs the error (stderr in a terminal)
     assert "2048 positions" in err and "Traceback" not in err
+
+
+def test_window_from_the_command_line_or_the_record_reaches_the_image_loader(tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.array([[0, 500], [1000, 4000]], dtype=np.float32), mode="F").save(data / "f.tif")
+    row = {"id": "f", "messages": [{"role": "user", "content": "<image> ?"}], "images": ["f.tif"]}
+    (data / "d.jsonl").write_text(json.dumps(row) + "\n")
+    assert _infer(tiny_model_dir, data / "d.jsonl", tmp_path / "a.jsonl") == 2  # float TIFF: no fixed scale
+    assert "f.tif" in capsys.readouterr().err
+    assert _infer(tiny_model_dir, data / "d.jsonl", tmp_path / "b.jsonl", "--window", "500,1000") == 0
+    (data / "e.jsonl").write_text(json.dumps({**row, "window": "minmax"}) + "\n")
+    assert _infer(tiny_model_dir, data / "e.jsonl", tmp_path / "c.jsonl") == 0

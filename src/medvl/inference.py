@@ -88,9 +88,13 @@ def _load_media(record: Record) -> tuple[list[Any], list[Any]]:
     from medvl.imaging.volume3d import load_volume
 
     images, volumes = [], []
+    from medvl.imaging.image2d import record_window
+
+    # the record's or its data set's intensity window (meta["window"])
+    window = record_window(record.meta, record.id, record.source_file)
     for p in record.images:
         try:
-            images.append(load_image(p, record=record.id))
+            images.append(load_image(p, window=window, record=record.id))
         except MedVLDataError:
             raise
         except Exception as err:  # unreadable / corrupt file: name the record and file

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-overlong", choices=("error", "skip"), default="error",
                         help="a prompt longer than the model's positions: stop with an error naming it (default), or "
                              "skip it (its line gets prediction null and skipped: overlong) and count it")
+    parser.add_argument("--window", help="intensity window of the 2D images: CENTER,WIDTH in the file's units, a "
+                        "preset (lung, mediastinum, abdomen, bone, wide) or minmax; a record's own \"window\" wins")
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="accept media paths that leave the data root (refused by default)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -50,6 +52,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: float32 on CPU")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_window(text: str) -> list[float] | str:
+    """``--window`` text: ``"C,W"`` -> [C, W]; a preset name, ``custom:C,W`` or ``minmax`` as given.
+
+    Args:
+        text: the option's value.
+    """
+    parts = text.split(",")
+    if len(parts) == 2:
+        try:
+            return [float(parts[0]), float(parts[1])]
+        except ValueError:
+            pass
+    from medvl.imaging.image2d import record_window
+
+    record_window({"window": text}, path="--window")  # invalid names fail here, listing the valid ones
+    return text
 
 
 def generation_options(args: argparse.Namespace) -> dict:
@@ -140,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
     records = load_records(args.data, root=args.root, allow_outside_root=args.allow_outside_root)
     if args.limit is not None:
         records = records[: args.limit]
+    if args.window:
+        window = parse_window(args.window)
+        for rec in records:
+            rec.meta.setdefault("window", window)
     if not records:
         raise ValueError(f"--data {args.data}: the file holds no records")
     options = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, do_sample=args.do_sample,

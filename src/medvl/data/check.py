@@ -280,9 +280,10 @@ def _check_media(rec: Record, path: Path, stats: SourceStats, report: CheckRepor
         for f in files:
             stats.images += kind == "image"
             stats.volumes += kind == "volume"
-            key = (kind, f)
+            window = rec.meta.get("window") if kind == "image" else None
+            key = (kind, f, repr(window))
             if key not in status:
-                status[key] = _read_media(kind, f, read_media, loader, processor)
+                status[key] = _read_media(kind, f, read_media, loader, processor, window)
             problem = status[key]
             if problem is None:
                 stats.media_found += 1
@@ -295,14 +296,19 @@ def _check_media(rec: Record, path: Path, stats: SourceStats, report: CheckRepor
     return good
 
 
-def _read_media(kind: str, f: str, read_media: bool, loader: Any, processor: Any) -> str | None:
+def _read_media(kind: str, f: str, read_media: bool, loader: Any, processor: Any, window: Any = None) -> str | None:
     """None when the file is fine, else a short description of the problem."""
     if not Path(f).exists():
         return "not found"
     if not read_media:
         return None
     try:
-        obj = loader(f)
+        if window is not None:
+            from medvl.imaging.image2d import record_window
+
+            obj = loader(f, window=record_window({"window": window}, path=f))
+        else:
+            obj = loader(f)
         if kind == "volume" and processor is not None and getattr(processor, "volume_processor", None) is not None:
             processor.volume_processor([obj])  # e.g. a volume smaller than the patch size
     except MedVLDataError as err:

@@ -189,7 +189,13 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------------ media
     def _load_images(self, rec: Record) -> list[Any]:
-        loader = self._image_loader or _default_image_loader()
+        loader = self._image_loader
+        if loader is None:  # the default loader honours the record's (or its data set's) window
+            import functools
+
+            from medvl.imaging.image2d import record_window
+
+            loader = functools.partial(_default_image_loader(), window=record_window(rec.meta, rec.id, rec.source_file))
         return [_guarded(loader, p, rec, "image") for p in rec.images]
 
     def _load_volumes(self, rec: Record) -> list[Any]:

@@ -154,6 +154,9 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
         groups = [(records(f, d.train_split), w) for f, w in zip(d.train, d.weights or [1.0] * len(d.train))]
         train_records = mix_records(groups, seed=cfg.train.seed)
         eval_records = [r for f in d.eval for r in records(f, d.eval_split)]
+    if d.image_window is not None:
+        for rec in (*train_records, *eval_records):
+            rec.meta.setdefault("window", d.image_window)
     common = dict(template=d.template, max_length=d.max_length, on_error=d.on_error, on_overlong=d.on_overlong,
                   cache=d.volume_cache)
     train = ConversationDataset(train_records, processor, **common)
