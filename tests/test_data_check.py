@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from medvl.cli import main
@@ -147,3 +148,37 @@ def test_check_with_model_reports_prompts_longer_than_its_positions(tmp_path, ti
     assert main(["data", "check", str(f), "--model", str(tiny_model_dir)]) == 1
     out = capsys.readouterr().out
     assert "[overlong] record 'huge'" in out and "record 'short'" not in out and "max_length 2048" in out
+
+
+def test_degenerate_media_are_errors_and_small_ones_warnings(tmp_path, tiny_processor):
+    Image.fromarray(np.full((1, 1), 9, np.uint8)).save(tmp_path / "dot.png")
+    Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "small.png")
+    np.save(tmp_path / "voxel.npy", np.zeros((1, 1, 1), np.float32))
+    np.save(tmp_path / "slice.npy", np.zeros((1, 64, 64), np.float32))
+    np.save(tmp_path / "thin.npy", np.zeros((3, 64, 64), np.float32))
+    rows = [{"id": "dot", "messages": _msg("<image> q"), "images": ["dot.png"]},
+            {"id": "small", "messages": _msg("<image> q"), "images": ["small.png"]},
+            {"id": "voxel", "messages": _msg("<volume> q"), "volumes": ["voxel.npy"]},
+            {"id": "slice", "messages": _msg("<volume> q"), "volumes": ["slice.npy"]},
+            {"id": "thin", "messages": _msg("<volume> q"), "volumes": ["thin.npy"]}]
+    f = tmp_path / "d.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = check_data(f, progress=False)
+    errors = {m.split("'")[1]: m for k, m in report.issues}
+    assert set(errors) == {"dot", "voxel", "slice"} and all("degenerate" in m for m in errors.values())
+    assert "1x1 pixels" in errors["dot"] and "(1, 1, 1)" in errors["voxel"] and "(1, 64, 64)" in errors["slice"]
+    warned = {m.split("'")[1] for k, m in report.warnings}
+    assert warned == {"small", "thin"} and report.totals()["unreadable_media"] == 3
+    assert "2 warning(s)" in report.format()
+    # the training dataset refuses the degenerate ones naming record and file (it would feed a flat tensor)
+    from medvl.data.dataset import ConversationDataset
+    from medvl.data.records import load_records
+    from medvl.errors import MedVLDataError
+
+    ds = ConversationDataset(load_records(f), tiny_processor)
+    for i, rid in enumerate(["dot", "small", "voxel", "slice", "thin"]):
+        if rid in errors:
+            with pytest.raises(MedVLDataError, match=f"record '{rid}'.*degenerate"):
+                ds[i]
+        else:
+            assert ds[i]["id"] == rid

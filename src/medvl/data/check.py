@@ -78,6 +78,8 @@ class CheckReport:
 
     sources: list[SourceStats] = field(default_factory=list)
     issues: list[tuple[str, str]] = field(default_factory=list)
+    # ("degenerate_media", message): usable but suspicious (a tiny image, a volume of a few slices)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
     max_length: int | None = None
     token_counts: bool = False
 
@@ -98,6 +100,7 @@ class CheckReport:
             "totals": self.totals(),
             "sources": [s.summary() for s in self.sources],
             "issues": [{"kind": k, "message": m} for k, m in self.issues],
+            "warnings": [{"kind": k, "message": m} for k, m in self.warnings],
         }
 
     def format(self, max_issues: int = 50) -> str:
@@ -122,6 +125,9 @@ class CheckReport:
             lines.append("(token counts and over-long samples need --model)")
         elif self.max_length is not None:
             lines.append(f"max_length {self.max_length} (media placeholders included)")
+        if self.warnings:
+            lines.append(f"\n{len(self.warnings)} warning(s):")
+            lines += [f"  [{k}] {m}" for k, m in self.warnings[:max_issues]]
         if self.issues:
             lines.append(f"\n{len(self.issues)} problem(s):")
             lines += [f"  [{k}] {m}" for k, m in self.issues[:max_issues]]
@@ -285,6 +291,9 @@ def _check_media(rec: Record, path: Path, stats: SourceStats, report: CheckRepor
             if key not in status:
                 status[key] = _read_media(kind, f, read_media, loader, processor, window)
             problem = status[key]
+            if isinstance(problem, Warning):  # readable, but small enough to be suspicious
+                report.warnings.append(("degenerate_media", str(MedVLDataError(str(problem), record=rec.id, path=f))))
+                problem = status[key] = None  # warned once per file
             if problem is None:
                 stats.media_found += 1
                 continue
@@ -296,8 +305,8 @@ def _check_media(rec: Record, path: Path, stats: SourceStats, report: CheckRepor
     return good
 
 
-def _read_media(kind: str, f: str, read_media: bool, loader: Any, processor: Any, window: Any = None) -> str | None:
-    """None when the file is fine, else a short description of the problem."""
+def _read_media(kind: str, f: str, read_media: bool, loader: Any, processor: Any, window: Any = None) -> str | Warning | None:
+    """None when the file is fine, a Warning when it is suspicious, else a short description of the problem."""
     if not Path(f).exists():
         return "not found"
     if not read_media:
@@ -315,6 +324,21 @@ def _read_media(kind: str, f: str, read_media: bool, loader: Any, processor: Any
         return str(err)
     except Exception as err:  # a checker reports, it does not crash
         return f"{type(err).__name__}: {err}"
+    return _degenerate(kind, obj)
+
+
+# below these sizes media load, but carry little for an encoder: data check warns
+SMALL_IMAGE_SIDE = 16
+SMALL_VOLUME_EXTENT = 4
+
+
+def _degenerate(kind: str, obj: Any) -> Warning | None:
+    """A warning for a readable but suspiciously small image or volume (None when fine)."""
+    if kind == "image" and hasattr(obj, "size") and min(obj.size) < SMALL_IMAGE_SIDE:
+        return Warning(f"tiny image of {obj.size[0]}x{obj.size[1]} pixels (under {SMALL_IMAGE_SIDE} on a side)")
+    shape = getattr(getattr(obj, "array", None), "shape", None)
+    if kind == "volume" and shape is not None and min(shape) < SMALL_VOLUME_EXTENT:
+        return Warning(f"thin volume of shape {tuple(shape)} (under {SMALL_VOLUME_EXTENT} voxels along an axis)")
     return None
 
 

@@ -141,9 +141,14 @@ def _pil_pixels(path: Path, window: WindowArg, record: str | int | None) -> np.n
         raise MedVLDataError(f"corrupt or truncated image: {exc}", record=record, path=str(path)) from exc
 
 
+
+
 def _check_size(width: int, height: int, path: Path, record: str | int | None) -> None:
     if width <= 0 or height <= 0:
         raise MedVLDataError(f"image has 0 pixels (size {width}x{height})", record=record, path=str(path))
+    if width * height == 1:  # resized for the encoder, one pixel becomes a flat tensor: nothing to see
+        raise MedVLDataError("degenerate image of 1x1 pixels: resized for the encoder it would be a flat tensor",
+                             record=record, path=str(path))
 
 
 _HOW_TO_WINDOW = ('set a window: "window": [center, width] or "minmax" in the record, "window:" in its registry '
