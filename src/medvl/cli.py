@@ -114,7 +114,9 @@ def classify_error(err: BaseException) -> tuple[int, str]:
     if isinstance(err, ValueError):  # config choices, JSON/Unicode decoding, argument values
         return EXIT_BAD_INPUT, text
     if isinstance(err, _library_load_errors()):
-        return EXIT_BAD_INPUT, f"could not read a file ({type(err).__name__}): {text}"
+        if "No space left" in text:
+            return EXIT_FAILURE, f"{type(err).__name__}: {text} (free some space or choose another output folder)"
+        return EXIT_BAD_INPUT, f"{type(err).__name__}: {text}"
     if isinstance(err, ImportError):
         return EXIT_FAILURE, f"{text} (a missing optional dependency: see the installation notes in README.md)"
     return EXIT_FAILURE, (f"unexpected {type(err).__name__}: {text}; rerun with --log-level DEBUG for the traceback "

@@ -133,7 +133,10 @@ def export_llava(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool 
 
     from medvl.utils.paths import fresh_output_dir
 
+    from medvl.utils.files import check_model_folder
+
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    check_model_folder(model_dir)
     # the target is checked before the model is loaded; it appears only once complete
     with fresh_output_dir(out_dir, overwrite=overwrite, reads=[model_dir], flag="--as-llava") as staging:
         _export_llava_into(model_dir, staging)

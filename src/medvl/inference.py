@@ -38,9 +38,10 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None, devi
     """
     from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 
+    from medvl.utils.files import check_model_folder
+
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a model folder (no config.json)")
+    check_model_folder(path)  # a missing or damaged config / weights / tokenizer file is named here
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(dtype, str):
         valid = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -140,7 +140,9 @@ def read_layout(src: str | Path) -> MedMVLLayout:
     path = Path(src) / "config.json"
     if not path.is_file():
         raise MedMVLConversionError(f"{src}: no config.json; is this a MedM-VL checkpoint folder?")
-    cfg = json.loads(path.read_text())
+    from medvl.utils.files import read_json
+
+    cfg = read_json(path, "MedM-VL config")
     if "lvlm_llm_name_or_path" not in cfg:
         raise MedMVLConversionError(
             f"{path}: not a MedM-VL config (no lvlm_llm_name_or_path field; model_type={cfg.get('model_type')!r})"
@@ -228,6 +230,10 @@ def resolve_parts(
         if lacking:
             problems.append(f"  {flag} {folder}: lacks {', '.join(lacking)} ({what[key]} named {named!r})")
             continue
+        wrong = _wrong_part(key, folder)
+        if wrong:
+            problems.append(f"  {flag} {folder}: {wrong} ({what[key]} named {named!r})")
+            continue
         found[key] = folder
     if problems:
         raise MedMVLConversionError(
@@ -238,6 +244,25 @@ def resolve_parts(
     return MedMVLParts(llm=found["llm"], vision=found.get("vision"), volume=found.get("volume"))
 
 
+def _wrong_part(key: str, folder: Path) -> str | None:
+    """Why a part folder holds the wrong kind of model (e.g. ``--llm`` pointed at a vision tower), or None."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from medvl.utils.files import read_json
+
+    config = read_json(folder / "config.json", "config")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if key == "llm":
+        if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not (config.get("architectures") or [""])[0].endswith("ForCausalLM"):
+            return (f"holds a {model_type!r} model, not a causal language model (config.json model_type); "
+                    "point --llm at the LLM's folder")
+        if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+            return "has no tokenizer files (tokenizer.json / tokenizer.model / vocab.json)"
+    elif model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and "vision_config" not in config:
+        return f"holds a causal language model ({model_type!r}), not a vision encoder"
+    return None
+
+
 def load_state_dict(src: str | Path) -> dict[str, torch.Tensor]:
     """Load every tensor of a MedM-VL checkpoint (single or sharded safetensors, or pytorch .bin).
 
@@ -246,7 +271,10 @@ def load_state_dict(src: str | Path) -> dict[str, torch.Tensor]:
     """
     from safetensors.torch import load_file
 
+    from medvl.utils.files import check_weights
+
     src = Path(src)
+    check_weights(src)  # a truncated file is named here, not reported as "incomplete metadata"
     files: list[Path]
     if (src / "model.safetensors.index.json").is_file():
         index = json.loads((src / "model.safetensors.index.json").read_text())

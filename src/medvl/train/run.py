@@ -114,6 +114,9 @@ def load_or_build_model(cfg: TrainConfig) -> tuple[Any, Any]:
         path = Path(cfg.model.path)
         if not path.is_dir():
             raise FileNotFoundError(f"model.path {path} is not a folder (a checkpoint directory is expected)")
+        from medvl.utils.files import check_model_folder, check_weights
+
+        check_weights(path) if is_adapter_dir(path) else check_model_folder(path)
         if is_adapter_dir(path):
             from medvl.train.lora import load_with_adapter
 
@@ -152,6 +155,10 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
 
     with outside_root_allowed(d.allow_outside_root):
         groups = [(records(f, d.train_split), w) for f, w in zip(d.train, d.weights or [1.0] * len(d.train))]
+        empty = [f for f, (recs, _) in zip(d.train, groups) if not recs]
+        if empty:
+            raise ValueError(f"data.train: {', '.join(empty)} hold(s) no records (an empty file?); give files with "
+                             "at least one conversation")
         train_records = mix_records(groups, seed=cfg.train.seed)
         eval_records = [r for f in d.eval for r in records(f, d.eval_split)]
     if d.image_window is not None:
@@ -323,6 +330,27 @@ def save_final_model(trainer: Any, processor: Any, output_dir: Path, base_dir: P
     return final
 
 
+def _last_complete_checkpoint(out: Path, last: str | None) -> str | None:
+    """The newest checkpoint that is not damaged; a damaged newer one is skipped (and said so).
+
+    Checkpoints are written atomically, but a disk error or a copy can still leave a truncated file.
+    """
+    from medvl.utils.files import checkpoint_problem
+
+    if last is None:
+        return None
+    steps = sorted((int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    for _, ckpt in reversed(steps):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return str(ckpt)
+        logger.warning("train.resume: %s is damaged (%s); falling back to the previous complete checkpoint",
+                       ckpt, problem)
+    raise ValueError(f"train.resume: no complete checkpoint in {out} (every checkpoint-N is damaged); set "
+                     "train.resume=false with output.overwrite=true to start again")
+
+
 def _prepare_output_dir(cfg: TrainConfig, is_main: bool) -> Path | None:
     """Check the output folder and find the checkpoint to resume from (None: start fresh)."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -332,6 +360,7 @@ def _prepare_output_dir(cfg: TrainConfig, is_main: bool) -> Path | None:
         clean_staging(out)
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if cfg.train.resume:
+        last = _last_complete_checkpoint(out, last)
         if last is None:
             logger.info("train.resume: no checkpoint in %s, starting from scratch", out)
         else:
