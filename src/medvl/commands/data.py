@@ -61,7 +61,7 @@ def _load_processor(model_dir: str):
     from medvl.models import MedVLProcessor
 
     if not Path(model_dir).is_dir():
-        raise SystemExit(f"--model {model_dir}: not a folder")
+        raise FileNotFoundError(f"--model {model_dir}: not a folder")
     return MedVLProcessor.from_pretrained(model_dir)
 
 
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 print("error: medvl.data.synth is not available in this installation", file=sys.stderr)
                 return 2
             return int(mod.run(args) or 0)
-    except (MedVLDataError, ValueError) as err:
+    except (MedVLDataError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     raise AssertionError(args.data_command)

@@ -66,9 +66,13 @@ def parse_window(text: str) -> list[float] | str:
             return [float(parts[0]), float(parts[1])]
         except ValueError:
             pass
+    from medvl.errors import MedVLDataError
     from medvl.imaging.image2d import record_window
 
-    record_window({"window": text}, path="--window")  # invalid names fail here, listing the valid ones
+    try:
+        record_window({"window": text})  # invalid names fail here, listing the valid ones
+    except MedVLDataError as err:
+        raise ValueError(f"--window: {err}") from None
     return text
 
 
