@@ -457,6 +457,20 @@ def eval_media_outside_root(d, model):
 
 
 @kind("records")
+@_verbs("eval")
+def eval_overlong_prompt(d, model):
+    from medvl.data.synth import synthesize
+
+    synthesize("2d", 2, 0, d / "synth")
+    rows = [json.loads(x) for x in (d / "synth" / "train.jsonl").read_text().splitlines()]
+    rows[0]["messages"][0]["content"] += " word" * 2100
+    _jsonl(d / "synth" / "train.jsonl", rows)
+    return {"eval": Case(["eval", str(model), "--tasks", "synth_vqa", "--data", f"synth_vqa={d / 'synth'}",
+                          "--split", "train", "--out", str(d / "eval"), "--no-progress"], 2,
+                         (rows[0]["id"], "2048 positions"))}
+
+
+@kind("records")
 @_verbs("train")
 def train_truncated_image(d, model):
     raw = _png(d / "x.png", 64).read_bytes()
