@@ -56,11 +56,6 @@ def kind(group: str) -> Callable[[Maker], Maker]:
     return register
 
 
-def all_cases() -> list[tuple[str, str, str]]:
-    """``(group, kind, verb)`` of every case (the verbs are known only after writing; see :func:`verbs_of`)."""
-    return [(group, name, verb) for name, (group, _) in KINDS.items() for verb in VERBS_OF.get(name, ("infer",))]
-
-
 # ------------------------------------------------------------------------------------------ helpers
 def _msg(question: str, answer: str | None = "yes") -> list[dict]:
     turns = [{"role": "user", "content": question}]

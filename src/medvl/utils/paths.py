@@ -24,8 +24,8 @@ def _real(path: str | Path) -> Path:
 def refuse_output_over_inputs(
     out: str | Path,
     *,
-    inputs: list[str | Path] = (),  # type: ignore[assignment]
-    folders: list[str | Path] = (),  # type: ignore[assignment]
+    inputs: Sequence[str | Path | None] = (),
+    folders: Sequence[str | Path | None] = (),
     flag: str = "--out",
 ) -> None:
     """Raise ``ValueError`` when an output path is one of the inputs or lies inside an input folder.
