@@ -768,7 +768,8 @@ def chat_image_missing(d, model):
 @_verbs("chat")
 def chat_marker_mismatch(d, model):
     img = _png(d / "a.png")
-    return {"chat": Case(["chat", str(model), "--image", str(img), "--prompt", "<image> and <image>?"], 2, ("marker",))}
+    return {"chat": Case(["chat", str(model), "--image", str(img), "--prompt", "<image> and <image>?"], 2,
+                         ("2 <image> marker(s)", "--image was given 1 time(s)"))}
 
 
 @kind("cli")

@@ -54,6 +54,15 @@ def attach_media(text: str, n_images: int, n_volumes: int) -> str:
     return markers + text
 
 
+def _check_markers(messages: list[dict[str, str]], n_images: int, n_volumes: int) -> None:
+    """One ``<image>`` / ``<volume>`` marker per ``--image`` / ``--volume`` over the conversation."""
+    for marker, flag, given in (("<image>", "--image", n_images), ("<volume>", "--volume", n_volumes)):
+        found = sum(m["content"].count(marker) for m in messages if m["role"] == "user")
+        if found != given:
+            raise ValueError(f"the conversation has {found} {marker} marker(s) but {flag} was given {given} time(s); "
+                             f"give one {flag} per {marker} marker (or no marker: they are added for you)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the chat loop.
 
@@ -93,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         if not any(m["role"] == "user" for m in messages):
             text = attach_media(text, len(args.image), len(args.volume))
         messages.append({"role": "user", "content": text})
+        _check_markers(messages, len(args.image), len(args.volume))
         try:
             reply = chat(model, processor, messages, images=args.image, volumes=args.volume, **options)
         except MedVLDataError as err:
