@@ -91,3 +91,18 @@ def test_build_export_refuse_used_targets(tmp_path, tiny_model_dir, capsys):
     # a refused export (volume model) leaves no half-written target
     assert main(["export", str(tiny_model_dir), "--as-llava", str(tmp_path / "llava")]) == 2
     assert not (tmp_path / "llava").exists() and not any(p.name.startswith(".staging") for p in tmp_path.iterdir())
+
+
+def test_a_full_disk_names_the_output_folder(tmp_path, capsys):
+    from safetensors import SafetensorError
+
+    from medvl.cli import classify_error
+
+    out = tmp_path / "ckpt"
+    with pytest.raises(OSError) as exc:
+        with fresh_output_dir(out, flag="--out"):
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                                  "message: \"No space left on device\" })")
+    assert exc.value.errno == 28 and str(out) in str(exc.value) and not out.exists()
+    code, message = classify_error(exc.value)
+    assert code == 1 and str(out) in message and "free some space" in message

@@ -8,6 +8,7 @@ here are the one place these rules live.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -123,4 +124,11 @@ def fresh_output_dir(
             raise FileExistsError(f"{flag} {out} is not empty ({shown}); choose a new or empty folder, or pass "
                                   "--overwrite to replace it")
     with atomic_dir(out) as staging:
-        yield staging
+        try:
+            yield staging
+        except Exception as err:
+            # safetensors reports a full disk as "SafetensorError: ... No space left on device" and names
+            # no file; say which folder could not be written (the staging folder is removed either way)
+            if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err):
+                raise OSError(errno.ENOSPC, f"No space left on device while writing {flag} {out}", str(out)) from err
+            raise
