@@ -453,6 +453,20 @@ def eval_media_outside_root(d, model):
 
 @kind("records")
 @_verbs("eval")
+def eval_release_path_outside_root(d, model):
+    release = d / "VQA_RAD"
+    (release / "VQA_RAD Image Folder").mkdir(parents=True)
+    _png(d / "private" / "other_patient.png")
+    entry = {"qid": 1, "image_name": "../../private/other_patient.png", "question": "Is it normal?", "answer": "yes",
+             "answer_type": "CLOSED", "phrase_type": "test_freeform"}
+    (release / "VQA_RAD Dataset Public.json").write_text(json.dumps([entry]))
+    return {"eval": Case(["eval", str(model), "--tasks", "vqa_rad", "--data", f"vqa_rad={release}", "--out",
+                          str(d / "eval"), "--no-progress"], 2,
+                         ("qid 1", "VQA_RAD Dataset Public.json", "other_patient.png", "outside the data root"))}
+
+
+@kind("records")
+@_verbs("eval")
 def eval_overlong_prompt(d, model):
     from medvl.data.synth import synthesize
 

@@ -120,24 +120,45 @@ def _as_list(value: Any, what: str, rid: str, path: str) -> list[str]:
     raise MedVLDataError(f"'{what}' must be a path or a list of paths, got {value!r}", record=rid, path=path)
 
 
+def check_inside_root(
+    media: str | Path, root: str | Path, record: str | None = None, path: str | None = None,
+    allow_outside_root: bool | None = None, written: str | None = None,
+) -> None:
+    """Raise unless ``media`` resolves (``..`` and symlinks followed) inside ``root``.
+
+    Args:
+        media: the media path (absolute, or relative to the current folder).
+        root: the data root it must stay in.
+        record: record id (for the message).
+        path: the records / release file (for the message).
+        allow_outside_root: skip the check (None: the :func:`outside_root_allowed` setting).
+        written: the path as the record wrote it (for the message; default ``media``).
+
+    Raises:
+        MediaOutsideRootError: naming the record, the file, the path and the root.
+    """
+    allow = _ALLOW_OUTSIDE_ROOT.get() if allow_outside_root is None else allow_outside_root
+    if allow:
+        return
+    real_root = Path(root).expanduser().resolve()
+    real = Path(media).expanduser().resolve()  # non-strict: a missing file is reported by whoever opens it
+    if not real.is_relative_to(real_root):
+        raise MediaOutsideRootError(
+            f"media path {str(written if written is not None else media)!r} resolves to {str(real)!r}, outside the "
+            f"data root {str(real_root)!r}; move it under the root or set the root (--root, data.root, a registry's "
+            "root), or allow it with --allow-outside-root / data.allow_outside_root=true",
+            record=record,
+            path=path,
+        )
+
+
 def _resolve(paths: list[str], root: Path, rid: str, path: str, allow_outside_root: bool | None = None) -> list[str]:
     """Absolute media paths; each must resolve (``..`` and symlinks followed) inside ``root``."""
-    allow = _ALLOW_OUTSIDE_ROOT.get() if allow_outside_root is None else allow_outside_root
-    real_root = root.expanduser().resolve() if not allow else root
     out = []
     for p in paths:
         pp = Path(p).expanduser()
         full = pp if pp.is_absolute() else (root / pp)
-        if not allow:
-            real = full.resolve()  # non-strict: a missing file is reported later, by whoever opens it
-            if not real.is_relative_to(real_root):
-                raise MediaOutsideRootError(
-                    f"media path {p!r} resolves to {str(real)!r}, outside the data root {str(real_root)!r}; move it "
-                    "under the root or set the root (--root, data.root, a registry's root), or allow it with "
-                    "--allow-outside-root / data.allow_outside_root=true",
-                    record=rid,
-                    path=path,
-                )
+        check_inside_root(full, root, rid, path, allow_outside_root, written=p)
         out.append(str(full))
     return out
 
