@@ -566,6 +566,18 @@ def build_patch_does_not_divide_image(d, model):
 
 @kind("configs")
 @_verbs("build")
+def build_llm_path_is_a_vision_tower(d, model):
+    vision = d / "siglip"
+    vision.mkdir()
+    (vision / "config.json").write_text(json.dumps({"model_type": "siglip_vision_model", "hidden_size": 32,
+                                                     "num_attention_heads": 4, "image_size": 32, "patch_size": 16}))
+    case = _build(d, f"llm.path={vision}", "llm.config={}")
+    case["build"].names = ("llm", "'siglip_vision_model'", "not a causal language model")
+    return case
+
+
+@kind("configs")
+@_verbs("build")
 def build_unknown_key(d, model):
     case = _build(d, "llm.colour=blue")
     case["build"].names = ("colour",)

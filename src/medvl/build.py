@@ -162,6 +162,13 @@ def check_architecture(config: PreTrainedConfig | None, what: str) -> None:
     if config is None:
         return
     prefix = f"{what}.config"
+    if what == "llm":
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        model_type = getattr(config, "model_type", None)
+        if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise ValueError(f"llm: model_type {model_type!r} is not a causal language model (is llm.path a vision "
+                             "tower's folder?); give an LLM such as qwen2, llama, phi3")
     heads = getattr(config, "num_attention_heads", None)
     kv = getattr(config, "num_key_value_heads", None)
     hidden = getattr(config, "hidden_size", None)
