@@ -135,7 +135,6 @@ def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict
     if volumes:
         kwargs["volumes"] = volumes
     batch = processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
-    check_prompt_lengths(model, records, batch["attention_mask"].sum(dim=1).tolist())
     device, dtype = _model_device_dtype(model)
     out = {}
     for key, value in batch.items():
@@ -144,6 +143,7 @@ def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict
             if value.is_floating_point():
                 value = value.to(dtype)
         out[key] = value
+    check_prompt_lengths(model, records, out["attention_mask"].sum(dim=1).tolist())
     return out
 
 
