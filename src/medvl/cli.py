@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import importlib.util
 import logging
 import os
 import sys
 
 from medvl.utils.logging import setup_logging
 
-# verb -> module under medvl.commands (order is the order shown in --help)
+# verb -> module under medvl.commands (order is the order shown in --help). Every verb listed here
+# must exist: tests/test_cli.py imports each module and checks its HELP/add_arguments/run.
 VERBS: dict[str, str] = {
     "quickstart": "quickstart",
     "build": "build",
@@ -39,14 +39,6 @@ VERBS: dict[str, str] = {
 }
 
 
-def _available_verbs() -> dict[str, str]:
-    found = {}
-    for verb, module in VERBS.items():
-        if importlib.util.find_spec(f"medvl.commands.{module}") is not None:
-            found[verb] = module
-    return found
-
-
 # exit codes: 2 = bad input (data, config, arguments, paths), 1 = anything else that failed
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -57,10 +49,7 @@ _BAD_PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, err
 
 
 def _requested_verb(argv: list[str]) -> str | None:
-    """The verb in ``argv``: the first word that is not a global option or its value.
-
-    ``medvl --log-level DEBUG train ...`` must find ``train``, not ``DEBUG``.
-    """
+    """The first positional argument, skipping the value of ``--log-level VALUE``."""
     skip = False
     for arg in argv:
         if skip:
@@ -135,13 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         argv: arguments without the program name (defaults to ``sys.argv[1:]``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbs = _available_verbs()
     parser = argparse.ArgumentParser(prog="medvl", description="Medical vision-language models.")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     # Only the requested verb's module is imported; the others get a placeholder help line.
     requested = _requested_verb(argv)
-    for verb, module in verbs.items():
+    for verb, module in VERBS.items():
         if verb == requested:
             mod = importlib.import_module(f"medvl.commands.{module}")
             p = sub.add_parser(verb, help=getattr(mod, "HELP", None), description=getattr(mod, "HELP", None))

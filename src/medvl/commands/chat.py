@@ -16,6 +16,15 @@ HELP = "chat with a model about images / volumes (interactive, multi-turn)"
 logger = logging.getLogger(__name__)
 
 
+def _check_markers(messages: list[dict[str, str]], n_images: int, n_volumes: int) -> None:
+    """One ``<image>`` / ``<volume>`` marker per ``--image`` / ``--volume`` over the conversation."""
+    for marker, flag, given in (("<image>", "--image", n_images), ("<volume>", "--volume", n_volumes)):
+        found = sum(m["content"].count(marker) for m in messages if m["role"] == "user")
+        if found != given:
+            raise ValueError(f"the conversation has {found} {marker} marker(s) but {flag} was given {given} time(s); "
+                             f"give one {flag} per {marker} marker (or no marker: they are added for you)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``medvl chat``.
 
@@ -52,15 +61,6 @@ def attach_media(text: str, n_images: int, n_volumes: int) -> str:
         return text
     markers = "<image>\n" * n_images + "<volume>\n" * n_volumes
     return markers + text
-
-
-def _check_markers(messages: list[dict[str, str]], n_images: int, n_volumes: int) -> None:
-    """One ``<image>`` / ``<volume>`` marker per ``--image`` / ``--volume`` over the conversation."""
-    for marker, flag, given in (("<image>", "--image", n_images), ("<volume>", "--volume", n_volumes)):
-        found = sum(m["content"].count(marker) for m in messages if m["role"] == "user")
-        if found != given:
-            raise ValueError(f"the conversation has {found} {marker} marker(s) but {flag} was given {given} time(s); "
-                             f"give one {flag} per {marker} marker (or no marker: they are added for you)")
 
 
 def run(args: argparse.Namespace) -> int:

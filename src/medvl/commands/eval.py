@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     parser.add_argument("--data", action="append", default=[], metavar="TASK=DIR", help="release folder of a task")
     parser.add_argument("--data-root", default=None, help="folder with each release under its default name")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept media paths that leave a task's data root (refused by default)")
     parser.add_argument("--protocol", action="append", default=[], metavar="TASK=PROTOCOL",
                         help="score a VQA task with another protocol, e.g. slake=llava_med_v1")
     parser.add_argument("--split", default=None, help="split (default: each task's test split)")
@@ -30,8 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenization", default="auto", choices=["auto", "ptb", "lowercase_whitespace"],
                         help="report tasks: pycocoevalcap tokenisation (auto = PTB when Java is present)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--allow-outside-root", action="store_true",
-                        help="accept media paths that leave a task's data root (refused by default)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +41,13 @@ def run(args: argparse.Namespace) -> int:
         args: parsed arguments.
     """
     from medvl.data.records import outside_root_allowed
+
+    with outside_root_allowed(args.allow_outside_root):  # media of the tasks' records must stay in their roots
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """The body of :func:`run` (the data-root setting applies around it)."""
     from medvl.errors import MedVLDataError
     from medvl.eval.runner import EvalConfig, evaluate, markdown_table
 
@@ -63,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
                          limit=args.limit, batch_size=args.batch_size, generation=generation, protocols=protocols,
                          bertscore_model=args.bertscore_model, meteor=not args.no_meteor,
                          tokenization=args.tokenization, progress=not args.no_progress)
-        with outside_root_allowed(args.allow_outside_root):
-            results = evaluate(cfg, model=args.model)
+        results = evaluate(cfg, model=args.model)
     except (MedVLDataError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         print(f"medvl eval: error: {e}", file=sys.stderr)
         return 2

@@ -155,11 +155,11 @@ def _prediction_row(rec: Any, prediction: str, task: str, fingerprint: str, run_
     row = {"id": rec.id, "task": task, "prediction": prediction, "reference": meta.get("reference"),
            "answer_type": meta.get("answer_type", "OPEN"), "language": meta.get("language"),
            "question": meta.get("question", ""), "data_fingerprint": fingerprint}
-    if run_key is not None:
-        row["run"] = run_key
     for key in ("options", "answer_choice"):
         if meta.get(key) is not None:
             row[key] = meta[key]
+    if run_key is not None:  # model + generation settings: resume never mixes two runs
+        row["run"] = run_key
     return row
 
 
