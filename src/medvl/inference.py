@@ -115,6 +115,32 @@ def _model_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
     return param.device, param.dtype
 
 
+def check_prompt_lengths(model: Any, records: Sequence[Record], lengths: Sequence[int]) -> None:
+    """Refuse a prompt longer than the model's positions: it would be answered with garbage.
+
+    Args:
+        model: the model (its text config's ``max_position_embeddings`` is the limit; none: no check).
+        records: the samples of the batch.
+        lengths: each prompt's token count (media placeholders included).
+
+    Raises:
+        OverlongSampleError: naming the first over-long record, its file, its length and the limit.
+    """
+    from medvl.data.labels import OverlongSampleError
+
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text_config, "max_position_embeddings", None)
+    if not limit:
+        return
+    for rec, n in zip(records, lengths):
+        if int(n) > limit:
+            raise OverlongSampleError(
+                f"the prompt is {int(n)} tokens (media placeholders included), more than the model's {limit} positions "
+                "(max_position_embeddings); shorten the conversation, or skip such records (medvl infer --on-overlong skip)",
+                length=int(n), max_length=int(limit), record=rec.id, path=rec.source_file)
+
+
 def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict[str, torch.Tensor]:
     """Render, tokenise and preprocess ``records`` into one left-padded batch on the model's device.
 
@@ -145,32 +171,6 @@ def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict
         out[key] = value
     check_prompt_lengths(model, records, out["attention_mask"].sum(dim=1).tolist())
     return out
-
-
-def check_prompt_lengths(model: Any, records: Sequence[Record], lengths: Sequence[int]) -> None:
-    """Refuse a prompt longer than the model's positions: it would be answered with garbage.
-
-    Args:
-        model: the model (its text config's ``max_position_embeddings`` is the limit; none: no check).
-        records: the samples of the batch.
-        lengths: each prompt's token count (media placeholders included).
-
-    Raises:
-        OverlongSampleError: naming the first over-long record, its file, its length and the limit.
-    """
-    from medvl.data.labels import OverlongSampleError
-
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    limit = getattr(text_config, "max_position_embeddings", None)
-    if not limit:
-        return
-    for rec, n in zip(records, lengths):
-        if int(n) > limit:
-            raise OverlongSampleError(
-                f"the prompt is {int(n)} tokens (media placeholders included), more than the model's {limit} positions "
-                "(max_position_embeddings); shorten the conversation, or skip such records (medvl infer --on-overlong skip)",
-                length=int(n), max_length=int(limit), record=rec.id, path=rec.source_file)
 
 
 def _generation_kwargs(processor: Any, max_new_tokens: int, min_new_tokens: int, do_sample: bool, extra: dict) -> dict:
