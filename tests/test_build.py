@@ -158,27 +158,6 @@ def test_trust_remote_code_load_in_a_process_without_medvl(tiny_model_dir, tiny_
     np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), expected)
 
 
-def test_build_cli_writes_a_loadable_checkpoint(tmp_path):
-    from medvl.cli import main
-
-    out = tmp_path / "cli"
-    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-    assert main(["build", str(tiny), "--out", str(out), "volume=null", "vision.connector.depth=1"]) == 0
-    config = json.loads((out / "config.json").read_text())
-    assert config["volume_config"] is None and config["image_connector"]["depth"] == 1
-    assert main(["build", str(tiny), "--out", str(tmp_path / "bad"), "vision.feature_select=cls_patch"]) == 2
-
-
-def test_spec_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="valid keys"):
-        load_model_spec(None, ["vision.conector.depth=2"])
-    with pytest.raises(ValueError, match="at least one encoder"):
-        build_model(load_model_spec(None, ["tokenizer.source=train", "llm.config.model_type=qwen2"]))
-    with pytest.raises(FileNotFoundError, match="not a local folder"):
-        build_model(load_model_spec(None, [f"llm.path={tmp_path / 'nope'}", "tokenizer.source=train",
-                                           "vision.config.model_type=siglip_vision_model"]))
-
-
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
@@ -200,3 +179,25 @@ def test_invalid_architecture_is_refused_at_build_time(tmp_path, override, expec
         return
     with pytest.raises(ValueError, match=expected):
         build_model(spec)
+
+
+def test_build_cli_writes_a_loadable_checkpoint(tmp_path):
+    from medvl.cli import main
+
+    out = tmp_path / "cli"
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    assert main(["build", str(tiny), "--out", str(out), "volume=null", "vision.connector.depth=1"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["volume_config"] is None and config["image_connector"]["depth"] == 1
+    assert main(["build", str(tiny), "--out", str(tmp_path / "bad"), "vision.feature_select=cls_patch"]) == 2
+
+
+def test_spec_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="valid keys"):
+        load_model_spec(None, ["vision.conector.depth=2"])
+    with pytest.raises(ValueError, match="at least one encoder"):
+        build_model(load_model_spec(None, ["tokenizer.source=train", "llm.config.model_type=qwen2"]))
+    with pytest.raises(FileNotFoundError, match="not a local folder"):
+        build_model(load_model_spec(None, [f"llm.path={tmp_path / 'nope'}", "tokenizer.source=train",
+                                           "vision.config.model_type=siglip_vision_model"]))
+

@@ -70,7 +70,7 @@ def record_window(meta: dict[str, Any], record: str | int | None = None, path: s
     Raises:
         MedVLDataError: an invalid window, naming the record and the valid forms.
     """
-    window = meta.get("window")
+    window = meta.get("window") if isinstance(meta, dict) else None
     if isinstance(window, list):
         window = tuple(window)
     if window is not None and window != "minmax":
