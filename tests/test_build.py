@@ -200,4 +200,3 @@ def test_spec_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a local folder"):
         build_model(load_model_spec(None, [f"llm.path={tmp_path / 'nope'}", "tokenizer.source=train",
                                            "vision.config.model_type=siglip_vision_model"]))
-
