@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import logging
-import os
 import sys
 
 from medvl.utils.logging import setup_logging
@@ -39,15 +37,6 @@ VERBS: dict[str, str] = {
 }
 
 
-# exit codes: 2 = bad input (data, config, arguments, paths), 1 = anything else that failed
-EXIT_BAD_INPUT = 2
-EXIT_FAILURE = 1
-EXIT_INTERRUPTED = 130
-# OSErrors that say "the path you gave is wrong", as opposed to the machine failing (disk full, I/O)
-_BAD_PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
-                    errno.ENOTEMPTY, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP}
-
-
 def _requested_verb(argv: list[str]) -> str | None:
     """The first positional argument, skipping the value of ``--log-level VALUE``."""
     skip = False
@@ -59,6 +48,54 @@ def _requested_verb(argv: list[str]) -> str | None:
         elif not arg.startswith("-"):
             return arg
     return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``medvl`` console script.
+
+    Args:
+        argv: arguments without the program name (defaults to ``sys.argv[1:]``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="medvl", description="Medical vision-language models.")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    # Only the requested verb's module is imported; the others get a placeholder help line.
+    requested = _requested_verb(argv)
+    for verb, module in VERBS.items():
+        if verb == requested:
+            mod = importlib.import_module(f"medvl.commands.{module}")
+            p = sub.add_parser(verb, help=getattr(mod, "HELP", None), description=getattr(mod, "HELP", None))
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
+        else:
+            sub.add_parser(verb, help=f"(medvl {verb} --help)")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return int(args._run(args) or 0)
+    except Exception as err:  # noqa: BLE001 - the CLI's one place that turns errors into messages
+        if _debug_enabled(args.log_level):
+            raise
+        code, message = classify_error(err)
+        print(f"medvl {args.verb}: error: {message}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        if _debug_enabled(args.log_level):
+            raise
+        print(f"medvl {args.verb}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+
+# ---------------------------------------------------------------- errors -> one line + exit code
+# exit codes: 2 = bad input (data, config, arguments, paths), 1 = anything else that failed
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+# OSErrors that say "the path you gave is wrong", as opposed to the machine failing (disk full, I/O)
+_BAD_PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
+                    errno.ENOTEMPTY, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP}
 
 
 def _library_load_errors() -> tuple[type[BaseException], ...]:
@@ -113,45 +150,11 @@ def classify_error(err: BaseException) -> tuple[int, str]:
 
 
 def _debug_enabled(level: str | None) -> bool:
+    import logging
+    import os
+
     level = level or os.environ.get("MEDVL_LOG_LEVEL", "")
     return str(level).upper() in ("DEBUG", str(logging.DEBUG))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``medvl`` console script.
-
-    Args:
-        argv: arguments without the program name (defaults to ``sys.argv[1:]``).
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="medvl", description="Medical vision-language models.")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    # Only the requested verb's module is imported; the others get a placeholder help line.
-    requested = _requested_verb(argv)
-    for verb, module in VERBS.items():
-        if verb == requested:
-            mod = importlib.import_module(f"medvl.commands.{module}")
-            p = sub.add_parser(verb, help=getattr(mod, "HELP", None), description=getattr(mod, "HELP", None))
-            mod.add_arguments(p)
-            p.set_defaults(_run=mod.run)
-        else:
-            sub.add_parser(verb, help=f"(medvl {verb} --help)")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
-    try:
-        return int(args._run(args) or 0)
-    except Exception as err:  # noqa: BLE001 - the CLI's one place that turns errors into messages
-        if _debug_enabled(args.log_level):
-            raise
-        code, message = classify_error(err)
-        print(f"medvl {args.verb}: error: {message}", file=sys.stderr)
-        return code
-    except KeyboardInterrupt:
-        if _debug_enabled(args.log_level):
-            raise
-        print(f"medvl {args.verb}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
