@@ -158,6 +158,29 @@ def test_trust_remote_code_load_in_a_process_without_medvl(tiny_model_dir, tiny_
     np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), expected)
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("llm.config.num_attention_heads=8", None),  # a valid combination (8 % 2 == 0, 64 % 8 == 0)
+        ("llm.config.num_key_value_heads=3", "num_attention_heads \\(4\\) must be a multiple of num_key_value_heads \\(3\\).*1, 2, 4"),
+        ("llm.config.num_attention_heads=5", "num_attention_heads \\(5\\) must be a multiple of num_key_value_heads \\(2\\)"),
+        ("vision.config.num_attention_heads=3", "vision.config: hidden_size \\(64\\) must be a multiple of num_attention_heads \\(3\\)"),
+        ("vision.config.patch_size=24", "image_size 64 must be a multiple of patch_size 24"),
+        ("volume.config.patch_size=[4,16,24]", "patch_size \\[4, 16, 24\\] does not divide image_size"),
+    ],
+)
+def test_invalid_architecture_is_refused_at_build_time(tmp_path, override, expected):
+    from tests.conftest import TINY_YAML
+    from medvl.build import build_model, load_model_spec
+
+    spec = load_model_spec(TINY_YAML, [override])
+    if expected is None:  # a valid combination builds
+        build_model(spec)
+        return
+    with pytest.raises(ValueError, match=expected):
+        build_model(spec)
+
+
 def test_build_cli_writes_a_loadable_checkpoint(tmp_path):
     from medvl.cli import main
 

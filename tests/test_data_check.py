@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from medvl.cli import main
@@ -52,6 +53,7 @@ def test_check_counts_every_problem(tmp_path, tiny_processor):
         "marker_mismatch": 1,
         "empty_answer": 1,
         "invalid_record": 1,  # unknown role
+        "outside_root": 0,
         "duplicate_id": 1,
         "missing_media": 1,
         "unreadable_media": 2,  # truncated PNG, NaN volume
@@ -60,7 +62,7 @@ def test_check_counts_every_problem(tmp_path, tiny_processor):
     # media references of the records that parsed; ok.png is read once but found twice
     assert src.images == 4 and src.volumes == 2 and src.media_found == 3
     kinds = {k for k, _ in report.issues}
-    assert kinds == set(src.problems)
+    assert kinds == {k for k, n in src.problems.items() if n}
     text = "\n".join(m for _, m in report.issues)
     assert "record 'missing'" in text and "nope.png" in text
     assert "record 'nan'" in text and "nan.npy" in text
@@ -107,3 +109,76 @@ def test_cli_synth_then_check(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "check", str(tmp_path / "s" / "train.jsonl")]) == 0
     assert "OK: no problems found" in capsys.readouterr().out
+
+
+def test_check_reports_media_outside_the_root(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(tmp_path / "secret.png")
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(data / "ok.png")
+    rows = [{"id": "ok", "messages": _msg("<image> q"), "images": ["ok.png"]},
+            {"id": "escape", "messages": _msg("<image> q"), "images": ["../secret.png"]},
+            {"id": "abs", "messages": _msg("<image> q"), "images": [str(tmp_path / "secret.png")]}]
+    f = data / "d.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = check_data(f, progress=False)
+    assert report.totals()["outside_root"] == 2 and not report.ok
+    assert all("outside the data root" in m for k, m in report.issues if k == "outside_root")
+    assert main(["data", "check", str(f)]) == 1
+    out = capsys.readouterr().out
+    assert "[outside_root] record 'escape'" in out and "OK: no problems" not in out
+    assert main(["data", "check", str(f), "--allow-outside-root"]) == 0
+
+
+def test_check_reports_an_empty_file_instead_of_ok(tmp_path, capsys):
+    for name, text in (("empty.jsonl", ""), ("blank.json", "\n\n"), ("array.json", "[]")):
+        f = tmp_path / name
+        f.write_text(text)
+        report = check_data(f, progress=False)
+        assert not report.ok and "holds no records" in report.issues[0][1] and name in report.issues[0][1]
+        assert main(["data", "check", str(f)]) == 1
+        assert "OK: no problems" not in capsys.readouterr().out
+
+
+def test_check_with_model_reports_prompts_longer_than_its_positions(tmp_path, tiny_model_dir, capsys):
+    rows = [{"id": "short", "messages": _msg("a short question")},
+            {"id": "huge", "messages": _msg("word " * 2100)}]  # tiny model: 2048 positions
+    f = tmp_path / "d.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["data", "check", str(f), "--model", str(tiny_model_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "[overlong] record 'huge'" in out and "record 'short'" not in out and "max_length 2048" in out
+
+
+def test_degenerate_media_are_errors_and_small_ones_warnings(tmp_path, tiny_processor):
+    Image.fromarray(np.full((1, 1), 9, np.uint8)).save(tmp_path / "dot.png")
+    Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "small.png")
+    np.save(tmp_path / "voxel.npy", np.zeros((1, 1, 1), np.float32))
+    np.save(tmp_path / "slice.npy", np.zeros((1, 64, 64), np.float32))
+    np.save(tmp_path / "thin.npy", np.zeros((3, 64, 64), np.float32))
+    rows = [{"id": "dot", "messages": _msg("<image> q"), "images": ["dot.png"]},
+            {"id": "small", "messages": _msg("<image> q"), "images": ["small.png"]},
+            {"id": "voxel", "messages": _msg("<volume> q"), "volumes": ["voxel.npy"]},
+            {"id": "slice", "messages": _msg("<volume> q"), "volumes": ["slice.npy"]},
+            {"id": "thin", "messages": _msg("<volume> q"), "volumes": ["thin.npy"]}]
+    f = tmp_path / "d.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = check_data(f, progress=False)
+    errors = {m.split("'")[1]: m for k, m in report.issues}
+    assert set(errors) == {"dot", "voxel", "slice"} and all("degenerate" in m for m in errors.values())
+    assert "1x1 pixels" in errors["dot"] and "(1, 1, 1)" in errors["voxel"] and "(1, 64, 64)" in errors["slice"]
+    warned = {m.split("'")[1] for k, m in report.warnings}
+    assert warned == {"small", "thin"} and report.totals()["unreadable_media"] == 3
+    assert "2 warning(s)" in report.format()
+    # the training dataset refuses the degenerate ones naming record and file (it would feed a flat tensor)
+    from medvl.data.dataset import ConversationDataset
+    from medvl.data.records import load_records
+    from medvl.errors import MedVLDataError
+
+    ds = ConversationDataset(load_records(f), tiny_processor)
+    for i, rid in enumerate(["dot", "small", "voxel", "slice", "thin"]):
+        if rid in errors:
+            with pytest.raises(MedVLDataError, match=f"record '{rid}'.*degenerate"):
+                ds[i]
+        else:
+            assert ds[i]["id"] == rid

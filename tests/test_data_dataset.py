@@ -94,8 +94,33 @@ def test_lazy_errors_name_record_and_file_or_skip_and_count(tmp_path, tiny_proce
     with pytest.raises(MedVLDataError, match=r"record 'corrupt'.*broken.png"):
         strict[4]
     lenient = ConversationDataset(records, tiny_processor, on_error="skip", **LOADERS)
-    assert lenient[3]["id"] == "img"  # 3 and 4 are bad: wraps around to the first good record
+    assert lenient[3] is None and lenient[4] is None  # dropped, never replaced by another record
     assert lenient.skipped["error"] == 2
+
+
+def test_skip_means_skip_every_good_record_once_per_epoch(tmp_path, tiny_processor):
+    """data.on_error=skip: an epoch through a DataLoader sees each good record exactly once."""
+    from torch.utils.data import DataLoader
+
+    from medvl.data.collator import PackingCollator, PaddedCollator
+
+    records = load_records(make_dataset_dir(tmp_path))
+    lenient = ConversationDataset(records, tiny_processor, on_error="skip", **LOADERS)
+    good = []
+    for i in range(len(records)):
+        try:
+            ConversationDataset(records, tiny_processor, **LOADERS).build(i)
+            good.append(records[i].id)
+        except MedVLDataError:
+            pass
+    assert len(good) == len(records) - 2
+    collator = PaddedCollator(tiny_processor.tokenizer.pad_token_id, return_ids=True)
+    seen = [i for batch in DataLoader(lenient, batch_size=2, collate_fn=collator) for i in batch["ids"]]
+    assert sorted(seen) == sorted(good) and lenient.skipped["error"] == 2
+    # a batch of skipped samples only comes out with zero rows (the trainer steps over it)
+    for coll in (collator, PackingCollator()):
+        empty = coll([None, None])
+        assert empty["input_ids"].shape[0] == 0 and empty["labels"].shape[0] == 0
 
 
 def test_overlong_is_skipped_and_counted_or_raises(tmp_path, tiny_processor):
@@ -105,7 +130,8 @@ def test_overlong_is_skipped_and_counted_or_raises(tmp_path, tiny_processor):
     limit = n_text  # the text-only sample fits, the media samples (16/8 placeholders each) do not
     assert n_img > limit and n_vol > limit
     ds = ConversationDataset(records, tiny_processor, max_length=limit, **LOADERS)
-    assert ds[0]["id"] == "text" and ds.skipped["overlong"] == 2
+    items = [ds[i] for i in range(3)]
+    assert items[:2] == [None, None] and items[2]["id"] == "text" and ds.skipped["overlong"] == 2
     strict = ConversationDataset(records, tiny_processor, max_length=limit, on_overlong="error", **LOADERS)
     with pytest.raises(OverlongSampleError, match=rf"record 'img'.*{n_img} tokens"):
         strict[0]

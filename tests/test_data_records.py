@@ -133,3 +133,59 @@ def test_invalid_utf8_is_reported(tmp_path):
 def test_missing_records_file(tmp_path):
     with pytest.raises(MedVLDataError, match="records file not found"):
         load_records(tmp_path / "nope.json")
+
+
+# ---------------------------------------------------------------- media paths stay inside the data root
+def _one_image(path: str) -> dict:
+    return {"id": "r1", "messages": [{"role": "user", "content": "<image> ?"}, {"role": "assistant", "content": "x"}],
+            "images": [path]}
+
+
+@pytest.mark.parametrize("media", ["../outside/secret.png", "../../../../etc/passwd", "/etc/passwd", "sub/../../x.png"])
+def test_media_outside_the_root_is_refused(tmp_path, media):
+    from medvl.errors import MediaOutsideRootError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    f = _write_jsonl(data / "d.jsonl", [_one_image(media)])
+    with pytest.raises(MediaOutsideRootError) as exc:
+        load_records(f)
+    msg = str(exc.value)
+    assert "record 'r1'" in msg and str(f) in msg and repr(media) in msg and "--allow-outside-root" in msg
+
+
+def test_symlink_leaving_the_root_is_refused_and_opt_in_accepts(tmp_path):
+    from medvl.data.records import outside_root_allowed
+    from medvl.errors import MediaOutsideRootError
+
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    data.mkdir(), elsewhere.mkdir()
+    (elsewhere / "a.png").write_bytes(b"x")
+    (data / "link.png").symlink_to(elsewhere / "a.png")
+    (data / "in.png").write_bytes(b"x")
+    (data / "inner_link.png").symlink_to(data / "in.png")
+    f = _write_jsonl(data / "d.jsonl", [_one_image("link.png")])
+    with pytest.raises(MediaOutsideRootError):
+        load_records(f)
+    # the record keeps the path as written (made absolute), not the symlink target
+    assert load_records(f, allow_outside_root=True)[0].images == [str(data / "link.png")]
+    with outside_root_allowed():
+        assert load_records(f)[0].images == [str(data / "link.png")]
+    with outside_root_allowed(), pytest.raises(MediaOutsideRootError):
+        load_records(f, allow_outside_root=False)  # an explicit argument wins
+    # a symlink that stays inside, an absolute path inside, and a root that is itself a symlink are fine
+    g = _write_jsonl(data / "g.jsonl", [_one_image("inner_link.png"), {**_one_image(str(data / "in.png")), "id": "r2"}])
+    assert [r.images for r in load_records(g)] == [[str(data / "inner_link.png")], [str(data / "in.png")]]
+    (tmp_path / "data_link").symlink_to(data)
+    assert load_records(tmp_path / "data_link" / "g.jsonl")[1].images == [str(data / "in.png")]
+
+
+def test_explicit_root_decides_what_is_inside(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lists").mkdir()
+    f = _write_jsonl(tmp_path / "lists" / "d.jsonl", [_one_image("../img/a.png")])
+    with pytest.raises(MedVLDataError, match="outside the data root"):
+        load_records(f)
+    # the usual layout: lists/ and img/ side by side, paths relative to their common root
+    g = _write_jsonl(tmp_path / "lists" / "g.jsonl", [_one_image("img/a.png")])
+    assert load_records(g, root=tmp_path)[0].images == [str(tmp_path / "img" / "a.png")]

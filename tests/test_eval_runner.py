@@ -145,3 +145,66 @@ def test_evaluate_protocol_override(tmp_path, synth_dir):
     with pytest.raises(ValueError, match="only VQA tasks"):
         evaluate(EvalConfig(tasks=["synth_report"], out_dir=tmp_path, protocols={"synth_report": "mcq"}),
                  generate_fn=answer_even_ids)
+
+
+def test_duplicate_sample_ids_are_an_error(tmp_path, synth_dir, tiny_model_dir, capsys):
+    import shutil
+
+    from medvl.cli import main
+    from medvl.errors import MedVLDataError
+
+    data = tmp_path / "dup"
+    shutil.copytree(synth_dir, data)
+    lines = (data / "train.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    twin = json.loads(lines[1])
+    twin["id"] = first["id"]  # two different samples, one id
+    (data / "train.jsonl").write_text("\n".join([lines[0], json.dumps(twin), *lines[2:]]) + "\n")
+    cfg = EvalConfig(tasks=["synth_vqa"], out_dir=tmp_path / "o", data={"synth_vqa": str(data)}, split="train",
+                     meteor=False, progress=False)
+    with pytest.raises(MedVLDataError, match=f"duplicate sample id\\(s\\) '{first['id']}'"):
+        evaluate(cfg, generate_fn=answer_even_ids)
+    assert main(["eval", str(tiny_model_dir), "--tasks", "synth_vqa", "--data", f"synth_vqa={data}", "--split",
+                 "train", "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
+    assert "duplicate sample id" in capsys.readouterr().err
+
+
+def test_predictions_of_another_model_are_never_reused(tmp_path, synth_dir):
+    cfg = EvalConfig(tasks=["synth_vqa"], out_dir=tmp_path, data={"synth_vqa": str(synth_dir)}, split="train",
+                     meteor=False, progress=False)
+    evaluate(cfg, generate_fn=answer_even_ids, model_name="model-a")
+    path = tmp_path / "predictions" / "synth_vqa.jsonl"
+    before = path.read_text()
+    with pytest.raises(ValueError, match="another model or other generation settings"):
+        evaluate(cfg, generate_fn=lambda records, **gen: ["yes"] * len(records), model_name="model-b")
+    assert path.read_text() == before  # nothing of model A's run is lost either
+    cfg.generation = {"max_new_tokens": 7}  # same model, other generation settings
+    with pytest.raises(ValueError, match="another model or other generation settings"):
+        evaluate(cfg, generate_fn=answer_even_ids, model_name="model-a")
+
+
+def test_cli_keys_resume_by_weights_not_path(tmp_path, synth_dir, tiny_model_dir, capsys):
+    """A copy of the checkpoint resumes; the same path with changed weights is refused."""
+    import shutil
+
+    from medvl.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    out = tmp_path / "out"
+    argv = ["eval", str(model), "--tasks", "synth_vqa", "--data", f"synth_vqa={synth_dir}", "--split", "train",
+            "--limit", "2", "--max-new-tokens", "2", "--no-progress", "--no-meteor", "--out", str(out)]
+    assert main(argv) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)
+    argv_copy = [str(copy) if a == str(model) else a for a in argv]
+    assert main(argv_copy) == 0  # same weights under another path: resumed, nothing regenerated
+    weights = model / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-8:] = bytes(8)  # last weights changed in place
+    weights.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "another model" in capsys.readouterr().err
+    # and an --out inside the checkpoint is refused before anything is written
+    assert main([*argv[:-1], str(model / "eval")]) == 2 and not (model / "eval").exists()

@@ -61,7 +61,8 @@ def test_synth_tasks(tmp_path):
     assert {r.meta["language"] for r in vqa} <= {"en", "zh"}
     assert all(r.meta["question_type"] != "report" for r in vqa)
     assert all(r.meta["answer_type"] in ("CLOSED", "OPEN") for r in vqa)
-    assert user_text(vqa[0]).endswith("Answer the question using a single word or phrase.")
+    # prompted exactly as the phantom training data: no lmms-eval suffix (issue 14, case 7)
+    assert not user_text(vqa[0]).endswith("Answer the question using a single word or phrase.")
     fp = data_fingerprint(vqa)
     assert fp == data_fingerprint(get_task("synth_vqa").load(tmp_path, split="train")) and len(fp) == 16
     assert fp != data_fingerprint(vqa[:-1])

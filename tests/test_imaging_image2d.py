@@ -193,3 +193,55 @@ def test_dicom_sniffed_without_suffix(tmp_path):
 def test_apply_window_uint8_edges():
     assert apply_window_uint8(np.array([-1000.0, 0.0, 1000.0]), "wide").tolist() == [0, 128, 255]
     assert apply_window_uint8(np.array([-160.0, 240.0]), "mediastinum").tolist() == [0, 255]
+
+
+def _png_with_sbit(path, values: np.ndarray, sbit: int | None) -> None:
+    """A 16-bit grey PNG, with an sBIT chunk (declared significant bits) when given."""
+    Image.fromarray(values).save(path)
+    if sbit is None:
+        return
+    data = path.read_bytes()
+    chunk = struct.pack(">I", 1) + b"sBIT" + bytes([sbit]) + struct.pack(">I", zlib.crc32(b"sBIT" + bytes([sbit])) & 0xFFFFFFFF)
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR header, IHDR data, CRC
+    path.write_bytes(data[:ihdr_end] + chunk + data[ihdr_end:])
+
+
+def test_12bit_data_in_a_16bit_png_uses_its_real_bit_depth(tmp_path):
+    """CR/DX exports: 12-bit values in a 16-bit PNG must not come out nearly black."""
+    values = np.array([[0, 1365, 2730, 4095]], dtype=np.uint16)
+    _png_with_sbit(tmp_path / "cr.png", values, None)
+    # no sBIT: the brightest pixel (4095) needs 12 bits -> 0..4095 onto 0..255
+    assert np.array(load_image(tmp_path / "cr.png"))[0, :, 0].tolist() == [0, 85, 170, 255]
+    # declared 12 significant bits win over the data: a dark 12-bit image stays dark
+    dark = np.array([[0, 1000, 2047]], dtype=np.uint16)
+    _png_with_sbit(tmp_path / "dark.png", dark, 12)
+    assert np.array(load_image(tmp_path / "dark.png"))[0, :, 0].tolist() == [0, round(1000 / 4095 * 255), round(2047 / 4095 * 255)]
+    # 10-bit data, no sBIT
+    _png_with_sbit(tmp_path / "ten.png", np.array([[0, 1023]], dtype=np.uint16), None)
+    assert np.array(load_image(tmp_path / "ten.png"))[0, :, 0].tolist() == [0, 255]
+
+
+def test_window_per_record_and_per_data_set(tmp_path):
+    import json
+
+    from medvl.data.records import load_records
+    from medvl.data.registry import load_registry_records
+    from medvl.imaging.image2d import record_window
+
+    values = np.array([[0, 500, 1000, 4000]], dtype=np.float32)
+    Image.fromarray(values, mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(MedVLDataError, match="f.tif.*window"):
+        load_image(tmp_path / "f.tif")  # float: no fixed scale; the message says how to set a window
+    rows = [{"id": "a", "messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "x"}],
+             "images": ["f.tif"], "window": [500, 1000]},
+            {"id": "b", "messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "x"}],
+             "images": ["f.tif"]}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "reg.yaml").write_text("datasets:\n  d:\n    path: d.jsonl\n    window: minmax\n")
+    recs = {r.id: r for r in load_registry_records(tmp_path / "reg.yaml")}
+    assert record_window(recs["a"].meta) == (500, 1000) and record_window(recs["b"].meta) == "minmax"
+    a = np.array(load_image(recs["a"].images[0], window=record_window(recs["a"].meta)))[0, :, 0]
+    assert a.tolist() == [0, 128, 255, 255]
+    with pytest.raises(MedVLDataError, match="record 'x'.*invalid window 'nope'"):
+        record_window({"window": "nope"}, record="x")
+    assert "window" not in load_records(tmp_path / "d.jsonl")[1].meta

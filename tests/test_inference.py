@@ -153,6 +153,7 @@ def test_infer_cli_reproduces_medmvl(model_dir: Path, tmp_path: Path, capsys) ->
                "--max-new-tokens", "8", "--batch-size", "2", "--no-progress"])
     assert rc == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows[0].pop("run")) == 16  # fingerprint of model + generation settings (resume key)
     assert rows == [{"id": "medmvl-2d-siglip-mlp-infer-0", "prediction": " A hyperdense lesion of about",
                      "reference": "Yes, there is a small nodule in the right lung."}]
 

@@ -128,3 +128,18 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path):
         trainer.train()
         results.append(snapshot(trainer.model, "connector"))
     assert all(torch.allclose(results[0][n], results[1][n], atol=1e-5) for n in results[0])
+
+
+def test_a_batch_whose_samples_were_all_skipped_is_stepped_over(tmp_path):
+    """data.on_error=skip drops bad samples; a batch left with zero rows gives a zero loss that
+    reaches every trainable parameter (zero gradients) instead of crashing the model."""
+    from medvl.data.collator import PaddedCollator
+
+    parts = PartsConfig(llm=PartConfig("full"), vision=PartConfig("frozen"), connector=PartConfig("full"))
+    trainer = _trainer(tmp_path, parts)
+    empty = PaddedCollator(pad_token_id=0)([None, None])
+    loss = trainer.compute_loss(trainer.model, empty)
+    assert float(loss) == 0.0
+    loss.backward()
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and not p.grad.any() for p in trainable)

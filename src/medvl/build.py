@@ -166,6 +166,55 @@ def _part_config(path: str | None, overrides: dict[str, Any], what: str, vision_
     return AutoConfig.for_model(model_type, **overrides)
 
 
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def check_architecture(config: PreTrainedConfig | None, what: str) -> None:
+    """Refuse a part configuration that builds but crashes (or silently misbehaves) on first use.
+
+    Checked: attention heads a multiple of the key/value heads (grouped-query attention), the
+    hidden size a multiple of the heads (when no explicit ``head_dim``), image and volume sizes
+    multiples of their patch sizes.
+
+    Args:
+        config: the part's config (None: nothing to check).
+        what: ``llm``, ``vision`` or ``volume`` (the spec section named in the message).
+
+    Raises:
+        ValueError: naming the setting, the constraint and the values that would satisfy it.
+    """
+    if config is None:
+        return
+    prefix = f"{what}.config"
+    if what == "llm":
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        model_type = getattr(config, "model_type", None)
+        if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise ValueError(f"llm: model_type {model_type!r} is not a causal language model (is llm.path a vision "
+                             "tower's folder?); give an LLM such as qwen2, llama, phi3")
+    heads = getattr(config, "num_attention_heads", None)
+    kv = getattr(config, "num_key_value_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    if isinstance(heads, int) and heads <= 0 or isinstance(kv, int) and kv <= 0:
+        raise ValueError(f"{prefix}: num_attention_heads ({heads}) and num_key_value_heads ({kv}) must be positive")
+    if isinstance(heads, int) and isinstance(kv, int) and heads % kv:
+        raise ValueError(f"{prefix}: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv}): "
+                         f"each key/value head serves the same number of query heads; valid num_key_value_heads for "
+                         f"{heads} heads: {_divisors(heads)}")
+    if isinstance(heads, int) and isinstance(hidden, int) and getattr(config, "head_dim", None) is None and hidden % heads:
+        raise ValueError(f"{prefix}: hidden_size ({hidden}) must be a multiple of num_attention_heads ({heads}) "
+                         f"(head size = hidden_size / heads); valid num_attention_heads for {hidden}: {_divisors(hidden)}")
+    size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+    if size is not None and patch is not None:
+        sizes = list(size) if isinstance(size, (list, tuple)) else [size]
+        patches = list(patch) if isinstance(patch, (list, tuple)) else [patch] * len(sizes)
+        if len(patches) == len(sizes) and any(int(p) <= 0 or int(n) % int(p) for n, p in zip(sizes, patches)):
+            raise ValueError(f"{prefix}: image_size {size} must be a multiple of patch_size {patch} in every dimension "
+                             "(the encoder cuts the input into whole patches)")
+
+
 # ---------------------------------------------------------------------------- tokenizer
 def _build_tokenizer(spec: ModelSpec):
     tok_spec = spec.tokenizer
@@ -440,6 +489,8 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
             volume_config = _clip_vit3d_config(spec.volume, volume_clip)
         else:
             volume_config = _part_config(spec.volume.path, spec.volume.config, "volume", True)
+    for what, part in (("llm", text_config), ("vision", vision_config), ("volume", volume_config)):
+        check_architecture(part, what)
     for name, value in (("eos_token_id", tokenizer.eos_token_id), ("pad_token_id", tokenizer.pad_token_id)):
         setattr(text_config, name, value)
     config = MedVLConfig(
@@ -498,22 +549,27 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
     return model, processor
 
 
-def save_checkpoint(model: MedVLForConditionalGeneration, processor: MedVLProcessor, out: str | Path) -> Path:
+def save_checkpoint(
+    model: MedVLForConditionalGeneration, processor: MedVLProcessor, out: str | Path, *, overwrite: bool = False
+) -> Path:
     """Write a self-contained checkpoint: weights, config, code files, processor, tokenizer, template.
 
     Args:
         model: the model.
         processor: its processor.
-        out: output folder (created).
+        out: output folder: new or empty (written into a staging folder, renamed when complete).
+        overwrite: replace a non-empty ``out`` as a whole.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    from medvl.model_card import write_model_card
+    from medvl.utils.paths import fresh_output_dir
 
-    write_model_card(out, step="assembled with `medvl build`: parts loaded from pretrained folders keep their "
-                               "weights, the others (connectors at least) are randomly initialised")
+    out = Path(out)
+    with fresh_output_dir(out, overwrite=overwrite, flag="--out") as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        from medvl.model_card import write_model_card
+
+        write_model_card(staging, step="assembled with `medvl build`: parts loaded from pretrained folders keep "
+                                       "their weights, the others (connectors at least) are randomly initialised")
     logger.info("saved medvl checkpoint to %s", out)
     return out
 

@@ -3,11 +3,16 @@
 Each verb lives in ``medvl/commands/<verb>.py`` and defines ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int``. Verbs are imported lazily so that
 ``medvl --help`` and light verbs such as ``score`` do not pay for importing torch.
+
+Errors: a verb that fails prints one line ``medvl VERB: error: what (record, file)`` to stderr, never
+a traceback, and exits 2 for bad input (data, config, arguments, paths) or 1 for anything else
+(130 on Ctrl-C). ``medvl --log-level DEBUG VERB ...`` lets the exception through with its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -67,7 +72,89 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_parser(verb, help=f"(medvl {verb} --help)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except Exception as err:  # noqa: BLE001 - the CLI's one place that turns errors into messages
+        if _debug_enabled(args.log_level):
+            raise
+        code, message = classify_error(err)
+        print(f"medvl {args.verb}: error: {message}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        if _debug_enabled(args.log_level):
+            raise
+        print(f"medvl {args.verb}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+
+# ---------------------------------------------------------------- errors -> one line + exit code
+# exit codes: 2 = bad input (data, config, arguments, paths), 1 = anything else that failed
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+# OSErrors that say "the path you gave is wrong", as opposed to the machine failing (disk full, I/O)
+_BAD_PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
+                    errno.ENOTEMPTY, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def _library_load_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that third-party readers raise for a malformed file (imported lazily)."""
+    types: list[type[BaseException]] = []
+    try:
+        from safetensors import SafetensorError
+
+        types.append(SafetensorError)
+    except ImportError:  # pragma: no cover - safetensors ships with transformers
+        pass
+    try:
+        import yaml
+
+        types.append(yaml.YAMLError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def classify_error(err: BaseException) -> tuple[int, str]:
+    """Exit code and one-line message for an exception that ended a verb.
+
+    Args:
+        err: the exception.
+    """
+    from medvl.errors import MedVLDataError
+
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(err, MedVLDataError):
+        return EXIT_BAD_INPUT, text
+    if isinstance(err, OSError):
+        # str(OSError) is "[Errno N] what: 'file'"; keep it, it names the file
+        if err.errno in _BAD_PATH_ERRNOS or type(err) in (FileNotFoundError, FileExistsError, NotADirectoryError,
+                                                          IsADirectoryError, PermissionError):
+            return EXIT_BAD_INPUT, text
+        if err.errno == errno.ENOSPC:
+            return EXIT_FAILURE, f"{text} (free some space or choose another output folder)"
+        return EXIT_FAILURE, text
+    if isinstance(err, ValueError):  # config choices, JSON/Unicode decoding, argument values
+        return EXIT_BAD_INPUT, text
+    if isinstance(err, _library_load_errors()):
+        if "No space left" in text:
+            return EXIT_FAILURE, f"{type(err).__name__}: {text} (free some space or choose another output folder)"
+        return EXIT_BAD_INPUT, f"{type(err).__name__}: {text}"
+    if isinstance(err, ImportError):
+        return EXIT_FAILURE, f"{text} (a missing optional dependency: see the installation notes in README.md)"
+    return EXIT_FAILURE, (f"unexpected {type(err).__name__}: {text}; rerun with --log-level DEBUG for the traceback "
+                          "and please report it if the input looks right")
+
+
+def _debug_enabled(level: str | None) -> bool:
+    import logging
+    import os
+
+    level = level or os.environ.get("MEDVL_LOG_LEVEL", "")
+    return str(level).upper() in ("DEBUG", str(logging.DEBUG))
 
 
 if __name__ == "__main__":

@@ -25,3 +25,7 @@ class MedVLDataError(ValueError):
             where.append(f"file {str(path)!r}")
         prefix = (", ".join(where) + ": ") if where else ""
         super().__init__(prefix + message)
+
+
+class MediaOutsideRootError(MedVLDataError):
+    """A record's media path leaves its data root (after ``..`` and symlinks are resolved)."""

@@ -13,7 +13,6 @@ has no stock Hugging Face class; such a medvl checkpoint already loads anywhere 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +111,13 @@ def _llava_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_llava(model_dir: str | Path, out_dir: str | Path) -> Path:
+def export_llava(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Write a medvl 2D CLIP/SigLIP + MLP model as a stock Hugging Face ``llava`` checkpoint.
 
     Args:
         model_dir: medvl checkpoint folder.
-        out_dir: output folder (created).
+        out_dir: output folder: new or empty (written to a staging folder, then renamed).
+        overwrite: replace a non-empty ``out_dir`` (never the source folder).
 
     Returns:
         The output folder.
@@ -131,7 +131,25 @@ def export_llava(model_dir: str | Path, out_dir: str | Path) -> Path:
 
     from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 
+    from medvl.utils.paths import fresh_output_dir
+
+    from medvl.utils.files import check_model_folder
+
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    check_model_folder(model_dir)
+    # the target is checked before the model is loaded; it appears only once complete
+    with fresh_output_dir(out_dir, overwrite=overwrite, reads=[model_dir], flag="--as-llava") as staging:
+        _export_llava_into(model_dir, staging)
+    logger.info("exported %s as stock LLaVA to %s", model_dir, out_dir)
+    return out_dir
+
+
+def _export_llava_into(model_dir: Path, out_dir: Path) -> None:
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.initialization import no_init_weights
+
+    from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
+
     model = MedVLForConditionalGeneration.from_pretrained(model_dir, dtype="auto")
     config = model.config
     reason = llava_incompatibility(config)
@@ -186,17 +204,12 @@ def export_llava(model_dir: str | Path, out_dir: str | Path) -> Path:
         image_token="<image>",
         num_additional_image_tokens=additional,
     )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
     llava.save_pretrained(out_dir)
     llava_processor.save_pretrained(out_dir)
     from medvl.model_card import write_model_card
 
     write_model_card(out_dir, step="exported to the stock Hugging Face LLaVA format with `medvl export --as-llava`",
                      source=model_dir)
-    logger.info("exported %s as stock LLaVA to %s", model_dir, out_dir)
-    return out_dir
 
 
 __all__ = ["ExportError", "export_llava", "llava_incompatibility", "content_parts_template"]

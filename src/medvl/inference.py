@@ -43,9 +43,10 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None, devi
     """
     from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 
+    from medvl.utils.files import check_model_folder
+
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a model folder (no config.json)")
+    check_model_folder(path)  # a missing or damaged config / weights / tokenizer file is named here
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(dtype, str):
         valid = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -116,12 +117,16 @@ def _load_media(record: Record) -> tuple[list[Any], list[Any]]:
     from medvl.imaging.volume3d import load_volume
 
     images, volumes = [], []
+    from medvl.imaging.image2d import record_window
+
+    # the record's or its data set's intensity window (meta["window"])
+    window = record_window(record.meta, record.id, record.source_file)
     for p in record.images:
         if not isinstance(p, (str, Path)):
             images.append(p)
             continue
         try:
-            images.append(load_image(p, record=record.id))
+            images.append(load_image(p, window=window, record=record.id))
         except MedVLDataError:
             raise
         except Exception as err:  # unreadable / corrupt file: name the record and file
@@ -145,6 +150,32 @@ def _load_media(record: Record) -> tuple[list[Any], list[Any]]:
 def _model_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
     param = next(model.parameters())
     return param.device, param.dtype
+
+
+def check_prompt_lengths(model: Any, records: Sequence[Record], lengths: Sequence[int]) -> None:
+    """Refuse a prompt longer than the model's positions: it would be answered with garbage.
+
+    Args:
+        model: the model (its text config's ``max_position_embeddings`` is the limit; none: no check).
+        records: the samples of the batch.
+        lengths: each prompt's token count (media placeholders included).
+
+    Raises:
+        OverlongSampleError: naming the first over-long record, its file, its length and the limit.
+    """
+    from medvl.data.labels import OverlongSampleError
+
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text_config, "max_position_embeddings", None)
+    if not limit:
+        return
+    for rec, n in zip(records, lengths):
+        if int(n) > limit:
+            raise OverlongSampleError(
+                f"the prompt is {int(n)} tokens (media placeholders included), more than the model's {limit} positions "
+                "(max_position_embeddings); shorten the conversation, or skip such records (medvl infer --on-overlong skip)",
+                length=int(n), max_length=int(limit), record=rec.id, path=rec.source_file)
 
 
 def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict[str, torch.Tensor]:
@@ -178,6 +209,7 @@ def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict
             if value.is_floating_point():
                 value = value.to(dtype)
         out[key] = value
+    check_prompt_lengths(model, records, out["attention_mask"].sum(dim=1).tolist())
     return out
 
 

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # nargs="+": argparse cannot give positionals that follow an option to an earlier positional
     # list, so `CONFIG --out DIR k=v` collects `DIR k=v` here and run() splits them.
     parser.add_argument("--out", required=True, nargs="+", metavar="DIR", help="output checkpoint folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty output folder (refused otherwise; written to a staging folder first)")
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
-    out = save_checkpoint(model, processor, out_dir)
+    out = save_checkpoint(model, processor, out_dir, overwrite=args.overwrite)
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"saved {out}  ({n_params / 1e6:.2f}M parameters; {model.config.num_image_tokens} tokens per image, "

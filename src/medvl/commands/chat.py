@@ -21,6 +21,15 @@ HELP = "chat with a model about images / volumes (interactive, multi-turn)"
 logger = logging.getLogger(__name__)
 
 
+def _check_markers(messages: list[dict[str, str]], n_images: int, n_volumes: int) -> None:
+    """One ``<image>`` / ``<volume>`` marker per ``--image`` / ``--volume`` over the conversation."""
+    for marker, flag, given in (("<image>", "--image", n_images), ("<volume>", "--volume", n_volumes)):
+        found = sum(m["content"].count(marker) for m in messages if m["role"] == "user")
+        if found != given:
+            raise ValueError(f"the conversation has {found} {marker} marker(s) but {flag} was given {given} time(s); "
+                             f"give one {flag} per {marker} marker (or no marker: they are added for you)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``medvl chat``.
 
@@ -135,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         if not any(m["role"] == "user" for m in messages):
             text = attach_media(text, len(images), len(volumes))
         messages.append({"role": "user", "content": text})
+        _check_markers(messages, len(args.image), len(args.volume))
         try:
             deltas = stream_chat(model, processor, messages, images=images, volumes=volumes, **options)
             reply = print_stream(deltas, sys.stdout, prefix="model> " if interactive else "")

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=FORMATS, help="source format")
     parser.add_argument("src", help="source checkpoint folder (MedM-VL: config.json with lvlm_* fields + weights)")
     parser.add_argument("out", help="output medvl checkpoint folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty output folder (refused otherwise; written to a staging folder first)")
     parser.add_argument("--llm", metavar="DIR", help="local folder of the LLM the checkpoint names (config + tokenizer)")
     parser.add_argument("--vision", metavar="DIR",
                         help="local folder of the 2D tower (config.json + preprocessor_config.json)")
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         out = convert_medmvl(args.src, args.out, llm=args.llm, vision=args.vision, volume=args.volume, dtype=args.dtype,
-                             tower_input=args.tower_input)
+                             tower_input=args.tower_input, overwrite=args.overwrite)
     except (MedMVLConversionError, FileNotFoundError, ValueError) as err:
         logger.error("%s", err)
         return 2

@@ -33,11 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("source", help="records file (.json/.jsonl) or registry (.yaml)")
     check.add_argument("--model", default=None, help="model folder: enables token counts (media included) and over-long checks")
     check.add_argument("--template", default="auto", help="chat template (auto, chatml, llama3, vicuna, medmvl, plain)")
-    check.add_argument("--max-length", type=int, default=None, help="token limit, media placeholders included")
+    check.add_argument("--max-length", type=int, default=None, help="token limit, media placeholders included (default with --model: the model's positions)")
     check.add_argument("--split", default=None, help="registry split to check (default: all)")
     check.add_argument("--no-read-media", action="store_true", help="only check that media files exist")
     check.add_argument("--json", default=None, help="also write the full report as JSON here")
     check.add_argument("--max-issues", type=int, default=50, help="problems listed on screen (all are counted)")
+    check.add_argument("--allow-outside-root", action="store_true",
+                       help="accept media paths that leave the data root (reported as outside_root otherwise)")
 
     prep = sub.add_parser("prepare", help="cache preprocessed volumes (memory-mappable .npy + manifest)")
     prep.add_argument("source", help="records file (.json/.jsonl) or registry (.yaml)")
@@ -47,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="float16/float32: final tensors; int16: HU after the spatial steps")
     prep.add_argument("--split", default=None, help="registry split (default: all)")
     prep.add_argument("--skip-errors", action="store_true", help="skip unreadable volumes instead of stopping")
+    prep.add_argument("--allow-outside-root", action="store_true", help="accept media paths that leave the data root")
 
     synth = sub.add_parser("synth", help="write a synthetic chest phantom data set (2D radiographs or 3D CT)")
     mod = _synth_module()
@@ -58,19 +61,33 @@ def _load_processor(model_dir: str):
     from medvl.models import MedVLProcessor
 
     if not Path(model_dir).is_dir():
-        raise SystemExit(f"--model {model_dir}: not a folder")
+        raise FileNotFoundError(f"--model {model_dir}: not a folder")
     return MedVLProcessor.from_pretrained(model_dir)
+
+
+def _model_positions(model_dir: str) -> int | None:
+    """The model's position limit (its text config's ``max_position_embeddings``), if it has one."""
+    from transformers import AutoConfig
+
+    import medvl.models  # noqa: F401  (registers the medvl config with AutoConfig)
+
+    config = AutoConfig.from_pretrained(model_dir)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text_config, "max_position_embeddings", None)
 
 
 def _check(args: argparse.Namespace) -> int:
     from medvl.data.check import check_data
 
     processor = _load_processor(args.model) if args.model else None
+    max_length = args.max_length
+    if processor is not None and max_length is None:
+        max_length = _model_positions(args.model)  # a longer prompt would be answered with garbage
     report = check_data(
         args.source,
         processor,
         template=args.template,
-        max_length=args.max_length,
+        max_length=max_length,
         split=args.split,
         read_media=not args.no_read_media,
         progress=sys.stderr.isatty(),
@@ -109,20 +126,20 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: parsed arguments.
     """
+    from medvl.data.records import outside_root_allowed
     from medvl.errors import MedVLDataError
 
     try:
-        if args.data_command == "check":
-            return _check(args)
-        if args.data_command == "prepare":
-            return _prepare(args)
+        if args.data_command in ("check", "prepare"):
+            with outside_root_allowed(args.allow_outside_root):
+                return _check(args) if args.data_command == "check" else _prepare(args)
         if args.data_command == "synth":
             mod = _synth_module()
             if mod is None or not hasattr(mod, "run"):
                 print("error: medvl.data.synth is not available in this installation", file=sys.stderr)
                 return 2
             return int(mod.run(args) or 0)
-    except (MedVLDataError, ValueError) as err:
+    except (MedVLDataError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     raise AssertionError(args.data_command)

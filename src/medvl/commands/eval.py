@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     parser.add_argument("--data", action="append", default=[], metavar="TASK=DIR", help="release folder of a task")
     parser.add_argument("--data-root", default=None, help="folder with each release under its default name")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept media paths that leave a task's data root (refused by default)")
     parser.add_argument("--protocol", action="append", default=[], metavar="TASK=PROTOCOL",
                         help="score a VQA task with another protocol, e.g. slake=llava_med_v1")
     parser.add_argument("--split", default=None, help="split (default: each task's test split)")
@@ -44,6 +46,14 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: parsed arguments.
     """
+    from medvl.data.records import outside_root_allowed
+
+    with outside_root_allowed(args.allow_outside_root):  # media of the tasks' records must stay in their roots
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """The body of :func:`run` (the data-root setting applies around it)."""
     from medvl.errors import MedVLDataError
     from medvl.eval.runner import EvalConfig, evaluate, markdown_table
 

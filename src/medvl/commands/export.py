@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--as-llava", metavar="OUT", help="write a stock transformers LLaVA checkpoint to OUT")
     what.add_argument("--merge-lora", metavar="OUT", help="merge the LoRA adapter MODEL into its base, write to OUT")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty OUT (refused otherwise; the source folder is never replaced)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         from medvl.train.lora import merge_lora  # lazy: pulls in PEFT
 
         try:
-            out = merge_lora(args.model, args.merge_lora)
+            out = merge_lora(args.model, args.merge_lora, overwrite=args.overwrite)
         except (ValueError, FileNotFoundError) as err:
             logger.error("%s", err)
             return 2
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from medvl.export import ExportError, export_llava
 
     try:
-        out = export_llava(args.model, args.as_llava)
+        out = export_llava(args.model, args.as_llava, overwrite=args.overwrite)
     except (ExportError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2

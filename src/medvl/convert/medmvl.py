@@ -152,7 +152,9 @@ def read_layout(src: str | Path) -> MedMVLLayout:
     path = Path(src) / "config.json"
     if not path.is_file():
         raise MedMVLConversionError(f"{src}: no config.json; is this a MedM-VL checkpoint folder?")
-    cfg = json.loads(path.read_text())
+    from medvl.utils.files import read_json
+
+    cfg = read_json(path, "MedM-VL config")
     if "lvlm_llm_name_or_path" not in cfg:
         raise MedMVLConversionError(
             f"{path}: not a MedM-VL config (no lvlm_llm_name_or_path field; model_type={cfg.get('model_type')!r})"
@@ -242,6 +244,10 @@ def resolve_parts(
         if lacking:
             problems.append(f"  {flag} {folder}: lacks {', '.join(lacking)} ({what[key]} named {named!r})")
             continue
+        wrong = _wrong_part(key, folder)
+        if wrong:
+            problems.append(f"  {flag} {folder}: {wrong} ({what[key]} named {named!r})")
+            continue
         found[key] = folder
     if problems:
         raise MedMVLConversionError(
@@ -252,6 +258,25 @@ def resolve_parts(
     return MedMVLParts(llm=found["llm"], vision=found.get("vision"), volume=found.get("volume"))
 
 
+def _wrong_part(key: str, folder: Path) -> str | None:
+    """Why a part folder holds the wrong kind of model (e.g. ``--llm`` pointed at a vision tower), or None."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from medvl.utils.files import read_json
+
+    config = read_json(folder / "config.json", "config")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if key == "llm":
+        if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not (config.get("architectures") or [""])[0].endswith("ForCausalLM"):
+            return (f"holds a {model_type!r} model, not a causal language model (config.json model_type); "
+                    "point --llm at the LLM's folder")
+        if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+            return "has no tokenizer files (tokenizer.json / tokenizer.model / vocab.json)"
+    elif model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and "vision_config" not in config:
+        return f"holds a causal language model ({model_type!r}), not a vision encoder"
+    return None
+
+
 def load_state_dict(src: str | Path) -> dict[str, torch.Tensor]:
     """Load every tensor of a MedM-VL checkpoint (single or sharded safetensors, or pytorch .bin).
 
@@ -260,7 +285,10 @@ def load_state_dict(src: str | Path) -> dict[str, torch.Tensor]:
     """
     from safetensors.torch import load_file
 
+    from medvl.utils.files import check_weights
+
     src = Path(src)
+    check_weights(src)  # a truncated file is named here, not reported as "incomplete metadata"
     files: list[Path]
     if (src / "model.safetensors.index.json").is_file():
         index = json.loads((src / "model.safetensors.index.json").read_text())
@@ -718,6 +746,7 @@ def convert_medmvl(
     volume: str | Path | None = None,
     dtype: str | None = None,
     tower_input: str = "auto",
+    overwrite: bool = False,
 ) -> Path:
     """Convert a MedM-VL checkpoint folder into a self-contained medvl checkpoint.
 
@@ -730,17 +759,29 @@ def convert_medmvl(
         dtype: "float32" / "bfloat16" / "float16" to cast the weights; None keeps the checkpoint's.
         tower_input: what a 2D tower's model takes: "auto" (attn_pooling -> CT volumes slice by slice,
             else 2D images), "image" or "volume".
+        overwrite: replace a non-empty ``out`` (never one of the folders read).
 
     Returns:
         The output folder.
     """
+    from medvl.utils.paths import fresh_output_dir
+
+    src, out = Path(src), Path(out)
+    # checked before any weight is read; the folder appears only once complete
+    with fresh_output_dir(out, overwrite=overwrite, reads=[src, llm, vision, volume], flag="OUT") as staging:
+        _convert_into(src, staging, llm=llm, vision=vision, volume=volume, dtype=dtype, tower_input=tower_input)
+    logger.info("converted MedM-VL checkpoint %s -> %s", src, out)
+    return out
+
+
+def _convert_into(src: Path, out: Path, *, llm: str | Path | None, vision: str | Path | None,
+                  volume: str | Path | None, dtype: str | None, tower_input: str) -> None:
     from transformers import GenerationConfig
 
     from medvl.build import transformers_default_image_processor
     from medvl.data.templates import resolve_template
     from medvl.models import MedVLProcessor
 
-    src, out = Path(src), Path(out)
     layout = read_layout(src)
     parts = resolve_parts(src, layout, llm=llm, vision=vision, volume=volume)
     tok = _tokenizer(parts, src)
@@ -779,7 +820,6 @@ def convert_medmvl(
         num_image_tokens=model.config.num_image_tokens,
         num_volume_tokens=model.config.num_volume_tokens,
     )
-    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     from medvl.model_card import write_model_card
@@ -790,5 +830,3 @@ def convert_medmvl(
     (out / "medmvl_source.json").write_text(json.dumps(
         {"source": str(src.resolve()), "lvlm_config": layout.raw,
          "parts": {k: str(v) for k, v in vars(parts).items() if v is not None}}, indent=1))
-    logger.info("converted MedM-VL checkpoint %s -> %s", src, out)
-    return out

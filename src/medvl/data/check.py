@@ -18,7 +18,7 @@ from typing import Any
 
 from medvl.data.records import Record, parse_record
 from medvl.data.registry import DatasetEntry, is_registry, load_registry
-from medvl.errors import MedVLDataError
+from medvl.errors import MedVLDataError, MediaOutsideRootError
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ KINDS = (
     "marker_mismatch",
     "empty_answer",
     "invalid_record",
+    "outside_root",
     "duplicate_id",
     "missing_media",
     "unreadable_media",
@@ -77,6 +78,8 @@ class CheckReport:
 
     sources: list[SourceStats] = field(default_factory=list)
     issues: list[tuple[str, str]] = field(default_factory=list)
+    # ("degenerate_media", message): usable but suspicious (a tiny image, a volume of a few slices)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
     max_length: int | None = None
     token_counts: bool = False
 
@@ -97,6 +100,7 @@ class CheckReport:
             "totals": self.totals(),
             "sources": [s.summary() for s in self.sources],
             "issues": [{"kind": k, "message": m} for k, m in self.issues],
+            "warnings": [{"kind": k, "message": m} for k, m in self.warnings],
         }
 
     def format(self, max_issues: int = 50) -> str:
@@ -121,6 +125,9 @@ class CheckReport:
             lines.append("(token counts and over-long samples need --model)")
         elif self.max_length is not None:
             lines.append(f"max_length {self.max_length} (media placeholders included)")
+        if self.warnings:
+            lines.append(f"\n{len(self.warnings)} warning(s):")
+            lines += [f"  [{k}] {m}" for k, m in self.warnings[:max_issues]]
         if self.issues:
             lines.append(f"\n{len(self.issues)} problem(s):")
             lines += [f"  [{k}] {m}" for k, m in self.issues[:max_issues]]
@@ -132,6 +139,8 @@ class CheckReport:
 
 
 def _classify(err: MedVLDataError) -> str:
+    if isinstance(err, MediaOutsideRootError):
+        return "outside_root"
     msg = str(err)
     if "markers (" in msg or "marker in an assistant" in msg:
         return "marker_mismatch"
@@ -152,6 +161,9 @@ def _raw_objects(path: Path, stats: SourceStats, report: CheckReport) -> list[tu
         stats.problems["invalid_record"] += 1
         return []
     data = path.read_bytes()
+    if not data.strip():
+        bad("invalid_record", None, "the file is empty: it holds no records")
+        return []
     lines = data.split(b"\n")
     jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
     if not jsonl:
@@ -170,6 +182,8 @@ def _raw_objects(path: Path, stats: SourceStats, report: CheckReport) -> list[tu
             if isinstance(doc, dict) and isinstance(doc.get("data"), list):
                 doc = doc["data"]
             items = doc if isinstance(doc, list) else [doc]
+            if not items:
+                bad("invalid_record", None, "the file holds no records (an empty JSON array)")
             return [(f"{path.name}:{i + 1}", obj) for i, obj in enumerate(items)]
     out = []
     for lineno, raw in enumerate(lines, start=1):
@@ -199,6 +213,7 @@ def check_data(
     image_loader: Callable[[str], Any] | None = None,
     volume_loader: Callable[[str], Any] | None = None,
     progress: bool = True,
+    allow_outside_root: bool | None = None,
 ) -> CheckReport:
     """Read every record and media file of a data set or registry once and count the problems.
 
@@ -213,6 +228,8 @@ def check_data(
         image_loader: path -> image (default :func:`medvl.imaging.load_image`).
         volume_loader: path -> volume (default :func:`medvl.imaging.load_volume`).
         progress: show a progress bar.
+        allow_outside_root: accept media paths outside the data root (None: the
+            :func:`medvl.data.records.outside_root_allowed` setting; they are reported by default).
     """
     if is_registry(source):
         entries = load_registry(source).select(split)
@@ -245,7 +262,7 @@ def check_data(
         for rid, obj in iterator:
             stats.records += 1
             try:
-                rec = parse_record(obj, rid, str(path), root, vroot, entry.format)
+                rec = parse_record(obj, rid, str(path), root, vroot, entry.format, allow_outside_root)
             except MedVLDataError as err:
                 kind = _classify(err)
                 stats.problems[kind] += 1
@@ -269,10 +286,14 @@ def _check_media(rec: Record, path: Path, stats: SourceStats, report: CheckRepor
         for f in files:
             stats.images += kind == "image"
             stats.volumes += kind == "volume"
-            key = (kind, f)
+            window = rec.meta.get("window") if kind == "image" else None
+            key = (kind, f, repr(window))
             if key not in status:
-                status[key] = _read_media(kind, f, read_media, loader, processor)
+                status[key] = _read_media(kind, f, read_media, loader, processor, window)
             problem = status[key]
+            if isinstance(problem, Warning):  # readable, but small enough to be suspicious
+                report.warnings.append(("degenerate_media", str(MedVLDataError(str(problem), record=rec.id, path=f))))
+                problem = status[key] = None  # warned once per file
             if problem is None:
                 stats.media_found += 1
                 continue
@@ -284,20 +305,40 @@ def _check_media(rec: Record, path: Path, stats: SourceStats, report: CheckRepor
     return good
 
 
-def _read_media(kind: str, f: str, read_media: bool, loader: Any, processor: Any) -> str | None:
-    """None when the file is fine, else a short description of the problem."""
+def _read_media(kind: str, f: str, read_media: bool, loader: Any, processor: Any, window: Any = None) -> str | Warning | None:
+    """None when the file is fine, a Warning when it is suspicious, else a short description of the problem."""
     if not Path(f).exists():
         return "not found"
     if not read_media:
         return None
     try:
-        obj = loader(f)
+        if window is not None:
+            from medvl.imaging.image2d import record_window
+
+            obj = loader(f, window=record_window({"window": window}, path=f))
+        else:
+            obj = loader(f)
         if kind == "volume" and processor is not None and getattr(processor, "volume_processor", None) is not None:
             processor.volume_processor([obj])  # e.g. a volume smaller than the patch size
     except MedVLDataError as err:
         return str(err)
     except Exception as err:  # a checker reports, it does not crash
         return f"{type(err).__name__}: {err}"
+    return _degenerate(kind, obj)
+
+
+# below these sizes media load, but carry little for an encoder: data check warns
+SMALL_IMAGE_SIDE = 16
+SMALL_VOLUME_EXTENT = 4
+
+
+def _degenerate(kind: str, obj: Any) -> Warning | None:
+    """A warning for a readable but suspiciously small image or volume (None when fine)."""
+    if kind == "image" and hasattr(obj, "size") and min(obj.size) < SMALL_IMAGE_SIDE:
+        return Warning(f"tiny image of {obj.size[0]}x{obj.size[1]} pixels (under {SMALL_IMAGE_SIDE} on a side)")
+    shape = getattr(getattr(obj, "array", None), "shape", None)
+    if kind == "volume" and shape is not None and min(shape) < SMALL_VOLUME_EXTENT:
+        return Warning(f"thin volume of shape {tuple(shape)} (under {SMALL_VOLUME_EXTENT} voxels along an axis)")
     return None
 
 

@@ -4,6 +4,9 @@ Both produce the batch keys of the model's forward (see docs/ARCHITECTURE.md): `
 ``labels`` (-100 where unsupervised, not shifted), ``pixel_values`` / ``volume_values`` with the
 media of all samples concatenated in row order (row 0's media first, in marker order).
 
+Samples that the dataset skipped (``None``, see ``data.on_error=skip``) are left out of the batch;
+a batch whose samples were all skipped comes out with zero rows (the trainer steps over it).
+
 * :class:`PaddedCollator`: ``attention_mask``; right padding for training, left padding for
   generation (so every prompt ends at the last column).
 * :class:`PackingCollator`: all samples concatenated into ONE row with ``position_ids`` restarting
@@ -30,6 +33,21 @@ def _concat_media(samples: Sequence[dict[str, Any]], batch: dict[str, Any]) -> N
         parts = [s[key] for s in samples if s.get(key) is not None and len(s[key])]
         if parts:
             batch[key] = torch.cat(parts, dim=0)
+
+
+def _present(samples: Sequence[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The samples that were not skipped (a skipped sample is ``None``)."""
+    return [s for s in samples if s is not None]
+
+
+def _empty_batch(with_labels: bool, with_mask: bool) -> dict[str, Any]:
+    """A zero-row batch: every sample of it was skipped."""
+    batch: dict[str, Any] = {"input_ids": torch.zeros((0, 1), dtype=torch.long)}
+    if with_mask:
+        batch["attention_mask"] = torch.zeros((0, 1), dtype=torch.long)
+    if with_labels:
+        batch["labels"] = torch.full((0, 1), IGNORE_INDEX, dtype=torch.long)
+    return batch
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -67,8 +85,11 @@ class PaddedCollator:
         """Collate samples (dicts with ``input_ids``, optional ``labels`` and media).
 
         Args:
-            samples: items of a :class:`~medvl.data.dataset.ConversationDataset`.
+            samples: items of a :class:`~medvl.data.dataset.ConversationDataset` (``None``: skipped).
         """
+        samples = _present(samples)
+        if not samples:
+            return {**_empty_batch(with_labels=True, with_mask=True), **({"ids": []} if self.return_ids else {})}
         ids = [_as_tensor(s["input_ids"]) for s in samples]
         has_labels = all(s.get("labels") is not None for s in samples)
         length = max(len(x) for x in ids)
@@ -106,8 +127,12 @@ class PackingCollator:
         """Pack samples (dicts with ``input_ids``, ``labels`` and media) into a (1, total) row.
 
         Args:
-            samples: items of a :class:`~medvl.data.dataset.ConversationDataset` (train mode).
+            samples: items of a :class:`~medvl.data.dataset.ConversationDataset` (train mode; ``None``: skipped).
         """
+        samples = _present(samples)
+        if not samples:
+            return {**_empty_batch(with_labels=True, with_mask=False), "position_ids": torch.zeros((0, 1), dtype=torch.long),
+                    **({"ids": []} if self.return_ids else {})}
         ids, labels, pos = [], [], []
         for s in samples:
             x = _as_tensor(s["input_ids"])

@@ -4,8 +4,10 @@ Each item is a dict ``input_ids`` (L,), ``labels`` (L,) (train mode), ``pixel_va
 (n_images, 3, H, W) and ``volume_values`` (n_volumes, C, D, H, W) when the record has media, and
 ``id``. Errors surface lazily, when an item is read, as :class:`~medvl.errors.MedVLDataError`
 naming the record, the file and the problem. With ``on_error="skip"`` (or ``on_overlong="skip"``)
-the item is replaced by the next good record and counted in :attr:`ConversationDataset.skipped`
-(per process: with DataLoader workers each worker counts its own, and logs a warning per skip).
+the item is ``None``: the sample is dropped (the collators leave it out of the batch, never put
+another record in its place, which would show that record twice in the epoch) and counted in
+:attr:`ConversationDataset.skipped` (per process: with DataLoader workers each worker counts its
+own, and logs a warning per skip).
 """
 
 from __future__ import annotations
@@ -197,7 +199,13 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------------ media
     def _load_images(self, rec: Record) -> list[Any]:
-        loader = self._image_loader or _default_image_loader()
+        loader = self._image_loader
+        if loader is None:  # the default loader honours the record's (or its data set's) window
+            import functools
+
+            from medvl.imaging.image2d import record_window
+
+            loader = functools.partial(_default_image_loader(), window=record_window(rec.meta, rec.id, rec.source_file))
         return [_guarded(loader, p, rec, "image") for p in rec.images]
 
     def _load_volumes(self, rec: Record) -> list[Any]:
@@ -290,24 +298,21 @@ class ConversationDataset(torch.utils.data.Dataset):
         item.update(features)
         return item
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
         n = len(self.records)
         if not -n <= index < n:  # plain iteration relies on IndexError to stop
             raise IndexError(f"index {index} out of range for a dataset of {n} records")
-        index %= n
-        for attempt in range(n):
-            j = (index + attempt) % n
-            try:
-                return self.build(j)
-            except OverlongSampleError as err:
-                if self.on_overlong == "error":
-                    raise
-                self._count("overlong", err)
-            except MedVLDataError as err:
-                if self.on_error == "raise":
-                    raise
-                self._count("error", err)
-        raise MedVLDataError(f"all {n} records were skipped ({dict(self.skipped)}); see the warnings above")
+        try:
+            return self.build(index % n)
+        except OverlongSampleError as err:
+            if self.on_overlong == "error":
+                raise
+            self._count("overlong", err)
+        except MedVLDataError as err:
+            if self.on_error == "raise":
+                raise
+            self._count("error", err)
+        return None  # skipped: dropped from its batch by the collator, counted in self.skipped
 
     def _count(self, reason: str, err: Exception) -> None:
         self.skipped[reason] += 1

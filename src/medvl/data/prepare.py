@@ -110,7 +110,13 @@ class VolumeCache:
                 record=record,
                 path=str(path),
             )
-        array = np.load(self.folder / entry["file"], mmap_mode="r")
+        cached = self.folder / entry["file"]
+        try:
+            array = np.load(cached, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as err:  # numpy says "EOF: reading array header" and no file
+            raise MedVLDataError(f"the volume cache file {cached} is damaged ({type(err).__name__}: {err}); run "
+                                 "`medvl data prepare` again, or drop data.volume_cache", record=record,
+                                 path=str(path)) from None
         if self.dtype == "int16":
             if self._processor is None:
                 raise ValueError("call check_processor(volume_processor) before reading an int16 (HU) cache")

@@ -19,18 +19,26 @@ Two on-disk layouts load into the same :class:`Record`:
 
 Media paths are relative to a dataset root (default: the folder of the records file) and come out
 absolute. Every problem raises :class:`~medvl.errors.MedVLDataError` naming the record and file.
+
+A media path must stay inside its data root once ``..`` and symlinks are resolved (an absolute path
+too): a records file must not make medvl read ``/etc/passwd`` or another patient's folder. Users
+who keep media elsewhere on purpose opt in with ``allow_outside_root=True`` (CLI
+``--allow-outside-root``, YAML ``data.allow_outside_root: true``) or by setting the root.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from medvl.errors import MedVLDataError
+from medvl.errors import MedVLDataError, MediaOutsideRootError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,25 @@ _MEDMVL_KEYS = {"id", "conversations", "image", "image3d", "meta", "answer"}
 _MARKER_RE = re.compile(re.escape(IMAGE_MARKER) + "|" + re.escape(VOLUME_MARKER))
 
 RecordFormat = Literal["auto", "native", "medmvl"]
+
+# The process-wide default of ``allow_outside_root`` (False), switched on for one command by
+# :func:`outside_root_allowed`; an explicit argument always wins. A context variable rather than a
+# parameter threaded through every task adapter and registry helper that loads records.
+_ALLOW_OUTSIDE_ROOT: contextvars.ContextVar[bool] = contextvars.ContextVar("medvl_allow_outside_root", default=False)
+
+
+@contextlib.contextmanager
+def outside_root_allowed(allow: bool = True) -> Iterator[None]:
+    """Let records loaded inside this block point at media outside their data root.
+
+    Args:
+        allow: the setting inside the block (``False`` keeps the default refusal).
+    """
+    token = _ALLOW_OUTSIDE_ROOT.set(bool(allow))
+    try:
+        yield
+    finally:
+        _ALLOW_OUTSIDE_ROOT.reset(token)
 
 
 @dataclass
@@ -93,11 +120,46 @@ def _as_list(value: Any, what: str, rid: str, path: str) -> list[str]:
     raise MedVLDataError(f"'{what}' must be a path or a list of paths, got {value!r}", record=rid, path=path)
 
 
-def _resolve(paths: list[str], root: Path) -> list[str]:
+def check_inside_root(
+    media: str | Path, root: str | Path, record: str | None = None, path: str | None = None,
+    allow_outside_root: bool | None = None, written: str | None = None,
+) -> None:
+    """Raise unless ``media`` resolves (``..`` and symlinks followed) inside ``root``.
+
+    Args:
+        media: the media path (absolute, or relative to the current folder).
+        root: the data root it must stay in.
+        record: record id (for the message).
+        path: the records / release file (for the message).
+        allow_outside_root: skip the check (None: the :func:`outside_root_allowed` setting).
+        written: the path as the record wrote it (for the message; default ``media``).
+
+    Raises:
+        MediaOutsideRootError: naming the record, the file, the path and the root.
+    """
+    allow = _ALLOW_OUTSIDE_ROOT.get() if allow_outside_root is None else allow_outside_root
+    if allow:
+        return
+    real_root = Path(root).expanduser().resolve()
+    real = Path(media).expanduser().resolve()  # non-strict: a missing file is reported by whoever opens it
+    if not real.is_relative_to(real_root):
+        raise MediaOutsideRootError(
+            f"media path {str(written if written is not None else media)!r} resolves to {str(real)!r}, outside the "
+            f"data root {str(real_root)!r}; move it under the root or set the root (--root, data.root, a registry's "
+            "root), or allow it with --allow-outside-root / data.allow_outside_root=true",
+            record=record,
+            path=path,
+        )
+
+
+def _resolve(paths: list[str], root: Path, rid: str, path: str, allow_outside_root: bool | None = None) -> list[str]:
+    """Absolute media paths; each must resolve (``..`` and symlinks followed) inside ``root``."""
     out = []
     for p in paths:
         pp = Path(p).expanduser()
-        out.append(str(pp if pp.is_absolute() else (root / pp)))
+        full = pp if pp.is_absolute() else (root / pp)
+        check_inside_root(full, root, rid, path, allow_outside_root, written=p)
+        out.append(str(full))
     return out
 
 
@@ -166,7 +228,9 @@ def _check_media(messages: list[dict[str, str]], images: list[str], volumes: lis
             )
 
 
-def parse_native(obj: dict[str, Any], rid: str, path: str, root: Path, volume_root: Path) -> Record:
+def parse_native(
+    obj: dict[str, Any], rid: str, path: str, root: Path, volume_root: Path, allow_outside_root: bool | None = None
+) -> Record:
     """Parse one native record (``messages`` + ``images``/``volumes``).
 
     Args:
@@ -175,6 +239,7 @@ def parse_native(obj: dict[str, Any], rid: str, path: str, root: Path, volume_ro
         path: records file (for error messages).
         root: folder that relative image paths are resolved against.
         volume_root: folder that relative volume paths are resolved against.
+        allow_outside_root: accept media outside the roots (None: the :func:`outside_root_allowed` setting).
     """
     raw = obj.get("messages")
     if not isinstance(raw, list):
@@ -206,10 +271,13 @@ def parse_native(obj: dict[str, Any], rid: str, path: str, root: Path, volume_ro
     _check_media(messages, images, volumes, rid, path)
     meta = dict(obj.get("meta") or {})
     meta.update({k: v for k, v in obj.items() if k not in _NATIVE_KEYS})
-    return Record(rid, messages, _resolve(images, root), _resolve(volumes, volume_root), meta)
+    return Record(rid, messages, _resolve(images, root, rid, path, allow_outside_root),
+                  _resolve(volumes, volume_root, rid, path, allow_outside_root), meta)
 
 
-def parse_medmvl(obj: dict[str, Any], rid: str, path: str, root: Path, volume_root: Path) -> Record:
+def parse_medmvl(
+    obj: dict[str, Any], rid: str, path: str, root: Path, volume_root: Path, allow_outside_root: bool | None = None
+) -> Record:
     """Parse one MedM-VL / LLaVA record (``conversations`` with ``from``/``value``).
 
     Args:
@@ -218,6 +286,7 @@ def parse_medmvl(obj: dict[str, Any], rid: str, path: str, root: Path, volume_ro
         path: records file (for error messages).
         root: folder that relative ``image`` paths are resolved against.
         volume_root: folder that relative ``image3d`` paths are resolved against.
+        allow_outside_root: accept media outside the roots (None: the :func:`outside_root_allowed` setting).
     """
     raw = obj.get("conversations")
     if not isinstance(raw, list):
@@ -242,7 +311,8 @@ def parse_medmvl(obj: dict[str, Any], rid: str, path: str, root: Path, volume_ro
     meta.update({k: v for k, v in obj.items() if k not in _MEDMVL_KEYS})
     if "answer" in obj:
         meta["reference"] = obj["answer"]
-    return Record(rid, messages, _resolve(images, root), _resolve(volumes, volume_root), meta)
+    return Record(rid, messages, _resolve(images, root, rid, path, allow_outside_root),
+                  _resolve(volumes, volume_root, rid, path, allow_outside_root), meta)
 
 
 def parse_record(
@@ -252,6 +322,7 @@ def parse_record(
     root: Path,
     volume_root: Path | None = None,
     format: RecordFormat = "auto",
+    allow_outside_root: bool | None = None,
 ) -> Record:
     """Parse one decoded JSON object into a :class:`Record` (format detected from its keys if ``auto``).
 
@@ -262,6 +333,7 @@ def parse_record(
         root: dataset root for relative media paths.
         volume_root: root for relative volume paths (defaults to ``root``).
         format: ``auto``, ``native`` or ``medmvl``.
+        allow_outside_root: accept media outside the roots (None: the :func:`outside_root_allowed` setting).
     """
     if not isinstance(obj, dict):
         raise MedVLDataError(f"a record must be a JSON object, got {type(obj).__name__}", record=rid, path=path)
@@ -282,7 +354,7 @@ def parse_record(
                 path=path,
             )
     parser = parse_native if format == "native" else parse_medmvl
-    return parser(obj, rid, path, root, volume_root)
+    return parser(obj, rid, path, root, volume_root, allow_outside_root)
 
 
 def _read_text(path: Path) -> str:
@@ -341,6 +413,7 @@ def load_records(
     volume_root: str | Path | None = None,
     format: RecordFormat = "auto",
     source: str | None = None,
+    allow_outside_root: bool | None = None,
 ) -> list[Record]:
     """Load every record of a native or MedM-VL/LLaVA JSON/JSONL file.
 
@@ -350,13 +423,15 @@ def load_records(
         volume_root: root for relative volume paths (default: ``root``); MedM-VL keeps 2D and 3D apart.
         format: ``auto`` (per record, from its keys), ``native`` or ``medmvl``.
         source: name stored in ``meta["source"]`` (default: the file's stem) for per-source statistics.
+        allow_outside_root: accept media paths that leave ``root`` / ``volume_root`` (None: the
+            :func:`outside_root_allowed` setting, False unless a command opted in).
     """
     path = Path(path)
     root_p = Path(root).expanduser() if root is not None else path.parent
     vroot = Path(volume_root).expanduser() if volume_root is not None else root_p
     records = []
     for rid, obj in iter_raw(path):
-        rec = parse_record(obj, rid, str(path), root_p, vroot, format)
+        rec = parse_record(obj, rid, str(path), root_p, vroot, format, allow_outside_root)
         rec.meta.setdefault("source", source or path.stem)
         rec.meta["file"] = str(path)
         records.append(rec)

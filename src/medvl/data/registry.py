@@ -16,6 +16,9 @@ Example ``datasets.yaml``::
         volume_root: ct_rate/volumes
         split: train
         weight: 0.5
+      cr-12bit:
+        path: cr/train.jsonl
+        window: [2048, 4096]     # intensity window of its 2D images (a record's "window" wins)
 
 ``load_registry_records("datasets.yaml", split="train")`` returns the weighted mix; a plain
 records file works wherever a registry does (one data set, weight 1).
@@ -50,6 +53,8 @@ class DatasetEntry:
         format: ``auto``, ``native`` or ``medmvl``.
         split: ``train``, ``validation``, ``test``... (free text, used to select).
         weight: uses of each record per epoch when mixing (0.5 = a random half, 2 = twice).
+        window: intensity window for this data set's 2D images ([center, width], a preset name or
+            "minmax"); a record's own ``"window"`` wins. None: the file format's rule.
     """
 
     name: str = ""
@@ -59,6 +64,7 @@ class DatasetEntry:
     format: Literal["auto", "native", "medmvl"] = "auto"
     split: str = "train"
     weight: float = 1.0
+    window: list[float] | str | None = None
 
     def load(self) -> list[Record]:
         """Load this data set's records (``meta["source"]`` = its name, ``meta["split"]``)."""
@@ -66,6 +72,8 @@ class DatasetEntry:
         for rec in records:
             rec.meta["source"] = self.name
             rec.meta.setdefault("split", self.split)
+            if self.window is not None:
+                rec.meta.setdefault("window", self.window)
         return records
 
 

@@ -15,6 +15,10 @@ the task's protocol and writes, under ``out_dir``::
 Resuming: predictions already in ``predictions/<task>.jsonl`` for the same data fingerprint are
 kept and only the missing samples are generated, so an interrupted run continues where it
 stopped. Lines from another fingerprint (changed data, split, prompt or ``limit``) are discarded.
+Each line also carries ``run``, a fingerprint of the model (config + weights) and the generation
+settings: lines of another model or other settings are never reused nor mixed in; the run is
+refused until another ``--out`` is chosen. Sample ids must be unique within a task (an id matches a
+prediction to its reference).
 Tasks with several languages (SLAKE, synthetic sets) are also scored per language.
 """
 
@@ -123,7 +127,7 @@ def _task_root(name: str, spec: Any, cfg: EvalConfig) -> Path:
     return Path(cfg.data_root) / spec.default_dir
 
 
-def _read_done(path: Path, fingerprint: str, wanted: set[str]) -> dict[str, dict]:
+def _read_done(path: Path, fingerprint: str, wanted: set[str], run_key: str | None = None) -> dict[str, dict]:
     done: dict[str, dict] = {}
     if not path.is_file():
         return done
@@ -136,6 +140,11 @@ def _read_done(path: Path, fingerprint: str, wanted: set[str]) -> dict[str, dict
         except json.JSONDecodeError:
             stale += 1  # a line cut by an interruption: regenerate that sample
             continue
+        if run_key is not None and isinstance(row, dict) and row.get("run") != run_key:
+            # another model's answers must never be scored under this model's name
+            raise ValueError(f"{path} holds predictions of another model or other generation settings "
+                             f"(run {row.get('run')!r}, this run {run_key!r}); choose another --out, or delete the "
+                             "file to start this task afresh")
         if row.get("data_fingerprint") == fingerprint and row.get("id") in wanted:
             done[row["id"]] = row
         else:
@@ -152,7 +161,7 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _prediction_row(rec: Any, prediction: str, task: str, fingerprint: str) -> dict:
+def _prediction_row(rec: Any, prediction: str, task: str, fingerprint: str, run_key: str | None = None) -> dict:
     meta = rec.meta
     row = {"id": rec.id, "task": task, "prediction": prediction, "reference": meta.get("reference"),
            "answer_type": meta.get("answer_type", "OPEN"), "language": meta.get("language"),
@@ -160,11 +169,13 @@ def _prediction_row(rec: Any, prediction: str, task: str, fingerprint: str) -> d
     for key in ("options", "answer_choice", *SUBGROUP_KEYS):
         if meta.get(key) is not None:
             row[key] = meta[key]
+    if run_key is not None:  # model + generation settings: resume never mixes two runs
+        row["run"] = run_key
     return row
 
 
 def generate_predictions(name: str, records: list, generate_fn: GenerateFn, gen: dict, path: Path,
-                         fingerprint: str, cfg: EvalConfig) -> list[dict]:
+                         fingerprint: str, cfg: EvalConfig, run_key: str | None = None) -> list[dict]:
     """Predictions for ``records`` in order, generating only those not already in ``path``.
 
     Args:
@@ -175,10 +186,11 @@ def generate_predictions(name: str, records: list, generate_fn: GenerateFn, gen:
         path: predictions JSONL (appended chunk by chunk).
         fingerprint: data fingerprint of ``records``.
         cfg: run settings.
+        run_key: fingerprint of the model and generation settings; lines with another key are refused.
     """
     from tqdm.auto import tqdm
 
-    done = _read_done(path, fingerprint, {r.id for r in records})
+    done = _read_done(path, fingerprint, {r.id for r in records}, run_key)
     todo = [r for r in records if r.id not in done]
     if done:
         logger.info("%s: resuming, %d of %d samples already predicted", name, len(done), len(records))
@@ -192,7 +204,7 @@ def generate_predictions(name: str, records: list, generate_fn: GenerateFn, gen:
                 if len(texts) != len(part):
                     raise RuntimeError(f"generate_fn returned {len(texts)} texts for {len(part)} records")
                 for rec, text in zip(part, texts):
-                    row = _prediction_row(rec, text, name, fingerprint)
+                    row = _prediction_row(rec, text, name, fingerprint, run_key)
                     done[rec.id] = row
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 fh.flush()
@@ -230,6 +242,21 @@ def score_rows(spec: Any, rows: list[dict], cfg: EvalConfig) -> ScoreResult:
     return score_vqa(items, spec.protocol, **options)
 
 
+def _refuse_duplicate_ids(name: str, records: list, root: Path) -> None:
+    """Predictions are matched to references by id: two samples with one id would be scored wrongly."""
+    from collections import Counter
+
+    from medvl.errors import MedVLDataError
+
+    dups = [i for i, n in Counter(r.id for r in records).items() if n > 1]
+    if dups:
+        shown = ", ".join(repr(d) for d in dups[:5]) + (f" and {len(dups) - 5} more" if len(dups) > 5 else "")
+        files = sorted({str(r.source_file) for r in records if r.id in dups[:5] and r.source_file})
+        raise MedVLDataError(f"task {name!r}: duplicate sample id(s) {shown}{' in ' + ', '.join(files) if files else ''}; "
+                             "every sample needs its own id (predictions are matched to references by id)",
+                             path=str(root))
+
+
 def evaluate(cfg: EvalConfig, *, model: str | Path | None = None, generate_fn: GenerateFn | None = None,
              model_name: str | None = None) -> list[dict]:
     """Run every task of ``cfg``: generate (resumably), score, write the outputs.
@@ -254,22 +281,32 @@ def evaluate(cfg: EvalConfig, *, model: str | Path | None = None, generate_fn: G
             raise ValueError(f"task {name!r} is a report task; only VQA tasks take another protocol")
         get_protocol(protocol)  # unknown protocol names fail here, listing the valid ones
         specs[name] = dataclasses.replace(specs[name], protocol=protocol, protocol_options={})
+    from medvl.utils.paths import model_fingerprint, refuse_output_over_inputs, settings_fingerprint
+
+    out = Path(cfg.out_dir)
+    # a checkpoint is known by its config + weights; an injected generate_fn only by an explicit model_name
+    # (without one, resuming trusts the caller to pass the same function)
+    model_key = model_name
     if generate_fn is None:
         if model is None:
             raise ValueError("evaluate() needs a model path or a generate_fn")
+        refuse_output_over_inputs(out, folders=[model], flag="--out")
+        model_key = model_fingerprint(model)
         generate_fn = model_generate_fn(model, batch_size=cfg.batch_size)
     model_name = model_name or (str(model) if model is not None else getattr(generate_fn, "__name__", "custom"))
-    out = Path(cfg.out_dir)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     (out / "scores").mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     for name, spec in specs.items():
         split = cfg.split or spec.default_split
-        records = spec.load(_task_root(name, spec, cfg), split, cfg.limit)
+        root = _task_root(name, spec, cfg)
+        records = spec.load(root, split, cfg.limit)
+        _refuse_duplicate_ids(name, records, root)
         fingerprint = data_fingerprint(records)
         gen = {**spec.generation, **cfg.generation}
+        run_key = settings_fingerprint(model=model_key, generation=gen)
         rows = generate_predictions(name, records, generate_fn, gen, out / "predictions" / f"{name}.jsonl",
-                                    fingerprint, cfg)
+                                    fingerprint, cfg, run_key)
         scores = {}
         for (language, subgroup), group_rows in score_groups(rows).items():
             res = score_rows(spec, group_rows, cfg)

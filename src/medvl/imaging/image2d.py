@@ -3,10 +3,16 @@
 Intensity rules (all fixed per file format, never silently per image):
 
 * 8-bit grey/colour images are converted to RGB unchanged.
-* 16-bit (and 32-bit integer) grey images: ``window=None`` maps the full unsigned 16-bit range
-  0..65535 linearly onto 0..255; pass a window in the file's units (``(center, width)``, a preset
-  name, ``"custom:C,W"``) or ``"minmax"`` (per image, only when asked). Float images need a window
-  or ``"minmax"``.
+* 16-bit (and 32-bit integer) grey images: ``window=None`` maps 0..2^bits-1 linearly onto
+  0..255, where ``bits`` is the real bit depth: the PNG's significant bits (``sBIT`` chunk) when
+  the file declares them, else the smallest of 8, 10, 12, 14, 16 bits that holds the brightest
+  pixel. Why: CR/DX images are 10-14-bit data stored in 16-bit PNGs; mapped from 0..65535 they came
+  out nearly black (brightest pixel 16/255 for 12-bit data). Pass a window in the file's units
+  (``(center, width)``, a preset name, ``"custom:C,W"``) or ``"minmax"`` (per image, only when
+  asked) to override. Float images need a window or ``"minmax"``.
+* The window comes from the record (``"window": [center, width]`` / a preset / ``"minmax"`` in a
+  native record, kept in ``meta["window"]``) or its data set (a registry entry's ``window:``, or
+  ``medvl infer --window`` / ``data.image_window``); see :func:`record_window`.
 * DICOM (pydicom): the modality LUT is applied first (Rescale Slope/Intercept or a Modality LUT
   Sequence; CT values become HU). Then the VOI: ``window=None`` uses the file's own VOI (VOI LUT
   Sequence, else the first Window Center/Width with DICOM's LINEAR function); without one, CT uses
@@ -51,6 +57,29 @@ def is_dicom_file(path: str | Path) -> bool:
             return fh.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def record_window(meta: dict[str, Any], record: str | int | None = None, path: str | None = None) -> WindowArg:
+    """The intensity window a record asks for (``meta["window"]``), validated; None if none.
+
+    Args:
+        meta: the record's ``meta`` (a native record's top-level ``"window"`` lands there).
+        record: record id (for the error message).
+        path: records file (for the error message).
+
+    Raises:
+        MedVLDataError: an invalid window, naming the record and the valid forms.
+    """
+    window = meta.get("window") if isinstance(meta, dict) else None
+    if isinstance(window, list):
+        window = tuple(window)
+    if window is not None and window != "minmax":
+        try:
+            window_bounds(window)
+        except (ValueError, TypeError) as err:
+            raise MedVLDataError(f"invalid window {meta.get('window')!r} ({err}); use [center, width], a preset name, "
+                                 "'custom:C,W' or 'minmax'", record=record, path=path) from None
+    return window
 
 
 def load_image(path: str | Path, window: WindowArg = None, record: str | int | None = None) -> Image.Image:
@@ -112,25 +141,74 @@ def _pil_pixels(path: Path, window: WindowArg, record: str | int | None) -> np.n
         raise MedVLDataError(f"corrupt or truncated image: {exc}", record=record, path=str(path)) from exc
 
 
+
+
 def _check_size(width: int, height: int, path: Path, record: str | int | None) -> None:
     if width <= 0 or height <= 0:
         raise MedVLDataError(f"image has 0 pixels (size {width}x{height})", record=record, path=str(path))
+    if width * height == 1:  # resized for the encoder, one pixel becomes a flat tensor: nothing to see
+        raise MedVLDataError("degenerate image of 1x1 pixels: resized for the encoder it would be a flat tensor",
+                             record=record, path=str(path))
+
+
+_HOW_TO_WINDOW = ('set a window: "window": [center, width] or "minmax" in the record, "window:" in its registry '
+                  'entry, or --window / data.image_window')
+
+
+def _png_significant_bits(path: Path) -> int | None:
+    """The grey significant bits a PNG declares in its ``sBIT`` chunk (Pillow does not read it)."""
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"sBIT":
+                    data = fh.read(length)
+                    return max(data) if data else None
+                if kind in (b"IDAT", b"IEND"):
+                    return None  # sBIT must come before the image data
+                fh.seek(length + 4, 1)
+    except OSError:
+        return None
+
+
+def stored_bit_depth(values: np.ndarray, path: Path) -> int:
+    """The real bit depth of integer grey data in a 16-bit container.
+
+    Args:
+        values: the pixel values (non-negative).
+        path: the file (a PNG's ``sBIT`` chunk wins when it holds every value).
+    """
+    top = int(values.max()) if values.size else 0
+    declared = _png_significant_bits(path) if path.suffix.lower() == ".png" else None
+    if declared is not None and 1 <= declared <= 16 and top < (1 << declared):
+        return declared
+    needed = max(top.bit_length(), 1)
+    return next(b for b in (8, 10, 12, 14, 16) if needed <= b) if needed <= 16 else needed
 
 
 def _grey_high_depth(array: np.ndarray, mode: str, window: WindowArg, path: Path, record) -> np.ndarray:
     values = array.astype(np.float64)
     if window is None:
         if mode == "F":
-            raise MedVLDataError(
-                "floating-point image: pass window=(center, width) or window='minmax'", record=record, path=str(path)
-            )
+            raise MedVLDataError(f"floating-point image: intensities have no fixed scale; {_HOW_TO_WINDOW}",
+                                 record=record, path=str(path))
         if values.min() < 0 or values.max() > 65535:
             raise MedVLDataError(
-                f"integer image with values {values.min():g}..{values.max():g} outside 0..65535: pass a window",
+                f"integer image with values {values.min():g}..{values.max():g} outside 0..65535; {_HOW_TO_WINDOW}",
                 record=record,
                 path=str(path),
             )
-        return _map_grey(values, None, (0.0, 65535.0))
+        bits = stored_bit_depth(array, path)
+        if bits < 16:
+            logger.debug("%s: %d-bit data in a 16-bit image: mapping 0..%d onto 0..255", path, bits, (1 << bits) - 1)
+        return _map_grey(values, None, (0.0, float((1 << bits) - 1)))
     return _map_grey(values, window, (0.0, 65535.0))
 
 

@@ -152,12 +152,22 @@ def load_volume(path: str | Path, record: str | int | None = None, *, intensity:
     return volume
 
 
+# fewest voxels along any axis of a volume (fewer: a slice or a line, not a volume)
+MIN_VOLUME_EXTENT = 2
+
+
 def _validate(volume: Volume, record: str | int | None) -> None:
     array = volume.array
     if array.ndim != 3:
         raise MedVLDataError(f"volume must be 3D, got shape {tuple(array.shape)}", record=record, path=volume.source)
     if min(array.shape) == 0:
         raise MedVLDataError(f"volume is empty, shape {tuple(array.shape)}", record=record, path=volume.source)
+    if min(array.shape) < MIN_VOLUME_EXTENT:
+        # resampled to the model's shape it would be a constant (or one slice repeated): nothing 3D to see
+        raise MedVLDataError(
+            f"degenerate volume of shape {tuple(array.shape)} (a single voxel, line or slice): a volume needs at least "
+            f"{MIN_VOLUME_EXTENT} voxels along every axis; give a single slice as an image (<image>) instead",
+            record=record, path=volume.source)
     finite = np.isfinite(array)
     if not finite.all():
         raise MedVLDataError(

@@ -120,6 +120,13 @@ class DataSection:
     # Media paths in the records files are relative to this folder (default: each file's folder;
     # registries name their own roots).
     root: str | None = None
+    # Media paths must resolve (``..`` and symlinks followed) inside their data root; true accepts
+    # paths that leave it (media kept elsewhere on purpose).
+    allow_outside_root: bool = False
+    # Intensity window of the 2D images of every file here ([center, width] in the file's units, a
+    # preset name, or "minmax"); a record's own "window" and a registry entry's window win. None:
+    # each format's rule (16-bit PNG/TIFF: their real bit depth, see medvl.imaging.image2d).
+    image_window: list[float] | str | None = None
     # Chat template: auto (the processor's own, else chatml), tokenizer, chatml, llama3, vicuna,
     # medmvl, plain (LLaVA-style pre-training captions), or a literal Jinja template.
     template: str = "auto"

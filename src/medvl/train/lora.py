@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from medvl.train.checkpoint import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +188,7 @@ def copy_non_weight_files(src: str | Path, dst: str | Path) -> None:
         shutil.copy2(item, dst / item.name)
 
 
-def merge_lora(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+def merge_lora(adapter_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Merge a LoRA adapter into its base model and write a self-contained checkpoint.
 
     The result loads with ``from_pretrained`` and no PEFT, and gives the same outputs as the base
@@ -198,7 +197,8 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     Args:
         adapter_dir: a PEFT adapter folder written by ``medvl train`` (``output/model`` or a
             ``checkpoint-N`` of a LoRA run).
-        out_dir: the new checkpoint folder (written atomically).
+        out_dir: the new checkpoint folder: new or empty (written atomically).
+        overwrite: replace a non-empty ``out_dir`` (never the adapter or its base).
     Returns:
         ``out_dir`` as a Path.
     """
@@ -206,9 +206,12 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     if not is_adapter_dir(adapter_dir):
         raise ValueError(f"{adapter_dir}: not a LoRA adapter folder (no {ADAPTER_CONFIG_NAME})")
     base_dir = base_model_path(adapter_dir)
-    model = load_with_adapter(adapter_dir)
-    merged = model.merge_and_unload()
-    with atomic_dir(out_dir) as staging:
+    from medvl.utils.paths import fresh_output_dir
+
+    writer = fresh_output_dir(out_dir, overwrite=overwrite, reads=[adapter_dir, base_dir], flag="--merge-lora")
+    with writer as staging:  # target checked before the (large) base model is loaded
+        model = load_with_adapter(adapter_dir)
+        merged = model.merge_and_unload()
         copy_non_weight_files(base_dir, staging)
         # the processor saved with the adapter (if any) is the one the run trained with
         copy_non_weight_files(adapter_dir, staging)

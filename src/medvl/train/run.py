@@ -114,6 +114,9 @@ def load_or_build_model(cfg: TrainConfig) -> tuple[Any, Any]:
         path = Path(cfg.model.path)
         if not path.is_dir():
             raise FileNotFoundError(f"model.path {path} is not a folder (a checkpoint directory is expected)")
+        from medvl.utils.files import check_model_folder, check_weights
+
+        check_weights(path) if is_adapter_dir(path) else check_model_folder(path)
         if is_adapter_dir(path):
             from medvl.train.lora import load_with_adapter
 
@@ -138,7 +141,7 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
     """
     from medvl.data.collator import PackingCollator, PaddedCollator
     from medvl.data.dataset import ConversationDataset, mix_records
-    from medvl.data.records import load_records
+    from medvl.data.records import load_records, outside_root_allowed
     from medvl.data.registry import REGISTRY_SUFFIXES, load_registry_records
 
     d = cfg.data
@@ -150,9 +153,17 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
             return load_registry_records(source, split, seed=cfg.train.seed)
         return load_records(source, root=d.root)
 
-    groups = [(records(f, d.train_split), w) for f, w in zip(d.train, d.weights or [1.0] * len(d.train))]
-    train_records = mix_records(groups, seed=cfg.train.seed)
-    eval_records = [r for f in d.eval for r in records(f, d.eval_split)]
+    with outside_root_allowed(d.allow_outside_root):
+        groups = [(records(f, d.train_split), w) for f, w in zip(d.train, d.weights or [1.0] * len(d.train))]
+        empty = [f for f, (recs, _) in zip(d.train, groups) if not recs]
+        if empty:
+            raise ValueError(f"data.train: {', '.join(empty)} hold(s) no records (an empty file?); give files with "
+                             "at least one conversation")
+        train_records = mix_records(groups, seed=cfg.train.seed)
+        eval_records = [r for f in d.eval for r in records(f, d.eval_split)]
+    if d.image_window is not None:
+        for rec in (*train_records, *eval_records):
+            rec.meta.setdefault("window", d.image_window)
     common = dict(template=d.template, max_length=d.max_length, on_error=d.on_error, on_overlong=d.on_overlong,
                   cache=d.volume_cache)
     augmenter = None
@@ -382,6 +393,27 @@ def save_final_model(trainer: Any, processor: Any, output_dir: Path, base_dir: P
     return final
 
 
+def _last_complete_checkpoint(out: Path, last: str | None) -> str | None:
+    """The newest checkpoint that is not damaged; a damaged newer one is skipped (and said so).
+
+    Checkpoints are written atomically, but a disk error or a copy can still leave a truncated file.
+    """
+    from medvl.utils.files import checkpoint_problem
+
+    if last is None:
+        return None
+    steps = sorted((int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    for _, ckpt in reversed(steps):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return str(ckpt)
+        logger.warning("train.resume: %s is damaged (%s); falling back to the previous complete checkpoint",
+                       ckpt, problem)
+    raise ValueError(f"train.resume: no complete checkpoint in {out} (every checkpoint-N is damaged); set "
+                     "train.resume=false with output.overwrite=true to start again")
+
+
 def _prepare_output_dir(cfg: TrainConfig, is_main: bool) -> Path | None:
     """Check the output folder and find the checkpoint to resume from (None: start fresh)."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -391,6 +423,7 @@ def _prepare_output_dir(cfg: TrainConfig, is_main: bool) -> Path | None:
         clean_staging(out)
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if cfg.train.resume:
+        last = _last_complete_checkpoint(out, last)
         if last is None:
             logger.info("train.resume: no checkpoint in %s, starting from scratch", out)
         else:
@@ -487,6 +520,11 @@ def run_training(
     trainer.model_card = card
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics: dict[str, Any] = {"train": result.metrics, "global_step": result.global_step}
+    for name, dataset in (("training", train_set), ("validation", eval_set)):
+        skipped = getattr(getattr(dataset, "dataset", dataset), "skipped", None)
+        if skipped:  # dropped, never replaced (counts of this process; DataLoader workers count their own)
+            logger.warning("%s samples skipped (data.on_error / data.on_overlong): %s", name, dict(skipped))
+            metrics[f"{name}_skipped"] = dict(skipped)
     if eval_set is not None:
         last = [h for h in trainer.state.log_history if "eval_loss" in h]
         # the periodic evaluation may already have run at the last step

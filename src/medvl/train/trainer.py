@@ -69,6 +69,12 @@ class MedVLTrainer(Trainer):
             return_outputs: also return the model outputs.
             num_items_in_batch: supervised tokens over the accumulated batch.
         """
+        if inputs["input_ids"].shape[0] == 0:
+            # every sample of this batch was skipped (data.on_error=skip): a zero loss that still
+            # reaches every trainable parameter, so backward and DDP's gradient sync see them all
+            loss = sum((p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad),
+                       torch.zeros((), device=inputs["input_ids"].device))
+            return (loss, None) if return_outputs else loss
         if self.args.world_size > 1 and self._media_slots:
             inputs = add_dummy_media(inputs, self._media_slots, feature_shapes=self.feature_shapes)
         if self._supervised_logits and (not return_outputs or self._prediction_loss_only):

@@ -143,6 +143,9 @@ def media_path(root: Path, rel: str, where: str, source_file: Path) -> str:
         where: entry label.
         source_file: the release file (for the message).
     """
+    from medvl.data.records import check_inside_root
+
+    check_inside_root(root / rel, root, where, str(source_file), written=rel)  # never read outside the release
     p = (root / rel).resolve()
     if not p.exists():
         raise MedVLDataError(f"media file not found: {p}", record=where, path=str(source_file))
