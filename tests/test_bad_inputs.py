@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import KINDS, VERBS_OF
+from tests.bad_inputs import KINDS, VERBS_OF
 from medvl.cli import main
 
 CASES = [(name, verb) for name in KINDS for verb in VERBS_OF.get(name, ("infer",))]
