@@ -156,6 +156,9 @@ def test_stage0_config_rules(overrides, message):
                                                "volume": {"mode": "full"}}}})
     with pytest.raises(ValueError, match="cache_media"):
         validate(ok)
+    stray = from_dict(TrainConfig, {"model": {"path": "m"}, "train": {"encoder_pretrain": {"labels": "vqa"}}})
+    with pytest.raises(ValueError, match="applies to train.stage=encoder_pretrain only"):
+        validate(stray)
 
 
 def test_auroc_and_loss_against_hand_computed_values():

@@ -265,6 +265,8 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
         raise ValueError("train.parts: every part is frozen, nothing would train; set a part's mode to full or lora")
     if t.stage == ENCODER_PRETRAIN:
         validate_encoder_pretrain(cfg)
+    elif t.encoder_pretrain != EncoderPretrainSettings():
+        raise ValueError(f"train.encoder_pretrain applies to train.stage={ENCODER_PRETRAIN} only (stage is {t.stage!r})")
     if cfg.data.cache_encoder_features:
         if t.parts.vision.mode != "frozen" and t.parts.volume.mode != "frozen":
             raise ValueError("data.cache_encoder_features needs a frozen encoder: set train.parts.vision.mode or "
