@@ -304,3 +304,52 @@ def test_build_with_a_released_3d_clip_encoder(tmp_path, kind):
     # the processor defaults to the encoder's input size and normalisation
     processor = MedVLProcessor.from_pretrained(tmp_path / "built")
     assert list(processor.volume_processor.target_shape) == [8, 32, 32]
+
+
+def test_conv_stem_presets_are_the_quickstart_findings():
+    from medvl.build import resolve_conv_stem
+    from medvl.quickstart import RECIPES
+
+    # the 2D recipe's stem is "standard" at its width; the 3D recipe's is "narrow" after the thin slab
+    vision = RECIPES["2d"].model["vision"]
+    assert resolve_conv_stem("standard", vision["config"]["hidden_size"], vision["config"]["patch_size"]) == vision["conv_stem"]
+    volume = RECIPES["3d"].model["volume"]["config"]
+    assert resolve_conv_stem("narrow", volume["hidden_size"], volume["patch_size"], [2, 1, 1]) == volume["conv_stem"]
+    # one stride-2 layer per factor of two of the patch, at most four
+    assert resolve_conv_stem("standard", 64, 8) == [16, 32, 64]
+    assert resolve_conv_stem("narrow", 96, [4, 16, 16], [1, 1, 1]) == [6, 12, 24, 48]
+    assert resolve_conv_stem([4, 8], 64, 16) == [4, 8] and resolve_conv_stem(None, 64, 16) is None
+    with pytest.raises(ValueError, match="valid choices: standard, narrow"):
+        resolve_conv_stem("wide", 64, 16)
+
+
+def test_conv_stem_presets_in_the_build_spec(tmp_path):
+    spec_yaml = tmp_path / "spec.yaml"
+    spec_yaml.write_text(textwrap.dedent("""
+        llm: {config: {model_type: qwen2, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+                       num_attention_heads: 2, num_key_value_heads: 2}}
+        vision:
+          config: {model_type: siglip_vision_model, image_size: 32, patch_size: 8, hidden_size: 32,
+                   intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2}
+          conv_stem: standard
+        volume:
+          config: {image_size: [8, 32, 32], patch_size: [4, 16, 16], hidden_size: 32, intermediate_size: 64,
+                   num_hidden_layers: 1, num_attention_heads: 2}
+          conv_stem: narrow
+          conv_stem_pool: thin-slab
+        tokenizer: {source: train, vocab_size: 300}
+    """))
+    model, processor = build_model(load_model_spec(spec_yaml))
+    assert model.config.image_conv_stem == [8, 16, 32]
+    assert model.config.volume_config.conv_stem == [2, 4, 8, 16] and model.config.volume_config.conv_stem_pool == [2, 1, 1]
+    save_checkpoint(model, processor, tmp_path / "ckpt")
+    loaded = MedVLForConditionalGeneration.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config.volume_config.conv_stem == [2, 4, 8, 16]
+    x = torch.randn(1, 1, 8, 32, 32)
+    torch.testing.assert_close(loaded.encode_volumes(x), model.encode_volumes(x))
+    with pytest.raises(ValueError, match="volume.conv_stem_pool: unknown preset 'thick'"):
+        build_model(load_model_spec(spec_yaml, ["volume.conv_stem_pool=thick"]))
+    with pytest.raises(ValueError, match="volume.conv_stem and volume.config.conv_stem are both set"):
+        build_model(load_model_spec(spec_yaml, ["volume.config.conv_stem=[4,8]"]))
+    with pytest.raises(ValueError, match="vit3d encoder built from scratch"):
+        build_model(load_model_spec(spec_yaml, ["volume.encoder=slicewise"]))

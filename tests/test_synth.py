@@ -256,3 +256,19 @@ def test_tiny_data_sets_where_a_question_type_has_no_candidate(tmp_path):
         out = tmp_path / f"{n}_{seed}"
         synthesize("2d", n, seed, out)
         assert any(out.rglob("*.json*"))
+
+
+def test_nodule_sizes_are_a_knob_and_nothing_else_changes(tmp_path):
+    geometry = Geometry2D(size=32, spacing=11.0)
+    synthesize("2d", 20, 5, tmp_path / "default", geometry=geometry)
+    synthesize("2d", 20, 5, tmp_path / "small", geometry=geometry, nodule_diameter_mm=(8.0, 12.0))
+    read = lambda d: [json.loads(line)["findings"] for line in (tmp_path / d / "cases.jsonl").read_text().splitlines()]  # noqa: E731
+    default, small = read("default"), read("small")
+    sizes = [n["diameter_mm"] for f in small for n in f["nodules"]]
+    assert sizes and all(8.0 <= s <= 12.0 for s in sizes)
+    # the same cases otherwise: nodule count, sides, lobes, effusion, heart
+    strip = lambda fs: [(f["effusion"], f["heart"], [(n["side"], n["lobe"]) for n in f["nodules"]]) for f in fs]  # noqa: E731
+    assert strip(default) == strip(small)
+    assert json.loads((tmp_path / "small" / "dataset.json").read_text())["nodule_diameter_mm"] == [8.0, 12.0]
+    with pytest.raises(ValueError, match="0 < smallest <= largest"):
+        synthesize("2d", 2, 0, tmp_path / "bad", nodule_diameter_mm=(12.0, 8.0))

@@ -75,9 +75,11 @@ class VisionSpec:
     feature_layer: int | list[int] = -1  # index into hidden_states (-1 = last layer, no post-norm)
     feature_select: Literal["patch", "cls", "all"] = "patch"
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
-    # widths of a convolutional stem replacing the tower's patch embedding (medvl.models.stems), e.g.
-    # [16, 32, 64, 128]; for towers trained from scratch (a pretrained `path` has its own embedding)
-    conv_stem: list[int] | None = None
+    # A convolutional stem in place of the tower's patch embedding (medvl.models.stems): a preset
+    # (standard, narrow; see STEM_PRESETS) or the widths of its stride-2 layers, e.g. [16, 32, 64, 128].
+    # For towers trained from scratch, above all at low resolution where findings are smaller than a
+    # patch (a pretrained `path` keeps its own embedding).
+    conv_stem: list[int] | str | None = None
     # image processor: {"class": "SiglipImageProcessorPil", ...kwargs}; empty = from `path` or the tower type
     image_processor: dict[str, Any] = field(default_factory=dict)
 
@@ -105,6 +107,12 @@ class VolumeSpec:
     num_slices: int = 32  # slicewise: slices per volume
     slice_position_embedding: bool = True  # slicewise: learned per-slice embedding before the connector
     processor: dict[str, Any] = field(default_factory=dict)  # MedVLVolumeProcessor kwargs
+    # vit3d from scratch: a convolutional stem in place of the patch embedding (a preset or widths,
+    # as vision.conv_stem), written into the encoder config (config.conv_stem)
+    conv_stem: list[int] | str | None = None
+    # max pooling (D, H, W) at the stem's input: "thin-slab" = [2, 1, 1], a 2-slice maximum intensity
+    # projection that keeps small bright nodules at full contrast (CT); or explicit factors
+    conv_stem_pool: list[int] | str | None = None
 
 
 @dataclass
@@ -143,6 +151,67 @@ def load_model_spec(path: str | Path | None = None, overrides: list[str] | None 
         overrides: e.g. ``["llm.config.hidden_size=128"]``.
     """
     return load_config(ModelSpec, path, overrides)
+
+
+# ---------------------------------------------------------------------------- conv stem presets
+# What the quickstart found (benchmarks/README.md): "standard" is the 2D recipe's stem (4 stride-2
+# layers doubling up to the tower width: [16, 32, 64, 128] for a 128-wide tower), "narrow" halves the
+# widths (the 3D recipe's [8, 16, 32, 64]: a 3D stem costs ~8x per layer).
+STEM_PRESETS = ("standard", "narrow")
+STEM_POOL_PRESETS = {"thin-slab": [2, 1, 1]}
+
+
+def resolve_conv_stem(value: list[int] | str | None, hidden_size: int, patch_size: int | list[int],
+                      pool: list[int] | None = None, what: str = "vision.conv_stem") -> list[int] | None:
+    """Stem widths from a preset name or an explicit list.
+
+    A preset has one stride-2 layer per factor of two of the (pooled) patch size, at most 4, with
+    widths doubling up to ``hidden_size`` ("standard") or half of it ("narrow").
+
+    Args:
+        value: None, a preset name (:data:`STEM_PRESETS`) or widths.
+        hidden_size: the encoder's width.
+        patch_size: its patch size (int or per axis).
+        pool: the stem's input pooling factors (3D), which take their share of the patch.
+        what: the spec key, for error messages.
+    """
+    if value is None or isinstance(value, list):
+        return value
+    if value not in STEM_PRESETS:
+        raise ValueError(f"{what}: unknown preset {value!r}; valid choices: {', '.join(STEM_PRESETS)} "
+                         "(or a list of widths)")
+    patch = [patch_size] if isinstance(patch_size, int) else list(patch_size)
+    pool = pool or [1] * len(patch)
+    largest = max(p // q for p, q in zip(patch, pool))
+    layers = 0
+    while layers < 4 and largest % 2 ** (layers + 1) == 0:
+        layers += 1
+    if layers == 0:
+        raise ValueError(f"{what}: patch size {patch_size} leaves no room for a stride-2 stem")
+    top = hidden_size if value == "standard" else max(1, hidden_size // 2)
+    return [max(1, top // 2 ** (layers - 1 - i)) for i in range(layers)]
+
+
+def _volume_stem_config(volume: "VolumeSpec", config: dict[str, Any]) -> dict[str, Any]:
+    """``volume.config`` with the spec's ``conv_stem`` / ``conv_stem_pool`` (presets resolved) filled in."""
+    if volume.conv_stem is None and volume.conv_stem_pool is None:
+        return config
+    if volume.encoder != "vit3d" or volume.path is not None:
+        raise ValueError("volume.conv_stem applies to a vit3d encoder built from scratch (encoder: vit3d, no path)")
+    for key in ("conv_stem", "conv_stem_pool"):
+        if config.get(key) is not None:
+            raise ValueError(f"volume.{key} and volume.config.{key} are both set; keep one")
+    pool = volume.conv_stem_pool
+    if isinstance(pool, str):
+        if pool not in STEM_POOL_PRESETS:
+            raise ValueError(f"volume.conv_stem_pool: unknown preset {pool!r}; valid choices: "
+                             f"{', '.join(STEM_POOL_PRESETS)} (or [d, h, w] factors)")
+        pool = STEM_POOL_PRESETS[pool]
+    defaults = Vit3DConfig()
+    hidden = config.get("hidden_size", defaults.hidden_size)
+    patch = config.get("patch_size", defaults.patch_size)
+    widths = resolve_conv_stem(volume.conv_stem, hidden, patch, pool, "volume.conv_stem")
+    return {**config, "conv_stem": widths, "conv_stem_pool": pool}
 
 
 # ---------------------------------------------------------------------------- part configs
@@ -477,6 +546,8 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
     volume_clip = _volume_clip_kind(spec)
     if spec.volume is not None:
         if spec.volume.encoder == "ctvit":
+            if spec.volume.conv_stem is not None or spec.volume.conv_stem_pool is not None:
+                _volume_stem_config(spec.volume, {})  # raises: a stem belongs to a vit3d from scratch
             if spec.volume.path is not None:
                 volume_config, ctvit_weights = load_ctclip_folder(spec.volume.path, spec.volume.config)
             else:
@@ -484,7 +555,10 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
                 overrides.pop("model_type", None)
                 volume_config = CTViTConfig(**overrides)
         elif spec.volume.encoder == "vit3d" and spec.volume.path is None:
-            volume_config = _part_config(None, {"model_type": Vit3DConfig.model_type, **spec.volume.config}, "volume")
+            volume_config = _part_config(None, {"model_type": Vit3DConfig.model_type,
+                                                **_volume_stem_config(spec.volume, spec.volume.config)}, "volume")
+        elif spec.volume.conv_stem is not None or spec.volume.conv_stem_pool is not None:
+            _volume_stem_config(spec.volume, {})  # raises: not a vit3d from scratch
         elif volume_clip is not None:
             volume_config = _clip_vit3d_config(spec.volume, volume_clip)
         else:
@@ -502,7 +576,8 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
         volume_connector=spec.volume.connector if spec.volume else None,
         image_feature_layer=spec.vision.feature_layer if spec.vision else -1,
         image_feature_select=spec.vision.feature_select if spec.vision else "patch",
-        image_conv_stem=spec.vision.conv_stem if spec.vision else None,
+        image_conv_stem=resolve_conv_stem(spec.vision.conv_stem, vision_config.hidden_size,
+                                          vision_config.patch_size) if spec.vision else None,
         volume_feature_layer=spec.volume.feature_layer if spec.volume else -1,
         volume_feature_select=spec.volume.feature_select if spec.volume else "patch",
         volume_num_slices=spec.volume.num_slices if spec.volume else 32,
@@ -575,6 +650,9 @@ def save_checkpoint(
 
 
 __all__ = [
+    "STEM_PRESETS",
+    "STEM_POOL_PRESETS",
+    "resolve_conv_stem",
     "LLMSpec",
     "ModelSpec",
     "TokenizerSpec",

@@ -7,10 +7,12 @@ What it does, in order (everything under ``--out``):
 2. A byte-level BPE tokenizer trained on the training corpus, a small SigLIP-style 2D tower with a
    convolutional stem (or a 3D ViT), a small Qwen2-style LLM and a max-pooling connector, all built
    from configs by :func:`medvl.build.build_model` (random weights; nothing is downloaded).
-3. Stage 0: the encoder is pretrained on the training cases' findings as a multi-label classifier
-   (:mod:`medvl.train.encoder_pretrain`).
-4. Instruction tuning with :func:`medvl.train.run_training` (the HF Trainer): LLM and connector
-   trained, the encoder frozen and run once per image/volume (``data.cache_encoder_features``).
+3. Stage 0 with :func:`medvl.train.run_training` (``train.stage: encoder_pretrain``, exactly what
+   ``medvl train`` runs): the encoder is pretrained on the training cases' findings (the label
+   tables ``synth`` writes) as a multi-label classifier; its checkpoint goes to ``run_*/stage0/model``.
+4. Instruction tuning with :func:`medvl.train.run_training` from that checkpoint (``model.path``):
+   LLM and connector trained, the encoder frozen and run once per image/volume
+   (``data.cache_encoder_features``).
 5. The *blind baseline*: the same model and both stages with every image replaced by a blank one.
    It measures what the questions give away without looking; the gap to it is what vision adds.
 6. Evaluation on the held-out test split through :func:`medvl.inference.generate` (the same path
@@ -61,8 +63,9 @@ class Recipe:
         lr: peak learning rate of instruction tuning (cosine schedule with warm-up).
         train_format: "grouped" (training conversations of independent questions, one image pass
             supervises up to three answers) or "single" (see ``medvl data synth --train-format``).
-        encoder_pretrain: stage 0 (:mod:`medvl.train.encoder_pretrain`) settings, or None to train
-            the encoder only through the LLM.
+        encoder_pretrain: stage 0 (``train.stage: encoder_pretrain``) settings: steps, batch_size, lr,
+            warmup_steps (default 30); or None to train the encoder only through the LLM. The head
+            reads the model's own feature layer (an optional ``feature_layer`` must match it).
         encoder_mode: the encoder's mode in instruction tuning ("frozen" after stage 0, or "full").
         volume_cache: 3D: preprocess every volume once (``medvl data prepare``) for both stages.
     """
@@ -163,7 +166,8 @@ def blank_name(kind: str) -> str:
 
 
 def write_blind_split(data_dir: Path, split: str, kind: str) -> Path:
-    """A copy of ``split.jsonl`` whose every image/volume is one blank file (same size and geometry).
+    """A copy of ``split.jsonl`` whose every image/volume is one blank file (same size and geometry),
+    and likewise of the split's label table (``split_labels_blind.csv``) if there is one.
 
     Args:
         data_dir: the synthetic set.
@@ -191,6 +195,11 @@ def write_blind_split(data_dir: Path, split: str, kind: str) -> Path:
         for rec in records:
             rec[key] = [blank.name]
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    table = data_dir / f"{split}_labels.csv"
+    if table.exists():  # stage 0's label table: the same labels, every row the blank file
+        lines = table.read_text(encoding="utf-8").splitlines()
+        rows = [lines[0]] + [",".join([blank.name, *line.split(",")[1:]]) for line in lines[1:]]
+        (data_dir / f"{split}_labels_blind.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return out
 
 
@@ -228,8 +237,9 @@ def _train_job(job: tuple) -> str:
 
 
 def encoder_items(data: RunData, split: str, processor: Any) -> tuple[Any, Any]:
-    """(load_media, labels) of one split's cases for encoder pretraining, media preprocessed by the
-    model's own processor (as instruction tuning sees them) and held in memory as float16.
+    """(load_media, labels) of one split's cases, media preprocessed by the model's own processor and
+    held in memory as float16: the stage-0 search harness's input (benchmarks/encoder_pretrain_3d.py).
+    The quickstart itself trains stage 0 through ``run_training`` (:func:`stage0_config`).
 
     Args:
         data: the run's data (``blank`` puts the blank file in place of every case).
@@ -271,31 +281,85 @@ def encoder_items(data: RunData, split: str, processor: Any) -> tuple[Any, Any]:
     return (lambda idx: media[list(idx)].float()), labels
 
 
+def stage0_config(recipe: Recipe, spec: dict[str, Any], data: RunData, out_dir: Path, seed: int,
+                  progress: bool = True) -> Any:
+    """The stage-0 ``TrainConfig`` of one run (what ``medvl train`` would read from a recipe file).
+
+    Args:
+        recipe: the quickstart recipe (``encoder_pretrain`` settings).
+        spec: the model's build spec (its encoder's feature layer is what the head reads).
+        data: the run's data (label tables of the train and validation split; blank ones for blind).
+        out_dir: the stage-0 output folder.
+        seed: training seed.
+        progress: show a progress bar.
+    """
+    from medvl.train.config import TrainConfig
+    from medvl.utils.config import from_dict
+
+    settings = dict(recipe.encoder_pretrain)
+    encoder_part = "vision" if data.kind == "2d" else "volume"
+    layer = settings.pop("feature_layer", None)
+    if layer is not None and layer != spec[encoder_part].get("feature_layer", -1):
+        raise ValueError(f"recipe.encoder_pretrain.feature_layer={layer}: stage 0 reads the model's own feature "
+                         f"layer ({encoder_part}.feature_layer={spec[encoder_part].get('feature_layer', -1)})")
+    unknown = set(settings) - {"steps", "batch_size", "lr", "warmup_steps"}
+    if unknown:
+        raise ValueError(f"recipe.encoder_pretrain: unknown keys {sorted(unknown)}; valid keys: batch_size, "
+                         "feature_layer, lr, steps, warmup_steps")
+    steps = int(settings["steps"])
+    suffix = "_blind" if data.blank else ""
+    return from_dict(TrainConfig, {
+        "data": {"train": [str(data.data_dir / f"train_labels{suffix}.csv")],
+                 "eval": [str(data.data_dir / f"validation_labels{suffix}.csv")],
+                 "volume_cache": str(data.volume_cache) if data.volume_cache is not None else None,
+                 "num_workers": recipe.num_workers},
+        "train": {
+            "stage": "encoder_pretrain",
+            "parts": {"llm": {"mode": "frozen"}, "connector": {"mode": "frozen"}, encoder_part: {"mode": "full"}},
+            # preprocess each image/volume once, not at every step
+            "encoder_pretrain": {"cache_media": True},
+            "lr": float(settings.get("lr", 1e-3)), "max_steps": steps, "batch_size": int(settings.get("batch_size", 16)),
+            "eval_batch_size": 64, "weight_decay": 0.0, "max_grad_norm": 1.0,
+            # linear warm-up, then cosine decay to 10 % of the peak
+            "warmup_ratio": min(1.0, int(settings.get("warmup_steps", 30)) / steps), "scheduler": "cosine",
+            "hf_args": {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}},
+            "logging_steps": 100, "save_steps": 10 ** 9, "eval_steps": 10 ** 9,  # validation metrics once, at the end
+            "save_total_limit": 1, "seed": seed, "report_to": [], "precision": "fp32", "progress_bar": progress,
+        },
+        "output": {"dir": str(out_dir), "overwrite": True},
+    })
+
+
 def _train(recipe: Recipe, spec: dict[str, Any], data: RunData, out_dir: Path, seed: int,
            progress: bool = True) -> Path:
-    """Stage 0 (encoder pretraining, if the recipe has it) then instruction tuning through
-    medvl.train.run_training; returns the run's output folder."""
+    """Stage 0 (encoder pretraining, if the recipe has it) then instruction tuning, both through
+    medvl.train.run_training (what ``medvl train`` runs); returns the instruction-tuning output folder."""
     from medvl.build import ModelSpec, build_model
     from medvl.train.config import TrainConfig
-    from medvl.train.run import run_training
+    from medvl.train.run import final_model_dir, run_training
     from medvl.utils.config import from_dict
 
     model, processor = build_model(from_dict(ModelSpec, spec, prefix="model.spec."))
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder_part = "vision" if data.kind == "2d" else "volume"
+    model_section: dict[str, Any] = {}
     if recipe.encoder_pretrain:
-        from medvl.train.encoder_pretrain import EncoderPretrainConfig, pretrain_encoder
-
-        config = from_dict(EncoderPretrainConfig, {"seed": seed, **recipe.encoder_pretrain},
-                           prefix="recipe.encoder_pretrain.")
-        stats = pretrain_encoder(model, *encoder_items(data, "train", processor),
-                                 kind="image" if data.kind == "2d" else "volume", config=config,
-                                 eval_items=encoder_items(data, "validation", processor))
+        t0 = time.time()
+        stage0 = run_training(stage0_config(recipe, spec, data, out_dir / "stage0", seed, progress),
+                              model=model, processor=processor)
+        result = json.loads((stage0 / "metrics.json").read_text())
+        stats = {"steps": result["global_step"], "seconds": round(time.time() - t0, 1),
+                 "final_loss": next((h["loss"] for h in reversed(result["log_history"]) if "loss" in h), None),
+                 "eval": result.get("eval_per_label", {})}
         (out_dir / "encoder_pretrain.json").write_text(json.dumps(stats, indent=2) + "\n")
         logger.info("stage 0 (%s encoder pretraining): %s", "blind" if data.blank else "model", stats)
+        # the next stage reads the stage-0 checkpoint, as a user's `medvl train` recipe would
+        model_section = {"path": str(final_model_dir(stage0))}
+        model = processor = None
     parts = {"llm": {"mode": "full"}, "connector": {"mode": "full"},
              encoder_part: {"mode": recipe.encoder_mode if recipe.encoder_pretrain else "full"}}
     cfg = from_dict(TrainConfig, {
+        "model": model_section,
         "data": {"train": [str(data.train_file)], "eval": [str(data.eval_file)], "max_length": 512,
                  "num_workers": recipe.num_workers,
                  "volume_cache": str(data.volume_cache) if data.volume_cache is not None else None,

@@ -17,6 +17,7 @@ EXAMPLES = r"""examples:
   medvl train configs/medm-vl-2d/finetune_lora.yaml model.path=ckpt/MedM-VL-2D data.train=[my.jsonl]
   medvl train medm-vl-2d/finetune_lora train.deepspeed=null ...   # a shipped recipe by name, without DeepSpeed
   medvl train run.yaml train.resume=true                      # continue from the last checkpoint
+  medvl train configs/from-scratch/2d-stage0.yaml data.train=[my.jsonl]   # stage 0: encoder as a finding classifier
   medvl train run.yaml train.parts.vision.mode=lora train.parts.connector.lr=1e-4
   medvl train run.yaml 'train.hf_args={dataloader_pin_memory: false}'   # any TrainingArguments field
   torchrun --nproc_per_node 8 -m medvl train run.yaml train.deepspeed=configs/deepspeed/zero3.json

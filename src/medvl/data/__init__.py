@@ -10,5 +10,7 @@
 * :mod:`medvl.data.prepare`: ``prepare_volumes`` / ``VolumeCache`` behind ``medvl data prepare``.
 * :mod:`medvl.data.feature_cache`: ``build_feature_cache``: a frozen encoder's outputs, once per file
   (``data.cache_encoder_features``).
+* :mod:`medvl.data.finding_labels`: stage-0 labels per image/volume (label tables, ``meta.labels``,
+  closed yes/no answers), ``LabelSchema`` and ``FindingDataset``.
 * :mod:`medvl.data.augment`, :mod:`medvl.data.synth`: augmentation and synthetic phantoms.
 """

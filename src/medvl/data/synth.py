@@ -17,7 +17,9 @@ Output layout::
 
     DIR/dataset.json          kind, seed, n, geometry, split sizes, question counts
     DIR/cases.jsonl           one line per case: id, split, file, findings (the ground truth)
-    DIR/{train,validation,test}.jsonl   native records (messages, images|volumes, meta)
+    DIR/{train,validation,test}.jsonl   native records (messages, images|volumes, meta; meta.labels:
+                              the case's finding labels, for stage 0)
+    DIR/{train,validation,test}_labels.csv   label tables: one row per case (image|volume, id, labels)
     DIR/images/*.png|*.dcm or DIR/volumes/*.nii.gz
 """
 
@@ -35,6 +37,8 @@ from scipy import ndimage
 
 from medvl.data.synth_text import (
     CLOSED_TYPES,
+    FINDING_LABELS,
+    NODULE_DIAMETER_MM,
     LANGUAGES,
     OPEN_TYPES,
     CaseFindings,
@@ -484,8 +488,9 @@ def group_independent(qas: list, rng: np.random.Generator) -> list[list]:
     return conversations
 
 
-def _record(case_id: str, turns: list, marker: str, media_key: str, rel: str) -> dict[str, Any]:
-    """One native record: the media marker in the first user turn, the QA pairs as turns."""
+def _record(case_id: str, turns: list, marker: str, media_key: str, rel: str, labels: dict[str, int]) -> dict[str, Any]:
+    """One native record: the media marker in the first user turn, the QA pairs as turns; the case's
+    finding labels in meta.labels (stage 0 reads them)."""
     messages = []
     for k, qa in enumerate(turns):
         messages += [{"role": "user", "content": f"{marker}\n{qa.question}" if k == 0 else qa.question},
@@ -494,10 +499,10 @@ def _record(case_id: str, turns: list, marker: str, media_key: str, rel: str) ->
         qa = turns[0]
         return {"id": f"{case_id}-{qa.question_type}-{qa.language}", "messages": messages, media_key: [rel],
                 "meta": {"answer_type": qa.answer_type, "question_type": qa.question_type, "language": qa.language,
-                         "reference": qa.answer, "case": case_id, "source": "medvl-synth"}}
+                         "reference": qa.answer, "case": case_id, "source": "medvl-synth", "labels": labels}}
     return {"id": f"{case_id}-" + "+".join(qa.question_type for qa in turns), "messages": messages, media_key: [rel],
             "meta": {"question_types": [qa.question_type for qa in turns], "languages": [qa.language for qa in turns],
-                     "case": case_id, "source": "medvl-synth"}}
+                     "case": case_id, "source": "medvl-synth", "labels": labels}}
 
 
 def _render_case(job: tuple) -> dict[str, Any]:
@@ -529,9 +534,29 @@ def _render_case(job: tuple) -> dict[str, Any]:
 TRAIN_FORMATS = ("single", "grouped")
 
 
+def write_label_table(path: Path, media_column: str, rows: list[tuple[str, str, list[int]]]) -> Path:
+    """A stage-0 label table (:mod:`medvl.data.finding_labels`): media path, case id, one column per
+    finding label.
+
+    Args:
+        path: the CSV to write.
+        media_column: "image" or "volume".
+        rows: (case id, media path relative to the table, labels in FINDING_LABELS order).
+    """
+    import csv
+
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([media_column, "id", *FINDING_LABELS])
+        for case_id, rel, labels in rows:
+            writer.writerow([rel, case_id, *labels])
+    return path
+
+
 def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = False,
                geometry: Geometry2D | Geometry3D | None = None, workers: int = 1,
-               train_format: str = "single") -> dict[str, Any]:
+               train_format: str = "single", nodule_diameter_mm: tuple[float, float] = NODULE_DIAMETER_MM
+               ) -> dict[str, Any]:
     """Write a synthetic dataset.
 
     Args:
@@ -545,6 +570,8 @@ def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = F
         train_format: "single" (one question per training record) or "grouped" (training records
             are conversations of independent questions, :func:`group_independent`). Validation and
             test records are single questions either way.
+        nodule_diameter_mm: (smallest, largest) nodule diameter in mm (uniform), e.g. (4, 12) for a set
+            of small nodules only.
 
     Returns:
         the dataset summary also written to ``out/dataset.json``.
@@ -557,12 +584,15 @@ def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = F
         raise ValueError(f"unknown train_format {train_format!r}; valid choices: {', '.join(TRAIN_FORMATS)}")
     if dicom and kind != "2d":
         raise ValueError("--dicom applies to --kind 2d only (3D cases are written as NIfTI)")
+    lo, hi = (float(v) for v in nodule_diameter_mm)
+    if not 0 < lo <= hi:
+        raise ValueError(f"nodule diameters must satisfy 0 < smallest <= largest, got {nodule_diameter_mm}")
     geometry = geometry or (Geometry2D() if kind == "2d" else Geometry3D())
     out = Path(out)
     media_dir = out / ("images" if kind == "2d" else "volumes")
     media_dir.mkdir(parents=True, exist_ok=True)
 
-    findings = [random_findings(_case_rng(seed, i, 0)) for i in range(n)]
+    findings = [random_findings(_case_rng(seed, i, 0), (lo, hi)) for i in range(n)]
     keep = balance_keep_probabilities({
         qtype: [a for a in (answer_for(f, qtype, "en") for f in findings) if a is not None]
         for qtype in CLOSED_TYPES
@@ -586,18 +616,21 @@ def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = F
             conversations = group_independent(qas, _case_rng(seed, i, 3))
         else:
             conversations = [[qa] for qa in qas]
-        records[splits[i]] += [_record(case_id, turns, marker, media_key, rel) for turns in conversations]
+        labels = dict(zip(FINDING_LABELS, f.labels()))
+        records[splits[i]] += [_record(case_id, turns, marker, media_key, rel, labels) for turns in conversations]
 
     for split in SPLITS:
         with open(out / f"{split}.jsonl", "w", encoding="utf-8") as fh:
             for rec in records[split]:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        write_label_table(out / f"{split}_labels.csv", media_key[:-1],
+                          [(c["id"], c["file"], f.labels()) for c, f in zip(cases, findings) if c["split"] == split])
     with open(out / "cases.jsonl", "w", encoding="utf-8") as fh:
         for info in cases:
             fh.write(json.dumps(info, ensure_ascii=False) + "\n")
     summary = {
         "generator": "medvl.data.synth", "kind": kind, "n": n, "seed": seed, "dicom": dicom,
-        "geometry": geometry.__dict__, "train_format": train_format,
+        "geometry": geometry.__dict__, "train_format": train_format, "nodule_diameter_mm": [lo, hi],
         "splits": {s: {"cases": splits.count(s), "records": len(records[s])} for s in SPLITS},
         "question_types": {"closed": list(CLOSED_TYPES), "open": list(OPEN_TYPES)},
     }
@@ -620,6 +653,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dicom", action="store_true", help="2D: write DICOM DX instead of 16-bit PNG")
     parser.add_argument("--size", type=int, default=None, help="2D image size in pixels (default 256)")
     parser.add_argument("--spacing", type=float, default=None, help="2D pixel spacing in mm (default 1.4)")
+    parser.add_argument("--nodule-mm", default=None, metavar="MIN,MAX",
+                        help=f"nodule diameters in mm, drawn uniformly (default {NODULE_DIAMETER_MM[0]:g},"
+                             f"{NODULE_DIAMETER_MM[1]:g})")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes (same output for any number)")
     parser.add_argument("--train-format", choices=TRAIN_FORMATS, default="single",
                         help="grouped: training records are conversations of independent questions (one per "
@@ -635,7 +671,15 @@ def run(args: argparse.Namespace) -> int:
     geometry = None
     if args.kind == "2d" and (args.size or args.spacing):
         geometry = Geometry2D(size=args.size or 256, spacing=args.spacing or 1.4)
+    sizes = NODULE_DIAMETER_MM
+    if args.nodule_mm:
+        try:
+            sizes = tuple(float(v) for v in args.nodule_mm.split(","))
+        except ValueError:
+            sizes = ()
+        if len(sizes) != 2:
+            raise ValueError(f"--nodule-mm takes MIN,MAX in mm (e.g. 4,12), got {args.nodule_mm!r}")
     summary = synthesize(args.kind, args.n, args.seed, args.out, dicom=args.dicom, geometry=geometry,
-                         workers=args.workers, train_format=args.train_format)
+                         workers=args.workers, train_format=args.train_format, nodule_diameter_mm=sizes)
     print(json.dumps(summary["splits"]))
     return 0

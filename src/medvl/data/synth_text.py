@@ -99,7 +99,8 @@ class CaseFindings:
                                  self.heart == "enlarged")]
 
 
-def random_findings(rng: np.random.Generator) -> CaseFindings:
+def random_findings(rng: np.random.Generator,
+                    nodule_diameter_mm: tuple[float, float] = NODULE_DIAMETER_MM) -> CaseFindings:
     """Draw a finding description.
 
     The distribution is chosen so that the yes/no questions are balanced a priori (half the cases
@@ -108,13 +109,14 @@ def random_findings(rng: np.random.Generator) -> CaseFindings:
 
     Args:
         rng: the random generator (the only source of randomness, for determinism).
+        nodule_diameter_mm: (smallest, largest) nodule diameter, drawn uniformly.
     """
     count = 0 if rng.random() < 0.5 else int(rng.integers(1, MAX_NODULES + 1))
     nodules = []
     for _ in range(count):
         side = SIDES[int(rng.integers(2))]
         lobe = LOBES[side][int(rng.integers(len(LOBES[side])))]
-        diameter = round(float(rng.uniform(*NODULE_DIAMETER_MM)), 1)
+        diameter = round(float(rng.uniform(*nodule_diameter_mm)), 1)
         nodules.append(Nodule(side, lobe, diameter, tuple(float(x) for x in rng.random(3))))
     effusion = "none" if rng.random() < 0.5 else EFFUSION_CHOICES[1 + int(rng.integers(3))]
     heart = HEART_CHOICES[int(rng.integers(2))]

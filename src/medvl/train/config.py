@@ -152,14 +152,44 @@ class DataSection:
     augment: AugmentSection = field(default_factory=AugmentSection)
 
 
+ENCODER_PRETRAIN = "encoder_pretrain"
+LabelSource = Literal["auto", "meta", "vqa"]
+
+
+@dataclass
+class EncoderPretrainSettings:
+    """Stage 0 (``train.stage: encoder_pretrain``): the 2D tower or 3D encoder as a finding classifier.
+
+    The head is max over the encoder's tokens (the features the connector reads, i.e. the model's
+    feature layer) -> Linear -> one logit per binary label and one softmax group per multi-class
+    label. See :mod:`medvl.train.encoder_pretrain` and medvl.data.finding_labels for the label sources.
+    """
+
+    # Which encoder: image (the 2D tower), volume (the 3D encoder) or auto (the one whose part in
+    # train.parts is not frozen).
+    encoder: Literal["auto", "image", "volume"] = "auto"
+    # Where records files get their labels: meta (each record's meta.labels mapping), vqa (closed
+    # yes/no answers: one binary label per question type), auto (meta where records have it, else
+    # vqa). Label tables (.csv/.tsv files in data.train/data.eval) carry their own.
+    labels: LabelSource = "auto"
+    # Train on these labels only (empty: every label found in the training data).
+    label_names: list[str] = field(default_factory=list)
+    # Keep each preprocessed image/volume in memory (float16) after its first use: preprocessing
+    # then runs once per file instead of once per step. Memory: files x preprocessed size.
+    cache_media: bool = False
+
+
 @dataclass
 class TrainSection:
     """Optimisation settings. Anything else of transformers' TrainingArguments goes in hf_args."""
 
-    # Free label recorded with the run (pretrain, finetune, finetune_lora, ...). What trains is
-    # decided by ``parts`` alone, never implicitly by the stage name.
+    # Label recorded with the run (pretrain, finetune, finetune_lora, ...). What trains is decided by
+    # ``parts`` alone, never implicitly by the stage name; one stage name changes the objective:
+    # ``encoder_pretrain`` (stage 0) trains an encoder as a finding classifier instead of the LVLM
+    # on conversations (settings in ``encoder_pretrain``).
     stage: str = "custom"
     parts: PartsConfig = field(default_factory=PartsConfig)
+    encoder_pretrain: EncoderPretrainSettings = field(default_factory=EncoderPretrainSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     lr: float = 2e-5
     weight_decay: float = 0.0
@@ -295,6 +325,10 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     if cfg.data.cache_encoder_features and cfg.data.augment.enabled:
         raise ValueError("data.cache_encoder_features cannot be used with data.augment.enabled (the encoder "
                          "features of an augmented sample differ at every step); turn one of them off")
+    if t.stage == ENCODER_PRETRAIN:
+        validate_encoder_pretrain(cfg)
+    elif t.encoder_pretrain != EncoderPretrainSettings():
+        raise ValueError(f"train.encoder_pretrain applies to train.stage={ENCODER_PRETRAIN} only (stage is {t.stage!r})")
     if cfg.data.cache_encoder_features:
         if t.parts.vision.mode != "frozen" and t.parts.volume.mode != "frozen":
             raise ValueError("data.cache_encoder_features needs a frozen encoder: set train.parts.vision.mode or "
@@ -304,6 +338,51 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
                          "pip install 'medvl[deepspeed]' (and launch with torchrun), or set train.deepspeed=null "
                          "to train with DDP / a single process")
     check_hf_args(t.hf_args)
+
+
+def encoder_pretrain_kind(cfg: TrainConfig) -> str:
+    """The media kind stage 0 trains ("image" or "volume"), from the settings or the parts.
+
+    Args:
+        cfg: a configuration with ``train.stage: encoder_pretrain``.
+    """
+    t = cfg.train
+    trained = [kind for kind, part in (("image", t.parts.vision), ("volume", t.parts.volume)) if part.mode != "frozen"]
+    kind = t.encoder_pretrain.encoder
+    if kind == "auto":
+        if len(trained) != 1:
+            raise ValueError("train.stage=encoder_pretrain trains one encoder: set exactly one of "
+                             "train.parts.vision.mode / train.parts.volume.mode to full or lora (now "
+                             f"{t.parts.vision.mode}, {t.parts.volume.mode}), or name it in train.encoder_pretrain.encoder")
+        return trained[0]
+    part = "vision" if kind == "image" else "volume"
+    if getattr(t.parts, part).mode == "frozen":
+        raise ValueError(f"train.encoder_pretrain.encoder={kind} but train.parts.{part}.mode is frozen: "
+                         "set it to full or lora")
+    return kind
+
+
+def validate_encoder_pretrain(cfg: TrainConfig) -> None:
+    """Stage-0 rules: one encoder trains, the LLM and the connectors stay frozen.
+
+    Args:
+        cfg: a configuration with ``train.stage: encoder_pretrain``.
+    """
+    t = cfg.train
+    moving = [name for name in ("llm", "connector") if getattr(t.parts, name).mode != "frozen"]
+    if moving:
+        # explicit rather than silently ignored: stage 0 never runs the LLM or the connectors
+        raise ValueError(f"train.stage=encoder_pretrain trains an encoder only: set train.parts.{moving[0]}.mode="
+                         f"frozen (now {getattr(t.parts, moving[0]).mode}{' for ' + ', '.join(moving) if len(moving) > 1 else ''})")
+    kind = encoder_pretrain_kind(cfg)
+    other = "volume" if kind == "image" else "vision"
+    if getattr(t.parts, other).mode != "frozen":
+        raise ValueError(f"train.stage=encoder_pretrain trains one encoder ({kind}): set train.parts.{other}.mode=frozen")
+    if cfg.data.cache_encoder_features:
+        raise ValueError("data.cache_encoder_features does not apply to train.stage=encoder_pretrain (the encoder "
+                         "trains); use train.encoder_pretrain.cache_media to keep preprocessed media in memory")
+    if cfg.data.packing:
+        raise ValueError("data.packing does not apply to train.stage=encoder_pretrain (no text is trained)")
 
 
 PLACEHOLDER = "/path/to/"

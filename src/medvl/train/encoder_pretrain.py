@@ -1,4 +1,4 @@
-"""Stage 0: supervised pretraining of a model's image or volume encoder on multi-label findings.
+"""Stage 0 (``train.stage: encoder_pretrain``): an image or volume encoder trained as a finding classifier.
 
 LLaVA-style models start from a pretrained vision encoder (CLIP, SigLIP, MedM-CLIP, ...). Where
 there is none (a new modality, or a model built from scratch like the quickstart's), the encoder
@@ -12,164 +12,335 @@ pooling dilutes a small finding (a 10 mm nodule is a few of 64 tokens) and learn
 on the quickstart phantoms, nothing beyond the answer prior after 800 steps, while a classifier
 head on the max over the encoder's tokens learns the same findings in a few hundred steps.
 
-The head here is exactly that: max over the tokens of one encoder hidden state -> Linear -> one
-logit per label, binary cross-entropy. The head is thrown away afterwards; the encoder keeps its
-weights inside the model.
+The head is exactly that: the encoder's features as the connector reads them (the model's
+``*_feature_layer`` / ``*_feature_select``: ``encode_images`` / ``encode_volumes``) -> max over the
+tokens -> Linear -> one logit per binary label (binary cross-entropy) and one softmax group per
+multi-class label (cross-entropy); unknown values are left out. Validation reports AUROC and
+accuracy per label. Training runs on the same ``MedVLTrainer`` as every other stage (schedules,
+per-part learning rates, LoRA through ``train.parts``, atomic checkpoints, resume, DDP). The output
+folder's ``model/`` is a complete medvl checkpoint (LoRA merged) whose encoder the next stage reads
+through ``model.path``; the head and its label list are kept apart in ``finding_head/``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import math
-import random
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import os
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from medvl.data.finding_labels import FindingDataset, LabelSchema, collate_findings, load_labelled_items
+from medvl.train.config import TrainConfig, encoder_pretrain_kind
 
 logger = logging.getLogger(__name__)
 
 MEDIA_KINDS = ("image", "volume")
+HEAD_DIR = "finding_head"
+_ENCODER_ATTR = {"image": "vision_tower", "volume": "volume_encoder"}
+_PART = {"image": "vision", "volume": "volume"}
 
 
-@dataclass
-class EncoderPretrainConfig:
-    """Settings of :func:`pretrain_encoder`.
+class FindingClassifier(nn.Module):
+    """An LVLM's encoder with a max-pooling classification head (the stage-0 training model).
 
-    Args:
-        steps: optimizer steps.
-        batch_size: items per step.
-        lr: peak learning rate (AdamW, linear warm-up, cosine decay to 10 %).
-        warmup_steps: warm-up steps.
-        weight_decay: AdamW weight decay.
-        feature_layer: which encoder hidden state the head reads (-1: the last block's output).
-        seed: sampling and head-initialisation seed.
-    """
-
-    steps: int = 600
-    batch_size: int = 16
-    lr: float = 1e-3
-    warmup_steps: int = 30
-    weight_decay: float = 0.0
-    feature_layer: int = -1
-    seed: int = 0
-
-
-def _encoder(model: nn.Module, kind: str) -> nn.Module:
-    if kind not in MEDIA_KINDS:
-        raise ValueError(f"unknown media kind {kind!r}; valid choices: {', '.join(MEDIA_KINDS)}")
-    encoder = model.vision_tower if kind == "image" else model.volume_encoder
-    if encoder is None:
-        raise ValueError(f"the model has no {'2D vision tower' if kind == 'image' else 'volume encoder'} to pretrain")
-    return encoder
-
-
-def _pooled_features(encoder: nn.Module, media: torch.Tensor, feature_layer: int) -> torch.Tensor:
-    """Max over the tokens of one hidden state: (N, hidden)."""
-    outputs = encoder(media, output_hidden_states=True)
-    hidden = outputs.hidden_states[feature_layer]
-    return hidden.max(dim=1).values
-
-
-def pretrain_encoder(model: nn.Module, load_media: Callable[[Sequence[int]], torch.Tensor], labels: torch.Tensor,
-                     kind: str = "image", config: EncoderPretrainConfig | None = None,
-                     eval_items: tuple[Callable[[Sequence[int]], torch.Tensor], torch.Tensor] | None = None,
-                     ) -> dict[str, Any]:
-    """Train ``model``'s image or volume encoder (in place) as a multi-label classifier.
+    Only the encoder and the head are submodules: the LLM and the connectors are neither moved to
+    the accelerator nor written into checkpoints, and never run.
 
     Args:
-        model: a ``MedVLForConditionalGeneration`` (its other parts are not touched).
-        load_media: indices -> a batch as the encoder takes it ((N, 3, H, W) pixel values or
-            (N, C, D, H, W) volume values, already preprocessed).
-        labels: (N_items, N_labels) 0/1 floats, one row per item ``load_media`` can return.
+        model: a ``MedVLForConditionalGeneration`` (or a PEFT model around one).
         kind: "image" (the 2D tower) or "volume" (the 3D encoder).
-        config: steps, batch size, learning rate, ...
-        eval_items: optional held-out (load_media, labels) scored after training.
-
-    Returns:
-        {"steps", "seconds", "final_loss", "eval_accuracy" (per label, if eval_items)}.
+        num_logits: the head's outputs (``LabelSchema.width``).
+        schema: the labels (loss per label kind); None: every logit is a binary label.
+        seed: head initialisation seed.
     """
-    config = config or EncoderPretrainConfig()
-    encoder = _encoder(model, kind)
-    labels = labels.float()
-    if labels.ndim != 2 or labels.shape[0] < 1:
-        raise ValueError(f"labels must be (items, labels) with at least one item, got shape {tuple(labels.shape)}")
-    generator = torch.Generator().manual_seed(config.seed)
-    width = encoder.config.hidden_size
-    head = nn.Linear(width, labels.shape[1])
-    with torch.no_grad():
-        head.weight.normal_(0.0, 0.02, generator=generator)
-        head.bias.zero_()
-    dtype = next(encoder.parameters()).dtype
-    head.to(device=next(encoder.parameters()).device, dtype=dtype)
-    params = [p for p in encoder.parameters()] + list(head.parameters())
-    was_training = encoder.training
-    requires = [p.requires_grad for p in encoder.parameters()]
-    encoder.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
-    def lr_factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    def __init__(self, model: nn.Module, kind: str, num_logits: int, schema: LabelSchema | None = None, seed: int = 0):
+        super().__init__()
+        from medvl.train.parts import unwrap_model
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    rng = random.Random(config.seed)
-    order: list[int] = []
-    start, loss = time.time(), torch.tensor(float("nan"))
-    for step in range(config.steps):
-        if len(order) < config.batch_size:  # epochs of a fresh permutation, no item twice per epoch
-            more = list(range(labels.shape[0]))
-            rng.shuffle(more)
-            order += more
-        batch, order = order[:config.batch_size], order[config.batch_size:]
-        media = load_media(batch).to(device=head.weight.device, dtype=dtype)
-        logits = head(_pooled_features(encoder, media, config.feature_layer))
-        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels[batch].to(logits.device))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if (step + 1) % 100 == 0:
-            logger.info("encoder pretraining step %d/%d loss %.4f", step + 1, config.steps, loss.item())
-    result: dict[str, Any] = {"steps": config.steps, "seconds": round(time.time() - start, 1),
-                              "final_loss": float(loss.item())}
-    if eval_items is not None:
-        result["eval_accuracy"] = evaluate_encoder_head(encoder, head, *eval_items, feature_layer=config.feature_layer)
-    for p, flag in zip(encoder.parameters(), requires):
-        p.requires_grad_(flag)
-    encoder.train(was_training)
-    return result
+        if kind not in MEDIA_KINDS:
+            raise ValueError(f"unknown media kind {kind!r}; valid choices: {', '.join(MEDIA_KINDS)}")
+        base = unwrap_model(model)
+        encoder = getattr(base, _ENCODER_ATTR[kind], None)
+        if encoder is None:
+            raise ValueError(f"the model has no {'2D vision tower' if kind == 'image' else 'volume encoder'} to pretrain")
+        object.__setattr__(self, "lvlm", base)  # not a submodule (see the class docstring)
+        self.kind = kind
+        self.schema = schema or LabelSchema.from_dict({"labels": [{"name": str(i)} for i in range(num_logits)]})
+        setattr(self, _ENCODER_ATTR[kind], encoder)
+        feature_size = base.config.image_feature_size() if kind == "image" else base.config.volume_feature_size()
+        self.finding_head = nn.Linear(feature_size, num_logits)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.finding_head.weight.copy_(torch.randn(self.finding_head.weight.shape, generator=generator) * 0.02)
+            self.finding_head.bias.zero_()
+        param = next(encoder.parameters())
+        self.finding_head.to(device=param.device, dtype=param.dtype)
+        # the part map of medvl.train.parts: the head trains with (and at the learning rate of) the encoder
+        self.trainable_part_modules = {_PART[kind]: (_ENCODER_ATTR[kind], "finding_head")}
+
+    def forward(self, pixel_values: torch.Tensor | None = None, volume_values: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Logits (N, num_logits) and, with ``labels``, the loss.
+
+        Args:
+            pixel_values: (N, 3, H, W) images (kind "image").
+            volume_values: (N, C, D, H, W) volumes (kind "volume").
+            labels: (N, num_logits) targets, NaN where unknown.
+        """
+        if self.kind == "image":
+            if pixel_values is None:
+                raise ValueError("an image classifier needs pixel_values")
+            features = self.lvlm.encode_images(pixel_values)
+        else:
+            if volume_values is None:
+                raise ValueError("a volume classifier needs volume_values")
+            features = self.lvlm.encode_volumes(volume_values)
+        logits = self.finding_head(features.max(dim=1).values.to(self.finding_head.weight.dtype))
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = finding_loss(logits, labels, self.schema)
+        return out
 
 
-@torch.no_grad()
-def evaluate_encoder_head(encoder: nn.Module, head: nn.Module, load_media: Callable[[Sequence[int]], torch.Tensor],
-                          labels: torch.Tensor, feature_layer: int = -1, batch_size: int = 64) -> list[float]:
-    """Per-label accuracy of the pretraining head on held-out items (threshold 0.5).
+def finding_loss(logits: torch.Tensor, targets: torch.Tensor, schema: LabelSchema) -> torch.Tensor:
+    """Mean over the known (item, label) pairs of binary cross-entropy (binary labels) and
+    cross-entropy (multi-class labels); NaN targets are left out.
 
     Args:
-        encoder: the pretrained encoder.
-        head: its classification head.
-        load_media: indices -> a preprocessed batch.
-        labels: (N_items, N_labels) 0/1.
-        feature_layer: the hidden state the head reads.
-        batch_size: items per forward pass.
+        logits: (N, width).
+        targets: (N, width) 0/1 (one-hot for multi-class labels), NaN = unknown.
+        schema: the labels.
     """
-    was_training = encoder.training
-    encoder.eval()
-    correct = torch.zeros(labels.shape[1])
-    dtype = head.weight.dtype
-    for begin in range(0, labels.shape[0], batch_size):
-        idx = list(range(begin, min(begin + batch_size, labels.shape[0])))
-        logits = head(_pooled_features(encoder, load_media(idx).to(head.weight.device, dtype), feature_layer))
-        correct += ((logits.float().cpu() > 0) == (labels[idx] > 0.5)).float().sum(0)
-    encoder.train(was_training)
-    return [round(float(c) / labels.shape[0], 4) for c in correct]
+    logits = logits.float()
+    targets = targets.to(logits.device, torch.float32)
+    total = logits.new_zeros(())
+    count = 0
+    for spec, where in schema.slices():
+        z, t = logits[:, where], targets[:, where]
+        known = ~torch.isnan(t).any(dim=1)
+        if not known.any():
+            continue
+        if spec.classes is None:
+            total = total + nn.functional.binary_cross_entropy_with_logits(z[known, 0], t[known, 0], reduction="sum")
+        else:
+            total = total + nn.functional.cross_entropy(z[known], t[known].argmax(dim=1), reduction="sum")
+        count += int(known.sum())
+    # a batch without any known label contributes 0 with a gradient path (DDP needs one)
+    return total / max(count, 1) + 0.0 * logits.sum()
 
 
-__all__ = ["EncoderPretrainConfig", "pretrain_encoder", "evaluate_encoder_head", "MEDIA_KINDS"]
+# ---------------------------------------------------------------------------- metrics
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float | None:
+    """Area under the ROC curve (the Mann-Whitney U statistic, ties counted half); None if only one
+    class is present.
+
+    Args:
+        scores: (N,) higher = more likely positive.
+        positives: (N,) bool.
+    """
+    from scipy.stats import rankdata
+
+    positives = np.asarray(positives, dtype=bool)
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(scores)  # average ranks for ties
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def finding_metrics(logits: np.ndarray, targets: np.ndarray, schema: LabelSchema) -> dict[str, dict[str, Any]]:
+    """Per label: AUROC (multi-class: the mean one-vs-rest AUROC over classes), accuracy
+    (binary: logit > 0; multi-class: arg-max) and the number of known items.
+
+    Args:
+        logits: (N, width).
+        targets: (N, width), NaN = unknown.
+        schema: the labels.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for spec, where in schema.slices():
+        z, t = logits[:, where], targets[:, where]
+        known = ~np.isnan(t).any(axis=1)
+        z, t = z[known], t[known]
+        if not len(t):
+            out[spec.name] = {"auroc": None, "accuracy": None, "n": 0}
+            continue
+        if spec.classes is None:
+            accuracy = float(np.mean((z[:, 0] > 0) == (t[:, 0] > 0.5)))
+            area = auroc(z[:, 0], t[:, 0] > 0.5)
+        else:
+            accuracy = float(np.mean(z.argmax(axis=1) == t.argmax(axis=1)))
+            areas = [a for a in (auroc(z[:, k], t[:, k] > 0.5) for k in range(spec.width)) if a is not None]
+            area = float(np.mean(areas)) if areas else None
+        out[spec.name] = {"auroc": None if area is None else round(area, 4), "accuracy": round(accuracy, 4),
+                          "n": int(len(t))}
+    return out
+
+
+def flat_metrics(per_label: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``{label}_auroc`` / ``{label}_accuracy`` and their means over labels (Trainer log keys).
+
+    Args:
+        per_label: :func:`finding_metrics` output.
+    """
+    flat: dict[str, float] = {}
+    for name, m in per_label.items():
+        for key in ("auroc", "accuracy"):
+            if m[key] is not None:
+                flat[f"{name}_{key}"] = m[key]
+    for key in ("auroc", "accuracy"):
+        values = [m[key] for m in per_label.values() if m[key] is not None]
+        if values:
+            flat[f"mean_{key}"] = round(float(np.mean(values)), 4)
+    return flat
+
+
+def format_metrics(per_label: dict[str, dict[str, Any]]) -> str:
+    """A plain-text table of per-label validation metrics.
+
+    Args:
+        per_label: :func:`finding_metrics` output.
+    """
+    lines = [f"{'label':<24} {'n':>6} {'AUROC':>7} {'accuracy':>9}"]
+    for name, m in per_label.items():
+        area = "-" if m["auroc"] is None else f"{m['auroc']:.3f}"
+        acc = "-" if m["accuracy"] is None else f"{m['accuracy']:.3f}"
+        lines.append(f"{name:<24} {m['n']:>6} {area:>7} {acc:>9}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- the run
+def build_finding_datasets(cfg: TrainConfig, processor: Any, kind: str
+                           ) -> tuple[FindingDataset, Any | None, LabelSchema]:
+    """Training set, validation set (or None) and label schema of a stage-0 run.
+
+    Args:
+        cfg: the configuration (``data`` and ``train.encoder_pretrain``).
+        processor: the model's processor.
+        kind: "image" or "volume".
+    """
+    from medvl.train.run import split_dataset
+
+    d, s = cfg.data, cfg.train.encoder_pretrain
+    if not d.train:
+        raise ValueError("data.train: no training files given")
+    common = dict(source=s.labels, root=d.root, seed=cfg.train.seed)
+    train_items = load_labelled_items(d.train, kind, split=d.train_split, **common)
+    if not train_items:
+        raise ValueError(f"stage 0: data.train ({', '.join(d.train)}) holds no labelled {kind}s; give records with "
+                         "meta.labels, closed yes/no questions, or a label table (.csv)")
+    schema = LabelSchema.from_items(train_items, s.label_names)
+    options = dict(volume_cache=d.volume_cache, cache_media=s.cache_media)
+    train = FindingDataset(train_items, schema, processor, kind, **options)
+    evaluation = None
+    if d.eval:
+        eval_items = load_labelled_items(d.eval, kind, split=d.eval_split, **common)
+        evaluation = FindingDataset(eval_items, schema, processor, kind, **options) if eval_items else None
+    elif d.eval_fraction > 0:
+        train, evaluation = split_dataset(train, d.eval_fraction, cfg.train.seed)
+    logger.info("stage 0: %d training %ss, %d validation; labels: %s", len(train), kind,
+                len(evaluation) if evaluation is not None else 0,
+                ", ".join(s.name + (f" ({'/'.join(s.classes)})" if s.classes else "") for s in schema.labels))
+    return train, evaluation, schema
+
+
+def save_stage0_outputs(classifier: FindingClassifier, model: nn.Module, processor: Any, schema: LabelSchema,
+                        out: Path) -> Path:
+    """Write ``model/`` (the whole LVLM with the trained encoder; LoRA merged) and ``finding_head/``
+    (head weights and labels), each atomically. Main process only.
+
+    Args:
+        classifier: the trained classifier.
+        model: the model ``apply_parts`` returned (plain, or a PeftModel).
+        processor: the model's processor.
+        schema: the labels.
+        out: the run's output folder.
+    """
+    from safetensors.torch import save_file
+
+    from medvl.train.checkpoint import atomic_dir
+    from medvl.train.lora import is_peft_model
+    from medvl.train.run import final_model_dir
+
+    lvlm = model.merge_and_unload() if is_peft_model(model) else model
+    with atomic_dir(final_model_dir(out)) as staging:
+        lvlm.save_pretrained(staging)
+        processor.save_pretrained(staging)
+    with atomic_dir(out / HEAD_DIR) as staging:
+        state = {k: v.detach().contiguous().cpu() for k, v in classifier.finding_head.state_dict().items()}
+        save_file(state, str(staging / "model.safetensors"))
+        info = {"kind": classifier.kind, "pooling": "max", **schema.to_dict()}
+        (staging / "labels.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return final_model_dir(out)
+
+
+def run_encoder_pretrain(cfg: TrainConfig, *, model: Any = None, processor: Any = None,
+                         callbacks: list[Any] | None = None) -> Path:
+    """Stage 0 as configured; returns the output folder (the model is in ``<output>/model``).
+
+    Called by :func:`medvl.train.run.run_training` when ``train.stage`` is ``encoder_pretrain``.
+
+    Args:
+        cfg: the configuration (already validated by run_training).
+        model: an already built model instead of ``cfg.model`` (Python API use).
+        processor: its processor.
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+    """
+    from transformers import set_seed
+
+    from medvl.train.parts import apply_parts, describe
+    from medvl.train.run import _prepare_output_dir, load_or_build_model, plot_loss, training_arguments, write_run_info
+    from medvl.train.trainer import MedVLTrainer
+
+    kind = encoder_pretrain_kind(cfg)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    resume_from = _prepare_output_dir(cfg, is_main)
+    out = Path(cfg.output.dir)
+    if is_main:
+        write_run_info(cfg, out)
+    set_seed(cfg.train.seed)
+    if model is None:
+        model, processor = load_or_build_model(cfg)
+    model = apply_parts(model, cfg.train.parts, cfg.train.lora)
+    logger.info("stage encoder_pretrain (%s encoder), trainable parts:\n%s", kind,
+                describe(model, cfg.train.parts, cfg.train.lr))
+    train_set, eval_set, schema = build_finding_datasets(cfg, processor, kind)
+    classifier = FindingClassifier(model, kind, schema.width, schema, seed=cfg.train.seed)
+    args = training_arguments(cfg, has_eval=eval_set is not None)
+
+    def compute_metrics(prediction: Any) -> dict[str, float]:
+        return flat_metrics(finding_metrics(np.asarray(prediction.predictions), np.asarray(prediction.label_ids), schema))
+
+    trainer = MedVLTrainer(
+        model=classifier, args=args, train_dataset=train_set, eval_dataset=eval_set, data_collator=collate_findings,
+        parts=cfg.train.parts, processor=processor, callbacks=callbacks,
+        compute_metrics=compute_metrics if eval_set is not None else None,
+    )
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    metrics: dict[str, Any] = {"stage": "encoder_pretrain", "kind": kind, "train": result.metrics,
+                               "global_step": result.global_step, **schema.to_dict()}
+    if eval_set is not None:
+        output = trainer.predict(eval_set, metric_key_prefix="eval")
+        per_label = finding_metrics(np.asarray(output.predictions), np.asarray(output.label_ids), schema)
+        metrics["eval"] = {"loss": output.metrics.get("eval_loss"), **flat_metrics(per_label)}
+        metrics["eval_per_label"] = per_label
+        logger.info("stage 0 validation (%d %ss):\n%s", len(eval_set), kind, format_metrics(per_label))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        save_stage0_outputs(classifier, model, processor, schema, out)
+        metrics["log_history"] = trainer.state.log_history
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+        plot_loss(trainer.state.log_history, out / "loss.png")
+    trainer.accelerator.wait_for_everyone()
+    logger.info("stage 0 finished: %s (model with the trained encoder in %s)", out, out / "model")
+    return out
+
+
+__all__ = ["FindingClassifier", "finding_loss", "finding_metrics", "flat_metrics", "format_metrics", "auroc",
+           "run_encoder_pretrain", "build_finding_datasets", "MEDIA_KINDS", "HEAD_DIR"]

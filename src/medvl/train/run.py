@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from medvl.train.checkpoint import atomic_dir, clean_staging, commit_dir, staging_path
-from medvl.train.config import TrainConfig, model_spec, unfilled_placeholders, validate
+from medvl.train.config import ENCODER_PRETRAIN, TrainConfig, model_spec, unfilled_placeholders, validate
 from medvl.train.lora import is_adapter_dir, is_peft_model, load_model, merge_lora
 from medvl.utils.config import to_dict
 
@@ -443,6 +443,9 @@ def run_training(
 ) -> Path:
     """Train as configured; return the output folder (the final model is in ``<output>/model``).
 
+    ``train.stage: encoder_pretrain`` runs stage 0 instead (:mod:`medvl.train.encoder_pretrain`):
+    the encoder as a finding classifier, same trainer, same output layout.
+
     Args:
         cfg: the configuration (``load_train_config`` / ``medvl train``).
         model: an already built model to train instead of ``cfg.model`` (Python API use).
@@ -466,6 +469,10 @@ def run_training(
         )
     if model is not None and processor is None:
         raise ValueError("run_training(model=...) needs the model's processor too")
+    if cfg.train.stage == ENCODER_PRETRAIN:
+        from medvl.train.encoder_pretrain import run_encoder_pretrain
+
+        return run_encoder_pretrain(cfg, model=model, processor=processor, callbacks=callbacks)
     rank = int(os.environ.get("RANK", "0"))
     is_main = rank == 0
     resume_from = _prepare_output_dir(cfg, is_main)
