@@ -69,7 +69,7 @@ class MedVLTrainer(Trainer):
             return_outputs: also return the model outputs.
             num_items_in_batch: supervised tokens over the accumulated batch.
         """
-        if inputs["input_ids"].shape[0] == 0:
+        if "input_ids" in inputs and inputs["input_ids"].shape[0] == 0:  # (stage-0 batches hold no text)
             # every sample of this batch was skipped (data.on_error=skip): a zero loss that still
             # reaches every trainable parameter, so backward and DDP's gradient sync see them all
             loss = sum((p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad),
