@@ -14,6 +14,9 @@ where a machine limit applies, the fraction of that limit *measured on this mach
   time and peak-RSS ratios.
 * ``generate``: :func:`medvl.inference.generate`, greedy with the KV cache, exactly ``max_new_tokens``
   per prompt: batched tokens/s vs batch size 1.
+* ``workloads`` (opt-in): the MedM-VL comparison workloads W2D, W3D (fine-tuning) and I2D (greedy
+  decoding) at their real sizes, with essential FLOPs and per-phase profiles
+  (:mod:`medvl.bench_workloads`).
 * ``volume``: a synthetic HU CT (NIfTI, 256x256x128 by default) through
   :func:`medvl.imaging.load_volume` + :class:`~medvl.models.volume_processing_medvl.MedVLVolumeProcessor`:
   volumes/s and input-voxel GB/s as a fraction of the memory bandwidth; and the
@@ -51,7 +54,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 SCHEMA = "medvl-bench/1"
-SUITES = ("machine", "train", "generate", "volume")
+SUITES = ("machine", "train", "generate", "volume", "workloads")
+# what ``medvl bench`` runs without --suite: the MedM-VL workloads take minutes, so they are asked for
+DEFAULT_SUITES = ("machine", "train", "generate", "volume")
 
 
 @dataclass
@@ -621,12 +626,13 @@ def _bench_volume_cache(processor: Any, path: Path, sizes: BenchSizes, cache_dir
 
 # ---------------------------------------------------------------------------- driver
 def run_benchmarks(
-    suites: Sequence[str] = SUITES,
+    suites: Sequence[str] = DEFAULT_SUITES,
     *,
     quick: bool = False,
     sizes: BenchSizes | None = None,
     threads: Sequence[int] | None = None,
     workdir: str | Path | None = None,
+    workload_sizes: Any = None,
 ) -> dict[str, Any]:
     """Run benchmark suites; returns the JSON-ready results (see ``benchmarks/README.md``).
 
@@ -638,6 +644,8 @@ def run_benchmarks(
         sizes: explicit problem sizes.
         threads: extra thread counts for the matmul peak (see :func:`bench_machine`).
         workdir: folder for synthetic volume files (default: temporary).
+        workload_sizes: a :class:`medvl.bench_workloads.WorkloadSizes` (default: ``quick()`` with
+            ``quick``, else ``full()``).
     """
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
@@ -671,6 +679,13 @@ def run_benchmarks(
     if "volume" in wanted:
         results["results"]["volume"] = timed(
             "volume", lambda: bench_volume(sizes, limits["memory_bandwidth_gbs"], workdir))
+    if "workloads" in wanted:
+        from medvl.bench_workloads import WorkloadSizes, bench_workloads
+
+        wl_sizes = workload_sizes or (WorkloadSizes.quick() if quick else WorkloadSizes.full())
+        results["results"]["workloads"] = timed(
+            "workloads", lambda: bench_workloads(wl_sizes, limits["fp32_peak_gflops"],
+                                                 Path(workdir) / "workloads" if workdir else None))
     info["load_average_end"] = load_average()
     info["wall_seconds"] = time.perf_counter() - started
     info["suite_seconds"] = seconds
@@ -740,6 +755,10 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                              f"{_fmt(cache[dtype]['volumes_per_s'])}, {_fmt(cache[dtype]['cached_over_raw'])}"))
         else:
             rows.append(("volume", "cache", cache.get("reason", "n/a")))
+    if "workloads" in r:
+        from medvl.bench_workloads import workload_rows
+
+        rows += workload_rows(r["workloads"])
     info = results["machine"]
     rows.append(("run", "torch threads / load average start -> end",
                  f"{info['torch_threads']} / {info['load_average_start']} -> {info.get('load_average_end')}"))
