@@ -169,16 +169,20 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
 
 
 def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> dict[str, tuple[int, ...]]:
-    """Encode the media of ``datasets`` with the model's frozen encoder(s) once and let the datasets
-    serve the features (``data.cache_encoder_features``); returns media key -> feature shape (for
-    the dummy media of multi-process batches).
+    """Let the datasets serve the model's frozen encoder outputs instead of media
+    (``data.cache_encoder_features``); returns media key -> feature shape (for the dummy media of
+    multi-process batches).
+
+    With ``data.num_workers=0`` the cache fills lazily (a file is encoded the first time a sample
+    needs it, see :mod:`medvl.data.feature_cache`), so a run never waits for files it will not see;
+    with worker processes every file is encoded once before the first step.
 
     Args:
         cfg: the training configuration (frozen parts decide which encoders are cached).
         model: the model after ``apply_parts``.
         datasets: training / validation datasets (``Subset`` views or None allowed).
     """
-    from medvl.data.feature_cache import FEATURE_KINDS, build_feature_cache
+    from medvl.data.feature_cache import FEATURE_KINDS, build_feature_cache, lazy_feature_cache
 
     frozen = {"image": cfg.train.parts.vision.mode == "frozen", "volume": cfg.train.parts.volume.mode == "frozen"}
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -199,10 +203,31 @@ def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> d
         if ds.get("zero_optimization", {}).get("stage") == 3:
             # the encoders' weights are partitioned across ranks there; not supported (untested)
             raise ValueError("data.cache_encoder_features is not supported with DeepSpeed ZeRO-3; use ZeRO-2 or DDP")
-    cache = build_feature_cache(model, unique, kinds)
+    if cfg.data.num_workers == 0:
+        cache = lazy_feature_cache(model, kinds)
+        _prime(cache, unique, kinds)
+    else:
+        cache = build_feature_cache(model, unique, kinds)
     for d in unique:
         d.feature_cache = cache
     return {FEATURE_KINDS[k][1]: tuple(next(iter(cache.features[k].values())).shape) for k in kinds if cache.features[k]}
+
+
+def _prime(cache: Any, datasets: list[Any], kinds: list[str]) -> None:
+    """Encode the first record of each cached kind, so that the feature shapes are known up front."""
+    from medvl.data.feature_cache import FEATURE_KINDS
+
+    from medvl.errors import MedVLDataError
+
+    for kind in kinds:
+        field = FEATURE_KINDS[kind][0]
+        records = ((d, r) for d in datasets for r in d.records if getattr(r, field))
+        for d, rec in records:
+            try:  # a bad file is the data set's business (raise or skip): try the next record
+                cache.lookup(kind, getattr(rec, field), load=lambda d=d, rec=rec, kind=kind: d.media_values(rec, kind))
+                break
+            except MedVLDataError:
+                continue
 
 
 def split_dataset(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
