@@ -230,6 +230,24 @@ def _prime(cache: Any, datasets: list[Any], kinds: list[str]) -> None:
                 continue
 
 
+def compile_llm(model: Any) -> None:
+    """``torch.compile`` the LLM's decoder in place (``train.compile``).
+
+    Only the decoder: the media merge has data-dependent checks (placeholder counts) that would
+    break the graph, and the encoders are frozen or small. In place (``nn.Module.compile``), so the
+    state dict keeps its names and checkpoints load without torch.compile. Dynamic shapes: batch
+    lengths change from step to step.
+
+    Args:
+        model: the model after ``apply_parts`` (a PEFT wrapper is looked through).
+    """
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.get_decoder().compile(dynamic=True)
+    logger.info("train.compile: the LLM decoder is compiled with torch %s (first steps compile)", torch.__version__)
+
+
 def split_dataset(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     """Hold out ``fraction`` of ``dataset`` (a seeded random subset) as the validation split.
 
@@ -424,6 +442,8 @@ def run_training(
         model.peft_config["default"].base_model_name_or_path = str(base_dir)
     logger.info("stage %s, trainable parts:\n%s", cfg.train.stage, describe(model, cfg.train.parts, cfg.train.lr))
 
+    if cfg.train.compile:
+        compile_llm(model)
     train_set, eval_set, collator = build_datasets(cfg, processor)
     feature_shapes = attach_feature_cache(cfg, model, [train_set, eval_set]) if cfg.data.cache_encoder_features else {}
     args = training_arguments(cfg, has_eval=eval_set is not None)
