@@ -136,7 +136,7 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
         cfg: the training configuration.
         processor: the model's processor (tokenizer, image and volume processors, chat template).
     """
-    from medvl.data.collator import PackingCollator, PaddedCollator
+    from medvl.data.collator import AdaptivePackingCollator, PaddedCollator
     from medvl.data.dataset import ConversationDataset, mix_records
     from medvl.data.records import load_records
     from medvl.data.registry import REGISTRY_SUFFIXES, load_registry_records
@@ -160,10 +160,11 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
     if evaluation is None and d.eval_fraction > 0:
         train, evaluation = split_dataset(train, d.eval_fraction, cfg.train.seed)
     logger.info("data: %d training samples, %d validation samples", len(train), len(evaluation) if evaluation else 0)
+    tokenizer = getattr(processor, "tokenizer", processor)
     if d.packing:
-        collator = PackingCollator()
+        # packs a batch only when it saves rows; alike lengths stay padded (plain causal attention)
+        collator = AdaptivePackingCollator(pad_token_id=tokenizer.pad_token_id)
     else:
-        tokenizer = getattr(processor, "tokenizer", processor)
         collator = PaddedCollator(pad_token_id=tokenizer.pad_token_id, padding_side="right")
     return train, evaluation, collator
 
