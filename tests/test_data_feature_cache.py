@@ -178,3 +178,29 @@ def test_attach_is_lazy_without_workers_and_eager_with_them(tiny_model_dir, tiny
         # lazy: only the first file, encoded to learn the feature shape of multi-process dummy media
         assert len(dataset.feature_cache) == filled
         assert shapes["pixel_values"] == (model.config.num_image_tokens, model.config.image_feature_size())
+
+
+def test_unset_cache_is_on_only_where_it_cannot_cost(tiny_model_dir, tiny_processor, mixed_records, monkeypatch):
+    """data.cache_encoder_features unset (the default): lazy cache for a frozen encoder without
+    workers; silently off with workers, a training encoder, or features over the memory budget."""
+    from medvl.models import MedVLForConditionalGeneration
+    from medvl.train import run as run_module
+
+    model = _frozen_encoders(MedVLForConditionalGeneration.from_pretrained(tiny_model_dir))
+    images = [r for r in mixed_records if r.images]
+
+    def attach(data: dict, parts: dict | None = None):
+        cfg = from_dict(TrainConfig, {"model": {"path": str(tiny_model_dir)},
+                                      "data": {"train": ["x.jsonl"], **data},
+                                      "train": {"parts": parts or {}}})
+        assert cfg.data.cache_encoder_features is None
+        dataset = ConversationDataset(images, tiny_processor, max_length=512)
+        return attach_feature_cache(cfg, model, [dataset]), dataset
+
+    shapes, dataset = attach({})
+    assert dataset.feature_cache is not None and len(dataset.feature_cache) == 1 and shapes
+    assert attach({"num_workers": 2})[1].feature_cache is None
+    assert attach({}, {"vision": {"mode": "full"}, "volume": {"mode": "full"}})[1].feature_cache is None
+    monkeypatch.setattr(run_module, "AUTO_FEATURE_CACHE_BYTES", 1024)
+    shapes, dataset = attach({})
+    assert dataset.feature_cache is None and shapes == {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -169,14 +170,23 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
     return train, evaluation, collator
 
 
+# data.cache_encoder_features unset: cache only when the features fit in this much memory
+AUTO_FEATURE_CACHE_BYTES = 2 * 1024**3
+
+
 def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> dict[str, tuple[int, ...]]:
     """Let the datasets serve the model's frozen encoder outputs instead of media
     (``data.cache_encoder_features``); returns media key -> feature shape (for the dummy media of
-    multi-process batches).
+    multi-process batches; empty when nothing is cached).
 
     With ``data.num_workers=0`` the cache fills lazily (a file is encoded the first time a sample
     needs it, see :mod:`medvl.data.feature_cache`), so a run never waits for files it will not see;
     with worker processes every file is encoded once before the first step.
+
+    ``cache_encoder_features`` true: a configuration the cache cannot serve is an error. Unset (None,
+    the default): the cache is used when it cannot change the loss and costs no waiting or memory
+    to speak of: a frozen encoder, no augmentation, no worker processes, no ZeRO-3, and features of
+    all distinct files within :data:`AUTO_FEATURE_CACHE_BYTES`; otherwise it is left off (logged).
 
     Args:
         cfg: the training configuration (frozen parts decide which encoders are cached).
@@ -185,33 +195,59 @@ def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> d
     """
     from medvl.data.feature_cache import FEATURE_KINDS, build_feature_cache, lazy_feature_cache
 
+    auto = cfg.data.cache_encoder_features is None
     frozen = {"image": cfg.train.parts.vision.mode == "frozen", "volume": cfg.train.parts.volume.mode == "frozen"}
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     present = {"image": getattr(base, "vision_tower", None) is not None,
                "volume": getattr(base, "volume_encoder", None) is not None}
     kinds = [k for k in ("image", "volume") if frozen[k] and present[k]]
-    if not kinds:
-        raise ValueError("data.cache_encoder_features: the model has no frozen encoder to cache "
-                         f"(frozen parts: {[k for k, v in frozen.items() if v] or 'none'}; encoders: "
-                         f"{[k for k, v in present.items() if v] or 'none'})")
     # Subset views (data.eval_fraction) share their underlying dataset
     unique = list({id(d): d for d in (getattr(d, "dataset", d) for d in datasets if d is not None)}.values())
-    if any(d.augment is not None for d in unique):
-        raise ValueError("data.cache_encoder_features cannot be used with augmentation (features differ per sample)")
-    deepspeed = cfg.train.deepspeed or cfg.train.hf_args.get("deepspeed")
-    if deepspeed:
-        ds = json.loads(Path(deepspeed).read_text()) if isinstance(deepspeed, str) else deepspeed
-        if ds.get("zero_optimization", {}).get("stage") == 3:
-            # the encoders' weights are partitioned across ranks there; not supported (untested)
-            raise ValueError("data.cache_encoder_features is not supported with DeepSpeed ZeRO-3; use ZeRO-2 or DDP")
+    reason = None
+    if not kinds:
+        reason = ("data.cache_encoder_features: the model has no frozen encoder to cache "
+                  f"(frozen parts: {[k for k, v in frozen.items() if v] or 'none'}; encoders: "
+                  f"{[k for k, v in present.items() if v] or 'none'})")
+    elif any(d.augment is not None for d in unique):
+        reason = "data.cache_encoder_features cannot be used with augmentation (features differ per sample)"
+    elif _zero3(cfg):
+        # the encoders' weights are partitioned across ranks there; not supported (untested)
+        reason = "data.cache_encoder_features is not supported with DeepSpeed ZeRO-3; use ZeRO-2 or DDP"
+    elif auto and cfg.data.num_workers > 0:
+        reason = "data.cache_encoder_features unset: not cached with DataLoader workers (set it to true to cache up front)"
+    if reason is not None:
+        if not auto:
+            raise ValueError(reason)
+        logger.info("frozen-encoder feature cache off: %s", reason)
+        return {}
     if cfg.data.num_workers == 0:
         cache = lazy_feature_cache(model, kinds)
         _prime(cache, unique, kinds)
     else:
         cache = build_feature_cache(model, unique, kinds)
+    shapes = {k: tuple(next(iter(cache.features[k].values())).shape) for k in kinds if cache.features[k]}
+    if auto:
+        files = {k: len({p for d in unique for r in d.records for p in getattr(r, FEATURE_KINDS[k][0])}) for k in shapes}
+        size = sum(files[k] * math.prod(shapes[k]) * 4 for k in shapes)
+        if size > AUTO_FEATURE_CACHE_BYTES:
+            logger.info("frozen-encoder feature cache off: the features of %s would take %.1f GiB (more than %.1f GiB; "
+                        "set data.cache_encoder_features=true to cache anyway)",
+                        ", ".join(f"{n} {k} files" for k, n in files.items()), size / 1024**3,
+                        AUTO_FEATURE_CACHE_BYTES / 1024**3)
+            return {}
     for d in unique:
         d.feature_cache = cache
-    return {FEATURE_KINDS[k][1]: tuple(next(iter(cache.features[k].values())).shape) for k in kinds if cache.features[k]}
+    logger.info("frozen-encoder feature cache on (%s) for %s", "lazy" if cfg.data.num_workers == 0 else "eager",
+                ", ".join(kinds))
+    return {FEATURE_KINDS[k][1]: shape for k, shape in shapes.items()}
+
+
+def _zero3(cfg: TrainConfig) -> bool:
+    deepspeed = cfg.train.deepspeed or cfg.train.hf_args.get("deepspeed")
+    if not deepspeed:
+        return False
+    ds = json.loads(Path(deepspeed).read_text()) if isinstance(deepspeed, str) else deepspeed
+    return ds.get("zero_optimization", {}).get("stage") == 3
 
 
 def _prime(cache: Any, datasets: list[Any], kinds: list[str]) -> None:
@@ -446,7 +482,8 @@ def run_training(
     if cfg.train.compile:
         compile_llm(model)
     train_set, eval_set, collator = build_datasets(cfg, processor)
-    feature_shapes = attach_feature_cache(cfg, model, [train_set, eval_set]) if cfg.data.cache_encoder_features else {}
+    feature_shapes = attach_feature_cache(cfg, model, [train_set, eval_set]) \
+        if cfg.data.cache_encoder_features is not False else {}
     args = training_arguments(cfg, has_eval=eval_set is not None)
     trainer = MedVLTrainer(
         model=model,
