@@ -172,7 +172,9 @@ def test_workloads_quick_suite_structure(workload_results):
         assert sum(phases["seconds"].values()) == pytest.approx(sum(phases["step_seconds"]))
         for p in TRAIN_PHASES[:-1]:  # "other" may be a hair below zero (clock granularity)
             assert phases["seconds"][p] >= 0, p
-        assert phases["seconds"]["encoder"] > 0 and phases["seconds"]["backward"] > 0
+        # the frozen encoder runs in the step, or (lazy feature cache, the default) while batches load
+        assert phases["seconds"]["encoder"] + phases["data_encoder_seconds"] > 0
+        assert phases["data_encoder_seconds"] <= phases["seconds"]["data"] and phases["seconds"]["backward"] > 0
     lo, hi = sizes.w2d_lengths
     assert lo - 2 <= w["w2d"]["tokens_per_sample"]["min"] and w["w2d"]["tokens_per_sample"]["max"] <= hi
     i2d = w["i2d"]
@@ -183,6 +185,14 @@ def test_workloads_quick_suite_structure(workload_results):
         # every row decodes new_tokens - 1 steps after its prefill
         assert ph["decode_steps"] == (i2d["new_tokens_per_prompt"] - 1) * -(-i2d["prompts"] // b["batch_size"])
         assert ph["seconds"]["prefill"] > 0 and ph["seconds"]["decode_forward"] > 0
+        # a decode step reads every LLM weight once (fp32): bytes per step x steps / decode seconds
+        t = WorkloadSizes.quick().llm
+        layer = 2 * t["hidden_size"] ** 2 + 2 * t["hidden_size"] * (t["hidden_size"] // t["num_attention_heads"]
+                                                                     * t["num_key_value_heads"]) + 3 * t["hidden_size"] * t["intermediate_size"]
+        weights = 4 * (t["num_hidden_layers"] * layer + t["hidden_size"] * t["vocab_size"])
+        assert ph["decode_weight_gbs"] == pytest.approx(weights * ph["decode_steps"] / ph["seconds"]["decode_forward"] / 1e9)
+        assert ph["decode_fraction_of_memory_bandwidth"] == pytest.approx(
+            ph["decode_weight_gbs"] / r["results"]["machine"]["memory_bandwidth_gbs"])
     assert set(i2d["texts_sha"]) == set(i2d["batches"])
     table = format_table(r)
     for label in ("workloads/w2d", "workloads/w3d", "workloads/i2d"):

@@ -685,7 +685,8 @@ def run_benchmarks(
         wl_sizes = workload_sizes or (WorkloadSizes.quick() if quick else WorkloadSizes.full())
         results["results"]["workloads"] = timed(
             "workloads", lambda: bench_workloads(wl_sizes, limits["fp32_peak_gflops"],
-                                                 Path(workdir) / "workloads" if workdir else None))
+                                                 Path(workdir) / "workloads" if workdir else None,
+                                                 bandwidth_gbs=limits["memory_bandwidth_gbs"]))
     info["load_average_end"] = load_average()
     info["wall_seconds"] = time.perf_counter() - started
     info["suite_seconds"] = seconds

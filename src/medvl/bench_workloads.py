@@ -461,11 +461,14 @@ def _train_phase_callback() -> Any:
 
         def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
             self.modules = _ModuleTimer(_media_modules(model))
+            self._forward_mark = dict(self.modules.seconds)
             self.train_begin = self._last = time.perf_counter()
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             now = time.perf_counter()
-            self._step = {"start": self._last, "data": now - self._last}
+            # a lazy feature cache encodes new files while the batch is fetched: part of "data"
+            data_encoder = self.modules.seconds["encoder"] - self._forward_mark.get("encoder", 0.0)
+            self._step = {"start": self._last, "data": now - self._last, "data_encoder": data_encoder}
             self._begin = now
             self._forward_mark = dict(self.modules.seconds)
 
@@ -487,6 +490,7 @@ def _train_phase_callback() -> Any:
                 self._step.get(k, 0.0) for k in ("data", "encoder", "connector", "llm_forward", "backward", "optimizer"))
             self.steps.append(self._step)
             self._last = now
+            self._forward_mark = dict(self.modules.seconds)
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.train_end = time.perf_counter()
@@ -505,6 +509,8 @@ def summarize_train_steps(steps: Sequence[dict[str, float]]) -> dict[str, Any]:
     total = sum(s["step"] for s in steps)
     phases = {p: sum(s.get(p, 0.0) for s in steps) for p in TRAIN_PHASES}
     return {"seconds": phases, "fraction": {p: (v / total if total else None) for p, v in phases.items()},
+            # encoder forwards of a lazy feature cache during batch fetching (included in "data")
+            "data_encoder_seconds": sum(s.get("data_encoder", 0.0) for s in steps),
             "step_seconds": [s["step"] for s in steps], "median_step_seconds": statistics.median(s["step"] for s in steps)}
 
 
@@ -649,7 +655,7 @@ class DecodePhaseTimer:
 
 def run_decode_workload(
     sizes: WorkloadSizes, folder: Path, peak_gflops: float | None, model_and_processor: tuple[Any, Any] | None = None,
-    gen_kwargs: dict[str, Any] | None = None,
+    gen_kwargs: dict[str, Any] | None = None, bandwidth_gbs: float | None = None,
 ) -> dict[str, Any]:
     """I2D: greedy decoding of the W2D model at each batch size of ``sizes.i2d_batches``.
 
@@ -659,6 +665,8 @@ def run_decode_workload(
         peak_gflops: measured fp32 matmul peak (None: fractions skipped).
         model_and_processor: a ready W2D model (else built).
         gen_kwargs: extra ``generate`` keyword arguments.
+        bandwidth_gbs: measured memory bandwidth: a decode step reads every LLM weight once, so at
+            small batches the weight bytes per second of the decode forwards, not FLOPs, meet a limit.
     """
     from medvl.data.dataset import encoder_for
     from medvl.data.records import load_records
@@ -693,6 +701,12 @@ def run_decode_workload(
                 timer.batches.append(b)
         wall = sum(b["wall"] for b in timer.batches)
         summary = timer.summary(n, len(records))
+        weight_bytes = 4.0 * (llm_layer_weights(llm_dims(model.config.text_config)) * model.config.text_config.num_hidden_layers
+                              + model.config.text_config.hidden_size * model.config.text_config.vocab_size)
+        decode_s = summary["seconds"]["decode_forward"]
+        summary["decode_weight_gbs"] = weight_bytes * summary["decode_steps"] / decode_s / 1e9 if decode_s else None
+        summary["decode_fraction_of_memory_bandwidth"] = (summary["decode_weight_gbs"] / bandwidth_gbs
+                                                          if bandwidth_gbs and summary["decode_weight_gbs"] else None)
         texts_by_batch[batch_size] = texts
         out["batches"][str(batch_size)] = {
             "batch_size": batch_size,
@@ -717,6 +731,7 @@ def _sha(texts: Sequence[str]) -> str:
 def bench_workloads(
     sizes: WorkloadSizes, peak_gflops: float | None, workdir: str | Path | None = None,
     which: Sequence[str] = WORKLOADS, overrides: dict[str, dict[str, Any]] | None = None,
+    bandwidth_gbs: float | None = None,
 ) -> dict[str, Any]:
     """Run the workloads; returns JSON-ready results (see the module doc).
 
@@ -726,6 +741,7 @@ def bench_workloads(
         workdir: folder for data and runs (default: temporary, removed afterwards).
         which: workloads among :data:`WORKLOADS`.
         overrides: per-workload ``TrainConfig`` section overrides (``{"w2d": {"data": {...}}}``).
+        bandwidth_gbs: measured memory bandwidth (the ``machine`` suite's), for I2D's decode steps.
     """
     unknown = [w for w in which if w not in WORKLOADS]
     if unknown:
@@ -736,7 +752,7 @@ def bench_workloads(
         for name in which:
             torch.manual_seed(sizes.seed)
             if name == "i2d":
-                out[name] = run_decode_workload(sizes, root / name, peak_gflops)
+                out[name] = run_decode_workload(sizes, root / name, peak_gflops, bandwidth_gbs=bandwidth_gbs)
             else:
                 out[name] = run_train_workload(sizes, name, root / name, peak_gflops, (overrides or {}).get(name))
     return out
@@ -766,6 +782,7 @@ def workload_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
              f"{_fmt(r['fraction_of_fp32_peak'])} / {_fmt(r['fraction_of_fp32_peak_median_step'])}"),
             (s, "phases % (" + ", ".join(TRAIN_PHASES) + ")",
              " ".join(_fmt(100 * (r["phases"]["fraction"][p] or 0)) for p in TRAIN_PHASES)),
+            (s, "encoder s inside data loading (lazy feature cache)", _fmt(r["phases"]["data_encoder_seconds"])),
             (s, "start-up s (data set + cache + trainer before step 1)", _fmt(r["startup_seconds"]["run_training_to_first_step"])),
             (s, "first loss", _fmt(r["first_loss"])),
         ]
@@ -782,6 +799,8 @@ def workload_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                                                             "outside_forward_between_steps"))),
                 ("workloads/i2d", f"batch {batch}: ms per decode step: forward / outside",
                  f"{_fmt(p['decode_forward_ms_per_step'])} / {_fmt(p['outside_forward_ms_per_step'])}"),
+                ("workloads/i2d", f"batch {batch}: decode weight GB/s, fraction of memory bandwidth",
+                 f"{_fmt(p['decode_weight_gbs'])}, {_fmt(p['decode_fraction_of_memory_bandwidth'])}"),
             ]
     return rows
 
