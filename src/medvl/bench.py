@@ -413,7 +413,7 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
         peak_gflops: measured fp32 matmul peak (GFLOP/s) for the utilisation fractions (None: skipped).
         model_and_processor: a ready benchmark model (else built with :func:`build_bench_model`).
     """
-    from medvl.data.collator import PackingCollator, PaddedCollator
+    from medvl.data.collator import AdaptivePackingCollator, PackingCollator, PaddedCollator
     from medvl.data.dataset import ConversationDataset
 
     model, processor = model_and_processor or build_bench_model(sizes)
@@ -423,6 +423,9 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
     samples = [dataset[i] for i in range(len(dataset))]
     padded = PaddedCollator(pad_token_id=processor.tokenizer.pad_token_id)(samples)
     packed = PackingCollator()(samples)
+    # data.packing=true: bin-packed rows of the longest sample, only where it saves rows
+    adaptive_collator = AdaptivePackingCollator(pad_token_id=processor.tokenizer.pad_token_id)
+    adaptive = adaptive_collator(samples)
     lengths = [len(s["input_ids"]) for s in samples]
     real_tokens = int(sum(lengths))
     padded_tokens = int(padded["input_ids"].numel())
@@ -437,6 +440,7 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
 
     t_padded = best_time(step(padded), sizes.repeats)
     t_packed = best_time(step(packed), sizes.repeats)
+    t_adaptive = best_time(step(adaptive), sizes.repeats)
     t_full = best_time(step(padded, _full_logits_loss), sizes.repeats)
     # peak memory last, each from a trimmed heap (see peak_rss_delta_mib)
     mem_supervised = peak_rss_delta_mib(step(padded))
@@ -457,6 +461,8 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
         return _ratio(flops / seconds / 1e9, peak_gflops)
 
     tps_padded, tps_packed = real_tokens / t_padded, real_tokens / t_packed
+    # W2D-like lengths (263-286 tokens, ~4 % padding) never pack: the batch stays padded
+    uniform = [263, 286, 270, 280]
     result = {
         "llm_flop_params": n_params,
         "lm_head_params": head,
@@ -471,6 +477,10 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
         "packed": {"seconds": t_packed, "tokens_per_s": tps_packed, "mfu_fp32": mfu(tps_packed),
                    "mfu_fp32_supervised_head": mfu_needed(t_packed)},
         "packed_over_padded": _ratio(tps_packed, tps_padded),
+        "adaptive": {"rows": int(adaptive["input_ids"].shape[0]), "width": int(adaptive["input_ids"].shape[1]),
+                     "seconds": t_adaptive, "tokens_per_s": real_tokens / t_adaptive,
+                     "uniform_lengths": uniform, "uniform_packed": adaptive_collator.plan(uniform) is not None},
+        "adaptive_over_padded": _ratio(real_tokens / t_adaptive, tps_padded),
         "logits": {
             "supervised_seconds": t_padded,
             "full_seconds": t_full,
@@ -722,6 +732,10 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             ("train", "padded tokens/s (fwd+bwd)", _fmt(t["padded"]["tokens_per_s"])),
             ("train", "packed tokens/s (fwd+bwd)", _fmt(t["packed"]["tokens_per_s"])),
             ("train", "packed / padded", _fmt(t["packed_over_padded"])),
+            ("train", f"adaptive packing ({t['adaptive']['rows']} rows x {t['adaptive']['width']}) / padded",
+             _fmt(t["adaptive_over_padded"])),
+            ("train", f"adaptive packing packs W2D-like lengths {t['adaptive']['uniform_lengths']}",
+             str(t["adaptive"]["uniform_packed"])),
             ("train", "padded MFU (6N tok/s / fp32 peak)", _fmt(t["padded"]["mfu_fp32"])),
             ("train", "packed MFU (6N tok/s / fp32 peak)", _fmt(t["packed"]["mfu_fp32"])),
             ("train", "padded / packed MFU, head at supervised tokens only",
