@@ -44,8 +44,8 @@ import logging
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,8 @@ def build_workload_model(sizes: WorkloadSizes, kind: str) -> tuple[Any, Any]:
 
 # ---------------------------------------------------------------------------- data
 class _TextSizer:
-    """Builds question / answer texts whose tokenised sample has an exact target length."""
+    """Builds question / answer texts whose tokenised sample is as long as a target (whole words:
+    the longest text not over the target, usually within a token of it)."""
 
     def __init__(self, processor: Any, seed: int):
         from medvl.data.dataset import encoder_for
@@ -173,12 +174,9 @@ class _TextSizer:
         self.words = " ".join(builtin_corpus(200, seed=seed)).split()
         self.rng = np.random.default_rng(seed)
 
-    def _text(self, n: int) -> str:
-        start = int(self.rng.integers(0, len(self.words) - n - 1))
-        return " ".join(self.words[start : start + n])
-
-    def _grow(self, build: Any, count: Any, target: int) -> Any:
-        # add words while the count stays <= target, then trim single characters to hit it exactly
+    @staticmethod
+    def _grow(build: Callable[[int], Any], count: Callable[[Any], int], target: int) -> Any:
+        # add words while the token count stays <= target
         n = 1
         best = build(n)
         while True:
