@@ -164,20 +164,23 @@ def test_lazy_cache_encodes_each_file_once_and_serves_the_eager_features(tiny_mo
     assert model.vision_tower.training and first[0]["image_encoder_features"].grad_fn is None
 
 
-def test_attach_is_lazy_without_workers_and_eager_with_them(tiny_model_dir, tiny_processor, mixed_records):
+def test_attach_is_lazy_without_workers_and_eager_with_them(tiny_model_dir, tiny_processor, mixed_records, monkeypatch):
     from medvl.models import MedVLForConditionalGeneration
 
     model = _frozen_encoders(MedVLForConditionalGeneration.from_pretrained(tiny_model_dir))
     images = [r for r in mixed_records if r.images]
-    for workers, filled in ((0, 1), (2, len(images))):
+    # (workers, WORLD_SIZE) -> files encoded before training: none (single process, lazy), the first
+    # one (multi-process: the feature shape of the dummy media), every file (workers: eager)
+    for workers, world, filled in ((0, "1", 0), (0, "2", 1), (2, "1", len(images))):
+        monkeypatch.setenv("WORLD_SIZE", world)
         cfg = from_dict(TrainConfig, {"model": {"path": str(tiny_model_dir)},
                                       "data": {"train": ["x.jsonl"], "cache_encoder_features": True,
                                                "num_workers": workers}})
         dataset = ConversationDataset(images, tiny_processor, max_length=512)
         shapes = attach_feature_cache(cfg, model, [dataset, None])
-        # lazy: only the first file, encoded to learn the feature shape of multi-process dummy media
-        assert len(dataset.feature_cache) == filled
-        assert shapes["pixel_values"] == (model.config.num_image_tokens, model.config.image_feature_size())
+        assert dataset.feature_cache is not None and len(dataset.feature_cache) == filled
+        if filled:
+            assert shapes["pixel_values"] == (model.config.num_image_tokens, model.config.image_feature_size())
 
 
 def test_unset_cache_is_on_only_where_it_cannot_cost(tiny_model_dir, tiny_processor, mixed_records, monkeypatch):

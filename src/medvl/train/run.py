@@ -222,7 +222,10 @@ def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> d
         return {}
     if cfg.data.num_workers == 0:
         cache = lazy_feature_cache(model, kinds)
-        _prime(cache, unique, kinds)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 or auto:
+            # multi-process batches need the feature shapes for their dummy media, and the memory
+            # estimate of the unset setting needs them too: encode one file now
+            _prime(cache, unique, kinds)
     else:
         cache = build_feature_cache(model, unique, kinds)
     shapes = {k: tuple(next(iter(cache.features[k].values())).shape) for k in kinds if cache.features[k]}
