@@ -163,6 +163,7 @@ def test_workloads_quick_suite_structure(workload_results):
     assert r["suites"] == ["machine", "workloads"]
     peak = r["results"]["machine"]["fp32_peak_gflops"]
     w = r["results"]["workloads"]
+    _positive(w["import_seconds"], "import_seconds")
     sizes = WorkloadSizes.quick()
     for name, batch, steps in (("w2d", sizes.w2d_batch, sizes.w2d_steps), ("w3d", sizes.w3d_batch, sizes.w3d_steps)):
         t = w[name]

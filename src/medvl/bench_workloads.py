@@ -726,6 +726,18 @@ def _sha(texts: Sequence[str]) -> str:
     return hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
 
 
+def import_seconds() -> float:
+    """Wall time of importing medvl's training and inference stack in a fresh interpreter: part of
+    every ``medvl train`` / ``medvl infer`` run's start-up (torch, transformers, accelerate, ...)."""
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import medvl.train.run, medvl.train.trainer, medvl.inference"],
+                   check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
 def bench_workloads(
     sizes: WorkloadSizes, peak_gflops: float | None, workdir: str | Path | None = None,
     which: Sequence[str] = WORKLOADS, overrides: dict[str, dict[str, Any]] | None = None,
@@ -744,7 +756,7 @@ def bench_workloads(
     unknown = [w for w in which if w not in WORKLOADS]
     if unknown:
         raise ValueError(f"unknown workload(s) {', '.join(unknown)}; valid choices: {', '.join(WORKLOADS)}")
-    out: dict[str, Any] = {"sizes": asdict(sizes)}
+    out: dict[str, Any] = {"sizes": asdict(sizes), "import_seconds": import_seconds()}
     with contextlib.ExitStack() as stack:
         root = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medvl-wl-")))
         for name in which:
@@ -765,6 +777,9 @@ def _fmt(value: Any) -> str:
 def workload_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """``(suite, metric, value)`` table rows of :func:`bench_workloads`' results."""
     rows: list[tuple[str, str, str]] = []
+    if "import_seconds" in results:
+        rows.append(("workloads", "start-up: import of the train + inference stack, fresh process (s)",
+                     _fmt(results["import_seconds"])))
     for name in ("w2d", "w3d"):
         if name not in results:
             continue
