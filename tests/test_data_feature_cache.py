@@ -15,7 +15,7 @@ except ImportError:
     from _train_toy import write_bright_dark
 from medvl.data.collator import PaddedCollator
 from medvl.data.dataset import ConversationDataset
-from medvl.data.feature_cache import build_feature_cache
+from medvl.data.feature_cache import build_feature_cache, lazy_feature_cache
 from medvl.data.records import load_records
 from medvl.data.synth import Geometry3D, synthesize
 from medvl.train.config import TrainConfig, validate
@@ -131,3 +131,79 @@ def test_training_with_the_cache_matches_training_without(tmp_path, tiny_model_d
     assert len(losses_direct) == 6
     assert losses_cached == pytest.approx(losses_direct, rel=1e-4, abs=1e-5)
     assert eval_cached == pytest.approx(eval_direct, rel=1e-4, abs=1e-5)
+
+
+def test_lazy_cache_encodes_each_file_once_and_serves_the_eager_features(tiny_model_dir, tiny_processor, mixed_records):
+    from medvl.models import MedVLForConditionalGeneration
+
+    model = _frozen_encoders(MedVLForConditionalGeneration.from_pretrained(tiny_model_dir))
+    dataset = ConversationDataset(mixed_records, tiny_processor, max_length=512)
+    eager = build_feature_cache(model, [dataset], ["image", "volume"], batch_size=4)
+    calls = {"image": 0, "volume": 0}
+    model.vision_tower.register_forward_hook(lambda *_: calls.__setitem__("image", calls["image"] + 1))
+    model.volume_encoder.register_forward_hook(lambda *_: calls.__setitem__("volume", calls["volume"] + 1))
+    lazy = lazy_feature_cache(model, ["image", "volume"])
+    dataset.feature_cache = lazy
+    assert len(lazy) == 0  # nothing is encoded up front
+    first = [dataset[i] for i in range(len(dataset))]
+    files = {"image": len({p for r in mixed_records for p in r.images}),
+             "volume": len({p for r in mixed_records for p in r.volumes})}
+    assert lazy.encoded == len(lazy) == sum(files.values())
+    assert calls["image"] <= len([r for r in mixed_records if r.images]) and calls["volume"] >= 1
+    seen = dict(calls)
+    second = [dataset[i] for i in range(len(dataset))]  # a later epoch: no encoder forward at all
+    assert calls == seen and lazy.encoded == sum(files.values())
+    for a, b, rec in zip(first, second, mixed_records):
+        key = "image_encoder_features" if rec.images else "volume_encoder_features"
+        assert "pixel_values" not in a and "volume_values" not in a
+        assert torch.equal(a[key], b[key])
+        table = eager.features["image" if rec.images else "volume"]
+        expected = torch.stack([table[p] for p in (rec.images or rec.volumes)])
+        torch.testing.assert_close(a[key], expected, rtol=1e-5, atol=1e-5)  # one file at a time vs batches of 4
+    # the encoder is left as it was (train mode) and never records autograd
+    assert model.vision_tower.training and first[0]["image_encoder_features"].grad_fn is None
+
+
+def test_attach_is_lazy_without_workers_and_eager_with_them(tiny_model_dir, tiny_processor, mixed_records, monkeypatch):
+    from medvl.models import MedVLForConditionalGeneration
+
+    model = _frozen_encoders(MedVLForConditionalGeneration.from_pretrained(tiny_model_dir))
+    images = [r for r in mixed_records if r.images]
+    # (workers, WORLD_SIZE) -> files encoded before training: none (single process, lazy), the first
+    # one (multi-process: the feature shape of the dummy media), every file (workers: eager)
+    for workers, world, filled in ((0, "1", 0), (0, "2", 1), (2, "1", len(images))):
+        monkeypatch.setenv("WORLD_SIZE", world)
+        cfg = from_dict(TrainConfig, {"model": {"path": str(tiny_model_dir)},
+                                      "data": {"train": ["x.jsonl"], "cache_encoder_features": True,
+                                               "num_workers": workers}})
+        dataset = ConversationDataset(images, tiny_processor, max_length=512)
+        shapes = attach_feature_cache(cfg, model, [dataset, None])
+        assert dataset.feature_cache is not None and len(dataset.feature_cache) == filled
+        if filled:
+            assert shapes["pixel_values"] == (model.config.num_image_tokens, model.config.image_feature_size())
+
+
+def test_unset_cache_is_on_only_where_it_cannot_cost(tiny_model_dir, tiny_processor, mixed_records, monkeypatch):
+    """data.cache_encoder_features unset (the default): lazy cache for a frozen encoder without
+    workers; silently off with workers, a training encoder, or features over the memory budget."""
+    from medvl.models import MedVLForConditionalGeneration
+    from medvl.train import run as run_module
+
+    model = _frozen_encoders(MedVLForConditionalGeneration.from_pretrained(tiny_model_dir))
+    images = [r for r in mixed_records if r.images]
+
+    def attach(data: dict, parts: dict | None = None):
+        cfg = from_dict(TrainConfig, {"model": {"path": str(tiny_model_dir)},
+                                      "data": {"train": ["x.jsonl"], **data},
+                                      "train": {"parts": parts or {}}})
+        assert cfg.data.cache_encoder_features is None
+        dataset = ConversationDataset(images, tiny_processor, max_length=512)
+        return attach_feature_cache(cfg, model, [dataset]), dataset
+
+    shapes, dataset = attach({})
+    assert dataset.feature_cache is not None and len(dataset.feature_cache) == 1 and shapes
+    assert attach({"num_workers": 2})[1].feature_cache is None
+    assert attach({}, {"vision": {"mode": "full"}, "volume": {"mode": "full"}})[1].feature_cache is None
+    monkeypatch.setattr(run_module, "AUTO_FEATURE_CACHE_BYTES", 1024)
+    shapes, dataset = attach({})
+    assert dataset.feature_cache is None and shapes == {}

@@ -14,6 +14,9 @@ where a machine limit applies, the fraction of that limit *measured on this mach
   time and peak-RSS ratios.
 * ``generate``: :func:`medvl.inference.generate`, greedy with the KV cache, exactly ``max_new_tokens``
   per prompt: batched tokens/s vs batch size 1.
+* ``workloads`` (opt-in): the MedM-VL comparison workloads W2D, W3D (fine-tuning) and I2D (greedy
+  decoding) at their real sizes, with essential FLOPs and per-phase profiles
+  (:mod:`medvl.bench_workloads`).
 * ``volume``: a synthetic HU CT (NIfTI, 256x256x128 by default) through
   :func:`medvl.imaging.load_volume` + :class:`~medvl.models.volume_processing_medvl.MedVLVolumeProcessor`:
   volumes/s and input-voxel GB/s as a fraction of the memory bandwidth; and the
@@ -51,7 +54,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 SCHEMA = "medvl-bench/1"
-SUITES = ("machine", "train", "generate", "volume")
+SUITES = ("machine", "train", "generate", "volume", "workloads")
+# what ``medvl bench`` runs without --suite: the MedM-VL workloads take minutes, so they are asked for
+DEFAULT_SUITES = ("machine", "train", "generate", "volume")
 
 
 @dataclass
@@ -408,7 +413,7 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
         peak_gflops: measured fp32 matmul peak (GFLOP/s) for the utilisation fractions (None: skipped).
         model_and_processor: a ready benchmark model (else built with :func:`build_bench_model`).
     """
-    from medvl.data.collator import PackingCollator, PaddedCollator
+    from medvl.data.collator import AdaptivePackingCollator, PackingCollator, PaddedCollator
     from medvl.data.dataset import ConversationDataset
 
     model, processor = model_and_processor or build_bench_model(sizes)
@@ -418,6 +423,9 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
     samples = [dataset[i] for i in range(len(dataset))]
     padded = PaddedCollator(pad_token_id=processor.tokenizer.pad_token_id)(samples)
     packed = PackingCollator()(samples)
+    # data.packing=true: bin-packed rows of the longest sample, only where it saves rows
+    adaptive_collator = AdaptivePackingCollator(pad_token_id=processor.tokenizer.pad_token_id)
+    adaptive = adaptive_collator(samples)
     lengths = [len(s["input_ids"]) for s in samples]
     real_tokens = int(sum(lengths))
     padded_tokens = int(padded["input_ids"].numel())
@@ -433,6 +441,7 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
 
     t_padded = best_time(step(padded), sizes.repeats)
     t_packed = best_time(step(packed), sizes.repeats)
+    t_adaptive = best_time(step(adaptive), sizes.repeats)
     t_full = best_time(step(padded, _full_logits_loss), sizes.repeats)
     # peak memory last, each from a trimmed heap (see peak_rss_delta_mib)
     mem_supervised = peak_rss_delta_mib(step(padded))
@@ -453,6 +462,8 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
         return _ratio(flops / seconds / 1e9, peak_gflops)
 
     tps_padded, tps_packed = real_tokens / t_padded, real_tokens / t_packed
+    # W2D-like lengths (263-286 tokens, ~4 % padding) never pack: the batch stays padded
+    uniform = [263, 286, 270, 280]
     result = {
         "llm_flop_params": n_params,
         "lm_head_params": head,
@@ -467,6 +478,10 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
         "packed": {"seconds": t_packed, "tokens_per_s": tps_packed, "mfu_fp32": mfu(tps_packed),
                    "mfu_fp32_supervised_head": mfu_needed(t_packed)},
         "packed_over_padded": _ratio(tps_packed, tps_padded),
+        "adaptive": {"rows": int(adaptive["input_ids"].shape[0]), "width": int(adaptive["input_ids"].shape[1]),
+                     "seconds": t_adaptive, "tokens_per_s": real_tokens / t_adaptive,
+                     "uniform_lengths": uniform, "uniform_packed": adaptive_collator.plan(uniform) is not None},
+        "adaptive_over_padded": _ratio(real_tokens / t_adaptive, tps_padded),
         "logits": {
             "supervised_seconds": t_padded,
             "full_seconds": t_full,
@@ -622,12 +637,13 @@ def _bench_volume_cache(processor: Any, path: Path, sizes: BenchSizes, cache_dir
 
 # ---------------------------------------------------------------------------- driver
 def run_benchmarks(
-    suites: Sequence[str] = SUITES,
+    suites: Sequence[str] = DEFAULT_SUITES,
     *,
     quick: bool = False,
     sizes: BenchSizes | None = None,
     threads: Sequence[int] | None = None,
     workdir: str | Path | None = None,
+    workload_sizes: Any = None,
 ) -> dict[str, Any]:
     """Run benchmark suites; returns the JSON-ready results (see ``benchmarks/README.md``).
 
@@ -639,6 +655,8 @@ def run_benchmarks(
         sizes: explicit problem sizes.
         threads: extra thread counts for the matmul peak (see :func:`bench_machine`).
         workdir: folder for synthetic volume files (default: temporary).
+        workload_sizes: a :class:`medvl.bench_workloads.WorkloadSizes` (default: ``quick()`` with
+            ``quick``, else ``full()``).
     """
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
@@ -672,6 +690,14 @@ def run_benchmarks(
     if "volume" in wanted:
         results["results"]["volume"] = timed(
             "volume", lambda: bench_volume(sizes, limits["memory_bandwidth_gbs"], workdir))
+    if "workloads" in wanted:
+        from medvl.bench_workloads import WorkloadSizes, bench_workloads
+
+        wl_sizes = workload_sizes or (WorkloadSizes.quick() if quick else WorkloadSizes.full())
+        results["results"]["workloads"] = timed(
+            "workloads", lambda: bench_workloads(wl_sizes, limits["fp32_peak_gflops"],
+                                                 Path(workdir) / "workloads" if workdir else None,
+                                                 bandwidth_gbs=limits["memory_bandwidth_gbs"]))
     info["load_average_end"] = load_average()
     info["wall_seconds"] = time.perf_counter() - started
     info["suite_seconds"] = seconds
@@ -707,6 +733,10 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             ("train", "padded tokens/s (fwd+bwd)", _fmt(t["padded"]["tokens_per_s"])),
             ("train", "packed tokens/s (fwd+bwd)", _fmt(t["packed"]["tokens_per_s"])),
             ("train", "packed / padded", _fmt(t["packed_over_padded"])),
+            ("train", f"adaptive packing ({t['adaptive']['rows']} rows x {t['adaptive']['width']}) / padded",
+             _fmt(t["adaptive_over_padded"])),
+            ("train", f"adaptive packing packs W2D-like lengths {t['adaptive']['uniform_lengths']}",
+             str(t["adaptive"]["uniform_packed"])),
             ("train", "padded MFU (6N tok/s / fp32 peak)", _fmt(t["padded"]["mfu_fp32"])),
             ("train", "packed MFU (6N tok/s / fp32 peak)", _fmt(t["packed"]["mfu_fp32"])),
             ("train", "padded / packed MFU, head at supervised tokens only",
@@ -741,6 +771,10 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                              f"{_fmt(cache[dtype]['volumes_per_s'])}, {_fmt(cache[dtype]['cached_over_raw'])}"))
         else:
             rows.append(("volume", "cache", cache.get("reason", "n/a")))
+    if "workloads" in r:
+        from medvl.bench_workloads import workload_rows
+
+        rows += workload_rows(r["workloads"])
     info = results["machine"]
     rows.append(("run", "torch threads / load average start -> end",
                  f"{info['torch_threads']} / {info['load_average_start']} -> {info.get('load_average_end')}"))

@@ -5,7 +5,7 @@
 * :mod:`medvl.data.templates`: chat templates (tokenizer's own, chatml, llama3, vicuna/medmvl, plain).
 * :mod:`medvl.data.labels`: ``ConversationEncoder``: token ids with exact assistant-only labels.
 * :mod:`medvl.data.dataset`: ``ConversationDataset`` (lazy errors, skip policies), ``mix_records``.
-* :mod:`medvl.data.collator`: ``PaddedCollator`` (right/left) and ``PackingCollator``.
+* :mod:`medvl.data.collator`: ``PaddedCollator`` (right/left), ``PackingCollator`` and ``AdaptivePackingCollator`` (packs only where it saves rows).
 * :mod:`medvl.data.check`: ``check_data`` behind ``medvl data check``.
 * :mod:`medvl.data.prepare`: ``prepare_volumes`` / ``VolumeCache`` behind ``medvl data prepare``.
 * :mod:`medvl.data.feature_cache`: ``build_feature_cache``: a frozen encoder's outputs, once per file

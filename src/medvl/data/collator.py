@@ -13,6 +13,12 @@ a batch whose samples were all skipped comes out with zero rows (the trainer ste
   at 0 per sample and no ``attention_mask``: transformers then derives a block-diagonal causal mask
   from the position restarts (sdpa/eager; run with ``use_cache=False``). The first label of every
   sample is -100 so the previous sample's last token never predicts the next sample's first.
+* :class:`AdaptivePackingCollator` (``data.packing=true``): packing only where it pays. Samples are
+  bin-packed (first fit, longest first) into rows of at most the batch's longest sample; when that
+  saves too few rows (lengths of a batch alike: W2D's 263-286 tokens give one sample per bin) the
+  batch stays padded, which keeps the plain causal attention path. A packed row with a
+  block-diagonal mask costs more than the same tokens in separate causal rows, so padding a batch
+  with little padding is faster than packing it.
 """
 
 from __future__ import annotations
@@ -149,4 +155,94 @@ class PackingCollator:
         _concat_media(samples, batch)
         if self.return_ids:
             batch["ids"] = [s.get("id") for s in samples]
+        return batch
+
+
+def pack_bins(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """First-fit-decreasing bin packing: sample indices grouped into bins of at most ``budget`` tokens.
+
+    Args:
+        lengths: token count of each sample.
+        budget: tokens per bin (a sample longer than it gets a bin of its own).
+    """
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for b, free in enumerate(room):
+            if lengths[index] <= free:
+                bins[b].append(index)
+                room[b] -= lengths[index]
+                break
+        else:
+            bins.append([index])
+            room.append(budget - lengths[index])
+    return [sorted(b) for b in sorted(bins, key=min)]  # rows (and their media) in data order
+
+
+class AdaptivePackingCollator:
+    """Pack a batch into fewer rows only when that saves enough work; otherwise pad it.
+
+    Packed rows carry ``position_ids`` (B, L) restarting at 0 per sample and no ``attention_mask``
+    (transformers derives the block-diagonal causal mask per row); the tail of a shorter row is a
+    pad segment of its own (positions from 0, labels -100), which no real token attends to. The
+    first label of every sample is -100, as in :class:`PackingCollator`. The loss equals the padded
+    batch's (fp32 rounding).
+
+    Args:
+        pad_token_id: id of padding positions.
+        min_row_saving: pack when bin packing needs at most ``(1 - min_row_saving)`` of the padded
+            batch's rows (default 0.25: 8 skewed samples in 6 rows or fewer).
+        max_tokens: token budget of a packed row; None: the batch's longest sample, so a packed batch
+            is never wider than the padded one.
+        return_ids: also return ``ids`` (record ids).
+    """
+
+    def __init__(self, pad_token_id: int, min_row_saving: float = 0.25, max_tokens: int | None = None,
+                 return_ids: bool = False):
+        if not 0.0 <= min_row_saving < 1.0:
+            raise ValueError(f"min_row_saving must be in [0, 1), got {min_row_saving}")
+        self.padded = PaddedCollator(pad_token_id=pad_token_id, padding_side="right", return_ids=return_ids)
+        self.pad_token_id = int(pad_token_id)
+        self.min_row_saving = min_row_saving
+        self.max_tokens = max_tokens
+        self.return_ids = return_ids
+
+    def plan(self, lengths: Sequence[int]) -> list[list[int]] | None:
+        """The bins a batch of these sample lengths would be packed into, or None to pad it."""
+        budget = max(self.max_tokens or 0, max(lengths))
+        bins = pack_bins(lengths, budget)
+        if len(bins) >= len(lengths) or 1.0 - len(bins) / len(lengths) < self.min_row_saving:
+            return None
+        return bins
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Collate training samples (``input_ids``, ``labels``, media).
+
+        Args:
+            samples: items of a :class:`~medvl.data.dataset.ConversationDataset` (train mode).
+        """
+        ids = [_as_tensor(s["input_ids"]) for s in samples]
+        bins = self.plan([len(x) for x in ids])
+        if bins is None:
+            return self.padded(samples)
+        width = max(sum(len(ids[i]) for i in b) for b in bins)
+        batch_ids = torch.full((len(bins), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(bins), width), IGNORE_INDEX, dtype=torch.long)
+        positions = torch.zeros((len(bins), width), dtype=torch.long)
+        for row, b in enumerate(bins):
+            col = 0
+            for i in b:
+                n = len(ids[i])
+                batch_ids[row, col : col + n] = ids[i]
+                y = _as_tensor(samples[i]["labels"]).clone()
+                y[0] = IGNORE_INDEX
+                labels[row, col : col + n] = y
+                positions[row, col : col + n] = torch.arange(n)
+                col += n
+            positions[row, col:] = torch.arange(width - col)  # the pad tail: a segment of its own
+        batch: dict[str, Any] = {"input_ids": batch_ids, "labels": labels, "position_ids": positions}
+        order = [samples[i] for b in bins for i in b]
+        _concat_media(order, batch)
+        if self.return_ids:
+            batch["ids"] = [s.get("id") for s in order]
         return batch

@@ -270,7 +270,9 @@ class ConversationDataset(torch.utils.data.Dataset):
         features = {}
         if self.feature_cache is not None and self.augment is None:
             for kind, (field, _, key) in FEATURE_KINDS.items():
-                cached_features = self.feature_cache.lookup(kind, getattr(rec, field))
+                # a lazy cache encodes the record's media now if it has not seen them yet
+                cached_features = self.feature_cache.lookup(kind, getattr(rec, field),
+                                                            load=lambda kind=kind: self.media_values(rec, kind))
                 if cached_features is not None:
                     features[key] = cached_features
         images = [] if "image_encoder_features" in features else self._load_images(rec)

@@ -9,6 +9,22 @@ token selection, before the connector, which keeps training) and the dataset the
 model's forward takes those in place of the media (tested to give the same logits), so the loss,
 gradients and checkpoints are those of the uncached run.
 
+Two ways to fill it:
+
+* **lazy** (:func:`lazy_feature_cache`, what ``medvl train`` uses with ``data.num_workers=0``): a file
+  is encoded the first time a sample needs it (inside the data set's ``__getitem__``, one sample at a
+  time, the encoder in eval mode without autograd) and read from the cache at every later use. The
+  first epoch costs what it costs without a cache (the same encoder forward, moved from the training
+  step to data loading); later epochs skip the encoder and the media loading. A short run that sees
+  each file once is therefore never slower than without the cache.
+* **eager** (:func:`build_feature_cache`): every distinct file of the data sets is encoded before the
+  first step, in batches. Used with DataLoader worker processes (``data.num_workers > 0``): a worker
+  is a separate process whose cache entries would never reach the other workers or the next epoch,
+  and a model on a GPU cannot run in a forked worker.
+
+Multi-process training (DDP, ZeRO-2): every rank holds its own cache and encodes the files its
+samples need (the encoder's weights are identical on every rank), so no rank waits for another.
+
 Held in memory as float32 on the CPU: (tokens x width) per file, e.g. 128 x 128 floats = 64 KiB
 per volume of the quickstart; a cache is rebuilt at every training start (the encoder's weights
 may have changed since the last run).
@@ -18,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -37,27 +53,42 @@ class EncoderFeatureCache:
 
     Args:
         kinds: media kinds cached ("image", "volume").
+        encoders: lazy filling: kind -> ``encode(values) -> features`` (float32, CPU) run on the
+            files a lookup misses; None: filled beforehand (:func:`build_feature_cache`).
     """
 
-    def __init__(self, kinds: Iterable[str]):
+    def __init__(self, kinds: Iterable[str], encoders: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None):
         kinds = tuple(kinds)
         for kind in kinds:
             if kind not in FEATURE_KINDS:
                 raise ValueError(f"unknown media kind {kind!r}; valid choices: {', '.join(FEATURE_KINDS)}")
         self.kinds = kinds
         self.features: dict[str, dict[str, torch.Tensor]] = {kind: {} for kind in kinds}
+        self.encoders = dict(encoders or {})
+        self.encoded = 0  # files encoded on a miss (lazy filling)
 
-    def lookup(self, kind: str, paths: Sequence[str]) -> torch.Tensor | None:
+    def lookup(self, kind: str, paths: Sequence[str], load: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """The stacked features of ``paths`` (N, tokens, width), or None when ``kind`` is not
-        cached or any path is missing.
+        cached or any path is missing (and cannot be encoded now).
 
         Args:
             kind: "image" or "volume".
             paths: the record's media files in marker order.
+            load: lazy filling: returns the record's preprocessed media of this kind (N, ...), which
+                are encoded and stored when some path is not cached yet.
         """
         table = self.features.get(kind)
-        if table is None or not paths or any(p not in table for p in paths):
+        if table is None or not paths:
             return None
+        if any(p not in table for p in paths):
+            encode = self.encoders.get(kind)
+            if encode is None or load is None:
+                return None
+            features = encode(load())
+            for path, feature in zip(paths, features):
+                if path not in table:
+                    table[path] = feature
+                    self.encoded += 1
         return torch.stack([table[p] for p in paths])
 
     def __len__(self) -> int:
@@ -76,18 +107,10 @@ def build_feature_cache(model: Any, datasets: Sequence[Any], kinds: Iterable[str
         batch_size: files per encoder forward pass.
     """
     cache = EncoderFeatureCache(kinds)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    encoders = {"image": base.encode_images, "volume": base.encode_volumes}
-    encoder_modules = {"image": base.vision_tower, "volume": base.volume_encoder}
     start = time.time()
     for kind in cache.kinds:
         field = FEATURE_KINDS[kind][0]
-        module = encoder_modules[kind]
-        if module is None:
-            raise ValueError(f"data.cache_encoder_features: the model has no {kind} encoder")
-        if any(p.requires_grad for p in module.parameters()):
-            raise ValueError(f"data.cache_encoder_features: the {kind} encoder trains in this stage; "
-                             "cached features would go stale (set its part's mode to frozen)")
+        _, encode, module = _frozen_encoder(model, kind)
         device = next(module.parameters()).device
         was_training = module.training
         # eval mode: the features are the encoder's deterministic ones (identical to a training-mode
@@ -99,7 +122,7 @@ def build_feature_cache(model: Any, datasets: Sequence[Any], kinds: Iterable[str
             if not pending:
                 return
             values = torch.stack([v for _, v in pending]).to(device)
-            features = encoders[kind](values).float().cpu()
+            features = encode(values).float().cpu()
             for (path, _), feat in zip(pending, features):
                 cache.features[kind][path] = feat
             pending.clear()
@@ -123,4 +146,47 @@ def build_feature_cache(model: Any, datasets: Sequence[Any], kinds: Iterable[str
     return cache
 
 
-__all__ = ["EncoderFeatureCache", "build_feature_cache", "FEATURE_KINDS"]
+def _frozen_encoder(model: Any, kind: str) -> tuple[Any, Callable[[torch.Tensor], torch.Tensor], torch.nn.Module]:
+    """(base model, its encode function, the encoder module) of a frozen encoder, checked."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module = {"image": base.vision_tower, "volume": base.volume_encoder}[kind]
+    if module is None:
+        raise ValueError(f"data.cache_encoder_features: the model has no {kind} encoder")
+    if any(p.requires_grad for p in module.parameters()):
+        raise ValueError(f"data.cache_encoder_features: the {kind} encoder trains in this stage; "
+                         "cached features would go stale (set its part's mode to frozen)")
+    return base, {"image": base.encode_images, "volume": base.encode_volumes}[kind], module
+
+
+def lazy_feature_cache(model: Any, kinds: Iterable[str]) -> EncoderFeatureCache:
+    """An empty cache that encodes a file with ``model``'s frozen encoder the first time it is looked up.
+
+    The encoder runs in eval mode without autograd on the device its weights are on at that moment
+    (the Trainer may move the model after the cache is made) and its outputs are kept as float32 on
+    the CPU, exactly what :func:`build_feature_cache` stores.
+
+    Args:
+        model: a ``MedVLForConditionalGeneration`` (or a PEFT wrapper of one).
+        kinds: which encoders to cache ("image", "volume").
+    """
+    kinds = tuple(kinds)
+    encoders = {}
+    for kind in kinds:
+        if kind not in FEATURE_KINDS:
+            raise ValueError(f"unknown media kind {kind!r}; valid choices: {', '.join(FEATURE_KINDS)}")
+        _, encode, module = _frozen_encoder(model, kind)
+
+        def run(values: torch.Tensor, encode: Any = encode, module: torch.nn.Module = module) -> torch.Tensor:
+            was_training = module.training
+            module.eval()
+            try:
+                with torch.no_grad():
+                    return encode(values.to(next(module.parameters()).device)).float().cpu()
+            finally:
+                module.train(was_training)
+
+        encoders[kind] = run
+    return EncoderFeatureCache(kinds, encoders)
+
+
+__all__ = ["EncoderFeatureCache", "build_feature_cache", "lazy_feature_cache", "FEATURE_KINDS"]

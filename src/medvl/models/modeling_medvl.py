@@ -34,6 +34,9 @@ State-dict layout (for converters and exporters)::
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,6 +76,70 @@ def select_features(
             states = states[:, :1]
         picked.append(states)
     return picked[0] if len(picked) == 1 else torch.cat(picked, dim=-1)
+
+
+def _layer_list(encoder: nn.Module, num_layers: int) -> tuple[nn.Module, str] | None:
+    """The (parent, attribute) of an encoder's block list: the ModuleList named ``layers`` / ``layer``
+    holding ``num_layers`` blocks (``encoder.layers`` of CLIP / SigLIP / Vit3D, ``encoder.layer`` of ViT)."""
+    for module in encoder.modules():
+        for attr in ("layers", "layer"):
+            child = getattr(module, attr, None)
+            if isinstance(child, nn.ModuleList) and len(child) == num_layers:
+                return module, attr
+    return None
+
+
+@contextlib.contextmanager
+def _first_layers(encoder: nn.Module, num_layers: int, depth: int) -> Iterator[bool]:
+    """Run only the first ``depth`` blocks of ``encoder`` inside the block (yields whether it could).
+
+    The features come from ``hidden_states[depth]`` (e.g. layer -2 of LLaVA-style towers), which the
+    later blocks do not change: skipping them saves their whole cost and gives identical features.
+    """
+    found = _layer_list(encoder, num_layers) if depth < num_layers else None
+    if found is None:
+        yield False
+        return
+    parent, attr = found
+    layers = getattr(parent, attr)
+    setattr(parent, attr, layers[:depth])
+    try:
+        yield True
+    finally:
+        setattr(parent, attr, layers)
+
+
+def _encoder_grad(encoder: nn.Module, values: torch.Tensor) -> bool:
+    """Whether autograd must record the encoder: not for a frozen encoder on plain inputs."""
+    return torch.is_grad_enabled() and (values.requires_grad or any(p.requires_grad for p in encoder.parameters()))
+
+
+def run_encoder(
+    encoder: nn.Module, values: torch.Tensor, num_layers: int, feature_layer: int | list[int], **kwargs
+) -> tuple[tuple[torch.Tensor, ...], int | list[int]]:
+    """Run ``encoder`` only as deep as ``feature_layer`` needs, without autograd when it is frozen.
+
+    Args:
+        encoder: a tower whose ``hidden_states`` are (embeddings, block 1, ..., block L).
+        values: its input.
+        num_layers: its block count L.
+        feature_layer: the hidden-state index (or indices) the connector reads.
+        **kwargs: extra forward arguments (e.g. ``return_dict=True``).
+
+    Returns:
+        ``(hidden_states, feature_layer)`` with the index rewritten for the shortened run.
+    """
+    layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
+    positive = [index % (num_layers + 1) for index in layers]
+    depth = max(positive)
+    with torch.set_grad_enabled(_encoder_grad(encoder, values)), _first_layers(encoder, num_layers, depth) as short:
+        hidden_states = encoder(values, output_hidden_states=True, **kwargs).hidden_states
+    if not short:
+        return hidden_states, feature_layer
+    if len(hidden_states) != depth + 1:  # an encoder whose hidden states do not follow the block list
+        with torch.set_grad_enabled(_encoder_grad(encoder, values)):
+            return encoder(values, output_hidden_states=True, **kwargs).hidden_states, feature_layer
+    return hidden_states, positive[0] if isinstance(feature_layer, int) else positive
 
 
 class MedVLPreTrainedModel(PreTrainedModel):
@@ -186,10 +253,13 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         if self.vision_tower is None:
             raise ValueError("this model has no 2D vision tower (vision_config is None) but got pixel_values")
         tower_dtype = next(self.vision_tower.parameters()).dtype
-        outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True)
+        hidden_states, feature_layer = run_encoder(
+            self.vision_tower, pixel_values.to(tower_dtype), self.config.vision_config.num_hidden_layers,
+            self.config.image_feature_layer, return_dict=True,
+        )
         return select_features(
-            outputs.hidden_states,
-            self.config.image_feature_layer,
+            hidden_states,
+            feature_layer,
             self.config.image_feature_select,
             prefix_token_count(self.config.vision_config),
         )
@@ -230,10 +300,17 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         encoder_dtype = next(self.volume_encoder.parameters()).dtype
         volume_values = volume_values.to(encoder_dtype)
         if self.config.volume_encoder == "vit3d":
-            outputs = self.volume_encoder(volume_values, output_hidden_states=True)
+            # M3D semantics (hidden_states[-1] normed) tie the last state to the full depth
+            full = self.config.volume_config.final_norm_in_hidden_states
+            hidden_states, feature_layer = run_encoder(
+                self.volume_encoder, volume_values, self.config.volume_config.num_hidden_layers,
+                -1 if full else self.config.volume_feature_layer,
+            )
+            if full:
+                feature_layer = self.config.volume_feature_layer
             return select_features(
-                outputs.hidden_states,
-                self.config.volume_feature_layer,
+                hidden_states,
+                feature_layer,
                 self.config.volume_feature_select,
                 int(self.config.volume_config.use_cls_token),
             )
@@ -251,10 +328,13 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         if d != self.config.volume_num_slices:
             raise ValueError(f"slicewise volume encoder expects {self.config.volume_num_slices} slices, got {d}")
         slices = volume_values.permute(0, 2, 1, 3, 4).reshape(n * d, c, h, w)
-        outputs = self.volume_encoder(slices, output_hidden_states=True, return_dict=True)
+        hidden_states, feature_layer = run_encoder(
+            self.volume_encoder, slices, self.config.volume_config.num_hidden_layers,
+            self.config.volume_feature_layer, return_dict=True,
+        )
         features = select_features(
-            outputs.hidden_states,
-            self.config.volume_feature_layer,
+            hidden_states,
+            feature_layer,
             self.config.volume_feature_select,
             prefix_token_count(self.config.volume_config),
         )

@@ -137,17 +137,21 @@ class DataSection:
     # A sample longer than max_length (media tokens included): skip it (counted, with a warning) or
     # stop with an error naming it. Samples are never truncated.
     on_overlong: Literal["skip", "error"] = "skip"
-    # Concatenate several samples per row (padding-free, position_ids restart per sample).
-    packing: bool = False
+    # Pack several samples per row (position_ids restart per sample, same loss) where it pays: a batch
+    # is bin-packed into rows of its longest sample only when that saves >= 25 % of the rows (skewed
+    # lengths); batches of alike lengths stay padded (plain causal attention is faster there).
+    packing: bool = True
     num_workers: int = 0
     # Folder written by `medvl data prepare` (memory-mapped preprocessed volumes). Volumes found
     # there are read from it instead of being decoded and preprocessed again; a cache built with
     # another volume processor configuration is refused. Not used for augmented samples.
     volume_cache: str | None = None
-    # Run each frozen encoder (image / volume part in mode frozen) once per distinct media file at
-    # the start of training and feed its outputs instead of the media (medvl.data.feature_cache):
-    # same loss, without the encoder's forward pass at every step. Only for frozen encoders.
-    cache_encoder_features: bool = False
+    # Run each frozen encoder (image / volume part in mode frozen) once per distinct media file (the
+    # first time a sample needs it) and feed its outputs instead of the media at every later use
+    # (medvl.data.feature_cache): same loss, without the encoder's forward pass or the media loading.
+    # true: required (an error where it cannot apply); unset: on where it cannot change the loss and
+    # the features fit in 2 GiB (frozen encoder, no augmentation, num_workers=0, not ZeRO-3).
+    cache_encoder_features: bool | None = None
     # Training augmentation (flip with text swap, intensity, small affine), off by default.
     augment: AugmentSection = field(default_factory=AugmentSection)
 
@@ -205,6 +209,9 @@ class TrainSection:
     # fp32, or bf16 autocast with fp32 master weights (on CPU bf16 is only faster for big models).
     precision: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
+    # torch.compile the LLM's decoder (in place, dynamic shapes): same loss within fp32 rounding; pays
+    # off on long runs (the first steps compile, minutes on a CPU)
+    compile: bool = False
     logging_steps: int = 10
     save_steps: int = 500
     save_total_limit: int | None = 2

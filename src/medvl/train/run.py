@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -139,7 +140,7 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
         cfg: the training configuration.
         processor: the model's processor (tokenizer, image and volume processors, chat template).
     """
-    from medvl.data.collator import PackingCollator, PaddedCollator
+    from medvl.data.collator import AdaptivePackingCollator, PaddedCollator
     from medvl.data.dataset import ConversationDataset, mix_records
     from medvl.data.records import load_records, outside_root_allowed
     from medvl.data.registry import REGISTRY_SUFFIXES, load_registry_records
@@ -181,49 +182,131 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
 
             evaluation = Subset(ConversationDataset(train_records, processor, **common), evaluation.indices)
     logger.info("data: %d training samples, %d validation samples", len(train), len(evaluation) if evaluation else 0)
+    tokenizer = getattr(processor, "tokenizer", processor)
     if d.packing:
-        collator = PackingCollator()
+        # packs a batch only when it saves rows; alike lengths stay padded (plain causal attention)
+        collator = AdaptivePackingCollator(pad_token_id=tokenizer.pad_token_id)
     else:
-        tokenizer = getattr(processor, "tokenizer", processor)
         collator = PaddedCollator(pad_token_id=tokenizer.pad_token_id, padding_side="right")
     return train, evaluation, collator
 
 
+# data.cache_encoder_features unset: cache only when the features fit in this much memory
+AUTO_FEATURE_CACHE_BYTES = 2 * 1024**3
+
+
 def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> dict[str, tuple[int, ...]]:
-    """Encode the media of ``datasets`` with the model's frozen encoder(s) once and let the datasets
-    serve the features (``data.cache_encoder_features``); returns media key -> feature shape (for
-    the dummy media of multi-process batches).
+    """Let the datasets serve the model's frozen encoder outputs instead of media
+    (``data.cache_encoder_features``); returns media key -> feature shape (for the dummy media of
+    multi-process batches; empty when nothing is cached).
+
+    With ``data.num_workers=0`` the cache fills lazily (a file is encoded the first time a sample
+    needs it, see :mod:`medvl.data.feature_cache`), so a run never waits for files it will not see;
+    with worker processes every file is encoded once before the first step.
+
+    ``cache_encoder_features`` true: a configuration the cache cannot serve is an error. Unset (None,
+    the default): the cache is used when it cannot change the loss and costs no waiting or memory
+    to speak of: a frozen encoder, no augmentation, no worker processes, no ZeRO-3, and features of
+    all distinct files within :data:`AUTO_FEATURE_CACHE_BYTES`; otherwise it is left off (logged).
 
     Args:
         cfg: the training configuration (frozen parts decide which encoders are cached).
         model: the model after ``apply_parts``.
         datasets: training / validation datasets (``Subset`` views or None allowed).
     """
-    from medvl.data.feature_cache import FEATURE_KINDS, build_feature_cache
+    from medvl.data.feature_cache import FEATURE_KINDS, build_feature_cache, lazy_feature_cache
 
+    auto = cfg.data.cache_encoder_features is None
     frozen = {"image": cfg.train.parts.vision.mode == "frozen", "volume": cfg.train.parts.volume.mode == "frozen"}
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     present = {"image": getattr(base, "vision_tower", None) is not None,
                "volume": getattr(base, "volume_encoder", None) is not None}
     kinds = [k for k in ("image", "volume") if frozen[k] and present[k]]
-    if not kinds:
-        raise ValueError("data.cache_encoder_features: the model has no frozen encoder to cache "
-                         f"(frozen parts: {[k for k, v in frozen.items() if v] or 'none'}; encoders: "
-                         f"{[k for k, v in present.items() if v] or 'none'})")
     # Subset views (data.eval_fraction) share their underlying dataset
     unique = list({id(d): d for d in (getattr(d, "dataset", d) for d in datasets if d is not None)}.values())
-    if any(d.augment is not None for d in unique):
-        raise ValueError("data.cache_encoder_features cannot be used with augmentation (features differ per sample)")
-    deepspeed = cfg.train.deepspeed or cfg.train.hf_args.get("deepspeed")
-    if deepspeed:
-        ds = json.loads(Path(deepspeed).read_text()) if isinstance(deepspeed, str) else deepspeed
-        if ds.get("zero_optimization", {}).get("stage") == 3:
-            # the encoders' weights are partitioned across ranks there; not supported (untested)
-            raise ValueError("data.cache_encoder_features is not supported with DeepSpeed ZeRO-3; use ZeRO-2 or DDP")
-    cache = build_feature_cache(model, unique, kinds)
+    reason = None
+    if not kinds:
+        reason = ("data.cache_encoder_features: the model has no frozen encoder to cache "
+                  f"(frozen parts: {[k for k, v in frozen.items() if v] or 'none'}; encoders: "
+                  f"{[k for k, v in present.items() if v] or 'none'})")
+    elif any(d.augment is not None for d in unique):
+        reason = "data.cache_encoder_features cannot be used with augmentation (features differ per sample)"
+    elif _zero3(cfg):
+        # the encoders' weights are partitioned across ranks there; not supported (untested)
+        reason = "data.cache_encoder_features is not supported with DeepSpeed ZeRO-3; use ZeRO-2 or DDP"
+    elif auto and cfg.data.num_workers > 0:
+        reason = "data.cache_encoder_features unset: not cached with DataLoader workers (set it to true to cache up front)"
+    if reason is not None:
+        if not auto:
+            raise ValueError(reason)
+        logger.info("frozen-encoder feature cache off: %s", reason)
+        return {}
+    if cfg.data.num_workers == 0:
+        cache = lazy_feature_cache(model, kinds)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 or auto:
+            # multi-process batches need the feature shapes for their dummy media, and the memory
+            # estimate of the unset setting needs them too: encode one file now
+            _prime(cache, unique, kinds)
+    else:
+        cache = build_feature_cache(model, unique, kinds)
+    shapes = {k: tuple(next(iter(cache.features[k].values())).shape) for k in kinds if cache.features[k]}
+    if auto:
+        files = {k: len({p for d in unique for r in d.records for p in getattr(r, FEATURE_KINDS[k][0])}) for k in shapes}
+        size = sum(files[k] * math.prod(shapes[k]) * 4 for k in shapes)
+        if size > AUTO_FEATURE_CACHE_BYTES:
+            logger.info("frozen-encoder feature cache off: the features of %s would take %.1f GiB (more than %.1f GiB; "
+                        "set data.cache_encoder_features=true to cache anyway)",
+                        ", ".join(f"{n} {k} files" for k, n in files.items()), size / 1024**3,
+                        AUTO_FEATURE_CACHE_BYTES / 1024**3)
+            return {}
     for d in unique:
         d.feature_cache = cache
-    return {FEATURE_KINDS[k][1]: tuple(next(iter(cache.features[k].values())).shape) for k in kinds if cache.features[k]}
+    logger.info("frozen-encoder feature cache on (%s) for %s", "lazy" if cfg.data.num_workers == 0 else "eager",
+                ", ".join(kinds))
+    return {FEATURE_KINDS[k][1]: shape for k, shape in shapes.items()}
+
+
+def _zero3(cfg: TrainConfig) -> bool:
+    deepspeed = cfg.train.deepspeed or cfg.train.hf_args.get("deepspeed")
+    if not deepspeed:
+        return False
+    ds = json.loads(Path(deepspeed).read_text()) if isinstance(deepspeed, str) else deepspeed
+    return ds.get("zero_optimization", {}).get("stage") == 3
+
+
+def _prime(cache: Any, datasets: list[Any], kinds: list[str]) -> None:
+    """Encode the first record of each cached kind, so that the feature shapes are known up front."""
+    from medvl.data.feature_cache import FEATURE_KINDS
+
+    from medvl.errors import MedVLDataError
+
+    for kind in kinds:
+        field = FEATURE_KINDS[kind][0]
+        records = ((d, r) for d in datasets for r in d.records if getattr(r, field))
+        for d, rec in records:
+            try:  # a bad file is the data set's business (raise or skip): try the next record
+                cache.lookup(kind, getattr(rec, field), load=lambda d=d, rec=rec, kind=kind: d.media_values(rec, kind))
+                break
+            except MedVLDataError:
+                continue
+
+
+def compile_llm(model: Any) -> None:
+    """``torch.compile`` the LLM's decoder in place (``train.compile``).
+
+    Only the decoder: the media merge has data-dependent checks (placeholder counts) that would
+    break the graph, and the encoders are frozen or small. In place (``nn.Module.compile``), so the
+    state dict keeps its names and checkpoints load without torch.compile. Dynamic shapes: batch
+    lengths change from step to step.
+
+    Args:
+        model: the model after ``apply_parts`` (a PEFT wrapper is looked through).
+    """
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.get_decoder().compile(dynamic=True)
+    logger.info("train.compile: the LLM decoder is compiled with torch %s (first steps compile)", torch.__version__)
 
 
 def split_dataset(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
@@ -509,8 +592,11 @@ def run_training(
         model.peft_config["default"].base_model_name_or_path = str(base_dir)
     logger.info("stage %s, trainable parts:\n%s", cfg.train.stage, describe(model, cfg.train.parts, cfg.train.lr))
 
+    if cfg.train.compile:
+        compile_llm(model)
     train_set, eval_set, collator = build_datasets(cfg, processor)
-    feature_shapes = attach_feature_cache(cfg, model, [train_set, eval_set]) if cfg.data.cache_encoder_features else {}
+    feature_shapes = attach_feature_cache(cfg, model, [train_set, eval_set]) \
+        if cfg.data.cache_encoder_features is not False else {}
     args = training_arguments(cfg, has_eval=eval_set is not None)
     trainer = MedVLTrainer(
         model=model,
