@@ -77,3 +77,19 @@ def test_vit3d_features_equal_the_full_encoders(final_norm_in_hidden_states):
     assert torch.equal(model.encode_volumes(volumes), expected)
     # with M3D semantics (hidden_states[-1] normed) the encoder runs in full; otherwise block 3 is skipped
     assert last[0] == (1 if final_norm_in_hidden_states else 0)
+
+
+@pytest.mark.parametrize("feature_layer", [0, -2])
+def test_a_shortened_first_call_leaves_full_runs_intact(feature_layer):
+    """transformers installs its hidden-state hooks at a model's first forward: a first call made
+    while shortened must not leave later full runs without the deeper blocks' states."""
+    tower = {"model_type": "siglip_vision_model", "image_size": 32, "patch_size": 16, "hidden_size": 32,
+             "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2}
+    model = _model(vision=VisionSpec(config=tower, feature_layer=feature_layer))
+    model.vision_tower.requires_grad_(False)
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    got = model.encode_images(pixels)  # the tower's very first forward
+    with torch.no_grad():
+        full = model.vision_tower(pixels, output_hidden_states=True).hidden_states
+    assert len(full) == 5
+    assert torch.equal(got, select_features(full, feature_layer, "patch", 0))

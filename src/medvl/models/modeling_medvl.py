@@ -78,6 +78,12 @@ def select_features(
     return picked[0] if len(picked) == 1 else torch.cat(picked, dim=-1)
 
 
+try:  # transformers 5: hook-based recording of hidden states
+    from transformers.utils.output_capturing import maybe_install_capturing_hooks as _install_capturing_hooks
+except ImportError:  # a transformers without it records hidden states in the forward itself
+    _install_capturing_hooks = None
+
+
 def _layer_list(encoder: nn.Module, num_layers: int) -> tuple[nn.Module, str] | None:
     """The (parent, attribute) of an encoder's block list: the ModuleList named ``layers`` / ``layer``
     holding ``num_layers`` blocks (``encoder.layers`` of CLIP / SigLIP / Vit3D, ``encoder.layer`` of ViT)."""
@@ -96,10 +102,17 @@ def _first_layers(encoder: nn.Module, num_layers: int, depth: int) -> Iterator[b
     The features come from ``hidden_states[depth]`` (e.g. layer -2 of LLaVA-style towers), which the
     later blocks do not change: skipping them saves their whole cost and gives identical features.
     """
-    found = _layer_list(encoder, num_layers) if depth < num_layers else None
+    # depth 0 (the embeddings) is not shortened: hidden states are recorded by the blocks, so an
+    # encoder with no block to run would record none.
+    found = _layer_list(encoder, num_layers) if 0 < depth < num_layers else None
     if found is None:
         yield False
         return
+    # transformers 5 records hidden states with hooks that it installs on the blocks at the model's
+    # first forward, once; install them on every block now, or a first call made while shortened
+    # would leave the later blocks without hooks for good (full runs would then miss their states).
+    if _install_capturing_hooks is not None and isinstance(encoder, PreTrainedModel):
+        _install_capturing_hooks(encoder)
     parent, attr = found
     layers = getattr(parent, attr)
     setattr(parent, attr, layers[:depth])

@@ -388,8 +388,8 @@ def validate_encoder_pretrain(cfg: TrainConfig) -> None:
     if cfg.data.cache_encoder_features:
         raise ValueError("data.cache_encoder_features does not apply to train.stage=encoder_pretrain (the encoder "
                          "trains); use train.encoder_pretrain.cache_media to keep preprocessed media in memory")
-    if cfg.data.packing:
-        raise ValueError("data.packing does not apply to train.stage=encoder_pretrain (no text is trained)")
+    # data.packing (on by default) concerns token rows; stage-0 batches hold images or volumes and
+    # labels only, so it has nothing to act on there and is not an error.
 
 
 PLACEHOLDER = "/path/to/"
