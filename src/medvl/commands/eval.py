@@ -54,28 +54,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     """The body of :func:`run` (the data-root setting applies around it)."""
+    from medvl.commands import parse_pairs
     from medvl.errors import MedVLDataError
     from medvl.eval.runner import EvalConfig, evaluate, markdown_table
 
     try:
-        data = {}
-        for spec in args.data:
-            name, sep, path = spec.partition("=")
-            if not sep:
-                raise ValueError(f"--data expects TASK=DIR, got {spec!r}")
-            data[name] = path
-        protocols = {}
-        for spec in args.protocol:
-            name, sep, proto = spec.partition("=")
-            if not sep:
-                raise ValueError(f"--protocol expects TASK=PROTOCOL, got {spec!r}")
-            protocols[name] = proto
-        clinical = {}
-        for spec in args.clinical:
-            name, sep, path = spec.partition("=")
-            if not sep:
-                raise ValueError(f"--clinical expects NAME=FOLDER, got {spec!r}")
-            clinical[name] = path
+        data = parse_pairs(args.data, "--data", "TASK=DIR")
+        protocols = parse_pairs(args.protocol, "--protocol", "TASK=PROTOCOL")
+        clinical = parse_pairs(args.clinical, "--clinical", "NAME=FOLDER")
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         generation = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
         cfg = EvalConfig(tasks=tasks, out_dir=args.out, data=data, data_root=args.data_root, split=args.split,

@@ -79,12 +79,9 @@ def run(args: argparse.Namespace) -> int:
 
             if args.protocol not in (None, "report"):
                 raise ValueError(f"--task report has the single protocol 'report'; got --protocol {args.protocol!r}")
-            clinical = {}
-            for spec in args.clinical:
-                name, sep, path = spec.partition("=")
-                if not sep:
-                    raise ValueError(f"--clinical expects NAME=FOLDER, got {spec!r}")
-                clinical[name] = path
+            from medvl.commands import parse_pairs
+
+            clinical = parse_pairs(args.clinical, "--clinical", "NAME=FOLDER")
             ids, preds, refs = read_report_predictions(args.inp)
             result = score_reports(ids, preds, refs, tokenization=args.tokenization, meteor=not args.no_meteor,
                                    lang=args.lang, bertscore_model=args.bertscore_model, clinical=clinical)
