@@ -789,7 +789,7 @@ def workload_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             (s, f"samples/s (loop wall, {r['steps']} steps x batch {r['batch_size']})", _fmt(r["samples_per_s"])),
             (s, "median step s / samples/s at the median step",
              f"{_fmt(r['median_step_seconds'])} / {_fmt(r['samples_per_s_median_step'])}"),
-            (s, f"tokens per sample (mean), supervised", f"{_fmt(r['tokens_per_sample']['mean'])}, {_fmt(r['supervised_per_sample'])}"),
+            (s, "tokens per sample (mean), supervised", f"{_fmt(r['tokens_per_sample']['mean'])}, {_fmt(r['supervised_per_sample'])}"),
             (s, "essential GFLOP per step", _fmt(r["essential_flops"]["total"] / r["steps"] / 1e9)),
             (s, "fraction of fp32 peak (loop / median step)",
              f"{_fmt(r['fraction_of_fp32_peak'])} / {_fmt(r['fraction_of_fp32_peak_median_step'])}"),

@@ -126,10 +126,7 @@ def export_llava(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool 
         ExportError: for layouts stock LLaVA cannot express (the message points to the
             ``trust_remote_code`` checkpoint, which works everywhere transformers does).
     """
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.initialization import no_init_weights
 
-    from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 
     from medvl.utils.paths import fresh_output_dir
 

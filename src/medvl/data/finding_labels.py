@@ -26,7 +26,6 @@ An empty cell or null is *unknown*: that label does not count for that item (los
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import re

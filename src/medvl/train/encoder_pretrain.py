@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -292,21 +291,13 @@ def run_encoder_pretrain(cfg: TrainConfig, *, model: Any = None, processor: Any 
         processor: its processor.
         callbacks: extra ``transformers.TrainerCallback`` objects.
     """
-    from transformers import set_seed
 
     from medvl.train.parts import apply_parts, describe
-    from medvl.train.run import _prepare_output_dir, load_or_build_model, plot_loss, training_arguments, write_run_info
+    from medvl.train.run import plot_loss, start_run, training_arguments
     from medvl.train.trainer import MedVLTrainer
 
     kind = encoder_pretrain_kind(cfg)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    resume_from = _prepare_output_dir(cfg, is_main)
-    out = Path(cfg.output.dir)
-    if is_main:
-        write_run_info(cfg, out)
-    set_seed(cfg.train.seed)
-    if model is None:
-        model, processor = load_or_build_model(cfg)
+    is_main, resume_from, out, model, processor = start_run(cfg, model, processor)
     model = apply_parts(model, cfg.train.parts, cfg.train.lora)
     logger.info("stage encoder_pretrain (%s encoder), trainable parts:\n%s", kind,
                 describe(model, cfg.train.parts, cfg.train.lr))

@@ -521,6 +521,32 @@ def _prepare_output_dir(cfg: TrainConfig, is_main: bool) -> Path | None:
     return None
 
 
+def start_run(cfg: TrainConfig, model: Any = None, processor: Any = None) -> tuple[bool, Path | None, Path, Any, Any]:
+    """What every stage does first: prepare the output folder (or find the checkpoint to resume),
+    record the run, seed, and load or build the model.
+
+    Args:
+        cfg: the validated training configuration.
+        model: an already built model (with ``processor``), or None to load/build from ``cfg.model``.
+        processor: its processor.
+
+    Returns:
+        ``(is_main, resume_from, output_dir, model, processor)``.
+    """
+    from transformers import set_seed
+
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    resume_from = _prepare_output_dir(cfg, is_main)
+    out = Path(cfg.output.dir)
+    if is_main:
+        write_run_info(cfg, out)
+    # Same seed before building: every rank starts from identical random weights.
+    set_seed(cfg.train.seed)
+    if model is None:
+        model, processor = load_or_build_model(cfg)
+    return is_main, resume_from, out, model, processor
+
+
 def run_training(
     cfg: TrainConfig, *, model: Any = None, processor: Any = None, callbacks: list[Any] | None = None
 ) -> Path:
@@ -535,7 +561,6 @@ def run_training(
         processor: its processor (required with ``model``).
         callbacks: extra ``transformers.TrainerCallback`` objects (e.g. early stopping).
     """
-    from transformers import set_seed
 
     from medvl.train.parts import apply_parts, describe
     from medvl.train.trainer import MedVLTrainer, SkipFinalCheckpoint
@@ -556,17 +581,7 @@ def run_training(
         from medvl.train.encoder_pretrain import run_encoder_pretrain
 
         return run_encoder_pretrain(cfg, model=model, processor=processor, callbacks=callbacks)
-    rank = int(os.environ.get("RANK", "0"))
-    is_main = rank == 0
-    resume_from = _prepare_output_dir(cfg, is_main)
-    out = Path(cfg.output.dir)
-    if is_main:
-        write_run_info(cfg, out)
-
-    # Same seed before building: every rank starts from identical random weights.
-    set_seed(cfg.train.seed)
-    if model is None:
-        model, processor = load_or_build_model(cfg)
+    is_main, resume_from, out, model, processor = start_run(cfg, model, processor)
     uses_lora = any(part.mode == "lora" for _, part in cfg.train.parts.items())
     base_dir = None
     if uses_lora:
