@@ -47,11 +47,3 @@ def test_every_verb_answers_help(verb, capsys):
         main([verb, "--help"])
     assert exc.value.code == 0
     assert "usage: medvl " + verb in capsys.readouterr().out
-
-
-def test_global_log_level_before_the_verb(capsys) -> None:
-    """``medvl --log-level DEBUG VERB``: the option's value is not mistaken for the verb."""
-    with pytest.raises(SystemExit) as exc:
-        main(["--log-level", "WARNING", "serve", "--help"])
-    assert exc.value.code == 0
-    assert "--media-root" in capsys.readouterr().out

@@ -102,7 +102,7 @@ def test_skip_means_skip_every_good_record_once_per_epoch(tmp_path, tiny_process
     """data.on_error=skip: an epoch through a DataLoader sees each good record exactly once."""
     from torch.utils.data import DataLoader
 
-    from medvl.data.collator import PackingCollator, PaddedCollator
+    from medvl.data.collator import AdaptivePackingCollator, PackingCollator, PaddedCollator
 
     records = load_records(make_dataset_dir(tmp_path))
     lenient = ConversationDataset(records, tiny_processor, on_error="skip", **LOADERS)
@@ -114,11 +114,15 @@ def test_skip_means_skip_every_good_record_once_per_epoch(tmp_path, tiny_process
         except MedVLDataError:
             pass
     assert len(good) == len(records) - 2
-    collator = PaddedCollator(tiny_processor.tokenizer.pad_token_id, return_ids=True)
-    seen = [i for batch in DataLoader(lenient, batch_size=2, collate_fn=collator) for i in batch["ids"]]
-    assert sorted(seen) == sorted(good) and lenient.skipped["error"] == 2
+    pad = tiny_processor.tokenizer.pad_token_id
+    collator = PaddedCollator(pad, return_ids=True)
+    # the default training collator (adaptive packing) drops skipped samples the same way
+    for coll in (collator, AdaptivePackingCollator(pad, return_ids=True)):
+        seen = [i for batch in DataLoader(lenient, batch_size=2, collate_fn=coll) for i in batch["ids"]]
+        assert sorted(seen) == sorted(good)
+    assert lenient.skipped["error"] == 4  # counted once per pass
     # a batch of skipped samples only comes out with zero rows (the trainer steps over it)
-    for coll in (collator, PackingCollator()):
+    for coll in (collator, PackingCollator(), AdaptivePackingCollator(pad)):
         empty = coll([None, None])
         assert empty["input_ids"].shape[0] == 0 and empty["labels"].shape[0] == 0
 

@@ -69,6 +69,20 @@ def test_table_errors_name_the_file(tmp_path):
         load_label_table(tmp_path / "missing.csv", "image")
 
 
+
+def test_label_table_media_stay_inside_the_data_root(tmp_path):
+    """A label table's media obey the same root rule as records' media (opt-in to leave it)."""
+    from medvl.data.records import outside_root_allowed
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "t.csv").write_text("image,nodule\n../outside/secret.png,1\n/etc/passwd,0\n", encoding="utf-8")
+    with pytest.raises(MedVLDataError, match=r"t\.csv.*outside"):
+        load_label_table(data / "t.csv", "image")
+    with outside_root_allowed(True):
+        items = load_label_table(data / "t.csv", "image")
+    assert [i.path for i in items] == [str(data / "../outside/secret.png"), "/etc/passwd"]
+
 def test_jsonl_label_table_is_told_apart_from_records(tmp_path):
     rows = [{"id": "v1", "volume": "ct/1.nii.gz", "labels": {"nodule": True}},
             {"id": "v2", "volume": ["ct/2.nii.gz"], "labels": {"nodule": False}}]

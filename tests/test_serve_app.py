@@ -563,7 +563,6 @@ def test_health_is_503_until_the_model_is_loaded(tiny_model, tiny_processor) -> 
 
 def test_ui_is_mounted_when_the_demo_exists(tiny_model, tiny_processor) -> None:
     """``--ui``: the Gradio page at /ui (behind a login with the API key); the API keeps its bearer check."""
-    pytest.importorskip("medvl.demo", reason="the web demo (medvl.demo) is not in this tree")
     from starlette.testclient import TestClient
 
     from medvl.serve.app import ServeConfig, create_app, mount_ui

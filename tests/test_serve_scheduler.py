@@ -80,8 +80,9 @@ def test_batches_group_compatible_requests_and_match_generate(tiny_model, tiny_p
     finally:
         sched.close()
     assert [s["text"] for _, s, _ in jobs] == expected
-    assert [s["gen"].completion_tokens for _, s, _ in jobs] == [
-        n if s["gen"].finish_reason == "length" else s["gen"].completion_tokens for (_, s, _), n in zip(jobs, limits)]
+    # a row that ran to its limit generated exactly that many tokens; one that stopped earlier, fewer
+    assert all(s["gen"].completion_tokens == n if s["gen"].finish_reason == "length" else s["gen"].completion_tokens < n
+               for (_, s, _), n in zip(jobs, limits))
     assert ["".join(s["deltas"]) for _, s, _ in jobs] == expected
     # the blocker alone, then the four greedy requests in one batch, the seeded one alone
     assert sizes == [1, 4, 1]

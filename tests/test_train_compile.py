@@ -26,10 +26,21 @@ def _compile_usable() -> str | None:
 
 
 @pytest.mark.slow
-def test_compiled_llm_trains_to_the_same_losses(tmp_path, tiny_model_dir):
+def test_compiled_llm_trains_to_the_same_losses(tmp_path, tiny_model_dir, monkeypatch):
     reason = _compile_usable()
     if reason:
         pytest.skip(reason)
+    import medvl.train.run as run_module
+    from medvl.train.parts import unwrap_model
+
+    compile_calls = []  # per compile_llm call: did the decoder really get a compiled forward?
+    real_compile_llm = run_module.compile_llm
+
+    def spy(model):
+        real_compile_llm(model)
+        compile_calls.append(getattr(unwrap_model(model).get_decoder(), "_compiled_call_impl", None) is not None)
+
+    monkeypatch.setattr(run_module, "compile_llm", spy)
     data = write_bright_dark(tmp_path / "data", 8)
     losses = {}
     for compiled in (False, True):
@@ -51,5 +62,6 @@ def test_compiled_llm_trains_to_the_same_losses(tmp_path, tiny_model_dir):
 
         with safe_open(str(index), "pt") as fh:
             assert not any("_orig_mod" in k for k in fh.keys())
+    assert compile_calls == [True]  # the eager run never compiled, the compiled one did
     assert len(losses[False]) == 2
     assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-5)

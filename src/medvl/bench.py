@@ -462,8 +462,6 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
         return _ratio(flops / seconds / 1e9, peak_gflops)
 
     tps_padded, tps_packed = real_tokens / t_padded, real_tokens / t_packed
-    # W2D-like lengths (263-286 tokens, ~4 % padding) never pack: the batch stays padded
-    uniform = [263, 286, 270, 280]
     result = {
         "llm_flop_params": n_params,
         "lm_head_params": head,
@@ -479,8 +477,7 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
                    "mfu_fp32_supervised_head": mfu_needed(t_packed)},
         "packed_over_padded": _ratio(tps_packed, tps_padded),
         "adaptive": {"rows": int(adaptive["input_ids"].shape[0]), "width": int(adaptive["input_ids"].shape[1]),
-                     "seconds": t_adaptive, "tokens_per_s": real_tokens / t_adaptive,
-                     "uniform_lengths": uniform, "uniform_packed": adaptive_collator.plan(uniform) is not None},
+                     "seconds": t_adaptive, "tokens_per_s": real_tokens / t_adaptive},
         "adaptive_over_padded": _ratio(real_tokens / t_adaptive, tps_padded),
         "logits": {
             "supervised_seconds": t_padded,
@@ -735,8 +732,6 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             ("train", "packed / padded", _fmt(t["packed_over_padded"])),
             ("train", f"adaptive packing ({t['adaptive']['rows']} rows x {t['adaptive']['width']}) / padded",
              _fmt(t["adaptive_over_padded"])),
-            ("train", f"adaptive packing packs W2D-like lengths {t['adaptive']['uniform_lengths']}",
-             str(t["adaptive"]["uniform_packed"])),
             ("train", "padded MFU (6N tok/s / fp32 peak)", _fmt(t["padded"]["mfu_fp32"])),
             ("train", "packed MFU (6N tok/s / fp32 peak)", _fmt(t["packed"]["mfu_fp32"])),
             ("train", "padded / packed MFU, head at supervised tokens only",

@@ -435,7 +435,9 @@ class _ModuleTimer:
 
 
 def _media_modules(model: Any) -> dict[str, torch.nn.Module | None]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from medvl.train.parts import unwrap_model
+
+    base = unwrap_model(model)
     encoder = base.vision_tower if base.vision_tower is not None else base.volume_encoder
     connector = base.image_connector if base.vision_tower is not None else base.volume_connector
     return {"model": base, "encoder": encoder, "connector": connector}

@@ -25,7 +25,6 @@ constructor arguments (without it: the released CT-CLIP arguments, ``CTCLIP_RELE
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ from medvl.models.processing_medvl import CHATML_TEMPLATE, IMAGE_TOKEN, VOLUME_T
 from medvl.models.vit3d import clip_kind, vit3d_config_from_clip, vit3d_state_dict_from_clip
 from medvl.tokenization import builtin_corpus, qwen2_tokenizer, train_tokenizer
 from medvl.utils.config import load_config
+from medvl.utils.files import check_weights, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ def load_ctclip_folder(
     overrides = dict(overrides or {})
     config_file = folder / "config.json"
     if config_file.is_file():
-        settings = json.loads(config_file.read_text(encoding="utf-8"))
+        settings = read_json(config_file, "CTViT config")
         if "model_type" in settings:  # a medvl CTViTConfig (CTViTModel.save_pretrained)
             if settings["model_type"] != CTViTConfig.model_type:
                 raise ValueError(f"{config_file}: model_type {settings['model_type']!r} is not a CTViT "
@@ -449,6 +449,7 @@ def load_ctclip_folder(
     if weights_file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        check_weights(folder)  # a truncated file: an error naming it, not safetensors' header message
         state_dict = load_file(str(weights_file))
     else:
         state_dict = torch.load(str(weights_file), map_location="cpu", weights_only=True)
@@ -477,7 +478,7 @@ def _volume_clip_kind(spec: ModelSpec) -> str | None:
     config_file = Path(spec.volume.path) / "config.json"
     if not config_file.is_file():
         return None  # _part_config reports the missing folder / config
-    kind = clip_kind(json.loads(config_file.read_text(encoding="utf-8")))
+    kind = clip_kind(read_json(config_file, "volume encoder config"))
     if kind is not None and spec.volume.encoder != "vit3d":
         raise ValueError(f"volume.path {spec.volume.path!r} is a 3D CLIP checkpoint ({kind}): it needs "
                          f"volume.encoder=vit3d, not {spec.volume.encoder!r}")
@@ -486,7 +487,7 @@ def _volume_clip_kind(spec: ModelSpec) -> str | None:
 
 def _clip_vit3d_config(volume: VolumeSpec, kind: str) -> Vit3DConfig:
     """The ``Vit3DConfig`` of a MedM-CLIP / M3D-CLIP vision encoder (``volume.config`` fields applied on top)."""
-    raw = json.loads((Path(volume.path) / "config.json").read_text(encoding="utf-8"))
+    raw = read_json(Path(volume.path) / "config.json", "volume encoder config")
     kwargs = vit3d_config_from_clip(raw, kind)
     kwargs.pop("model_type")
     unknown = sorted(set(volume.config) - set(Vit3DConfig().to_dict()))
@@ -545,9 +546,9 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
     ctvit_weights = None
     volume_clip = _volume_clip_kind(spec)
     if spec.volume is not None:
+        # the spec's stem filled in (an error for anything but a vit3d built from scratch)
+        volume_overrides = _volume_stem_config(spec.volume, spec.volume.config)
         if spec.volume.encoder == "ctvit":
-            if spec.volume.conv_stem is not None or spec.volume.conv_stem_pool is not None:
-                _volume_stem_config(spec.volume, {})  # raises: a stem belongs to a vit3d from scratch
             if spec.volume.path is not None:
                 volume_config, ctvit_weights = load_ctclip_folder(spec.volume.path, spec.volume.config)
             else:
@@ -555,10 +556,7 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
                 overrides.pop("model_type", None)
                 volume_config = CTViTConfig(**overrides)
         elif spec.volume.encoder == "vit3d" and spec.volume.path is None:
-            volume_config = _part_config(None, {"model_type": Vit3DConfig.model_type,
-                                                **_volume_stem_config(spec.volume, spec.volume.config)}, "volume")
-        elif spec.volume.conv_stem is not None or spec.volume.conv_stem_pool is not None:
-            _volume_stem_config(spec.volume, {})  # raises: not a vit3d from scratch
+            volume_config = _part_config(None, {"model_type": Vit3DConfig.model_type, **volume_overrides}, "volume")
         elif volume_clip is not None:
             volume_config = _clip_vit3d_config(spec.volume, volume_clip)
         else:

@@ -125,8 +125,6 @@ def classify_error(err: BaseException) -> tuple[int, str]:
     from medvl.errors import MedVLDataError
 
     text = str(err).strip() or type(err).__name__
-    if isinstance(err, KeyboardInterrupt):
-        return EXIT_INTERRUPTED, "interrupted"
     if isinstance(err, MedVLDataError):
         return EXIT_BAD_INPUT, text
     if isinstance(err, OSError):

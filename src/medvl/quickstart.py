@@ -197,9 +197,14 @@ def write_blind_split(data_dir: Path, split: str, kind: str) -> Path:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     table = data_dir / f"{split}_labels.csv"
     if table.exists():  # stage 0's label table: the same labels, every row the blank file
-        lines = table.read_text(encoding="utf-8").splitlines()
-        rows = [lines[0]] + [",".join([blank.name, *line.split(",")[1:]]) for line in lines[1:]]
-        (data_dir / f"{split}_labels_blind.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        import csv
+
+        with open(table, encoding="utf-8", newline="") as fh:
+            header, *rows = list(csv.reader(fh))
+        with open(data_dir / f"{split}_labels_blind.csv", "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows([blank.name, *row[1:]] for row in rows)
     return out
 
 

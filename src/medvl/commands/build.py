@@ -45,14 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from medvl.build import build_model, load_model_spec, save_checkpoint
 
     out_dir, overrides = args.out[0], [*args.overrides, *args.out[1:]]
-    try:
-        from medvl.recipes import resolve_config_file
+    from medvl.recipes import resolve_config_file
 
-        spec = load_model_spec(resolve_config_file(args.config), overrides)
-        model, processor = build_model(spec)
-    except (ValueError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 2
+    spec = load_model_spec(resolve_config_file(args.config), overrides)
+    model, processor = build_model(spec)
     out = save_checkpoint(model, processor, out_dir, overwrite=args.overwrite)
     n_params = sum(p.numel() for p in model.parameters())
     print(

@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 
 def _check_markers(messages: list[dict[str, str]], n_images: int, n_volumes: int) -> None:
     """One ``<image>`` / ``<volume>`` marker per ``--image`` / ``--volume`` over the conversation."""
-    for marker, flag, given in (("<image>", "--image", n_images), ("<volume>", "--volume", n_volumes)):
+    from medvl.data.records import IMAGE_MARKER, VOLUME_MARKER
+
+    for marker, flag, given in ((IMAGE_MARKER, "--image", n_images), (VOLUME_MARKER, "--volume", n_volumes)):
         found = sum(m["content"].count(marker) for m in messages if m["role"] == "user")
         if found != given:
             raise ValueError(f"the conversation has {found} {marker} marker(s) but {flag} was given {given} time(s); "

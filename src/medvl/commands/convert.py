@@ -45,13 +45,9 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: parsed arguments.
     """
-    from medvl.convert.medmvl import MedMVLConversionError, convert_medmvl
+    from medvl.convert.medmvl import convert_medmvl
 
-    try:
-        out = convert_medmvl(args.src, args.out, llm=args.llm, vision=args.vision, volume=args.volume, dtype=args.dtype,
-                             tower_input=args.tower_input, overwrite=args.overwrite)
-    except (MedMVLConversionError, FileNotFoundError, ValueError) as err:
-        logger.error("%s", err)
-        return 2
+    out = convert_medmvl(args.src, args.out, llm=args.llm, vision=args.vision, volume=args.volume, dtype=args.dtype,
+                         tower_input=args.tower_input, overwrite=args.overwrite)
     print(f"saved {out}  (medvl checkpoint converted from MedM-VL {args.src}; try: medvl chat {out})")
     return 0

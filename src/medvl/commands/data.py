@@ -127,19 +127,14 @@ def run(args: argparse.Namespace) -> int:
         args: parsed arguments.
     """
     from medvl.data.records import outside_root_allowed
-    from medvl.errors import MedVLDataError
 
-    try:
-        if args.data_command in ("check", "prepare"):
-            with outside_root_allowed(args.allow_outside_root):
-                return _check(args) if args.data_command == "check" else _prepare(args)
-        if args.data_command == "synth":
-            mod = _synth_module()
-            if mod is None or not hasattr(mod, "run"):
-                print("error: medvl.data.synth is not available in this installation", file=sys.stderr)
-                return 2
-            return int(mod.run(args) or 0)
-    except (MedVLDataError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.data_command in ("check", "prepare"):
+        with outside_root_allowed(args.allow_outside_root):
+            return _check(args) if args.data_command == "check" else _prepare(args)
+    if args.data_command == "synth":
+        mod = _synth_module()
+        if mod is None or not hasattr(mod, "run"):
+            print("error: medvl.data.synth is not available in this installation", file=sys.stderr)
+            return 2
+        return int(mod.run(args) or 0)
     raise AssertionError(args.data_command)

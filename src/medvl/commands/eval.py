@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 HELP = "Evaluate a model on benchmark tasks (predictions JSONL, results JSON/markdown/PNG; resumable)."
 
@@ -55,25 +54,20 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     """The body of :func:`run` (the data-root setting applies around it)."""
     from medvl.commands import parse_pairs
-    from medvl.errors import MedVLDataError
     from medvl.eval.runner import EvalConfig, evaluate, markdown_table
 
-    try:
-        data = parse_pairs(args.data, "--data", "TASK=DIR")
-        protocols = parse_pairs(args.protocol, "--protocol", "TASK=PROTOCOL")
-        clinical = parse_pairs(args.clinical, "--clinical", "NAME=FOLDER")
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        generation = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
-        cfg = EvalConfig(tasks=tasks, out_dir=args.out, data=data, data_root=args.data_root, split=args.split,
-                         limit=args.limit, batch_size=args.batch_size, generation=generation, protocols=protocols,
-                         bertscore_model=args.bertscore_model, meteor=not args.no_meteor,
-                         tokenization=args.tokenization, progress=not args.no_progress,
-                         bootstrap_resamples=args.bootstrap_resamples, bootstrap_seed=args.bootstrap_seed,
-                         clinical=clinical)
-        results = evaluate(cfg, model=args.model)
-    except (MedVLDataError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
-        print(f"medvl eval: error: {e}", file=sys.stderr)
-        return 2
+    data = parse_pairs(args.data, "--data", "TASK=DIR")
+    protocols = parse_pairs(args.protocol, "--protocol", "TASK=PROTOCOL")
+    clinical = parse_pairs(args.clinical, "--clinical", "NAME=FOLDER")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    generation = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+    cfg = EvalConfig(tasks=tasks, out_dir=args.out, data=data, data_root=args.data_root, split=args.split,
+                     limit=args.limit, batch_size=args.batch_size, generation=generation, protocols=protocols,
+                     bertscore_model=args.bertscore_model, meteor=not args.no_meteor,
+                     tokenization=args.tokenization, progress=not args.no_progress,
+                     bootstrap_resamples=args.bootstrap_resamples, bootstrap_seed=args.bootstrap_seed,
+                     clinical=clinical)
+    results = evaluate(cfg, model=args.model)
     print(markdown_table(results), end="")
     print(f"wrote {args.out}/results.json, results.md, results.png, predictions/, scores/")
     return 0

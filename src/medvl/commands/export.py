@@ -40,19 +40,11 @@ def run(args: argparse.Namespace) -> int:
     if args.merge_lora:
         from medvl.train.lora import merge_lora  # lazy: pulls in PEFT
 
-        try:
-            out = merge_lora(args.model, args.merge_lora, overwrite=args.overwrite)
-        except (ValueError, FileNotFoundError) as err:
-            logger.error("%s", err)
-            return 2
+        out = merge_lora(args.model, args.merge_lora, overwrite=args.overwrite)
         print(f"saved {out}  (LoRA merged; loads without PEFT)")
         return 0
-    from medvl.export import ExportError, export_llava
+    from medvl.export import export_llava
 
-    try:
-        out = export_llava(args.model, args.as_llava, overwrite=args.overwrite)
-    except (ExportError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 2
+    out = export_llava(args.model, args.as_llava, overwrite=args.overwrite)
     print(f"saved {out}  (stock LLaVA: LlavaForConditionalGeneration + AutoProcessor, no medvl needed)")
     return 0

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
-from medvl.errors import MedVLDataError
 
 HELP = "Score predictions (JSONL) with a named VQA protocol or the report-generation metrics."
 
@@ -64,30 +62,26 @@ def run(args: argparse.Namespace) -> int:
     """
     from medvl.eval.predictions import read_report_predictions, read_vqa_predictions
 
-    try:
-        if args.task == "vqa":
-            from medvl.eval.vqa import get_protocol
+    if args.task == "vqa":
+        from medvl.eval.vqa import get_protocol
 
-            if not args.protocol:
-                raise ValueError("--task vqa needs --protocol (valid: exact_norm, llava_med_v1, m3d, mcq, "
-                                 "medevalkit, uni_med)")
-            protocol = get_protocol(args.protocol)  # unknown names fail before reading the file
-            items = read_vqa_predictions(args.inp)
-            result = protocol(items, **_protocol_options(args))
-        else:
-            from medvl.eval.report_metrics import score_reports
+        if not args.protocol:
+            raise ValueError("--task vqa needs --protocol (valid: exact_norm, llava_med_v1, m3d, mcq, "
+                             "medevalkit, uni_med)")
+        protocol = get_protocol(args.protocol)  # unknown names fail before reading the file
+        items = read_vqa_predictions(args.inp)
+        result = protocol(items, **_protocol_options(args))
+    else:
+        from medvl.eval.report_metrics import score_reports
 
-            if args.protocol not in (None, "report"):
-                raise ValueError(f"--task report has the single protocol 'report'; got --protocol {args.protocol!r}")
-            from medvl.commands import parse_pairs
+        if args.protocol not in (None, "report"):
+            raise ValueError(f"--task report has the single protocol 'report'; got --protocol {args.protocol!r}")
+        from medvl.commands import parse_pairs
 
-            clinical = parse_pairs(args.clinical, "--clinical", "NAME=FOLDER")
-            ids, preds, refs = read_report_predictions(args.inp)
-            result = score_reports(ids, preds, refs, tokenization=args.tokenization, meteor=not args.no_meteor,
-                                   lang=args.lang, bertscore_model=args.bertscore_model, clinical=clinical)
-    except (MedVLDataError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
-        print(f"medvl score: error: {e}", file=sys.stderr)
-        return 2
+        clinical = parse_pairs(args.clinical, "--clinical", "NAME=FOLDER")
+        ids, preds, refs = read_report_predictions(args.inp)
+        result = score_reports(ids, preds, refs, tokenization=args.tokenization, meteor=not args.no_meteor,
+                               lang=args.lang, bertscore_model=args.bertscore_model, clinical=clinical)
     out = {"task": args.task, "input": str(args.inp), **result.to_dict()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

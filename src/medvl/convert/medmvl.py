@@ -262,7 +262,7 @@ def _wrong_part(key: str, folder: Path) -> str | None:
     """Why a part folder holds the wrong kind of model (e.g. ``--llm`` pointed at a vision tower), or None."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from medvl.utils.files import read_json
+    from medvl.utils.files import TOKENIZER_FILES, read_json
 
     config = read_json(folder / "config.json", "config")
     model_type = config.get("model_type") if isinstance(config, dict) else None
@@ -270,8 +270,8 @@ def _wrong_part(key: str, folder: Path) -> str | None:
         if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not (config.get("architectures") or [""])[0].endswith("ForCausalLM"):
             return (f"holds a {model_type!r} model, not a causal language model (config.json model_type); "
                     "point --llm at the LLM's folder")
-        if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-            return "has no tokenizer files (tokenizer.json / tokenizer.model / vocab.json)"
+        if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+            return f"has no tokenizer files ({' / '.join(TOKENIZER_FILES)})"
     elif model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and "vision_config" not in config:
         return f"holds a causal language model ({model_type!r}), not a vision encoder"
     return None

@@ -219,11 +219,13 @@ class AdaptivePackingCollator:
         """Collate training samples (``input_ids``, ``labels``, media).
 
         Args:
-            samples: items of a :class:`~medvl.data.dataset.ConversationDataset` (train mode).
+            samples: items of a :class:`~medvl.data.dataset.ConversationDataset` (train mode; ``None``:
+                skipped).
         """
+        samples = _present(samples)
         ids = [_as_tensor(s["input_ids"]) for s in samples]
-        bins = self.plan([len(x) for x in ids])
-        if bins is None:
+        bins = self.plan([len(x) for x in ids]) if samples else None
+        if bins is None:  # alike lengths, or every sample skipped (the padded collator's zero-row batch)
             return self.padded(samples)
         width = max(sum(len(ids[i]) for i in b) for b in bins)
         batch_ids = torch.full((len(bins), width), self.pad_token_id, dtype=torch.long)

@@ -295,7 +295,7 @@ class ConversationDataset(torch.utils.data.Dataset):
             item["pixel_values"] = self._pixel_values(images, rec)
         if volumes:
             item["volume_values"] = self._volume_values(volumes, rec, from_cache=use_cache)
-            if self.augment is not None and self.augment_volume_values is not None:
+            if self.augment_volume_values is not None:
                 item["volume_values"] = self.augment_volume_values(item["volume_values"])
         item.update(features)
         return item

@@ -113,9 +113,14 @@ def is_label_table(path: str | Path) -> bool:
     return False
 
 
-def _resolve(rel: str, base: Path) -> str:
+def _resolve(rel: str, base: Path, rid: str, table: Path) -> str:
+    """An absolute media path, which must resolve inside ``base`` (as records' media must)."""
+    from medvl.data.records import check_inside_root
+
     p = Path(rel).expanduser()
-    return str(p if p.is_absolute() else base / p)
+    full = p if p.is_absolute() else base / p
+    check_inside_root(full, base, rid, str(table), written=rel)
+    return str(full)
 
 
 def load_label_table(path: str | Path, kind: MediaKind, root: str | Path | None = None) -> list[LabelledItem]:
@@ -146,7 +151,7 @@ def load_label_table(path: str | Path, kind: MediaKind, root: str | Path | None 
                 rid = row.get("id") or f"{path.name}:{line}"
                 if not row.get(media):
                     raise MedVLDataError(f"row {line} has no {media!r} value", record=rid, path=str(path))
-                items.append(LabelledItem(rid, _resolve(row[media], base), {c: row[c] for c in label_columns}, str(path)))
+                items.append(LabelledItem(rid, _resolve(row[media], base, rid, path), {c: row[c] for c in label_columns}, str(path)))
         return items
     from medvl.data.records import iter_raw
 
@@ -161,7 +166,7 @@ def load_label_table(path: str | Path, kind: MediaKind, root: str | Path | None 
             if len(value) != 1:
                 raise MedVLDataError(f"a label row names one {kind}, got {len(value)}", record=rid, path=str(path))
             value = value[0]
-        items.append(LabelledItem(rid, _resolve(str(value), base), dict(obj["labels"]), str(path)))
+        items.append(LabelledItem(rid, _resolve(str(value), base, rid, path), dict(obj["labels"]), str(path)))
     return items
 
 

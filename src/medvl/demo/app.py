@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from medvl.data.records import IMAGE_MARKER, VOLUME_MARKER
 from medvl.demo.examples import ExampleCases
 from medvl.demo.media import UPLOAD_SUFFIXES, Upload, load_upload
 from medvl.demo.viewer import PLANES, WINDOW_CHOICES, OrientedVolume, montage, orient_for_view, render_plane
@@ -42,7 +43,7 @@ NOTICE = (
     "patient data unless your institution allows it."
 )
 DEFAULT_WINDOW = "lung"
-MARKERS = {"image": "<image>", "volume": "<volume>"}
+MARKERS = {"image": IMAGE_MARKER, "volume": VOLUME_MARKER}
 
 
 @dataclass

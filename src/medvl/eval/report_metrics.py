@@ -171,7 +171,9 @@ def bleu_bootstrap(tokenized_predictions: Sequence[str], tokenized_references: S
     with contextlib.redirect_stdout(io.StringIO()):
         reference_values, _ = scorer.compute_score(option="closest")
     if not np.allclose(corpus_bleu(stats.sum(axis=0)), reference_values, rtol=1e-9, atol=1e-12):
-        return {}  # counts do not reproduce pycocoevalcap's value: no interval rather than a wrong one
+        # counts do not reproduce pycocoevalcap's value: no interval rather than a wrong one
+        logger.warning("BLEU bootstrap: per-report counts do not reproduce pycocoevalcap's corpus BLEU; no interval")
+        return {}
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(stats), size=(n_resamples, len(stats)))
     values = corpus_bleu(stats[idx].sum(axis=1))

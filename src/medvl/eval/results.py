@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import math
 import platform
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,7 +133,13 @@ def item_values(result: ScoreResult, metric: str) -> list[float] | None:
     column, answer_type = spec
     values = [float(r[column]) for r in result.per_item
               if r.get(column) is not None and (answer_type is None or r.get("answer_type") == answer_type)]
-    if not values or abs(sum(values) / len(values) - float(result.aggregate[metric])) > 1e-9:
+    if not values:
+        return None
+    if abs(sum(values) / len(values) - float(result.aggregate[metric])) > 1e-9:
+        # a registered mean that the per-item column no longer reproduces: the registry or the
+        # scorer changed; say so instead of quietly reporting no interval
+        logger.warning("%s %s: the per-item %r values do not reproduce the aggregate; no interval", result.protocol,
+                       metric, column)
         return None
     return values
 

@@ -104,7 +104,8 @@ def _first_layers(encoder: nn.Module, num_layers: int, depth: int) -> Iterator[b
     """
     # depth 0 (the embeddings) is not shortened: hidden states are recorded by the blocks, so an
     # encoder with no block to run would record none.
-    found = _layer_list(encoder, num_layers) if 0 < depth < num_layers else None
+    shortenable = 0 < depth < num_layers and not getattr(encoder, "_medvl_full_depth", False)
+    found = _layer_list(encoder, num_layers) if shortenable else None
     if found is None:
         yield False
         return
@@ -149,7 +150,8 @@ def run_encoder(
         hidden_states = encoder(values, output_hidden_states=True, **kwargs).hidden_states
     if not short:
         return hidden_states, feature_layer
-    if len(hidden_states) != depth + 1:  # an encoder whose hidden states do not follow the block list
+    if len(hidden_states) != depth + 1:  # an encoder whose hidden states do not follow the block list:
+        encoder._medvl_full_depth = True  # run it whole from now on (not shortened, then again in full)
         with torch.set_grad_enabled(_encoder_grad(encoder, values)):
             return encoder(values, output_hidden_states=True, **kwargs).hidden_states, feature_layer
     return hidden_states, positive[0] if isinstance(feature_layer, int) else positive

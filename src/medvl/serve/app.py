@@ -476,16 +476,11 @@ def mount_ui(app: FastAPI, model: Any, processor: Any, path: str = "/ui") -> Non
         import gradio
 
         from medvl.demo import build_demo
+        from medvl.demo.app import launch_options
     except ImportError as err:
         raise RuntimeError(f"--ui needs the web demo (medvl.demo) and gradio: {err}") from err
     state: ServerState = app.state.medvl
-    options: dict[str, Any] = {}
-    try:  # the demo's theme and css are app-level settings in Gradio 6
-        from medvl.demo.app import launch_options
-
-        options.update(launch_options())
-    except ImportError:
-        pass
+    options: dict[str, Any] = dict(launch_options())  # the demo's theme and css: app-level in Gradio 6
     key = state.config.api_key
     if key:
         options["auth"] = lambda _user, password: secrets.compare_digest(str(password).encode(), key.encode())

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from medvl.errors import MedVLDataError
-from medvl.imaging.image2d import is_dicom_file, load_image
+from medvl.imaging.image2d import is_dicom_file, load_image, record_window
 from medvl.imaging.volume3d import Volume, load_volume
 from medvl.serve.schema import APIError, MediaRef, bad_request
 
@@ -102,18 +102,11 @@ class MediaDecoder:
         Args:
             ref: the part (URL, optional window).
         """
-        window = ref.window
-        if isinstance(window, list):
-            window = tuple(window)
-        if window is not None:
-            from medvl.imaging.windows import window_bounds
-
-            try:
-                if window != "minmax":
-                    window_bounds(window)
-            except (ValueError, TypeError) as err:
-                param = ref.param.rsplit(".", 1)[0] + ".window"
-                raise bad_request(f"{param}: {err}", param, "invalid_window") from None
+        try:  # the same validation as a record's "window"
+            window = record_window({"window": ref.window})
+        except MedVLDataError as err:
+            param = ref.param.rsplit(".", 1)[0] + ".window"
+            raise bad_request(f"{param}: {err}", param, "invalid_window") from None
         with self._materialise(ref, "image") as path:
             self._check_image_size(path, ref)
             try:

@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-IMAGE_MARKER = "<image>"
-VOLUME_MARKER = "<volume>"
+from medvl.data.records import IMAGE_MARKER, VOLUME_MARKER
+
 
 # Parameters of OpenAI's API that medvl does not implement: refused by name rather than ignored,
 # so a client never silently gets something other than what it asked for.

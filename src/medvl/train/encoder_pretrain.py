@@ -53,12 +53,11 @@ class FindingClassifier(nn.Module):
     Args:
         model: a ``MedVLForConditionalGeneration`` (or a PEFT model around one).
         kind: "image" (the 2D tower) or "volume" (the 3D encoder).
-        num_logits: the head's outputs (``LabelSchema.width``).
-        schema: the labels (loss per label kind); None: every logit is a binary label.
+        schema: the labels (the head has ``schema.width`` outputs; the loss follows each label's kind).
         seed: head initialisation seed.
     """
 
-    def __init__(self, model: nn.Module, kind: str, num_logits: int, schema: LabelSchema | None = None, seed: int = 0):
+    def __init__(self, model: nn.Module, kind: str, schema: LabelSchema, seed: int = 0):
         super().__init__()
         from medvl.train.parts import unwrap_model
 
@@ -70,10 +69,10 @@ class FindingClassifier(nn.Module):
             raise ValueError(f"the model has no {'2D vision tower' if kind == 'image' else 'volume encoder'} to pretrain")
         object.__setattr__(self, "lvlm", base)  # not a submodule (see the class docstring)
         self.kind = kind
-        self.schema = schema or LabelSchema.from_dict({"labels": [{"name": str(i)} for i in range(num_logits)]})
+        self.schema = schema
         setattr(self, _ENCODER_ATTR[kind], encoder)
         feature_size = base.config.image_feature_size() if kind == "image" else base.config.volume_feature_size()
-        self.finding_head = nn.Linear(feature_size, num_logits)
+        self.finding_head = nn.Linear(feature_size, schema.width)
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             self.finding_head.weight.copy_(torch.randn(self.finding_head.weight.shape, generator=generator) * 0.02)
@@ -224,13 +223,15 @@ def build_finding_datasets(cfg: TrainConfig, processor: Any, kind: str
         processor: the model's processor.
         kind: "image" or "volume".
     """
+    from medvl.data.records import outside_root_allowed
     from medvl.train.run import split_dataset
 
     d, s = cfg.data, cfg.train.encoder_pretrain
     if not d.train:
         raise ValueError("data.train: no training files given")
     common = dict(source=s.labels, root=d.root, seed=cfg.train.seed)
-    train_items = load_labelled_items(d.train, kind, split=d.train_split, **common)
+    with outside_root_allowed(d.allow_outside_root):
+        train_items = load_labelled_items(d.train, kind, split=d.train_split, **common)
     if not train_items:
         raise ValueError(f"stage 0: data.train ({', '.join(d.train)}) holds no labelled {kind}s; give records with "
                          "meta.labels, closed yes/no questions, or a label table (.csv)")
@@ -239,7 +240,8 @@ def build_finding_datasets(cfg: TrainConfig, processor: Any, kind: str
     train = FindingDataset(train_items, schema, processor, kind, **options)
     evaluation = None
     if d.eval:
-        eval_items = load_labelled_items(d.eval, kind, split=d.eval_split, **common)
+        with outside_root_allowed(d.allow_outside_root):
+            eval_items = load_labelled_items(d.eval, kind, split=d.eval_split, **common)
         evaluation = FindingDataset(eval_items, schema, processor, kind, **options) if eval_items else None
     elif d.eval_fraction > 0:
         train, evaluation = split_dataset(train, d.eval_fraction, cfg.train.seed)
@@ -302,7 +304,7 @@ def run_encoder_pretrain(cfg: TrainConfig, *, model: Any = None, processor: Any 
     logger.info("stage encoder_pretrain (%s encoder), trainable parts:\n%s", kind,
                 describe(model, cfg.train.parts, cfg.train.lr))
     train_set, eval_set, schema = build_finding_datasets(cfg, processor, kind)
-    classifier = FindingClassifier(model, kind, schema.width, schema, seed=cfg.train.seed)
+    classifier = FindingClassifier(model, kind, schema, seed=cfg.train.seed)
     args = training_arguments(cfg, has_eval=eval_set is not None)
 
     def compute_metrics(prediction: Any) -> dict[str, float]:

@@ -32,6 +32,7 @@ import yaml
 from medvl.train.checkpoint import atomic_dir, clean_staging, commit_dir, staging_path
 from medvl.train.config import ENCODER_PRETRAIN, TrainConfig, model_spec, unfilled_placeholders, validate
 from medvl.train.lora import is_adapter_dir, is_peft_model, load_model, merge_lora
+from medvl.train.parts import unwrap_model
 from medvl.utils.config import to_dict
 
 logger = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> d
 
     auto = cfg.data.cache_encoder_features is None
     frozen = {"image": cfg.train.parts.vision.mode == "frozen", "volume": cfg.train.parts.volume.mode == "frozen"}
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_model(model)
     present = {"image": getattr(base, "vision_tower", None) is not None,
                "volume": getattr(base, "volume_encoder", None) is not None}
     kinds = [k for k in ("image", "volume") if frozen[k] and present[k]]
@@ -304,8 +305,7 @@ def compile_llm(model: Any) -> None:
     """
     import torch
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.get_decoder().compile(dynamic=True)
+    unwrap_model(model).get_decoder().compile(dynamic=True)
     logger.info("train.compile: the LLM decoder is compiled with torch %s (first steps compile)", torch.__version__)
 
 

@@ -112,12 +112,11 @@ def read_json(path: Path, what: str) -> Any:
         path: file.
         what: task name for the message.
     """
-    if not path.is_file():
-        raise MedVLDataError(f"task {what!r}: expected file not found", path=str(path))
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise MedVLDataError(f"task {what!r}: not valid JSON ({e.msg}, line {e.lineno})", path=str(path)) from None
+    from medvl.utils.files import read_json as read_json_file
+
+    if path.is_dir():  # a folder where the release has a file: say so rather than "not UTF-8"
+        raise MedVLDataError(f"task {what!r}: expected a file, found a folder", path=str(path))
+    return read_json_file(path, f"task {what!r} file")
 
 
 def require(entry: dict, keys: tuple[str, ...], where: str, path: Path) -> None:
