@@ -9,15 +9,14 @@ private temporary folder (member names checked, sizes capped) and read with
 from __future__ import annotations
 
 import tempfile
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from PIL import Image
 
 from medvl.errors import MedVLDataError
 from medvl.imaging.image2d import is_dicom_file, load_image
-from medvl.imaging.volume3d import Volume, load_volume
+from medvl.imaging.volume3d import Volume, load_volume, unzip_dicom_series
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy", ".npz", ".zip")
@@ -83,30 +82,9 @@ def _load(path: Path, name: str) -> Upload:
 
 
 def _load_zipped_series(path: Path, name: str) -> Volume:
-    """A DICOM series from a ZIP: extracted into a temporary folder that is removed afterwards."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as err:
-        raise MedVLDataError(f"not a readable ZIP archive: {err}", path=name) from err
-    with archive, tempfile.TemporaryDirectory(prefix="medvl-demo-zip-") as tmp:
-        members = [m for m in archive.infolist() if not m.is_dir()]
-        if sum(m.file_size for m in members) > MAX_UNZIPPED_BYTES:
-            raise MedVLDataError(f"the archive unpacks to more than {MAX_UNZIPPED_BYTES >> 30} GiB", path=name)
-        folders: dict[Path, int] = {}
-        for member in members:
-            parts = PurePosixPath(member.filename.replace("\\", "/")).parts
-            # Never write outside the temporary folder (absolute names, "..") and skip macOS metadata.
-            if not parts or parts[0] in ("/", "__MACOSX") or ".." in parts or parts[-1].startswith("."):
-                continue
-            target = Path(tmp).joinpath(*parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(member) as src, open(target, "wb") as dst:
-                dst.write(src.read())
-            folders[target.parent] = folders.get(target.parent, 0) + 1
-        if not folders:
-            raise MedVLDataError("the ZIP archive holds no files", path=name)
-        # The series is the folder with the most files (archives often wrap it in one or more folders).
-        series = max(folders, key=lambda f: folders[f])
+    """A DICOM series from a ZIP: unpacked (bounded, streamed) into a temporary folder removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="medvl-demo-zip-") as tmp:
+        series = unzip_dicom_series(path, tmp, max_bytes=MAX_UNZIPPED_BYTES, name=name)
         volume = load_volume(series)
     volume.source = name
     return volume

@@ -39,7 +39,7 @@ from PIL import Image
 
 from medvl.errors import MedVLDataError
 from medvl.imaging.image2d import is_dicom_file, load_image, record_window
-from medvl.imaging.volume3d import Volume, load_volume
+from medvl.imaging.volume3d import ArchiveTooLargeError, Volume, load_volume, unzip_dicom_series
 from medvl.serve.schema import APIError, MediaRef, bad_request
 
 logger = logging.getLogger(__name__)
@@ -207,31 +207,14 @@ class MediaDecoder:
         return path
 
     def _unzip_series(self, data: bytes, folder: Path, ref: MediaRef) -> Path:
-        """A zipped DICOM series, unpacked flat into ``folder`` within the member and byte limits."""
-        folder.mkdir()
+        """A zipped DICOM series, unpacked within the member and byte limits; returns the series folder."""
         budget = self.limits.max_volume_voxels * 4 + 64 * 1024 * 1024  # pixels of 32 bits plus headers
         try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                members = [m for m in archive.infolist() if not m.is_dir()]
-                if len(members) > MAX_ZIP_MEMBERS:
-                    raise bad_request(f"{ref.param}: the zip holds {len(members)} files (at most {MAX_ZIP_MEMBERS})",
-                                      ref.param, "volume_too_large")
-                written = 0
-                for n, member in enumerate(members):
-                    name = Path(member.filename).name
-                    if name.startswith(".") or name.upper() == "DICOMDIR" or name.startswith("__MACOSX"):
-                        continue
-                    # Flat, numbered names: member names never become paths (no traversal out of the folder).
-                    with archive.open(member) as src, open(folder / f"{n:05d}.dcm", "wb") as dst:
-                        while chunk := src.read(1 << 20):
-                            written += len(chunk)
-                            if written > budget:
-                                raise bad_request(f"{ref.param}: the zip unpacks to more than {budget} bytes",
-                                                  ref.param, "volume_too_large")
-                            dst.write(chunk)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as err:
+            return unzip_dicom_series(data, folder, max_bytes=budget, max_members=MAX_ZIP_MEMBERS, name="zip")
+        except ArchiveTooLargeError as err:
+            raise bad_request(f"{ref.param}: {err}", ref.param, "volume_too_large") from None
+        except (MedVLDataError, OSError) as err:
             raise bad_request(f"{ref.param}: corrupt zip archive: {err}", ref.param, "invalid_volume") from None
-        return folder
 
     # ------------------------------------------------------------------ size checks from headers
     def _check_image_size(self, path: Path, ref: MediaRef) -> None:
