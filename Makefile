@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: quickstart test venv clean
+.PHONY: quickstart test lint venv clean
 
 $(STAMP): pyproject.toml
 	bash scripts/system-deps.sh
@@ -21,7 +21,12 @@ venv: $(STAMP)
 quickstart: $(STAMP)
 	$(BIN)/medvl quickstart --kind 2d --out runs/quickstart
 
-test: $(STAMP)
+# style and types first: they take seconds and a failure there needs no 10-minute test run
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint
 	$(BIN)/python -m pytest tests -q
 
 clean:

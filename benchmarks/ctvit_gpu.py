@@ -146,8 +146,18 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.tiny:
         device = "cpu"
-        config = CTViTConfig(dim=32, codebook_size=64, image_size=32, patch_size=8, temporal_patch_size=4,
-                             spatial_depth=1, temporal_depth=1, dim_head=8, heads=2, num_frames=16)
+        config = CTViTConfig(
+            dim=32,
+            codebook_size=64,
+            image_size=32,
+            patch_size=8,
+            temporal_patch_size=4,
+            spatial_depth=1,
+            temporal_depth=1,
+            dim_head=8,
+            heads=2,
+            num_frames=16,
+        )
         batches, repeats = [1, 2], 1
     else:
         if not torch.cuda.is_available():

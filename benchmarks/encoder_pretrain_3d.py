@@ -82,7 +82,9 @@ def main() -> None:
 
     torch.manual_seed(a.seed)
     pool = [int(v) for v in a.pool.split(",")] if a.pool else None
-    model, _ = build_model(from_dict(ModelSpec, _spec(data, [int(v) for v in a.widths.split(",")], pool), prefix="spec."))
+    model, _ = build_model(
+        from_dict(ModelSpec, _spec(data, [int(v) for v in a.widths.split(",")], pool), prefix="spec.")
+    )
     encoder = model.volume_encoder
     head = nn.Linear(encoder.config.hidden_size, y_train.shape[1])
     nn.init.normal_(head.weight, 0, 0.02)
@@ -90,8 +92,14 @@ def main() -> None:
     params = list(encoder.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     warmup = 30  # as medvl.train.encoder_pretrain: linear warm-up, cosine to 10 %
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else
-                                                  0.1 + 0.45 * (1 + math.cos(math.pi * min(1, (s - warmup) / max(1, a.steps - warmup)))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.1 + 0.45 * (1 + math.cos(math.pi * min(1, (s - warmup) / max(1, a.steps - warmup))))
+        ),
+    )
 
     def features(x: torch.Tensor) -> torch.Tensor:
         return encoder(x, output_hidden_states=True).hidden_states[0].max(dim=1).values
@@ -101,7 +109,7 @@ def main() -> None:
         encoder.eval()
         correct = torch.zeros(y.shape[1])
         for b in range(0, len(y), 64):
-            correct += ((head(features(x[b:b + 64].float())) > 0) == (y[b:b + 64] > 0.5)).float().sum(0)
+            correct += ((head(features(x[b : b + 64].float())) > 0) == (y[b : b + 64] > 0.5)).float().sum(0)
         encoder.train()
         return [round(float(c) / len(y), 3) for c in correct]
 
@@ -111,7 +119,7 @@ def main() -> None:
             more = list(range(len(y_train)))
             rng.shuffle(more)
             order += more
-        idx, order = order[:a.batch], order[a.batch:]
+        idx, order = order[: a.batch], order[a.batch :]
         loss = nn.functional.binary_cross_entropy_with_logits(head(features(x_train[idx].float())), y_train[idx])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -119,9 +127,18 @@ def main() -> None:
         scheduler.step()
         optimizer.zero_grad()
         if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
-            print(json.dumps({"step": step + 1, "s": round(time.time() - start), "loss": round(loss.item(), 3),
-                              "val": accuracy(x_val, y_val), "train_nodule": accuracy(x_train[:300], y_train[:300])[:6]}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        "step": step + 1,
+                        "s": round(time.time() - start),
+                        "loss": round(loss.item(), 3),
+                        "val": accuracy(x_val, y_val),
+                        "train_nodule": accuracy(x_train[:300], y_train[:300])[:6],
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 
 import torch
@@ -30,17 +29,36 @@ from medvl.models import MedVLConfig, MedVLForConditionalGeneration
 logger = logging.getLogger("gpu_check")
 
 QWEN25_3B = dict(
-    model_type="qwen2", hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-    num_attention_heads=16, num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
-    rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
+    model_type="qwen2",
+    hidden_size=2048,
+    intermediate_size=11008,
+    num_hidden_layers=36,
+    num_attention_heads=16,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    rope_theta=1e6,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
 )
 SIGLIP_BASE_256 = dict(
-    model_type="siglip_vision_model", hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-    num_attention_heads=12, image_size=256, patch_size=16,
+    model_type="siglip_vision_model",
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    image_size=256,
+    patch_size=16,
 )
 VIT3D_BASE = dict(
-    model_type="medvl_vit3d", image_size=[32, 256, 256], patch_size=[4, 16, 16], in_channels=1,
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    model_type="medvl_vit3d",
+    image_size=[32, 256, 256],
+    patch_size=[4, 16, 16],
+    in_channels=1,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
 )
 IMAGE_ID, VOLUME_ID = 151665, 151666
 DEVICE = "cuda"
@@ -123,8 +141,10 @@ def train_step_stats(model, ids, labels, media_kw, peak_tflops, params, full_log
     tokens = ids.numel()
     tflops = 6 * params * tokens / seconds / 1e12
     return {
-        "seconds_per_step": seconds, "tokens_per_s": tokens / seconds,
-        "model_tflops": tflops, "mfu_vs_measured_peak": tflops / peak_tflops,
+        "seconds_per_step": seconds,
+        "tokens_per_s": tokens / seconds,
+        "model_tflops": tflops,
+        "mfu_vs_measured_peak": tflops / peak_tflops,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else None,
     }
 
@@ -152,27 +172,44 @@ def check_2d(results: dict, peak: float) -> None:
         pad = len(rows[1]) - len(rows[0])
         padded_ids = torch.stack([torch.nn.functional.pad(rows[0], (0, pad), value=0), rows[1]])
         padded_lab = torch.stack([torch.nn.functional.pad(labs[0], (0, pad), value=-100), labs[1]])
-        mask = (torch.arange(padded_ids.shape[1], device=DEVICE)[None] < torch.tensor([[len(rows[0])], [len(rows[1])]], device=DEVICE)).long()
+        mask = (
+            torch.arange(padded_ids.shape[1], device=DEVICE)[None]
+            < torch.tensor([[len(rows[0])], [len(rows[1])]], device=DEVICE)
+        ).long()
         loss_padded = model(input_ids=padded_ids, attention_mask=mask, pixel_values=pixels[:2], labels=padded_lab).loss
         packed_ids = torch.cat(rows)[None]
         packed_lab = torch.cat([labs[0], labs[1]])[None]
         packed_lab[0, len(rows[0])] = -100
         pos = torch.cat([torch.arange(len(r), device=DEVICE) for r in rows])[None]
         loss_packed = model(input_ids=packed_ids, position_ids=pos, pixel_values=pixels[:2], labels=packed_lab).loss
-        res["packed_vs_padded"] = {"loss_padded": loss_padded.item(), "loss_packed": loss_packed.item(),
-                                   "abs_diff": abs(loss_padded.item() - loss_packed.item())}
+        res["packed_vs_padded"] = {
+            "loss_padded": loss_padded.item(),
+            "loss_packed": loss_packed.item(),
+            "abs_diff": abs(loss_padded.item() - loss_packed.item()),
+        }
 
         # generation: prefill + 128 greedy tokens with the KV cache
         prompt = ids[:, : n_img + 64]
         new = 128
 
         def gen():
-            return model.generate(input_ids=prompt, pixel_values=pixels, attention_mask=torch.ones_like(prompt),
-                                  max_new_tokens=new, min_new_tokens=new, do_sample=False)
+            return model.generate(  # noqa: F821 - called before the `del model` below
+                input_ids=prompt,
+                pixel_values=pixels,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+            )
 
         seconds = timed(gen, repeats=2, warmup=1)
-        res["generate"] = {"batch": batch, "prompt_len": prompt.shape[1], "new_tokens": new,
-                           "seconds": seconds, "new_tokens_per_s": batch * new / seconds}
+        res["generate"] = {
+            "batch": batch,
+            "prompt_len": prompt.shape[1],
+            "new_tokens": new,
+            "seconds": seconds,
+            "new_tokens_per_s": batch * new / seconds,
+        }
     results["medm_vl_2d_3b"] = res
     del model
     if DEVICE == "cuda":
@@ -189,10 +226,12 @@ def check_volume(results: dict, peak: float, name: str, **kwargs) -> None:
     side = 256
     volumes = torch.randn(batch, channels, 32, side, side, device=DEVICE, dtype=torch.bfloat16)
     res = {"params": params, "batch": batch, "seq_len": ids.shape[1], "volume_tokens": model.config.num_volume_tokens}
-    res["train_supervised_logits"] = train_step_stats(model, ids, labels, {"volume_values": volumes}, peak, params, False)
+    res["train_supervised_logits"] = train_step_stats(
+        model, ids, labels, {"volume_values": volumes}, peak, params, False
+    )
     model.eval()
     with torch.no_grad():
-        res["volume_features_seconds_per_volume"] = timed(lambda: model.get_volume_features(volumes), repeats=3) / batch
+        res["volume_features_seconds_per_volume"] = timed(lambda: model.get_volume_features(volumes), repeats=3) / batch  # noqa: F821 - called before the `del model` below
     results[name] = res
     del model
     if DEVICE == "cuda":
@@ -215,14 +254,29 @@ def main() -> None:
     results["bf16_matmul_peak_tflops"] = peak
     for name, fn in [
         ("2d", lambda: check_2d(results, peak)),
-        ("ct_slicewise", lambda: check_volume(
-            results, peak, "medm_vl_ct_chest_slicewise_attnpool",
-            volume_config=dict(SIGLIP_BASE_256), volume_encoder="slicewise", volume_num_slices=32,
-            volume_connector={"type": "attn_pool", "num_queries": 256, "num_heads": 8, "depth": 2})),
-        ("ct_vit3d", lambda: check_volume(
-            results, peak, "medm_vl_ct_chest_vit3d_spatialpool",
-            volume_config=dict(VIT3D_BASE), volume_encoder="vit3d",
-            volume_connector={"type": "spatial_pool", "pool_stride": [2, 2, 2], "depth": 2})),
+        (
+            "ct_slicewise",
+            lambda: check_volume(
+                results,
+                peak,
+                "medm_vl_ct_chest_slicewise_attnpool",
+                volume_config=dict(SIGLIP_BASE_256),
+                volume_encoder="slicewise",
+                volume_num_slices=32,
+                volume_connector={"type": "attn_pool", "num_queries": 256, "num_heads": 8, "depth": 2},
+            ),
+        ),
+        (
+            "ct_vit3d",
+            lambda: check_volume(
+                results,
+                peak,
+                "medm_vl_ct_chest_vit3d_spatialpool",
+                volume_config=dict(VIT3D_BASE),
+                volume_encoder="vit3d",
+                volume_connector={"type": "spatial_pool", "pool_stride": [2, 2, 2], "depth": 2},
+            ),
+        ),
     ]:
         try:
             fn()

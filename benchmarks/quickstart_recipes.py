@@ -49,7 +49,15 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from medvl.data.synth import Geometry2D, Geometry3D, _case_rng, assign_splits, case_questions, render_ct, render_radiograph  # noqa: E402
+from medvl.data.synth import (  # noqa: E402
+    Geometry2D,
+    Geometry3D,
+    _case_rng,
+    assign_splits,
+    case_questions,
+    render_ct,
+    render_radiograph,
+)
 from medvl.data.synth_text import CLOSED_TYPES, answer_for, balance_keep_probabilities, random_findings  # noqa: E402
 
 
@@ -82,11 +90,15 @@ def _prep_3d(args):
 
 def build_data(kind, n, seed, img, workers, shape3d):
     findings = [random_findings(_case_rng(seed, i, 0)) for i in range(n)]
-    keep = balance_keep_probabilities({q: [a for a in (answer_for(f, q, "en") for f in findings) if a is not None]
-                                       for q in CLOSED_TYPES})
+    keep = balance_keep_probabilities(
+        {q: [a for a in (answer_for(f, q, "en") for f in findings) if a is not None] for q in CLOSED_TYPES}
+    )
     splits = assign_splits(n, seed)
     qas = [case_questions(f, _case_rng(seed, i, 2), keep) for i, f in enumerate(findings)]
-    cache = os.path.join(os.environ.get("QS_CACHE", "/tmp"), f"qs2_{kind}_{n}_{seed}_{img if kind == '2d' else (shape3d, GEOM3D.shape)}.npy".replace(" ", ""))
+    cache = os.path.join(
+        os.environ.get("QS_CACHE", "/tmp"),
+        f"qs2_{kind}_{n}_{seed}_{img if kind == '2d' else (shape3d, GEOM3D.shape)}.npy".replace(" ", ""),
+    )
     if os.path.exists(cache):
         return findings, splits, qas, np.load(cache)
     with Pool(workers) as pool:
@@ -112,7 +124,11 @@ def main():
     p.add_argument("--loss-reduction", default="token", choices=["token", "sample", "square"])
     p.add_argument("--max-token", action="store_true", help="append a max-pooled summary token to the image tokens")
     p.add_argument("--oracle", action="store_true", help="diagnostic: image features are the ground-truth labels")
-    p.add_argument("--group", action="store_true", help="conversations of independent questions (one per finding family), reports alone")
+    p.add_argument(
+        "--group",
+        action="store_true",
+        help="conversations of independent questions (one per finding family), reports alone",
+    )
     p.add_argument("--pool-mode", default="avg", choices=["avg", "max"])
     p.add_argument("--pretrain-steps", type=int, default=0, help="stage 0: multi-label pretraining of the 2D tower")
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
@@ -129,7 +145,9 @@ def main():
     p.add_argument("--vlayers", type=int, default=2)
     p.add_argument("--tdim", type=int, default=128)
     p.add_argument("--tlayers", type=int, default=2)
-    p.add_argument("--single", action="store_true", help="single-turn training records instead of one conversation per case")
+    p.add_argument(
+        "--single", action="store_true", help="single-turn training records instead of one conversation per case"
+    )
     p.add_argument("--closed-only", action="store_true")
     p.add_argument("--blind", action="store_true")
     p.add_argument("--device", default="cpu")
@@ -169,24 +187,57 @@ def main():
     im_start, im_end = tok.convert_tokens_to_ids("<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>")
     pad = tok.convert_tokens_to_ids("<|endoftext|>")
 
-    text_config = dict(model_type="qwen2", vocab_size=len(tok), hidden_size=a.tdim, intermediate_size=a.tdim * 4,
-                       num_hidden_layers=a.tlayers, num_attention_heads=4, num_key_value_heads=4,
-                       max_position_embeddings=1024, tie_word_embeddings=True)
+    text_config = dict(
+        model_type="qwen2",
+        vocab_size=len(tok),
+        hidden_size=a.tdim,
+        intermediate_size=a.tdim * 4,
+        num_hidden_layers=a.tlayers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
     cfg = dict(text_config=text_config)
     if a.kind == "2d":
-        cfg.update(vision_config=dict(model_type="siglip_vision_model", hidden_size=a.vdim, intermediate_size=a.vdim * 4,
-                                      num_hidden_layers=a.vlayers, num_attention_heads=4, image_size=a.img,
-                                      patch_size=a.patch, num_channels=3),
-                   image_connector=dict(type="spatial_pool" if a.pool > 1 else "mlp", pool_stride=(1, a.pool, a.pool), pool=a.pool_mode),
-                   image_token_id=media_id, image_feature_layer=a.feature_layer)
+        cfg.update(
+            vision_config=dict(
+                model_type="siglip_vision_model",
+                hidden_size=a.vdim,
+                intermediate_size=a.vdim * 4,
+                num_hidden_layers=a.vlayers,
+                num_attention_heads=4,
+                image_size=a.img,
+                patch_size=a.patch,
+                num_channels=3,
+            ),
+            image_connector=dict(
+                type="spatial_pool" if a.pool > 1 else "mlp", pool_stride=(1, a.pool, a.pool), pool=a.pool_mode
+            ),
+            image_token_id=media_id,
+            image_feature_layer=a.feature_layer,
+        )
     else:
         vp = tuple(int(x) for x in a.vpatch3d.split(","))
-        cfg.update(volume_config=dict(model_type="medvl_vit3d", image_size=shape3d, patch_size=vp, in_channels=1,
-                                      hidden_size=a.vdim, num_hidden_layers=a.vlayers, num_attention_heads=4,
-                                      intermediate_size=a.vdim * 4, norm_first=True, final_norm=True),
-                   volume_connector=dict(type="spatial_pool" if a.pool3d != "1,1,1" else "mlp",
-                                         pool_stride=tuple(int(x) for x in a.pool3d.split(","))),
-                   volume_token_id=media_id)
+        cfg.update(
+            volume_config=dict(
+                model_type="medvl_vit3d",
+                image_size=shape3d,
+                patch_size=vp,
+                in_channels=1,
+                hidden_size=a.vdim,
+                num_hidden_layers=a.vlayers,
+                num_attention_heads=4,
+                intermediate_size=a.vdim * 4,
+                norm_first=True,
+                final_norm=True,
+            ),
+            volume_connector=dict(
+                type="spatial_pool" if a.pool3d != "1,1,1" else "mlp",
+                pool_stride=tuple(int(x) for x in a.pool3d.split(",")),
+            ),
+            volume_token_id=media_id,
+        )
     config = MedVLConfig(**cfg)
     n_media = config.num_image_tokens if a.kind == "2d" else config.num_volume_tokens
     model = MedVLForConditionalGeneration(config)
@@ -264,7 +315,7 @@ def main():
         lab_feat = torch.zeros(len(findings), n_media, a.vdim)
         for i, f in enumerate(findings):
             bits = f.labels()
-            lab_feat[i, 0, :len(bits)] = torch.tensor(bits, dtype=torch.float32) * 4 - 2
+            lab_feat[i, 0, : len(bits)] = torch.tensor(bits, dtype=torch.float32) * 4 - 2
         model.encode_images = lambda pixel_values: lab_feat[pixel_values[:, 0, 0, 0].long()]
         pix_t = torch.arange(len(findings), dtype=torch.float32)[:, None, None, None].expand(-1, 3, a.img, a.img)
 
@@ -279,26 +330,46 @@ def main():
         head = torch.nn.Linear(a.vdim, labels_all.shape[1])
         popt = torch.optim.AdamW(list(model.vision_tower.parameters()) + list(head.parameters()), lr=a.pretrain_lr)
         prng = random.Random(a.seed + 7)
-        for ps in range(a.pretrain_steps):
+        for _ in range(a.pretrain_steps):
             idx = prng.sample(train_cases, a.batch)
-            feats = model.vision_tower(media(idx), output_hidden_states=True).hidden_states[a.pretrain_layer].max(1).values
+            feats = (
+                model.vision_tower(media(idx), output_hidden_states=True).hidden_states[a.pretrain_layer].max(1).values
+            )
             ploss = torch.nn.functional.binary_cross_entropy_with_logits(head(feats), labels_all[idx])
             ploss.backward()
             popt.step()
             popt.zero_grad(set_to_none=True)
         test_cases = [i for i, s_ in enumerate(splits) if s_ == "test"]
         with torch.no_grad():
-            pr = head(model.vision_tower(media(test_cases), output_hidden_states=True).hidden_states[a.pretrain_layer].max(1).values)
+            pr = head(
+                model.vision_tower(media(test_cases), output_hidden_states=True)
+                .hidden_states[a.pretrain_layer]
+                .max(1)
+                .values
+            )
         pacc = ((pr > 0) == (labels_all[test_cases] > 0.5)).float().mean(0)
-        print(json.dumps({"tag": a.tag, "pretrain_acc": [round(float(x), 3) for x in pacc], "pretrain_s": round(time.time() - t_pre, 1)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "tag": a.tag,
+                    "pretrain_acc": [round(float(x), 3) for x in pacc],
+                    "pretrain_s": round(time.time() - t_pre, 1),
+                }
+            ),
+            flush=True,
+        )
     if a.freeze_vision:
         model.vision_tower.requires_grad_(False)
     media_params = [p for n, p in model.named_parameters() if not n.startswith("language_model.") and p.requires_grad]
     llm_params = [p for n, p in model.named_parameters() if n.startswith("language_model.")]
-    opt = torch.optim.AdamW([{"params": llm_params, "lr": a.lr}, {"params": media_params, "lr": a.vlr or a.lr}], weight_decay=0.0)
+    opt = torch.optim.AdamW(
+        [{"params": llm_params, "lr": a.lr}, {"params": media_params, "lr": a.vlr or a.lr}], weight_decay=0.0
+    )
     total = a.time_steps or a.steps
     warm = max(1, int(a.warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1, s / total))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1, s / total)))
+    )
     rng = random.Random(a.seed)
     key = "pixel_values" if a.kind == "2d" else "volume_values"
 
@@ -310,7 +381,7 @@ def main():
         correct, per = 0, {}
         examples.clear()
         for b in range(0, len(test_items), 64):
-            chunk = test_items[b:b + 64]
+            chunk = test_items[b : b + 64]
             seqs = [conv_ids([qa], train=False)[0] for _, qa in chunk]
             L = max(map(len, seqs))
             ids = torch.tensor([[pad] * (L - len(s)) + s for s in seqs], device=a.device)
@@ -324,9 +395,9 @@ def main():
                 ids = torch.cat([ids, nxt], 1)
                 att = torch.cat([att, torch.ones_like(nxt)], 1)
             out = ids
-            for (i, qa), row in zip(chunk, out[:, L:]):
+            for (_, qa), row in zip(chunk, out[:, L:]):
                 row = row.tolist()
-                row = row[:row.index(im_end)] if im_end in row else row
+                row = row[: row.index(im_end)] if im_end in row else row
                 ans = tok.decode(row, skip_special_tokens=True).strip()
                 ok = ans == qa.answer
                 if len(examples) < 4:
@@ -345,13 +416,15 @@ def main():
             more = list(range(len(train_items)))
             rng.shuffle(more)
             order += more
-        batch_idx, order = order[:a.batch], order[a.batch:]
+        batch_idx, order = order[: a.batch], order[a.batch :]
         seqs = [conv_ids(train_items[j][1]) for j in batch_idx]
         L = max(len(s[0]) for s in seqs)
         ids = torch.tensor([s[0] + [pad] * (L - len(s[0])) for s in seqs], device=a.device)
         lab = torch.tensor([s[1] + [-100] * (L - len(s[1])) for s in seqs], device=a.device)
         att = torch.tensor([[1] * len(s[0]) + [0] * (L - len(s[0])) for s in seqs], device=a.device)
-        out = model(input_ids=ids, attention_mask=att, labels=lab, **{key: media([train_items[j][0] for j in batch_idx])})
+        out = model(
+            input_ids=ids, attention_mask=att, labels=lab, **{key: media([train_items[j][0] for j in batch_idx])}
+        )
         loss = out.loss
         if a.loss_reduction != "token":
             sup = torch.nn.functional.pad(lab[:, 1:], (0, 1), value=-100) != -100
@@ -370,16 +443,40 @@ def main():
             history.append((step, round(out.loss.item(), 4)))
         if a.eval_every and step and step % a.eval_every == 0:
             acc, per = evaluate()
-            curve.append({"step": step, "acc": round(acc, 3), "per": per, "loss": round(out.loss.item(), 4), "t": round(time.time() - t1, 1), "ex": examples[:4]})
+            curve.append(
+                {
+                    "step": step,
+                    "acc": round(acc, 3),
+                    "per": per,
+                    "loss": round(out.loss.item(), 4),
+                    "t": round(time.time() - t1, 1),
+                    "ex": examples[:4],
+                }
+            )
             print(json.dumps({"tag": a.tag, **curve[-1]}), flush=True)
     t_train = time.time() - t1
     if a.time_steps:
-        print(json.dumps({"tag": a.tag, "sec_per_step": t_train / total, "params": n_params, "tokens": L, "data_s": t_data}))
+        print(
+            json.dumps(
+                {"tag": a.tag, "sec_per_step": t_train / total, "params": n_params, "tokens": L, "data_s": t_data}
+            )
+        )
         return
     acc, per = evaluate()
-    res = {"tag": a.tag, "acc": round(acc, 3), "per": per, "params": n_params, "n_media_tokens": n_media,
-           "train_items": len(train_items), "test": len(test_items), "data_s": round(t_data, 1),
-           "train_s": round(t_train, 1), "loss": history[-3:], "curve": curve, "args": vars(a)}
+    res = {
+        "tag": a.tag,
+        "acc": round(acc, 3),
+        "per": per,
+        "params": n_params,
+        "n_media_tokens": n_media,
+        "train_items": len(train_items),
+        "test": len(test_items),
+        "data_s": round(t_data, 1),
+        "train_s": round(t_train, 1),
+        "loss": history[-3:],
+        "curve": curve,
+        "args": vars(a),
+    }
     print(json.dumps(res), flush=True)
     if a.out:
         with open(a.out, "a") as fh:

@@ -35,8 +35,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SIZES = {"tiny": [], "quickstart": ["llm.config.hidden_size=128", "llm.config.intermediate_size=512",
-                                    "llm.config.num_hidden_layers=2"]}
+SIZES = {
+    "tiny": [],
+    "quickstart": ["llm.config.hidden_size=128", "llm.config.intermediate_size=512", "llm.config.num_hidden_layers=2"],
+}
 QUESTIONS = ["Is there a nodule?", "Describe the findings.", "Any pleural effusion?", "Where is the lesion?"]
 
 
@@ -69,8 +71,10 @@ def media_urls(workdir: Path) -> tuple[list[str], list[str]]:
         Image.fromarray(rng.integers(0, 255, (256, 256)).astype(np.uint8)).save(buf, format="PNG")
         images.append("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode())
         path = workdir / f"ct{k}.nii.gz"
-        nib.save(nib.Nifti1Image(rng.integers(-1000, 1000, (64, 64, 32)).astype(np.int16),
-                                 np.diag([0.8, 0.8, 2.5, 1.0])), str(path))
+        nib.save(
+            nib.Nifti1Image(rng.integers(-1000, 1000, (64, 64, 32)).astype(np.int16), np.diag([0.8, 0.8, 2.5, 1.0])),
+            str(path),
+        )
         volumes.append("data:application/gzip;base64," + base64.b64encode(path.read_bytes()).decode())
     return images, volumes
 
@@ -79,12 +83,30 @@ def start_server(model: Path, max_batch_size: int, log: Path) -> tuple[subproces
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               HF_HUB_OFFLINE="1", MEDVL_LOG_LEVEL="WARNING")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        HF_HUB_OFFLINE="1",
+        MEDVL_LOG_LEVEL="WARNING",
+    )
     env.setdefault("OMP_NUM_THREADS", "1")
-    proc = subprocess.Popen([sys.executable, "-m", "medvl", "serve", str(model), "--port", str(port),
-                             "--max-batch-size", str(max_batch_size)], stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "medvl",
+            "serve",
+            str(model),
+            "--port",
+            str(port),
+            "--max-batch-size",
+            str(max_batch_size),
+        ],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     import httpx
 
@@ -101,8 +123,9 @@ def start_server(model: Path, max_batch_size: int, log: Path) -> tuple[subproces
     raise RuntimeError("server did not become ready")
 
 
-def run_level(url: str, model_name: str, clients: int, rounds: int, max_tokens: int, images: list[str],
-              volumes: list[str]) -> dict:
+def run_level(
+    url: str, model_name: str, clients: int, rounds: int, max_tokens: int, images: list[str], volumes: list[str]
+) -> dict:
     import openai
 
     tokens = [0] * clients
@@ -114,11 +137,19 @@ def run_level(url: str, model_name: str, clients: int, rounds: int, max_tokens: 
         barrier.wait()
         for r in range(rounds):
             n = k * rounds + r
-            part = ({"type": "image_url", "image_url": {"url": images[n % len(images)]}} if n % 2 == 0
-                    else {"type": "volume_url", "volume_url": {"url": volumes[n % len(volumes)]}})
+            part = (
+                {"type": "image_url", "image_url": {"url": images[n % len(images)]}}
+                if n % 2 == 0
+                else {"type": "volume_url", "volume_url": {"url": volumes[n % len(volumes)]}}
+            )
             try:
-                resp = api.chat.completions.create(model=model_name, max_tokens=max_tokens, messages=[
-                    {"role": "user", "content": [part, {"type": "text", "text": QUESTIONS[n % len(QUESTIONS)]}]}])
+                resp = api.chat.completions.create(
+                    model=model_name,
+                    max_tokens=max_tokens,
+                    messages=[
+                        {"role": "user", "content": [part, {"type": "text", "text": QUESTIONS[n % len(QUESTIONS)]}]}
+                    ],
+                )
                 tokens[k] += resp.usage.completion_tokens
             except Exception as err:  # reported in the results
                 errors.append(repr(err))
@@ -132,8 +163,15 @@ def run_level(url: str, model_name: str, clients: int, rounds: int, max_tokens: 
         t.join()
     wall = time.perf_counter() - started
     n = clients * rounds
-    return {"clients": clients, "requests": n, "wall_s": wall, "requests_per_s": n / wall,
-            "tokens_per_s": sum(tokens) / wall, "completion_tokens": sum(tokens), "errors": errors}
+    return {
+        "clients": clients,
+        "requests": n,
+        "wall_s": wall,
+        "requests_per_s": n / wall,
+        "tokens_per_s": sum(tokens) / wall,
+        "completion_tokens": sum(tokens),
+        "errors": errors,
+    }
 
 
 def main() -> int:
@@ -152,17 +190,23 @@ def main() -> int:
         work = Path(tmp)
         model = Path(args.model) if args.model else build(args.size, work / "model")
         images, volumes = media_urls(work)
-        results: dict = {"model": str(args.model or f"random {args.size}"), "max_tokens": args.max_tokens,
-                         "rounds": args.rounds, "repeats": args.repeats,
-                         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                         "cpu": cpu_name(), "cores": os.cpu_count(), "load_before": os.getloadavg(),
-                         "servers": {}}
+        results: dict = {
+            "model": str(args.model or f"random {args.size}"),
+            "max_tokens": args.max_tokens,
+            "rounds": args.rounds,
+            "repeats": args.repeats,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "load_before": os.getloadavg(),
+            "servers": {},
+        }
         servers = {}
         try:
             for label, size in (("one_at_a_time", 1), ("batched", args.max_batch_size)):
                 servers[label] = (size, *start_server(model, size, work / f"{label}.log"))
             name = model.resolve().name
-            for label, (_, _, url) in servers.items():
+            for _label, (_, _, url) in servers.items():
                 # warm-up: one client, then concurrent ones (first calls of every kernel shape, allocator)
                 run_level(url, name, 1, 4, args.max_tokens, images, volumes)
                 run_level(url, name, 8, 1, args.max_tokens, images, volumes)
@@ -187,14 +231,24 @@ def main() -> int:
                 proc.wait(60)
         results["load_after"] = os.getloadavg()
     one, bat = results["servers"]["one_at_a_time"]["levels"], results["servers"]["batched"]["levels"]
-    results["ratios"] = [{"clients": a["clients"], "requests_per_s": b["requests_per_s"] / a["requests_per_s"],
-                          "tokens_per_s": b["tokens_per_s"] / a["tokens_per_s"]} for a, b in zip(one, bat)]
-    print(f"{'clients':>7} | {'req/s 1-at-a-time':>17} {'req/s batched':>13} {'ratio':>6} | "
-          f"{'tok/s 1-at-a-time':>17} {'tok/s batched':>13} {'ratio':>6} | errors")
+    results["ratios"] = [
+        {
+            "clients": a["clients"],
+            "requests_per_s": b["requests_per_s"] / a["requests_per_s"],
+            "tokens_per_s": b["tokens_per_s"] / a["tokens_per_s"],
+        }
+        for a, b in zip(one, bat)
+    ]
+    print(
+        f"{'clients':>7} | {'req/s 1-at-a-time':>17} {'req/s batched':>13} {'ratio':>6} | "
+        f"{'tok/s 1-at-a-time':>17} {'tok/s batched':>13} {'ratio':>6} | errors"
+    )
     for a, b, r in zip(one, bat, results["ratios"]):
-        print(f"{a['clients']:>7} | {a['requests_per_s']:>17.2f} {b['requests_per_s']:>13.2f} "
-              f"{r['requests_per_s']:>6.2f} | {a['tokens_per_s']:>17.1f} {b['tokens_per_s']:>13.1f} "
-              f"{r['tokens_per_s']:>6.2f} | {len(a['errors']) + len(b['errors'])}")
+        print(
+            f"{a['clients']:>7} | {a['requests_per_s']:>17.2f} {b['requests_per_s']:>13.2f} "
+            f"{r['requests_per_s']:>6.2f} | {a['tokens_per_s']:>17.1f} {b['tokens_per_s']:>13.1f} "
+            f"{r['tokens_per_s']:>6.2f} | {len(a['errors']) + len(b['errors'])}"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return 0

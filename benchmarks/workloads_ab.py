@@ -48,10 +48,21 @@ def main(argv: list[str]) -> int:
     load_start = os.getloadavg()
     machine = bench_machine(BenchSizes(repeats=3))
     started = time.time()
-    results = bench_workloads(sizes, machine["fp32_peak_gflops"], which=which, overrides=overrides,
-                              bandwidth_gbs=machine["memory_bandwidth_gbs"])
-    results.update(label=label, src=os.environ.get("PYTHONPATH"), machine=machine, load_average_start=load_start,
-                   load_average_end=os.getloadavg(), wall=time.time() - started)
+    results = bench_workloads(
+        sizes,
+        machine["fp32_peak_gflops"],
+        which=which,
+        overrides=overrides,
+        bandwidth_gbs=machine["memory_bandwidth_gbs"],
+    )
+    results.update(
+        label=label,
+        src=os.environ.get("PYTHONPATH"),
+        machine=machine,
+        load_average_start=load_start,
+        load_average_end=os.getloadavg(),
+        wall=time.time() - started,
+    )
     with open(out, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=1)
     for row in workload_rows(results):

@@ -245,15 +245,21 @@ def load_ref_model(ckpt: Path, llm_dir: Path, vision_dir: Path | None, medmclip:
         missing, unexpected = enc.load_state_dict(enc_sd, strict=False)
         assert not missing and not unexpected, (missing, unexpected)
         enc.eval()
-        prefix, layer, feat, kind = "connector_image.", cfg["lvlm_encoder_image_select_layer"], cfg[
-            "lvlm_encoder_image_select_feature"
-        ], "hf"
+        prefix, layer, feat, kind = (
+            "connector_image.",
+            cfg["lvlm_encoder_image_select_layer"],
+            cfg["lvlm_encoder_image_select_feature"],
+            "hf",
+        )
         ctype = cfg["lvlm_connector_image_type"]
     else:
         enc = medmclip
-        prefix, layer, feat, kind = "connector_image3d.", cfg["lvlm_encoder_image3d_select_layer"], cfg[
-            "lvlm_encoder_image3d_select_feature"
-        ], "medmclip"
+        prefix, layer, feat, kind = (
+            "connector_image3d.",
+            cfg["lvlm_encoder_image3d_select_layer"],
+            cfg["lvlm_encoder_image3d_select_feature"],
+            "medmclip",
+        )
         ctype = cfg["lvlm_connector_image3d_type"]
     conn = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     return RefModel(llm, enc, kind, layer, feat, conn, ctype, volume_through_2d)

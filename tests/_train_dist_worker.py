@@ -56,8 +56,9 @@ def collate(samples):
         pad = length - len(s["input_ids"])
         out["input_ids"].append(torch.cat([s["input_ids"], torch.zeros(pad, dtype=torch.long)]))
         out["labels"].append(torch.cat([s["labels"], torch.full((pad,), -100)]))
-        out["attention_mask"].append(torch.cat([torch.ones(len(s["input_ids"]), dtype=torch.long),
-                                                torch.zeros(pad, dtype=torch.long)]))
+        out["attention_mask"].append(
+            torch.cat([torch.ones(len(s["input_ids"]), dtype=torch.long), torch.zeros(pad, dtype=torch.long)])
+        )
     batch = {k: torch.stack(v) for k, v in out.items()}
     if "pixel_values" in samples[0]:
         batch["pixel_values"] = torch.cat([s["pixel_values"] for s in samples])
@@ -71,14 +72,28 @@ def main() -> None:
     parts = PartsConfig(llm=PartConfig("full"), vision=PartConfig("full"), connector=PartConfig("full", lr=1e-3))
     model = apply_parts(model, parts, LoraSettings())
     args = TrainingArguments(
-        output_dir=out, per_device_train_batch_size=2, learning_rate=1e-4, max_steps=3, save_steps=3,
-        logging_steps=1, report_to=[], disable_tqdm=True, remove_unused_columns=False,
-        deepspeed=None if ds_config == "none" else ds_config, ddp_timeout=60, seed=0,
+        output_dir=out,
+        per_device_train_batch_size=2,
+        learning_rate=1e-4,
+        max_steps=3,
+        save_steps=3,
+        logging_steps=1,
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        deepspeed=None if ds_config == "none" else ds_config,
+        ddp_timeout=60,
+        seed=0,
         **cpu_distributed_kwargs(deepspeed=ds_config != "none"),
     )
     rank = int(os.environ.get("RANK", "0"))
-    trainer = MedVLTrainer(model=model, args=args, train_dataset=RankData(model.config, with_image=rank == 0),
-                           data_collator=collate, parts=parts)
+    trainer = MedVLTrainer(
+        model=model,
+        args=args,
+        train_dataset=RankData(model.config, with_image=rank == 0),
+        data_collator=collate,
+        parts=parts,
+    )
     if dummy == "0":
         trainer._media_slots = []  # reproduce the hang the dummy media prevent
     trainer.train()

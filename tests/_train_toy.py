@@ -7,6 +7,8 @@ checks the trainer independently of medvl's model code.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 IMAGE_TOKEN = 63
@@ -18,12 +20,25 @@ def tiny_llava(seed: int = 0):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     torch.manual_seed(seed)
-    text = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                              image_size=16, patch_size=8)
-    config = LlavaConfig(text_config=text, vision_config=vision, image_token_index=IMAGE_TOKEN,
-                         projector_hidden_act="gelu", vision_feature_layer=-1)
+    text = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=8
+    )
+    config = LlavaConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=IMAGE_TOKEN,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+    )
     return LlavaForConditionalGeneration(config)
 
 
@@ -57,7 +72,7 @@ def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}
 
 
-def write_bright_dark(folder, n: int = 32, size: int = 32) -> "Path":
+def write_bright_dark(folder, n: int = 32, size: int = 32) -> Path:
     """A native-format JSONL set: "Is the image bright?" answered yes/no from the image alone.
 
     Args:
@@ -79,9 +94,18 @@ def write_bright_dark(folder, n: int = 32, size: int = 32) -> "Path":
         bright = i % 2 == 0
         pixels = np.clip(rng.normal(200 if bright else 50, 20, (size, size)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).convert("RGB").save(folder / f"img{i}.png")
-        lines.append(json.dumps({"id": f"s{i}", "images": [f"img{i}.png"], "messages": [
-            {"role": "user", "content": "<image>\nIs the image bright?"},
-            {"role": "assistant", "content": "yes" if bright else "no"}]}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"s{i}",
+                    "images": [f"img{i}.png"],
+                    "messages": [
+                        {"role": "user", "content": "<image>\nIs the image bright?"},
+                        {"role": "assistant", "content": "yes" if bright else "no"},
+                    ],
+                }
+            )
+        )
     path = folder / "train.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -85,16 +85,28 @@ def _image_record(rid: str, image: str, question: str = "<image> Is it normal?")
 
 
 def _infer(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["infer", str(model), "--data", str(data), "--out", str(out), "--max-new-tokens", "2", "--no-progress",
-            *extra]
+    return [
+        "infer",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _data_cases(d: Path, model: Path, rows: list, names: tuple[str, ...], check_code: int = 1) -> dict[str, Case]:
     """A bad records file, through the verbs that read records: ``infer`` (stops) and ``data check`` (reports)."""
     _png(d / "data" / "ok.png")
     f = _jsonl(d / "data" / "d.jsonl", [_image_record("good", "ok.png"), *rows])
-    return {"infer": Case(_infer(model, f, d / "preds.jsonl"), 2, names),
-            "data check": Case(["data", "check", str(f)], check_code, names)}
+    return {
+        "infer": Case(_infer(model, f, d / "preds.jsonl"), 2, names),
+        "data check": Case(["data", "check", str(f)], check_code, names),
+    }
 
 
 def _model_copy(d: Path, model: Path) -> Path:
@@ -104,10 +116,12 @@ def _model_copy(d: Path, model: Path) -> Path:
 
 
 def _recipe(d: Path, model: Path | None, data: Path | None, **sections) -> Path:
-    cfg = {"model": {"path": str(model)} if model else {}, "data": {"train": [str(data)] if data else [],
-                                                                     "max_length": 256},
-           "train": {"max_steps": 1, "batch_size": 2, "report_to": [], "progress_bar": False},
-           "output": {"dir": str(d / "run")}}
+    cfg = {
+        "model": {"path": str(model)} if model else {},
+        "data": {"train": [str(data)] if data else [], "max_length": 256},
+        "train": {"max_steps": 1, "batch_size": 2, "report_to": [], "progress_bar": False},
+        "output": {"dir": str(d / "run")},
+    }
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)
     path = d / "recipe.yaml"
@@ -161,8 +175,12 @@ def zero_width_png(d, model):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     (d / "data").mkdir(parents=True, exist_ok=True)
-    (d / "data" / "zero.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 5, 8, 0, 0, 0, 0))
-                                          + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    (d / "data" / "zero.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 5, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
     return _data_cases(d, model, [_image_record("r-zero", "zero.png")], ("r-zero", "zero.png"))
 
 
@@ -177,7 +195,9 @@ def one_pixel_image(d, model):
 @_verbs(*BOTH)
 def float_tiff_without_window(d, model):
     (d / "data").mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.linspace(0, 4000, 64 * 64, dtype=np.float32).reshape(64, 64), mode="F").save(d / "data" / "f.tif")
+    Image.fromarray(np.linspace(0, 4000, 64 * 64, dtype=np.float32).reshape(64, 64), mode="F").save(
+        d / "data" / "f.tif"
+    )
     return _data_cases(d, model, [_image_record("r-float", "f.tif")], ("r-float", "f.tif", "window"))
 
 
@@ -189,8 +209,9 @@ def image_path_is_a_folder(d, model):
 
 
 def _volume_cases(d: Path, model: Path, name: str, rid: str, words: tuple[str, ...]) -> dict[str, Case]:
-    return _data_cases(d, model, [{"id": rid, "messages": _msg("<volume> Any nodule?"), "volumes": [name]}],
-                       (rid, name, *words))
+    return _data_cases(
+        d, model, [{"id": rid, "messages": _msg("<volume> Any nodule?"), "volumes": [name]}], (rid, name, *words)
+    )
 
 
 @kind("media")
@@ -262,12 +283,16 @@ def empty_dicom_folder(d, model):
 
 
 # ------------------------------------------------------------------------------------------ records
-def _raw_records_cases(d: Path, model: Path, text: str | bytes, names: tuple[str, ...], suffix=".jsonl") -> dict[str, Case]:
+def _raw_records_cases(
+    d: Path, model: Path, text: str | bytes, names: tuple[str, ...], suffix=".jsonl"
+) -> dict[str, Case]:
     f = d / "data" / f"d{suffix}"
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_bytes(text if isinstance(text, bytes) else text.encode())
-    return {"infer": Case(_infer(model, f, d / "preds.jsonl"), 2, names),
-            "data check": Case(["data", "check", str(f)], 1, names)}
+    return {
+        "infer": Case(_infer(model, f, d / "preds.jsonl"), 2, names),
+        "data check": Case(["data", "check", str(f)], 1, names),
+    }
 
 
 @kind("records")
@@ -280,8 +305,9 @@ def invalid_json_line(d, model):
 @kind("records")
 @_verbs(*BOTH)
 def invalid_utf8(d, model):
-    return _raw_records_cases(d, model, b'{"id": "a", "messages": [{"role": "user", "content": "caf\xe9"}]}\n',
-                              ("d.jsonl", "invalid UTF-8"))
+    return _raw_records_cases(
+        d, model, b'{"id": "a", "messages": [{"role": "user", "content": "caf\xe9"}]}\n', ("d.jsonl", "invalid UTF-8")
+    )
 
 
 @kind("records")
@@ -305,35 +331,53 @@ def neither_messages_nor_conversations(d, model):
 @kind("records")
 @_verbs(*BOTH)
 def unknown_role(d, model):
-    return _data_cases(d, model, [{"id": "r-role", "messages": [{"role": "doctor", "content": "x"}]}],
-                       ("r-role", "unknown role 'doctor'", "valid roles"))
+    return _data_cases(
+        d,
+        model,
+        [{"id": "r-role", "messages": [{"role": "doctor", "content": "x"}]}],
+        ("r-role", "unknown role 'doctor'", "valid roles"),
+    )
 
 
 @kind("records")
 @_verbs(*BOTH)
 def empty_answer(d, model):
-    return _data_cases(d, model, [{"id": "r-empty", "messages": _msg("q", "  ")}], ("r-empty", "empty assistant answer"))
+    return _data_cases(
+        d, model, [{"id": "r-empty", "messages": _msg("q", "  ")}], ("r-empty", "empty assistant answer")
+    )
 
 
 @kind("records")
 @_verbs(*BOTH)
 def more_markers_than_images(d, model):
-    return _data_cases(d, model, [_image_record("r-markers", "ok.png", "<image><image> two?")],
-                       ("r-markers", "more <image> markers (2) than images (1)"))
+    return _data_cases(
+        d,
+        model,
+        [_image_record("r-markers", "ok.png", "<image><image> two?")],
+        ("r-markers", "more <image> markers (2) than images (1)"),
+    )
 
 
 @kind("records")
 @_verbs(*BOTH)
 def fewer_markers_than_images(d, model):
-    return _data_cases(d, model, [{"id": "r-fewer", "messages": _msg("no marker"), "images": ["ok.png"]}],
-                       ("r-fewer", "fewer <image> markers"))
+    return _data_cases(
+        d,
+        model,
+        [{"id": "r-fewer", "messages": _msg("no marker"), "images": ["ok.png"]}],
+        ("r-fewer", "fewer <image> markers"),
+    )
 
 
 @kind("records")
 @_verbs(*BOTH)
 def marker_in_answer(d, model):
-    return _data_cases(d, model, [{"id": "r-ans", "messages": _msg("q <image>", "see <image>"), "images": ["ok.png", "ok.png"]}],
-                       ("r-ans", "marker in an assistant answer"))
+    return _data_cases(
+        d,
+        model,
+        [{"id": "r-ans", "messages": _msg("q <image>", "see <image>"), "images": ["ok.png", "ok.png"]}],
+        ("r-ans", "marker in an assistant answer"),
+    )
 
 
 @kind("records")
@@ -346,22 +390,32 @@ def system_not_first(d, model):
 @kind("records")
 @_verbs(*BOTH)
 def only_a_system_message(d, model):
-    return _data_cases(d, model, [{"id": "r-only", "messages": [{"role": "system", "content": "x"}]}],
-                       ("r-only", "only a system message"))
+    return _data_cases(
+        d,
+        model,
+        [{"id": "r-only", "messages": [{"role": "system", "content": "x"}]}],
+        ("r-only", "only a system message"),
+    )
 
 
 @kind("records")
 @_verbs(*BOTH)
 def unknown_content_part(d, model):
     msgs = [{"role": "user", "content": [{"type": "audio"}]}, {"role": "assistant", "content": "x"}]
-    return _data_cases(d, model, [{"id": "r-part", "messages": msgs}], ("r-part", "unknown content part", "valid part types"))
+    return _data_cases(
+        d, model, [{"id": "r-part", "messages": msgs}], ("r-part", "unknown content part", "valid part types")
+    )
 
 
 @kind("records")
 @_verbs(*BOTH)
 def images_not_paths(d, model):
-    return _data_cases(d, model, [{"id": "r-imgs", "messages": _msg("<image>"), "images": [3]}],
-                       ("r-imgs", "'images' must be a path or a list of paths"))
+    return _data_cases(
+        d,
+        model,
+        [{"id": "r-imgs", "messages": _msg("<image>"), "images": [3]}],
+        ("r-imgs", "'images' must be a path or a list of paths"),
+    )
 
 
 @kind("records")
@@ -375,14 +429,20 @@ def medmvl_unknown_speaker(d, model):
 @_verbs(*BOTH)
 def path_leaves_the_root(d, model):
     _png(d / "outside" / "secret.png")
-    return _data_cases(d, model, [_image_record("r-escape", "../outside/secret.png")],
-                       ("r-escape", "../outside/secret.png", "outside the data root"))
+    return _data_cases(
+        d,
+        model,
+        [_image_record("r-escape", "../outside/secret.png")],
+        ("r-escape", "../outside/secret.png", "outside the data root"),
+    )
 
 
 @kind("records")
 @_verbs(*BOTH)
 def absolute_path_outside_root(d, model):
-    return _data_cases(d, model, [_image_record("r-abs", "/etc/passwd")], ("r-abs", "/etc/passwd", "outside the data root"))
+    return _data_cases(
+        d, model, [_image_record("r-abs", "/etc/passwd")], ("r-abs", "/etc/passwd", "outside the data root")
+    )
 
 
 @kind("records")
@@ -404,8 +464,10 @@ def empty_records_file(d, model):
 @_verbs(*BOTH)
 def records_file_not_found(d, model):
     f = d / "missing.jsonl"
-    return {"infer": Case(_infer(model, f, d / "p.jsonl"), 2, ("missing.jsonl", "not found")),
-            "data check": Case(["data", "check", str(f)], 1, ("missing.jsonl", "not found"))}
+    return {
+        "infer": Case(_infer(model, f, d / "p.jsonl"), 2, ("missing.jsonl", "not found")),
+        "data check": Case(["data", "check", str(f)], 1, ("missing.jsonl", "not found")),
+    }
 
 
 @kind("records")
@@ -432,8 +494,25 @@ def eval_duplicate_ids(d, model):
     twin = json.loads(lines[1])
     twin["id"] = json.loads(lines[0])["id"]
     (d / "synth" / "train.jsonl").write_text("\n".join([lines[0], json.dumps(twin), *lines[2:]]) + "\n")
-    return {"eval": Case(["eval", str(model), "--tasks", "synth_vqa", "--data", f"synth_vqa={d / 'synth'}",
-                          "--split", "train", "--out", str(d / "eval"), "--no-progress"], 2, ("duplicate sample id", twin["id"]))}
+    return {
+        "eval": Case(
+            [
+                "eval",
+                str(model),
+                "--tasks",
+                "synth_vqa",
+                "--data",
+                f"synth_vqa={d / 'synth'}",
+                "--split",
+                "train",
+                "--out",
+                str(d / "eval"),
+                "--no-progress",
+            ],
+            2,
+            ("duplicate sample id", twin["id"]),
+        )
+    }
 
 
 @kind("records")
@@ -447,8 +526,25 @@ def eval_media_outside_root(d, model):
     for row in rows:
         row["images"] = ["../secret.png"] if row.get("images") else row.get("images", [])
     _jsonl(d / "synth" / "train.jsonl", rows)
-    return {"eval": Case(["eval", str(model), "--tasks", "synth_vqa", "--data", f"synth_vqa={d / 'synth'}",
-                          "--split", "train", "--out", str(d / "eval"), "--no-progress"], 2, ("../secret.png", "outside the data root"))}
+    return {
+        "eval": Case(
+            [
+                "eval",
+                str(model),
+                "--tasks",
+                "synth_vqa",
+                "--data",
+                f"synth_vqa={d / 'synth'}",
+                "--split",
+                "train",
+                "--out",
+                str(d / "eval"),
+                "--no-progress",
+            ],
+            2,
+            ("../secret.png", "outside the data root"),
+        )
+    }
 
 
 @kind("records")
@@ -457,12 +553,32 @@ def eval_release_path_outside_root(d, model):
     release = d / "VQA_RAD"
     (release / "VQA_RAD Image Folder").mkdir(parents=True)
     _png(d / "private" / "other_patient.png")
-    entry = {"qid": 1, "image_name": "../../private/other_patient.png", "question": "Is it normal?", "answer": "yes",
-             "answer_type": "CLOSED", "phrase_type": "test_freeform"}
+    entry = {
+        "qid": 1,
+        "image_name": "../../private/other_patient.png",
+        "question": "Is it normal?",
+        "answer": "yes",
+        "answer_type": "CLOSED",
+        "phrase_type": "test_freeform",
+    }
     (release / "VQA_RAD Dataset Public.json").write_text(json.dumps([entry]))
-    return {"eval": Case(["eval", str(model), "--tasks", "vqa_rad", "--data", f"vqa_rad={release}", "--out",
-                          str(d / "eval"), "--no-progress"], 2,
-                         ("qid 1", "VQA_RAD Dataset Public.json", "other_patient.png", "outside the data root"))}
+    return {
+        "eval": Case(
+            [
+                "eval",
+                str(model),
+                "--tasks",
+                "vqa_rad",
+                "--data",
+                f"vqa_rad={release}",
+                "--out",
+                str(d / "eval"),
+                "--no-progress",
+            ],
+            2,
+            ("qid 1", "VQA_RAD Dataset Public.json", "other_patient.png", "outside the data root"),
+        )
+    }
 
 
 @kind("records")
@@ -474,9 +590,25 @@ def eval_overlong_prompt(d, model):
     rows = [json.loads(x) for x in (d / "synth" / "train.jsonl").read_text().splitlines()]
     rows[0]["messages"][0]["content"] += " word" * 2100
     _jsonl(d / "synth" / "train.jsonl", rows)
-    return {"eval": Case(["eval", str(model), "--tasks", "synth_vqa", "--data", f"synth_vqa={d / 'synth'}",
-                          "--split", "train", "--out", str(d / "eval"), "--no-progress"], 2,
-                         (rows[0]["id"], "2048 positions"))}
+    return {
+        "eval": Case(
+            [
+                "eval",
+                str(model),
+                "--tasks",
+                "synth_vqa",
+                "--data",
+                f"synth_vqa={d / 'synth'}",
+                "--split",
+                "train",
+                "--out",
+                str(d / "eval"),
+                "--no-progress",
+            ],
+            2,
+            (rows[0]["id"], "2048 positions"),
+        )
+    }
 
 
 @kind("records")
@@ -485,7 +617,10 @@ def train_truncated_image(d, model):
     raw = _png(d / "x.png", 64).read_bytes()
     _png(d / "data" / "ok.png")
     (d / "data" / "cut.png").write_bytes(raw[: len(raw) // 2])
-    f = _jsonl(d / "data" / "t.jsonl", [_image_record(f"ok{i}", "ok.png") for i in range(3)] + [_image_record("r-cut", "cut.png")])
+    f = _jsonl(
+        d / "data" / "t.jsonl",
+        [_image_record(f"ok{i}", "ok.png") for i in range(3)] + [_image_record("r-cut", "cut.png")],
+    )
     return {"train": Case(["train", str(_recipe(d, model, f)), "train.max_steps=2"], 2, ("r-cut", "cut.png"))}
 
 
@@ -506,8 +641,13 @@ def train_unknown_key(d, model):
 @kind("configs")
 @_verbs("train")
 def train_invalid_choice(d, model):
-    return {"train": Case(["train", str(_recipe(d, model, d / "t.jsonl")), "data.on_error=ignore"], 2,
-                          ("on_error", "'ignore'", "valid"))}
+    return {
+        "train": Case(
+            ["train", str(_recipe(d, model, d / "t.jsonl")), "data.on_error=ignore"],
+            2,
+            ("on_error", "'ignore'", "valid"),
+        )
+    }
 
 
 @kind("configs")
@@ -569,8 +709,17 @@ def build_patch_does_not_divide_image(d, model):
 def build_llm_path_is_a_vision_tower(d, model):
     vision = d / "siglip"
     vision.mkdir()
-    (vision / "config.json").write_text(json.dumps({"model_type": "siglip_vision_model", "hidden_size": 32,
-                                                     "num_attention_heads": 4, "image_size": 32, "patch_size": 16}))
+    (vision / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "siglip_vision_model",
+                "hidden_size": 32,
+                "num_attention_heads": 4,
+                "image_size": 32,
+                "patch_size": 16,
+            }
+        )
+    )
     case = _build(d, f"llm.path={vision}", "llm.config={}")
     case["build"].names = ("llm", "'siglip_vision_model'", "not a causal language model")
     return case
@@ -615,8 +764,10 @@ def _good_data(d: Path) -> Path:
 @_verbs("infer", "chat")
 def model_folder_missing(d, model):
     m = d / "no-such-model"
-    return {"infer": Case(_infer(m, _good_data(d), d / "p.jsonl"), 2, ("no-such-model",)),
-            "chat": Case(["chat", str(m), "--prompt", "hi"], 2, ("no-such-model",))}
+    return {
+        "infer": Case(_infer(m, _good_data(d), d / "p.jsonl"), 2, ("no-such-model",)),
+        "chat": Case(["chat", str(m), "--prompt", "hi"], 2, ("no-such-model",)),
+    }
 
 
 @kind("checkpoints")
@@ -624,8 +775,10 @@ def model_folder_missing(d, model):
 def model_folder_without_config(d, model):
     m = _model_copy(d, model)
     (m / "config.json").unlink()
-    return {"infer": Case(_infer(m, _good_data(d), d / "p.jsonl"), 2, ("model", "no config.json")),
-            "export": Case(["export", str(m), "--as-llava", str(d / "llava")], 2, ("no config.json",))}
+    return {
+        "infer": Case(_infer(m, _good_data(d), d / "p.jsonl"), 2, ("model", "no config.json")),
+        "export": Case(["export", str(m), "--as-llava", str(d / "llava")], 2, ("no config.json",)),
+    }
 
 
 @kind("checkpoints")
@@ -634,9 +787,11 @@ def broken_config_json(d, model):
     m = _model_copy(d, model)
     (m / "config.json").write_text('{"model_type": "medvl", ')
     names = ("config.json", "not valid JSON")
-    return {"infer": Case(_infer(m, _good_data(d), d / "p.jsonl"), 2, names),
-            "export": Case(["export", str(m), "--as-llava", str(d / "llava")], 2, names),
-            "chat": Case(["chat", str(m), "--prompt", "hi"], 2, names)}
+    return {
+        "infer": Case(_infer(m, _good_data(d), d / "p.jsonl"), 2, names),
+        "export": Case(["export", str(m), "--as-llava", str(d / "llava")], 2, names),
+        "chat": Case(["chat", str(m), "--prompt", "hi"], 2, names),
+    }
 
 
 @kind("checkpoints")
@@ -646,9 +801,11 @@ def truncated_weights(d, model):
     w = m / "model.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
     names = ("model.safetensors", "truncated")
-    return {"infer": Case(_infer(m, _good_data(d), d / "p.jsonl"), 2, names),
-            "export": Case(["export", str(m), "--as-llava", str(d / "llava")], 2, names),
-            "chat": Case(["chat", str(m), "--prompt", "hi"], 2, names)}
+    return {
+        "infer": Case(_infer(m, _good_data(d), d / "p.jsonl"), 2, names),
+        "export": Case(["export", str(m), "--as-llava", str(d / "llava")], 2, names),
+        "chat": Case(["chat", str(m), "--prompt", "hi"], 2, names),
+    }
 
 
 @kind("checkpoints")
@@ -673,8 +830,10 @@ def tokenizer_missing(d, model):
     m = _model_copy(d, model)
     (m / "tokenizer.json").unlink()
     names = ("no tokenizer", "tokenizer.json")
-    return {"infer": Case(_infer(m, _good_data(d), d / "p.jsonl"), 2, names),
-            "chat": Case(["chat", str(m), "--prompt", "hi"], 2, names)}
+    return {
+        "infer": Case(_infer(m, _good_data(d), d / "p.jsonl"), 2, names),
+        "chat": Case(["chat", str(m), "--prompt", "hi"], 2, names),
+    }
 
 
 def _medmvl_src(d: Path) -> Path:
@@ -699,8 +858,13 @@ def convert_llm_is_a_vision_tower(d, model):
     vision.mkdir()
     (vision / "config.json").write_text(json.dumps({"model_type": "siglip_vision_model", "hidden_size": 32}))
     (vision / "preprocessor_config.json").write_text("{}")
-    return {"convert": Case(["convert", "medm-vl", str(src), str(d / "out"), "--llm", str(vision)], 2,
-                            ("--llm", "siglip", "not a causal language model"))}
+    return {
+        "convert": Case(
+            ["convert", "medm-vl", str(src), str(d / "out"), "--llm", str(vision)],
+            2,
+            ("--llm", "siglip", "not a causal language model"),
+        )
+    }
 
 
 @kind("checkpoints")
@@ -722,8 +886,11 @@ def resume_with_every_checkpoint_damaged(d, model):
     ckpt = d / "run" / "checkpoint-2"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text("{")
-    return {"train": Case(["train", str(_recipe(d, model, f)), "train.resume=true"], 2,
-                          ("checkpoint-2", "no complete checkpoint"))}
+    return {
+        "train": Case(
+            ["train", str(_recipe(d, model, f)), "train.resume=true"], 2, ("checkpoint-2", "no complete checkpoint")
+        )
+    }
 
 
 # ------------------------------------------------------------------------------------------ cli arguments
@@ -766,22 +933,45 @@ def eval_unknown_task(d, model):
 @kind("cli")
 @_verbs("eval")
 def eval_data_without_equals(d, model):
-    return {"eval": Case(["eval", str(model), "--tasks", "synth_vqa", "--data", str(d), "--out", str(d / "e")], 2,
-                         ("TASK=DIR",))}
+    return {
+        "eval": Case(
+            ["eval", str(model), "--tasks", "synth_vqa", "--data", str(d), "--out", str(d / "e")], 2, ("TASK=DIR",)
+        )
+    }
 
 
 @kind("cli")
 @_verbs("eval")
 def eval_task_folder_missing(d, model):
-    return {"eval": Case(["eval", str(model), "--tasks", "synth_vqa", "--data", f"synth_vqa={d / 'none'}",
-                          "--out", str(d / "e")], 2, ("none",))}
+    return {
+        "eval": Case(
+            ["eval", str(model), "--tasks", "synth_vqa", "--data", f"synth_vqa={d / 'none'}", "--out", str(d / "e")],
+            2,
+            ("none",),
+        )
+    }
 
 
 @kind("cli")
 @_verbs("score")
 def score_input_missing(d, model):
-    return {"score": Case(["score", "--task", "vqa", "--protocol", "exact_norm", "--in", str(d / "p.jsonl"),
-                           "--out", str(d / "s.json")], 2, ("p.jsonl",))}
+    return {
+        "score": Case(
+            [
+                "score",
+                "--task",
+                "vqa",
+                "--protocol",
+                "exact_norm",
+                "--in",
+                str(d / "p.jsonl"),
+                "--out",
+                str(d / "s.json"),
+            ],
+            2,
+            ("p.jsonl",),
+        )
+    }
 
 
 @kind("cli")
@@ -794,8 +984,13 @@ def chat_image_missing(d, model):
 @_verbs("chat")
 def chat_marker_mismatch(d, model):
     img = _png(d / "a.png")
-    return {"chat": Case(["chat", str(model), "--image", str(img), "--prompt", "<image> and <image>?"], 2,
-                         ("2 <image> marker(s)", "--image was given 1 time(s)"))}
+    return {
+        "chat": Case(
+            ["chat", str(model), "--image", str(img), "--prompt", "<image> and <image>?"],
+            2,
+            ("2 <image> marker(s)", "--image was given 1 time(s)"),
+        )
+    }
 
 
 @kind("cli")
@@ -845,7 +1040,9 @@ def infer_out_is_a_folder(d, model):
 def build_into_a_used_folder(d, model):
     (d / "built").mkdir()
     (d / "built" / "notes.txt").write_text("mine")
-    return {"build": Case(["build", str(TINY_YAML), "--out", str(d / "built")], 2, ("built", "not empty", "--overwrite"))}
+    return {
+        "build": Case(["build", str(TINY_YAML), "--out", str(d / "built")], 2, ("built", "not empty", "--overwrite"))
+    }
 
 
 @kind("outputs")
@@ -876,8 +1073,13 @@ def convert_into_a_used_folder(d, model):
 @_verbs("eval")
 def eval_out_inside_the_checkpoint(d, model):
     m = _model_copy(d, model)
-    return {"eval": Case(["eval", str(m), "--tasks", "synth_vqa", "--data", f"synth_vqa={d}", "--out", str(m / "e")],
-                         2, ("inside the folder",))}
+    return {
+        "eval": Case(
+            ["eval", str(m), "--tasks", "synth_vqa", "--data", f"synth_vqa={d}", "--out", str(m / "e")],
+            2,
+            ("inside the folder",),
+        )
+    }
 
 
 @kind("outputs")

@@ -60,8 +60,13 @@ def vqa_rad(root: Path) -> Path:
     images = {"synpic54610.jpg": "CHEST", "synpic29265.jpg": "HEAD", "synpic31716.jpg": "ABD"}
     for k, name in enumerate(images):
         _save(_phantom((120, 100), k, "RGB"), out / "VQA_RAD Image Folder" / name)
-    base = {"evaluation": "given", "question_rephrase": "NULL", "question_relation": "NULL", "question_frame": "NULL",
-            "image_case_url": "https://medpix.nlm.nih.gov/case?id=00000000-0000-0000-0000-000000000000"}
+    base = {
+        "evaluation": "given",
+        "question_rephrase": "NULL",
+        "question_relation": "NULL",
+        "question_frame": "NULL",
+        "image_case_url": "https://medpix.nlm.nih.gov/case?id=00000000-0000-0000-0000-000000000000",
+    }
     entries = [
         (1, "test_freeform", "synpic54610.jpg", "Is there a pneumothorax?", "No", "CLOSED", "PRES"),
         (2, "test_para", "synpic54610.jpg", "Is a pneumothorax present?", "No", "CLOSED ", "PRES"),
@@ -69,9 +74,21 @@ def vqa_rad(root: Path) -> Path:
         (4, "test_freeform", "synpic31716.jpg", "Where is the mass?", "right lower quadrant", "OPEN", "POS"),
         (5, "freeform", "synpic31716.jpg", "Is this an MRI?", "Yes", "CLOSED", "MODALITY"),
     ]
-    data = [{"qid": qid, "phrase_type": phrase, "qid_linked_id": f"{qid:04d}-0", "image_name": img,
-             "image_organ": images[img], "question": q, "answer": a, "answer_type": at, "question_type": qt, **base}
-            for qid, phrase, img, q, a, at, qt in entries]
+    data = [
+        {
+            "qid": qid,
+            "phrase_type": phrase,
+            "qid_linked_id": f"{qid:04d}-0",
+            "image_name": img,
+            "image_organ": images[img],
+            "question": q,
+            "answer": a,
+            "answer_type": at,
+            "question_type": qt,
+            **base,
+        }
+        for qid, phrase, img, q, a, at, qt in entries
+    ]
     (out / "VQA_RAD Dataset Public.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
     return out
 
@@ -92,17 +109,31 @@ def slake(root: Path) -> Path:
         (folder / "detection.json").write_text("[]", encoding="utf-8")
 
     def entry(qid, img_id, q, a, lang, loc, mod, at, ct):
-        return {"img_id": img_id, "img_name": f"xmlab{img_id}/source.jpg", "question": q, "answer": a, "q_lang": lang,
-                "location": loc, "modality": mod, "answer_type": at, "base_type": "vqa", "triple": ["vhead", "_", "_"],
-                "qid": qid, "content_type": ct}
+        return {
+            "img_id": img_id,
+            "img_name": f"xmlab{img_id}/source.jpg",
+            "question": q,
+            "answer": a,
+            "q_lang": lang,
+            "location": loc,
+            "modality": mod,
+            "answer_type": at,
+            "base_type": "vqa",
+            "triple": ["vhead", "_", "_"],
+            "qid": qid,
+            "content_type": ct,
+        }
 
-    test = [entry(11934, 102, "What modality is used to take this image?", "CT", "en", "Lung", "CT", "OPEN", "Modality"),
-            entry(11938, 102, "Does the picture contain liver?", "No", "en", "Lung", "CT", "CLOSED", "Organ"),
-            entry(11975, 13, "Is there any abnormality in the spleen?", "No", "en", "Abdomen", "MRI", "CLOSED",
-                  "Abnormality"),
-            entry(12934, 102, "这张图片的成像方式是什么?", "CT", "zh", "Lung", "CT", "OPEN", "Modality"),
-            entry(12938, 102, "图中包含肝脏吗?", "否", "zh", "Lung", "CT", "CLOSED", "Organ"),
-            entry(12975, 13, "脾脏有异常吗?", "否", "zh", "Abdomen", "MRI", "CLOSED", "Abnormality")]
+    test = [
+        entry(11934, 102, "What modality is used to take this image?", "CT", "en", "Lung", "CT", "OPEN", "Modality"),
+        entry(11938, 102, "Does the picture contain liver?", "No", "en", "Lung", "CT", "CLOSED", "Organ"),
+        entry(
+            11975, 13, "Is there any abnormality in the spleen?", "No", "en", "Abdomen", "MRI", "CLOSED", "Abnormality"
+        ),
+        entry(12934, 102, "这张图片的成像方式是什么?", "CT", "zh", "Lung", "CT", "OPEN", "Modality"),
+        entry(12938, 102, "图中包含肝脏吗?", "否", "zh", "Lung", "CT", "CLOSED", "Organ"),
+        entry(12975, 13, "脾脏有异常吗?", "否", "zh", "Abdomen", "MRI", "CLOSED", "Abnormality"),
+    ]
     for split, rows in (("test", test), ("train", test[:1]), ("validate", test[1:2])):
         (out / f"{split}.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     return out
@@ -118,9 +149,11 @@ def pathvqa(root: Path) -> Path:
     out = root / "pvqa"
     for k in (1, 2):
         _save(_phantom((90, 110), 40 + k, "RGB"), out / "images" / "test" / f"test_{k:04d}.jpg")
-    qa = [{"image": "test_0001", "question": "Is this a malignant tumor?", "answer": "yes"},
-          {"image": "test_0001", "question": "What is present?", "answer": "necrosis"},
-          {"image": "test_0002", "question": "Does this show fibrosis?", "answer": "no"}]
+    qa = [
+        {"image": "test_0001", "question": "Is this a malignant tumor?", "answer": "yes"},
+        {"image": "test_0001", "question": "What is present?", "answer": "necrosis"},
+        {"image": "test_0002", "question": "Does this show fibrosis?", "answer": "no"},
+    ]
     (out / "qas" / "test").mkdir(parents=True)
     with open(out / "qas" / "test" / "test_qa.pkl", "wb") as fh:
         pickle.dump(qa, fh)
@@ -141,19 +174,63 @@ def pmc_vqa(root: Path) -> Path:
     out = root / "PMC-VQA"
     for name in ("PMC1064097_F1.jpg", "PMC8253867_Fig2_41.jpg"):
         _save(_phantom((80, 120), len(name), "RGB"), out / "images" / name)
-    _write_csv(out / "test_2.csv",
-               ["index", "Figure_path", "Caption", "Question", "Choice A", "Choice B", "Choice C", "Choice D",
-                "Answer", "split"],
-               [[0, "PMC8253867_Fig2_41.jpg", "Axial CT of the chest.", "Which organ shows the lesion?",
-                 " A:Liver", " B:Lung", " C:Kidney", " D:Spleen", "B", "test"],
-                [1, "PMC1064097_F1.jpg", "Bone scan.", "What is the uptake pattern in the breast?",
-                 " A:Diffuse uptake pattern", " B:Focal uptake pattern", " C:No uptake pattern",
-                 " D:Cannot determine from the information given", "B", "test"]])
-    _write_csv(out / "test_clean.csv",
-               ["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label"],
-               [["PMC1064097_F1.jpg", "What is the uptake pattern in the breast?", "Focal uptake pattern",
-                 "A:Diffuse uptake pattern", "B:Focal uptake pattern", "C:No uptake pattern",
-                 "D:Cannot determine from the information given", "B"]])
+    _write_csv(
+        out / "test_2.csv",
+        [
+            "index",
+            "Figure_path",
+            "Caption",
+            "Question",
+            "Choice A",
+            "Choice B",
+            "Choice C",
+            "Choice D",
+            "Answer",
+            "split",
+        ],
+        [
+            [
+                0,
+                "PMC8253867_Fig2_41.jpg",
+                "Axial CT of the chest.",
+                "Which organ shows the lesion?",
+                " A:Liver",
+                " B:Lung",
+                " C:Kidney",
+                " D:Spleen",
+                "B",
+                "test",
+            ],
+            [
+                1,
+                "PMC1064097_F1.jpg",
+                "Bone scan.",
+                "What is the uptake pattern in the breast?",
+                " A:Diffuse uptake pattern",
+                " B:Focal uptake pattern",
+                " C:No uptake pattern",
+                " D:Cannot determine from the information given",
+                "B",
+                "test",
+            ],
+        ],
+    )
+    _write_csv(
+        out / "test_clean.csv",
+        ["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label"],
+        [
+            [
+                "PMC1064097_F1.jpg",
+                "What is the uptake pattern in the breast?",
+                "Focal uptake pattern",
+                "A:Diffuse uptake pattern",
+                "B:Focal uptake pattern",
+                "C:No uptake pattern",
+                "D:Cannot determine from the information given",
+                "B",
+            ]
+        ],
+    )
     return out
 
 
@@ -168,19 +245,43 @@ def omnimedvqa(root: Path) -> Path:
     """
     out = root / "OmniMedVQA"
     sets = {
-        "Chest CT Scan": [("Chest CT Scan_1", "Disease Diagnosis", "What is shown in this CT?", "Adenocarcinoma",
-                           "Images/Chest CT Scan/test/adenocarcinoma/000108.png", ["Normal", "Adenocarcinoma",
-                                                                                  "Squamous cell carcinoma"],
-                           {"modality_type": "CT(Computed Tomography)"})],
-        "ISIC2019": [("ISIC2019_3", "Modality Recognition", "Which imaging technique was used?", "Dermoscopy",
-                      "Images/ISIC2019/ISIC_0000003.jpg", ["Dermoscopy", "X-Ray"], {"modality": "Dermoscopy"})],
+        "Chest CT Scan": [
+            (
+                "Chest CT Scan_1",
+                "Disease Diagnosis",
+                "What is shown in this CT?",
+                "Adenocarcinoma",
+                "Images/Chest CT Scan/test/adenocarcinoma/000108.png",
+                ["Normal", "Adenocarcinoma", "Squamous cell carcinoma"],
+                {"modality_type": "CT(Computed Tomography)"},
+            )
+        ],
+        "ISIC2019": [
+            (
+                "ISIC2019_3",
+                "Modality Recognition",
+                "Which imaging technique was used?",
+                "Dermoscopy",
+                "Images/ISIC2019/ISIC_0000003.jpg",
+                ["Dermoscopy", "X-Ray"],
+                {"modality": "Dermoscopy"},
+            )
+        ],
     }
     for dataset, rows in sets.items():
         entries = []
         for qid, qtype, q, gt, rel, options, modality in rows:
             _save(_phantom((64, 64), len(qid), "RGB"), out / rel)
-            e = {"dataset": dataset, "question_id": qid, "question_type": qtype, "question": q, "gt_answer": gt,
-                 "image_path": rel, **{f"option_{c}": o for c, o in zip("ABCD", options)}, **modality}
+            e = {
+                "dataset": dataset,
+                "question_id": qid,
+                "question_type": qtype,
+                "question": q,
+                "gt_answer": gt,
+                "image_path": rel,
+                **{f"option_{c}": o for c, o in zip("ABCD", options)},
+                **modality,
+            }
             entries.append(e)
         path = out / "QA_information" / "Open-access" / f"{dataset}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,9 +303,17 @@ def mimic_cxr(root: Path) -> Path:
         dicom = f"{k:08x}-bde0afdd-112c0b34-7bc16630-4e384014"
         rel = f"p10/p{subject}/s{study}/{dicom}.jpg"
         _save(_phantom((128, 112), 70 + k, "L"), out / "images" / rel)
-        entries.append({"id": dicom, "study_id": study, "subject_id": subject,
-                        "report": "There is no focal consolidation, pleural effusion or pneumothorax. The cardiac "
-                                  "silhouette is normal.", "image_path": [rel], "split": "test"})
+        entries.append(
+            {
+                "id": dicom,
+                "study_id": study,
+                "subject_id": subject,
+                "report": "There is no focal consolidation, pleural effusion or pneumothorax. The cardiac "
+                "silhouette is normal.",
+                "image_path": [rel],
+                "split": "test",
+            }
+        )
     ann = {"train": entries[:1], "val": [], "test": entries}
     (out / "annotation.json").write_text(json.dumps(ann), encoding="utf-8")
     return out
@@ -219,11 +328,18 @@ def iu_xray(root: Path) -> Path:
     for k, sid in enumerate(("CXR2384_IM-0942", "CXR1000_IM-0003")):
         for view in (0, 1):
             _save(_phantom((100, 100 + 20 * view), 90 + 2 * k + view, "L"), out / "images" / sid / f"{view}.png")
-        entries.append({"id": sid, "report": "The heart size and pulmonary vascularity appear within normal limits. "
-                                             "No pneumothorax or pleural effusion is seen.",
-                        "image_path": [f"{sid}/0.png", f"{sid}/1.png"], "split": "test"})
-    (out / "annotation.json").write_text(json.dumps({"train": entries[:1], "val": entries[1:], "test": entries}),
-                                         encoding="utf-8")
+        entries.append(
+            {
+                "id": sid,
+                "report": "The heart size and pulmonary vascularity appear within normal limits. "
+                "No pneumothorax or pleural effusion is seen.",
+                "image_path": [f"{sid}/0.png", f"{sid}/1.png"],
+                "split": "test",
+            }
+        )
+    (out / "annotation.json").write_text(
+        json.dumps({"train": entries[:1], "val": entries[1:], "test": entries}), encoding="utf-8"
+    )
     return out
 
 
@@ -259,17 +375,62 @@ def ct_rate(root: Path) -> Path:
         path = out / "valid" / "_".join(parts[:2]) / "_".join(parts[:3]) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image(ct_rate_raw(name), np.eye(4)), path)
-        meta_rows.append([name, "SIEMENS", "Thorax", "SOMATOM", "M", "061Y", 512, 512, 24, f"[{xy}, {xy}]", z,
-                          intercept, slope, "HU", "[-200.0, -180.0, -150.0]", "[1, 0, 0, 0, 1, 0]"])
-        report_rows.append([name, "Not given.", "Non-contrast chest CT.",
-                            "Trachea and both main bronchi are open. No nodule or mass is seen in either lung. ",
-                            "No acute findings."])
-    _write_csv(out / "metadata" / "validation_metadata.csv",
-               ["VolumeName", "Manufacturer", "SeriesDescription", "ManufacturerModelName", "PatientSex", "PatientAge",
-                "Rows", "Columns", "NumberofSlices", "XYSpacing", "ZSpacing", "RescaleIntercept", "RescaleSlope",
-                "RescaleType", "ImagePositionPatient", "ImageOrientationPatient"], meta_rows)
-    _write_csv(out / "radiology_text_reports" / "validation_reports.csv",
-               ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"], report_rows)
+        meta_rows.append(
+            [
+                name,
+                "SIEMENS",
+                "Thorax",
+                "SOMATOM",
+                "M",
+                "061Y",
+                512,
+                512,
+                24,
+                f"[{xy}, {xy}]",
+                z,
+                intercept,
+                slope,
+                "HU",
+                "[-200.0, -180.0, -150.0]",
+                "[1, 0, 0, 0, 1, 0]",
+            ]
+        )
+        report_rows.append(
+            [
+                name,
+                "Not given.",
+                "Non-contrast chest CT.",
+                "Trachea and both main bronchi are open. No nodule or mass is seen in either lung. ",
+                "No acute findings.",
+            ]
+        )
+    _write_csv(
+        out / "metadata" / "validation_metadata.csv",
+        [
+            "VolumeName",
+            "Manufacturer",
+            "SeriesDescription",
+            "ManufacturerModelName",
+            "PatientSex",
+            "PatientAge",
+            "Rows",
+            "Columns",
+            "NumberofSlices",
+            "XYSpacing",
+            "ZSpacing",
+            "RescaleIntercept",
+            "RescaleSlope",
+            "RescaleType",
+            "ImagePositionPatient",
+            "ImageOrientationPatient",
+        ],
+        meta_rows,
+    )
+    _write_csv(
+        out / "radiology_text_reports" / "validation_reports.csv",
+        ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"],
+        report_rows,
+    )
     return out
 
 
@@ -300,20 +461,66 @@ def m3d(root: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / f"{series}.npy", m3d_volume(k))
         (folder / "text.txt").write_text("Hypodense lesion in the right hepatic lobe.", encoding="utf-8")
-    header = ["Image Path", "Text", "Question Type", "Question", "Choice A", "Choice B", "Choice C", "Choice D",
-              "Answer", "Answer Choice"]
-    rows = [[f"M3D_Cap_npy/ct_quizze/{cases[0][0]}/{cases[0][1]}.npy", "Hypodense lesion in the right hepatic lobe.",
-             1, "In which plane is this image taken?", "Axial", "Sagittal", "Coronal", "Oblique", "Axial", "A"],
-            [f"M3D_Cap_npy/ct_quizze/{cases[1][0]}/{cases[1][1]}.npy", "Nodule in the left lung.", 3,
-             "Which organ shows the abnormality?", "Liver", "Lung", "Kidney", "Spleen", "Lung", "B"]]
+    header = [
+        "Image Path",
+        "Text",
+        "Question Type",
+        "Question",
+        "Choice A",
+        "Choice B",
+        "Choice C",
+        "Choice D",
+        "Answer",
+        "Answer Choice",
+    ]
+    rows = [
+        [
+            f"M3D_Cap_npy/ct_quizze/{cases[0][0]}/{cases[0][1]}.npy",
+            "Hypodense lesion in the right hepatic lobe.",
+            1,
+            "In which plane is this image taken?",
+            "Axial",
+            "Sagittal",
+            "Coronal",
+            "Oblique",
+            "Axial",
+            "A",
+        ],
+        [
+            f"M3D_Cap_npy/ct_quizze/{cases[1][0]}/{cases[1][1]}.npy",
+            "Nodule in the left lung.",
+            3,
+            "Which organ shows the abnormality?",
+            "Liver",
+            "Lung",
+            "Kidney",
+            "Spleen",
+            "Lung",
+            "B",
+        ],
+    ]
     _write_csv(out / "M3D-VQA" / "M3D_VQA_test.csv", header, rows)
-    caps = [{"image": f"M3D_Cap_npy/ct_quizze/{c}/{s}.npy", "text": f"M3D_Cap_npy/ct_quizze/{c}/text.txt"}
-            for c, s in cases]
+    caps = [
+        {"image": f"M3D_Cap_npy/ct_quizze/{c}/{s}.npy", "text": f"M3D_Cap_npy/ct_quizze/{c}/text.txt"} for c, s in cases
+    ]
     (out / "M3D_Cap_npy" / "M3D_Cap.json").write_text(
-        json.dumps({"train": caps[:1], "validation": caps[1:], "test": caps}, indent=4), encoding="utf-8")
+        json.dumps({"train": caps[:1], "validation": caps[1:], "test": caps}, indent=4), encoding="utf-8"
+    )
     return out
 
 
-WRITERS = {"vqa_rad": vqa_rad, "slake": slake, "slake_en": slake, "slake_zh": slake, "pathvqa": pathvqa,
-           "pmc_vqa": pmc_vqa, "omnimedvqa": omnimedvqa, "mimic_cxr": mimic_cxr, "iu_xray": iu_xray,
-           "ct_rate": ct_rate, "m3d_vqa_closed": m3d, "m3d_vqa_open": m3d, "m3d_cap": m3d}
+WRITERS = {
+    "vqa_rad": vqa_rad,
+    "slake": slake,
+    "slake_en": slake,
+    "slake_zh": slake,
+    "pathvqa": pathvqa,
+    "pmc_vqa": pmc_vqa,
+    "omnimedvqa": omnimedvqa,
+    "mimic_cxr": mimic_cxr,
+    "iu_xray": iu_xray,
+    "ct_rate": ct_rate,
+    "m3d_vqa_closed": m3d,
+    "m3d_vqa_open": m3d,
+    "m3d_cap": m3d,
+}

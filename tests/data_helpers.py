@@ -62,11 +62,16 @@ def _qwen_backend_json() -> str:
             local.sort(key=lambda x: (ranks[x[0]], ranks[x[1]]))
             merges += [(rank, a, b) for a, b in local]
     merges.sort(key=lambda x: x[0])
-    bpe = BPE({s(k): v for k, v in ranks.items()}, [(s(a), s(b)) for _, a, b in merges], fuse_unk=False, ignore_merges=True)
+    bpe = BPE(
+        {s(k): v for k, v in ranks.items()}, [(s(a), s(b)) for _, a, b in merges], fuse_unk=False, ignore_merges=True
+    )
     tk = Tokenizer(bpe)
     tk.normalizer = normalizers.NFC()
     tk.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        [
+            pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
     )
     tk.decoder = decoders.ByteLevel()
     text = tk.to_str()
@@ -77,7 +82,9 @@ def _qwen_backend_json() -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def qwen2_tokenizer(template: str | None = QWEN25_TEMPLATE, eos: str = "<|im_end|>", extra_specials: tuple = tuple(LLAMA3_SPECIALS)):
+def qwen2_tokenizer(
+    template: str | None = QWEN25_TEMPLATE, eos: str = "<|im_end|>", extra_specials: tuple = tuple(LLAMA3_SPECIALS)
+):
     """A (cached, do not modify) Qwen2.5 fast tokenizer (real vocabulary) with ``<image>``/``<volume>`` special tokens.
 
     Args:
@@ -89,7 +96,18 @@ def qwen2_tokenizer(template: str | None = QWEN25_TEMPLATE, eos: str = "<|im_end
     from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_qwen_backend_json()))
-    tok.add_special_tokens({"additional_special_tokens": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *extra_specials, "<image>", "<volume>"]})
+    tok.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                "<|endoftext|>",
+                "<|im_start|>",
+                "<|im_end|>",
+                *extra_specials,
+                "<image>",
+                "<volume>",
+            ]
+        }
+    )
     tok.eos_token = eos
     tok.pad_token = "<|endoftext|>"
     tok.chat_template = template

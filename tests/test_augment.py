@@ -54,8 +54,10 @@ def sample_with_left_marker():
     image[..., 6:10, 12:15] = 1.0
     volume = torch.zeros(1, 1, 4, 16, 16)
     volume[..., 1:3, 6:10, 12:15] = 1.0
-    messages = [{"role": "user", "content": "<image>\nWhere is the lesion?"},
-                {"role": "assistant", "content": "In the left lung."}]
+    messages = [
+        {"role": "user", "content": "<image>\nWhere is the lesion?"},
+        {"role": "assistant", "content": "In the left lung."},
+    ]
     return messages, image, volume
 
 
@@ -155,8 +157,12 @@ def test_augment_sample_flip_swaps_text_and_mirrors_image_and_volume():
     array = np.full((10, 8, 6), -1000.0, np.float32)
     array[8, 4, 3] = 1000.0
     volume = Volume(array, np.diag([-1.0, 1.0, 1.0, 1.0]), source="las.nii.gz")
-    sample = {"messages": [{"role": "assistant", "content": "Left apex."}], "images": [Image.fromarray(grey)],
-              "volumes": [volume], "record": "r1"}
+    sample = {
+        "messages": [{"role": "assistant", "content": "Left apex."}],
+        "images": [Image.fromarray(grey)],
+        "volumes": [volume],
+        "record": "r1",
+    }
     config = AugmentConfig(brightness=0, contrast=0, rotate_degrees=0, scale=0, flip_lr_prob=1.0)
 
     assert Augmenter(config).augment_sample(sample) is sample  # evaluation: untouched
@@ -177,8 +183,11 @@ def test_augment_sample_default_keeps_laterality():
 
     grey = np.zeros((16, 16), np.uint8)
     grey[4:12, 11:15] = 255
-    sample = {"messages": [{"role": "user", "content": "left?"}], "images": [Image.fromarray(grey).convert("RGB")],
-              "volumes": []}
+    sample = {
+        "messages": [{"role": "user", "content": "left?"}],
+        "images": [Image.fromarray(grey).convert("RGB")],
+        "volumes": [],
+    }
     augmenter = Augmenter(training=True, seed=5)
     for _ in range(10):
         out = augmenter.augment_sample(sample)
@@ -190,27 +199,45 @@ def test_augment_sample_default_keeps_laterality():
 # by hand. None: the sentence names a structure without a left-right twin, so the sample is not flipped.
 REPORT_SENTENCES = [
     ("There is a 6 mm nodule in the left upper lobe.", "There is a 6 mm nodule in the right upper lobe."),
-    ("Small right pleural effusion with adjacent atelectasis.", "Small left pleural effusion with adjacent atelectasis."),
-    ("Patchy opacity in the right lower lobe, concerning for pneumonia.",
-     "Patchy opacity in the left lower lobe, concerning for pneumonia."),
+    (
+        "Small right pleural effusion with adjacent atelectasis.",
+        "Small left pleural effusion with adjacent atelectasis.",
+    ),
+    (
+        "Patchy opacity in the right lower lobe, concerning for pneumonia.",
+        "Patchy opacity in the left lower lobe, concerning for pneumonia.",
+    ),
     ("The left hemidiaphragm is elevated.", "The right hemidiaphragm is elevated."),
-    ("Right-sided central venous catheter with its tip in the superior vena cava.",
-     "Left-sided central venous catheter with its tip in the superior vena cava."),
+    (
+        "Right-sided central venous catheter with its tip in the superior vena cava.",
+        "Left-sided central venous catheter with its tip in the superior vena cava.",
+    ),
     ("Blunting of the right costophrenic angle.", "Blunting of the left costophrenic angle."),
     ("Left lower lobe collapse; the right lung is clear.", "Right lower lobe collapse; the left lung is clear."),
     ("Healed fracture of the left seventh rib.", "Healed fracture of the right seventh rib."),
-    ("Right hilar lymphadenopathy and a left apical pneumothorax.",
-     "Left hilar lymphadenopathy and a right apical pneumothorax."),
+    (
+        "Right hilar lymphadenopathy and a left apical pneumothorax.",
+        "Left hilar lymphadenopathy and a right apical pneumothorax.",
+    ),
     ("Leftward deviation of the trachea.", "Rightward deviation of the trachea."),
     ("The left main bronchus is patent.", "The right main bronchus is patent."),
     ("Mild enlargement of the left ventricle.", "Mild enlargement of the left ventricle."),
-    ("Left atrial enlargement; the right ventricle is normal in size.",
-     "Left atrial enlargement; the right ventricle is normal in size."),
-    ("Right heart strain with a small left pleural effusion.", "Right heart strain with a small right pleural effusion."),
-    ("Stent in the left anterior descending artery; calcification of the right coronary artery.",
-     "Stent in the left anterior descending artery; calcification of the right coronary artery."),
-    ("Findings were discussed with the referring physician right away.",
-     "Findings were discussed with the referring physician right away."),
+    (
+        "Left atrial enlargement; the right ventricle is normal in size.",
+        "Left atrial enlargement; the right ventricle is normal in size.",
+    ),
+    (
+        "Right heart strain with a small left pleural effusion.",
+        "Right heart strain with a small right pleural effusion.",
+    ),
+    (
+        "Stent in the left anterior descending artery; calcification of the right coronary artery.",
+        "Stent in the left anterior descending artery; calcification of the right coronary artery.",
+    ),
+    (
+        "Findings were discussed with the referring physician right away.",
+        "Findings were discussed with the referring physician right away.",
+    ),
     ("Consolidation in the right middle lobe.", None),
     ("Linear atelectasis in the lingula.", None),
     ("Thickening of the minor fissure.", None),
@@ -249,8 +276,14 @@ def test_augmenter_never_flips_a_sample_without_a_twin(text, expected):
 
     grey = np.zeros((8, 8), np.uint8)
     grey[:, 6:] = 255
-    sample = {"messages": [{"role": "user", "content": "<image>\nDescribe the findings."},
-                           {"role": "assistant", "content": text}], "images": [Image.fromarray(grey)], "volumes": []}
+    sample = {
+        "messages": [
+            {"role": "user", "content": "<image>\nDescribe the findings."},
+            {"role": "assistant", "content": text},
+        ],
+        "images": [Image.fromarray(grey)],
+        "volumes": [],
+    }
     config = AugmentConfig(brightness=0, contrast=0, rotate_degrees=0, scale=0, flip_lr_prob=1.0)
     augmenter = Augmenter(config, training=True)
     out = augmenter.augment_sample(sample)
@@ -283,15 +316,18 @@ class _JitterSet(torch.utils.data.Dataset):
 def test_dataloader_workers_and_epochs_draw_different_augmentations():
     # Each worker holds a copy of the augmenter; without a reseed per worker (and per epoch) the two
     # workers would replay the same draws and every epoch would repeat the first.
-    augmenter = Augmenter(AugmentConfig(brightness=0.5, contrast=0.5, rotate_degrees=10, scale=0.1), training=True,
-                          seed=3)
-    loader = torch.utils.data.DataLoader(_JitterSet(augmenter), batch_size=1, num_workers=2,
-                                         generator=torch.Generator().manual_seed(0))
+    augmenter = Augmenter(
+        AugmentConfig(brightness=0.5, contrast=0.5, rotate_degrees=10, scale=0.1), training=True, seed=3
+    )
+    loader = torch.utils.data.DataLoader(
+        _JitterSet(augmenter), batch_size=1, num_workers=2, generator=torch.Generator().manual_seed(0)
+    )
     epochs = [torch.cat(list(loader)) for _ in range(2)]
     for batch in epochs:
         rows = batch.flatten(1)
         assert len({tuple(r.tolist()) for r in rows}) == len(rows)  # 8 samples, 8 different draws
     assert not torch.allclose(epochs[0], epochs[1])
     # and augmentation stays off where it should: the evaluation augmenter is the identity
-    assert torch.equal(Augmenter(augmenter.config).augment_volume_values(_JitterSet(augmenter).volume),
-                       _JitterSet(augmenter).volume)
+    assert torch.equal(
+        Augmenter(augmenter.config).augment_volume_values(_JitterSet(augmenter).volume), _JitterSet(augmenter).volume
+    )

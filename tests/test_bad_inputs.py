@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bad_inputs import KINDS, VERBS_OF
 from medvl.cli import main
+from tests.bad_inputs import KINDS, VERBS_OF
 
 CASES = [(name, verb) for name in KINDS for verb in VERBS_OF.get(name, ("infer",))]
 

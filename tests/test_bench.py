@@ -15,7 +15,6 @@ import torch
 from medvl import cli
 from medvl.bench import (
     DEFAULT_SUITES,
-    SUITES,
     flop_params,
     format_table,
     peak_rss_delta_mib,
@@ -23,7 +22,6 @@ from medvl.bench import (
     synthetic_ct,
     write_nifti,
 )
-
 
 RSS_PEAK_RESETTABLE = Path("/proc/self/clear_refs").exists()
 
@@ -67,12 +65,14 @@ def test_quick_suite_schema_and_ratios(quick_results):
     assert 1 <= a["rows"] < len(lengths) and a["width"] == max(lengths)  # rows of the longest sample
     assert a["tokens_per_s"] == pytest.approx(t["real_tokens"] / a["seconds"])
     assert t["padded"]["mfu_fp32"] == pytest.approx(
-        6 * t["llm_flop_params"] * t["padded"]["tokens_per_s"] / 1e9 / m["fp32_peak_gflops"])
+        6 * t["llm_flop_params"] * t["padded"]["tokens_per_s"] / 1e9 / m["fp32_peak_gflops"]
+    )
     # the head runs at supervised positions only: fewer FLOPs than 6 N T, so a smaller fraction
     body = t["llm_flop_params"] - t["lm_head_params"]
     needed = 6 * (body * t["real_tokens"] + t["lm_head_params"] * t["supervised_tokens"])
     assert t["packed"]["mfu_fp32_supervised_head"] == pytest.approx(
-        needed / t["packed"]["seconds"] / 1e9 / m["fp32_peak_gflops"])
+        needed / t["packed"]["seconds"] / 1e9 / m["fp32_peak_gflops"]
+    )
     assert t["packed"]["mfu_fp32_supervised_head"] < t["packed"]["mfu_fp32"]
     for key, value in t["logits"].items():
         if value is None and "rss" in key and not RSS_PEAK_RESETTABLE:
@@ -170,7 +170,9 @@ def test_workloads_quick_suite_structure(workload_results):
         assert t["batch_size"] == batch and t["steps"] == steps and t["samples_seen"] == batch * steps
         assert len(t["losses"]) == steps and all(math.isfinite(x) and x > 0 for x in t["losses"])
         assert t["samples_per_s"] == pytest.approx(batch * steps / t["loop_seconds"])
-        assert t["fraction_of_fp32_peak"] == pytest.approx(t["essential_flops"]["total"] / t["loop_seconds"] / 1e9 / peak)
+        assert t["fraction_of_fp32_peak"] == pytest.approx(
+            t["essential_flops"]["total"] / t["loop_seconds"] / 1e9 / peak
+        )
         phases = t["phases"]
         assert len(phases["step_seconds"]) == steps
         assert sum(phases["seconds"].values()) == pytest.approx(sum(phases["step_seconds"]))
@@ -191,12 +193,18 @@ def test_workloads_quick_suite_structure(workload_results):
         assert ph["seconds"]["prefill"] > 0 and ph["seconds"]["decode_forward"] > 0
         # a decode step reads every LLM weight once (fp32): bytes per step x steps / decode seconds
         t = WorkloadSizes.quick().llm
-        layer = 2 * t["hidden_size"] ** 2 + 2 * t["hidden_size"] * (t["hidden_size"] // t["num_attention_heads"]
-                                                                     * t["num_key_value_heads"]) + 3 * t["hidden_size"] * t["intermediate_size"]
+        layer = (
+            2 * t["hidden_size"] ** 2
+            + 2 * t["hidden_size"] * (t["hidden_size"] // t["num_attention_heads"] * t["num_key_value_heads"])
+            + 3 * t["hidden_size"] * t["intermediate_size"]
+        )
         weights = 4 * (t["num_hidden_layers"] * layer + t["hidden_size"] * t["vocab_size"])
-        assert ph["decode_weight_gbs"] == pytest.approx(weights * ph["decode_steps"] / ph["seconds"]["decode_forward"] / 1e9)
+        assert ph["decode_weight_gbs"] == pytest.approx(
+            weights * ph["decode_steps"] / ph["seconds"]["decode_forward"] / 1e9
+        )
         assert ph["decode_fraction_of_memory_bandwidth"] == pytest.approx(
-            ph["decode_weight_gbs"] / r["results"]["machine"]["memory_bandwidth_gbs"])
+            ph["decode_weight_gbs"] / r["results"]["machine"]["memory_bandwidth_gbs"]
+        )
     assert set(i2d["texts_sha"]) == set(i2d["batches"])
     table = format_table(r)
     for label in ("workloads/w2d", "workloads/w3d", "workloads/i2d"):
@@ -238,6 +246,7 @@ def test_workload_flops_equal_the_hand_formula():
     prefill = sum(len(layers) * (2 * p * per_layer + 2 * p * p * d_q) + 2 * head for p in prompts)
     prefill += 2 * (encoder + 2 * w_conn * 4)
     # n - 1 decode steps per prompt; step j attends to p + j positions
-    decode = sum(2 * per_layer * len(layers) + 4 * (p + j) * d_q * len(layers) + 2 * head
-                 for p in prompts for j in (1, 2))
+    decode = sum(
+        2 * per_layer * len(layers) + 4 * (p + j) * d_q * len(layers) + 2 * head for p in prompts for j in (1, 2)
+    )
     assert gen["prefill"] == pytest.approx(prefill) and gen["decode"] == decode

@@ -40,9 +40,20 @@ def _prompt(processor: MedVLProcessor) -> str:
 
 def test_tiny_yaml_checkpoint_is_self_contained(tiny_model_dir, tiny_processor):
     files = {p.name for p in tiny_model_dir.iterdir()}
-    for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "chat_template.jinja",
-                 "configuration_medvl.py", "modeling_medvl.py", "processing_medvl.py", "vit3d.py", "connectors.py",
-                 "volume_processing_medvl.py", "generation_config.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "processor_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "configuration_medvl.py",
+        "modeling_medvl.py",
+        "processing_medvl.py",
+        "vit3d.py",
+        "connectors.py",
+        "volume_processing_medvl.py",
+        "generation_config.json",
+    ):
         assert name in files, name
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_medvl.MedVLForConditionalGeneration"
@@ -61,8 +72,15 @@ def _make_parts(root: Path) -> tuple[Path, Path]:
     tokenizer = train_tokenizer(builtin_corpus(200), vocab_size=400)
     torch.manual_seed(1)
     llm = AutoModelForCausalLM.from_config(
-        Qwen2Config(vocab_size=448, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+        Qwen2Config(
+            vocab_size=448,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        )
     )
     with torch.no_grad():  # non-default values everywhere, so that a re-initialisation would show
         for p in llm.parameters():
@@ -70,11 +88,21 @@ def _make_parts(root: Path) -> tuple[Path, Path]:
     llm.save_pretrained(root / "llm")
     tokenizer.save_pretrained(root / "llm")
     # a full SigLIP checkpoint (text + vision, like google/siglip-*); medvl keeps its vision half
-    tower = SiglipModel(SiglipConfig(
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4),
-        text_config=dict(vocab_size=50, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=4)))
+    tower = SiglipModel(
+        SiglipConfig(
+            vision_config=dict(
+                image_size=32,
+                patch_size=8,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+            ),
+            text_config=dict(
+                vocab_size=50, hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4
+            ),
+        )
+    )
     with torch.no_grad():
         for p in tower.parameters():
             p.add_(torch.randn_like(p))
@@ -86,11 +114,22 @@ def test_pretrained_parts_keep_their_weights_and_checkpoint_loads_without_them(t
     from transformers import AutoModelForCausalLM, SiglipModel
 
     llm_dir, tower_dir = _make_parts(tmp_path / "parts")
-    spec = load_model_spec(None, [f"llm.path={llm_dir}", f"vision.path={tower_dir}", "vision.connector.depth=2",
-                                  "volume.encoder=vit3d", "volume.config.image_size=[8,32,32]",
-                                  "volume.config.patch_size=[4,8,8]", "volume.config.hidden_size=32",
-                                  "volume.config.intermediate_size=64", "volume.config.num_hidden_layers=1",
-                                  "volume.config.num_attention_heads=4", "volume.connector.pool_stride=[2,2,2]"])
+    spec = load_model_spec(
+        None,
+        [
+            f"llm.path={llm_dir}",
+            f"vision.path={tower_dir}",
+            "vision.connector.depth=2",
+            "volume.encoder=vit3d",
+            "volume.config.image_size=[8,32,32]",
+            "volume.config.patch_size=[4,8,8]",
+            "volume.config.hidden_size=32",
+            "volume.config.intermediate_size=64",
+            "volume.config.num_hidden_layers=1",
+            "volume.config.num_attention_heads=4",
+            "volume.connector.pool_stride=[2,2,2]",
+        ],
+    )
     model, processor = build_model(spec)
     llm_ref = AutoModelForCausalLM.from_pretrained(llm_dir).state_dict()
     tower_ref = SiglipModel.from_pretrained(tower_dir).vision_model.state_dict()
@@ -144,11 +183,20 @@ REMOTE_SCRIPT = textwrap.dedent(
 def test_trust_remote_code_load_in_a_process_without_medvl(tiny_model_dir, tiny_model, tiny_processor, tmp_path):
     script = tmp_path / "remote_load.py"
     script.write_text(REMOTE_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
-           "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "PYTHONPATH": "",
+        "OMP_NUM_THREADS": "1",
+    }
     result = subprocess.run(
         [sys.executable, "-I", str(script), str(SRC), str(tiny_model_dir), str(tmp_path / "logits.npy")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "transformers_modules" in result.stdout  # classes came from the checkpoint's code files
@@ -162,16 +210,25 @@ def test_trust_remote_code_load_in_a_process_without_medvl(tiny_model_dir, tiny_
     ("override", "expected"),
     [
         ("llm.config.num_attention_heads=8", None),  # a valid combination (8 % 2 == 0, 64 % 8 == 0)
-        ("llm.config.num_key_value_heads=3", "num_attention_heads \\(4\\) must be a multiple of num_key_value_heads \\(3\\).*1, 2, 4"),
-        ("llm.config.num_attention_heads=5", "num_attention_heads \\(5\\) must be a multiple of num_key_value_heads \\(2\\)"),
-        ("vision.config.num_attention_heads=3", "vision.config: hidden_size \\(64\\) must be a multiple of num_attention_heads \\(3\\)"),
+        (
+            "llm.config.num_key_value_heads=3",
+            "num_attention_heads \\(4\\) must be a multiple of num_key_value_heads \\(3\\).*1, 2, 4",
+        ),
+        (
+            "llm.config.num_attention_heads=5",
+            "num_attention_heads \\(5\\) must be a multiple of num_key_value_heads \\(2\\)",
+        ),
+        (
+            "vision.config.num_attention_heads=3",
+            "vision.config: hidden_size \\(64\\) must be a multiple of num_attention_heads \\(3\\)",
+        ),
         ("vision.config.patch_size=24", "image_size 64 must be a multiple of patch_size 24"),
         ("volume.config.patch_size=[4,16,24]", "patch_size \\[4, 16, 24\\] does not divide image_size"),
     ],
 )
 def test_invalid_architecture_is_refused_at_build_time(tmp_path, override, expected):
-    from tests.conftest import TINY_YAML
     from medvl.build import build_model, load_model_spec
+    from tests.conftest import TINY_YAML
 
     spec = load_model_spec(TINY_YAML, [override])
     if expected is None:  # a valid combination builds
@@ -198,8 +255,16 @@ def test_spec_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="at least one encoder"):
         build_model(load_model_spec(None, ["tokenizer.source=train", "llm.config.model_type=qwen2"]))
     with pytest.raises(FileNotFoundError, match="not a local folder"):
-        build_model(load_model_spec(None, [f"llm.path={tmp_path / 'nope'}", "tokenizer.source=train",
-                                           "vision.config.model_type=siglip_vision_model"]))
+        build_model(
+            load_model_spec(
+                None,
+                [
+                    f"llm.path={tmp_path / 'nope'}",
+                    "tokenizer.source=train",
+                    "vision.config.model_type=siglip_vision_model",
+                ],
+            )
+        )
 
 
 def _write_released_clip(folder: Path, kind: str) -> tuple[Path, torch.nn.Module]:
@@ -216,32 +281,76 @@ def _write_released_clip(folder: Path, kind: str) -> tuple[Path, torch.nn.Module
     folder.mkdir(parents=True)
     torch.manual_seed(11)
     if kind == "medmclip":
-        config = {"model_type": "medm-pretrain", "architectures": ["MedMCLIP"], "hidden_size": 32, "image_size": 32,
-                  "image_patch_size": 8, "frame_size": 8, "frame_patch_size": 4, "image_num_heads": 4,
-                  "image_mlp_dim": 64, "image_num_layers": 2, "dropout_rate": 0.0, "gather_loss": True,
-                  "local_loss": False, "language_model_name_or_path": "google-bert/bert-base-uncased"}
+        config = {
+            "model_type": "medm-pretrain",
+            "architectures": ["MedMCLIP"],
+            "hidden_size": 32,
+            "image_size": 32,
+            "image_patch_size": 8,
+            "frame_size": 8,
+            "frame_patch_size": 4,
+            "image_num_heads": 4,
+            "image_mlp_dim": 64,
+            "image_num_layers": 2,
+            "dropout_rate": 0.0,
+            "gather_loss": True,
+            "local_loss": False,
+            "language_model_name_or_path": "google-bert/bert-base-uncased",
+        }
         vit = R.MedMClipViT(8, 32, 4, 8, 32, 2, 4, 64).eval()
-        rest = {"text_encoder.embeddings.word_embeddings.weight": torch.randn(10, 32), "logit_scale": torch.tensor(2.6),
-                "vision_encoder.mlp_head.0.weight": torch.randn(32), "vision_encoder.mlp_head.1.weight": torch.randn(32, 32)}
+        rest = {
+            "text_encoder.embeddings.word_embeddings.weight": torch.randn(10, 32),
+            "logit_scale": torch.tensor(2.6),
+            "vision_encoder.mlp_head.0.weight": torch.randn(32),
+            "vision_encoder.mlp_head.1.weight": torch.randn(32, 32),
+        }
         encoder = vit
     else:
         from monai.networks.nets import ViT
 
-        config = {"model_type": "m3d_clip", "architectures": ["M3DCLIP"], "in_channels": 1, "img_size": [8, 32, 32],
-                  "patch_size": [4, 8, 8], "hidden_size": 32, "mlp_dim": 64, "num_layers": 2, "num_heads": 4,
-                  "pos_embed": "perceptron", "dropout_rate": 0.0, "spatial_dims": 3, "max_text_len": 128,
-                  "vocab_size": 30522, "language_model_name_or_path": "bert-base-uncased"}
-        vit = ViT(in_channels=1, img_size=(8, 32, 32), patch_size=(4, 8, 8), hidden_size=32, mlp_dim=64, num_layers=2,
-                  num_heads=4, proj_type="perceptron", classification=True).eval()
+        config = {
+            "model_type": "m3d_clip",
+            "architectures": ["M3DCLIP"],
+            "in_channels": 1,
+            "img_size": [8, 32, 32],
+            "patch_size": [4, 8, 8],
+            "hidden_size": 32,
+            "mlp_dim": 64,
+            "num_layers": 2,
+            "num_heads": 4,
+            "pos_embed": "perceptron",
+            "dropout_rate": 0.0,
+            "spatial_dims": 3,
+            "max_text_len": 128,
+            "vocab_size": 30522,
+            "language_model_name_or_path": "bert-base-uncased",
+        }
+        vit = ViT(
+            in_channels=1,
+            img_size=(8, 32, 32),
+            patch_size=(4, 8, 8),
+            hidden_size=32,
+            mlp_dim=64,
+            num_layers=2,
+            num_heads=4,
+            proj_type="perceptron",
+            classification=True,
+        ).eval()
         with torch.no_grad():  # MONAI initialises these to zero; make them matter
             vit.cls_token.normal_()
             vit.patch_embedding.position_embeddings.normal_()
-        rest = {"language_encoder.embeddings.word_embeddings.weight": torch.randn(10, 32),
-                "mm_vision_proj.weight": torch.randn(32, 32), "mm_language_proj.weight": torch.randn(32, 32),
-                "logit_scale": torch.tensor(2.6)}
+        rest = {
+            "language_encoder.embeddings.word_embeddings.weight": torch.randn(10, 32),
+            "mm_vision_proj.weight": torch.randn(32, 32),
+            "mm_language_proj.weight": torch.randn(32, 32),
+            "logit_scale": torch.tensor(2.6),
+        }
         encoder = R.monai_vit_hidden_states(vit)
-    weights = {"vision_encoder." + k: v for k, v in vit.state_dict().items()
-               if not k.startswith("classification_head") and ".norm_cross_attn." not in k}
+    weights = {
+        "vision_encoder." + k: v
+        for k, v in vit.state_dict().items()
+        if not k.startswith("classification_head") and ".norm_cross_attn." not in k
+    }
     weights.update(rest)
     save_file({k: v.contiguous() for k, v in weights.items()}, folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps(config))
@@ -257,7 +366,8 @@ def test_build_with_a_released_3d_clip_encoder(tmp_path, kind):
     clip_dir, reference = _write_released_clip(tmp_path / kind, kind)
     source = load_file(str(clip_dir / "model.safetensors"))
     spec = tmp_path / "spec.yaml"
-    spec.write_text(textwrap.dedent(f"""
+    spec.write_text(
+        textwrap.dedent(f"""
         llm:
           config: {{model_type: qwen2, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 1,
                     num_attention_heads: 4, num_key_value_heads: 2}}
@@ -266,26 +376,33 @@ def test_build_with_a_released_3d_clip_encoder(tmp_path, kind):
           path: {clip_dir}
           connector: {{type: spatial_pool, pool_stride: [1, 2, 2], depth: 1}}
         tokenizer: {{source: train, vocab_size: 400}}
-    """))
+    """)
+    )
     assert cli(["build", str(spec), "--out", str(tmp_path / "built")]) == 0
     model = MedVLForConditionalGeneration.from_pretrained(tmp_path / "built").eval()
-    got = {k[len("volume_encoder."):]: v for k, v in model.state_dict().items() if k.startswith("volume_encoder.")}
+    got = {k[len("volume_encoder.") :]: v for k, v in model.state_dict().items() if k.startswith("volume_encoder.")}
 
     # bit for bit: every tensor is the released one (the patch Linear with its input axis reordered)
     if kind == "medmclip":
-        pairs = {"embeddings.cls_token": "cls_token", "embeddings.position_embedding": "pos_embedding",
-                 "embeddings.patch_proj.bias": "to_patch_embedding.2.bias",
-                 "embeddings.patch_norm_out.weight": "to_patch_embedding.3.weight",
-                 "encoder.layers.1.attn.qkv.weight": "transformer_layers.1.self_attn.in_proj_weight",
-                 "encoder.layers.0.mlp.fc2.bias": "transformer_layers.0.linear2.bias"}
+        pairs = {
+            "embeddings.cls_token": "cls_token",
+            "embeddings.position_embedding": "pos_embedding",
+            "embeddings.patch_proj.bias": "to_patch_embedding.2.bias",
+            "embeddings.patch_norm_out.weight": "to_patch_embedding.3.weight",
+            "encoder.layers.1.attn.qkv.weight": "transformer_layers.1.self_attn.in_proj_weight",
+            "encoder.layers.0.mlp.fc2.bias": "transformer_layers.0.linear2.bias",
+        }
         # vit-pytorch flattens a patch as (ph, pw, pd, c); medvl as (c, pd, ph, pw)
         patch = source["vision_encoder.to_patch_embedding.2.weight"].reshape(32, 8, 8, 4, 1).permute(0, 4, 3, 1, 2)
     else:
-        pairs = {"embeddings.cls_token": "cls_token",
-                 "embeddings.position_embedding": "patch_embedding.position_embeddings",
-                 "embeddings.patch_proj.bias": "patch_embedding.patch_embeddings.1.bias",
-                 "encoder.layers.1.attn.qkv.weight": "blocks.1.attn.qkv.weight",
-                 "encoder.layers.0.mlp.fc2.bias": "blocks.0.mlp.linear2.bias", "norm.weight": "norm.weight"}
+        pairs = {
+            "embeddings.cls_token": "cls_token",
+            "embeddings.position_embedding": "patch_embedding.position_embeddings",
+            "embeddings.patch_proj.bias": "patch_embedding.patch_embeddings.1.bias",
+            "encoder.layers.1.attn.qkv.weight": "blocks.1.attn.qkv.weight",
+            "encoder.layers.0.mlp.fc2.bias": "blocks.0.mlp.linear2.bias",
+            "norm.weight": "norm.weight",
+        }
         # MONAI flattens a patch as (pd, ph, pw, c)
         patch = source["vision_encoder.patch_embedding.patch_embeddings.1.weight"].reshape(32, 4, 8, 8, 1)
         patch = patch.permute(0, 4, 1, 2, 3)
@@ -312,7 +429,10 @@ def test_conv_stem_presets_are_the_quickstart_findings():
 
     # the 2D recipe's stem is "standard" at its width; the 3D recipe's is "narrow" after the thin slab
     vision = RECIPES["2d"].model["vision"]
-    assert resolve_conv_stem("standard", vision["config"]["hidden_size"], vision["config"]["patch_size"]) == vision["conv_stem"]
+    assert (
+        resolve_conv_stem("standard", vision["config"]["hidden_size"], vision["config"]["patch_size"])
+        == vision["conv_stem"]
+    )
     volume = RECIPES["3d"].model["volume"]["config"]
     assert resolve_conv_stem("narrow", volume["hidden_size"], volume["patch_size"], [2, 1, 1]) == volume["conv_stem"]
     # one stride-2 layer per factor of two of the patch, at most four
@@ -325,7 +445,8 @@ def test_conv_stem_presets_are_the_quickstart_findings():
 
 def test_conv_stem_presets_in_the_build_spec(tmp_path):
     spec_yaml = tmp_path / "spec.yaml"
-    spec_yaml.write_text(textwrap.dedent("""
+    spec_yaml.write_text(
+        textwrap.dedent("""
         llm: {config: {model_type: qwen2, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
                        num_attention_heads: 2, num_key_value_heads: 2}}
         vision:
@@ -338,10 +459,15 @@ def test_conv_stem_presets_in_the_build_spec(tmp_path):
           conv_stem: narrow
           conv_stem_pool: thin-slab
         tokenizer: {source: train, vocab_size: 300}
-    """))
+    """)
+    )
     model, processor = build_model(load_model_spec(spec_yaml))
     assert model.config.image_conv_stem == [8, 16, 32]
-    assert model.config.volume_config.conv_stem == [2, 4, 8, 16] and model.config.volume_config.conv_stem_pool == [2, 1, 1]
+    assert model.config.volume_config.conv_stem == [2, 4, 8, 16] and model.config.volume_config.conv_stem_pool == [
+        2,
+        1,
+        1,
+    ]
     save_checkpoint(model, processor, tmp_path / "ckpt")
     loaded = MedVLForConditionalGeneration.from_pretrained(tmp_path / "ckpt")
     assert loaded.config.volume_config.conv_stem == [2, 4, 8, 16]

@@ -19,16 +19,38 @@ def _dataset(tmp_path: Path, n: int = 4, missing_at: int | None = None) -> Path:
     rows = []
     for i in range(n):
         img = "missing.png" if i == missing_at else "a.png"
-        rows.append({"id": f"q{i}", "messages": [{"role": "user", "content": f"<image> question {i}?"},
-                                                 {"role": "assistant", "content": f"answer {i}"}], "images": [img]})
+        rows.append(
+            {
+                "id": f"q{i}",
+                "messages": [
+                    {"role": "user", "content": f"<image> question {i}?"},
+                    {"role": "assistant", "content": f"answer {i}"},
+                ],
+                "images": [img],
+            }
+        )
     f = data / "d.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return f
 
 
 def _infer(model: Path, data: Path, out: Path, *extra: str) -> int:
-    return main(["infer", str(model), "--data", str(data), "--out", str(out), "--max-new-tokens", "3",
-                 "--batch-size", "1", "--no-progress", *extra])
+    return main(
+        [
+            "infer",
+            str(model),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "3",
+            "--batch-size",
+            "1",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_bad_record_keeps_earlier_predictions_and_rerun_continues(tiny_model_dir, tmp_path, capsys):

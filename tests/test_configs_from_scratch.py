@@ -26,7 +26,10 @@ def test_recipes_load_with_placeholders_and_build_the_quickstart_design(kind):
     assert stage0.train.stage == "encoder_pretrain" and instruct.data.cache_encoder_features
     # the second stage reads the first stage's model
     assert Path(instruct.model.path) == final_model_dir(stage0.output.dir)
-    assert unfilled_placeholders(stage0) == ["data.train[0]=/path/to/train.jsonl", "data.eval[0]=/path/to/validation.jsonl"]
+    assert unfilled_placeholders(stage0) == [
+        "data.train[0]=/path/to/train.jsonl",
+        "data.eval[0]=/path/to/validation.jsonl",
+    ]
     model, _ = build_model(model_spec(stage0))
     quick = RECIPES[kind].model
     if kind == "2d":
@@ -63,20 +66,37 @@ def test_2d_recipe_learns_nodules_well_above_blind(tmp_path):
 
     data = tmp_path / "data"
     # not the quickstart's set: seed 7 instead of 0, nodules of 15-30 mm instead of 5-30 mm, 64 px
-    synthesize("2d", 800, 7, data, geometry=Geometry2D(size=64, spacing=5.6), train_format="grouped",
-               nodule_diameter_mm=(15.0, 30.0))
-    common = [f"data.train=[{data / 'train.jsonl'}]", f"data.eval=[{data / 'validation.jsonl'}]",
-              "train.save_steps=100000", "train.eval_steps=100000", "train.progress_bar=false",
-              "train.max_steps=600"]
+    synthesize(
+        "2d",
+        800,
+        7,
+        data,
+        geometry=Geometry2D(size=64, spacing=5.6),
+        train_format="grouped",
+        nodule_diameter_mm=(15.0, 30.0),
+    )
+    common = [
+        f"data.train=[{data / 'train.jsonl'}]",
+        f"data.eval=[{data / 'validation.jsonl'}]",
+        "train.save_steps=100000",
+        "train.eval_steps=100000",
+        "train.progress_bar=false",
+        "train.max_steps=600",
+    ]
     # 64 px instead of 128: an 4x4 token grid max-pooled 2x2 keeps 2x2 image tokens (left and right apart)
     small = ["model.spec.vision.config.image_size=64", "model.spec.vision.connector.pool_stride=[1,2,2]"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a shared 2-core machine one thread is the fast setting
     try:
-        stage0 = run_training(load_train_config(RECIPE_DIR / "2d-stage0.yaml",
-                                                common + small + [f"output.dir={tmp_path / 'stage0'}"]))
-        instruct = run_training(load_train_config(RECIPE_DIR / "2d.yaml", common + [
-            f"model.path={final_model_dir(stage0)}", f"output.dir={tmp_path / 'instruct'}"]))
+        stage0 = run_training(
+            load_train_config(RECIPE_DIR / "2d-stage0.yaml", common + small + [f"output.dir={tmp_path / 'stage0'}"])
+        )
+        instruct = run_training(
+            load_train_config(
+                RECIPE_DIR / "2d.yaml",
+                common + [f"model.path={final_model_dir(stage0)}", f"output.dir={tmp_path / 'instruct'}"],
+            )
+        )
         result = evaluate_split(final_model_dir(instruct), data / "test.jsonl")
     finally:
         torch.set_num_threads(threads)

@@ -15,13 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import fixture_path
-
 from tests import _medmvl_reference as R
+from tests.conftest import fixture_path
 
 FIXTURES = fixture_path("medmvl")
 FOLDERS = ["medmvl-2d-siglip-mlp", "medmvl-ct-siglip-attnpool"]
-
 
 
 def _expected(name: str) -> dict:
@@ -73,7 +71,10 @@ def test_reference_reproduces_fixture(name: str, reference_models: dict) -> None
     embeds = ref.merge(ids, media[0])
     assert embeds.shape[0] == exp["inference"]["merged_len"]
     logits = ref.logits(embeds)[-1]
-    assert float((logits - torch.from_numpy(np.load(FIXTURES / name / "expected" / "logits_last.npy"))).abs().max()) <= 1e-4
+    assert (
+        float((logits - torch.from_numpy(np.load(FIXTURES / name / "expected" / "logits_last.npy"))).abs().max())
+        <= 1e-4
+    )
     assert ref.greedy(embeds, 8) == exp["inference"]["greedy"]["ids"]
 
     train = _inputs(name, "train_case")
@@ -126,11 +127,15 @@ def test_converted_model_reproduces_medmvl(name: str, converted: dict) -> None:
     if is_3d:
         vol = batch["volume_values"]
         assert vol.shape == (1, 3, 32, 64, 64)
-        np.testing.assert_array_equal(vol[:, :1].numpy(), np.load(FIXTURES / name / "expected" / "pixel_values_channel0.npy"))
+        np.testing.assert_array_equal(
+            vol[:, :1].numpy(), np.load(FIXTURES / name / "expected" / "pixel_values_channel0.npy")
+        )
         assert torch.equal(vol[:, 0], vol[:, 1]) and torch.equal(vol[:, 0], vol[:, 2])
         token_id, sentinel = model.config.volume_token_id, -201
     else:
-        np.testing.assert_array_equal(batch["pixel_values"].numpy(), np.load(FIXTURES / name / "expected" / "pixel_values.npy"))
+        np.testing.assert_array_equal(
+            batch["pixel_values"].numpy(), np.load(FIXTURES / name / "expected" / "pixel_values.npy")
+        )
         token_id, sentinel = model.config.image_token_id, -200
     ids = batch["input_ids"][0].tolist()
     assert _collapse(ids, token_id, sentinel) == exp["inference"]["input_ids"]
@@ -145,7 +150,9 @@ def test_converted_model_reproduces_medmvl(name: str, converted: dict) -> None:
     with torch.no_grad():
         seq = model.generate(**batch, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert seq[0, len(ids) :].tolist() == greedy["ids"]
-    assert generate(model, processor, records, max_new_tokens=8, progress=False) == [exp["inference"]["inference_py_output"]]
+    assert generate(model, processor, records, max_new_tokens=8, progress=False) == [
+        exp["inference"]["inference_py_output"]
+    ]
 
     # training: medvl's label rule gives MedM-VL's supervised tokens and loss
     train = load_records(FIXTURES / name / "inputs" / "train_case.json", root=FIXTURES / name / "inputs")[0]
@@ -154,8 +161,12 @@ def test_converted_model_reproduces_medmvl(name: str, converted: dict) -> None:
     assert enc.labels == exp["training"]["merged_labels"]
     media = {"volume_values": batch["volume_values"]} if is_3d else {"pixel_values": batch["pixel_values"]}
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([enc.input_ids]), labels=torch.tensor([enc.labels]), **media,
-                    return_supervised_logits_only=True)
+        out = model(
+            input_ids=torch.tensor([enc.input_ids]),
+            labels=torch.tensor([enc.labels]),
+            **media,
+            return_supervised_logits_only=True,
+        )
     assert float(out.loss) == pytest.approx(exp["training"]["loss"], rel=1e-5)
     # logits only at the supervised positions: one per loss term MedM-VL counted
     assert out.logits.shape[0] == sum(label != -100 for label in exp["training"]["merged_labels"])
@@ -163,9 +174,18 @@ def test_converted_model_reproduces_medmvl(name: str, converted: dict) -> None:
 
 # ----------------------------------------------------------------------------- layouts without fixtures
 QWEN = FIXTURES / "medmvl-2d-siglip-mlp" / "components" / "qwen2-tiny"
-_NULL_3D = {f"lvlm_{k}": None for k in (
-    "connector_image3d_name", "connector_image3d_path", "connector_image3d_type", "encoder_image3d_name_or_path",
-    "encoder_image3d_select_feature", "encoder_image3d_select_layer", "encoder_image3d_type")}
+_NULL_3D = {
+    f"lvlm_{k}": None
+    for k in (
+        "connector_image3d_name",
+        "connector_image3d_path",
+        "connector_image3d_type",
+        "encoder_image3d_name_or_path",
+        "encoder_image3d_select_feature",
+        "encoder_image3d_select_layer",
+        "encoder_image3d_type",
+    )
+}
 _NULL_2D = {k.replace("image3d", "image"): None for k in _NULL_3D}
 
 
@@ -211,25 +231,43 @@ def _make_clip_checkpoint(tmp: Path, dtype: torch.dtype = torch.float32, shards:
 
     vision = tmp / "clip-tiny"
     vision.mkdir()
-    vcfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                            image_size=32, patch_size=8)
+    vcfg = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8
+    )
     vcfg.save_pretrained(vision)
-    (vision / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 32},
-        "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, "resample": 3,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    (vision / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "CLIPImageProcessor",
+                "do_resize": True,
+                "size": {"shortest_edge": 32},
+                "do_center_crop": True,
+                "crop_size": {"height": 32, "width": 32},
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                "resample": 3,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+            }
+        )
+    )
     torch.manual_seed(1)
     tower = CLIPVisionModel(vcfg)
     weights = _llm_weights(2)
     weights.update({"encoder_image.encoder.vision_model." + k: v for k, v in tower.state_dict().items()})
     weights.update(_connector_weights("connector_image.", 32, 64))
     config = {
-        **_NULL_3D, "lvlm_llm_type": "qwen2", "lvlm_llm_name_or_path": "Qwen/Qwen2.5-3B-Instruct",
-        "lvlm_llm_max_length": 2048, "lvlm_encoder_image_type": "clip",
+        **_NULL_3D,
+        "lvlm_llm_type": "qwen2",
+        "lvlm_llm_name_or_path": "Qwen/Qwen2.5-3B-Instruct",
+        "lvlm_llm_max_length": 2048,
+        "lvlm_encoder_image_type": "clip",
         "lvlm_encoder_image_name_or_path": "openai/clip-vit-large-patch14-336",
-        "lvlm_encoder_image_select_layer": -2, "lvlm_encoder_image_select_feature": "patch",
-        "lvlm_connector_image_type": "mlp", "lvlm_connector_image_name": "mlp2x_gelu",
+        "lvlm_encoder_image_select_layer": -2,
+        "lvlm_encoder_image_select_feature": "patch",
+        "lvlm_connector_image_type": "mlp",
+        "lvlm_connector_image_name": "mlp2x_gelu",
     }
     return _write(tmp / "ckpt", config, {k: v.to(dtype) for k, v in weights.items()}, shards)
 
@@ -240,20 +278,47 @@ def _make_3d_checkpoint(tmp: Path, kind: str) -> tuple[Path, torch.nn.Module]:
     enc_dir.mkdir()
     torch.manual_seed(3)
     if kind == "medmclip":
-        enc_cfg = {"hidden_size": 32, "image_size": 32, "image_patch_size": 8, "frame_size": 8,
-                   "frame_patch_size": 4, "image_num_heads": 4, "image_mlp_dim": 64, "image_num_layers": 2}
+        enc_cfg = {
+            "hidden_size": 32,
+            "image_size": 32,
+            "image_patch_size": 8,
+            "frame_size": 8,
+            "frame_patch_size": 4,
+            "image_num_heads": 4,
+            "image_mlp_dim": 64,
+            "image_num_layers": 2,
+        }
         vit = R.MedMClipViT(8, 32, 4, 8, 32, 2, 4, 64).eval()
-        extra = {"encoder_image3d.encoder.text_encoder.embeddings.word_embeddings.weight": torch.randn(10, 32),
-                 "encoder_image3d.encoder.logit_scale": torch.tensor(2.6)}
+        extra = {
+            "encoder_image3d.encoder.text_encoder.embeddings.word_embeddings.weight": torch.randn(10, 32),
+            "encoder_image3d.encoder.logit_scale": torch.tensor(2.6),
+        }
         connector = ("spatial_pooling", "mlp2x_gelu", 0, "patch")
         encoder = vit
     else:
         from monai.networks.nets import ViT
 
-        enc_cfg = {"in_channels": 1, "img_size": [8, 32, 32], "patch_size": [4, 8, 8], "hidden_size": 32,
-                   "mlp_dim": 64, "num_layers": 2, "num_heads": 4, "pos_embed": "perceptron"}
-        vit = ViT(in_channels=1, img_size=(8, 32, 32), patch_size=(4, 8, 8), hidden_size=32, mlp_dim=64, num_layers=2,
-                  num_heads=4, proj_type="perceptron", classification=True).eval()
+        enc_cfg = {
+            "in_channels": 1,
+            "img_size": [8, 32, 32],
+            "patch_size": [4, 8, 8],
+            "hidden_size": 32,
+            "mlp_dim": 64,
+            "num_layers": 2,
+            "num_heads": 4,
+            "pos_embed": "perceptron",
+        }
+        vit = ViT(
+            in_channels=1,
+            img_size=(8, 32, 32),
+            patch_size=(4, 8, 8),
+            hidden_size=32,
+            mlp_dim=64,
+            num_layers=2,
+            num_heads=4,
+            proj_type="perceptron",
+            classification=True,
+        ).eval()
         with torch.no_grad():  # MONAI initialises these to zero; make them matter
             vit.cls_token.normal_()
             vit.patch_embedding.position_embeddings.normal_()
@@ -261,18 +326,27 @@ def _make_3d_checkpoint(tmp: Path, kind: str) -> tuple[Path, torch.nn.Module]:
         connector = ("mlp", "mlp2x_gelu", -1, "cls_patch")
         encoder = R.monai_vit_hidden_states(vit)
     (enc_dir / "config.json").write_text(json.dumps(enc_cfg))
-    sd = {k: v for k, v in vit.state_dict().items() if not k.startswith(("classification_head", "blocks.0.norm_cross",
-                                                                            "blocks.1.norm_cross"))}
+    sd = {
+        k: v
+        for k, v in vit.state_dict().items()
+        if not k.startswith(("classification_head", "blocks.0.norm_cross", "blocks.1.norm_cross"))
+    }
     weights = _llm_weights(4)
     weights.update({"encoder_image3d.encoder.vision_encoder." + k: v for k, v in sd.items()})
     weights.update(extra)
     weights.update(_connector_weights("connector_image3d.", 32, 64))
     ctype, cname, layer, feat = connector
     config = {
-        **_NULL_2D, "lvlm_llm_type": "qwen2", "lvlm_llm_name_or_path": str(QWEN), "lvlm_llm_max_length": 2048,
-        "lvlm_encoder_image3d_type": kind, "lvlm_encoder_image3d_name_or_path": str(enc_dir),
-        "lvlm_encoder_image3d_select_layer": layer, "lvlm_encoder_image3d_select_feature": feat,
-        "lvlm_connector_image3d_type": ctype, "lvlm_connector_image3d_name": cname,
+        **_NULL_2D,
+        "lvlm_llm_type": "qwen2",
+        "lvlm_llm_name_or_path": str(QWEN),
+        "lvlm_llm_max_length": 2048,
+        "lvlm_encoder_image3d_type": kind,
+        "lvlm_encoder_image3d_name_or_path": str(enc_dir),
+        "lvlm_encoder_image3d_select_layer": layer,
+        "lvlm_encoder_image3d_select_feature": feat,
+        "lvlm_connector_image3d_type": ctype,
+        "lvlm_connector_image3d_name": cname,
     }
     return _write(tmp / "ckpt", config, weights), encoder
 
@@ -368,8 +442,14 @@ def test_invalid_layouts(tmp_path: Path) -> None:
         read_layout(src)
     # SigLIP has no CLS token: MedM-VL's 'patch' would silently drop a real patch
     siglip = FIXTURES / "medmvl-2d-siglip-mlp"
-    (src / "config.json").write_text(json.dumps({**json.loads((siglip / "checkpoint" / "config.json").read_text()),
-                                                 "lvlm_encoder_image_select_feature": "patch"}))
+    (src / "config.json").write_text(
+        json.dumps(
+            {
+                **json.loads((siglip / "checkpoint" / "config.json").read_text()),
+                "lvlm_encoder_image_select_feature": "patch",
+            }
+        )
+    )
     from medvl.convert.medmvl import MedMVLParts
 
     parts = MedMVLParts(llm=siglip / "components" / "qwen2-tiny", vision=siglip / "components" / "siglip-tiny")
@@ -382,11 +462,18 @@ def test_ctclip_checkpoints_are_refused_with_the_reason(tmp_path: Path) -> None:
 
     src = _make_clip_checkpoint(tmp_path)
     cfg = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({**cfg, "lvlm_encoder_image_type": None,
-                                                 "lvlm_encoder_image3d_type": "ctclip",
-                                                 "lvlm_encoder_image3d_name_or_path": "CT-CLIP_v2_visual_transformer.pt",
-                                                 "lvlm_connector_image3d_type": "spatial_pooling",
-                                                 "lvlm_connector_image3d_name": "mlp2x_gelu"}))
+    (src / "config.json").write_text(
+        json.dumps(
+            {
+                **cfg,
+                "lvlm_encoder_image_type": None,
+                "lvlm_encoder_image3d_type": "ctclip",
+                "lvlm_encoder_image3d_name_or_path": "CT-CLIP_v2_visual_transformer.pt",
+                "lvlm_connector_image3d_type": "spatial_pooling",
+                "lvlm_connector_image3d_name": "mlp2x_gelu",
+            }
+        )
+    )
     with pytest.raises(MedMVLConversionError, match="'ctclip' 3D encoder has no well-defined saved layout") as err:
         convert_medmvl(src, tmp_path / "out")
     assert "does not register 'ctclip'" in str(err.value) and "encoder: ctvit" in str(err.value)
@@ -411,7 +498,7 @@ def test_3d_converted_processor(tmp_path: Path, kind: str) -> None:
         norm = (raw.astype(np.float64) - MEDMCLIP_MEAN) / MEDMCLIP_STD  # MedM-CLIP: normalise, crop > 0, resize
         nz = np.argwhere(norm > 0)
         lo, hi = nz.min(0), nz.max(0) + 1
-        crop = torch.from_numpy(norm[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float32))[None, None]
+        crop = torch.from_numpy(norm[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float32))[None, None]
         ref = F.interpolate(crop, size=(8, 32, 32), mode="trilinear", align_corners=False)
         np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-5)
     else:
@@ -420,7 +507,8 @@ def test_3d_converted_processor(tmp_path: Path, kind: str) -> None:
         np.testing.assert_array_equal(got.numpy()[0, 0], raw)
     batch = processor(text=["<volume>\nWhat is shown?"], volumes=[raw])
     assert batch["input_ids"].shape[1] == model.config.num_volume_tokens + len(
-        processor.tokenizer("\nWhat is shown?", add_special_tokens=False)["input_ids"])
+        processor.tokenizer("\nWhat is shown?", add_special_tokens=False)["input_ids"]
+    )
     with torch.no_grad():
         assert torch.isfinite(model(**batch).logits).all()
 
@@ -430,8 +518,21 @@ def test_convert_cli(tmp_path: Path) -> None:
 
     src = _make_clip_checkpoint(tmp_path)
     assert main(["convert", "medm-vl", str(src), str(tmp_path / "bad")]) == 2  # parts missing: listed, exit 2
-    assert main(["convert", "medm-vl", str(src), str(tmp_path / "out"), "--llm", str(QWEN),
-                 "--vision", str(tmp_path / "clip-tiny")]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "medm-vl",
+                str(src),
+                str(tmp_path / "out"),
+                "--llm",
+                str(QWEN),
+                "--vision",
+                str(tmp_path / "clip-tiny"),
+            ]
+        )
+        == 0
+    )
     config_text = (tmp_path / "out" / "config.json").read_text()
     assert json.loads(config_text)["model_type"] == "medvl"
     # self-contained: no part folder or hub id the checkpoint was built from

@@ -116,9 +116,11 @@ def test_check_reports_media_outside_the_root(tmp_path, capsys):
     data.mkdir()
     Image.fromarray(np.full((32, 32), 128, np.uint8)).save(tmp_path / "secret.png")
     Image.fromarray(np.full((32, 32), 128, np.uint8)).save(data / "ok.png")
-    rows = [{"id": "ok", "messages": _msg("<image> q"), "images": ["ok.png"]},
-            {"id": "escape", "messages": _msg("<image> q"), "images": ["../secret.png"]},
-            {"id": "abs", "messages": _msg("<image> q"), "images": [str(tmp_path / "secret.png")]}]
+    rows = [
+        {"id": "ok", "messages": _msg("<image> q"), "images": ["ok.png"]},
+        {"id": "escape", "messages": _msg("<image> q"), "images": ["../secret.png"]},
+        {"id": "abs", "messages": _msg("<image> q"), "images": [str(tmp_path / "secret.png")]},
+    ]
     f = data / "d.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     report = check_data(f, progress=False)
@@ -141,8 +143,10 @@ def test_check_reports_an_empty_file_instead_of_ok(tmp_path, capsys):
 
 
 def test_check_with_model_reports_prompts_longer_than_its_positions(tmp_path, tiny_model_dir, capsys):
-    rows = [{"id": "short", "messages": _msg("a short question")},
-            {"id": "huge", "messages": _msg("word " * 2100)}]  # tiny model: 2048 positions
+    rows = [
+        {"id": "short", "messages": _msg("a short question")},
+        {"id": "huge", "messages": _msg("word " * 2100)},
+    ]  # tiny model: 2048 positions
     f = tmp_path / "d.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert main(["data", "check", str(f), "--model", str(tiny_model_dir)]) == 1
@@ -156,11 +160,13 @@ def test_degenerate_media_are_errors_and_small_ones_warnings(tmp_path, tiny_proc
     np.save(tmp_path / "voxel.npy", np.zeros((1, 1, 1), np.float32))
     np.save(tmp_path / "slice.npy", np.zeros((1, 64, 64), np.float32))
     np.save(tmp_path / "thin.npy", np.zeros((3, 64, 64), np.float32))
-    rows = [{"id": "dot", "messages": _msg("<image> q"), "images": ["dot.png"]},
-            {"id": "small", "messages": _msg("<image> q"), "images": ["small.png"]},
-            {"id": "voxel", "messages": _msg("<volume> q"), "volumes": ["voxel.npy"]},
-            {"id": "slice", "messages": _msg("<volume> q"), "volumes": ["slice.npy"]},
-            {"id": "thin", "messages": _msg("<volume> q"), "volumes": ["thin.npy"]}]
+    rows = [
+        {"id": "dot", "messages": _msg("<image> q"), "images": ["dot.png"]},
+        {"id": "small", "messages": _msg("<image> q"), "images": ["small.png"]},
+        {"id": "voxel", "messages": _msg("<volume> q"), "volumes": ["voxel.npy"]},
+        {"id": "slice", "messages": _msg("<volume> q"), "volumes": ["slice.npy"]},
+        {"id": "thin", "messages": _msg("<volume> q"), "volumes": ["thin.npy"]},
+    ]
     f = tmp_path / "d.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     report = check_data(f, progress=False)

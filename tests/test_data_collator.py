@@ -8,7 +8,11 @@ from medvl.data.collator import PackingCollator, PaddedCollator
 from medvl.data.dataset import ConversationDataset
 from medvl.data.records import Record
 
-S1 = {"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([-100, 6, 7]), "pixel_values": torch.zeros(1, 3, 2, 2)}
+S1 = {
+    "input_ids": torch.tensor([5, 6, 7]),
+    "labels": torch.tensor([-100, 6, 7]),
+    "pixel_values": torch.zeros(1, 3, 2, 2),
+}
 S2 = {"input_ids": torch.tensor([8, 9]), "labels": torch.tensor([-100, 9]), "pixel_values": torch.ones(2, 3, 2, 2)}
 S3 = {"input_ids": torch.tensor([4]), "labels": torch.tensor([4]), "volume_values": torch.full((1, 1, 2, 2, 2), 3.0)}
 
@@ -55,10 +59,26 @@ def test_packed_loss_and_gradients_equal_padded(tmp_path, tiny_model_dir, tiny_p
     np.save(tmp_path / "v.npy", vol)
     a, v = str(tmp_path / "a.png"), str(tmp_path / "v.npy")
     records = [
-        Record("r0", [{"role": "user", "content": "<image>\nWhat is it?"}, {"role": "assistant", "content": "A lung."}], images=[a]),
-        Record("r1", [{"role": "user", "content": "Define edema."}, {"role": "assistant", "content": "Excess fluid in tissue, often in the legs."},
-                      {"role": "user", "content": "<volume> and this?"}, {"role": "assistant", "content": "No edema."}], volumes=[v]),
-        Record("r2", [{"role": "user", "content": "<image><image> compare"}, {"role": "assistant", "content": "Same."}], images=[a, a]),
+        Record(
+            "r0",
+            [{"role": "user", "content": "<image>\nWhat is it?"}, {"role": "assistant", "content": "A lung."}],
+            images=[a],
+        ),
+        Record(
+            "r1",
+            [
+                {"role": "user", "content": "Define edema."},
+                {"role": "assistant", "content": "Excess fluid in tissue, often in the legs."},
+                {"role": "user", "content": "<volume> and this?"},
+                {"role": "assistant", "content": "No edema."},
+            ],
+            volumes=[v],
+        ),
+        Record(
+            "r2",
+            [{"role": "user", "content": "<image><image> compare"}, {"role": "assistant", "content": "Same."}],
+            images=[a, a],
+        ),
     ]
     samples = [s for s in ConversationDataset(records, tiny_processor)]
     model = MedVLForConditionalGeneration.from_pretrained(tiny_model_dir, attn_implementation="sdpa").float()
@@ -79,7 +99,9 @@ def test_packed_loss_and_gradients_equal_padded(tmp_path, tiny_model_dir, tiny_p
     loss_pack.backward()
     g_pack = _grads(model)
 
-    assert packed["input_ids"].shape[0] == 1 and packed["input_ids"].shape[1] == sum(len(s["input_ids"]) for s in samples)
+    assert packed["input_ids"].shape[0] == 1 and packed["input_ids"].shape[1] == sum(
+        len(s["input_ids"]) for s in samples
+    )
     assert torch.isfinite(loss_pad) and abs(loss_pad.item() - loss_pack.item()) < 1e-5
     assert g_pad.keys() == g_pack.keys() and len(g_pad) > 10
     for name in g_pad:
@@ -103,9 +125,17 @@ def test_adaptive_collator_pads_alike_lengths_and_packs_skewed_ones():
     assert collate.plan([263, 286, 270, 280]) is None
     assert collate.plan([384, 192, 96, 64, 48, 48, 32, 32]) == [[0], [1, 2, 3, 6], [4, 5, 7]]
     assert AdaptivePackingCollator(pad_token_id=0, min_row_saving=0.7).plan([384, 192, 96, 64, 48, 48, 32, 32]) is None
-    a = {"input_ids": torch.tensor([5, 6, 7, 8]), "labels": torch.tensor([-100, 6, 7, 8]), "pixel_values": torch.zeros(1, 3, 2, 2)}
+    a = {
+        "input_ids": torch.tensor([5, 6, 7, 8]),
+        "labels": torch.tensor([-100, 6, 7, 8]),
+        "pixel_values": torch.zeros(1, 3, 2, 2),
+    }
     b = {"input_ids": torch.tensor([1, 2]), "labels": torch.tensor([1, 2]), "pixel_values": torch.ones(1, 3, 2, 2)}
-    c = {"input_ids": torch.tensor([3, 4]), "labels": torch.tensor([3, 4]), "pixel_values": torch.full((1, 3, 2, 2), 2.0)}
+    c = {
+        "input_ids": torch.tensor([3, 4]),
+        "labels": torch.tensor([3, 4]),
+        "pixel_values": torch.full((1, 3, 2, 2), 2.0),
+    }
     packed = collate([b, a, c])  # bins: [a], [b, c]; rows keep data order by their first sample
     assert packed["input_ids"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
     assert packed["position_ids"].tolist() == [[0, 1, 0, 1], [0, 1, 2, 3]]
@@ -129,13 +159,15 @@ def test_adaptive_packing_gives_the_padded_loss_and_gradients(tiny_model):
     gen = torch.Generator().manual_seed(3)
     samples = []
     for n_text in (90, 30, 20, 14, 40, 10):  # skewed: the longest row holds several short samples
-        ids = torch.cat([torch.full((cfg.num_image_tokens,), cfg.image_token_id),
-                         torch.randint(10, 200, (n_text,), generator=gen)])
+        ids = torch.cat(
+            [torch.full((cfg.num_image_tokens,), cfg.image_token_id), torch.randint(10, 200, (n_text,), generator=gen)]
+        )
         labels = ids.clone()
         labels[: cfg.num_image_tokens + n_text // 2] = -100
         image = cfg.vision_config.image_size
-        samples.append({"input_ids": ids, "labels": labels,
-                        "pixel_values": torch.randn(1, 3, image, image, generator=gen)})
+        samples.append(
+            {"input_ids": ids, "labels": labels, "pixel_values": torch.randn(1, 3, image, image, generator=gen)}
+        )
     collate = AdaptivePackingCollator(pad_token_id=0)
     packed = collate(samples)
     assert packed["input_ids"].shape[0] < len(samples)  # it did pack
@@ -145,7 +177,9 @@ def test_adaptive_packing_gives_the_padded_loss_and_gradients(tiny_model):
         model.zero_grad()
         out = model(**batch)
         out.loss.backward()
-        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        results.append(
+            (out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        )
     (loss_a, grads_a), (loss_b, grads_b) = results
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
     for name in grads_a:

@@ -16,7 +16,6 @@ from medvl.data.records import Record, load_records
 from medvl.errors import MedVLDataError
 from medvl.imaging import load_image, load_volume
 
-
 LOADERS: dict = {}  # medvl.imaging's load_image / load_volume (the defaults)
 
 
@@ -29,18 +28,42 @@ def make_dataset_dir(tmp_path: Path) -> Path:
     np.save(tmp_path / "ct.npy", vol)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     rows = [
-        {"id": "img", "messages": [{"role": "user", "content": "<image>\nWhat is shown?"},
-                                    {"role": "assistant", "content": "A chest radiograph."}], "images": ["a.png"]},
-        {"id": "vol", "messages": [{"role": "user", "content": "<volume>\nAny nodule?"},
-                                    {"role": "assistant", "content": "No nodule."},
-                                    {"role": "user", "content": "<image> And here?"},
-                                    {"role": "assistant", "content": "Normal."}], "volumes": ["ct.npy"], "images": ["b.png"]},
-        {"id": "text", "messages": [{"role": "user", "content": "Define effusion."},
-                                     {"role": "assistant", "content": "Fluid in the pleural space."}]},
-        {"id": "missing", "messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "x"}],
-         "images": ["nope.png"]},
-        {"id": "corrupt", "messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "x"}],
-         "images": ["broken.png"]},
+        {
+            "id": "img",
+            "messages": [
+                {"role": "user", "content": "<image>\nWhat is shown?"},
+                {"role": "assistant", "content": "A chest radiograph."},
+            ],
+            "images": ["a.png"],
+        },
+        {
+            "id": "vol",
+            "messages": [
+                {"role": "user", "content": "<volume>\nAny nodule?"},
+                {"role": "assistant", "content": "No nodule."},
+                {"role": "user", "content": "<image> And here?"},
+                {"role": "assistant", "content": "Normal."},
+            ],
+            "volumes": ["ct.npy"],
+            "images": ["b.png"],
+        },
+        {
+            "id": "text",
+            "messages": [
+                {"role": "user", "content": "Define effusion."},
+                {"role": "assistant", "content": "Fluid in the pleural space."},
+            ],
+        },
+        {
+            "id": "missing",
+            "messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "x"}],
+            "images": ["nope.png"],
+        },
+        {
+            "id": "corrupt",
+            "messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "x"}],
+            "images": ["broken.png"],
+        },
     ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     return tmp_path / "d.jsonl"
@@ -58,7 +81,9 @@ def test_items_carry_tokens_labels_and_media(tmp_path, tiny_processor):
     vol = ds[1]
     assert (vol["input_ids"] == p.volume_token_id).sum() == p.num_volume_tokens
     assert vol["volume_values"].shape == (1, 1, 16, 64, 64) and vol["pixel_values"].shape == (1, 3, 64, 64)
-    assert p.tokenizer.decode(vol["input_ids"][vol["labels"] != IGNORE_INDEX]) == "No nodule.<|im_end|>Normal.<|im_end|>"
+    assert (
+        p.tokenizer.decode(vol["input_ids"][vol["labels"] != IGNORE_INDEX]) == "No nodule.<|im_end|>Normal.<|im_end|>"
+    )
     text = ds[2]
     assert set(text) == {"input_ids", "labels", "id"}
     assert len(ds.lengths()) == 3 and ds.lengths()[0] == len(img["input_ids"])

@@ -50,7 +50,9 @@ def test_cached_features_give_the_same_loss_and_gradients(tiny_model_dir, tiny_p
     assert {"pixel_values", "volume_values"} <= set(direct)
 
     cache = build_feature_cache(model, [dataset], ["image", "volume"], batch_size=4)
-    assert len(cache.features["image"]) == 6 and len(cache.features["volume"]) == len({r.volumes[0] for r in mixed_records if r.volumes})
+    assert len(cache.features["image"]) == 6 and len(cache.features["volume"]) == len(
+        {r.volumes[0] for r in mixed_records if r.volumes}
+    )
     dataset.feature_cache = cache
     cached = collate([dataset[i] for i in range(len(dataset))])
     assert "pixel_values" not in cached and "volume_values" not in cached
@@ -83,11 +85,14 @@ def test_cache_refuses_a_training_encoder(tiny_model_dir, tiny_processor, mixed_
 
 
 def test_config_needs_a_frozen_encoder(tiny_model_dir):
-    cfg = from_dict(TrainConfig, {
-        "model": {"path": str(tiny_model_dir)},
-        "data": {"train": ["x.jsonl"], "cache_encoder_features": True},
-        "train": {"parts": {"vision": {"mode": "full"}, "volume": {"mode": "lora"}}},
-    })
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "model": {"path": str(tiny_model_dir)},
+            "data": {"train": ["x.jsonl"], "cache_encoder_features": True},
+            "train": {"parts": {"vision": {"mode": "full"}, "volume": {"mode": "lora"}}},
+        },
+    )
     with pytest.raises(ValueError, match="needs a frozen encoder"):
         validate(cfg)
 
@@ -97,9 +102,14 @@ def test_cache_is_refused_with_zero3(tmp_path, tiny_model_dir, tiny_processor, m
 
     zero3 = tmp_path / "zero3.json"
     zero3.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
-    cfg = from_dict(TrainConfig, {"model": {"path": str(tiny_model_dir)},
-                                  "data": {"train": ["x.jsonl"], "cache_encoder_features": True},
-                                  "train": {"deepspeed": str(zero3)}})
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "model": {"path": str(tiny_model_dir)},
+            "data": {"train": ["x.jsonl"], "cache_encoder_features": True},
+            "train": {"deepspeed": str(zero3)},
+        },
+    )
     model = _frozen_encoders(MedVLForConditionalGeneration.from_pretrained(tiny_model_dir))
     dataset = ConversationDataset(mixed_records[:2], tiny_processor, max_length=512)
     with pytest.raises(ValueError, match="not supported with DeepSpeed ZeRO-3"):
@@ -117,14 +127,29 @@ def test_training_with_the_cache_matches_training_without(tmp_path, tiny_model_d
     runs = {}
     for cached in (False, True):
         out = tmp_path / f"run_{cached}"
-        cfg = from_dict(TrainConfig, {
-            "model": {"path": str(tiny_model_dir)},
-            "data": {"train": [str(data)], "max_length": 128, "cache_encoder_features": cached, "eval_fraction": 0.25},
-            "train": {"parts": {"llm": {"mode": "full"}, "vision": {"mode": "frozen"}, "connector": {"mode": "full"}},
-                      "lr": 5e-3, "batch_size": 4, "max_steps": 6, "logging_steps": 1, "report_to": [],
-                      "progress_bar": False, "save_steps": 1000},
-            "output": {"dir": str(out)},
-        })
+        cfg = from_dict(
+            TrainConfig,
+            {
+                "model": {"path": str(tiny_model_dir)},
+                "data": {
+                    "train": [str(data)],
+                    "max_length": 128,
+                    "cache_encoder_features": cached,
+                    "eval_fraction": 0.25,
+                },
+                "train": {
+                    "parts": {"llm": {"mode": "full"}, "vision": {"mode": "frozen"}, "connector": {"mode": "full"}},
+                    "lr": 5e-3,
+                    "batch_size": 4,
+                    "max_steps": 6,
+                    "logging_steps": 1,
+                    "report_to": [],
+                    "progress_bar": False,
+                    "save_steps": 1000,
+                },
+                "output": {"dir": str(out)},
+            },
+        )
         run_training(cfg)
         runs[cached] = (_losses(out), json.loads((out / "metrics.json").read_text())["eval"]["eval_loss"])
     (losses_direct, eval_direct), (losses_cached, eval_cached) = runs[False], runs[True]
@@ -146,8 +171,10 @@ def test_lazy_cache_encodes_each_file_once_and_serves_the_eager_features(tiny_mo
     dataset.feature_cache = lazy
     assert len(lazy) == 0  # nothing is encoded up front
     first = [dataset[i] for i in range(len(dataset))]
-    files = {"image": len({p for r in mixed_records for p in r.images}),
-             "volume": len({p for r in mixed_records for p in r.volumes})}
+    files = {
+        "image": len({p for r in mixed_records for p in r.images}),
+        "volume": len({p for r in mixed_records for p in r.volumes}),
+    }
     assert lazy.encoded == len(lazy) == sum(files.values())
     assert calls["image"] <= len([r for r in mixed_records if r.images]) and calls["volume"] >= 1
     seen = dict(calls)
@@ -173,9 +200,13 @@ def test_attach_is_lazy_without_workers_and_eager_with_them(tiny_model_dir, tiny
     # one (multi-process: the feature shape of the dummy media), every file (workers: eager)
     for workers, world, filled in ((0, "1", 0), (0, "2", 1), (2, "1", len(images))):
         monkeypatch.setenv("WORLD_SIZE", world)
-        cfg = from_dict(TrainConfig, {"model": {"path": str(tiny_model_dir)},
-                                      "data": {"train": ["x.jsonl"], "cache_encoder_features": True,
-                                               "num_workers": workers}})
+        cfg = from_dict(
+            TrainConfig,
+            {
+                "model": {"path": str(tiny_model_dir)},
+                "data": {"train": ["x.jsonl"], "cache_encoder_features": True, "num_workers": workers},
+            },
+        )
         dataset = ConversationDataset(images, tiny_processor, max_length=512)
         shapes = attach_feature_cache(cfg, model, [dataset, None])
         assert dataset.feature_cache is not None and len(dataset.feature_cache) == filled
@@ -193,9 +224,14 @@ def test_unset_cache_is_on_only_where_it_cannot_cost(tiny_model_dir, tiny_proces
     images = [r for r in mixed_records if r.images]
 
     def attach(data: dict, parts: dict | None = None):
-        cfg = from_dict(TrainConfig, {"model": {"path": str(tiny_model_dir)},
-                                      "data": {"train": ["x.jsonl"], **data},
-                                      "train": {"parts": parts or {}}})
+        cfg = from_dict(
+            TrainConfig,
+            {
+                "model": {"path": str(tiny_model_dir)},
+                "data": {"train": ["x.jsonl"], **data},
+                "train": {"parts": parts or {}},
+            },
+        )
         assert cfg.data.cache_encoder_features is None
         dataset = ConversationDataset(images, tiny_processor, max_length=512)
         return attach_feature_cache(cfg, model, [dataset]), dataset

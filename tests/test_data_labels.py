@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from tests.conftest import fixture_path
-from tests.data_helpers import qwen2_tokenizer
 from medvl.data.labels import IGNORE_INDEX, ConversationEncoder, OverlongSampleError
 from medvl.data.records import load_records
 from medvl.data.templates import LLAMA3, resolve_template
 from medvl.errors import MedVLDataError
+from tests.conftest import fixture_path
+from tests.data_helpers import qwen2_tokenizer
 
 FIXTURES = fixture_path("medmvl")
 CONV = [
@@ -131,7 +130,9 @@ def test_overlong_counts_media_tokens_and_is_never_truncated():
     n_text = ConversationEncoder(tok, "chatml", num_volume_tokens=1).count_tokens(conv)
     enc = ConversationEncoder(tok, "chatml", num_volume_tokens=100, max_length=n_text + 98)
     assert enc.count_tokens(conv) == n_text + 99
-    with pytest.raises(OverlongSampleError, match=rf"record 'r7'.*{n_text + 99} tokens .* > max_length {n_text + 98}") as info:
+    with pytest.raises(
+        OverlongSampleError, match=rf"record 'r7'.*{n_text + 99} tokens .* > max_length {n_text + 98}"
+    ) as info:
         enc.encode(conv, record="r7")
     assert info.value.length == n_text + 99
     enc.max_length = n_text + 99
@@ -185,7 +186,9 @@ def conversations(draw):
 
 
 @pytest.mark.parametrize("case", ["qwen2.5-own", "llama3", "vicuna", "plain"])
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(conv=conversations())
 def test_random_conversations(case, conv):
     template, kw, expect = CASES[case]

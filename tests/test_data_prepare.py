@@ -25,9 +25,21 @@ def make_records(tmp_path):
         hu[4:16, 8:40, 6:34] = rng.integers(-200, 400, (12, 32, 28))
         np.save(tmp_path / f"{name}.npy", hu)
     rows = [
-        {"id": "r1", "messages": [{"role": "user", "content": "<volume> findings?"}, {"role": "assistant", "content": "None."}], "volumes": ["a.npy"]},
-        {"id": "r2", "messages": [{"role": "user", "content": "<volume> and?"}, {"role": "assistant", "content": "Clear."}], "volumes": ["b.npy"]},
-        {"id": "r3", "messages": [{"role": "user", "content": "<volume> again"}, {"role": "assistant", "content": "Same."}], "volumes": ["a.npy"]},
+        {
+            "id": "r1",
+            "messages": [{"role": "user", "content": "<volume> findings?"}, {"role": "assistant", "content": "None."}],
+            "volumes": ["a.npy"],
+        },
+        {
+            "id": "r2",
+            "messages": [{"role": "user", "content": "<volume> and?"}, {"role": "assistant", "content": "Clear."}],
+            "volumes": ["b.npy"],
+        },
+        {
+            "id": "r3",
+            "messages": [{"role": "user", "content": "<volume> again"}, {"role": "assistant", "content": "Same."}],
+            "volumes": ["a.npy"],
+        },
     ]
     (tmp_path / "d.json").write_text(json.dumps(rows))
     return load_records(tmp_path / "d.json")
@@ -47,7 +59,12 @@ def test_cached_volumes_match_direct_processing(tmp_path, tiny_processor, dtype,
     entry = next(iter(VolumeCache(tmp_path / "cache").entries.values()))
     assert np.load(tmp_path / "cache" / entry["file"], mmap_mode="r").dtype == np.dtype(dtype)
     # running again keeps what is there
-    assert prepare_volumes(records, tiny_processor.volume_processor, tmp_path / "cache", dtype=dtype, progress=False)["kept"] == 2
+    assert (
+        prepare_volumes(records, tiny_processor.volume_processor, tmp_path / "cache", dtype=dtype, progress=False)[
+            "kept"
+        ]
+        == 2
+    )
 
 
 def test_cache_of_another_processor_config_is_refused(tmp_path, tiny_processor):
@@ -57,7 +74,9 @@ def test_cache_of_another_processor_config_is_refused(tmp_path, tiny_processor):
     settings = tiny_processor.volume_processor.to_dict()
     settings["window"] = "lung"
     other._volume_processor = MedVLVolumeProcessor.from_dict(settings)
-    with pytest.raises(ValueError, match=r"another volume processor configuration \(window: cache 'wide' vs model 'lung'\)"):
+    with pytest.raises(
+        ValueError, match=r"another volume processor configuration \(window: cache 'wide' vs model 'lung'\)"
+    ):
         ConversationDataset(records, other, cache=tmp_path / "cache")
     with pytest.raises(ValueError, match="another volume processor configuration or dtype"):
         prepare_volumes(records, other.volume_processor, tmp_path / "cache", progress=False)
@@ -71,7 +90,12 @@ def test_cache_of_another_processor_config_is_refused(tmp_path, tiny_processor):
 
 def test_cli_prepare(tmp_path, tiny_model_dir, capsys):
     make_records(tmp_path)
-    assert main(["data", "prepare", str(tmp_path / "d.json"), "--model", str(tiny_model_dir), "--out", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            ["data", "prepare", str(tmp_path / "d.json"), "--model", str(tiny_model_dir), "--out", str(tmp_path / "c")]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["cached"] == 2 and summary["dtype"] == "float16"
     assert (tmp_path / "c" / "manifest.json").is_file()
@@ -85,8 +109,16 @@ def test_training_datasets_read_the_volume_cache(tmp_path, tiny_processor):
 
     records = make_records(tmp_path)
     prepare_volumes(records, tiny_processor.volume_processor, tmp_path / "cache", dtype="float32", progress=False)
-    cfg = from_dict(TrainConfig, {"data": {"train": [str(tmp_path / "d.json")], "eval": [str(tmp_path / "d.json")],
-                                           "volume_cache": str(tmp_path / "cache")}})
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "data": {
+                "train": [str(tmp_path / "d.json")],
+                "eval": [str(tmp_path / "d.json")],
+                "volume_cache": str(tmp_path / "cache"),
+            }
+        },
+    )
     train, evaluation, _ = build_datasets(cfg, tiny_processor)
     assert train.cache is not None and evaluation.cache is not None
     # the cached tensor is what the training set yields, not a fresh decode (prove it by editing the

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import fixture_path
 from medvl.data.records import Record, load_records
 from medvl.errors import MedVLDataError
+from tests.conftest import fixture_path
 
 FIXTURES = fixture_path("medmvl")
 
@@ -31,7 +31,12 @@ def test_native_jsonl_with_parts_and_root(tmp_path):
             "images": "img/a.png",
             "answer_type": "closed",
         },
-        {"messages": [{"role": "user", "content": "Define atelectasis."}, {"role": "assistant", "content": "Collapse."}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Define atelectasis."},
+                {"role": "assistant", "content": "Collapse."},
+            ]
+        },
     ]
     f = _write_jsonl(tmp_path / "d.jsonl", rows)
     recs = load_records(f, root="/data/root")
@@ -51,8 +56,15 @@ def test_native_jsonl_with_parts_and_root(tmp_path):
 
 
 def test_inline_media_paths_in_parts(tmp_path):
-    row = {"messages": [{"role": "user", "content": [{"type": "volume", "volume": "ct.nii.gz"}, {"type": "text", "text": " Findings?"}]},
-                        {"role": "assistant", "content": "Clear."}]}
+    row = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "volume", "volume": "ct.nii.gz"}, {"type": "text", "text": " Findings?"}],
+            },
+            {"role": "assistant", "content": "Clear."},
+        ]
+    }
     f = tmp_path / "d.json"
     f.write_text(json.dumps([row]))
     (rec,) = load_records(f)
@@ -82,8 +94,14 @@ def test_medmvl_fixture_records_load_unchanged(kind):
 
 
 def test_medmvl_separate_volume_root(tmp_path):
-    row = {"conversations": [{"from": "human", "value": "<image>\n<image3d>\nCompare."}, {"from": "gpt", "value": "Same."}],
-           "image": "x.png", "image3d": ["v.npy"]}
+    row = {
+        "conversations": [
+            {"from": "human", "value": "<image>\n<image3d>\nCompare."},
+            {"from": "gpt", "value": "Same."},
+        ],
+        "image": "x.png",
+        "image3d": ["v.npy"],
+    }
     f = tmp_path / "m.json"
     f.write_text(json.dumps([row]))
     (rec,) = load_records(f, root="/imgs", volume_root="/vols")
@@ -102,11 +120,15 @@ def test_errors_name_record_file_and_problem(tmp_path):
     ok_user = {"role": "user", "content": "<image> what?"}
     msg = _err(tmp_path, [{"id": "r1", "messages": [ok_user, {"role": "assistant", "content": "x"}], "images": []}])
     assert "'r1'" in msg and "bad.jsonl" in msg and "more <image> markers (1) than images (0)" in msg
-    msg = _err(tmp_path, [{"id": "r2", "messages": [ok_user, {"role": "assistant", "content": "x"}], "images": ["a", "b"]}])
+    msg = _err(
+        tmp_path, [{"id": "r2", "messages": [ok_user, {"role": "assistant", "content": "x"}], "images": ["a", "b"]}]
+    )
     assert "'r2'" in msg and "fewer <image> markers (1) than images (2)" in msg
     msg = _err(tmp_path, [{"id": "r3", "messages": [{"role": "doctor", "content": "hi"}]}])
     assert "'r3'" in msg and "unknown role 'doctor'" in msg and "system, user, assistant" in msg
-    msg = _err(tmp_path, [{"id": "r4", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}])
+    msg = _err(
+        tmp_path, [{"id": "r4", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}]
+    )
     assert "'r4'" in msg and "empty assistant answer" in msg
     msg = _err(tmp_path, [{"id": "r5", "conversations": [{"from": "gpt", "value": ""}]}])
     assert "'r5'" in msg and "empty assistant answer" in msg
@@ -137,8 +159,11 @@ def test_missing_records_file(tmp_path):
 
 # ---------------------------------------------------------------- media paths stay inside the data root
 def _one_image(path: str) -> dict:
-    return {"id": "r1", "messages": [{"role": "user", "content": "<image> ?"}, {"role": "assistant", "content": "x"}],
-            "images": [path]}
+    return {
+        "id": "r1",
+        "messages": [{"role": "user", "content": "<image> ?"}, {"role": "assistant", "content": "x"}],
+        "images": [path],
+    }
 
 
 @pytest.mark.parametrize("media", ["../outside/secret.png", "../../../../etc/passwd", "/etc/passwd", "sub/../../x.png"])

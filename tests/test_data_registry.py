@@ -13,9 +13,21 @@ def _records(path, n, prefix, medmvl=False):
     rows = []
     for i in range(n):
         if medmvl:
-            rows.append({"id": f"{prefix}{i}", "conversations": [{"from": "human", "value": "<image3d> q"}, {"from": "gpt", "value": "a"}], "image3d": f"v{i}.npy"})
+            rows.append(
+                {
+                    "id": f"{prefix}{i}",
+                    "conversations": [{"from": "human", "value": "<image3d> q"}, {"from": "gpt", "value": "a"}],
+                    "image3d": f"v{i}.npy",
+                }
+            )
         else:
-            rows.append({"id": f"{prefix}{i}", "messages": [{"role": "user", "content": "<image> q"}, {"role": "assistant", "content": "a"}], "images": [f"i{i}.png"]})
+            rows.append(
+                {
+                    "id": f"{prefix}{i}",
+                    "messages": [{"role": "user", "content": "<image> q"}, {"role": "assistant", "content": "a"}],
+                    "images": [f"i{i}.png"],
+                }
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows))
 

@@ -26,12 +26,21 @@ from PIL import Image
 from tests.conftest import REPO_ROOT, TINY_YAML
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 MAX_NEW_TOKENS = 24
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
 
 def test_user_turn_puts_one_marker_per_upload_in_upload_order() -> None:
     from medvl.demo.app import user_turn
@@ -83,6 +92,7 @@ def test_processed_view_shows_the_processor_tensors(tiny_processor) -> None:
 
 # ---------------------------------------------------------------------------------------------- browser
 
+
 @pytest.fixture(scope="module")
 def demo_model_dir(tmp_path_factory) -> Path:
     """The tiny model with an untied LM head.
@@ -119,8 +129,10 @@ def test_page_callbacks_stream_chat_answers_without_re_encoding(demo_model_dir: 
     model, processor = load_model(demo_model_dir, device="cpu")
     callbacks = {getattr(f.fn, "__name__", None): f.fn for f in build_demo(model, processor).fns.values()}
     calls = {"image": 0, "volume": 0}
-    hooks = [model.vision_tower.register_forward_hook(lambda *_: calls.__setitem__("image", calls["image"] + 1)),
-             model.volume_encoder.register_forward_hook(lambda *_: calls.__setitem__("volume", calls["volume"] + 1))]
+    hooks = [
+        model.vision_tower.register_forward_hook(lambda *_: calls.__setitem__("image", calls["image"] + 1)),
+        model.volume_encoder.register_forward_hook(lambda *_: calls.__setitem__("volume", calls["volume"] + 1)),
+    ]
     try:
         conv = callbacks["on_upload"](None, str(png), "lung", -600.0, 1500.0)[0]
         conv = callbacks["on_upload"](conv, str(nii), "lung", -600.0, 1500.0)[0]
@@ -170,13 +182,32 @@ def demo_server(demo_model_dir: Path, tmp_path: Path):
     log = open(tmp_path / "demo-server.log", "w")
     server_tmp = tmp_path / "server-tmp"  # the server's TMPDIR: the example phantoms are rendered there
     server_tmp.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "TMPDIR": str(server_tmp),
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+        "TMPDIR": str(server_tmp),
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "medvl", "demo", str(demo_model_dir), "--port", str(port),
-         "--max-new-tokens", str(MAX_NEW_TOKENS)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "medvl",
+            "demo",
+            str(demo_model_dir),
+            "--port",
+            str(port),
+            "--max-new-tokens",
+            str(MAX_NEW_TOKENS),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 300  # model load + gradio import on a busy 2-core machine
@@ -232,14 +263,24 @@ def test_demo_page_in_headless_chromium(demo_server: str, demo_model_dir: Path, 
     png, nii = phantom_files
     question = "Is there a nodule in the left lung?"
     model, processor = load_model(demo_model_dir, device="cpu")
-    expected = chat(model, processor, [{"role": "user", "content": f"<image>\n<volume>\n{question}"}],
-                    images=[str(png)], volumes=[str(nii)], max_new_tokens=MAX_NEW_TOKENS).strip()
+    expected = chat(
+        model,
+        processor,
+        [{"role": "user", "content": f"<image>\n<volume>\n{question}"}],
+        images=[str(png)],
+        volumes=[str(nii)],
+        max_new_tokens=MAX_NEW_TOKENS,
+    ).strip()
     assert expected, "the reference answer is empty: the comparison would prove nothing"
     follow_up = "Which lobe?"
-    second_turn = [{"role": "user", "content": f"<image>\n<volume>\n{question}"},
-                   {"role": "assistant", "content": expected}, {"role": "user", "content": follow_up}]
-    expected_second = chat(model, processor, second_turn, images=[str(png)], volumes=[str(nii)],
-                           max_new_tokens=MAX_NEW_TOKENS).strip()
+    second_turn = [
+        {"role": "user", "content": f"<image>\n<volume>\n{question}"},
+        {"role": "assistant", "content": expected},
+        {"role": "user", "content": follow_up},
+    ]
+    expected_second = chat(
+        model, processor, second_turn, images=[str(png)], volumes=[str(nii)], max_new_tokens=MAX_NEW_TOKENS
+    ).strip()
     shots = tmp_path / "screenshots"
     shots.mkdir()
 
@@ -259,12 +300,14 @@ def test_demo_page_in_headless_chromium(demo_server: str, demo_model_dir: Path, 
             # ---- upload a 2D image, then a CT
             upload = page.locator("#medvl-upload input[type=file]")
             upload.set_input_files(str(png))
-            page.wait_for_function(f"document.querySelector('#medvl-attached').innerText.includes('{png.name}')",
-                                   timeout=120_000)
+            page.wait_for_function(
+                f"document.querySelector('#medvl-attached').innerText.includes('{png.name}')", timeout=120_000
+            )
             assert "pixel_values (3, 64, 64)" in page.locator("#medvl-model-input-info").inner_text()
             upload.set_input_files(str(nii))
-            page.wait_for_function(f"document.querySelector('#medvl-attached').innerText.includes('{nii.name}')",
-                                   timeout=120_000)
+            page.wait_for_function(
+                f"document.querySelector('#medvl-attached').innerText.includes('{nii.name}')", timeout=120_000
+            )
             page.locator("#medvl-axial img").wait_for(timeout=60_000)
             assert "volume_values (1, 16, 64, 64)" in page.locator("#medvl-model-input-info").inner_text()
             page.screenshot(path=str(shots / "02-uploaded.png"), full_page=True)
@@ -277,13 +320,17 @@ def test_demo_page_in_headless_chromium(demo_server: str, demo_model_dir: Path, 
             index = n_axial // 2 + 7
             page.locator("#medvl-axial-slice input[type=range]").fill(str(index))
             page.wait_for_function(
-                "(before) => document.querySelector('#medvl-axial img').getAttribute('src') !== before", arg=before,
-                timeout=60_000)
+                "(before) => document.querySelector('#medvl-axial img').getAttribute('src') !== before",
+                arg=before,
+                timeout=60_000,
+            )
             moved = page.locator("#medvl-axial img").get_attribute("src")
             page.get_by_label("bone").check()
             page.wait_for_function(
-                "(before) => document.querySelector('#medvl-axial img').getAttribute('src') !== before", arg=moved,
-                timeout=60_000)
+                "(before) => document.querySelector('#medvl-axial img').getAttribute('src') !== before",
+                arg=moved,
+                timeout=60_000,
+            )
             assert page.locator("#medvl-level input").input_value() == "400"
             assert page.locator("#medvl-width input").input_value() == "1800"
             served = np.asarray(_served_image(page, "#medvl-axial"))
@@ -339,8 +386,9 @@ def test_demo_page_in_headless_chromium(demo_server: str, demo_model_dir: Path, 
             page.locator("#medvl-example input").click()
             page.get_by_role("option", name="Chest CT phantom 1").click()
             page.locator("#medvl-load-example").click()
-            page.wait_for_function("document.querySelector('#medvl-attached').innerText.includes('case00000.nii.gz')",
-                                   timeout=120_000)
+            page.wait_for_function(
+                "document.querySelector('#medvl-attached').innerText.includes('case00000.nii.gz')", timeout=120_000
+            )
             assert page.locator("#medvl-question textarea").input_value().endswith("?")
             assert list((tmp_path / "server-tmp").glob("medvl-demo-examples-*/3d/volumes/case00000.nii.gz"))
             page.screenshot(path=str(shots / "04-example.png"), full_page=True)

@@ -15,8 +15,11 @@ import torch
 
 from medvl.eval import report_metrics as rm
 
-REPORTS = ["no acute cardiopulmonary process .", "mild cardiomegaly with small left pleural effusion .",
-           "the lungs are clear and there is no pneumothorax ."]
+REPORTS = [
+    "no acute cardiopulmonary process .",
+    "mild cardiomegaly with small left pleural effusion .",
+    "the lungs are clear and there is no pneumothorax .",
+]
 WORDS = sorted({w for r in REPORTS for w in r.split()} | {"heart", "normal", "lung", "a", "b", "edema", "clear"})
 
 
@@ -29,11 +32,20 @@ def tiny_bert(folder, num_labels: int | None = None, id2label: dict | None = Non
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
     assert tokenizer.convert_ids_to_tokens(tokenizer.encode("no effusion", add_special_tokens=False)) == [
-        "no", "effusion"]  # a real WordPiece vocabulary, not [UNK] everywhere
+        "no",
+        "effusion",
+    ]  # a real WordPiece vocabulary, not [UNK] everywhere
     tokenizer.save_pretrained(folder)
     kwargs = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}} if id2label else {}
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=512, **kwargs)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=512,
+        **kwargs,
+    )
     torch.manual_seed(seed)
     model = BertForTokenClassification(config) if id2label else BertModel(config)
     model.save_pretrained(folder)
@@ -72,9 +84,19 @@ def test_f1_chexbert_real_package_local_checkpoint(tmp_path):
         rm.clinical_metric("f1_chexbert", preds, refs, weights=str(tmp_path / "bare"))
 
 
-RATE_LABELS = {0: "O", 1: "B-ANATOMY", 2: "I-ANATOMY", 3: "B-ABNORMALITY", 4: "I-ABNORMALITY", 5: "B-DISEASE",
-               6: "I-DISEASE", 7: "B-NON-ABNORMALITY", 8: "I-NON-ABNORMALITY", 9: "B-NON-DISEASE",
-               10: "I-NON-DISEASE"}
+RATE_LABELS = {
+    0: "O",
+    1: "B-ANATOMY",
+    2: "I-ANATOMY",
+    3: "B-ABNORMALITY",
+    4: "I-ABNORMALITY",
+    5: "B-DISEASE",
+    6: "I-DISEASE",
+    7: "B-NON-ABNORMALITY",
+    8: "I-NON-ABNORMALITY",
+    9: "B-NON-DISEASE",
+    10: "I-NON-DISEASE",
+}
 
 
 def ratescore_folder(tmp_path, label: str):
@@ -108,8 +130,14 @@ def test_ratescore_real_package_local_checkpoint(tmp_path):
 def test_clinical_values_kept_per_item_in_score_reports(tmp_path):
     pytest.importorskip("f1chexbert", reason="optional extra medvl[clinical]")
     folder = chexbert_folder(tmp_path, True)
-    res = rm.score_reports(["a", "b", "c"], REPORTS, REPORTS, tokenization="lowercase_whitespace", meteor=False,
-                           clinical={"f1_chexbert": str(folder)})
+    res = rm.score_reports(
+        ["a", "b", "c"],
+        REPORTS,
+        REPORTS,
+        tokenization="lowercase_whitespace",
+        meteor=False,
+        clinical={"f1_chexbert": str(folder)},
+    )
     assert res.aggregate["f1_chexbert_accuracy"] == 1.0 and res.aggregate["f1_chexbert_micro_f1_5"] == 1.0
     assert [r["f1_chexbert_accuracy_5"] for r in res.per_item] == [1.0, 1.0, 1.0]
     assert any(n.startswith("f1_chexbert: 0.0.2") for n in res.notes)
@@ -118,16 +146,37 @@ def test_clinical_values_kept_per_item_in_score_reports(tmp_path):
 
 def test_medvl_eval_clinical_on_a_report_replica(tmp_path, tiny_model_dir):
     pytest.importorskip("f1chexbert", reason="optional extra medvl[clinical]")
-    from tests import benchmark_replicas as replicas
-
     from medvl.cli import main
+    from tests import benchmark_replicas as replicas
 
     root = replicas.iu_xray(tmp_path / "data")
     out = tmp_path / "run"
     folder = chexbert_folder(tmp_path, True)
-    assert main(["eval", str(tiny_model_dir), "--tasks", "iu_xray", "--data", f"iu_xray={root}", "--max-new-tokens", "3",
-                 "--no-meteor", "--tokenization", "lowercase_whitespace", "--clinical", f"f1_chexbert={folder}",
-                 "--bootstrap-resamples", "20", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tiny_model_dir),
+                "--tasks",
+                "iu_xray",
+                "--data",
+                f"iu_xray={root}",
+                "--max-new-tokens",
+                "3",
+                "--no-meteor",
+                "--tokenization",
+                "lowercase_whitespace",
+                "--clinical",
+                f"f1_chexbert={folder}",
+                "--bootstrap-resamples",
+                "20",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())["results"]
     acc = next(r for r in results if r["metric"] == "f1_chexbert_accuracy")
     assert acc["value"] == 1.0 and acc["ci95"] == [1.0, 1.0] and acc["n"] == 2
@@ -150,18 +199,32 @@ def radgraph_folder(tmp_path):
     tiny_bert(bert_dir, seed=3)
     bert = {"model_name": str(bert_dir), "max_length": 512}
     config = {
-        "dataset_reader": {"type": "dygie", "max_span_width": 1, "token_indexers": {"bert": {
-            "type": "pretrained_transformer_mismatched", **bert}}},
-        "model": {"type": "dygie", "embedder": {"token_embedders": {"bert": {
-                      "type": "pretrained_transformer_mismatched", **bert}}},
-                  "initializer": {}, "module_initializer": {},
-                  "feature_size": 4, "max_span_width": 1, "target_task": "relation",
-                  "feedforward_params": {"num_layers": 1, "hidden_dims": 8, "dropout": 0.0},
-                  "loss_weights": {"ner": 1.0, "relation": 1.0, "coref": 0.0, "events": 0.0},
-                  "modules": {"coref": {"spans_per_word": 0.3, "max_antecedents": 10, "coref_prop": 0},
-                              "ner": {}, "relation": {"spans_per_word": 0.5},
-                              "events": {"trigger_spans_per_word": 0.3, "argument_spans_per_word": 0.8,
-                                         "loss_weights": {"trigger": 1.0, "arguments": 1.0}}}},
+        "dataset_reader": {
+            "type": "dygie",
+            "max_span_width": 1,
+            "token_indexers": {"bert": {"type": "pretrained_transformer_mismatched", **bert}},
+        },
+        "model": {
+            "type": "dygie",
+            "embedder": {"token_embedders": {"bert": {"type": "pretrained_transformer_mismatched", **bert}}},
+            "initializer": {},
+            "module_initializer": {},
+            "feature_size": 4,
+            "max_span_width": 1,
+            "target_task": "relation",
+            "feedforward_params": {"num_layers": 1, "hidden_dims": 8, "dropout": 0.0},
+            "loss_weights": {"ner": 1.0, "relation": 1.0, "coref": 0.0, "events": 0.0},
+            "modules": {
+                "coref": {"spans_per_word": 0.3, "max_antecedents": 10, "coref_prop": 0},
+                "ner": {},
+                "relation": {"spans_per_word": 0.5},
+                "events": {
+                    "trigger_spans_per_word": 0.3,
+                    "argument_spans_per_word": 0.8,
+                    "loss_weights": {"trigger": 1.0, "arguments": 1.0},
+                },
+            },
+        },
     }
     vocab_dir = model_dir / "vocabulary"
     vocab_dir.mkdir(parents=True)
@@ -172,9 +235,11 @@ def radgraph_folder(tmp_path):
     vocab = Vocabulary.from_files(str(vocab_dir))
     with rm.encode_plus_available():  # the vendored allennlp needs it under transformers 5 (see medvl)
         embedder = text_field_embedders.BasicTextFieldEmbedder(
-            {"bert": token_embedders.PretrainedTransformerMismatchedEmbedder(**bert)})
-    model_cfg = {k: v for k, v in config["model"].items()
-                 if k not in ("type", "embedder", "initializer", "module_initializer")}
+            {"bert": token_embedders.PretrainedTransformerMismatchedEmbedder(**bert)}
+        )
+    model_cfg = {
+        k: v for k, v in config["model"].items() if k not in ("type", "embedder", "initializer", "module_initializer")
+    }
     torch.manual_seed(4)
     model = dygie.DyGIE(vocab=vocab, embedder=embedder, **model_cfg)
     with torch.no_grad():

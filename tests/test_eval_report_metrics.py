@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from medvl.eval import report_metrics as rm
@@ -20,7 +18,9 @@ PREDS = [it["prediction"] for it in ITEMS]
 REFS = [it["reference"] for it in ITEMS]
 TOL = 1e-6 + 5e-7  # golden values are rounded to 6 decimals
 
-needs_java = pytest.mark.skipif(not rm.java_available(), reason="no Java runtime: PTB tokeniser and METEOR 1.5 need java")
+needs_java = pytest.mark.skipif(
+    not rm.java_available(), reason="no Java runtime: PTB tokeniser and METEOR 1.5 need java"
+)
 
 
 def assert_close(got, want, what=""):
@@ -103,7 +103,9 @@ def test_sacrebleu():
     assert out["signature"] == ref["signature_default"]
     assert_close(out["sentence_bleu_mean"], ref["sentence_bleu_mean_default"])
     assert_close(rm.sacrebleu_metrics(PREDS, REFS, lowercase=True)["corpus_bleu"], ref["corpus_bleu_lowercase"])
-    assert_close(rm.sacrebleu_metrics(PREDS, REFS, max_ngram_order=1)["corpus_bleu"], ref["corpus_bleu1_max_ngram_order_1"])
+    assert_close(
+        rm.sacrebleu_metrics(PREDS, REFS, max_ngram_order=1)["corpus_bleu"], ref["corpus_bleu1_max_ngram_order_1"]
+    )
 
 
 def _wordnet_ok() -> bool:
@@ -112,7 +114,9 @@ def _wordnet_ok() -> bool:
     return wordnet_available()
 
 
-@pytest.mark.parametrize("tok,key", [("lower_split", "nltk_lower_split"), ("medevalkit", "nltk_medevalkit_prep_reports")])
+@pytest.mark.parametrize(
+    "tok,key", [("lower_split", "nltk_lower_split"), ("medevalkit", "nltk_medevalkit_prep_reports")]
+)
 def test_nltk_bleu_and_meteor(tok, key):
     meteor = _wordnet_ok()
     out = rm.nltk_metrics(PREDS, REFS, tokenize=tok, meteor=meteor)
@@ -133,8 +137,9 @@ def test_bilingual_rouge_and_sacrebleu_zh():
         assert zh["tokenizer"] == "jieba"
         assert_close(zh["rouge1"], case["rouge_score_jieba_tokenizer"]["rouge1"])
         assert_close(zh["rougeL"], case["rouge_score_jieba_tokenizer"]["rougeL"])
-        assert_close(rm.sacrebleu_metrics(p, r, tokenize="zh")["sentence_bleu_mean"],
-                     case["sacrebleu_sentence_bleu_tokenize_zh"])
+        assert_close(
+            rm.sacrebleu_metrics(p, r, tokenize="zh")["sentence_bleu_mean"], case["sacrebleu_sentence_bleu_tokenize_zh"]
+        )
 
 
 def _minilm_path() -> str | None:
@@ -150,11 +155,15 @@ def test_bertscore_minilm_local():
     ref = METRICS["bertscore_offline"]
     out = rm.bertscore(PREDS, REFS, model_path=_minilm_path(), num_layers=6)
     want = ref["minilm_l6_layer6_idf_False"]
-    assert_close(out["P"], want["P"]); assert_close(out["R"], want["R"]); assert_close(out["F1"], want["F1"])
+    assert_close(out["P"], want["P"])
+    assert_close(out["R"], want["R"])
+    assert_close(out["F1"], want["F1"])
     assert_close(out["F1_per_item"], want["F1_per_item"])
     out = rm.bertscore(PREDS, REFS, model_path=_minilm_path(), num_layers=6, idf=True)
     want = ref["minilm_l6_layer6_idf_True"]
-    assert_close(out["P"], want["P"]); assert_close(out["R"], want["R"]); assert_close(out["F1"], want["F1"])
+    assert_close(out["P"], want["P"])
+    assert_close(out["R"], want["R"])
+    assert_close(out["F1"], want["F1"])
     assert_close(out["F1_per_item"], want["F1_per_item"])
     with pytest.raises(FileNotFoundError, match="local model folder"):
         rm.bertscore(PREDS, REFS, model_path="roberta-large")
@@ -177,8 +186,18 @@ def test_score_reports_combined():
     res = rm.score_reports([str(it["id"]) for it in ITEMS], PREDS, REFS)
     ref = METRICS["pycocoevalcap_ptb_tokenized"]
     assert res.protocol == "report"
-    assert set(res.aggregate) >= {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "meteor", "cider",
-                                  "rouge1", "rouge2", "rougeL"}
+    assert set(res.aggregate) >= {
+        "bleu_1",
+        "bleu_2",
+        "bleu_3",
+        "bleu_4",
+        "rouge_l",
+        "meteor",
+        "cider",
+        "rouge1",
+        "rouge2",
+        "rougeL",
+    }
     assert_close(res.aggregate["cider"], ref["CIDEr-D"])
     assert_close(res.aggregate["rouge1"], METRICS["rouge_score_use_stemmer_False"]["rouge1"])
     assert_close([r["bleu_4"] for r in res.per_item], ref["BLEU-4_per_item"])

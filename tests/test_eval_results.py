@@ -23,8 +23,11 @@ def test_bootstrap_matches_a_hand_written_percentile_bootstrap():
 
 
 def test_item_values_only_when_they_reproduce_the_aggregate():
-    rows = [{"id": "a", "answer_type": "CLOSED", "correct": 1}, {"id": "b", "answer_type": "OPEN", "correct": 0},
-            {"id": "c", "answer_type": "CLOSED", "correct": 0}]
+    rows = [
+        {"id": "a", "answer_type": "CLOSED", "correct": 1},
+        {"id": "b", "answer_type": "OPEN", "correct": 0},
+        {"id": "c", "answer_type": "CLOSED", "correct": 0},
+    ]
     res = ScoreResult("exact_norm", {"accuracy": 1 / 3, "closed_accuracy": 0.5, "open_accuracy": 0.0}, rows)
     assert item_values(res, "accuracy") == [1, 0, 0]
     assert item_values(res, "closed_accuracy") == [1, 0]
@@ -39,10 +42,20 @@ def test_corpus_bleu_bootstrap_reproduces_pycocoevalcap_and_brackets_it():
 
     from medvl.eval.report_metrics import bleu_bootstrap
 
-    preds = ["the heart is normal in size", "no pleural effusion", "mild cardiomegaly is seen",
-             "lungs are clear", "there is a small left effusion"]
-    refs = ["heart size is normal", "no pleural effusion or pneumothorax", "cardiomegaly is seen",
-            "the lungs are clear", "small left pleural effusion"]
+    preds = [
+        "the heart is normal in size",
+        "no pleural effusion",
+        "mild cardiomegaly is seen",
+        "lungs are clear",
+        "there is a small left effusion",
+    ]
+    refs = [
+        "heart size is normal",
+        "no pleural effusion or pneumothorax",
+        "cardiomegaly is seen",
+        "the lungs are clear",
+        "small left pleural effusion",
+    ]
     keys = range(len(preds))
     corpus, _ = Bleu(4).compute_score({k: [refs[k]] for k in keys}, {k: [preds[k]] for k in keys}, verbose=0)
     # intervals come back only when the summed per-report counts reproduce pycocoevalcap's corpus value

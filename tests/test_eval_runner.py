@@ -25,9 +25,17 @@ def answer_even_ids(records, **gen):
 
 
 def test_evaluate_writes_outputs_and_per_language(tmp_path, synth_dir):
-    cfg = EvalConfig(tasks=["synth_vqa", "synth_report"], out_dir=tmp_path / "run", data={"synth_vqa": str(synth_dir),
-                     "synth_report": str(synth_dir)}, split="train", batch_size=2, chunk_batches=1,
-                     meteor=False, tokenization="lowercase_whitespace", progress=False)
+    cfg = EvalConfig(
+        tasks=["synth_vqa", "synth_report"],
+        out_dir=tmp_path / "run",
+        data={"synth_vqa": str(synth_dir), "synth_report": str(synth_dir)},
+        split="train",
+        batch_size=2,
+        chunk_batches=1,
+        meteor=False,
+        tokenization="lowercase_whitespace",
+        progress=False,
+    )
     results = evaluate(cfg, generate_fn=answer_even_ids, model_name="oracle-half")
     out = tmp_path / "run"
     preds = [json.loads(line) for line in (out / "predictions" / "synth_vqa.jsonl").read_text().splitlines()]
@@ -36,8 +44,11 @@ def test_evaluate_writes_outputs_and_per_language(tmp_path, synth_dir):
     assert data["model"] == "oracle-half"
     for entry in data["results"]:
         assert {"task", "metric", "protocol", "value", "n", "model", "data_fingerprint", "versions"} <= set(entry)
-    acc = {(r["language"]): r for r in results
-           if r["task"] == "synth_vqa" and r["metric"] == "accuracy" and r["subgroup"] == "all"}
+    acc = {
+        (r["language"]): r
+        for r in results
+        if r["task"] == "synth_vqa" and r["metric"] == "accuracy" and r["subgroup"] == "all"
+    }
     assert acc["all"]["protocol"] == "exact_norm"
     # the half-oracle gets exactly the even positions of each chunk right
     n_correct = sum(1 for p in preds if p["prediction"] != "")
@@ -45,11 +56,14 @@ def test_evaluate_writes_outputs_and_per_language(tmp_path, synth_dir):
     langs = {p["language"] for p in preds}
     if len(langs) > 1:
         assert {"en", "zh"} <= set(acc)
-        assert sum(acc[l]["n"] for l in langs) == acc["all"]["n"]
+        assert sum(acc[lang]["n"] for lang in langs) == acc["all"]["n"]
     report = {r["metric"] for r in results if r["task"] == "synth_report" and r["language"] == "all"}
     # subgroups of the release's own labels (here the synthetic question types), each scored alone
-    by_type = {r["subgroup"]: r for r in results if r["task"] == "synth_vqa" and r["metric"] == "accuracy"
-               and r["subgroup"].startswith("question_type=")}
+    by_type = {
+        r["subgroup"]: r
+        for r in results
+        if r["task"] == "synth_vqa" and r["metric"] == "accuracy" and r["subgroup"].startswith("question_type=")
+    }
     assert len(by_type) > 1 and sum(r["n"] for r in by_type.values()) == acc["all"]["n"]
     for sub, entry in by_type.items():
         rows = [p for p in preds if f"question_type={p['question_type']}" == sub]
@@ -77,8 +91,16 @@ def test_evaluate_resumes_without_redoing(tmp_path, synth_dir):
         seen.extend(r.id for r in records)
         return ["yes"] * len(records)
 
-    cfg = EvalConfig(tasks=["synth_vqa"], out_dir=tmp_path, data={"synth_vqa": str(synth_dir)}, split="train",
-                     batch_size=2, chunk_batches=1, meteor=False, progress=False)
+    cfg = EvalConfig(
+        tasks=["synth_vqa"],
+        out_dir=tmp_path,
+        data={"synth_vqa": str(synth_dir)},
+        split="train",
+        batch_size=2,
+        chunk_batches=1,
+        meteor=False,
+        progress=False,
+    )
     with pytest.raises(KeyboardInterrupt):
         evaluate(cfg, generate_fn=interrupted)
     first = list(seen)
@@ -113,8 +135,26 @@ def test_medvl_eval_cli_with_tiny_model(tmp_path, synth_dir, tiny_model_dir, cap
     from medvl.cli import main
 
     out = tmp_path / "cli"
-    argv = ["eval", str(tiny_model_dir), "--tasks", "synth_vqa", "--data", f"synth_vqa={synth_dir}", "--split", "train",
-            "--limit", "3", "--max-new-tokens", "3", "--batch-size", "2", "--no-meteor", "--no-progress", "--out", str(out)]
+    argv = [
+        "eval",
+        str(tiny_model_dir),
+        "--tasks",
+        "synth_vqa",
+        "--data",
+        f"synth_vqa={synth_dir}",
+        "--split",
+        "train",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "3",
+        "--batch-size",
+        "2",
+        "--no-meteor",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "predictions" / "synth_vqa.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(isinstance(r["prediction"], str) for r in rows)
@@ -136,15 +176,27 @@ def test_medvl_eval_cli_bad_task(tmp_path, capsys):
 
 
 def test_evaluate_protocol_override(tmp_path, synth_dir):
-    cfg = EvalConfig(tasks=["synth_vqa"], out_dir=tmp_path, data={"synth_vqa": str(synth_dir)}, split="train",
-                     limit=4, protocols={"synth_vqa": "llava_med_v1"}, progress=False)
+    cfg = EvalConfig(
+        tasks=["synth_vqa"],
+        out_dir=tmp_path,
+        data={"synth_vqa": str(synth_dir)},
+        split="train",
+        limit=4,
+        protocols={"synth_vqa": "llava_med_v1"},
+        progress=False,
+    )
     results = evaluate(cfg, generate_fn=answer_even_ids)
     assert {r["protocol"] for r in results} == {"llava_med_v1"}
     with pytest.raises(ValueError, match="unknown VQA protocol 'vqa'"):
-        evaluate(EvalConfig(tasks=["synth_vqa"], out_dir=tmp_path, protocols={"synth_vqa": "vqa"}), generate_fn=answer_even_ids)
+        evaluate(
+            EvalConfig(tasks=["synth_vqa"], out_dir=tmp_path, protocols={"synth_vqa": "vqa"}),
+            generate_fn=answer_even_ids,
+        )
     with pytest.raises(ValueError, match="only VQA tasks"):
-        evaluate(EvalConfig(tasks=["synth_report"], out_dir=tmp_path, protocols={"synth_report": "mcq"}),
-                 generate_fn=answer_even_ids)
+        evaluate(
+            EvalConfig(tasks=["synth_report"], out_dir=tmp_path, protocols={"synth_report": "mcq"}),
+            generate_fn=answer_even_ids,
+        )
 
 
 def test_duplicate_sample_ids_are_an_error(tmp_path, synth_dir, tiny_model_dir, capsys):
@@ -160,18 +212,46 @@ def test_duplicate_sample_ids_are_an_error(tmp_path, synth_dir, tiny_model_dir, 
     twin = json.loads(lines[1])
     twin["id"] = first["id"]  # two different samples, one id
     (data / "train.jsonl").write_text("\n".join([lines[0], json.dumps(twin), *lines[2:]]) + "\n")
-    cfg = EvalConfig(tasks=["synth_vqa"], out_dir=tmp_path / "o", data={"synth_vqa": str(data)}, split="train",
-                     meteor=False, progress=False)
+    cfg = EvalConfig(
+        tasks=["synth_vqa"],
+        out_dir=tmp_path / "o",
+        data={"synth_vqa": str(data)},
+        split="train",
+        meteor=False,
+        progress=False,
+    )
     with pytest.raises(MedVLDataError, match=f"duplicate sample id\\(s\\) '{first['id']}'"):
         evaluate(cfg, generate_fn=answer_even_ids)
-    assert main(["eval", str(tiny_model_dir), "--tasks", "synth_vqa", "--data", f"synth_vqa={data}", "--split",
-                 "train", "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                str(tiny_model_dir),
+                "--tasks",
+                "synth_vqa",
+                "--data",
+                f"synth_vqa={data}",
+                "--split",
+                "train",
+                "--out",
+                str(tmp_path / "o2"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "duplicate sample id" in capsys.readouterr().err
 
 
 def test_predictions_of_another_model_are_never_reused(tmp_path, synth_dir):
-    cfg = EvalConfig(tasks=["synth_vqa"], out_dir=tmp_path, data={"synth_vqa": str(synth_dir)}, split="train",
-                     meteor=False, progress=False)
+    cfg = EvalConfig(
+        tasks=["synth_vqa"],
+        out_dir=tmp_path,
+        data={"synth_vqa": str(synth_dir)},
+        split="train",
+        meteor=False,
+        progress=False,
+    )
     evaluate(cfg, generate_fn=answer_even_ids, model_name="model-a")
     path = tmp_path / "predictions" / "synth_vqa.jsonl"
     before = path.read_text()
@@ -192,8 +272,24 @@ def test_cli_keys_resume_by_weights_not_path(tmp_path, synth_dir, tiny_model_dir
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     out = tmp_path / "out"
-    argv = ["eval", str(model), "--tasks", "synth_vqa", "--data", f"synth_vqa={synth_dir}", "--split", "train",
-            "--limit", "2", "--max-new-tokens", "2", "--no-progress", "--no-meteor", "--out", str(out)]
+    argv = [
+        "eval",
+        str(model),
+        "--tasks",
+        "synth_vqa",
+        "--data",
+        f"synth_vqa={synth_dir}",
+        "--split",
+        "train",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--no-progress",
+        "--no-meteor",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     copy = tmp_path / "copy"
     shutil.copytree(model, copy)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import csv
 import json
 
-from tests import benchmark_replicas as replicas
 import numpy as np
 import pytest
 from PIL import Image
 
 from medvl.errors import MedVLDataError
 from medvl.eval.tasks import available_tasks, data_fingerprint, get_task
+from tests import benchmark_replicas as replicas
 
 
 def png(path):
@@ -34,8 +34,21 @@ def user_text(rec):
 
 
 def test_registry():
-    assert {"vqa_rad", "slake", "pathvqa", "pmc_vqa", "omnimedvqa", "mimic_cxr", "iu_xray", "ct_rate",
-            "m3d_vqa_closed", "m3d_vqa_open", "m3d_cap", "synth_vqa", "synth_report"} <= set(available_tasks())
+    assert {
+        "vqa_rad",
+        "slake",
+        "pathvqa",
+        "pmc_vqa",
+        "omnimedvqa",
+        "mimic_cxr",
+        "iu_xray",
+        "ct_rate",
+        "m3d_vqa_closed",
+        "m3d_vqa_open",
+        "m3d_cap",
+        "synth_vqa",
+        "synth_report",
+    } <= set(available_tasks())
     with pytest.raises(ValueError, match="unknown task 'rad'.*valid: .*vqa_rad"):
         get_task("rad")
     for name in available_tasks():
@@ -44,9 +57,20 @@ def test_registry():
 
 
 def test_vqa_rad_missing_image_names_entry(tmp_path):
-    (tmp_path / "VQA_RAD Dataset Public.json").write_text(json.dumps([
-        {"qid": 7, "image_name": "nope.jpg", "answer": "yes", "answer_type": "CLOSED", "question": "q",
-         "phrase_type": "test_para"}]))
+    (tmp_path / "VQA_RAD Dataset Public.json").write_text(
+        json.dumps(
+            [
+                {
+                    "qid": 7,
+                    "image_name": "nope.jpg",
+                    "answer": "yes",
+                    "answer_type": "CLOSED",
+                    "question": "q",
+                    "phrase_type": "test_para",
+                }
+            ]
+        )
+    )
     with pytest.raises(MedVLDataError, match="entry 0 \\(qid 7\\).*media file not found"):
         get_task("vqa_rad").load(tmp_path)
 
@@ -95,14 +119,20 @@ def test_slake_release(tmp_path):
     zh = get_task("slake_zh").load(root)
     assert [r.meta["reference"] for r in zh] == ["CT", "否", "否"]
     assert {(r.meta["modality"], r.meta["organ"], r.meta["question_type"]) for r in zh} == {
-        ("CT", "Lung", "Modality"), ("CT", "Lung", "Organ"), ("MRI", "Abdomen", "Abnormality")}
+        ("CT", "Lung", "Modality"),
+        ("CT", "Lung", "Organ"),
+        ("MRI", "Abdomen", "Abnormality"),
+    }
     assert [r.id for r in get_task("slake").load(root, split="validate")] == ["slake-11938"]
 
 
 def test_pathvqa_release(tmp_path):
     recs = get_task("pathvqa").load(replicas.pathvqa(tmp_path))
     assert [(r.meta["answer_type"], r.meta["reference"]) for r in recs] == [
-        ("CLOSED", "yes"), ("OPEN", "necrosis"), ("CLOSED", "no")]
+        ("CLOSED", "yes"),
+        ("OPEN", "necrosis"),
+        ("CLOSED", "no"),
+    ]
     assert recs[2].images[0].endswith("pvqa/images/test/test_0002.jpg")
 
 
@@ -111,7 +141,9 @@ def test_pmc_vqa_both_csv_versions(tmp_path):
     v2 = get_task("pmc_vqa").load(root)
     assert [r.meta["answer_choice"] for r in v2] == ["B", "B"] and v2[0].meta["reference"] == "Lung"
     assert v2[0].meta["options"] == ["Liver", "Lung", "Kidney", "Spleen"]  # " A:" prefixes removed
-    assert user_text(v2[0]).startswith("<image>\nWhich organ shows the lesion?\nA. Liver\nB. Lung\nC. Kidney\nD. Spleen\n")
+    assert user_text(v2[0]).startswith(
+        "<image>\nWhich organ shows the lesion?\nA. Liver\nB. Lung\nC. Kidney\nD. Spleen\n"
+    )
     v1 = get_task("pmc_vqa").load(root, split="test_clean")
     assert v1[0].meta["answer_choice"] == "B" and v1[0].meta["reference"] == "Focal uptake pattern"
 
@@ -140,7 +172,9 @@ def test_ct_rate_release_carries_rescale_and_spacing(tmp_path):
     root = replicas.ct_rate(tmp_path)
     recs = get_task("ct_rate").load(root)
     assert [r.id for r in recs] == ["ct_rate-valid_1_a_1", "ct_rate-valid_1_a_2"]
-    assert recs[0].meta["reference"] == "Trachea and both main bronchi are open. No nodule or mass is seen in either lung."
+    assert (
+        recs[0].meta["reference"] == "Trachea and both main bronchi are open. No nodule or mass is seen in either lung."
+    )
     assert recs[0].meta["volume_load"] == {"rescale": [1.0, -1024.0], "spacing": [0.75, 0.75, 1.5]}
     assert recs[1].meta["volume_load"] == {"rescale": [1.0, -8192.0], "spacing": [0.8, 0.8, 2.0]}
     (root / "metadata" / "validation_metadata.csv").unlink()
@@ -151,11 +185,16 @@ def test_ct_rate_release_carries_rescale_and_spacing(tmp_path):
 def test_m3d_release(tmp_path):
     root = replicas.m3d(tmp_path)
     closed = get_task("m3d_vqa_closed").load(root)
-    assert user_text(closed[0]) == "<volume>\nIn which plane is this image taken? Choices: A. Axial B. Sagittal C. Coronal D. Oblique"
+    assert (
+        user_text(closed[0])
+        == "<volume>\nIn which plane is this image taken? Choices: A. Axial B. Sagittal C. Coronal D. Oblique"
+    )
     assert [r.meta["reference"] for r in closed] == ["A. Axial", "B. Lung"]
     assert [r.meta["question_type"] for r in closed] == ["plane", "organ"]
     opened = get_task("m3d_vqa_open").load(root)
-    assert opened[1].meta["reference"] == "Lung" and user_text(opened[1]) == "<volume>\nWhich organ shows the abnormality?"
+    assert (
+        opened[1].meta["reference"] == "Lung" and user_text(opened[1]) == "<volume>\nWhich organ shows the abnormality?"
+    )
     cap = get_task("m3d_cap").load(root)
     assert len(cap) == 2 and cap[0].meta["reference"] == "Hypodense lesion in the right hepatic lobe."
     for rec in closed + opened + cap:
@@ -196,10 +235,21 @@ def test_ct_rate_volume_is_rescaled_to_hu_with_the_csv_spacing(tmp_path, tiny_mo
 
 # ---------------------------------------------------------------- end to end: medvl eval on each replica
 
-HEADLINE_OF = {"vqa_rad": "closed_accuracy", "slake": "accuracy", "slake_en": "accuracy", "slake_zh": "accuracy",
-               "pathvqa": "closed_accuracy", "pmc_vqa": "accuracy", "omnimedvqa": "accuracy",
-               "mimic_cxr": "bleu_4", "iu_xray": "bleu_4", "ct_rate": "rouge_l", "m3d_vqa_closed": "closed_accuracy",
-               "m3d_vqa_open": "bleu1", "m3d_cap": "cider"}
+HEADLINE_OF = {
+    "vqa_rad": "closed_accuracy",
+    "slake": "accuracy",
+    "slake_en": "accuracy",
+    "slake_zh": "accuracy",
+    "pathvqa": "closed_accuracy",
+    "pmc_vqa": "accuracy",
+    "omnimedvqa": "accuracy",
+    "mimic_cxr": "bleu_4",
+    "iu_xray": "bleu_4",
+    "ct_rate": "rouge_l",
+    "m3d_vqa_closed": "closed_accuracy",
+    "m3d_vqa_open": "bleu1",
+    "m3d_cap": "cider",
+}
 
 
 @pytest.mark.parametrize("task", sorted(HEADLINE_OF))
@@ -208,9 +258,28 @@ def test_medvl_eval_end_to_end_on_the_replica(task, tmp_path, tiny_model_dir, ca
 
     root = replicas.WRITERS[task](tmp_path / "data")
     out = tmp_path / "run"
-    argv = ["eval", str(tiny_model_dir), "--tasks", task, "--data", f"{task}={root}", "--limit", "3",
-            "--max-new-tokens", "2", "--batch-size", "2", "--no-meteor", "--tokenization", "lowercase_whitespace",
-            "--bootstrap-resamples", "50", "--no-progress", "--out", str(out)]
+    argv = [
+        "eval",
+        str(tiny_model_dir),
+        "--tasks",
+        task,
+        "--data",
+        f"{task}={root}",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-meteor",
+        "--tokenization",
+        "lowercase_whitespace",
+        "--bootstrap-resamples",
+        "50",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     spec = get_task(task)
     records = spec.load(root, limit=3)
@@ -219,7 +288,9 @@ def test_medvl_eval_end_to_end_on_the_replica(task, tmp_path, tiny_model_dir, ca
     assert all(isinstance(r["prediction"], str) for r in rows)
     assert {r["data_fingerprint"] for r in rows} == {data_fingerprint(records)}
     results = json.loads((out / "results.json").read_text())["results"]
-    head = [r for r in results if r["metric"] == HEADLINE_OF[task] and r["language"] == "all" and r["subgroup"] == "all"]
+    head = [
+        r for r in results if r["metric"] == HEADLINE_OF[task] and r["language"] == "all" and r["subgroup"] == "all"
+    ]
     assert len(head) == 1 and head[0]["protocol"] == spec.protocol and head[0]["n"] == len(records)
     assert 0.0 <= head[0]["value"] <= 10.0
     low, high = head[0]["ci95"]  # every headline metric here has a seeded bootstrap interval
@@ -236,8 +307,21 @@ def test_medvl_eval_reads_the_media_and_names_a_broken_file(tmp_path, tiny_model
     root = replicas.vqa_rad(tmp_path / "data")
     broken = root / "VQA_RAD Image Folder" / "synpic29265.jpg"
     broken.write_bytes(broken.read_bytes()[:40])
-    argv = ["eval", str(tiny_model_dir), "--tasks", "vqa_rad", "--data", f"vqa_rad={root}", "--max-new-tokens", "1",
-            "--batch-size", "1", "--no-progress", "--out", str(tmp_path / "run")]
+    argv = [
+        "eval",
+        str(tiny_model_dir),
+        "--tasks",
+        "vqa_rad",
+        "--data",
+        f"vqa_rad={root}",
+        "--max-new-tokens",
+        "1",
+        "--batch-size",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "vqa_rad-3" in err and "synpic29265.jpg" in err

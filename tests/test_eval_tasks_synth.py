@@ -44,8 +44,15 @@ def test_eval_reproduces_the_accuracy_of_a_model_that_learnt_the_training_prompt
     def memorised(records, **gen):
         return [learnt.get(render(r), "I did not see this prompt in training") for r in records]
 
-    cfg = EvalConfig(tasks=["synth_vqa"], out_dir=synth_dir.parent / "eval-memorised", data={"synth_vqa": str(synth_dir)},
-                     split="train", batch_size=4, meteor=False, progress=False)
+    cfg = EvalConfig(
+        tasks=["synth_vqa"],
+        out_dir=synth_dir.parent / "eval-memorised",
+        data={"synth_vqa": str(synth_dir)},
+        split="train",
+        batch_size=4,
+        meteor=False,
+        progress=False,
+    )
     results = evaluate(cfg, generate_fn=memorised, model_name="memorised")
     closed = next(r for r in results if r["metric"] == "closed_accuracy" and r["language"] == "all")
     assert closed["n"] > 0 and closed["value"] == 1.0

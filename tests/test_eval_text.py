@@ -12,6 +12,7 @@ from medvl.eval.text import (
     slake_normalize_answer,
     squad_normalize_answer,
 )
+
 try:
     from tests.eval_golden import load_golden
 except ImportError:  # tests/ not a package

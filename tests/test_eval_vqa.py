@@ -17,8 +17,16 @@ TOL = 1e-6
 
 
 def golden_items() -> list[VQAItem]:
-    return [VQAItem(id=str(it["id"]), question=it["question"], answer_type=it["answer_type"],
-                    prediction=it["pred"], reference=it["gt"]) for it in VQA["items"]]
+    return [
+        VQAItem(
+            id=str(it["id"]),
+            question=it["question"],
+            answer_type=it["answer_type"],
+            prediction=it["pred"],
+            reference=it["gt"],
+        )
+        for it in VQA["items"]
+    ]
 
 
 def close(a, b, tol=TOL):
@@ -48,10 +56,19 @@ def test_llava_med_v1_per_item_and_tables():
             else:
                 assert close(row[key], val), (exp["id"], key, row[key], val)
     table = ref["run_eval_batch_table_percent"]
-    mapping = {"exact match score": "exact_match", "f1 score": "open_f1", "precision": "open_precision",
-               "recall": "open_recall", "bleu_score": "bleu", "bleu_score_1": "bleu_1",
-               "bleu_score_2": "bleu_2", "bleu_score_3": "bleu_3", "open accuracy": "open_accuracy",
-               "yes/no accuracy": "closed_accuracy", "recall_closed": "recall_closed"}
+    mapping = {
+        "exact match score": "exact_match",
+        "f1 score": "open_f1",
+        "precision": "open_precision",
+        "recall": "open_recall",
+        "bleu_score": "bleu",
+        "bleu_score_1": "bleu_1",
+        "bleu_score_2": "bleu_2",
+        "bleu_score_3": "bleu_3",
+        "open accuracy": "open_accuracy",
+        "yes/no accuracy": "closed_accuracy",
+        "recall_closed": "recall_closed",
+    }
     for name, key in mapping.items():
         # the table is printed x100 with 6 significant digits
         assert abs(res.aggregate[key] * 100 - table[name]) < 1e-3, name
@@ -71,8 +88,10 @@ def test_uni_med_closed_accuracy():
 
 
 def test_uni_med_classification_exact_match():
-    items = [VQAItem(id="a", prediction="Melanoma.", reference="melanoma"),
-             VQAItem(id="b", prediction="nevus", reference="melanoma")]
+    items = [
+        VQAItem(id="a", prediction="Melanoma.", reference="melanoma"),
+        VQAItem(id="b", prediction="nevus", reference="melanoma"),
+    ]
     res = score_vqa(items, "uni_med", classification=True)
     assert res.aggregate == {"accuracy": 0.5}
 
@@ -86,11 +105,15 @@ def test_exact_norm_matches_lmms_eval():
 
 
 def test_exact_norm_chinese_and_per_language():
-    items = [VQAItem(id=str(i), prediction=c["prediction"], reference=c["reference"], language="zh")
-             for i, c in enumerate(GOLDEN["bilingual_zh"])]
+    items = [
+        VQAItem(id=str(i), prediction=c["prediction"], reference=c["reference"], language="zh")
+        for i, c in enumerate(GOLDEN["bilingual_zh"])
+    ]
     items.append(VQAItem(id="en", prediction="Yes", reference="yes", language="en"))
     res = score_vqa(items, "exact_norm")
-    assert [r["correct"] for r in res.per_item[:3]] == [c["lmms_eval_slake_exact_match"] for c in GOLDEN["bilingual_zh"]]
+    assert [r["correct"] for r in res.per_item[:3]] == [
+        c["lmms_eval_slake_exact_match"] for c in GOLDEN["bilingual_zh"]
+    ]
     assert close(res.aggregate["accuracy_zh"], 2 / 3) and res.aggregate["accuracy_en"] == 1.0
 
 
@@ -109,7 +132,7 @@ def test_medevalkit_matches_reference(mixup):
         assert got["em"] == want["em"]
         for key in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge1", "rouge2", "rougel", "precision", "recall", "f1"):
             assert close(got[key], want[key]), (exp["id"], key, got[key], want[key])
-    assert ("reference_prf_mixup=True" in res.notes[0])
+    assert "reference_prf_mixup=True" in res.notes[0]
     assert close(res.aggregate["closed_accuracy"], 4 / 6)
 
 
@@ -135,10 +158,19 @@ def test_m3d_closed_letter_rule_and_open_metrics():
 
 def test_mcq_extraction_rules():
     opts = ["Liver", "Spleen", "Left kidney", "Kidney"]
-    cases = [("B", "letter"), ("(C) left kidney", "letter"), ("The answer is D.", "cue"), ("I would pick (a)", "cue"),
-             ("It shows the spleen clearly", "text"), ("A mass in the left kidney", "text"),
-             ("splen", "similarity"), ("", "empty")]
-    items = [VQAItem(id=str(i), prediction=p, reference="C", options=opts, language="en") for i, (p, _) in enumerate(cases)]
+    cases = [
+        ("B", "letter"),
+        ("(C) left kidney", "letter"),
+        ("The answer is D.", "cue"),
+        ("I would pick (a)", "cue"),
+        ("It shows the spleen clearly", "text"),
+        ("A mass in the left kidney", "text"),
+        ("splen", "similarity"),
+        ("", "empty"),
+    ]
+    items = [
+        VQAItem(id=str(i), prediction=p, reference="C", options=opts, language="en") for i, (p, _) in enumerate(cases)
+    ]
     res = score_vqa(items, "mcq")
     assert [r["method"] for r in res.per_item] == [m for _, m in cases]
     assert [r["predicted_choice"] for r in res.per_item] == ["B", "C", "D", "A", "B", "C", "B", None]
@@ -152,8 +184,11 @@ def test_metrics_of_an_absent_answer_type_are_omitted():
     for name in ("llava_med_v1", "exact_norm", "medevalkit", "uni_med"):
         agg = score_vqa(closed_only, name).aggregate
         assert "closed_accuracy" in agg and not any(k.startswith("open") for k in agg), name
-    assert set(score_vqa(closed_only, "llava_med_v1").aggregate) == {"closed_accuracy", "recall_closed",
-                                                                     "closed_accuracy_run_eval"}
+    assert set(score_vqa(closed_only, "llava_med_v1").aggregate) == {
+        "closed_accuracy",
+        "recall_closed",
+        "closed_accuracy_run_eval",
+    }
 
 
 def test_m3d_meteor_identical_answer():

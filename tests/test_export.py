@@ -53,15 +53,19 @@ def medvl_2d(tmp_path_factory) -> Path:
 
 def test_export_llava_same_logits_and_greedy(medvl_2d: Path, tmp_path: Path) -> None:
     from medvl.cli import main
-    from medvl.inference import load_model, prepare_batch
     from medvl.data.records import Record
+    from medvl.inference import load_model, prepare_batch
 
     out = tmp_path / "llava"
     assert main(["export", str(medvl_2d), "--as-llava", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["model_type"] == "llava"
     image = FIXTURE / "medmvl-2d-siglip-mlp" / "inputs" / "image.png"
-    proc = subprocess.run([sys.executable, "-c", STOCK_SCRIPT, str(out), str(image), QUESTION],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", STOCK_SCRIPT, str(out), str(image), QUESTION],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     stock = json.loads(proc.stdout.strip().splitlines()[-1])
     assert stock["medvl_modules"] == [] and stock["processor"] == "LlavaProcessor"
@@ -128,8 +132,10 @@ def test_export_llava_clip_drops_cls(tmp_path: Path) -> None:
     batch = prepare_batch(model, processor, [rec])
     llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
     llava_proc = AutoProcessor.from_pretrained(out)
-    text = llava_proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]}],
-                                          add_generation_prompt=True)
+    text = llava_proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]}],
+        add_generation_prompt=True,
+    )
     stock = llava_proc(text=[text], images=[Image.open(image).convert("RGB")], return_tensors="pt")
     assert stock["input_ids"].tolist() == batch["input_ids"].tolist()
     assert torch.equal(stock["pixel_values"], batch["pixel_values"])

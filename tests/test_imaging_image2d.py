@@ -63,8 +63,7 @@ def test_16bit_fixed_full_range_and_window(tmp_path, suffix):
     # Fixed mapping of 0..65535 onto 0..255 (257 = 65535 / 255 -> exactly 1).
     assert np.array_equal(np.array(load_image(tmp_path / f"x{suffix}"))[0, :, 0], [0, 1, 128, 255])
     # A window in raw units: 0..1000 (center 500, width 1000).
-    assert np.array_equal(np.array(load_image(tmp_path / f"x{suffix}", window=(500, 1000)))[0, :, 0],
-                          [0, 66, 255, 255])
+    assert np.array_equal(np.array(load_image(tmp_path / f"x{suffix}", window=(500, 1000)))[0, :, 0], [0, 66, 255, 255])
     # Per-image min..max only when asked.
     assert np.array_equal(np.array(load_image(tmp_path / f"x{suffix}", window="minmax"))[0, :, 0], [0, 1, 128, 255])
 
@@ -92,8 +91,12 @@ def test_zero_width_png(tmp_path):
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 5, 8, 0, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 5, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
     (tmp_path / "zero.png").write_bytes(png)
     with pytest.raises(MedVLDataError, match=r"zero\.png"):
         load_image(tmp_path / "zero.png")
@@ -143,7 +146,9 @@ def test_enhanced_ct_uses_functional_group_rescale_and_window():
     assert "WindowCenter" not in ds and "RescaleIntercept" not in ds
     assert float(shared.PixelValueTransformationSequence[0].RescaleIntercept) == -1024.0
     assert (float(shared.FrameVOILUTSequence[0].WindowCenter), float(shared.FrameVOILUTSequence[0].WindowWidth)) == (
-        49.0, 102.0)
+        49.0,
+        102.0,
+    )
     hu = ds.pixel_array[0].astype(np.float64) - 1024.0  # first frame only
     # DICOM LINEAR window function (PS3.3 C.11.2.1.2) with center 49, width 102.
     expected = np.round(np.clip((hu - 48.5) / 101.0 + 0.5, 0, 1) * 255)
@@ -201,7 +206,12 @@ def _png_with_sbit(path, values: np.ndarray, sbit: int | None) -> None:
     if sbit is None:
         return
     data = path.read_bytes()
-    chunk = struct.pack(">I", 1) + b"sBIT" + bytes([sbit]) + struct.pack(">I", zlib.crc32(b"sBIT" + bytes([sbit])) & 0xFFFFFFFF)
+    chunk = (
+        struct.pack(">I", 1)
+        + b"sBIT"
+        + bytes([sbit])
+        + struct.pack(">I", zlib.crc32(b"sBIT" + bytes([sbit])) & 0xFFFFFFFF)
+    )
     ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR header, IHDR data, CRC
     path.write_bytes(data[:ihdr_end] + chunk + data[ihdr_end:])
 
@@ -215,7 +225,11 @@ def test_12bit_data_in_a_16bit_png_uses_its_real_bit_depth(tmp_path):
     # declared 12 significant bits win over the data: a dark 12-bit image stays dark
     dark = np.array([[0, 1000, 2047]], dtype=np.uint16)
     _png_with_sbit(tmp_path / "dark.png", dark, 12)
-    assert np.array(load_image(tmp_path / "dark.png"))[0, :, 0].tolist() == [0, round(1000 / 4095 * 255), round(2047 / 4095 * 255)]
+    assert np.array(load_image(tmp_path / "dark.png"))[0, :, 0].tolist() == [
+        0,
+        round(1000 / 4095 * 255),
+        round(2047 / 4095 * 255),
+    ]
     # 10-bit data, no sBIT
     _png_with_sbit(tmp_path / "ten.png", np.array([[0, 1023]], dtype=np.uint16), None)
     assert np.array(load_image(tmp_path / "ten.png"))[0, :, 0].tolist() == [0, 255]
@@ -232,10 +246,19 @@ def test_window_per_record_and_per_data_set(tmp_path):
     Image.fromarray(values, mode="F").save(tmp_path / "f.tif")
     with pytest.raises(MedVLDataError, match="f.tif.*window"):
         load_image(tmp_path / "f.tif")  # float: no fixed scale; the message says how to set a window
-    rows = [{"id": "a", "messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "x"}],
-             "images": ["f.tif"], "window": [500, 1000]},
-            {"id": "b", "messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "x"}],
-             "images": ["f.tif"]}]
+    rows = [
+        {
+            "id": "a",
+            "messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "x"}],
+            "images": ["f.tif"],
+            "window": [500, 1000],
+        },
+        {
+            "id": "b",
+            "messages": [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "x"}],
+            "images": ["f.tif"],
+        },
+    ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (tmp_path / "reg.yaml").write_text("datasets:\n  d:\n    path: d.jsonl\n    window: minmax\n")
     recs = {r.id: r for r in load_registry_records(tmp_path / "reg.yaml")}

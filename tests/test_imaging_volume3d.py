@@ -79,7 +79,9 @@ def test_ct_series_values_are_hu():
     assert -1100 < volume.array.min() < volume.array.max() < 3100
 
 
-def mr_series(tmp_path: Path, n: int = 4, gap: float = 0.8, shuffle: bool = True, uids: list[str] | None = None) -> Path:
+def mr_series(
+    tmp_path: Path, n: int = 4, gap: float = 0.8, shuffle: bool = True, uids: list[str] | None = None
+) -> Path:
     """An MR series made from pydicom's MR_small slice: n copies moved along the slice normal.
 
     Pixel (0, 0) of slice k holds 1000 + k, so the loader's sort order can be checked.
@@ -87,8 +89,9 @@ def mr_series(tmp_path: Path, n: int = 4, gap: float = 0.8, shuffle: bool = True
     folder = tmp_path / "mr"
     folder.mkdir()
     base = pydicom.dcmread(MR_SMALL)
-    normal = np.cross([float(v) for v in base.ImageOrientationPatient[:3]],
-                      [float(v) for v in base.ImageOrientationPatient[3:]])
+    normal = np.cross(
+        [float(v) for v in base.ImageOrientationPatient[:3]], [float(v) for v in base.ImageOrientationPatient[3:]]
+    )
     origin = np.array([float(v) for v in base.ImagePositionPatient])
     names = [f"IM{(7 * k) % n if shuffle else k:03d}" for k in range(n)]
     for k in range(n):
@@ -221,8 +224,9 @@ def test_synthetic_nifti_marker_on_patient_left_lands_at_large_w(tmp_path, affin
 
     volume = load_volume(path)
     assert np.array_equal(volume.array, array) and np.allclose(volume.affine, affine)
-    processor = MedVLVolumeProcessor(target_spacing=(2.0, 1.0, 1.0), foreground_hu=-500, target_shape=(8, 16, 16),
-                                     window="bone", antialias=False)
+    processor = MedVLVolumeProcessor(
+        target_spacing=(2.0, 1.0, 1.0), foreground_hu=-500, target_shape=(8, 16, 16), window="bone", antialias=False
+    )
     values = processor(volume)["volume_values"][0, 0].numpy()
     d, h, w = np.unravel_index(np.argmax(values), values.shape)
     assert w >= values.shape[2] - 2  # patient's left edge of the body -> right side of the image (large W)
@@ -297,8 +301,9 @@ def test_volume_smaller_than_patch_size_names_the_file(tmp_path):
 
 
 def test_volume_dataclass_spacing():
-    v = Volume(np.zeros((1, 1, 1), np.float32), np.array([[0, 0, -3.0, 0], [0, -2.0, 0, 0], [1.0, 0, 0, 0],
-                                                          [0, 0, 0, 1]]))
+    v = Volume(
+        np.zeros((1, 1, 1), np.float32), np.array([[0, 0, -3.0, 0], [0, -2.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]])
+    )
     assert v.spacing == (1.0, 2.0, 3.0)
 
 

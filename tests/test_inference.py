@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from medvl.data.records import Record, load_records
-
 from tests.conftest import fixture_path
 
 FIXTURE = fixture_path("medmvl", "medmvl-2d-siglip-mlp")
@@ -34,10 +33,15 @@ def loaded(model_dir: Path):
 
 def _records() -> list[Record]:
     image = str(FIXTURE / "inputs" / "image.png")
-    questions = ["Is there a lesion in the right lung?", "Describe the image.",
-                 "What is the size of the nodule seen in the upper lobe of the right lung?"]
-    recs = [Record(id=f"q{i}", messages=[{"role": "user", "content": "<image>\n" + q}], images=[image])
-            for i, q in enumerate(questions)]
+    questions = [
+        "Is there a lesion in the right lung?",
+        "Describe the image.",
+        "What is the size of the nodule seen in the upper lobe of the right lung?",
+    ]
+    recs = [
+        Record(id=f"q{i}", messages=[{"role": "user", "content": "<image>\n" + q}], images=[image])
+        for i, q in enumerate(questions)
+    ]
     recs.append(Record(id="text-only", messages=[{"role": "user", "content": "What is a pulmonary nodule?"}]))
     return recs
 
@@ -52,12 +56,16 @@ def test_batched_left_padded_equals_one_by_one(loaded) -> None:
     assert batch["pixel_values"].shape[0] == 3
     # left padded: every row ends with the prompt's last token, padding sits at the front
     assert bool((batch["attention_mask"][:, -1] == 1).all()) and int(batch["attention_mask"][:, 0].sum()) < 4
-    single = [generate(model, processor, [r], batch_size=1, max_new_tokens=6, min_new_tokens=6, progress=False)[0]
-              for r in records]
+    single = [
+        generate(model, processor, [r], batch_size=1, max_new_tokens=6, min_new_tokens=6, progress=False)[0]
+        for r in records
+    ]
     batched = generate(model, processor, records, batch_size=4, max_new_tokens=6, min_new_tokens=6, progress=False)
     assert batched == single
     # batches of 2 are formed by prompt length (not record order); outputs still come back in record order
-    assert generate(model, processor, records, batch_size=2, max_new_tokens=6, min_new_tokens=6, progress=False) == single
+    assert (
+        generate(model, processor, records, batch_size=2, max_new_tokens=6, min_new_tokens=6, progress=False) == single
+    )
     assert batched[0] == " A hyperdense lesion of abo"  # the first 6 of MedM-VL's own 8 greedy tokens
 
 
@@ -69,8 +77,15 @@ def test_streamed_deltas_concatenate_to_the_batched_answers(loaded) -> None:
     records = _records()
     plain = generate(model, processor, records, batch_size=4, max_new_tokens=8, progress=False)
     pieces: dict[int, list[str]] = {i: [] for i in range(len(records))}
-    streamed = generate(model, processor, records, batch_size=4, max_new_tokens=8, progress=False,
-                        on_text=lambda i, d: pieces[i].append(d))
+    streamed = generate(
+        model,
+        processor,
+        records,
+        batch_size=4,
+        max_new_tokens=8,
+        progress=False,
+        on_text=lambda i, d: pieces[i].append(d),
+    )
     assert streamed == plain
     assert ["".join(pieces[i]) for i in range(len(records))] == plain
     assert len(pieces[0]) > 1  # really incremental, not one final chunk
@@ -84,8 +99,16 @@ def test_should_stop_ends_one_row_and_not_the_others(loaded) -> None:
     model, processor = loaded
     records = _records()
     full = generate(model, processor, records, batch_size=4, max_new_tokens=6, min_new_tokens=6, progress=False)
-    got = generate(model, processor, records, batch_size=4, max_new_tokens=6, min_new_tokens=6, progress=False,
-                   should_stop=lambda i: i == 1)
+    got = generate(
+        model,
+        processor,
+        records,
+        batch_size=4,
+        max_new_tokens=6,
+        min_new_tokens=6,
+        progress=False,
+        should_stop=lambda i: i == 1,
+    )
     assert got[0] == full[0] and got[2:] == full[2:]
     assert len(processor.tokenizer(got[1])["input_ids"]) < len(processor.tokenizer(full[1])["input_ids"])
 
@@ -115,8 +138,15 @@ def test_prompt_is_last_user_turn(loaded) -> None:
     """A trailing assistant turn is left out; the reference comes from MedM-VL's ``answer`` or that turn."""
     from medvl.inference import prompt_messages, reference_of
 
-    rec = Record(id="r", messages=[{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
-                                   {"role": "user", "content": "q2"}, {"role": "assistant", "content": "gold"}])
+    rec = Record(
+        id="r",
+        messages=[
+            {"role": "user", "content": "q1"},
+            {"role": "assistant", "content": "a1"},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "gold"},
+        ],
+    )
     assert prompt_messages(rec) == rec.messages[:3]
     assert reference_of(rec) == "gold"
     rec_medmvl = load_records(FIXTURE / "inputs" / "infer.json", root=FIXTURE / "inputs")[0]
@@ -138,8 +168,10 @@ def test_chat_multi_turn_uses_medmvl_rounds(loaded) -> None:
     assert first == " A hyperdense lesion"
     messages += [{"role": "assistant", "content": first.strip()}, {"role": "user", "content": "Where?"}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
-    assert text.endswith("USER: <image>\nIs there a lesion in the right lung? ASSISTANT: A hyperdense lesion"
-                         "<|im_end|>USER: Where? ASSISTANT:")
+    assert text.endswith(
+        "USER: <image>\nIs there a lesion in the right lung? ASSISTANT: A hyperdense lesion"
+        "<|im_end|>USER: Where? ASSISTANT:"
+    )
     second = chat(model, processor, messages, images=[image], max_new_tokens=3)
     assert isinstance(second, str) and second
 
@@ -149,20 +181,50 @@ def test_infer_cli_reproduces_medmvl(model_dir: Path, tmp_path: Path, capsys) ->
     from medvl.cli import main
 
     out = tmp_path / "preds.jsonl"
-    rc = main(["infer", str(model_dir), "--data", str(FIXTURE / "inputs" / "infer.json"), "--out", str(out),
-               "--max-new-tokens", "8", "--batch-size", "2", "--no-progress"])
+    rc = main(
+        [
+            "infer",
+            str(model_dir),
+            "--data",
+            str(FIXTURE / "inputs" / "infer.json"),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "8",
+            "--batch-size",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows[0].pop("run")) == 16  # fingerprint of model + generation settings (resume key)
-    assert rows == [{"id": "medmvl-2d-siglip-mlp-infer-0", "prediction": " A hyperdense lesion of about",
-                     "reference": "Yes, there is a small nodule in the right lung."}]
+    assert rows == [
+        {
+            "id": "medmvl-2d-siglip-mlp-infer-0",
+            "prediction": " A hyperdense lesion of about",
+            "reference": "Yes, there is a small nodule in the right lung.",
+        }
+    ]
 
 
 def test_chat_cli_scripted(model_dir: Path, capsys) -> None:
     from medvl.cli import main
 
-    rc = main(["chat", str(model_dir), "--image", str(FIXTURE / "inputs" / "image.png"),
-               "--prompt", "Is there a lesion in the right lung?", "--prompt", "Where?", "--max-new-tokens", "3"])
+    rc = main(
+        [
+            "chat",
+            str(model_dir),
+            "--image",
+            str(FIXTURE / "inputs" / "image.png"),
+            "--prompt",
+            "Is there a lesion in the right lung?",
+            "--prompt",
+            "Where?",
+            "--max-new-tokens",
+            "3",
+        ]
+    )
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "A hyperdense lesion" and len(lines) == 2
@@ -172,15 +234,16 @@ def test_infer_cli_bad_data(model_dir: Path, tmp_path: Path) -> None:
     from medvl.cli import main
 
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([{"id": "x", "conversations": [{"from": "human", "value": "<image>\nq"}],
-                                "image": ["missing.png"]}]))
-    assert main(["infer", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "p.jsonl"),
-                 "--no-progress"]) == 2
+    bad.write_text(
+        json.dumps([{"id": "x", "conversations": [{"from": "human", "value": "<image>\nq"}], "image": ["missing.png"]}])
+    )
+    assert main(["infer", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "p.jsonl"), "--no-progress"]) == 2
 
 
 # ---------------------------------------------------------------------------------------------
 # Encode once per conversation (tiny model: a 2D tower and a 3D encoder) and streamed terminal chat
 # ---------------------------------------------------------------------------------------------
+
 
 def _tiny_media(tmp_path: Path) -> tuple[str, str]:
     """A random RGB PNG and a random-HU NIfTI (LPS storage, 2 mm slices) on disk."""
@@ -247,8 +310,9 @@ def test_encoded_media_answer_like_files_and_encode_once(tiny_model, tiny_proces
         assert cached == plain
         assert calls.counts == {"image": 1, "volume": 1}  # no encoder call in either turn
         # streamed with the cache: the same pieces; a mix of cached and raw media: the same answer
-        assert "".join(stream_chat(model, processor, messages[:3], images=images, volumes=volumes,
-                                   **options)) == plain[1]
+        assert (
+            "".join(stream_chat(model, processor, messages[:3], images=images, volumes=volumes, **options)) == plain[1]
+        )
         assert chat(model, processor, messages[:1], images=images, volumes=[nii], **options) == plain[0]
         assert calls.counts == {"image": 1, "volume": 2}
     finally:
@@ -291,8 +355,9 @@ def test_print_stream_writes_each_piece_before_the_next_is_generated() -> None:
     assert seen[3] == "model> A hyper"
 
 
-def test_chat_cli_streams_and_encodes_each_medium_once(tiny_model_dir: Path, tiny_model, tiny_processor,
-                                                       tmp_path: Path, capsys, monkeypatch) -> None:
+def test_chat_cli_streams_and_encodes_each_medium_once(
+    tiny_model_dir: Path, tiny_model, tiny_processor, tmp_path: Path, capsys, monkeypatch
+) -> None:
     """``medvl chat`` with an image and a volume over two turns prints ``chat``'s answers, encoding once."""
     from medvl.cli import main
     from medvl.inference import chat
@@ -300,18 +365,40 @@ def test_chat_cli_streams_and_encodes_each_medium_once(tiny_model_dir: Path, tin
 
     png, nii = _tiny_media(tmp_path)
     counts = {"image": 0, "volume": 0}
-    real_images, real_volumes = MedVLForConditionalGeneration.encode_images, MedVLForConditionalGeneration.encode_volumes
+    real_images, real_volumes = (
+        MedVLForConditionalGeneration.encode_images,
+        MedVLForConditionalGeneration.encode_volumes,
+    )
 
     def counting(kind, real):
         def wrapped(self, values):
             counts[kind] += 1
             return real(self, values)
+
         return wrapped
 
     monkeypatch.setattr(MedVLForConditionalGeneration, "encode_images", counting("image", real_images))
     monkeypatch.setattr(MedVLForConditionalGeneration, "encode_volumes", counting("volume", real_volumes))
-    rc = main(["chat", str(tiny_model_dir), "--image", png, "--volume", nii, "--prompt", "Is there a nodule?",
-               "--prompt", "Which lobe?", "--max-new-tokens", "5", "--min-new-tokens", "5", "--device", "cpu"])
+    rc = main(
+        [
+            "chat",
+            str(tiny_model_dir),
+            "--image",
+            png,
+            "--volume",
+            nii,
+            "--prompt",
+            "Is there a nodule?",
+            "--prompt",
+            "Which lobe?",
+            "--max-new-tokens",
+            "5",
+            "--min-new-tokens",
+            "5",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     assert counts == {"image": 1, "volume": 1}
     lines = capsys.readouterr().out.splitlines()
@@ -330,8 +417,9 @@ def test_generate_detailed_per_row_limits_and_usage(loaded) -> None:
     model, processor = loaded
     records = _records()
     limits = [2, 5, 3, 4]
-    got = generate_detailed(model, processor, records, batch_size=4, max_new_tokens=limits, min_new_tokens=5,
-                            progress=False)
+    got = generate_detailed(
+        model, processor, records, batch_size=4, max_new_tokens=limits, min_new_tokens=5, progress=False
+    )
     for rec, n, g in zip(records, limits, got):
         alone = generate(model, processor, [rec], batch_size=1, max_new_tokens=n, min_new_tokens=5, progress=False)[0]
         assert g.text == alone and g.completion_tokens == n and g.finish_reason == "length"
@@ -340,7 +428,15 @@ def test_generate_detailed_per_row_limits_and_usage(loaded) -> None:
         ids = processor.tokenizer(processor.expand_text(text))["input_ids"]
         assert g.prompt_tokens == len(ids)
     # a row cut by should_stop reports it
-    cut = generate_detailed(model, processor, records[:2], batch_size=2, max_new_tokens=6, min_new_tokens=6,
-                            progress=False, should_stop=lambda i: i == 1)
+    cut = generate_detailed(
+        model,
+        processor,
+        records[:2],
+        batch_size=2,
+        max_new_tokens=6,
+        min_new_tokens=6,
+        progress=False,
+        should_stop=lambda i: i == 1,
+    )
     assert cut[0].finish_reason == "length" and cut[0].completion_tokens == 6
     assert cut[1].finish_reason in ("cancelled", "stop") and cut[1].completion_tokens < 6

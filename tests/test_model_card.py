@@ -15,8 +15,8 @@ try:  # tests/ as a package or as a plain folder on sys.path
     from tests._train_toy import write_bright_dark
 except ImportError:
     from _train_toy import write_bright_dark
-from tests.conftest import fixture_path
 from medvl.model_card import RESEARCH_NOTICE, data_licence, read_card_metadata
+from tests.conftest import fixture_path
 
 NOTICE = "Research use only, not for clinical decisions."
 
@@ -47,10 +47,20 @@ def test_build_writes_a_card(tiny_model_dir):
 
 
 def _recipe(tmp_path, model_dir, train, out, **train_section):
-    cfg = {"model": {"path": str(model_dir)}, "data": {"train": [str(t) for t in train], "max_length": 128},
-           "train": {"parts": {"llm": {"mode": "full"}, "connector": {"mode": "full"}}, "lr": 1e-3, "batch_size": 4,
-                     "logging_steps": 1, "report_to": [], "progress_bar": False, **train_section},
-           "output": {"dir": str(out)}}
+    cfg = {
+        "model": {"path": str(model_dir)},
+        "data": {"train": [str(t) for t in train], "max_length": 128},
+        "train": {
+            "parts": {"llm": {"mode": "full"}, "connector": {"mode": "full"}},
+            "lr": 1e-3,
+            "batch_size": 4,
+            "logging_steps": 1,
+            "report_to": [],
+            "progress_bar": False,
+            **train_section,
+        },
+        "output": {"dir": str(out)},
+    }
     path = tmp_path / f"{Path(out).name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -63,14 +73,25 @@ def test_train_merge_and_export_write_cards(tmp_path, tiny_model_dir):
 
     records = write_bright_dark(tmp_path / "VQA_RAD", 8)  # a folder named like the VQA-RAD release
     registry = tmp_path / "datasets.yaml"
-    registry.write_text(yaml.safe_dump({"datasets": {
-        "ct-rate-train": {"path": str(records), "split": "train", "weight": 0.5},
-        "my-hospital": {"path": str(write_bright_dark(tmp_path / "ward7", 8)), "split": "train"}}}))
+    registry.write_text(
+        yaml.safe_dump(
+            {
+                "datasets": {
+                    "ct-rate-train": {"path": str(records), "split": "train", "weight": 0.5},
+                    "my-hospital": {"path": str(write_bright_dark(tmp_path / "ward7", 8)), "split": "train"},
+                }
+            }
+        )
+    )
 
     # full fine-tuning with a held-out split: final model and periodic checkpoint
     out = tmp_path / "full"
-    run_training(load_train_config(_recipe(tmp_path, tiny_model_dir, [records, registry], out, max_steps=2,
-                                           save_steps=2), ["data.eval_fraction=0.25", "data.weights=[1.0,2.0]"]))
+    run_training(
+        load_train_config(
+            _recipe(tmp_path, tiny_model_dir, [records, registry], out, max_steps=2, save_steps=2),
+            ["data.eval_fraction=0.25", "data.weights=[1.0,2.0]"],
+        )
+    )
     for folder in (final_model_dir(out), out / "checkpoint-2"):
         text, front = _card(folder)
         meta = front["medvl"]
@@ -78,7 +99,10 @@ def test_train_merge_and_export_write_cards(tmp_path, tiny_model_dir):
         assert meta["history"][0].startswith("assembled with `medvl build`")  # carried over from the start checkpoint
         assert "medvl train" in meta["history"][-1]
         assert [(d["name"], d["file"], d["weight"]) for d in meta["data"]] == [
-            ("train", "train.jsonl", 1.0), ("ct-rate-train", "train.jsonl", 1.0), ("my-hospital", "train.jsonl", 2.0)]
+            ("train", "train.jsonl", 1.0),
+            ("ct-rate-train", "train.jsonl", 1.0),
+            ("my-hospital", "train.jsonl", 2.0),
+        ]
         licences = [d["licence"] for d in meta["data"]]
         assert "(CC0 1.0)" in licences[0] and "CC BY-NC-SA 4.0" in licences[1]
         assert licences[2] is None and "unknown to medvl" in text
@@ -92,8 +116,16 @@ def test_train_merge_and_export_write_cards(tmp_path, tiny_model_dir):
 
     # LoRA from a spec: base_model, adapter, merged model
     out = tmp_path / "lora"
-    recipe = _recipe(tmp_path, tiny_model_dir, [records], out, max_steps=1, save_steps=5,
-                     parts={"llm": {"mode": "lora"}, "connector": {"mode": "full"}}, lora={"r": 2, "alpha": 4})
+    recipe = _recipe(
+        tmp_path,
+        tiny_model_dir,
+        [records],
+        out,
+        max_steps=1,
+        save_steps=5,
+        parts={"llm": {"mode": "lora"}, "connector": {"mode": "full"}},
+        lora={"r": 2, "alpha": 4},
+    )
     run_training(load_train_config(recipe))
     text, front = _card(final_model_dir(out))
     assert "a LoRA adapter" in text and "| adapter | LoRA r 2, alpha 4" in text and NOTICE in text

@@ -32,11 +32,19 @@ def test_auto_classes_resolve_to_medvl_after_import(tiny_model_dir):
 
 def test_left_padded_batch_generation_equals_rows_alone(tiny_model, tiny_processor):
     rows = [
-        (_prompt(tiny_processor, [{"type": "image"}, {"type": "text", "text": "Is there a nodule in the left lung?"}]),
-         [_image(1)], []),
+        (
+            _prompt(
+                tiny_processor, [{"type": "image"}, {"type": "text", "text": "Is there a nodule in the left lung?"}]
+            ),
+            [_image(1)],
+            [],
+        ),
         (_prompt(tiny_processor, [{"type": "text", "text": "Hi"}]), [], []),
-        (_prompt(tiny_processor, [{"type": "volume"}, {"type": "image"}, {"type": "text", "text": "Compare."}]),
-         [_image(2)], [_volume(3)]),
+        (
+            _prompt(tiny_processor, [{"type": "volume"}, {"type": "image"}, {"type": "text", "text": "Compare."}]),
+            [_image(2)],
+            [_volume(3)],
+        ),
     ]
     texts = [r[0] for r in rows]
     images = [im for r in rows for im in r[1]]
@@ -44,18 +52,23 @@ def test_left_padded_batch_generation_equals_rows_alone(tiny_model, tiny_process
     batch = tiny_processor(text=texts, images=images, volumes=volumes, padding=True, padding_side="left")
     with torch.no_grad():
         together = tiny_model.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False)
-    new = together[:, batch["input_ids"].shape[1]:]
+    new = together[:, batch["input_ids"].shape[1] :]
     for i, (text, ims, vols) in enumerate(rows):
         alone_inputs = tiny_processor(text=[text], images=ims or None, volumes=vols or None)
         with torch.no_grad():
             alone = tiny_model.generate(**alone_inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
-        assert new[i].tolist() == alone[0, alone_inputs["input_ids"].shape[1]:].tolist(), i
+        assert new[i].tolist() == alone[0, alone_inputs["input_ids"].shape[1] :].tolist(), i
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tiny_processor):
-    batch = tiny_processor(text=[_prompt(tiny_processor, [{"type": "image"}, {"type": "volume"},
-                                                          {"type": "text", "text": "Findings?"}]) + "Clear.<|im_end|>"],
-                           images=[_image()], volumes=[_volume()])
+    batch = tiny_processor(
+        text=[
+            _prompt(tiny_processor, [{"type": "image"}, {"type": "volume"}, {"type": "text", "text": "Findings?"}])
+            + "Clear.<|im_end|>"
+        ],
+        images=[_image()],
+        volumes=[_volume()],
+    )
     labels = batch["input_ids"].clone()
     labels[:, :-4] = -100
     grads = []
@@ -67,6 +80,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tiny_pr
         model(**batch, labels=labels).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
-    assert any(k.startswith("volume_encoder.") for k in grads[0]) and any(k.startswith("vision_tower.") for k in grads[0])
+    assert any(k.startswith("volume_encoder.") for k in grads[0]) and any(
+        k.startswith("vision_tower.") for k in grads[0]
+    )
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)

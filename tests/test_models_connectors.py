@@ -20,8 +20,9 @@ def test_spatial_pool_averages_grid_blocks_in_raster_order():
     out = connector(features)
     assert out.shape == (1, config.num_output_tokens(48, grid), 3) == (1, 12, 3)
     cube = features.reshape(2, 4, 6, 3)
-    expected = [cube[d, 2 * h: 2 * h + 2, 2 * w: 2 * w + 2].mean((0, 1)) for d in range(2) for h in range(2)
-                for w in range(3)]
+    expected = [
+        cube[d, 2 * h : 2 * h + 2, 2 * w : 2 * w + 2].mean((0, 1)) for d in range(2) for h in range(2) for w in range(3)
+    ]
     torch.testing.assert_close(out[0], torch.stack(expected), atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="does not divide"):
         ConnectorConfig(type="spatial_pool", pool_stride=(2, 2, 2)).num_output_tokens(48, (3, 4, 6))
@@ -36,7 +37,9 @@ def test_spatial_max_pool_keeps_each_blocks_maximum():
         connector.mlp[0].bias.zero_()
     features = torch.randn(2, 16, 3)
     cube = features.reshape(2, 4, 4, 3)
-    expected = torch.stack([cube[:, 2 * h: 2 * h + 2, 2 * w: 2 * w + 2].amax((1, 2)) for h in range(2) for w in range(2)], 1)
+    expected = torch.stack(
+        [cube[:, 2 * h : 2 * h + 2, 2 * w : 2 * w + 2].amax((1, 2)) for h in range(2) for w in range(2)], 1
+    )
     torch.testing.assert_close(connector(features), expected)
     with pytest.raises(ValueError, match="valid choices: 'avg', 'max'|valid choices: avg, max"):
         ConnectorConfig(type="spatial_pool", pool="median")

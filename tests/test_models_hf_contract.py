@@ -6,7 +6,6 @@ logits at the supervised positions only."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -20,15 +19,19 @@ from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 def _conversation(bright: bool) -> tuple[Image.Image, list[dict]]:
     image = Image.fromarray(np.full((64, 64, 3), 220 if bright else 30, np.uint8))
     return image, [
-        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Is the image bright?"}]},
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": image}, {"type": "text", "text": "Is the image bright?"}],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": "yes" if bright else "no"}]},
     ]
 
 
 def test_content_parts_carry_their_images(tiny_processor):
     image, conversation = _conversation(True)
-    from_parts = tiny_processor.apply_chat_template(conversation, tokenize=True, return_dict=True,
-                                                    processor_kwargs={"padding": True})
+    from_parts = tiny_processor.apply_chat_template(
+        conversation, tokenize=True, return_dict=True, processor_kwargs={"padding": True}
+    )
     explicit = tiny_processor(text=[tiny_processor.apply_chat_template(conversation)], images=[image], padding=True)
     assert torch.equal(from_parts["input_ids"], explicit["input_ids"])
     assert torch.equal(from_parts["pixel_values"], explicit["pixel_values"])
@@ -59,9 +62,20 @@ def test_trl_sft_trainer_trains_the_tiny_model(tiny_model_dir, tmp_path):
         image, conversation = _conversation(i % 2 == 0)
         del conversation[0]["content"][0]["image"]  # TRL's layout: images in "images", bare image parts
         rows.append({"images": [image], "messages": conversation})
-    args = SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
-                     report_to=[], save_strategy="no", logging_steps=1, use_cpu=True, max_length=None,
-                     dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, seed=0)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "sft"),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+        max_length=None,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        seed=0,
+    )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
 
     # TRL's loss (fused LM head over base_model's hidden states) equals medvl's own loss on a batch
@@ -95,9 +109,17 @@ def test_medvl_trainer_asks_for_supervised_logits_but_predict_gets_full_logits(t
     collator = PaddedCollator(pad_token_id=processor.tokenizer.pad_token_id)
     shapes: list[tuple[int, ...]] = []
     model.register_forward_hook(lambda module, args, output: shapes.append(tuple(output.logits.shape)))
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
-                             per_device_eval_batch_size=4, report_to=[], save_strategy="no", use_cpu=True,
-                             remove_unused_columns=False, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
     trainer = MedVLTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset, data_collator=collator)
     trainer.train()
     batch = collator([dataset[i] for i in range(4)])

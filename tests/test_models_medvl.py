@@ -18,8 +18,9 @@ LLMS = {
     # families whose LM head output is scaled or soft-capped
     "gemma2": dict(model_type="gemma2", num_key_value_heads=2, head_dim=8, final_logit_softcapping=5.0),
     "granite": dict(model_type="granite", num_key_value_heads=2, logits_scaling=4.0),
-    "cohere": dict(model_type="cohere", num_key_value_heads=2, logit_scale=0.5, eos_token_id=2, bos_token_id=1,
-                   pad_token_id=0),
+    "cohere": dict(
+        model_type="cohere", num_key_value_heads=2, logit_scale=0.5, eos_token_id=2, bos_token_id=1, pad_token_id=0
+    ),
 }
 TOWERS = {
     "siglip": dict(model_type="siglip_vision_model"),
@@ -116,8 +117,12 @@ def test_token_counts_follow_encoder_grid_and_connector():
     assert make_config(tower="clip", image_feature_select="all").num_image_tokens == 17
     assert make_config(tower="clip", image_feature_select="cls").num_image_tokens == 1
     assert make_config(tower="dinov2", image_connector={"type": "spatial_pool"}).num_image_tokens == 4
-    assert make_config(tower="siglip", image_connector={"type": "attn_pool", "num_queries": 7, "num_heads": 4}
-                       ).num_image_tokens == 7
+    assert (
+        make_config(
+            tower="siglip", image_connector={"type": "attn_pool", "num_queries": 7, "num_heads": 4}
+        ).num_image_tokens
+        == 7
+    )
     # vit3d 8x32x32 / 4x8x8 -> 2x4x4 = 32 patches; pooled 2x2x2 -> 4
     cfg = make_config(tower=None, volume="vit3d", volume_connector={"type": "spatial_pool", "pool_stride": [2, 2, 2]})
     assert cfg.num_volume_tokens == 4
@@ -163,8 +168,9 @@ def _right_pad(rows, pad=0):
 
 
 def test_mixed_batch_equals_rows_run_alone():
-    config = make_config(tower="siglip", volume="vit3d", volume_connector={"type": "spatial_pool",
-                                                                          "pool_stride": [2, 2, 2]})
+    config = make_config(
+        tower="siglip", volume="vit3d", volume_connector={"type": "spatial_pool", "pool_stride": [2, 2, 2]}
+    )
     model = make_model(config)
     ni, nv = config.num_image_tokens, config.num_volume_tokens
     images = torch.randn(3, 3, 32, 32)
@@ -200,8 +206,9 @@ def test_supervised_only_logits_give_the_full_logits_loss():
     labels[:, :20] = -100
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels,
-                    return_supervised_logits_only=True)
+        out = model(
+            input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels, return_supervised_logits_only=True
+        )
         standard = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
         full = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
     reference = F.cross_entropy(full[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), ignore_index=-100)
@@ -216,8 +223,14 @@ def test_supervised_only_logits_give_the_full_logits_loss():
     torch.testing.assert_close(standard.loss, reference, atol=1e-5, rtol=1e-5)
     # num_items_in_batch (gradient accumulation): sum / given count
     with torch.no_grad():
-        out2 = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels, num_items_in_batch=100,
-                     return_supervised_logits_only=True)
+        out2 = model(
+            input_ids=ids,
+            attention_mask=mask,
+            pixel_values=pixels,
+            labels=labels,
+            num_items_in_batch=100,
+            return_supervised_logits_only=True,
+        )
     torch.testing.assert_close(out2.loss, reference * n_supervised / 100, atol=1e-5, rtol=1e-5)
 
 
@@ -242,18 +255,25 @@ def test_packed_row_with_position_ids_equals_padded_batch():
     packed_labels = torch.cat([labels_for(rows[0]), labels_for(rows[1])])[None]
     position_ids = torch.tensor([list(range(len(rows[0]))) + list(range(len(rows[1])))])
     with torch.no_grad():
-        padded = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels,
-                       return_supervised_logits_only=True)
-        packed = model(input_ids=packed_ids, position_ids=position_ids, pixel_values=pixels, labels=packed_labels,
-                       return_supervised_logits_only=True)
+        padded = model(
+            input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels, return_supervised_logits_only=True
+        )
+        packed = model(
+            input_ids=packed_ids,
+            position_ids=position_ids,
+            pixel_values=pixels,
+            labels=packed_labels,
+            return_supervised_logits_only=True,
+        )
     torch.testing.assert_close(packed.loss, padded.loss, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed.logits, padded.logits, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("volume", [None, "slicewise"])
 def test_generate_equals_manual_greedy_loop(volume):
-    config = make_config(tower="siglip", volume=volume, volume_connector={"type": "attn_pool", "num_queries": 3,
-                                                                          "num_heads": 4})
+    config = make_config(
+        tower="siglip", volume=volume, volume_connector={"type": "attn_pool", "num_queries": 3, "num_heads": 4}
+    )
     model = make_model(config)
     media = [(IMG, config.num_image_tokens)] + ([(VOL, config.num_volume_tokens)] if volume else [])
     kwargs = {"pixel_values": torch.randn(1, 3, 32, 32)}
@@ -262,8 +282,14 @@ def test_generate_equals_manual_greedy_loop(volume):
     ids = torch.tensor([row([40, 41], *media)])
     steps = 6
     with torch.no_grad():
-        generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
-                                   min_new_tokens=steps, do_sample=False, **kwargs)
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            **kwargs,
+        )
         manual = ids
         for _ in range(steps):
             logits = model(input_ids=manual, **kwargs).logits  # full recompute, no cache
@@ -280,15 +306,17 @@ def test_tied_word_embeddings_follow_the_text_config():
 
 
 def test_cached_encoder_features_give_the_same_logits():
-    config = make_config(tower="clip", volume="slicewise", volume_connector={"type": "attn_pool", "num_queries": 3,
-                                                                           "num_heads": 4})
+    config = make_config(
+        tower="clip", volume="slicewise", volume_connector={"type": "attn_pool", "num_queries": 3, "num_heads": 4}
+    )
     model = make_model(config)
     with torch.no_grad():
         model.volume_slice_embedding.normal_()  # exercise the slice embedding (zero at init)
     pixels = torch.randn(2, 3, 32, 32)
     volumes = torch.randn(1, *volume_shape(config))
-    ids = torch.tensor([row([40], (IMG, config.num_image_tokens), (VOL, config.num_volume_tokens),
-                            (IMG, config.num_image_tokens))])
+    ids = torch.tensor(
+        [row([40], (IMG, config.num_image_tokens), (VOL, config.num_volume_tokens), (IMG, config.num_image_tokens))]
+    )
     with torch.no_grad():
         direct = model(input_ids=ids, pixel_values=pixels, volume_values=volumes).logits
         image_cache, volume_cache = model.encode_images(pixels), model.encode_volumes(volumes)
@@ -299,9 +327,13 @@ def test_cached_encoder_features_give_the_same_logits():
 
 
 def test_config_json_round_trip(tmp_path):
-    config = make_config(tower="clip", volume="slicewise", image_feature_layer=[-2, -1],
-                         volume_connector={"type": "attn_pool", "num_queries": 3, "num_heads": 4},
-                         slice_position_embedding=False)
+    config = make_config(
+        tower="clip",
+        volume="slicewise",
+        image_feature_layer=[-2, -1],
+        volume_connector={"type": "attn_pool", "num_queries": 3, "num_heads": 4},
+        slice_position_embedding=False,
+    )
     config.volume_config.layer_norm_eps = 1e-5  # equals a Vit3D default: must survive as a SigLIP value
     config.save_pretrained(tmp_path)
     again = MedVLConfig.from_pretrained(tmp_path)
@@ -325,5 +357,6 @@ def test_supervised_loss_mirrors_scaled_lm_heads(llm):
     with torch.no_grad():
         loss = model(input_ids=ids, pixel_values=pixels, labels=labels).loss
         full = model(input_ids=ids, pixel_values=pixels).logits  # the LLM's own forward applies its scaling
-    torch.testing.assert_close(loss, F.cross_entropy(full[0, :-1], labels[0, 1:], ignore_index=-100),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        loss, F.cross_entropy(full[0, :-1], labels[0, 1:], ignore_index=-100), atol=1e-5, rtol=1e-5
+    )

@@ -10,13 +10,20 @@ import torch
 from medvl.build import LLMSpec, ModelSpec, TokenizerSpec, VisionSpec, VolumeSpec, build_model
 from medvl.models.modeling_medvl import _layer_list, select_features
 
-LLM = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-       "num_attention_heads": 2, "num_key_value_heads": 1}
+LLM = {
+    "model_type": "qwen2",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+}
 
 
 def _model(vision: VisionSpec | None = None, volume: VolumeSpec | None = None):
-    spec = ModelSpec(llm=LLMSpec(config=LLM), vision=vision, volume=volume,
-                     tokenizer=TokenizerSpec(source="train", vocab_size=300))
+    spec = ModelSpec(
+        llm=LLMSpec(config=LLM), vision=vision, volume=volume, tokenizer=TokenizerSpec(source="train", vocab_size=300)
+    )
     return build_model(spec)[0]
 
 
@@ -26,12 +33,24 @@ def _calls(module: torch.nn.Module) -> list[int]:
     return count
 
 
-@pytest.mark.parametrize("model_type,feature_layer", [
-    ("clip_vision_model", -2), ("siglip_vision_model", 2), ("clip_vision_model", [-3, -2]),
-])
+@pytest.mark.parametrize(
+    "model_type,feature_layer",
+    [
+        ("clip_vision_model", -2),
+        ("siglip_vision_model", 2),
+        ("clip_vision_model", [-3, -2]),
+    ],
+)
 def test_2d_features_equal_the_full_towers_and_later_blocks_do_not_run(model_type, feature_layer):
-    tower = {"model_type": model_type, "image_size": 32, "patch_size": 16, "hidden_size": 32,
-             "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2}
+    tower = {
+        "model_type": model_type,
+        "image_size": 32,
+        "patch_size": 16,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+    }
     model = _model(vision=VisionSpec(config=tower, feature_layer=feature_layer))
     parent, attr = _layer_list(model.vision_tower, 4)
     layers = getattr(parent, attr)
@@ -50,8 +69,15 @@ def test_2d_features_equal_the_full_towers_and_later_blocks_do_not_run(model_typ
 
 
 def test_a_training_tower_still_gets_gradients():
-    tower = {"model_type": "clip_vision_model", "image_size": 32, "patch_size": 16, "hidden_size": 32,
-             "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2}
+    tower = {
+        "model_type": "clip_vision_model",
+        "image_size": 32,
+        "patch_size": 16,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+    }
     model = _model(vision=VisionSpec(config=tower, feature_layer=-2))
     model.train()
     model.vision_tower.requires_grad_(True)
@@ -65,9 +91,15 @@ def test_a_training_tower_still_gets_gradients():
 
 @pytest.mark.parametrize("final_norm_in_hidden_states", [False, True])
 def test_vit3d_features_equal_the_full_encoders(final_norm_in_hidden_states):
-    config = {"image_size": [8, 32, 32], "patch_size": [4, 16, 16], "hidden_size": 32, "intermediate_size": 64,
-              "num_hidden_layers": 3, "num_attention_heads": 2,
-              "final_norm_in_hidden_states": final_norm_in_hidden_states}
+    config = {
+        "image_size": [8, 32, 32],
+        "patch_size": [4, 16, 16],
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "final_norm_in_hidden_states": final_norm_in_hidden_states,
+    }
     model = _model(volume=VolumeSpec(config=config, feature_layer=-2))
     volumes = torch.randn(2, 1, 8, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -83,8 +115,15 @@ def test_vit3d_features_equal_the_full_encoders(final_norm_in_hidden_states):
 def test_a_shortened_first_call_leaves_full_runs_intact(feature_layer):
     """transformers installs its hidden-state hooks at a model's first forward: a first call made
     while shortened must not leave later full runs without the deeper blocks' states."""
-    tower = {"model_type": "siglip_vision_model", "image_size": 32, "patch_size": 16, "hidden_size": 32,
-             "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2}
+    tower = {
+        "model_type": "siglip_vision_model",
+        "image_size": 32,
+        "patch_size": 16,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+    }
     model = _model(vision=VisionSpec(config=tower, feature_layer=feature_layer))
     model.vision_tower.requires_grad_(False)
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.test_models_medvl import IMG, VOL, make_config, make_model, row
 
 from medvl.models import MedVLForConditionalGeneration
 from medvl.models.stems import ConvStem, install_conv_stem
 from medvl.models.vit3d import Vit3DConfig, Vit3DModel
+from tests.test_models_medvl import IMG, VOL, make_config, make_model, row
 
 
 def test_stem_output_matches_the_patch_embedding_shape_and_strides():
@@ -54,14 +54,23 @@ def test_stem_checkpoint_round_trip_gives_identical_logits(tmp_path):
     ids = torch.tensor([row([40], (IMG, config.num_image_tokens), (VOL, config.num_volume_tokens))])
     kwargs = dict(pixel_values=torch.randn(1, 3, 32, 32), volume_values=torch.randn(1, 1, 8, 32, 32))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids, **kwargs).logits, model(input_ids=ids, **kwargs).logits,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded(input_ids=ids, **kwargs).logits, model(input_ids=ids, **kwargs).logits, rtol=0, atol=0
+        )
     assert loaded.config.image_conv_stem == [8, 16] and loaded.config.volume_config.conv_stem == [8, 8]
 
 
 def test_vit3d_stem_tokens_follow_the_patchify_raster_order():
-    config = Vit3DConfig(image_size=[8, 16, 16], patch_size=[4, 8, 8], hidden_size=16, num_hidden_layers=1,
-                         num_attention_heads=2, intermediate_size=32, use_cls_token=False, conv_stem=[4, 4])
+    config = Vit3DConfig(
+        image_size=[8, 16, 16],
+        patch_size=[4, 8, 8],
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        use_cls_token=False,
+        conv_stem=[4, 4],
+    )
     encoder = Vit3DModel(config).eval()
     volumes = torch.randn(2, 1, 8, 16, 16)
     with torch.no_grad():
@@ -81,7 +90,12 @@ def test_input_pool_is_a_max_that_takes_its_share_of_the_patch():
     torch.manual_seed(0)
     pooled = ConvStem(1, 8, [4, 16, 16], [4, 4, 4, 4], dims=3, input_pool=[2, 1, 1])
     # the pool takes a factor 2 of the depth patch: the convolutions see a (2, 16, 16) patch
-    assert [m.stride for m in pooled.layers if isinstance(m, torch.nn.Conv3d)] == [(2, 2, 2), (1, 2, 2), (1, 2, 2), (1, 2, 2)]
+    assert [m.stride for m in pooled.layers if isinstance(m, torch.nn.Conv3d)] == [
+        (2, 2, 2),
+        (1, 2, 2),
+        (1, 2, 2),
+        (1, 2, 2),
+    ]
     volumes = torch.randn(2, 1, 8, 32, 32)
     out = pooled(volumes)
     assert out.shape == (2, 8, 2, 2, 2)  # the same token grid as without the pool
@@ -104,6 +118,14 @@ def test_input_pool_and_vit3d_config_errors():
         Vit3DConfig(image_size=[8, 16, 16], patch_size=[4, 8, 8], conv_stem_pool=[2, 1, 1])
     with pytest.raises(ValueError, match=r"divide patch_size \[4, 8, 8\]"):
         Vit3DConfig(image_size=[8, 16, 16], patch_size=[4, 8, 8], conv_stem=[4], conv_stem_pool=[8, 1, 1])
-    config = Vit3DConfig(image_size=[8, 16, 16], patch_size=[4, 8, 8], hidden_size=16, num_hidden_layers=1,
-                         num_attention_heads=2, intermediate_size=32, conv_stem=[4, 4], conv_stem_pool=[2, 1, 1])
+    config = Vit3DConfig(
+        image_size=[8, 16, 16],
+        patch_size=[4, 8, 8],
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_stem=[4, 4],
+        conv_stem_pool=[2, 1, 1],
+    )
     assert Vit3DModel(config)(torch.randn(1, 1, 8, 16, 16)).last_hidden_state.shape == (1, 1 + 8, 16)

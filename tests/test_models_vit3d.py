@@ -14,8 +14,14 @@ from medvl.models.vit3d import (
     vit3d_state_dict_from_monai,
 )
 
-SMALL = dict(image_size=[8, 16, 24], patch_size=[4, 8, 8], hidden_size=32, intermediate_size=48,
-             num_hidden_layers=2, num_attention_heads=4)
+SMALL = dict(
+    image_size=[8, 16, 24],
+    patch_size=[4, 8, 8],
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+)
 
 
 def _randomise(module: nn.Module, seed: int) -> None:
@@ -64,7 +70,9 @@ class MedMCLIPStyleViT(nn.Module):
         n = (frames // fp) * (image[0] // pp) * (image[1] // pp)
         self.to_patch_embedding = nn.Sequential(
             Rearrange("b c (f pf) (h p1) (w p2) -> b (f h w) (p1 p2 pf c)", p1=pp, p2=pp, pf=fp),
-            nn.LayerNorm(patch_dim), nn.Linear(patch_dim, dim), nn.LayerNorm(dim),
+            nn.LayerNorm(patch_dim),
+            nn.Linear(patch_dim, dim),
+            nn.LayerNorm(dim),
         )
         self.pos_embedding = nn.Parameter(torch.randn(1, n + 1, dim))
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
@@ -84,13 +92,21 @@ class MedMCLIPStyleViT(nn.Module):
 
 
 def test_holds_medmclip_weights():
-    config = Vit3DConfig(**SMALL, patch_norm=True, cls_position_embedding=True, norm_first=False,
-                         hidden_act="relu", qkv_bias=True, final_norm=False)
+    config = Vit3DConfig(
+        **SMALL,
+        patch_norm=True,
+        cls_position_embedding=True,
+        norm_first=False,
+        hidden_act="relu",
+        qkv_bias=True,
+        final_norm=False,
+    )
     reference = MedMCLIPStyleViT(8, (16, 24), 4, 8, 32, 2, 4, 48).eval()
     _randomise(reference, 0)
     model = Vit3DModel(config).eval()
-    missing, unexpected = model.load_state_dict(vit3d_state_dict_from_medmclip(reference.state_dict(), config),
-                                                strict=True)
+    missing, unexpected = model.load_state_dict(
+        vit3d_state_dict_from_medmclip(reference.state_dict(), config), strict=True
+    )
     x = torch.randn(2, 1, 8, 16, 24)
     with torch.no_grad():
         expected = reference(x)
@@ -102,12 +118,31 @@ def test_holds_medmclip_weights():
 def test_holds_m3d_monai_vit_weights():
     from monai.networks.nets import ViT
 
-    reference = ViT(in_channels=1, img_size=(8, 16, 24), patch_size=(4, 8, 8), hidden_size=32, mlp_dim=48,
-                    num_layers=2, num_heads=4, proj_type="perceptron", classification=True, dropout_rate=0.0,
-                    spatial_dims=3, qkv_bias=False).eval()
+    reference = ViT(
+        in_channels=1,
+        img_size=(8, 16, 24),
+        patch_size=(4, 8, 8),
+        hidden_size=32,
+        mlp_dim=48,
+        num_layers=2,
+        num_heads=4,
+        proj_type="perceptron",
+        classification=True,
+        dropout_rate=0.0,
+        spatial_dims=3,
+        qkv_bias=False,
+    ).eval()
     _randomise(reference, 1)
-    config = Vit3DConfig(**SMALL, patch_norm=False, cls_position_embedding=False, norm_first=True,
-                         hidden_act="gelu", qkv_bias=False, final_norm=True, final_norm_in_hidden_states=True)
+    config = Vit3DConfig(
+        **SMALL,
+        patch_norm=False,
+        cls_position_embedding=False,
+        norm_first=True,
+        hidden_act="gelu",
+        qkv_bias=False,
+        final_norm=True,
+        final_norm_in_hidden_states=True,
+    )
     model = Vit3DModel(config).eval()
     model.load_state_dict(vit3d_state_dict_from_monai(reference.state_dict(), config), strict=True)
     x = torch.randn(2, 1, 8, 16, 24)

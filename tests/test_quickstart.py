@@ -17,8 +17,14 @@ from medvl.quickstart import Recipe, format_table, report_metrics, run_quickstar
 
 
 def _row(qtype, lang, ref, pred, answer_type="CLOSED"):
-    return {"question_type": qtype, "answer_type": answer_type, "language": lang, "reference": ref,
-            "prediction": pred, "correct": pred.strip().strip(".").lower() == ref.lower()}
+    return {
+        "question_type": qtype,
+        "answer_type": answer_type,
+        "language": lang,
+        "reference": ref,
+        "prediction": pred,
+        "correct": pred.strip().strip(".").lower() == ref.lower(),
+    }
 
 
 def test_score_rows_per_type_and_language():
@@ -37,7 +43,9 @@ def test_score_rows_per_type_and_language():
     assert s["per_question_type"]["nodule_size"]["accuracy"] == 1.0  # open types reported apart from closed
     assert s["per_language"]["en"] == {"closed_accuracy": pytest.approx(2 / 3), "n": 3}
     assert s["per_language"]["zh"] == {"closed_accuracy": 0.5, "n": 2}
-    table = format_table({**s, "blind_closed_accuracy": 0.4, "blind": {"per_question_type": {"heart_size": {"accuracy": 0.5}}}})
+    table = format_table(
+        {**s, "blind_closed_accuracy": 0.4, "blind": {"per_question_type": {"heart_size": {"accuracy": 0.5}}}}
+    )
     assert "heart_size" in table and "0.600" in table and "0.400" in table
 
 
@@ -86,19 +94,35 @@ def test_cli_arguments():
 # A scaled-down quickstart, the default recipe's design at a third of its cost: 64 px radiographs,
 # a convolutional stem pretrained on the findings (stage 0), 4 max-pooled image tokens read frozen by
 # a 64-wide LLM in instruction tuning; the model and the blind baseline side by side, one thread each.
-SMOKE_LLM = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256,
-             "tie_word_embeddings": True}
+SMOKE_LLM = {
+    "model_type": "qwen2",
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": True,
+}
 SMOKE_RECIPE = Recipe(
     n_cases=800,
     geometry=Geometry2D(size=64, spacing=5.6),
     model={
         "llm": {"config": SMOKE_LLM},
-        "vision": {"config": {"model_type": "siglip_vision_model", "image_size": 64, "patch_size": 16,
-                              "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
-                              "num_attention_heads": 4},
-                   "conv_stem": [16, 32, 64, 64], "feature_layer": 0,
-                   "connector": {"type": "spatial_pool", "pool_stride": [1, 2, 2], "pool": "max"}},
+        "vision": {
+            "config": {
+                "model_type": "siglip_vision_model",
+                "image_size": 64,
+                "patch_size": 16,
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+            },
+            "conv_stem": [16, 32, 64, 64],
+            "feature_layer": 0,
+            "connector": {"type": "spatial_pool", "pool_stride": [1, 2, 2], "pool": "max"},
+        },
         "tokenizer": {"source": "train", "vocab_size": 512},
     },
     max_steps=700,
@@ -133,10 +157,14 @@ def test_quickstart_learns_above_the_blind_baseline(tmp_path):
     assert max(stage0["blind"]["eval"][k]["auroc"] for k in image_only) < 0.6  # one blank image: every score tied
     # Both runs learned the answer vocabulary of every closed question type, in its language (a
     # from-scratch model starts with random text).
-    valid = {"nodule_presence": {"yes", "no", "是", "否"}, "effusion_presence": {"yes", "no", "是", "否"},
-             "heart_size": {"normal", "enlarged", "正常", "增大"}, "nodule_count": {"0", "1", "2", "3"},
-             "nodule_side": {"left", "right", "both", "左", "右", "双侧"},
-             "effusion_side": {"left", "right", "both", "左", "右", "双侧"}}
+    valid = {
+        "nodule_presence": {"yes", "no", "是", "否"},
+        "effusion_presence": {"yes", "no", "是", "否"},
+        "heart_size": {"normal", "enlarged", "正常", "增大"},
+        "nodule_count": {"0", "1", "2", "3"},
+        "nodule_side": {"left", "right", "both", "左", "右", "双侧"},
+        "effusion_side": {"left", "right", "both", "左", "右", "双侧"},
+    }
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     for run in ("model", "blind"):
         closed = [r for r in rows if r["run"] == run and r["answer_type"] == "CLOSED"]
@@ -155,8 +183,9 @@ def test_3d_quickstart_runs_both_stages_from_the_volume_cache(tmp_path):
 
     from medvl.quickstart import RECIPES
 
-    recipe = replace(RECIPES["3d"], n_cases=30, max_steps=2,
-                     encoder_pretrain={"steps": 2, "batch_size": 4, "feature_layer": 0})
+    recipe = replace(
+        RECIPES["3d"], n_cases=30, max_steps=2, encoder_pretrain={"steps": 2, "batch_size": 4, "feature_layer": 0}
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -170,4 +199,6 @@ def test_3d_quickstart_runs_both_stages_from_the_volume_cache(tmp_path):
     from medvl.inference import load_model
 
     model, _ = load_model(tmp_path / "model")  # the thin-slab stem survives the checkpoint
-    assert model.config.volume_config.conv_stem_pool == [2, 1, 1] and model.volume_encoder.embeddings.stem.pool is not None
+    assert (
+        model.config.volume_config.conv_stem_pool == [2, 1, 1] and model.volume_encoder.embeddings.stem.pool is not None
+    )

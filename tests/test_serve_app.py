@@ -12,7 +12,6 @@ import gzip
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -117,8 +116,12 @@ class Server:
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
         self.log_handle = open(log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "medvl", "serve", str(model_dir), "--port", str(self.port),
-             *args], stdout=self.log_handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            [sys.executable, "-m", "medvl", "serve", str(model_dir), "--port", str(self.port), *args],
+            stdout=self.log_handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
     def wait_ready(self, deadline_s: float = 180.0) -> list[int]:
         """Poll /health until 200; returns the status codes seen (503 while loading)."""
@@ -171,9 +174,24 @@ def media_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, media_root, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve_logs") / "server.log"
-    srv = Server(tiny_model_dir, log, "--media-root", str(media_root), "--api-key", API_KEY, "--max-batch-size", "8",
-                 "--max-request-mb", "2", "--max-image-pixels", "250000", "--max-volume-voxels", "2000000",
-                 "--max-media", "3")
+    srv = Server(
+        tiny_model_dir,
+        log,
+        "--media-root",
+        str(media_root),
+        "--api-key",
+        API_KEY,
+        "--max-batch-size",
+        "8",
+        "--max-request-mb",
+        "2",
+        "--max-image-pixels",
+        "250000",
+        "--max-volume-voxels",
+        "2000000",
+        "--max-media",
+        "3",
+    )
     try:
         srv.wait_ready()
         yield srv
@@ -197,8 +215,12 @@ def reference(tiny_model_dir):
     def answer(content: str, images=(), volumes=(), max_tokens: int = MAX_TOKENS) -> str:
         key = (content, tuple(map(str, images)), tuple(map(str, volumes)), max_tokens)
         if key not in cache:
-            rec = Record(id="ref", messages=[{"role": "user", "content": content}], images=[str(p) for p in images],
-                         volumes=[str(p) for p in volumes])
+            rec = Record(
+                id="ref",
+                messages=[{"role": "user", "content": content}],
+                images=[str(p) for p in images],
+                volumes=[str(p) for p in volumes],
+            )
             cache[key] = generate(model, processor, [rec], batch_size=1, max_new_tokens=max_tokens, progress=False)[0]
         return cache[key]
 
@@ -210,8 +232,12 @@ def post(server, body, key: str | None = API_KEY, raw: bytes | None = None) -> h
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    return httpx.post(server.url + "/v1/chat/completions", content=raw if raw is not None else json.dumps(body),
-                      headers=headers, timeout=300)
+    return httpx.post(
+        server.url + "/v1/chat/completions",
+        content=raw if raw is not None else json.dumps(body),
+        headers=headers,
+        timeout=300,
+    )
 
 
 # ---------------------------------------------------------------------- answers
@@ -219,15 +245,18 @@ def post(server, body, key: str | None = API_KEY, raw: bytes | None = None) -> h
 
 def test_2d_data_url_equals_infer_and_usage(client, reference, media_root) -> None:
     png = media_root / "img0.png"
-    resp = client.chat.completions.create(model=MODEL,
+    resp = client.chat.completions.create(
+        model=MODEL,
         max_tokens=MAX_TOKENS,
-        messages=user(image_part(data_url(png, "image/png")), text("Is there a nodule?")))
+        messages=user(image_part(data_url(png, "image/png")), text("Is there a nodule?")),
+    )
     answer = resp.choices[0].message.content
     assert answer == reference("<image>\nIs there a nodule?", images=[png])
     # usage: the processor's own tokenisation of the rendered prompt, 16 placeholders for the image
     proc = reference.processor
-    prompt = proc.apply_chat_template([{"role": "user", "content": "<image>\nIs there a nodule?"}],
-                                      add_generation_prompt=True)
+    prompt = proc.apply_chat_template(
+        [{"role": "user", "content": "<image>\nIs there a nodule?"}], add_generation_prompt=True
+    )
     n_prompt = proc(text=[prompt], images=[Image.open(png).convert("RGB")])["input_ids"].shape[1]
     assert resp.usage.prompt_tokens == n_prompt and n_prompt > 16
     if resp.choices[0].finish_reason == "length":
@@ -242,31 +271,38 @@ def test_ct_nifti_volume_url_equals_infer(client, reference, media_root) -> None
     ct = media_root / "ct1.nii.gz"
     question = "Describe the lungs."
     expected = reference("<volume>\n" + question, volumes=[ct])
-    by_data = client.chat.completions.create(model=MODEL,
-        max_tokens=MAX_TOKENS, messages=user(volume_part(data_url(ct, "application/gzip")), text(question)))
+    by_data = client.chat.completions.create(
+        model=MODEL, max_tokens=MAX_TOKENS, messages=user(volume_part(data_url(ct, "application/gzip")), text(question))
+    )
     assert by_data.choices[0].message.content == expected
-    by_path = client.chat.completions.create(model=MODEL,
-        max_tokens=MAX_TOKENS, messages=user(volume_part("file://ct1.nii.gz"), text(question)))
+    by_path = client.chat.completions.create(
+        model=MODEL, max_tokens=MAX_TOKENS, messages=user(volume_part("file://ct1.nii.gz"), text(question))
+    )
     assert by_path.choices[0].message.content == expected
     assert by_data.usage.prompt_tokens == by_path.usage.prompt_tokens
 
 
 def test_zipped_dicom_series_and_dicom_image(client, reference, media_root) -> None:
     series = media_root / "series.zip"
-    got = client.chat.completions.create(model=MODEL,
-        max_tokens=MAX_TOKENS, messages=user(volume_part(data_url(series, "application/zip")), text("Findings?")))
+    got = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=MAX_TOKENS,
+        messages=user(volume_part(data_url(series, "application/zip")), text("Findings?")),
+    )
     assert got.choices[0].message.content == reference("<volume>\nFindings?", volumes=[CT_SERIES])
     png16 = media_root / "img16.png"
-    got16 = client.chat.completions.create(model=MODEL,
-        max_tokens=MAX_TOKENS, messages=user(image_part(data_url(png16, "image/png")), text("Findings?")))
+    got16 = client.chat.completions.create(
+        model=MODEL, max_tokens=MAX_TOKENS, messages=user(image_part(data_url(png16, "image/png")), text("Findings?"))
+    )
     assert got16.choices[0].message.content == reference("<image>\nFindings?", images=[png16])
 
 
 def test_streamed_answer_concatenates_to_the_plain_one(client, media_root) -> None:
     messages = user(image_part(data_url(media_root / "img1.png", "image/png")), text("Where is the lesion?"))
     plain = client.chat.completions.create(model=MODEL, max_tokens=12, messages=messages)
-    stream = client.chat.completions.create(model=MODEL, max_tokens=12, messages=messages, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=MODEL, max_tokens=12, messages=messages, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(pieces) > 2  # really incremental
@@ -280,8 +316,13 @@ def test_streamed_answer_concatenates_to_the_plain_one(client, media_root) -> No
 
 def test_stream_ends_with_done(server, media_root) -> None:
     body = {"messages": user(text("Hello")), "max_tokens": 3, "stream": True}
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120,
-                      headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/chat/completions",
+        json=body,
+        timeout=120,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as resp:
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
         events = [line for line in resp.iter_lines() if line]
     assert events[-1] == "data: [DONE]"
@@ -294,7 +335,7 @@ def test_stop_string_cuts_the_answer(client, media_root) -> None:
     full = client.chat.completions.create(model=MODEL, max_tokens=12, messages=messages).choices[0].message.content
     if len(full) < 4:
         pytest.fail(f"the tiny model's answer {full!r} is too short to test stop strings")
-    stop = full[len(full) // 2: len(full) // 2 + 2]
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
     expected = full[: full.index(stop)]
     cut = client.chat.completions.create(model=MODEL, max_tokens=12, messages=messages, stop=[stop])
     assert cut.choices[0].message.content == expected and cut.choices[0].finish_reason == "stop"
@@ -304,8 +345,12 @@ def test_stop_string_cuts_the_answer(client, media_root) -> None:
 
 def test_seeded_sampling_is_reproducible(client, media_root) -> None:
     messages = user(image_part("file://img0.png"), text("Describe."))
-    runs = [client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=1.5, seed=s)
-            .choices[0].message.content for s in (11, 11, 12)]
+    runs = [
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=1.5, seed=s)
+        .choices[0]
+        .message.content
+        for s in (11, 11, 12)
+    ]
     assert runs[0] == runs[1]  # a seeded request runs alone with its own seed
     greedy = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8).choices[0].message.content
     assert greedy not in runs or runs[0] != runs[2]  # temperature 1.5 on random weights: sampling, not greedy
@@ -328,40 +373,74 @@ def test_bad_input_gives_4xx_in_openai_format(server, media_root, tmp_path) -> N
     q = text("q")
     cases = {
         "bad base64": (user(image_part("data:image/png;base64,@@not-base64@@"), q), 400, "invalid_base64"),
-        "corrupt image": (user(image_part("data:image/png;base64," + base64.b64encode(
-            b"\x89PNG\r\n\x1a\n" + b"garbage" * 20).decode()), q), 400, "invalid_image"),
-        "not an image": (user(image_part("data:image/png;base64," + base64.b64encode(b"hello" * 40).decode()), q),
-                         400, "invalid_image"),
-        "corrupt volume": (user(volume_part("data:application/gzip;base64," + base64.b64encode(
-            gzip.compress(b"\x5c\x01\x00\x00" + b"x" * 100)[:60]).decode()), q), 400, "invalid_volume"),
+        "corrupt image": (
+            user(
+                image_part(
+                    "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20).decode()
+                ),
+                q,
+            ),
+            400,
+            "invalid_image",
+        ),
+        "not an image": (
+            user(image_part("data:image/png;base64," + base64.b64encode(b"hello" * 40).decode()), q),
+            400,
+            "invalid_image",
+        ),
+        "corrupt volume": (
+            user(
+                volume_part(
+                    "data:application/gzip;base64,"
+                    + base64.b64encode(gzip.compress(b"\x5c\x01\x00\x00" + b"x" * 100)[:60]).decode()
+                ),
+                q,
+            ),
+            400,
+            "invalid_volume",
+        ),
         "marker without media": (user(text("<image>\nWhat is this?")), 400, "marker_media_mismatch"),
         "volume marker in string": ([{"role": "user", "content": "<volume> here"}], 400, "marker_media_mismatch"),
-        "unknown content type": (user({"type": "input_audio", "input_audio": {}}, q), 400,
-                                 "unsupported_content_type"),
+        "unknown content type": (user({"type": "input_audio", "input_audio": {}}, q), 400, "unsupported_content_type"),
         "too many media": (user(*[image_part(png_url)] * 4, q), 400, "too_many_media"),
-        "decompression bomb": (user(image_part("data:image/png;base64," + base64.b64encode(
-            bomb_png(30000, 30000)).decode()), q), 400, "image_too_large"),
-        "image over pixel limit": (user(image_part("data:image/png;base64," + base64.b64encode(
-            bomb_png(600, 600)).decode()), q), 400, "image_too_large"),
+        "decompression bomb": (
+            user(image_part("data:image/png;base64," + base64.b64encode(bomb_png(30000, 30000)).decode()), q),
+            400,
+            "image_too_large",
+        ),
+        "image over pixel limit": (
+            user(image_part("data:image/png;base64," + base64.b64encode(bomb_png(600, 600)).decode()), q),
+            400,
+            "image_too_large",
+        ),
         "remote url": (user(image_part("https://example.org/x.png"), q), 400, "remote_url_refused"),
         "n > 1": ({"messages": user(q), "n": 2}, 400, "unsupported_parameter"),
-        "tools": ({"messages": user(q), "tools": [{"type": "function", "function": {"name": "f"}}]}, 400,
-                  "unsupported_parameter"),
+        "tools": (
+            {"messages": user(q), "tools": [{"type": "function", "function": {"name": "f"}}]},
+            400,
+            "unsupported_parameter",
+        ),
         "logprobs": ({"messages": user(q), "logprobs": True}, 400, "unsupported_parameter"),
         "max_tokens over the model": ({"messages": user(q), "max_tokens": 5000}, 400, "context_length_exceeded"),
         "prompt over the positions": (user(text("lung " * 2100)), 400, "context_length_exceeded"),
         "no messages": ({"max_tokens": 3}, 400, "missing_required_parameter"),
         "last turn not user": ([{"role": "assistant", "content": "hi"}], 400, "invalid_value"),
         "bad temperature": ({"messages": user(q), "temperature": 7}, 400, "invalid_value"),
-        "volume window": (user({"type": "volume_url", "volume_url": {"url": "file://ct0.nii.gz", "window": "lung"}},
-                               q), 400, "unsupported_parameter"),
+        "volume window": (
+            user({"type": "volume_url", "volume_url": {"url": "file://ct0.nii.gz", "window": "lung"}}, q),
+            400,
+            "unsupported_parameter",
+        ),
         "unknown model": ({"messages": user(q), "model": "gpt-4o"}, 404, "model_not_found"),
     }
     big = np.zeros((200, 200, 200), dtype=np.uint8)  # 8 M voxels in a few kB of gzip
     make = tmp_path / "big.nii.gz"
     nib.save(nib.Nifti1Image(big, np.eye(4)), str(make))
-    cases["volume over voxel limit"] = (user(volume_part(data_url(make, "application/gzip")), q), 400,
-                                        "volume_too_large")
+    cases["volume over voxel limit"] = (
+        user(volume_part(data_url(make, "application/gzip")), q),
+        400,
+        "volume_too_large",
+    )
     for name, (body, status, code) in cases.items():
         if isinstance(body, list):
             body = {"messages": body, "max_tokens": 3}
@@ -371,8 +450,11 @@ def test_bad_input_gives_4xx_in_openai_format(server, media_root, tmp_path) -> N
     _error(post(server, None, raw=b'{"messages": [}'), 400, "invalid_json")
     _error(post(server, None, raw=b"[" * 200_000 + b"]" * 200_000), 400, "invalid_json")  # nesting bomb
     _error(post(server, None, raw=b"\xff\xfe not utf-8"), 400, "invalid_json")
-    _error(post(server, None, raw=json.dumps({"messages": user(text("x" * (3 * 1024 * 1024)))}).encode()), 413,
-           "request_too_large")
+    _error(
+        post(server, None, raw=json.dumps({"messages": user(text("x" * (3 * 1024 * 1024)))}).encode()),
+        413,
+        "request_too_large",
+    )
     # the openai client surfaces them as its typed errors with the body intact
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:
@@ -401,12 +483,19 @@ def test_file_urls_stay_inside_the_media_root(server, media_root) -> None:
     q = text("q")
     ok = post(server, {"messages": user(image_part("file://img0.png"), q), "max_tokens": 2})
     assert ok.status_code == 200
-    assert post(server, {"messages": user(image_part(f"file://{media_root}/img0.png"), q),
-                         "max_tokens": 2}).status_code == 200
-    for url in ("file://../outside/secret.png", f"file://{media_root}/../outside0/secret.png", "file:///etc/passwd",
-                "file://link.png", "file:///%2e%2e/etc/passwd", "file://img0.png/../../../../etc/hostname"):
-        err = _error(post(server, {"messages": user(image_part(url), q), "max_tokens": 2}), 403,
-                     "media_path_forbidden")
+    assert (
+        post(server, {"messages": user(image_part(f"file://{media_root}/img0.png"), q), "max_tokens": 2}).status_code
+        == 200
+    )
+    for url in (
+        "file://../outside/secret.png",
+        f"file://{media_root}/../outside0/secret.png",
+        "file:///etc/passwd",
+        "file://link.png",
+        "file:///%2e%2e/etc/passwd",
+        "file://img0.png/../../../../etc/hostname",
+    ):
+        err = _error(post(server, {"messages": user(image_part(url), q), "max_tokens": 2}), 403, "media_path_forbidden")
         assert err["type"] == "permission_error"
     missing = post(server, {"messages": user(image_part("file://nope.png"), q), "max_tokens": 2})
     _error(missing, 400, "file_not_found")
@@ -415,12 +504,17 @@ def test_file_urls_stay_inside_the_media_root(server, media_root) -> None:
 def test_logs_hold_no_prompt_answer_or_dicom_header(server, client, media_root) -> None:
     dcm = media_root / "planted.dcm"
     assert PLANTED_NAME in str(pydicom.dcmread(dcm).PatientName)
-    resp = client.chat.completions.create(model=MODEL,
-        max_tokens=MAX_TOKENS, messages=user(image_part(data_url(dcm, "application/dicom")),
-                                             text(f"{PROMPT_CANARY}: any nodule?")))
+    resp = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=MAX_TOKENS,
+        messages=user(image_part(data_url(dcm, "application/dicom")), text(f"{PROMPT_CANARY}: any nodule?")),
+    )
     answer = resp.choices[0].message.content
-    by_path = client.chat.completions.create(model=MODEL,
-        max_tokens=MAX_TOKENS, messages=user(image_part("file://planted.dcm"), text(f"{PROMPT_CANARY} again")))
+    by_path = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=MAX_TOKENS,
+        messages=user(image_part("file://planted.dcm"), text(f"{PROMPT_CANARY} again")),
+    )
     assert by_path.usage.prompt_tokens > 16  # the DICOM was read from the media root too
     log = server.log.read_text(errors="replace")
     assert resp.id in log  # the request was logged ...
@@ -462,12 +556,16 @@ def test_32_concurrent_mixed_clients_equal_sequential_greedy(server, reference, 
         try:
             barrier.wait()
             if streamed:
-                out = client.chat.completions.create(model=MODEL, messages=user(*parts), max_tokens=MAX_TOKENS,
-                                                     stream=True)
+                out = client.chat.completions.create(
+                    model=MODEL, messages=user(*parts), max_tokens=MAX_TOKENS, stream=True
+                )
                 results[k] = "".join(c.choices[0].delta.content or "" for c in out if c.choices)
             else:
-                results[k] = client.chat.completions.create(model=MODEL, messages=user(*parts),
-                                                            max_tokens=MAX_TOKENS).choices[0].message.content
+                results[k] = (
+                    client.chat.completions.create(model=MODEL, messages=user(*parts), max_tokens=MAX_TOKENS)
+                    .choices[0]
+                    .message.content
+                )
         except Exception as err:  # collected and reported below
             errors.append((k, repr(err)))
 
@@ -489,8 +587,13 @@ def test_client_disconnect_frees_its_row(server, media_root) -> None:
 
     before = metric("medvl_cancelled_requests_total")
     body = {"messages": user(text("Tell me everything.")), "max_tokens": 1500, "stream": True}
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120,
-                      headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/chat/completions",
+        json=body,
+        timeout=120,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as resp:
         lines = resp.iter_lines()
         got = [next(lines) for _ in range(4)]
         assert all(g.startswith("data: ") or g == "" for g in got)

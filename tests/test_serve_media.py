@@ -80,7 +80,9 @@ def test_limits_are_checked_from_headers(tmp_path) -> None:
     nib.save(nib.Nifti1Image(np.zeros((10, 10, 11), np.uint8), np.eye(4)), str(tmp_path / "big.nii"))
     assert code_of(lambda: dec.volume(ref("volume", "file://big.nii"))) == (400, "volume_too_large")
     assert code_of(lambda: dec.volume(ref("volume", data_url((tmp_path / "big.nii").read_bytes())))) == (
-        400, "volume_too_large")
+        400,
+        "volume_too_large",
+    )
     zbuf = io.BytesIO()
     with zipfile.ZipFile(zbuf, "w") as z:
         for f in sorted(CT_SERIES.iterdir()):  # 5 x 16 x 16 = 1280 voxels
@@ -102,8 +104,14 @@ def test_confinement(tmp_path) -> None:
     (root / "outdir").symlink_to(outside)
     dec = MediaDecoder([root])
     assert dec.image(ref("image", "file://inner/ok.png")).size == (8, 8)  # a link inside the root is fine
-    for url in ("file://out.png", "file://outdir/x.png", f"file://{outside}/x.png", "file://../outside/x.png",
-                "file:///etc/hostname", "file://inner/%2E%2E/%2E%2E/outside/x.png"):
+    for url in (
+        "file://out.png",
+        "file://outdir/x.png",
+        f"file://{outside}/x.png",
+        "file://../outside/x.png",
+        "file:///etc/hostname",
+        "file://inner/%2E%2E/%2E%2E/outside/x.png",
+    ):
         assert code_of(lambda: dec.image(ref("image", url))) == (403, "media_path_forbidden"), url
     # a DICOM folder whose files link out of the root is refused as a whole
     series = root / "series"

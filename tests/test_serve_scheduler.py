@@ -13,7 +13,7 @@ from medvl.inference import Generation, generate
 from medvl.serve.scheduler import Job, SamplingSettings, Scheduler
 
 
-def job(record: Record, max_tokens: int = 5, settings: SamplingSettings = SamplingSettings(), stop=(), sink=None):
+def job(record: Record, max_tokens: int = 5, settings: SamplingSettings | None = None, stop=(), sink=None):
     sink = sink if sink is not None else {}
     done = threading.Event()
 
@@ -26,8 +26,15 @@ def job(record: Record, max_tokens: int = 5, settings: SamplingSettings = Sampli
         done.set()
 
     sink.setdefault("deltas", [])
-    j = Job(record=record, max_tokens=max_tokens, settings=settings, stop=list(stop),
-            on_delta=sink["deltas"].append, on_done=on_done, on_error=on_error)
+    j = Job(
+        record=record,
+        max_tokens=max_tokens,
+        settings=settings if settings is not None else SamplingSettings(),
+        stop=list(stop),
+        on_delta=sink["deltas"].append,
+        on_done=on_done,
+        on_error=on_error,
+    )
     return j, sink, done
 
 
@@ -50,11 +57,15 @@ def test_stop_strings_hold_back_prefixes_and_cut() -> None:
 def test_batches_group_compatible_requests_and_match_generate(tiny_model, tiny_processor) -> None:
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)) for _ in range(4)]
-    records = [Record(id=str(k), messages=[{"role": "user", "content": f"<image>\nquestion {k}?"}],
-                      images=[images[k]]) for k in range(4)]
+    records = [
+        Record(id=str(k), messages=[{"role": "user", "content": f"<image>\nquestion {k}?"}], images=[images[k]])
+        for k in range(4)
+    ]
     limits = [3, 6, 4, 5]
-    expected = [generate(tiny_model, tiny_processor, [r], batch_size=1, max_new_tokens=n, progress=False)[0]
-                for r, n in zip(records, limits)]
+    expected = [
+        generate(tiny_model, tiny_processor, [r], batch_size=1, max_new_tokens=n, progress=False)[0]
+        for r, n in zip(records, limits)
+    ]
     sizes: list[int] = []
     sched = Scheduler(tiny_model, tiny_processor, max_batch_size=8, batch_wait_s=0.0, on_batch=sizes.append)
     try:
@@ -81,8 +92,10 @@ def test_batches_group_compatible_requests_and_match_generate(tiny_model, tiny_p
         sched.close()
     assert [s["text"] for _, s, _ in jobs] == expected
     # a row that ran to its limit generated exactly that many tokens; one that stopped earlier, fewer
-    assert all(s["gen"].completion_tokens == n if s["gen"].finish_reason == "length" else s["gen"].completion_tokens < n
-               for (_, s, _), n in zip(jobs, limits))
+    assert all(
+        s["gen"].completion_tokens == n if s["gen"].finish_reason == "length" else s["gen"].completion_tokens < n
+        for (_, s, _), n in zip(jobs, limits)
+    )
     assert ["".join(s["deltas"]) for _, s, _ in jobs] == expected
     # the blocker alone, then the four greedy requests in one batch, the seeded one alone
     assert sizes == [1, 4, 1]

@@ -33,8 +33,9 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _to_spl(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Reorient to the volume processor's (D, H, W) = S, P, L with nibabel (independent of medvl)."""
-    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
-                                           nib.orientations.axcodes2ornt(("S", "P", "L")))
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(("S", "P", "L"))
+    )
     return nib.orientations.apply_orientation(array, ornt)
 
 
@@ -86,12 +87,12 @@ def test_ct_hu_levels():
 
     def at(x_right: float, y_ant: float, z_sup: float) -> float:
         i, j, k = np.round(inv @ np.array([x_right, y_ant, z_sup, 1.0]))[:3].astype(int)
-        return float(np.median(hu[i - 1:i + 2, j - 1:j + 2, k - 1:k + 2]))
+        return float(np.median(hu[i - 1 : i + 2, j - 1 : j + 2, k - 1 : k + 2]))
 
-    assert abs(at(155, 150, 0) - (-1000)) < 40           # outside the body
-    assert abs(at(70, -5, 60) - (-850)) < 40             # right upper lung (x > 0 = patient right)
-    assert abs(at(0, -80, 0) - 700) < 60                 # vertebral body
-    assert abs(at(-18, 35, -45) - 40) < 40               # heart, left of the midline (x < 0)
+    assert abs(at(155, 150, 0) - (-1000)) < 40  # outside the body
+    assert abs(at(70, -5, 60) - (-850)) < 40  # right upper lung (x > 0 = patient right)
+    assert abs(at(0, -80, 0) - 700) < 60  # vertebral body
+    assert abs(at(-18, 35, -45) - 40) < 40  # heart, left of the midline (x < 0)
 
 
 def test_nifti_affine_spacing_and_orientation(tmp_path):
@@ -119,7 +120,7 @@ def test_nodule_size_in_pixels_matches_mm(diameter):
     without, _ = render_ct(CaseFindings(), np.random.default_rng(0), SMALL_3D)
     changed = (with_n.astype(float) - without) > 200  # lung (-850) turned towards soft tissue (40)
     voxel_mm3 = float(np.prod(SMALL_3D.spacing))
-    expected = np.pi / 6 * diameter ** 3 / voxel_mm3
+    expected = np.pi / 6 * diameter**3 / voxel_mm3
     assert 0.4 * expected <= changed.sum() <= 2.0 * expected + 2
 
 
@@ -134,7 +135,9 @@ def test_left_finding_lands_on_image_right_2d():
 @pytest.mark.parametrize("axcodes", synth.ORIENTATIONS)
 def test_left_finding_lands_at_large_w_after_orientation(axcodes):
     nodule = Nodule("left", "upper", 20.0, (0.5, 0.5, 0.5))
-    with_n, affine = render_ct(CaseFindings(nodules=[nodule], effusion="left"), np.random.default_rng(0), SMALL_3D, axcodes)
+    with_n, affine = render_ct(
+        CaseFindings(nodules=[nodule], effusion="left"), np.random.default_rng(0), SMALL_3D, axcodes
+    )
     without, _ = render_ct(CaseFindings(), np.random.default_rng(0), SMALL_3D, axcodes)
     diff = _to_spl(with_n.astype(float) - without, affine)  # (D, H, W), W = patient right -> left
     w_changed = np.argwhere(diff > 200)[:, 2]
@@ -161,14 +164,19 @@ def test_medvl_volume_pipeline_puts_left_on_the_right(tmp_path):
 
 
 def test_mirrored_patient_gets_mirrored_answers_and_image():
-    f = CaseFindings(nodules=[Nodule("left", "upper", 12.0, (0.4, 0.3, 0.5)), Nodule("left", "lower", 9.0, (0.2, 0.6, 0.5))],
-                     effusion="right", heart="enlarged")
+    f = CaseFindings(
+        nodules=[Nodule("left", "upper", 12.0, (0.4, 0.3, 0.5)), Nodule("left", "lower", 9.0, (0.2, 0.6, 0.5))],
+        effusion="right",
+        heart="enlarged",
+    )
     m = mirror_findings(f)
     assert answer_for(f, "nodule_side", "en") == "left" and answer_for(m, "nodule_side", "en") == "right"
     assert answer_for(f, "effusion_side", "en") == "right" and answer_for(m, "effusion_side", "en") == "left"
     assert answer_for(m, "effusion_side", "zh") == "左"
     assert answer_for(m, "heart_size", "en") == "enlarged"
-    assert findings_report(m, "en").startswith("2 lung nodules: 12 mm in the right upper lobe, 9 mm in the right lower lobe.")
+    assert findings_report(m, "en").startswith(
+        "2 lung nodules: 12 mm in the right upper lobe, 9 mm in the right lower lobe."
+    )
     # The mirrored nodule sits at the mirrored column (rows differ: the lobes' heights differ).
     size = Geometry2D().size
     left = _nodule_diff_2d(f.nodules[0])
@@ -191,14 +199,18 @@ def test_bilingual_records_and_balanced_closed_answers(tmp_path):
         assert r["meta"]["answer_type"] == ("CLOSED" if r["meta"]["question_type"] in CLOSED_TYPES else "OPEN")
     # Blind guard: within each closed type no answer dominates (balanced to equal frequencies).
     for qtype in CLOSED_TYPES:
-        answers = Counter(r["meta"]["reference"] for r in records
-                          if r["meta"]["question_type"] == qtype and r["meta"]["language"] == "en")
+        answers = Counter(
+            r["meta"]["reference"]
+            for r in records
+            if r["meta"]["question_type"] == qtype and r["meta"]["language"] == "en"
+        )
         assert len(answers) >= 2, qtype
         assert max(answers.values()) / sum(answers.values()) < 0.5 + 0.2, (qtype, answers)
 
 
 def test_dicom_output_has_geometry_tags(tmp_path):
     import pydicom
+
     synthesize("2d", 3, 2, tmp_path / "dcm", dicom=True)
     synthesize("2d", 3, 2, tmp_path / "png")
     ds = pydicom.dcmread(tmp_path / "dcm" / "images" / "case00000.dcm")
@@ -226,8 +238,13 @@ def test_grouped_training_conversations_never_pair_dependent_questions(tmp_path)
     synthesize("2d", 40, 1, tmp_path / "g", geometry=TINY_2D, train_format="grouped")
     single, grouped = _read_jsonl(tmp_path / "s" / "train.jsonl"), _read_jsonl(tmp_path / "g" / "train.jsonl")
     # the same question/answer pairs per case, now in fewer records (one image pass answers several)
-    pairs = lambda recs: Counter((r["meta"]["case"], m["content"].replace("<image>\n", ""), n["content"])  # noqa: E731
-                                 for r in recs for m, n in zip(r["messages"][::2], r["messages"][1::2]))
+    pairs = (
+        lambda recs: Counter(
+            (r["meta"]["case"], m["content"].replace("<image>\n", ""), n["content"])  # noqa: E731
+            for r in recs
+            for m, n in zip(r["messages"][::2], r["messages"][1::2])
+        )
+    )
     assert pairs(single) == pairs(grouped)
     assert len(grouped) < 0.7 * len(single)
     cases = {json.loads(line)["id"]: json.loads(line)["findings"] for line in (tmp_path / "g" / "cases.jsonl").open()}
@@ -239,8 +256,11 @@ def test_grouped_training_conversations_never_pair_dependent_questions(tmp_path)
         assert len(set(families)) == len(families), rec["id"]  # at most one question per finding
         assert "report" not in families or len(families) == 1  # a report gives everything away: alone
         f = CaseFindings.from_dict(cases[rec["meta"]["case"]])
-        for t, lang, answer in zip(types, rec["meta"].get("languages", [rec["meta"].get("language")]),
-                                   [m["content"] for m in rec["messages"][1::2]]):
+        for t, lang, answer in zip(
+            types,
+            rec["meta"].get("languages", [rec["meta"].get("language")]),
+            [m["content"] for m in rec["messages"][1::2]],
+        ):
             if t != "report" and t in CLOSED_TYPES:
                 assert answer == answer_for(f, t, lang)
     # held-out splits are single questions either way, byte for byte

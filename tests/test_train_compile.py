@@ -45,18 +45,29 @@ def test_compiled_llm_trains_to_the_same_losses(tmp_path, tiny_model_dir, monkey
     losses = {}
     for compiled in (False, True):
         out = tmp_path / f"run_{compiled}"
-        cfg = from_dict(TrainConfig, {
-            "model": {"path": str(tiny_model_dir)},
-            "data": {"train": [str(data)], "max_length": 128},
-            "train": {"lr": 5e-3, "batch_size": 4, "max_steps": 2, "logging_steps": 1, "report_to": [],
-                      "progress_bar": False, "save_steps": 1000, "compile": compiled},
-            "output": {"dir": str(out)},
-        })
+        cfg = from_dict(
+            TrainConfig,
+            {
+                "model": {"path": str(tiny_model_dir)},
+                "data": {"train": [str(data)], "max_length": 128},
+                "train": {
+                    "lr": 5e-3,
+                    "batch_size": 4,
+                    "max_steps": 2,
+                    "logging_steps": 1,
+                    "report_to": [],
+                    "progress_bar": False,
+                    "save_steps": 1000,
+                    "compile": compiled,
+                },
+                "output": {"dir": str(out)},
+            },
+        )
         run_training(cfg)
         history = json.loads((out / "metrics.json").read_text())["log_history"]
         losses[compiled] = [h["loss"] for h in history if "loss" in h]
         # in-place compile: the saved weights keep their names (no "_orig_mod.")
-        index = (out / "model" / "model.safetensors")
+        index = out / "model" / "model.safetensors"
         assert index.is_file()
         from safetensors import safe_open
 

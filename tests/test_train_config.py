@@ -20,8 +20,16 @@ def _write(tmp_path, text):
 
 def test_overrides_and_defaults(tmp_path):
     path = _write(tmp_path, "model: {path: /ckpt}\ndata: {train: [a.jsonl]}\n")
-    cfg = load_train_config(path, ["train.parts.llm.mode=lora", "train.parts.connector.lr=1e-3", "train.lr=2e-4",
-                                   "train.hf_args={dataloader_pin_memory: false}", "train.resume=true"])
+    cfg = load_train_config(
+        path,
+        [
+            "train.parts.llm.mode=lora",
+            "train.parts.connector.lr=1e-3",
+            "train.lr=2e-4",
+            "train.hf_args={dataloader_pin_memory: false}",
+            "train.resume=true",
+        ],
+    )
     assert cfg.train.parts.llm.mode == "lora" and cfg.train.parts.connector.lr == 1e-3
     assert cfg.train.lr == 2e-4 and cfg.train.resume is True
     assert cfg.train.parts.vision.mode == "frozen"
@@ -92,8 +100,9 @@ def test_recipe_placeholders_are_reported(tmp_path):
     assert "model.spec.llm.path=/path/to/Qwen2.5-3B-Instruct" in unfilled
     assert any(u.startswith("model.spec.volume.path=") for u in unfilled)
     assert any(u.startswith("data.train[0]=") for u in unfilled)
-    filled = load_train_config(CONFIGS / "medm-vl-2d/finetune_lora.yaml",
-                               [f"model.path={tmp_path}", "data.train=[a.jsonl]"])
+    filled = load_train_config(
+        CONFIGS / "medm-vl-2d/finetune_lora.yaml", [f"model.path={tmp_path}", "data.train=[a.jsonl]"]
+    )
     assert unfilled_placeholders(filled) == []
 
 
@@ -102,15 +111,18 @@ def test_ct_rate_recipes_are_valid_and_their_spec_builds(tmp_path):
     import shutil
 
     import yaml
-    from tests.conftest import fixture_path
 
     from medvl.build import ModelSpec, build_model
     from medvl.utils.config import load_config
+    from tests.conftest import fixture_path
 
     pretrain = load_train_config(CONFIGS / "ct-rate/pretrain.yaml")
     finetune = load_train_config(CONFIGS / "ct-rate/finetune.yaml")
     assert {p: getattr(pretrain.train.parts, p).mode for p in ("llm", "volume", "connector")} == {
-        "llm": "frozen", "volume": "frozen", "connector": "full"}
+        "llm": "frozen",
+        "volume": "frozen",
+        "connector": "full",
+    }
     assert finetune.train.parts.llm.mode == "lora" and finetune.model.path == "runs/ct-rate-pretrain/model"
     assert any(u.startswith("model.spec.volume.path=") for u in unfilled_placeholders(pretrain))
     for cfg in (pretrain, finetune):
@@ -120,14 +132,28 @@ def test_ct_rate_recipes_are_valid_and_their_spec_builds(tmp_path):
     weights = tmp_path / "ctclip"
     weights.mkdir()
     shutil.copy(fixture_path("ctclip", "model.safetensors"), weights)
-    (weights / "config.json").write_text(fixture_path("ctclip", "config.json").read_text().replace('"image_size": 48',
-                                                                                                     '"image_size": 32'))
+    (weights / "config.json").write_text(
+        fixture_path("ctclip", "config.json").read_text().replace('"image_size": 48', '"image_size": 32')
+    )
     spec_yaml = tmp_path / "spec.yaml"
     spec_yaml.write_text(yaml.safe_dump(pretrain.model.spec))
-    spec = load_config(ModelSpec, spec_yaml, [
-        "llm.path=null", "llm.config.model_type=qwen2", "llm.config.hidden_size=32", "llm.config.intermediate_size=64",
-        "llm.config.num_hidden_layers=1", "llm.config.num_attention_heads=2", "llm.config.num_key_value_heads=1",
-        "tokenizer.source=train", "tokenizer.vocab_size=400", f"volume.path={weights}", "volume.config.num_frames=64"])
+    spec = load_config(
+        ModelSpec,
+        spec_yaml,
+        [
+            "llm.path=null",
+            "llm.config.model_type=qwen2",
+            "llm.config.hidden_size=32",
+            "llm.config.intermediate_size=64",
+            "llm.config.num_hidden_layers=1",
+            "llm.config.num_attention_heads=2",
+            "llm.config.num_key_value_heads=1",
+            "tokenizer.source=train",
+            "tokenizer.vocab_size=400",
+            f"volume.path={weights}",
+            "volume.config.num_frames=64",
+        ],
+    )
     model, processor = build_model(spec)
     assert model.config.volume_encoder == "ctvit" and model.config.num_volume_tokens == 4 * 1 * 1
     assert processor.volume_processor.mode == "ct_clip" and processor.volume_processor.output_shape == (1, 64, 32, 32)

@@ -36,8 +36,15 @@ def _recipe(tmp_path, model_dir, data, out, **train):
     cfg = {
         "model": {"path": str(model_dir)},
         "data": {"train": [str(data)], "max_length": 128},
-        "train": {"parts": {"llm": {"mode": "full"}, "vision": {"mode": "frozen"}, "connector": {"mode": "full"}},
-                  "lr": 1e-3, "batch_size": 2, "logging_steps": 1, "report_to": [], "progress_bar": False, **train},
+        "train": {
+            "parts": {"llm": {"mode": "full"}, "vision": {"mode": "frozen"}, "connector": {"mode": "full"}},
+            "lr": 1e-3,
+            "batch_size": 2,
+            "logging_steps": 1,
+            "report_to": [],
+            "progress_bar": False,
+            **train,
+        },
         "output": {"dir": str(out)},
     }
     path = tmp_path / "recipe.yaml"
@@ -64,10 +71,17 @@ def test_torchrun_two_process_ddp(tmp_path, tiny_model_dir):
 def test_deepspeed_zero2_lora_through_medvl_train(tmp_path, tiny_model_dir):
     data = write_bright_dark(tmp_path / "data", 8)
     out = tmp_path / "zero2"
-    recipe = _recipe(tmp_path, tiny_model_dir, data, out, max_steps=2, save_steps=2,
-                     deepspeed=str(REPO / "configs" / "deepspeed" / "zero2.json"),
-                     parts={"llm": {"mode": "lora"}, "vision": {"mode": "frozen"}, "connector": {"mode": "full"}},
-                     lora={"r": 4, "alpha": 8})
+    recipe = _recipe(
+        tmp_path,
+        tiny_model_dir,
+        data,
+        out,
+        max_steps=2,
+        save_steps=2,
+        deepspeed=str(REPO / "configs" / "deepspeed" / "zero2.json"),
+        parts={"llm": {"mode": "lora"}, "vision": {"mode": "frozen"}, "connector": {"mode": "full"}},
+        lora={"r": 4, "alpha": 8},
+    )
     _run(TORCHRUN + ["1", "-m", "medvl", "train", str(recipe)])
     files = {p.name for p in (out / "checkpoint-2").iterdir()}
     assert {"adapter_model.safetensors", "global_step2", "rng_state.pth"} <= files
@@ -79,8 +93,17 @@ def test_deepspeed_zero3_rank_without_media_does_not_hang(tmp_path, tiny_model_d
     # Rank 0 trains on image samples, rank 1 on text-only samples: the dummy media keep both ranks
     # running the vision tower (without them gloo aborts on mismatched all-gathers).
     out = tmp_path / "zero3"
-    _run(TORCHRUN + ["2", str(REPO / "tests" / "_train_dist_worker.py"), str(tiny_model_dir), str(out),
-                     str(REPO / "configs" / "deepspeed" / "zero3.json"), "1"])
+    _run(
+        TORCHRUN
+        + [
+            "2",
+            str(REPO / "tests" / "_train_dist_worker.py"),
+            str(tiny_model_dir),
+            str(out),
+            str(REPO / "configs" / "deepspeed" / "zero3.json"),
+            "1",
+        ]
+    )
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 and len(r["losses"]) == 3 for r in ranks)
     files = {p.name for p in (out / "checkpoint-3").iterdir()}

@@ -50,12 +50,19 @@ def test_loss_unchanged_and_every_encoder_gets_a_gradient(model, collator):
     grads = {n: p.grad for n, p in model.named_parameters()}
     # the encoders took part in the graph (zero gradient); only the modules that never run (the
     # towers' post-norm / pooling heads: features are taken from hidden states) have none
-    for name in ("vision_tower.embeddings.", "vision_tower.encoder.layers.", "volume_encoder.", "image_connector.",
-                 "volume_connector."):
+    for name in (
+        "vision_tower.embeddings.",
+        "vision_tower.encoder.layers.",
+        "volume_encoder.",
+        "image_connector.",
+        "volume_connector.",
+    ):
         part = [g for n, g in grads.items() if n.startswith(name)]
         assert part and any(g is not None for g in part), name
         assert all(g is None or not g.any() for g in part), name
-    assert all(grads[n] is not None for n in grads if n.startswith(("vision_tower.encoder.layers.", "image_connector.")))
+    assert all(
+        grads[n] is not None for n in grads if n.startswith(("vision_tower.encoder.layers.", "image_connector."))
+    )
     model.zero_grad()
 
 
@@ -71,7 +78,10 @@ def test_batch_with_media_is_left_alone(model):
 def test_cached_kinds_get_dummy_features_and_present_features_count(model):
     batch = PaddedCollator(pad_token_id=0)(_samples())
     plain = model(**batch).loss
-    volume_shape = (model.config.num_volume_tokens * 8, model.config.volume_config.hidden_size)  # 64 tokens before pooling
+    volume_shape = (
+        model.config.num_volume_tokens * 8,
+        model.config.volume_config.hidden_size,
+    )  # 64 tokens before pooling
     slots = media_slots(model.config)
     with_dummy = add_dummy_media(batch, slots, feature_shapes={"volume_values": volume_shape})
     # the cached kind gets zero encoder features (its encoder runs nowhere), the other raw media

@@ -21,12 +21,30 @@ from medvl.train.run import final_model_dir, load_or_build_model, run_training
 from medvl.utils.config import from_dict
 
 SPEC = {
-    "llm": {"config": {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "num_key_value_heads": 2}},
-    "vision": {"config": {"model_type": "siglip_vision_model", "image_size": 32, "patch_size": 8, "hidden_size": 32,
-                          "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
-               "conv_stem": [8, 16, 32], "feature_layer": 0,
-               "connector": {"type": "spatial_pool", "pool_stride": [1, 2, 2], "pool": "max"}},
+    "llm": {
+        "config": {
+            "model_type": "qwen2",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+        }
+    },
+    "vision": {
+        "config": {
+            "model_type": "siglip_vision_model",
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
+        "conv_stem": [8, 16, 32],
+        "feature_layer": 0,
+        "connector": {"type": "spatial_pool", "pool_stride": [1, 2, 2], "pool": "max"},
+    },
     "tokenizer": {"source": "train", "vocab_size": 300},
     "seed": 3,
 }
@@ -45,9 +63,11 @@ def _blob_set(root: Path, split: str, n: int, seed: int, blank: bool = False) ->
         for side, present in ((0, left), (1, right)):
             if present:
                 y, x = int(rng.integers(0, 26)), int(rng.integers(0, 10)) + 16 * side
-                image[y:y + 6, x:x + 6] = 255
+                image[y : y + 6, x : x + 6] = 255
         name = f"img/{split}{i}.png"
-        Image.fromarray(np.zeros((32, 32), np.uint8) if blank else image.clip(0, 255).astype(np.uint8)).save(root / name)
+        Image.fromarray(np.zeros((32, 32), np.uint8) if blank else image.clip(0, 255).astype(np.uint8)).save(
+            root / name
+        )
         rows.append({"image": name, "left": left, "right": right, "sides": SIDES[(left, right)]})
     path = root / f"{split}.csv"
     with open(path, "w", newline="", encoding="utf-8") as fh:
@@ -58,15 +78,30 @@ def _blob_set(root: Path, split: str, n: int, seed: int, blank: bool = False) ->
 
 
 def _config(data: Path, out: Path, spec: dict | None = None, **train) -> TrainConfig:
-    settings = {"stage": "encoder_pretrain", "lr": 2e-3, "max_steps": 300, "batch_size": 16, "report_to": [],
-                "save_steps": 1000, "logging_steps": 100, "progress_bar": False, "seed": 1,
-                "parts": {"llm": {"mode": "frozen"}, "connector": {"mode": "frozen"}, "vision": {"mode": "full"}},
-                "encoder_pretrain": {"cache_media": True}}
+    settings = {
+        "stage": "encoder_pretrain",
+        "lr": 2e-3,
+        "max_steps": 300,
+        "batch_size": 16,
+        "report_to": [],
+        "save_steps": 1000,
+        "logging_steps": 100,
+        "progress_bar": False,
+        "seed": 1,
+        "parts": {"llm": {"mode": "frozen"}, "connector": {"mode": "frozen"}, "vision": {"mode": "full"}},
+        "encoder_pretrain": {"cache_media": True},
+    }
     for key, value in train.items():
         settings[key] = {**settings[key], **value} if isinstance(value, dict) and key in settings else value
-    return from_dict(TrainConfig, {"model": {"spec": spec or SPEC},
-                                   "data": {"train": [str(data / "train.csv")], "eval": [str(data / "val.csv")]},
-                                   "train": settings, "output": {"dir": str(out), "overwrite": True}})
+    return from_dict(
+        TrainConfig,
+        {
+            "model": {"spec": spec or SPEC},
+            "data": {"train": [str(data / "train.csv")], "eval": [str(data / "val.csv")]},
+            "train": settings,
+            "output": {"dir": str(out), "overwrite": True},
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +133,11 @@ def test_stage0_learns_image_labels_and_the_next_stage_reads_its_encoder(blobs, 
     for name in ("language_model", "image_connector"):
         before, after = getattr(fresh, name).state_dict(), getattr(trained, name).state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before), name
-    moved = [k for k, v in fresh.vision_tower.state_dict().items() if not torch.equal(v, trained.vision_tower.state_dict()[k])]
+    moved = [
+        k
+        for k, v in fresh.vision_tower.state_dict().items()
+        if not torch.equal(v, trained.vision_tower.state_dict()[k])
+    ]
     # the head reads layer 0 (the stem's tokens + position embedding): exactly those trained
     assert moved and all(k.startswith("embeddings.") for k in moved) and any("patch_embedding" in k for k in moved)
 
@@ -120,8 +159,13 @@ def test_lora_stage0_resumes_exactly_and_saves_a_merged_checkpoint(blobs, tmp_pa
             if state.global_step == 4:
                 control.should_training_stop = True
 
-    lora = {"parts": {"vision": {"mode": "lora"}}, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "max_steps": 6,
-            "save_steps": 2, "lr": 1e-2}
+    lora = {
+        "parts": {"vision": {"mode": "lora"}},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "max_steps": 6,
+        "save_steps": 2,
+        "lr": 1e-2,
+    }
     # LoRA adapts the transformer's linear layers: the head reads the last block here
     spec = {**SPEC, "vision": {**SPEC["vision"], "feature_layer": -1}}
     straight = run_training(_config(blobs, tmp_path / "straight", spec, **lora))
@@ -134,26 +178,48 @@ def test_lora_stage0_resumes_exactly_and_saves_a_merged_checkpoint(blobs, tmp_pa
     fresh, _ = load_or_build_model(from_dict(TrainConfig, {"model": {"spec": spec}}))
     tower = a.vision_tower.state_dict()
     changed = {k for k, v in fresh.vision_tower.state_dict().items() if not torch.equal(v, tower[k])}
-    assert changed and all(k.endswith("weight") and "patch_embedding" not in k for k in changed)  # LoRA adapts linear layers
+    assert changed and all(
+        k.endswith("weight") and "patch_embedding" not in k for k in changed
+    )  # LoRA adapts linear layers
     for k, v in tower.items():
         torch.testing.assert_close(v, b.vision_tower.state_dict()[k], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({}, "set train.parts.llm.mode=frozen"),
-    ({"llm": {"mode": "frozen"}}, "set train.parts.connector.mode=frozen"),
-    ({"llm": {"mode": "frozen"}, "connector": {"mode": "frozen"}, "vision": {"mode": "frozen"}},
-     "every part is frozen"),
-    ({"llm": {"mode": "frozen"}, "connector": {"mode": "frozen"}, "vision": {"mode": "full"}, "volume": {"mode": "lora"}},
-     "trains one encoder"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({}, "set train.parts.llm.mode=frozen"),
+        ({"llm": {"mode": "frozen"}}, "set train.parts.connector.mode=frozen"),
+        (
+            {"llm": {"mode": "frozen"}, "connector": {"mode": "frozen"}, "vision": {"mode": "frozen"}},
+            "every part is frozen",
+        ),
+        (
+            {
+                "llm": {"mode": "frozen"},
+                "connector": {"mode": "frozen"},
+                "vision": {"mode": "full"},
+                "volume": {"mode": "lora"},
+            },
+            "trains one encoder",
+        ),
+    ],
+)
 def test_stage0_config_rules(overrides, message):
     cfg = from_dict(TrainConfig, {"model": {"path": "m"}, "train": {"stage": "encoder_pretrain", "parts": overrides}})
     with pytest.raises(ValueError, match=message):
         validate(cfg)
-    ok = from_dict(TrainConfig, {"model": {"path": "m"}, "data": {"cache_encoder_features": True}, "train": {
-        "stage": "encoder_pretrain", "parts": {"llm": {"mode": "frozen"}, "connector": {"mode": "frozen"},
-                                               "volume": {"mode": "full"}}}})
+    ok = from_dict(
+        TrainConfig,
+        {
+            "model": {"path": "m"},
+            "data": {"cache_encoder_features": True},
+            "train": {
+                "stage": "encoder_pretrain",
+                "parts": {"llm": {"mode": "frozen"}, "connector": {"mode": "frozen"}, "volume": {"mode": "full"}},
+            },
+        },
+    )
     with pytest.raises(ValueError, match="cache_media"):
         validate(ok)
     stray = from_dict(TrainConfig, {"model": {"path": "m"}, "train": {"encoder_pretrain": {"labels": "vqa"}}})
@@ -173,7 +239,9 @@ def test_auroc_and_loss_against_hand_computed_values():
     targets = torch.tensor([[1.0, 0, 0, 1], [nan, 0, 1, 0], [0.0, nan, nan, nan]])
     # known: a for rows 0 and 2, b for rows 0 and 1
     bce = math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(0.5))
-    ce = -math.log(math.exp(-1) / (math.exp(1) + 1 + math.exp(-1))) - math.log(math.exp(3) / (math.exp(-0.0) + math.exp(3) + 1))
+    ce = -math.log(math.exp(-1) / (math.exp(1) + 1 + math.exp(-1))) - math.log(
+        math.exp(3) / (math.exp(-0.0) + math.exp(3) + 1)
+    )
     assert finding_loss(logits, targets, schema).item() == pytest.approx((bce + ce) / 4, rel=1e-6)
     metrics = finding_metrics(logits.numpy(), targets.numpy(), schema)
     assert metrics["a"] == {"auroc": 1.0, "accuracy": 0.5, "n": 2}  # row 2: logit 0.5 > 0 says 1, truth 0

@@ -22,8 +22,12 @@ from medvl.train.parts import (
 
 
 def test_part_of_uses_outermost_component():
-    mapping = {"llm": ("language_model", "lm_head"), "vision": ("vision_tower",), "volume": (),
-               "connector": ("image_connector",)}
+    mapping = {
+        "llm": ("language_model", "lm_head"),
+        "vision": ("vision_tower",),
+        "volume": (),
+        "connector": ("image_connector",),
+    }
     assert part_of("model.language_model.layers.0.mlp.up_proj.weight", mapping) == "llm"
     assert part_of("language_model.lm_head.weight", mapping) == "llm"
     assert part_of("model.vision_tower.encoder.layers.0.fc1.weight", mapping) == "vision"
@@ -84,7 +88,9 @@ def test_lora_llm_with_full_connector():
 
 def test_param_groups_carry_part_learning_rates():
     model = tiny_llava()
-    parts = PartsConfig(llm=PartConfig("full"), vision=PartConfig("full", lr=1e-5), connector=PartConfig("full", lr=1e-3))
+    parts = PartsConfig(
+        llm=PartConfig("full"), vision=PartConfig("full", lr=1e-5), connector=PartConfig("full", lr=1e-3)
+    )
     apply_parts(model, parts, LoraSettings())
     decay = [n for n, _ in model.named_parameters() if n.endswith("weight") and "norm" not in n]
     groups = param_groups(model, parts, base_lr=2e-5, weight_decay=0.1, decay_names=decay)

@@ -32,9 +32,16 @@ def _recipe(tmp_path, model_dir, data, out, **train):
     cfg = {
         "model": {"path": str(model_dir)},
         "data": {"train": [str(data)], "max_length": 128},
-        "train": {"parts": {"llm": {"mode": "full"}, "vision": {"mode": "frozen"}, "connector": {"mode": "full"}},
-                  "lr": 5e-3, "batch_size": 8, "warmup_ratio": 0.1, "logging_steps": 1, "report_to": [],
-                  "progress_bar": False, **train},
+        "train": {
+            "parts": {"llm": {"mode": "full"}, "vision": {"mode": "frozen"}, "connector": {"mode": "full"}},
+            "lr": 5e-3,
+            "batch_size": 8,
+            "warmup_ratio": 0.1,
+            "logging_steps": 1,
+            "report_to": [],
+            "progress_bar": False,
+            **train,
+        },
         "output": {"dir": str(out)},
     }
     path = tmp_path / f"{Path(out).name}.yaml"
@@ -68,7 +75,9 @@ def test_cli_trains_and_writes_run_folder(tmp_path, tiny_model_dir):
     assert (out / "loss.png").stat().st_size > 1000
     assert list((out / "runs").rglob("events.out.tfevents.*"))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-24"]
-    assert {"tokenizer.json", "model.safetensors", "optimizer.pt"} <= {p.name for p in (out / "checkpoint-12").iterdir()}
+    assert {"tokenizer.json", "model.safetensors", "optimizer.pt"} <= {
+        p.name for p in (out / "checkpoint-12").iterdir()
+    }
 
     # frozen vision tower unchanged, connector and LLM changed
     before = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
@@ -89,16 +98,25 @@ def test_existing_run_is_not_overwritten(tmp_path, tiny_model_dir):
 def test_lora_adapter_save_and_exact_merge(tmp_path, tiny_model_dir):
     data = write_bright_dark(tmp_path / "data", 16)
     out = tmp_path / "lora"
-    recipe = _recipe(tmp_path, tiny_model_dir, data, out, max_steps=6, save_steps=6, lr=1e-2,
-                     parts={"llm": {"mode": "lora"}, "vision": {"mode": "frozen"}, "connector": {"mode": "full"}},
-                     lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    recipe = _recipe(
+        tmp_path,
+        tiny_model_dir,
+        data,
+        out,
+        max_steps=6,
+        save_steps=6,
+        lr=1e-2,
+        parts={"llm": {"mode": "lora"}, "vision": {"mode": "frozen"}, "connector": {"mode": "full"}},
+        lora={"r": 4, "alpha": 8, "dropout": 0.0},
+    )
     run_training(load_train_config(recipe))
     adapter = final_model_dir(out)
     assert (adapter / "adapter_config.json").is_file() and not (adapter / "model.safetensors").exists()
     assert (adapter / "tokenizer.json").is_file()
 
     assert json.loads((out / "checkpoint-6" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
-        Path(tiny_model_dir).resolve())  # a mid-run checkpoint merges too
+        Path(tiny_model_dir).resolve()
+    )  # a mid-run checkpoint merges too
     merged_dir = merge_lora(adapter, tmp_path / "merged")
     from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 
@@ -142,8 +160,14 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model_dir
     out = tmp_path / "killed"
     recipe = _recipe(tmp_path, tiny_model_dir, data, out, **settings)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(recipe), "5"], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, str(recipe), "5"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert not final_model_dir(out).exists()
@@ -151,8 +175,14 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model_dir
     # the console script (it registers medvl's Auto classes lazily, unlike `python -m medvl`)
     script = Path(sys.executable).with_name("medvl")
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "medvl"]
-    resumed = subprocess.run([*command, "train", str(recipe), "train.resume=true"], env=env,
-                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [*command, "train", str(recipe), "train.resume=true"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     want, got = _losses(reference), _losses(out)
     assert sorted(got) == list(range(1, 9))  # steps 1-4 come back with checkpoint-4's trainer state
@@ -168,13 +198,20 @@ def test_data_from_files_and_registries_with_weights(tmp_path, tiny_processor):
 
     data = write_bright_dark(tmp_path / "data", 10)
     registry = tmp_path / "datasets.yaml"
-    registry.write_text(yaml.safe_dump({"datasets": {
-        "toy-train": {"path": str(data), "split": "train", "weight": 2.0},
-        "toy-val": {"path": str(data), "split": "validation"},
-    }}))
+    registry.write_text(
+        yaml.safe_dump(
+            {
+                "datasets": {
+                    "toy-train": {"path": str(data), "split": "train", "weight": 2.0},
+                    "toy-val": {"path": str(data), "split": "validation"},
+                }
+            }
+        )
+    )
     recipe = _recipe(tmp_path, "unused", data, tmp_path / "out", max_steps=1)
-    cfg = load_train_config(recipe, [f"data.train=[{registry},{data}]", "data.weights=[1.0,0.5]",
-                                     f"data.eval=[{registry}]"])
+    cfg = load_train_config(
+        recipe, [f"data.train=[{registry},{data}]", "data.weights=[1.0,0.5]", f"data.eval=[{registry}]"]
+    )
     train, evaluation, collate = build_datasets(cfg, tiny_processor)
     assert len(train) == 2 * 10 + 5 and len(evaluation) == 10
     batch = collate([train[0], train[1]])
@@ -190,8 +227,11 @@ def test_last_step_checkpoint_only_when_asked(tmp_path, tiny_model_dir):
     data = write_bright_dark(tmp_path / "data", 8)
     plain, asked = tmp_path / "plain", tmp_path / "asked"
     for out, extra in ((plain, {}), (asked, {"save_final_checkpoint": True})):
-        run_training(load_train_config(_recipe(tmp_path, tiny_model_dir, data, out, max_steps=3, save_steps=2,
-                                               batch_size=4, **extra)))
+        run_training(
+            load_train_config(
+                _recipe(tmp_path, tiny_model_dir, data, out, max_steps=3, save_steps=2, batch_size=4, **extra)
+            )
+        )
         assert (final_model_dir(out) / "model.safetensors").is_file()
     assert sorted(p.name for p in plain.glob("checkpoint-*")) == ["checkpoint-2"]
     assert sorted(p.name for p in asked.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
@@ -206,9 +246,19 @@ def _write_volume_set(folder: Path) -> Path:
     array[5:15, 10:20, 22:28] = 400.0
     np.save(folder / "v.npy", array)
     path = folder / "volumes.jsonl"
-    path.write_text(json.dumps({"id": "v0", "volumes": ["v.npy"], "messages": [
-        {"role": "user", "content": "<volume>\nWhere is the mass?"},
-        {"role": "assistant", "content": "In the left lung, next to the left atrium."}]}) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "id": "v0",
+                "volumes": ["v.npy"],
+                "messages": [
+                    {"role": "user", "content": "<volume>\nWhere is the mass?"},
+                    {"role": "assistant", "content": "In the left lung, next to the left atrium."},
+                ],
+            }
+        )
+        + "\n"
+    )
     return path
 
 
@@ -224,8 +274,14 @@ def test_data_augment_section_2d_and_3d(tmp_path, tiny_model_dir, tiny_processor
     plain = {"image": plain_train[0], "volume": plain_train[8]}
 
     # flip only: media mirrored along W and the words swapped (the cardiac name kept)
-    flip = ["data.augment.enabled=true", "data.augment.flip_lr_prob=1.0", "data.augment.brightness=0",
-            "data.augment.contrast=0", "data.augment.rotate_degrees=0", "data.augment.scale=0"]
+    flip = [
+        "data.augment.enabled=true",
+        "data.augment.flip_lr_prob=1.0",
+        "data.augment.brightness=0",
+        "data.augment.contrast=0",
+        "data.augment.rotate_degrees=0",
+        "data.augment.scale=0",
+    ]
     train, _, _ = build_datasets(load_train_config(recipe, data + flip), tiny_processor)
     image, volume = train[0], train[8]
     torch.testing.assert_close(image["pixel_values"], plain["image"]["pixel_values"].flip(-1), atol=1e-5, rtol=0)
@@ -235,7 +291,8 @@ def test_data_augment_section_2d_and_3d(tmp_path, tiny_model_dir, tiny_processor
 
     # the default jitter (intensity + small rotation / zoom), no flip: 2D and 3D change, shapes kept
     train, evaluation, _ = build_datasets(
-        load_train_config(recipe, data + ["data.augment.enabled=true", "data.eval_fraction=0.3"]), tiny_processor)
+        load_train_config(recipe, data + ["data.augment.enabled=true", "data.eval_fraction=0.3"]), tiny_processor
+    )
     for kind, key in (("image", "pixel_values"), ("volume", "volume_values")):
         index = 0 if kind == "image" else 8
         position = train.indices.index(index) if index in train.indices else None

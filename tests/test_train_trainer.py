@@ -21,9 +21,20 @@ from medvl.train.trainer import MedVLTrainer
 
 
 def _args(out, **kw):
-    base = dict(output_dir=str(out), per_device_train_batch_size=8, learning_rate=3e-3, max_steps=8,
-                save_steps=4, logging_steps=1, report_to=[], disable_tqdm=True, remove_unused_columns=False,
-                warmup_steps=0.25, lr_scheduler_type="cosine", seed=7)
+    base = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        max_steps=8,
+        save_steps=4,
+        logging_steps=1,
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        warmup_steps=0.25,
+        lr_scheduler_type="cosine",
+        seed=7,
+    )
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -77,7 +88,8 @@ def test_crash_while_saving_leaves_no_complete_looking_checkpoint(tmp_path):
     assert "checkpoint-4" in names and "checkpoint-8" not in names
     assert get_last_checkpoint(str(tmp_path)).endswith("checkpoint-4")
     assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "model.safetensors"} <= set(
-        os.listdir(tmp_path / "checkpoint-4"))
+        os.listdir(tmp_path / "checkpoint-4")
+    )
     assert [p.name for p in clean_staging(tmp_path)] == [".staging-checkpoint-8"]
 
 
@@ -106,8 +118,16 @@ def test_lora_checkpoint_resume_matches_uninterrupted_run(tmp_path):
 def test_gradient_checkpointing_bf16_with_frozen_llm_trains_connector(tmp_path):
     # Stage 1: frozen LLM (and embeddings), checkpointed layers; the connector still gets gradients.
     parts = PartsConfig(llm=PartConfig("frozen"), vision=PartConfig("frozen"), connector=PartConfig("full"))
-    trainer = _trainer(tmp_path, parts, max_steps=3, save_steps=100, bf16=True, use_cpu=True, activation_checkpointing=True,
-                       activation_checkpointing_kwargs={"use_reentrant": False})
+    trainer = _trainer(
+        tmp_path,
+        parts,
+        max_steps=3,
+        save_steps=100,
+        bf16=True,
+        use_cpu=True,
+        activation_checkpointing=True,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+    )
     connector = snapshot(trainer.model, "connector")
     llm = snapshot(trainer.model, "llm")
     trainer.train()
@@ -123,8 +143,15 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path):
     parts = PartsConfig(llm=PartConfig("full"), connector=PartConfig("full"))
     results = []
     for batch, accum in ((8, 1), (4, 2)):
-        trainer = _trainer(tmp_path / f"{batch}x{accum}", parts, max_steps=3, save_steps=100, warmup_steps=0,
-                           per_device_train_batch_size=batch, gradient_accumulation_steps=accum)
+        trainer = _trainer(
+            tmp_path / f"{batch}x{accum}",
+            parts,
+            max_steps=3,
+            save_steps=100,
+            warmup_steps=0,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accum,
+        )
         trainer.train()
         results.append(snapshot(trainer.model, "connector"))
     assert all(torch.allclose(results[0][n], results[1][n], atol=1e-5) for n in results[0])

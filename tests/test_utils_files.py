@@ -22,11 +22,12 @@ def test_safetensors_framing(tmp_path):
     good = _weights(tmp_path / "model.safetensors")
     assert safetensors_problem(good) is None
     data = good.read_bytes()
-    for name, raw, words in (("cut.safetensors", data[: len(data) - 100], "truncated: its tensors need"),
-                             ("head.safetensors", data[:50], "header claims"),
-                             ("tiny.safetensors", data[:5], "only 5 bytes"),
-                             ("junk.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"not json at all!" + b"x" * 40,
-                              "not valid JSON")):
+    for name, raw, words in (
+        ("cut.safetensors", data[: len(data) - 100], "truncated: its tensors need"),
+        ("head.safetensors", data[:50], "header claims"),
+        ("tiny.safetensors", data[:5], "only 5 bytes"),
+        ("junk.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"not json at all!" + b"x" * 40, "not valid JSON"),
+    ):
         (tmp_path / name).write_bytes(raw)
         assert words in safetensors_problem(tmp_path / name)
 
@@ -68,7 +69,9 @@ def test_resume_falls_back_past_a_damaged_newest_checkpoint(tmp_path, caplog):
     assert "model.safetensors: truncated" in checkpoint_problem(tmp_path / "checkpoint-4")
     with caplog.at_level(logging.WARNING):
         assert _last_complete_checkpoint(tmp_path, str(tmp_path / "checkpoint-4")) == str(tmp_path / "checkpoint-2")
-    assert "checkpoint-4 is damaged" in caplog.text and "falling back to the previous complete checkpoint" in caplog.text
+    assert (
+        "checkpoint-4 is damaged" in caplog.text and "falling back to the previous complete checkpoint" in caplog.text
+    )
     (tmp_path / "checkpoint-2" / "optimizer.pt").write_bytes(b"PK\x03\x04 cut")  # a torch.save zip, truncated
     with pytest.raises(ValueError, match="no complete checkpoint"):
         _last_complete_checkpoint(tmp_path, str(tmp_path / "checkpoint-4"))

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from tests.conftest import TINY_YAML
 from medvl.cli import main
 from medvl.utils.paths import fresh_output_dir, model_fingerprint, refuse_output_over_inputs, settings_fingerprint
+from tests.conftest import TINY_YAML
 
 
 def test_fresh_output_dir_refuses_non_empty_and_keeps_the_files(tmp_path):
@@ -101,8 +101,10 @@ def test_a_full_disk_names_the_output_folder(tmp_path, capsys):
     out = tmp_path / "ckpt"
     with pytest.raises(OSError) as exc:
         with fresh_output_dir(out, flag="--out"):
-            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
-                                  "message: \"No space left on device\" })")
+            raise SafetensorError(
+                "Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                'message: "No space left on device" })'
+            )
     assert exc.value.errno == 28 and str(out) in str(exc.value) and not out.exists()
     code, message = classify_error(exc.value)
     assert code == 1 and str(out) in message and "free some space" in message

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import fixture_path
-
 from medvl.models.volume_processing_medvl import (
     HU_WINDOWS,
     MedVLVolumeProcessor,
     axcodes_affine,
     resolve_window,
 )
+from tests.conftest import fixture_path
 
 FIXTURE = fixture_path("medmvl", "medmvl-ct-siglip-attnpool")
 
@@ -160,8 +159,9 @@ def test_resize_to_target_shape():
 
 def test_pad_crop_keeps_voxels_and_pads_with_air():
     array = np.full((4, 6, 10), 40.0, dtype=np.float32)
-    processor = MedVLVolumeProcessor(crop_foreground=False, target_shape=(8, 6, 6), shape_mode="pad_crop",
-                                     intensity="none")
+    processor = MedVLVolumeProcessor(
+        crop_foreground=False, target_shape=(8, 6, 6), shape_mode="pad_crop", intensity="none"
+    )
     hu = processor([array])["volume_values"][0, 0].numpy()
     assert hu.shape == (8, 6, 6)
     assert (hu[2:6] == 40.0).all()  # centred in D
@@ -170,8 +170,9 @@ def test_pad_crop_keeps_voxels_and_pads_with_air():
 
 def test_fit_keeps_aspect_ratio():
     array = np.full((10, 20, 40), 40.0, dtype=np.float32)
-    processor = MedVLVolumeProcessor(crop_foreground=False, target_shape=(16, 16, 16), shape_mode="fit",
-                                     intensity="none")
+    processor = MedVLVolumeProcessor(
+        crop_foreground=False, target_shape=(16, 16, 16), shape_mode="fit", intensity="none"
+    )
     hu = processor([array])["volume_values"][0, 0].numpy()
     inside = hu > -500
     extent = [int(inside.any(axis=tuple(a for a in range(3) if a != k)).sum()) for k in range(3)]
@@ -200,8 +201,12 @@ def test_minmax_only_when_asked():
 
 def test_three_windows_as_rgb_with_normalisation():
     hu = np.array([40.0], dtype=np.float32).reshape(1, 1, 1)
-    processor = MedVLVolumeProcessor(channels=3, channel_windows=["lung", "mediastinum", "bone"],
-                                     image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    processor = MedVLVolumeProcessor(
+        channels=3,
+        channel_windows=["lung", "mediastinum", "bone"],
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
     out = processor.intensity_map(hu)[:, 0, 0, 0]
     expected = np.array([(40 + 1350) / 1500, (40 + 160) / 400, (40 + 500) / 1800])
     assert np.allclose(out, (expected - 0.5) / 0.5, atol=1e-6)
@@ -229,9 +234,16 @@ def test_window_presets_and_errors():
 
 
 def test_to_dict_from_dict_and_save_round_trip(tmp_path):
-    processor = MedVLVolumeProcessor(target_spacing=(2, 1.5, 1.5), target_shape=(16, 32, 32), window=(40, 400),
-                                     channels=3, channel_windows=["lung", (40, 400), "bone"],
-                                     image_mean=0.5, image_std=0.5, min_shape=(4, 16, 16))
+    processor = MedVLVolumeProcessor(
+        target_spacing=(2, 1.5, 1.5),
+        target_shape=(16, 32, 32),
+        window=(40, 400),
+        channels=3,
+        channel_windows=["lung", (40, 400), "bone"],
+        image_mean=0.5,
+        image_std=0.5,
+        min_shape=(4, 16, 16),
+    )
     d = processor.to_dict()
     json.dumps(d)
     assert MedVLVolumeProcessor.from_dict(d).to_dict() == d
@@ -280,8 +292,21 @@ def test_not_3d_is_an_error():
 def test_module_is_remote_code_safe():
     """The file is copied into checkpoints: only numpy/scipy/torch/monai/transformers + stdlib imports."""
     source = Path(__file__).resolve().parents[1] / "src" / "medvl" / "models" / "volume_processing_medvl.py"
-    allowed = {"numpy", "scipy", "torch", "monai", "transformers", "__future__", "json", "logging", "math", "os",
-               "collections", "typing", "inspect"}
+    allowed = {
+        "numpy",
+        "scipy",
+        "torch",
+        "monai",
+        "transformers",
+        "__future__",
+        "json",
+        "logging",
+        "math",
+        "os",
+        "collections",
+        "typing",
+        "inspect",
+    }
     for node in ast.walk(ast.parse(source.read_text())):
         if isinstance(node, ast.Import):
             roots = {a.name.split(".")[0] for a in node.names}

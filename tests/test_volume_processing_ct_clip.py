@@ -33,13 +33,16 @@ def test_defaults_are_ctclip_constants():
     assert MedVLVolumeProcessor(mode="ct_clip", target_shape=[32, 256, 256]).target_shape == (32, 256, 256)
 
 
-@pytest.mark.parametrize("mode, expected_d", [
-    # clip first: the slab values -2000, -500, 1000 become -1000, -500, 1000, then interpolation at
-    # x = 0.25, 0.75, 1.25, 1.75 (output slices 1..4 after the centre crop 6 -> 4 drops slices 0 and 5)
-    ("ct_clip", [-1000 + 0.25 * 500, -1000 + 0.75 * 500, -500 + 0.25 * 1500, -500 + 0.75 * 1500]),
-    # CT-CLIP's training loader resamples first: -2000 + 0.25 * 1500 = -1625 -> clipped to -1000
-    ("ct_clip_train", [-1000, -2000 + 0.75 * 1500, -500 + 0.25 * 1500, -500 + 0.75 * 1500]),
-])
+@pytest.mark.parametrize(
+    "mode, expected_d",
+    [
+        # clip first: the slab values -2000, -500, 1000 become -1000, -500, 1000, then interpolation at
+        # x = 0.25, 0.75, 1.25, 1.75 (output slices 1..4 after the centre crop 6 -> 4 drops slices 0 and 5)
+        ("ct_clip", [-1000 + 0.25 * 500, -1000 + 0.75 * 500, -500 + 0.25 * 1500, -500 + 0.75 * 1500]),
+        # CT-CLIP's training loader resamples first: -2000 + 0.25 * 1500 = -1625 -> clipped to -1000
+        ("ct_clip_train", [-1000, -2000 + 0.75 * 1500, -500 + 0.25 * 1500, -500 + 0.75 * 1500]),
+    ],
+)
 def test_clip_resample_scale_and_crop_pad_by_hand(tmp_path, mode, expected_d):
     array = np.zeros((4, 6, 3), np.int16)  # NIfTI (i, j, k); constant in-plane, three slices
     array[..., 0], array[..., 1], array[..., 2] = -2000, -500, 1000

@@ -115,8 +115,14 @@ class BenchSizes:
             matmul_n=256,
             matmul_budget_s=0.05,
             copy_mb=16,
-            llm={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                 "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048},
+            llm={
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "vocab_size": 2048,
+            },
             tokenizer_vocab=512,
             train_lengths=(96, 48, 24, 16),
             gen_batch=4,
@@ -300,8 +306,16 @@ def bench_machine(sizes: BenchSizes, threads: Sequence[int] | None = None) -> di
         with torch_threads(n_threads) as actual:
             fp32, n_fp32 = matmul_gflops(sizes.matmul_n, torch.float32, sizes.repeats, sizes.matmul_budget_s)
             bf16, n_bf16 = matmul_gflops(sizes.matmul_n, torch.bfloat16, sizes.repeats, sizes.matmul_budget_s)
-        matmul.append({"threads": actual, "fp32_n": n_fp32, "bf16_n": n_bf16, "fp32_gflops": fp32,
-                       "bf16_gflops": bf16, "bf16_over_fp32": _ratio(bf16, fp32)})
+        matmul.append(
+            {
+                "threads": actual,
+                "fp32_n": n_fp32,
+                "bf16_n": n_bf16,
+                "fp32_gflops": fp32,
+                "bf16_gflops": bf16,
+                "bf16_over_fp32": _ratio(bf16, fp32),
+            }
+        )
         logger.info("matmul %d threads: fp32 %.1f GFLOP/s, bf16 %.1f GFLOP/s", actual, fp32, bf16)
     bandwidth = memory_bandwidth_gbs(sizes.copy_mb, sizes.repeats)
     logger.info("memory bandwidth (copy, read+write): %.2f GB/s", bandwidth)
@@ -332,11 +346,22 @@ def build_bench_model(sizes: BenchSizes) -> tuple[Any, Any]:
     from medvl.build import LLMSpec, ModelSpec, TokenizerSpec, VisionSpec, build_model
 
     llm = {"model_type": "qwen2", "max_position_embeddings": 4096, "tie_word_embeddings": True, **sizes.llm}
-    vision = VisionSpec(config={"model_type": "siglip_vision_model", "image_size": 64, "patch_size": 16,
-                                "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                                "num_attention_heads": 4})
-    spec = ModelSpec(llm=LLMSpec(config=llm), vision=vision,
-                     tokenizer=TokenizerSpec(source="train", vocab_size=sizes.tokenizer_vocab))
+    vision = VisionSpec(
+        config={
+            "model_type": "siglip_vision_model",
+            "image_size": 64,
+            "patch_size": 16,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+        }
+    )
+    spec = ModelSpec(
+        llm=LLMSpec(config=llm),
+        vision=vision,
+        tokenizer=TokenizerSpec(source="train", vocab_size=sizes.tokenizer_vocab),
+    )
     return build_model(spec)
 
 
@@ -389,23 +414,32 @@ def skewed_records(processor: Any, lengths: Sequence[int], seed: int = 0) -> lis
             if abs(n_tok - target) <= max(2, target // 20):
                 break
             n_words = max(int(n_words * target / n_tok), 2)
-        records.append(Record(f"bench-{i}", [{"role": "user", "content": question},
-                                             {"role": "assistant", "content": answer}]))
+        records.append(
+            Record(f"bench-{i}", [{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+        )
     return records
 
 
 # ---------------------------------------------------------------------------- train
 def _full_logits_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The usual causal-LM loss: logits at EVERY position, then shifted cross-entropy."""
-    out = model.language_model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                               position_ids=batch.get("position_ids"), use_cache=False, logits_to_keep=0)
+    out = model.language_model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        position_ids=batch.get("position_ids"),
+        use_cache=False,
+        logits_to_keep=0,
+    )
     logits = out.logits[:, :-1].float()
     targets = batch["labels"][:, 1:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                             ignore_index=-100)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+    )
 
 
-def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processor: tuple[Any, Any] | None = None) -> dict[str, Any]:
+def bench_train(
+    sizes: BenchSizes, peak_gflops: float | None, model_and_processor: tuple[Any, Any] | None = None
+) -> dict[str, Any]:
     """Training step (forward + backward) throughput: padded vs packed, supervised-only vs full logits.
 
     Args:
@@ -437,6 +471,7 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
             # medvl's training path: the LM head at supervised positions only (as MedVLTrainer asks)
             loss = loss_fn(model, batch) if loss_fn else model(**batch, return_supervised_logits_only=True).loss
             loss.backward()
+
         return run
 
     t_padded = best_time(step(padded), sizes.repeats)
@@ -471,13 +506,25 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
         "padded_tokens": padded_tokens,
         "padding_fraction": 1.0 - real_tokens / padded_tokens,
         "supervised_tokens": supervised,
-        "padded": {"seconds": t_padded, "tokens_per_s": tps_padded, "mfu_fp32": mfu(tps_padded),
-                   "mfu_fp32_supervised_head": mfu_needed(t_padded)},
-        "packed": {"seconds": t_packed, "tokens_per_s": tps_packed, "mfu_fp32": mfu(tps_packed),
-                   "mfu_fp32_supervised_head": mfu_needed(t_packed)},
+        "padded": {
+            "seconds": t_padded,
+            "tokens_per_s": tps_padded,
+            "mfu_fp32": mfu(tps_padded),
+            "mfu_fp32_supervised_head": mfu_needed(t_padded),
+        },
+        "packed": {
+            "seconds": t_packed,
+            "tokens_per_s": tps_packed,
+            "mfu_fp32": mfu(tps_packed),
+            "mfu_fp32_supervised_head": mfu_needed(t_packed),
+        },
         "packed_over_padded": _ratio(tps_packed, tps_padded),
-        "adaptive": {"rows": int(adaptive["input_ids"].shape[0]), "width": int(adaptive["input_ids"].shape[1]),
-                     "seconds": t_adaptive, "tokens_per_s": real_tokens / t_adaptive},
+        "adaptive": {
+            "rows": int(adaptive["input_ids"].shape[0]),
+            "width": int(adaptive["input_ids"].shape[1]),
+            "seconds": t_adaptive,
+            "tokens_per_s": real_tokens / t_adaptive,
+        },
         "adaptive_over_padded": _ratio(real_tokens / t_adaptive, tps_padded),
         "logits": {
             "supervised_seconds": t_padded,
@@ -488,8 +535,13 @@ def bench_train(sizes: BenchSizes, peak_gflops: float | None, model_and_processo
             "full_over_supervised_peak_rss": _ratio(mem_full, mem_supervised),
         },
     }
-    logger.info("train: padded %.0f tok/s, packed %.0f tok/s (x%.2f); full logits x%.2f time",
-                tps_padded, tps_packed, result["packed_over_padded"], result["logits"]["full_over_supervised_time"])
+    logger.info(
+        "train: padded %.0f tok/s, packed %.0f tok/s (x%.2f); full logits x%.2f time",
+        tps_padded,
+        tps_packed,
+        result["packed_over_padded"],
+        result["logits"]["full_over_supervised_time"],
+    )
     return result
 
 
@@ -514,8 +566,16 @@ def bench_generate(sizes: BenchSizes, model_and_processor: tuple[Any, Any] | Non
     new_tokens = n * len(records)
 
     def run(batch_size: int) -> Callable[[], None]:
-        return lambda: generate(model, processor, records, batch_size=batch_size, max_new_tokens=n,
-                                min_new_tokens=n, progress=False, use_cache=True)
+        return lambda: generate(
+            model,
+            processor,
+            records,
+            batch_size=batch_size,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            progress=False,
+            use_cache=True,
+        )
 
     t_batched = best_time(run(len(records)), sizes.repeats)
     t_single = best_time(run(1), sizes.repeats)
@@ -526,8 +586,11 @@ def bench_generate(sizes: BenchSizes, model_and_processor: tuple[Any, Any] | Non
         "single": {"batch_size": 1, "seconds": t_single, "tokens_per_s": new_tokens / t_single},
         "batched_over_single": _ratio(t_single, t_batched),
     }
-    logger.info("generate: batched %.0f tok/s vs single %.0f tok/s", result["batched"]["tokens_per_s"],
-                result["single"]["tokens_per_s"])
+    logger.info(
+        "generate: batched %.0f tok/s vs single %.0f tok/s",
+        result["batched"]["tokens_per_s"],
+        result["single"]["tokens_per_s"],
+    )
     return result
 
 
@@ -573,10 +636,14 @@ def bench_volume(sizes: BenchSizes, bandwidth_gbs: float | None, workdir: str | 
 
     processor = MedVLVolumeProcessor(target_shape=sizes.volume_target, window="lung")
     with contextlib.ExitStack() as stack:
-        folder = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medvl-bench-")))
+        folder = (
+            Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medvl-bench-")))
+        )
         folder.mkdir(parents=True, exist_ok=True)
         array = synthetic_ct(sizes.volume_shape)
-        files = {suffix: write_nifti(array, sizes.volume_spacing, folder / f"ct{suffix}") for suffix in (".nii.gz", ".nii")}
+        files = {
+            suffix: write_nifti(array, sizes.volume_spacing, folder / f"ct{suffix}") for suffix in (".nii.gz", ".nii")
+        }
         voxels = int(array.size)
         voxel_bytes = voxels * 4  # the float32 HU array every step reads
         out: dict[str, Any] = {
@@ -605,7 +672,9 @@ def bench_volume(sizes: BenchSizes, bandwidth_gbs: float | None, workdir: str | 
     return out
 
 
-def _bench_volume_cache(processor: Any, path: Path, sizes: BenchSizes, cache_dir: Path, raw: dict[str, Any]) -> dict[str, Any]:
+def _bench_volume_cache(
+    processor: Any, path: Path, sizes: BenchSizes, cache_dir: Path, raw: dict[str, Any]
+) -> dict[str, Any]:
     try:
         from medvl.data.prepare import VolumeCache, prepare_volumes
     except ImportError as err:  # the cache is optional: report why it was not measured
@@ -662,8 +731,14 @@ def run_benchmarks(
     wanted = [s for s in SUITES if s in suites or s == "machine"]
     info = machine_info()
     info["load_average_start"] = load_average()
-    results: dict[str, Any] = {"schema": SCHEMA, "quick": quick, "suites": wanted, "sizes": asdict(sizes),
-                               "machine": info, "results": {}}
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "quick": quick,
+        "suites": wanted,
+        "sizes": asdict(sizes),
+        "machine": info,
+        "results": {},
+    }
     started = time.perf_counter()
     seconds: dict[str, float] = {}
 
@@ -681,20 +756,27 @@ def run_benchmarks(
         model_and_processor = timed("build_model", lambda: build_bench_model(sizes))
     if "train" in wanted:
         results["results"]["train"] = timed(
-            "train", lambda: bench_train(sizes, limits["fp32_peak_gflops"], model_and_processor))
+            "train", lambda: bench_train(sizes, limits["fp32_peak_gflops"], model_and_processor)
+        )
     if "generate" in wanted:
         results["results"]["generate"] = timed("generate", lambda: bench_generate(sizes, model_and_processor))
     if "volume" in wanted:
         results["results"]["volume"] = timed(
-            "volume", lambda: bench_volume(sizes, limits["memory_bandwidth_gbs"], workdir))
+            "volume", lambda: bench_volume(sizes, limits["memory_bandwidth_gbs"], workdir)
+        )
     if "workloads" in wanted:
         from medvl.bench_workloads import WorkloadSizes, bench_workloads
 
         wl_sizes = workload_sizes or (WorkloadSizes.quick() if quick else WorkloadSizes.full())
         results["results"]["workloads"] = timed(
-            "workloads", lambda: bench_workloads(wl_sizes, limits["fp32_peak_gflops"],
-                                                 Path(workdir) / "workloads" if workdir else None,
-                                                 bandwidth_gbs=limits["memory_bandwidth_gbs"]))
+            "workloads",
+            lambda: bench_workloads(
+                wl_sizes,
+                limits["fp32_peak_gflops"],
+                Path(workdir) / "workloads" if workdir else None,
+                bandwidth_gbs=limits["memory_bandwidth_gbs"],
+            ),
+        )
     info["load_average_end"] = load_average()
     info["wall_seconds"] = time.perf_counter() - started
     info["suite_seconds"] = seconds
@@ -719,9 +801,11 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     m = r["machine"]
     for mm in m["matmul"]:
         t = mm["threads"]
-        rows += [("machine", f"matmul fp32 GFLOP/s ({t} thr, n={mm['fp32_n']})", _fmt(mm["fp32_gflops"])),
-                 ("machine", f"matmul bf16 GFLOP/s ({t} thr, n={mm['bf16_n']})", _fmt(mm["bf16_gflops"])),
-                 ("machine", f"bf16 / fp32 ({t} thr)", _fmt(mm["bf16_over_fp32"]))]
+        rows += [
+            ("machine", f"matmul fp32 GFLOP/s ({t} thr, n={mm['fp32_n']})", _fmt(mm["fp32_gflops"])),
+            ("machine", f"matmul bf16 GFLOP/s ({t} thr, n={mm['bf16_n']})", _fmt(mm["bf16_gflops"])),
+            ("machine", f"bf16 / fp32 ({t} thr)", _fmt(mm["bf16_over_fp32"])),
+        ]
     rows.append(("machine", f"memory bandwidth GB/s (copy {m['copy_mib']} MiB, r+w)", _fmt(m["memory_bandwidth_gbs"])))
     if "train" in r:
         t = r["train"]
@@ -730,13 +814,23 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             ("train", "padded tokens/s (fwd+bwd)", _fmt(t["padded"]["tokens_per_s"])),
             ("train", "packed tokens/s (fwd+bwd)", _fmt(t["packed"]["tokens_per_s"])),
             ("train", "packed / padded", _fmt(t["packed_over_padded"])),
-            ("train", f"adaptive packing ({t['adaptive']['rows']} rows x {t['adaptive']['width']}) / padded",
-             _fmt(t["adaptive_over_padded"])),
+            (
+                "train",
+                f"adaptive packing ({t['adaptive']['rows']} rows x {t['adaptive']['width']}) / padded",
+                _fmt(t["adaptive_over_padded"]),
+            ),
             ("train", "padded MFU (6N tok/s / fp32 peak)", _fmt(t["padded"]["mfu_fp32"])),
             ("train", "packed MFU (6N tok/s / fp32 peak)", _fmt(t["packed"]["mfu_fp32"])),
-            ("train", "padded / packed MFU, head at supervised tokens only",
-             f"{_fmt(t['padded']['mfu_fp32_supervised_head'])} / {_fmt(t['packed']['mfu_fp32_supervised_head'])}"),
-            ("train", f"full-logits / supervised-only time (vocab {t['vocab_size']})", _fmt(t["logits"]["full_over_supervised_time"])),
+            (
+                "train",
+                "padded / packed MFU, head at supervised tokens only",
+                f"{_fmt(t['padded']['mfu_fp32_supervised_head'])} / {_fmt(t['packed']['mfu_fp32_supervised_head'])}",
+            ),
+            (
+                "train",
+                f"full-logits / supervised-only time (vocab {t['vocab_size']})",
+                _fmt(t["logits"]["full_over_supervised_time"]),
+            ),
             ("train", "full-logits / supervised-only peak RSS", _fmt(t["logits"]["full_over_supervised_peak_rss"])),
             ("train", "supervised-only peak RSS MiB (above start)", _fmt(t["logits"]["supervised_peak_rss_mib"])),
             ("train", "full-logits peak RSS MiB (above start)", _fmt(t["logits"]["full_peak_rss_mib"])),
@@ -744,7 +838,11 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "generate" in r:
         g = r["generate"]
         rows += [
-            ("generate", f"batched tokens/s (batch {g['batched']['batch_size']}, KV cache)", _fmt(g["batched"]["tokens_per_s"])),
+            (
+                "generate",
+                f"batched tokens/s (batch {g['batched']['batch_size']}, KV cache)",
+                _fmt(g["batched"]["tokens_per_s"]),
+            ),
             ("generate", "batch-1 tokens/s (KV cache)", _fmt(g["single"]["tokens_per_s"])),
             ("generate", "batched / batch-1", _fmt(g["batched_over_single"])),
         ]
@@ -753,17 +851,32 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         shape = "x".join(map(str, v["volume_shape"]))
         for key in ("nii_gz", "nii"):
             rows += [
-                ("volume", f"{shape} .{key.replace('_', '.')} volumes/s (load + process)", _fmt(v[key]["volumes_per_s"])),
-                ("volume", f".{key.replace('_', '.')} load / process seconds",
-                 f"{_fmt(v[key]['load_seconds'])} / {_fmt(v[key]['process_seconds'])}"),
-                ("volume", f".{key.replace('_', '.')} voxel GB/s, fraction of bandwidth",
-                 f"{_fmt(v[key]['voxel_gbs'])}, {_fmt(v[key]['fraction_of_memory_bandwidth'])}"),
+                (
+                    "volume",
+                    f"{shape} .{key.replace('_', '.')} volumes/s (load + process)",
+                    _fmt(v[key]["volumes_per_s"]),
+                ),
+                (
+                    "volume",
+                    f".{key.replace('_', '.')} load / process seconds",
+                    f"{_fmt(v[key]['load_seconds'])} / {_fmt(v[key]['process_seconds'])}",
+                ),
+                (
+                    "volume",
+                    f".{key.replace('_', '.')} voxel GB/s, fraction of bandwidth",
+                    f"{_fmt(v[key]['voxel_gbs'])}, {_fmt(v[key]['fraction_of_memory_bandwidth'])}",
+                ),
             ]
         cache = v["cache"]
         if cache.get("available"):
             for dtype in ("float16", "int16"):
-                rows.append(("volume", f"{dtype} cache volumes/s, cached / raw .nii.gz",
-                             f"{_fmt(cache[dtype]['volumes_per_s'])}, {_fmt(cache[dtype]['cached_over_raw'])}"))
+                rows.append(
+                    (
+                        "volume",
+                        f"{dtype} cache volumes/s, cached / raw .nii.gz",
+                        f"{_fmt(cache[dtype]['volumes_per_s'])}, {_fmt(cache[dtype]['cached_over_raw'])}",
+                    )
+                )
         else:
             rows.append(("volume", "cache", cache.get("reason", "n/a")))
     if "workloads" in r:
@@ -771,8 +884,13 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
         rows += workload_rows(r["workloads"])
     info = results["machine"]
-    rows.append(("run", "torch threads / load average start -> end",
-                 f"{info['torch_threads']} / {info['load_average_start']} -> {info.get('load_average_end')}"))
+    rows.append(
+        (
+            "run",
+            "torch threads / load average start -> end",
+            f"{info['torch_threads']} / {info['load_average_start']} -> {info.get('load_average_end')}",
+        )
+    )
     return rows
 
 

@@ -80,18 +80,44 @@ class WorkloadSizes:
         seed: weights, data and order.
     """
 
-    llm: dict[str, Any] = field(default_factory=lambda: {
-        "model_type": "qwen2", "hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8,
-        "num_key_value_heads": 2, "intermediate_size": 1408, "vocab_size": 8000, "tie_word_embeddings": False,
-        "max_position_embeddings": 4096})
+    llm: dict[str, Any] = field(
+        default_factory=lambda: {
+            "model_type": "qwen2",
+            "hidden_size": 512,
+            "num_hidden_layers": 8,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "intermediate_size": 1408,
+            "vocab_size": 8000,
+            "tie_word_embeddings": False,
+            "max_position_embeddings": 4096,
+        }
+    )
     tokenizer_vocab: int = 2048
-    vision: dict[str, Any] = field(default_factory=lambda: {
-        "model_type": "clip_vision_model", "image_size": 224, "patch_size": 16, "hidden_size": 384,
-        "intermediate_size": 1536, "num_hidden_layers": 6, "num_attention_heads": 6})
+    vision: dict[str, Any] = field(
+        default_factory=lambda: {
+            "model_type": "clip_vision_model",
+            "image_size": 224,
+            "patch_size": 16,
+            "hidden_size": 384,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 6,
+        }
+    )
     vision_feature_layer: int = -2
-    volume: dict[str, Any] = field(default_factory=lambda: {
-        "image_size": [32, 256, 256], "patch_size": [4, 16, 16], "in_channels": 1, "hidden_size": 192,
-        "num_hidden_layers": 2, "num_attention_heads": 3, "intermediate_size": 768, "use_cls_token": True})
+    volume: dict[str, Any] = field(
+        default_factory=lambda: {
+            "image_size": [32, 256, 256],
+            "patch_size": [4, 16, 16],
+            "in_channels": 1,
+            "hidden_size": 192,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 3,
+            "intermediate_size": 768,
+            "use_cls_token": True,
+        }
+    )
     volume_pool: tuple[int, int, int] = (2, 2, 2)
     w2d_lengths: tuple[int, int] = (263, 286)
     w2d_answer_tokens: int = 17
@@ -118,18 +144,50 @@ class WorkloadSizes:
     def quick(cls) -> WorkloadSizes:
         """Toy sizes (seconds): checks the plumbing, the table and the FLOP formulas."""
         return cls(
-            llm={"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                 "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 1024,
-                 "tie_word_embeddings": False, "max_position_embeddings": 1024},
+            llm={
+                "model_type": "qwen2",
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "intermediate_size": 128,
+                "vocab_size": 1024,
+                "tie_word_embeddings": False,
+                "max_position_embeddings": 1024,
+            },
             tokenizer_vocab=600,
-            vision={"model_type": "clip_vision_model", "image_size": 32, "patch_size": 16, "hidden_size": 32,
-                    "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2},
-            volume={"image_size": [8, 32, 32], "patch_size": [4, 16, 16], "in_channels": 1, "hidden_size": 32,
-                    "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-                    "use_cls_token": True},
-            w2d_lengths=(40, 48), w2d_answer_tokens=6, w2d_batch=2, w2d_steps=2, w2d_records=4,
-            w3d_length=40, w3d_batch=2, w3d_steps=2, w3d_records=6,
-            i2d_lengths=(30, 36), i2d_prompts=4, i2d_new_tokens=3, i2d_batches=(1, 2),
+            vision={
+                "model_type": "clip_vision_model",
+                "image_size": 32,
+                "patch_size": 16,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 3,
+                "num_attention_heads": 2,
+            },
+            volume={
+                "image_size": [8, 32, 32],
+                "patch_size": [4, 16, 16],
+                "in_channels": 1,
+                "hidden_size": 32,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+                "use_cls_token": True,
+            },
+            w2d_lengths=(40, 48),
+            w2d_answer_tokens=6,
+            w2d_batch=2,
+            w2d_steps=2,
+            w2d_records=4,
+            w3d_length=40,
+            w3d_batch=2,
+            w3d_steps=2,
+            w3d_records=6,
+            i2d_lengths=(30, 36),
+            i2d_prompts=4,
+            i2d_new_tokens=3,
+            i2d_batches=(1, 2),
         )
 
 
@@ -149,15 +207,26 @@ def build_workload_model(sizes: WorkloadSizes, kind: str) -> tuple[Any, Any]:
     mlp = ConnectorConfig(type="mlp", depth=2, activation="gelu")
     vision = volume = None
     if kind == "2d":
-        vision = VisionSpec(config=dict(sizes.vision), feature_layer=sizes.vision_feature_layer,
-                            feature_select="patch", connector=mlp)
+        vision = VisionSpec(
+            config=dict(sizes.vision), feature_layer=sizes.vision_feature_layer, feature_select="patch", connector=mlp
+        )
     else:
-        volume = VolumeSpec(encoder="vit3d", config=dict(sizes.volume), feature_select="patch",
-                            connector=ConnectorConfig(type="spatial_pool", pool_stride=list(sizes.volume_pool),
-                                                      depth=2, activation="gelu"),
-                            processor={"target_shape": list(sizes.volume["image_size"])})
-    spec = ModelSpec(llm=LLMSpec(config=dict(sizes.llm)), vision=vision, volume=volume,
-                     tokenizer=TokenizerSpec(source="train", vocab_size=sizes.tokenizer_vocab), seed=sizes.seed)
+        volume = VolumeSpec(
+            encoder="vit3d",
+            config=dict(sizes.volume),
+            feature_select="patch",
+            connector=ConnectorConfig(
+                type="spatial_pool", pool_stride=list(sizes.volume_pool), depth=2, activation="gelu"
+            ),
+            processor={"target_shape": list(sizes.volume["image_size"])},
+        )
+    spec = ModelSpec(
+        llm=LLMSpec(config=dict(sizes.llm)),
+        vision=vision,
+        volume=volume,
+        tokenizer=TokenizerSpec(source="train", vocab_size=sizes.tokenizer_vocab),
+        seed=sizes.seed,
+    )
     return build_model(spec)
 
 
@@ -200,8 +269,9 @@ class _TextSizer:
             words = self.words[start:]
 
             def labelled(n: int) -> int:
-                enc = self.encoder.encode([{"role": "user", "content": marker},
-                                           {"role": "assistant", "content": " ".join(words[:n])}])
+                enc = self.encoder.encode(
+                    [{"role": "user", "content": marker}, {"role": "assistant", "content": " ".join(words[:n])}]
+                )
                 return sum(1 for y in enc.labels if y != -100)
 
             n = 1
@@ -282,7 +352,9 @@ def write_workload_data(sizes: WorkloadSizes, processor: Any, kind: str, folder:
         marker, key = "<image>", "images"
         answer = sizes.w2d_answer_tokens if kind == "w2d" else None
     for k, (path, target) in enumerate(zip(media, targets)):
-        records.append({"id": f"{kind}-{k}", "messages": sizer.conversation(marker, target, answer), key: [f"{key}/{path}"]})
+        records.append(
+            {"id": f"{kind}-{k}", "messages": sizer.conversation(marker, target, answer), key: [f"{key}/{path}"]}
+        )
     records_file = folder / "train.jsonl"
     records_file.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return {"records_file": str(records_file), "records": len(records)}
@@ -309,8 +381,14 @@ def llm_dims(text_config: Any) -> dict[str, int]:
     heads = text_config.num_attention_heads
     head_dim = _cfg(text_config, "head_dim", None) or h // heads
     kv = _cfg(text_config, "num_key_value_heads", None) or heads
-    return {"h": h, "i": text_config.intermediate_size, "d_q": heads * head_dim, "d_kv": kv * head_dim,
-            "layers": text_config.num_hidden_layers, "vocab": text_config.vocab_size}
+    return {
+        "h": h,
+        "i": text_config.intermediate_size,
+        "d_q": heads * head_dim,
+        "d_kv": kv * head_dim,
+        "layers": text_config.num_hidden_layers,
+        "vocab": text_config.vocab_size,
+    }
 
 
 def llm_layer_weights(dims: dict[str, int]) -> int:
@@ -342,21 +420,32 @@ def media_forward_flops(model: Any) -> dict[str, float]:
         tokens = patches + 1  # CLS (CLIP); SigLIP has none
         if "siglip" in v.model_type:
             tokens = patches
-        enc = encoder_forward_flops(v, _layers_used(v.num_hidden_layers, cfg.image_feature_layer), tokens,
-                                    patches, 3 * v.patch_size**2)
+        enc = encoder_forward_flops(
+            v, _layers_used(v.num_hidden_layers, cfg.image_feature_layer), tokens, patches, 3 * v.patch_size**2
+        )
         connector, media_tokens = model.image_connector, cfg.num_image_tokens
     else:
         v = cfg.volume_config
         grid = [s // p for s, p in zip(v.image_size, v.patch_size)]
         patches = int(np.prod(grid))
         tokens = patches + int(v.use_cls_token)
-        enc = encoder_forward_flops(v, _layers_used(v.num_hidden_layers, cfg.volume_feature_layer), tokens,
-                                    patches, v.in_channels * int(np.prod(v.patch_size)))
+        enc = encoder_forward_flops(
+            v,
+            _layers_used(v.num_hidden_layers, cfg.volume_feature_layer),
+            tokens,
+            patches,
+            v.in_channels * int(np.prod(v.patch_size)),
+        )
         connector, media_tokens = model.volume_connector, cfg.num_volume_tokens
     linears = [m for m in connector.modules() if isinstance(m, torch.nn.Linear)]
     weights = sum(m.weight.numel() for m in linears)
-    return {"encoder": enc, "connector": 2.0 * weights * media_tokens, "connector_weights": float(weights),
-            "connector_input_weights": float(linears[0].weight.numel()), "tokens": float(media_tokens)}
+    return {
+        "encoder": enc,
+        "connector": 2.0 * weights * media_tokens,
+        "connector_weights": float(weights),
+        "connector_input_weights": float(linears[0].weight.numel()),
+        "tokens": float(media_tokens),
+    }
 
 
 def train_flops(model: Any, tokens: Sequence[int], supervised: Sequence[int], media_items: int) -> dict[str, float]:
@@ -376,7 +465,9 @@ def train_flops(model: Any, tokens: Sequence[int], supervised: Sequence[int], me
     head = 6.0 * sum(supervised) * dims["h"] * dims["vocab"]
     media = media_forward_flops(model)
     t = media["tokens"] * media_items
-    connector = 2 * media["connector_weights"] * t * 2 + 2 * (media["connector_weights"] - media["connector_input_weights"]) * t
+    connector = (
+        2 * media["connector_weights"] * t * 2 + 2 * (media["connector_weights"] - media["connector_input_weights"]) * t
+    )
     out = {"encoder": media["encoder"] * media_items, "connector": connector, "llm": float(llm), "lm_head": head}
     out["total"] = sum(out.values())
     return out
@@ -396,8 +487,9 @@ def generate_flops(model: Any, prompt_lengths: Sequence[int], new_tokens: int) -
     media = media_forward_flops(model)
     prefill = sum(layers * (2 * p * body + 2 * p * p * d_q) + head for p in prompt_lengths)
     prefill += len(prompt_lengths) * (media["encoder"] + media["connector"])
-    decode = sum(2 * body * layers + 4 * (p + j) * d_q * layers + head
-                 for p in prompt_lengths for j in range(1, new_tokens))
+    decode = sum(
+        2 * body * layers + 4 * (p + j) * d_q * layers + head for p in prompt_lengths for j in range(1, new_tokens)
+    )
     return {"prefill": float(prefill), "decode": float(decode), "total": float(prefill + decode)}
 
 
@@ -419,6 +511,7 @@ class _ModuleTimer:
     def _pre(self, name: str) -> Any:
         def hook(module: Any, args: Any) -> None:
             self._start[name] = time.perf_counter()
+
         return hook
 
     def _post(self, name: str) -> Any:
@@ -427,6 +520,7 @@ class _ModuleTimer:
             start = self._start.pop(name, end)
             self.seconds[name] += end - start
             self.calls[name].append((start, end))
+
         return hook
 
     def remove(self) -> None:
@@ -475,9 +569,12 @@ def _train_phase_callback() -> Any:
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             now = time.perf_counter()
             fwd = {k: self.modules.seconds[k] - self._forward_mark[k] for k in self._forward_mark}
-            self._step.update(encoder=fwd["encoder"], connector=fwd["connector"],
-                              llm_forward=fwd["model"] - fwd["encoder"] - fwd["connector"],
-                              backward=(now - self._begin) - fwd["model"])
+            self._step.update(
+                encoder=fwd["encoder"],
+                connector=fwd["connector"],
+                llm_forward=fwd["model"] - fwd["encoder"] - fwd["connector"],
+                backward=(now - self._begin) - fwd["model"],
+            )
             self._pre_opt = now
 
         def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -487,7 +584,8 @@ def _train_phase_callback() -> Any:
             now = time.perf_counter()
             self._step["step"] = now - self._step["start"]
             self._step["other"] = self._step["step"] - sum(
-                self._step.get(k, 0.0) for k in ("data", "encoder", "connector", "llm_forward", "backward", "optimizer"))
+                self._step.get(k, 0.0) for k in ("data", "encoder", "connector", "llm_forward", "backward", "optimizer")
+            )
             self.steps.append(self._step)
             self._last = now
             self._forward_mark = dict(self.modules.seconds)
@@ -508,10 +606,14 @@ def summarize_train_steps(steps: Sequence[dict[str, float]]) -> dict[str, Any]:
     ``other``: scheduler, zero_grad, logging)."""
     total = sum(s["step"] for s in steps)
     phases = {p: sum(s.get(p, 0.0) for s in steps) for p in TRAIN_PHASES}
-    return {"seconds": phases, "fraction": {p: (v / total if total else None) for p, v in phases.items()},
-            # encoder forwards of a lazy feature cache during batch fetching (included in "data")
-            "data_encoder_seconds": sum(s.get("data_encoder", 0.0) for s in steps),
-            "step_seconds": [s["step"] for s in steps], "median_step_seconds": statistics.median(s["step"] for s in steps)}
+    return {
+        "seconds": phases,
+        "fraction": {p: (v / total if total else None) for p, v in phases.items()},
+        # encoder forwards of a lazy feature cache during batch fetching (included in "data")
+        "data_encoder_seconds": sum(s.get("data_encoder", 0.0) for s in steps),
+        "step_seconds": [s["step"] for s in steps],
+        "median_step_seconds": statistics.median(s["step"] for s in steps),
+    }
 
 
 # ---------------------------------------------------------------------------- workloads
@@ -545,13 +647,27 @@ def run_train_workload(
     written = time.perf_counter()
     batch = sizes.w2d_batch if kind == "w2d" else sizes.w3d_batch
     steps = sizes.w2d_steps if kind == "w2d" else sizes.w3d_steps
-    parts = {"llm": {"mode": "full"}, "connector": {"mode": "full"}, "vision": {"mode": "frozen"},
-             "volume": {"mode": "frozen"}}
+    parts = {
+        "llm": {"mode": "full"},
+        "connector": {"mode": "full"},
+        "vision": {"mode": "frozen"},
+        "volume": {"mode": "frozen"},
+    }
     raw = {
         "data": {"train": [data["records_file"]], "max_length": 4096},
-        "train": {"parts": parts, "lr": sizes.lr, "batch_size": batch, "max_steps": steps, "warmup_ratio": 0.0,
-                  "scheduler": "constant", "logging_steps": 1, "save_steps": 10**6, "report_to": [],
-                  "progress_bar": False, "seed": sizes.seed},
+        "train": {
+            "parts": parts,
+            "lr": sizes.lr,
+            "batch_size": batch,
+            "max_steps": steps,
+            "warmup_ratio": 0.0,
+            "scheduler": "constant",
+            "logging_steps": 1,
+            "save_steps": 10**6,
+            "report_to": [],
+            "progress_bar": False,
+            "seed": sizes.seed,
+        },
         "output": {"dir": str(folder / "run"), "overwrite": True},
     }
     for section, values in (overrides or {}).items():
@@ -588,18 +704,29 @@ def run_train_workload(
         "samples_per_s": seen / loop,
         "median_step_seconds": profile["median_step_seconds"],
         "samples_per_s_median_step": batch / profile["median_step_seconds"],
-        "startup_seconds": {"build_model": built - started, "write_data": written - built,
-                            "run_training_to_first_step": timer.train_begin - begin,
-                            "after_last_step": finished - timer.train_end},
+        "startup_seconds": {
+            "build_model": built - started,
+            "write_data": written - built,
+            "run_training_to_first_step": timer.train_begin - begin,
+            "after_last_step": finished - timer.train_end,
+        },
         "essential_flops": flops,
         "essential_gflops_per_s": flops["total"] / loop / 1e9,
         "fraction_of_fp32_peak": (flops["total"] / loop / 1e9 / peak_gflops) if peak_gflops else None,
-        "fraction_of_fp32_peak_median_step": (flops["total"] / steps / profile["median_step_seconds"] / 1e9 / peak_gflops)
-        if peak_gflops else None,
+        "fraction_of_fp32_peak_median_step": (
+            flops["total"] / steps / profile["median_step_seconds"] / 1e9 / peak_gflops
+        )
+        if peak_gflops
+        else None,
         "phases": profile,
     }
-    logger.info("%s: %.3f samples/s, median step %.3f s, %.2f of the fp32 peak", kind, result["samples_per_s"],
-                result["median_step_seconds"], result["fraction_of_fp32_peak"] or float("nan"))
+    logger.info(
+        "%s: %.3f samples/s, median step %.3f s, %.2f of the fp32 peak",
+        kind,
+        result["samples_per_s"],
+        result["median_step_seconds"],
+        result["fraction_of_fp32_peak"] or float("nan"),
+    )
     return result
 
 
@@ -638,24 +765,36 @@ class DecodePhaseTimer:
                 continue
             pre += calls[0][0] - b["start"]
             prefill += calls[0][1] - calls[0][0]
-            for (s0, e0), (s1, e1) in zip(calls, calls[1:]):
+            for (_, e0), (s1, e1) in zip(calls, calls[1:]):
                 between += s1 - e0
                 decode += e1 - s1
                 decode_steps += 1
             tail += b["start"] + b["wall"] - calls[-1][1]
         total = sum(b["wall"] for b in self.batches)
         tokens = new_tokens_per_row * rows
-        return {"seconds": {"preprocess": pre, "prefill": prefill, "decode_forward": decode,
-                            "outside_forward_between_steps": between, "after_last_forward": tail, "total": total},
-                "decode_steps": decode_steps,
-                "decode_forward_ms_per_step": 1e3 * decode / decode_steps if decode_steps else None,
-                "outside_forward_ms_per_step": 1e3 * between / decode_steps if decode_steps else None,
-                "outside_forward_ms_per_token": 1e3 * (between + tail) / tokens if tokens else None}
+        return {
+            "seconds": {
+                "preprocess": pre,
+                "prefill": prefill,
+                "decode_forward": decode,
+                "outside_forward_between_steps": between,
+                "after_last_forward": tail,
+                "total": total,
+            },
+            "decode_steps": decode_steps,
+            "decode_forward_ms_per_step": 1e3 * decode / decode_steps if decode_steps else None,
+            "outside_forward_ms_per_step": 1e3 * between / decode_steps if decode_steps else None,
+            "outside_forward_ms_per_token": 1e3 * (between + tail) / tokens if tokens else None,
+        }
 
 
 def run_decode_workload(
-    sizes: WorkloadSizes, folder: Path, peak_gflops: float | None, model_and_processor: tuple[Any, Any] | None = None,
-    gen_kwargs: dict[str, Any] | None = None, bandwidth_gbs: float | None = None,
+    sizes: WorkloadSizes,
+    folder: Path,
+    peak_gflops: float | None,
+    model_and_processor: tuple[Any, Any] | None = None,
+    gen_kwargs: dict[str, Any] | None = None,
+    bandwidth_gbs: float | None = None,
 ) -> dict[str, Any]:
     """I2D: greedy decoding of the W2D model at each batch size of ``sizes.i2d_batches``.
 
@@ -680,9 +819,14 @@ def run_decode_workload(
     lengths = [len(encoder.encode_prompt(r.messages)) for r in records]
     n = sizes.i2d_new_tokens
     flops = generate_flops(model, lengths, n)
-    out: dict[str, Any] = {"workload": "i2d", "prompts": len(records), "new_tokens_per_prompt": n,
-                           "prompt_tokens": {"min": min(lengths), "max": max(lengths)},
-                           "essential_flops": flops, "batches": {}}
+    out: dict[str, Any] = {
+        "workload": "i2d",
+        "prompts": len(records),
+        "new_tokens_per_prompt": n,
+        "prompt_tokens": {"min": min(lengths), "max": max(lengths)},
+        "essential_flops": flops,
+        "batches": {},
+    }
     generate(model, processor, records[:1], batch_size=1, max_new_tokens=2, min_new_tokens=2, progress=False)  # warm-up
     texts_by_batch = {}
     for batch_size in sizes.i2d_batches:
@@ -694,19 +838,30 @@ def run_decode_workload(
                 chunk = [records[i] for i in order[start : start + batch_size]]
                 b = {"start": time.perf_counter()}
                 first = len(timer.modules.calls["model"])
-                texts += generate(model, processor, chunk, batch_size=batch_size, max_new_tokens=n, min_new_tokens=n,
-                                  progress=False, **(gen_kwargs or {}))
+                texts += generate(
+                    model,
+                    processor,
+                    chunk,
+                    batch_size=batch_size,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    progress=False,
+                    **(gen_kwargs or {}),
+                )
                 b["wall"] = time.perf_counter() - b["start"]
                 b["calls"] = timer.modules.calls["model"][first:]
                 timer.batches.append(b)
         wall = sum(b["wall"] for b in timer.batches)
         summary = timer.summary(n, len(records))
-        weight_bytes = 4.0 * (llm_layer_weights(llm_dims(model.config.text_config)) * model.config.text_config.num_hidden_layers
-                              + model.config.text_config.hidden_size * model.config.text_config.vocab_size)
+        weight_bytes = 4.0 * (
+            llm_layer_weights(llm_dims(model.config.text_config)) * model.config.text_config.num_hidden_layers
+            + model.config.text_config.hidden_size * model.config.text_config.vocab_size
+        )
         decode_s = summary["seconds"]["decode_forward"]
         summary["decode_weight_gbs"] = weight_bytes * summary["decode_steps"] / decode_s / 1e9 if decode_s else None
-        summary["decode_fraction_of_memory_bandwidth"] = (summary["decode_weight_gbs"] / bandwidth_gbs
-                                                          if bandwidth_gbs and summary["decode_weight_gbs"] else None)
+        summary["decode_fraction_of_memory_bandwidth"] = (
+            summary["decode_weight_gbs"] / bandwidth_gbs if bandwidth_gbs and summary["decode_weight_gbs"] else None
+        )
         texts_by_batch[batch_size] = texts
         out["batches"][str(batch_size)] = {
             "batch_size": batch_size,
@@ -716,8 +871,12 @@ def run_decode_workload(
             "fraction_of_fp32_peak": flops["total"] / wall / 1e9 / peak_gflops if peak_gflops else None,
             "phases": summary,
         }
-        logger.info("i2d batch %d: %.1f new tok/s, outside forward %.2f ms/token", batch_size,
-                    out["batches"][str(batch_size)]["new_tokens_per_s"], summary["outside_forward_ms_per_token"] or 0)
+        logger.info(
+            "i2d batch %d: %.1f new tok/s, outside forward %.2f ms/token",
+            batch_size,
+            out["batches"][str(batch_size)]["new_tokens_per_s"],
+            summary["outside_forward_ms_per_token"] or 0,
+        )
     out["texts_sha"] = {str(k): _sha(v) for k, v in texts_by_batch.items()}
     return out
 
@@ -735,14 +894,20 @@ def import_seconds() -> float:
     import sys
 
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import medvl.train.run, medvl.train.trainer, medvl.inference"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", "import medvl.train.run, medvl.train.trainer, medvl.inference"],
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - start
 
 
 def bench_workloads(
-    sizes: WorkloadSizes, peak_gflops: float | None, workdir: str | Path | None = None,
-    which: Sequence[str] = WORKLOADS, overrides: dict[str, dict[str, Any]] | None = None,
+    sizes: WorkloadSizes,
+    peak_gflops: float | None,
+    workdir: str | Path | None = None,
+    which: Sequence[str] = WORKLOADS,
+    overrides: dict[str, dict[str, Any]] | None = None,
     bandwidth_gbs: float | None = None,
 ) -> dict[str, Any]:
     """Run the workloads; returns JSON-ready results (see the module doc).
@@ -780,8 +945,13 @@ def workload_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """``(suite, metric, value)`` table rows of :func:`bench_workloads`' results."""
     rows: list[tuple[str, str, str]] = []
     if "import_seconds" in results:
-        rows.append(("workloads", "start-up: import of the train + inference stack, fresh process (s)",
-                     _fmt(results["import_seconds"])))
+        rows.append(
+            (
+                "workloads",
+                "start-up: import of the train + inference stack, fresh process (s)",
+                _fmt(results["import_seconds"]),
+            )
+        )
     for name in ("w2d", "w3d"):
         if name not in results:
             continue
@@ -789,16 +959,33 @@ def workload_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         s = f"workloads/{name}"
         rows += [
             (s, f"samples/s (loop wall, {r['steps']} steps x batch {r['batch_size']})", _fmt(r["samples_per_s"])),
-            (s, "median step s / samples/s at the median step",
-             f"{_fmt(r['median_step_seconds'])} / {_fmt(r['samples_per_s_median_step'])}"),
-            (s, "tokens per sample (mean), supervised", f"{_fmt(r['tokens_per_sample']['mean'])}, {_fmt(r['supervised_per_sample'])}"),
+            (
+                s,
+                "median step s / samples/s at the median step",
+                f"{_fmt(r['median_step_seconds'])} / {_fmt(r['samples_per_s_median_step'])}",
+            ),
+            (
+                s,
+                "tokens per sample (mean), supervised",
+                f"{_fmt(r['tokens_per_sample']['mean'])}, {_fmt(r['supervised_per_sample'])}",
+            ),
             (s, "essential GFLOP per step", _fmt(r["essential_flops"]["total"] / r["steps"] / 1e9)),
-            (s, "fraction of fp32 peak (loop / median step)",
-             f"{_fmt(r['fraction_of_fp32_peak'])} / {_fmt(r['fraction_of_fp32_peak_median_step'])}"),
-            (s, "phases % (" + ", ".join(TRAIN_PHASES) + ")",
-             " ".join(_fmt(100 * (r["phases"]["fraction"][p] or 0)) for p in TRAIN_PHASES)),
+            (
+                s,
+                "fraction of fp32 peak (loop / median step)",
+                f"{_fmt(r['fraction_of_fp32_peak'])} / {_fmt(r['fraction_of_fp32_peak_median_step'])}",
+            ),
+            (
+                s,
+                "phases % (" + ", ".join(TRAIN_PHASES) + ")",
+                " ".join(_fmt(100 * (r["phases"]["fraction"][p] or 0)) for p in TRAIN_PHASES),
+            ),
             (s, "encoder s inside data loading (lazy feature cache)", _fmt(r["phases"]["data_encoder_seconds"])),
-            (s, "start-up s (data set + cache + trainer before step 1)", _fmt(r["startup_seconds"]["run_training_to_first_step"])),
+            (
+                s,
+                "start-up s (data set + cache + trainer before step 1)",
+                _fmt(r["startup_seconds"]["run_training_to_first_step"]),
+            ),
             (s, "first loss", _fmt(r["first_loss"])),
         ]
     if "i2d" in results:
@@ -806,19 +993,43 @@ def workload_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         for batch, b in r["batches"].items():
             p = b["phases"]
             rows += [
-                ("workloads/i2d", f"batch {batch}: new tokens/s ({r['prompts']} prompts x {r['new_tokens_per_prompt']})",
-                 _fmt(b["new_tokens_per_s"])),
+                (
+                    "workloads/i2d",
+                    f"batch {batch}: new tokens/s ({r['prompts']} prompts x {r['new_tokens_per_prompt']})",
+                    _fmt(b["new_tokens_per_s"]),
+                ),
                 ("workloads/i2d", f"batch {batch}: fraction of fp32 peak", _fmt(b["fraction_of_fp32_peak"])),
-                ("workloads/i2d", f"batch {batch}: s preprocess / prefill / decode fwd / outside fwd",
-                 " / ".join(_fmt(p["seconds"][k]) for k in ("preprocess", "prefill", "decode_forward",
-                                                            "outside_forward_between_steps"))),
-                ("workloads/i2d", f"batch {batch}: ms per decode step: forward / outside",
-                 f"{_fmt(p['decode_forward_ms_per_step'])} / {_fmt(p['outside_forward_ms_per_step'])}"),
-                ("workloads/i2d", f"batch {batch}: decode weight GB/s, fraction of memory bandwidth",
-                 f"{_fmt(p['decode_weight_gbs'])}, {_fmt(p['decode_fraction_of_memory_bandwidth'])}"),
+                (
+                    "workloads/i2d",
+                    f"batch {batch}: s preprocess / prefill / decode fwd / outside fwd",
+                    " / ".join(
+                        _fmt(p["seconds"][k])
+                        for k in ("preprocess", "prefill", "decode_forward", "outside_forward_between_steps")
+                    ),
+                ),
+                (
+                    "workloads/i2d",
+                    f"batch {batch}: ms per decode step: forward / outside",
+                    f"{_fmt(p['decode_forward_ms_per_step'])} / {_fmt(p['outside_forward_ms_per_step'])}",
+                ),
+                (
+                    "workloads/i2d",
+                    f"batch {batch}: decode weight GB/s, fraction of memory bandwidth",
+                    f"{_fmt(p['decode_weight_gbs'])}, {_fmt(p['decode_fraction_of_memory_bandwidth'])}",
+                ),
             ]
     return rows
 
 
-__all__ = ["WORKLOADS", "WorkloadSizes", "bench_workloads", "build_workload_model", "generate_flops",
-           "run_decode_workload", "run_train_workload", "train_flops", "workload_rows", "write_workload_data"]
+__all__ = [
+    "WORKLOADS",
+    "WorkloadSizes",
+    "bench_workloads",
+    "build_workload_model",
+    "generate_flops",
+    "run_decode_workload",
+    "run_train_workload",
+    "train_flops",
+    "workload_rows",
+    "write_workload_data",
+]

@@ -161,8 +161,13 @@ STEM_PRESETS = ("standard", "narrow")
 STEM_POOL_PRESETS = {"thin-slab": [2, 1, 1]}
 
 
-def resolve_conv_stem(value: list[int] | str | None, hidden_size: int, patch_size: int | list[int],
-                      pool: list[int] | None = None, what: str = "vision.conv_stem") -> list[int] | None:
+def resolve_conv_stem(
+    value: list[int] | str | None,
+    hidden_size: int,
+    patch_size: int | list[int],
+    pool: list[int] | None = None,
+    what: str = "vision.conv_stem",
+) -> list[int] | None:
     """Stem widths from a preset name or an explicit list.
 
     A preset has one stride-2 layer per factor of two of the (pooled) patch size, at most 4, with
@@ -178,8 +183,9 @@ def resolve_conv_stem(value: list[int] | str | None, hidden_size: int, patch_siz
     if value is None or isinstance(value, list):
         return value
     if value not in STEM_PRESETS:
-        raise ValueError(f"{what}: unknown preset {value!r}; valid choices: {', '.join(STEM_PRESETS)} "
-                         "(or a list of widths)")
+        raise ValueError(
+            f"{what}: unknown preset {value!r}; valid choices: {', '.join(STEM_PRESETS)} (or a list of widths)"
+        )
     patch = [patch_size] if isinstance(patch_size, int) else list(patch_size)
     pool = pool or [1] * len(patch)
     largest = max(p // q for p, q in zip(patch, pool))
@@ -192,7 +198,7 @@ def resolve_conv_stem(value: list[int] | str | None, hidden_size: int, patch_siz
     return [max(1, top // 2 ** (layers - 1 - i)) for i in range(layers)]
 
 
-def _volume_stem_config(volume: "VolumeSpec", config: dict[str, Any]) -> dict[str, Any]:
+def _volume_stem_config(volume: VolumeSpec, config: dict[str, Any]) -> dict[str, Any]:
     """``volume.config`` with the spec's ``conv_stem`` / ``conv_stem_pool`` (presets resolved) filled in."""
     if volume.conv_stem is None and volume.conv_stem_pool is None:
         return config
@@ -204,8 +210,10 @@ def _volume_stem_config(volume: "VolumeSpec", config: dict[str, Any]) -> dict[st
     pool = volume.conv_stem_pool
     if isinstance(pool, str):
         if pool not in STEM_POOL_PRESETS:
-            raise ValueError(f"volume.conv_stem_pool: unknown preset {pool!r}; valid choices: "
-                             f"{', '.join(STEM_POOL_PRESETS)} (or [d, h, w] factors)")
+            raise ValueError(
+                f"volume.conv_stem_pool: unknown preset {pool!r}; valid choices: "
+                f"{', '.join(STEM_POOL_PRESETS)} (or [d, h, w] factors)"
+            )
         pool = STEM_POOL_PRESETS[pool]
     defaults = Vit3DConfig()
     hidden = config.get("hidden_size", defaults.hidden_size)
@@ -261,27 +269,40 @@ def check_architecture(config: PreTrainedConfig | None, what: str) -> None:
 
         model_type = getattr(config, "model_type", None)
         if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            raise ValueError(f"llm: model_type {model_type!r} is not a causal language model (is llm.path a vision "
-                             "tower's folder?); give an LLM such as qwen2, llama, phi3")
+            raise ValueError(
+                f"llm: model_type {model_type!r} is not a causal language model (is llm.path a vision "
+                "tower's folder?); give an LLM such as qwen2, llama, phi3"
+            )
     heads = getattr(config, "num_attention_heads", None)
     kv = getattr(config, "num_key_value_heads", None)
     hidden = getattr(config, "hidden_size", None)
     if isinstance(heads, int) and heads <= 0 or isinstance(kv, int) and kv <= 0:
         raise ValueError(f"{prefix}: num_attention_heads ({heads}) and num_key_value_heads ({kv}) must be positive")
     if isinstance(heads, int) and isinstance(kv, int) and heads % kv:
-        raise ValueError(f"{prefix}: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv}): "
-                         f"each key/value head serves the same number of query heads; valid num_key_value_heads for "
-                         f"{heads} heads: {_divisors(heads)}")
-    if isinstance(heads, int) and isinstance(hidden, int) and getattr(config, "head_dim", None) is None and hidden % heads:
-        raise ValueError(f"{prefix}: hidden_size ({hidden}) must be a multiple of num_attention_heads ({heads}) "
-                         f"(head size = hidden_size / heads); valid num_attention_heads for {hidden}: {_divisors(hidden)}")
+        raise ValueError(
+            f"{prefix}: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv}): "
+            f"each key/value head serves the same number of query heads; valid num_key_value_heads for "
+            f"{heads} heads: {_divisors(heads)}"
+        )
+    if (
+        isinstance(heads, int)
+        and isinstance(hidden, int)
+        and getattr(config, "head_dim", None) is None
+        and hidden % heads
+    ):
+        raise ValueError(
+            f"{prefix}: hidden_size ({hidden}) must be a multiple of num_attention_heads ({heads}) "
+            f"(head size = hidden_size / heads); valid num_attention_heads for {hidden}: {_divisors(hidden)}"
+        )
     size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
     if size is not None and patch is not None:
         sizes = list(size) if isinstance(size, (list, tuple)) else [size]
         patches = list(patch) if isinstance(patch, (list, tuple)) else [patch] * len(sizes)
         if len(patches) == len(sizes) and any(int(p) <= 0 or int(n) % int(p) for n, p in zip(sizes, patches)):
-            raise ValueError(f"{prefix}: image_size {size} must be a multiple of patch_size {patch} in every dimension "
-                             "(the encoder cuts the input into whole patches)")
+            raise ValueError(
+                f"{prefix}: image_size {size} must be a multiple of patch_size {patch} in every dimension "
+                "(the encoder cuts the input into whole patches)"
+            )
 
 
 # ---------------------------------------------------------------------------- tokenizer
@@ -353,7 +374,11 @@ def _build_image_processor(spec: ModelSpec, vision_config: PreTrainedConfig | No
         # no 2D tower: the processor still carries a (unused) image processor slot
         return transformers_default_image_processor()
     settings = spec.vision.image_processor
-    if not settings and spec.vision.path is not None and (Path(spec.vision.path) / "preprocessor_config.json").is_file():
+    if (
+        not settings
+        and spec.vision.path is not None
+        and (Path(spec.vision.path) / "preprocessor_config.json").is_file()
+    ):
         return AutoImageProcessor.from_pretrained(spec.vision.path, backend="pil")
     return _default_image_processor(vision_config, settings)
 
@@ -365,8 +390,9 @@ def transformers_default_image_processor():
     return SiglipImageProcessorPil()
 
 
-def _volume_processor_config(spec: ModelSpec, volume_config: PreTrainedConfig | None,
-                             clip: str | None = None) -> dict | None:
+def _volume_processor_config(
+    spec: ModelSpec, volume_config: PreTrainedConfig | None, clip: str | None = None
+) -> dict | None:
     """Volume processor settings: the spec's, with shape and channels defaulting to the encoder's input
     (and, for a released 3D CLIP encoder, intensity handling defaulting to its pretraining input's)."""
     if spec.volume is None:
@@ -433,16 +459,19 @@ def load_ctclip_folder(
         settings = read_json(config_file, "CTViT config")
         if "model_type" in settings:  # a medvl CTViTConfig (CTViTModel.save_pretrained)
             if settings["model_type"] != CTViTConfig.model_type:
-                raise ValueError(f"{config_file}: model_type {settings['model_type']!r} is not a CTViT "
-                                 f"({CTViTConfig.model_type!r}); without model_type it holds CTViT's "
-                                 "constructor arguments")
+                raise ValueError(
+                    f"{config_file}: model_type {settings['model_type']!r} is not a CTViT "
+                    f"({CTViTConfig.model_type!r}); without model_type it holds CTViT's "
+                    "constructor arguments"
+                )
             config = CTViTConfig.from_dict({**settings, **overrides})
         else:
             num_frames = int(overrides.pop("num_frames", CTViTConfig.num_frames))
             config = CTViTConfig.from_ctclip_kwargs({**settings, **overrides}, num_frames=num_frames)
     else:
-        logger.info("%s has no config.json: using the released CT-CLIP CTViT arguments %s", folder,
-                    CTCLIP_RELEASED_KWARGS)
+        logger.info(
+            "%s has no config.json: using the released CT-CLIP CTViT arguments %s", folder, CTCLIP_RELEASED_KWARGS
+        )
         num_frames = int(overrides.pop("num_frames", CTViTConfig.num_frames))
         config = CTViTConfig.from_ctclip_kwargs({**CTCLIP_RELEASED_KWARGS, **overrides}, num_frames=num_frames)
     weights_file = files[0]
@@ -464,12 +493,18 @@ def _load_ctvit_weights(module: torch.nn.Module, state_dict: dict[str, torch.Ten
     own = module.state_dict()
     for key, value in state_dict.items():
         if key in own and own[key].shape != value.shape:
-            raise ValueError(f"volume.path {source!r}: {key} has shape {tuple(value.shape)} in the file but "
-                             f"{tuple(own[key].shape)} in the configured CTViT; is config.json right?")
+            raise ValueError(
+                f"volume.path {source!r}: {key} has shape {tuple(value.shape)} in the file but "
+                f"{tuple(own[key].shape)} in the configured CTViT; is config.json right?"
+            )
     missing, unexpected = module.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
-        raise ValueError(f"volume.path {source!r}: the CT-CLIP weights do not fit the CTViT config "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]}); is config.json right?")
+        raise ValueError(
+            f"volume.path {source!r}: the CT-CLIP weights do not fit the CTViT config "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); is config.json right?"
+        )
+
+
 # ---------------------------------------------------------------------------- released 3D CLIP encoders
 def _volume_clip_kind(spec: ModelSpec) -> str | None:
     """``medmclip`` / ``m3dclip`` when ``volume.path`` is a released MedM-CLIP / M3D-CLIP checkpoint."""
@@ -480,8 +515,10 @@ def _volume_clip_kind(spec: ModelSpec) -> str | None:
         return None  # _part_config reports the missing folder / config
     kind = clip_kind(read_json(config_file, "volume encoder config"))
     if kind is not None and spec.volume.encoder != "vit3d":
-        raise ValueError(f"volume.path {spec.volume.path!r} is a 3D CLIP checkpoint ({kind}): it needs "
-                         f"volume.encoder=vit3d, not {spec.volume.encoder!r}")
+        raise ValueError(
+            f"volume.path {spec.volume.path!r} is a 3D CLIP checkpoint ({kind}): it needs "
+            f"volume.encoder=vit3d, not {spec.volume.encoder!r}"
+        )
     return kind
 
 
@@ -504,8 +541,10 @@ def _load_clip_volume_weights(encoder: torch.nn.Module, path: str, kind: str) ->
     try:
         encoder.load_state_dict(weights, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"volume: the {kind} weights in {path} do not fit the configured encoder; do volume.config "
-                         f"overrides change its architecture? ({str(err).splitlines()[1].strip()})") from None
+        raise ValueError(
+            f"volume: the {kind} weights in {path} do not fit the configured encoder; do volume.config "
+            f"overrides change its architecture? ({str(err).splitlines()[1].strip()})"
+        ) from None
     logger.info("volume: %s vision encoder loaded from %s (%d tensors)", kind, path, len(weights))
 
 
@@ -574,8 +613,9 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
         volume_connector=spec.volume.connector if spec.volume else None,
         image_feature_layer=spec.vision.feature_layer if spec.vision else -1,
         image_feature_select=spec.vision.feature_select if spec.vision else "patch",
-        image_conv_stem=resolve_conv_stem(spec.vision.conv_stem, vision_config.hidden_size,
-                                          vision_config.patch_size) if spec.vision else None,
+        image_conv_stem=resolve_conv_stem(spec.vision.conv_stem, vision_config.hidden_size, vision_config.patch_size)
+        if spec.vision
+        else None,
         volume_feature_layer=spec.volume.feature_layer if spec.volume else -1,
         volume_feature_select=spec.volume.feature_select if spec.volume else "patch",
         volume_num_slices=spec.volume.num_slices if spec.volume else 32,
@@ -589,8 +629,10 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
         _load_part_weights(model.language_model, AutoModelForCausalLM.from_pretrained(spec.llm.path), "llm")
     if spec.vision is not None and spec.vision.path is not None:
         if spec.vision.conv_stem:
-            raise ValueError("vision.conv_stem replaces the patch embedding of a tower trained from scratch; a "
-                             f"pretrained tower (vision.path {spec.vision.path!r}) keeps its own: drop one of them")
+            raise ValueError(
+                "vision.conv_stem replaces the patch embedding of a tower trained from scratch; a "
+                f"pretrained tower (vision.path {spec.vision.path!r}) keeps its own: drop one of them"
+            )
         tower_cls = type(model.vision_tower)
         _load_part_weights(model.vision_tower, tower_cls.from_pretrained(spec.vision.path), "vision")
     if ctvit_weights is not None:
@@ -641,8 +683,11 @@ def save_checkpoint(
         processor.save_pretrained(staging)
         from medvl.model_card import write_model_card
 
-        write_model_card(staging, step="assembled with `medvl build`: parts loaded from pretrained folders keep "
-                                       "their weights, the others (connectors at least) are randomly initialised")
+        write_model_card(
+            staging,
+            step="assembled with `medvl build`: parts loaded from pretrained folders keep "
+            "their weights, the others (connectors at least) are randomly initialised",
+        )
     logger.info("saved medvl checkpoint to %s", out)
     return out
 

@@ -87,15 +87,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-
 # ---------------------------------------------------------------- errors -> one line + exit code
 # exit codes: 2 = bad input (data, config, arguments, paths), 1 = anything else that failed
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 # OSErrors that say "the path you gave is wrong", as opposed to the machine failing (disk full, I/O)
-_BAD_PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
-                    errno.ENOTEMPTY, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP}
+_BAD_PATH_ERRNOS = {
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTEMPTY,
+    errno.EROFS,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+}
 
 
 def _library_load_errors() -> tuple[type[BaseException], ...]:
@@ -129,8 +138,13 @@ def classify_error(err: BaseException) -> tuple[int, str]:
         return EXIT_BAD_INPUT, text
     if isinstance(err, OSError):
         # str(OSError) is "[Errno N] what: 'file'"; keep it, it names the file
-        if err.errno in _BAD_PATH_ERRNOS or type(err) in (FileNotFoundError, FileExistsError, NotADirectoryError,
-                                                          IsADirectoryError, PermissionError):
+        if err.errno in _BAD_PATH_ERRNOS or type(err) in (
+            FileNotFoundError,
+            FileExistsError,
+            NotADirectoryError,
+            IsADirectoryError,
+            PermissionError,
+        ):
             return EXIT_BAD_INPUT, text
         if err.errno == errno.ENOSPC:
             return EXIT_FAILURE, f"{text} (free some space or choose another output folder)"
@@ -143,8 +157,10 @@ def classify_error(err: BaseException) -> tuple[int, str]:
         return EXIT_BAD_INPUT, f"{type(err).__name__}: {text}"
     if isinstance(err, ImportError):
         return EXIT_FAILURE, f"{text} (a missing optional dependency: see the installation notes in README.md)"
-    return EXIT_FAILURE, (f"unexpected {type(err).__name__}: {text}; rerun with --log-level DEBUG for the traceback "
-                          "and please report it if the input looks right")
+    return EXIT_FAILURE, (
+        f"unexpected {type(err).__name__}: {text}; rerun with --log-level DEBUG for the traceback "
+        "and please report it if the input looks right"
+    )
 
 
 def _debug_enabled(level: str | None) -> bool:

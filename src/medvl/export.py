@@ -75,8 +75,10 @@ def llava_incompatibility(config: Any) -> str | None:
     if conn.type != "mlp":
         return f"its connector is {conn.type!r}; stock LLaVA has a token-wise MLP projector only"
     if conn.depth != 2 or conn.layer_norm:
-        return (f"its MLP connector has depth {conn.depth}{' and a LayerNorm' if conn.layer_norm else ''}; "
-                "LLaVA's projector is exactly Linear -> activation -> Linear")
+        return (
+            f"its MLP connector has depth {conn.depth}{' and a LayerNorm' if conn.layer_norm else ''}; "
+            "LLaVA's projector is exactly Linear -> activation -> Linear"
+        )
     prefix = prefix_token_count(config.vision_config)
     if config.image_feature_select == "cls" or (config.image_feature_select == "patch" and prefix not in (0, 1)):
         return f"its feature select {config.image_feature_select!r} has no LLaVA equivalent"
@@ -127,10 +129,8 @@ def export_llava(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool 
             ``trust_remote_code`` checkpoint, which works everywhere transformers does).
     """
 
-
-    from medvl.utils.paths import fresh_output_dir
-
     from medvl.utils.files import check_model_folder
+    from medvl.utils.paths import fresh_output_dir
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     check_model_folder(model_dir)
@@ -205,8 +205,9 @@ def _export_llava_into(model_dir: Path, out_dir: Path) -> None:
     llava_processor.save_pretrained(out_dir)
     from medvl.model_card import write_model_card
 
-    write_model_card(out_dir, step="exported to the stock Hugging Face LLaVA format with `medvl export --as-llava`",
-                     source=model_dir)
+    write_model_card(
+        out_dir, step="exported to the stock Hugging Face LLaVA format with `medvl export --as-llava`", source=model_dir
+    )
 
 
 __all__ = ["ExportError", "export_llava", "llava_incompatibility", "content_parts_template"]

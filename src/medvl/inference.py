@@ -32,7 +32,9 @@ from medvl.errors import MedVLDataError
 logger = logging.getLogger(__name__)
 
 
-def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None, device: str | None = None) -> tuple[Any, Any]:
+def load_model(
+    path: str | Path, *, dtype: str | torch.dtype | None = None, device: str | None = None
+) -> tuple[Any, Any]:
     """Load a medvl checkpoint (model in eval mode + processor) from a local folder.
 
     Args:
@@ -42,7 +44,6 @@ def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None, devi
         device: "cpu", "cuda", "cuda:1", ...; None picks CUDA when available.
     """
     from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
-
     from medvl.utils.files import check_model_folder
 
     path = Path(path)
@@ -175,7 +176,11 @@ def check_prompt_lengths(model: Any, records: Sequence[Record], lengths: Sequenc
             raise OverlongSampleError(
                 f"the prompt is {int(n)} tokens (media placeholders included), more than the model's {limit} positions "
                 "(max_position_embeddings); shorten the conversation, or skip such records (medvl infer --on-overlong skip)",
-                length=int(n), max_length=int(limit), record=rec.id, path=rec.source_file)
+                length=int(n),
+                max_length=int(limit),
+                record=rec.id,
+                path=rec.source_file,
+            )
 
 
 def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict[str, torch.Tensor]:
@@ -295,8 +300,11 @@ def encode_media(
     loaded_images, loaded_volumes = _load_media(record)
     out: list[list[EncodedMedia]] = []
     for kind, loaded, given in (("image", loaded_images, record.images), ("volume", loaded_volumes, record.volumes)):
-        features = iter(_encode(model, processor, kind, [m for m in loaded if not isinstance(m, EncodedMedia)])
-                        if any(not isinstance(m, EncodedMedia) for m in loaded) else ())
+        features = iter(
+            _encode(model, processor, kind, [m for m in loaded if not isinstance(m, EncodedMedia)])
+            if any(not isinstance(m, EncodedMedia) for m in loaded)
+            else ()
+        )
         encoded = []
         for m, src in zip(loaded, given):
             if isinstance(m, EncodedMedia):
@@ -457,9 +465,19 @@ def generate(
             it returns True stops generating (its text so far is returned), the others go on.
         **gen_kwargs: passed to ``model.generate`` (e.g. ``num_beams``, ``repetition_penalty``).
     """
-    results = generate_detailed(model, processor, records, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                min_new_tokens=min_new_tokens, do_sample=do_sample, progress=progress,
-                                on_text=on_text, should_stop=should_stop, **gen_kwargs)
+    results = generate_detailed(
+        model,
+        processor,
+        records,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        do_sample=do_sample,
+        progress=progress,
+        on_text=on_text,
+        should_stop=should_stop,
+        **gen_kwargs,
+    )
     return [r.text for r in results]
 
 
@@ -548,8 +566,12 @@ def generate_detailed(
                     reason = "cancelled"
                 if reason == "length" and should_stop is not None and should_stop(i):
                     reason = "cancelled"
-                outputs[i] = Generation(text=text, prompt_tokens=int(batch["attention_mask"][row].sum()),
-                                        completion_tokens=count, finish_reason=reason)
+                outputs[i] = Generation(
+                    text=text,
+                    prompt_tokens=int(batch["attention_mask"][row].sum()),
+                    completion_tokens=count,
+                    finish_reason=reason,
+                )
             bar.update(len(index))
     finally:
         bar.close()
@@ -642,10 +664,19 @@ def stream_chat(
 
     def work() -> None:
         try:
-            generate(model, processor, [record], batch_size=1, max_new_tokens=max_new_tokens,
-                     min_new_tokens=min_new_tokens, do_sample=do_sample, progress=False,
-                     on_text=lambda _i, d: deltas.put(("text", d)), should_stop=lambda _i: cancel.is_set(),
-                     **gen_kwargs)
+            generate(
+                model,
+                processor,
+                [record],
+                batch_size=1,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                do_sample=do_sample,
+                progress=False,
+                on_text=lambda _i, d: deltas.put(("text", d)),
+                should_stop=lambda _i: cancel.is_set(),
+                **gen_kwargs,
+            )
             deltas.put(("end", None))
         except BaseException as err:  # handed to the consumer, raised there
             deltas.put(("error", err))
@@ -666,6 +697,16 @@ def stream_chat(
         worker.join()
 
 
-__all__ = ["load_model", "generate", "generate_detailed", "Generation", "chat", "stream_chat", "encode_media",
-           "EncodedMedia", "prepare_batch",
-           "prompt_messages", "reference_of"]
+__all__ = [
+    "load_model",
+    "generate",
+    "generate_detailed",
+    "Generation",
+    "chat",
+    "stream_chat",
+    "encode_media",
+    "EncodedMedia",
+    "prepare_batch",
+    "prompt_messages",
+    "reference_of",
+]

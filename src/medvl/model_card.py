@@ -88,8 +88,13 @@ def _entry(name: str, path: str, weight: float) -> dict[str, Any]:
     # name tells); the card shows the file name only
     known = data_licence(name) or data_licence(path)
     file = Path(path).name
-    return {"name": name, "file": file, "weight": float(weight),
-            "licence": known[1] if known else None, "known_as": known[0] if known else None}
+    return {
+        "name": name,
+        "file": file,
+        "weight": float(weight),
+        "licence": known[1] if known else None,
+        "known_as": known[0] if known else None,
+    }
 
 
 # ---------------------------------------------------------------------------- what the model is
@@ -108,8 +113,12 @@ def _describe_text(cfg: dict[str, Any]) -> str:
 
 def _describe_tower(cfg: dict[str, Any]) -> str:
     fields = [f"`{cfg.get('model_type', '?')}`"]
-    for key, label in (("image_size", "input"), ("patch_size", "patch"), ("num_hidden_layers", "layers"),
-                       ("hidden_size", "hidden")):
+    for key, label in (
+        ("image_size", "input"),
+        ("patch_size", "patch"),
+        ("num_hidden_layers", "layers"),
+        ("hidden_size", "hidden"),
+    ):
         if cfg.get(key) is not None:
             fields.append(f"{label} {cfg[key]}")
     return ", ".join(fields)
@@ -121,8 +130,11 @@ def _describe_connector(cfg: dict[str, Any] | None) -> str:
     kind = cfg.get("type", "?")
     fields = [f"`{kind}`"]
     # the settings that matter for each connector type (the config holds every type's fields)
-    keys = {"mlp": ("depth", "activation"), "spatial_pool": ("pool_stride", "depth", "activation"),
-            "attn_pool": ("num_queries", "depth", "activation")}.get(kind, ("depth", "activation"))
+    keys = {
+        "mlp": ("depth", "activation"),
+        "spatial_pool": ("pool_stride", "depth", "activation"),
+        "attn_pool": ("num_queries", "depth", "activation"),
+    }.get(kind, ("depth", "activation"))
     for key in keys:
         if cfg.get(key) is not None:
             fields.append(f"{key} {cfg[key]}")
@@ -139,11 +151,21 @@ def describe_parts(folder: str | Path) -> tuple[str, list[tuple[str, str]]]:
     adapter = folder / "adapter_config.json"
     if adapter.is_file():
         settings = json.loads(adapter.read_text(encoding="utf-8"))
-        rows = [("adapter", f"LoRA r {settings.get('r')}, alpha {settings.get('lora_alpha')}, targets "
-                            f"{settings.get('target_modules')}, fully trained modules {settings.get('modules_to_save')}")]
+        rows = [
+            (
+                "adapter",
+                f"LoRA r {settings.get('r')}, alpha {settings.get('lora_alpha')}, targets "
+                f"{settings.get('target_modules')}, fully trained modules {settings.get('modules_to_save')}",
+            )
+        ]
         base = Path(str(settings.get("base_model_name_or_path") or ""))
-        rows.append(("base model", f"`{base.name}` (the folder this adapter applies to; "
-                                   "merge with `medvl export ADAPTER --merge-lora OUT`)"))
+        rows.append(
+            (
+                "base model",
+                f"`{base.name}` (the folder this adapter applies to; "
+                "merge with `medvl export ADAPTER --merge-lora OUT`)",
+            )
+        )
         if (base / "config.json").is_file():
             rows.extend(describe_parts(base)[1])
         return "a LoRA adapter for a medvl model (PEFT)", rows
@@ -154,23 +176,42 @@ def describe_parts(folder: str | Path) -> tuple[str, list[tuple[str, str]]]:
             rows.append(("LLM", _describe_text(cfg["text_config"])))
         if cfg.get("vision_config"):
             rows.append(("2D image encoder", _describe_tower(cfg["vision_config"])))
-            rows.append(("image connector", _describe_connector(cfg.get("image_connector"))
-                         + f"; {cfg.get('num_image_tokens', '?')} tokens per image"))
+            rows.append(
+                (
+                    "image connector",
+                    _describe_connector(cfg.get("image_connector"))
+                    + f"; {cfg.get('num_image_tokens', '?')} tokens per image",
+                )
+            )
         if cfg.get("volume_config"):
             how = "native 3D ViT" if cfg.get("volume_encoder") == "vit3d" else "2D tower applied slice by slice"
             rows.append(("3D volume encoder", f"{how}: {_describe_tower(cfg['volume_config'])}"))
-            rows.append(("volume connector", _describe_connector(cfg.get("volume_connector"))
-                         + f"; {cfg.get('num_volume_tokens', '?')} tokens per volume"))
-        return ("a medvl medical vision-language model (LLaVA paradigm: encoder(s) + connector(s) + causal LM); "
-                "loads with medvl or with transformers' `AutoModelForImageTextToText` / `AutoProcessor` and "
-                "`trust_remote_code=True`"), rows
+            rows.append(
+                (
+                    "volume connector",
+                    _describe_connector(cfg.get("volume_connector"))
+                    + f"; {cfg.get('num_volume_tokens', '?')} tokens per volume",
+                )
+            )
+        return (
+            "a medvl medical vision-language model (LLaVA paradigm: encoder(s) + connector(s) + causal LM); "
+            "loads with medvl or with transformers' `AutoModelForImageTextToText` / `AutoProcessor` and "
+            "`trust_remote_code=True`"
+        ), rows
     if cfg.get("model_type") == "llava":
         rows.append(("LLM", _describe_text(cfg.get("text_config") or {})))
         rows.append(("2D image encoder", _describe_tower(cfg.get("vision_config") or {})))
-        rows.append(("projector", f"MLP, activation {cfg.get('projector_hidden_act')}; "
-                                  f"{cfg.get('image_seq_length', '?')} tokens per image"))
-        return ("a stock Hugging Face LLaVA checkpoint exported by medvl (`LlavaForConditionalGeneration` + "
-                "`AutoProcessor`, no medvl needed)"), rows
+        rows.append(
+            (
+                "projector",
+                f"MLP, activation {cfg.get('projector_hidden_act')}; "
+                f"{cfg.get('image_seq_length', '?')} tokens per image",
+            )
+        )
+        return (
+            "a stock Hugging Face LLaVA checkpoint exported by medvl (`LlavaForConditionalGeneration` + "
+            "`AutoProcessor`, no medvl needed)"
+        ), rows
     return f"a `{cfg.get('model_type', 'unknown')}` checkpoint written by medvl", rows
 
 
@@ -218,41 +259,76 @@ def render_model_card(
     folder = Path(folder)
     kind, parts = describe_parts(folder)
     meta = {"history": history, "data": data, "recipe": recipe, "evaluation": evaluation}
-    front = {"library_name": "transformers", "pipeline_tag": "image-text-to-text",
-             "tags": ["medvl", "medical", "vision-language", "research-only"], "medvl": meta}
-    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-             f"# {title or folder.name}", "", RESEARCH_NOTICE, "", "## What this model is", "", f"This is {kind}.", ""]
+    front = {
+        "library_name": "transformers",
+        "pipeline_tag": "image-text-to-text",
+        "tags": ["medvl", "medical", "vision-language", "research-only"],
+        "medvl": meta,
+    }
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(),
+        "---",
+        "",
+        f"# {title or folder.name}",
+        "",
+        RESEARCH_NOTICE,
+        "",
+        "## What this model is",
+        "",
+        f"This is {kind}.",
+        "",
+    ]
     if parts:
         lines += ["| part | what |", "|---|---|"] + [f"| {name} | {what} |" for name, what in parts] + [""]
     lines += ["## How it was made", ""] + [f"{i}. {step}" for i, step in enumerate(history, 1)] + [""]
     lines += ["## Training data", ""]
     if not data:
-        lines += ["No training data recorded by medvl for this checkpoint (parts not loaded from a pretrained "
-                  "folder are randomly initialised; a converted model's data is described by its original "
-                  "release).", ""]
+        lines += [
+            "No training data recorded by medvl for this checkpoint (parts not loaded from a pretrained "
+            "folder are randomly initialised; a converted model's data is described by its original "
+            "release).",
+            "",
+        ]
     else:
-        lines += ["| data set | file | weight | licence (as medvl's benchmark table records it; check the source) |",
-                  "|---|---|---|---|"]
+        lines += [
+            "| data set | file | weight | licence (as medvl's benchmark table records it; check the source) |",
+            "|---|---|---|---|",
+        ]
         for entry in data:
             licence = entry.get("licence") or "unknown to medvl: check the data's own terms"
             if entry.get("licence") and entry.get("known_as"):
                 licence = f"{entry['known_as']}: {licence}"
             lines.append(f"| {entry.get('name')} | {entry.get('file')} | {entry.get('weight', 1.0):g} | {licence} |")
-        lines += ["", "The weights inherit the terms of the data they were trained on and of their parts "
-                      "(LLM, encoders); non-commercial or credentialed-access data keep their restrictions.", ""]
+        lines += [
+            "",
+            "The weights inherit the terms of the data they were trained on and of their parts "
+            "(LLM, encoders); non-commercial or credentialed-access data keep their restrictions.",
+            "",
+        ]
     if recipe:
         lines += ["## Training recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", ""]
     lines += ["## Evaluation", ""]
     if evaluation:
-        rows = [(section, metric, value) for section, metrics in evaluation.items() for metric, value in metrics.items()]
+        rows = [
+            (section, metric, value) for section, metrics in evaluation.items() for metric, value in metrics.items()
+        ]
         lines += ["| set | metric | value |", "|---|---|---|"]
-        lines += [f"| {s} | {m} | {v:.4g} |" if isinstance(v, (int, float)) else f"| {s} | {m} | {v} |"
-                  for s, m, v in rows] + [""]
+        lines += [
+            f"| {s} | {m} | {v:.4g} |" if isinstance(v, (int, float)) else f"| {s} | {m} | {v} |" for s, m, v in rows
+        ] + [""]
     else:
-        lines += ["No evaluation recorded. Run `medvl eval MODEL --tasks ...` for benchmark numbers, each with "
-                  "the protocol it follows.", ""]
-    lines += ["## Intended use and limits", "", RESEARCH_NOTICE + " It was produced with medvl, a framework for "
-              "research on medical vision-language models.", ""]
+        lines += [
+            "No evaluation recorded. Run `medvl eval MODEL --tasks ...` for benchmark numbers, each with "
+            "the protocol it follows.",
+            "",
+        ]
+    lines += [
+        "## Intended use and limits",
+        "",
+        RESEARCH_NOTICE + " It was produced with medvl, a framework for research on medical vision-language models.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -294,5 +370,13 @@ def write_model_card(
     return path
 
 
-__all__ = ["CARD_NAME", "RESEARCH_NOTICE", "data_entries", "data_licence", "describe_parts", "read_card_metadata",
-           "render_model_card", "write_model_card"]
+__all__ = [
+    "CARD_NAME",
+    "RESEARCH_NOTICE",
+    "data_entries",
+    "data_licence",
+    "describe_parts",
+    "read_card_metadata",
+    "render_model_card",
+    "write_model_card",
+]

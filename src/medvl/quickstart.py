@@ -85,8 +85,14 @@ class Recipe:
 
 
 _LLM = {
-    "model_type": "qwen2", "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 512, "tie_word_embeddings": True,
+    "model_type": "qwen2",
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": True,
 }
 
 RECIPES: dict[str, Recipe] = {
@@ -102,9 +108,15 @@ RECIPES: dict[str, Recipe] = {
         model={
             "llm": {"config": _LLM},
             "vision": {
-                "config": {"model_type": "siglip_vision_model", "image_size": 128, "patch_size": 16,
-                           "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 1,
-                           "num_attention_heads": 4},
+                "config": {
+                    "model_type": "siglip_vision_model",
+                    "image_size": 128,
+                    "patch_size": 16,
+                    "hidden_size": 128,
+                    "intermediate_size": 512,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 4,
+                },
                 "conv_stem": [16, 32, 64, 128],
                 "feature_layer": 0,
                 "connector": {"type": "spatial_pool", "pool_stride": [1, 4, 4], "pool": "max", "depth": 2},
@@ -129,10 +141,19 @@ RECIPES: dict[str, Recipe] = {
             "llm": {"config": _LLM},
             "volume": {
                 "encoder": "vit3d",
-                "config": {"image_size": [32, 64, 64], "patch_size": [4, 16, 16], "in_channels": 1,
-                           "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 1,
-                           "num_attention_heads": 4, "norm_first": True, "final_norm": True,
-                           "conv_stem": [8, 16, 32, 64], "conv_stem_pool": [2, 1, 1]},
+                "config": {
+                    "image_size": [32, 64, 64],
+                    "patch_size": [4, 16, 16],
+                    "in_channels": 1,
+                    "hidden_size": 128,
+                    "intermediate_size": 512,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 4,
+                    "norm_first": True,
+                    "final_norm": True,
+                    "conv_stem": [8, 16, 32, 64],
+                    "conv_stem_pool": [2, 1, 1],
+                },
                 "feature_layer": 0,
                 "connector": {"type": "spatial_pool", "pool_stride": [8, 2, 2], "pool": "max", "depth": 2},
                 "processor": {"window": "lung", "crop_foreground": False},
@@ -278,6 +299,7 @@ def encoder_items(data: RunData, split: str, processor: Any) -> tuple[Any, Any]:
             if cached is not None:
                 return cached
             return processor.volume_processor([load_volume(path)])["volume_values"][0]
+
     if data.blank:
         one = prepare(data.data_dir / blank_name(data.kind)).half()
         media = one.unsqueeze(0).expand(len(cases), *one.shape)
@@ -286,8 +308,9 @@ def encoder_items(data: RunData, split: str, processor: Any) -> tuple[Any, Any]:
     return (lambda idx: media[list(idx)].float()), labels
 
 
-def stage0_config(recipe: Recipe, spec: dict[str, Any], data: RunData, out_dir: Path, seed: int,
-                  progress: bool = True) -> Any:
+def stage0_config(
+    recipe: Recipe, spec: dict[str, Any], data: RunData, out_dir: Path, seed: int, progress: bool = True
+) -> Any:
     """The stage-0 ``TrainConfig`` of one run (what ``medvl train`` would read from a recipe file).
 
     Args:
@@ -305,38 +328,59 @@ def stage0_config(recipe: Recipe, spec: dict[str, Any], data: RunData, out_dir: 
     encoder_part = "vision" if data.kind == "2d" else "volume"
     layer = settings.pop("feature_layer", None)
     if layer is not None and layer != spec[encoder_part].get("feature_layer", -1):
-        raise ValueError(f"recipe.encoder_pretrain.feature_layer={layer}: stage 0 reads the model's own feature "
-                         f"layer ({encoder_part}.feature_layer={spec[encoder_part].get('feature_layer', -1)})")
+        raise ValueError(
+            f"recipe.encoder_pretrain.feature_layer={layer}: stage 0 reads the model's own feature "
+            f"layer ({encoder_part}.feature_layer={spec[encoder_part].get('feature_layer', -1)})"
+        )
     unknown = set(settings) - {"steps", "batch_size", "lr", "warmup_steps"}
     if unknown:
-        raise ValueError(f"recipe.encoder_pretrain: unknown keys {sorted(unknown)}; valid keys: batch_size, "
-                         "feature_layer, lr, steps, warmup_steps")
+        raise ValueError(
+            f"recipe.encoder_pretrain: unknown keys {sorted(unknown)}; valid keys: batch_size, "
+            "feature_layer, lr, steps, warmup_steps"
+        )
     steps = int(settings["steps"])
     suffix = "_blind" if data.blank else ""
-    return from_dict(TrainConfig, {
-        "data": {"train": [str(data.data_dir / f"train_labels{suffix}.csv")],
-                 "eval": [str(data.data_dir / f"validation_labels{suffix}.csv")],
-                 "volume_cache": str(data.volume_cache) if data.volume_cache is not None else None,
-                 "num_workers": recipe.num_workers},
-        "train": {
-            "stage": "encoder_pretrain",
-            "parts": {"llm": {"mode": "frozen"}, "connector": {"mode": "frozen"}, encoder_part: {"mode": "full"}},
-            # preprocess each image/volume once, not at every step
-            "encoder_pretrain": {"cache_media": True},
-            "lr": float(settings.get("lr", 1e-3)), "max_steps": steps, "batch_size": int(settings.get("batch_size", 16)),
-            "eval_batch_size": 64, "weight_decay": 0.0, "max_grad_norm": 1.0,
-            # linear warm-up, then cosine decay to 10 % of the peak
-            "warmup_ratio": min(1.0, int(settings.get("warmup_steps", 30)) / steps), "scheduler": "cosine",
-            "hf_args": {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}},
-            "logging_steps": 100, "save_steps": 10 ** 9, "eval_steps": 10 ** 9,  # validation metrics once, at the end
-            "save_total_limit": 1, "seed": seed, "report_to": [], "precision": "fp32", "progress_bar": progress,
+    return from_dict(
+        TrainConfig,
+        {
+            "data": {
+                "train": [str(data.data_dir / f"train_labels{suffix}.csv")],
+                "eval": [str(data.data_dir / f"validation_labels{suffix}.csv")],
+                "volume_cache": str(data.volume_cache) if data.volume_cache is not None else None,
+                "num_workers": recipe.num_workers,
+            },
+            "train": {
+                "stage": "encoder_pretrain",
+                "parts": {"llm": {"mode": "frozen"}, "connector": {"mode": "frozen"}, encoder_part: {"mode": "full"}},
+                # preprocess each image/volume once, not at every step
+                "encoder_pretrain": {"cache_media": True},
+                "lr": float(settings.get("lr", 1e-3)),
+                "max_steps": steps,
+                "batch_size": int(settings.get("batch_size", 16)),
+                "eval_batch_size": 64,
+                "weight_decay": 0.0,
+                "max_grad_norm": 1.0,
+                # linear warm-up, then cosine decay to 10 % of the peak
+                "warmup_ratio": min(1.0, int(settings.get("warmup_steps", 30)) / steps),
+                "scheduler": "cosine",
+                "hf_args": {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}},
+                "logging_steps": 100,
+                "save_steps": 10**9,
+                "eval_steps": 10**9,  # validation metrics once, at the end
+                "save_total_limit": 1,
+                "seed": seed,
+                "report_to": [],
+                "precision": "fp32",
+                "progress_bar": progress,
+            },
+            "output": {"dir": str(out_dir), "overwrite": True},
         },
-        "output": {"dir": str(out_dir), "overwrite": True},
-    })
+    )
 
 
-def _train(recipe: Recipe, spec: dict[str, Any], data: RunData, out_dir: Path, seed: int,
-           progress: bool = True) -> Path:
+def _train(
+    recipe: Recipe, spec: dict[str, Any], data: RunData, out_dir: Path, seed: int, progress: bool = True
+) -> Path:
     """Stage 0 (encoder pretraining, if the recipe has it) then instruction tuning, both through
     medvl.train.run_training (what ``medvl train`` runs); returns the instruction-tuning output folder."""
     from medvl.build import ModelSpec, build_model
@@ -350,41 +394,65 @@ def _train(recipe: Recipe, spec: dict[str, Any], data: RunData, out_dir: Path, s
     model_section: dict[str, Any] = {}
     if recipe.encoder_pretrain:
         t0 = time.time()
-        stage0 = run_training(stage0_config(recipe, spec, data, out_dir / "stage0", seed, progress),
-                              model=model, processor=processor)
+        stage0 = run_training(
+            stage0_config(recipe, spec, data, out_dir / "stage0", seed, progress), model=model, processor=processor
+        )
         result = json.loads((stage0 / "metrics.json").read_text())
-        stats = {"steps": result["global_step"], "seconds": round(time.time() - t0, 1),
-                 "final_loss": next((h["loss"] for h in reversed(result["log_history"]) if "loss" in h), None),
-                 "eval": result.get("eval_per_label", {})}
+        stats = {
+            "steps": result["global_step"],
+            "seconds": round(time.time() - t0, 1),
+            "final_loss": next((h["loss"] for h in reversed(result["log_history"]) if "loss" in h), None),
+            "eval": result.get("eval_per_label", {}),
+        }
         (out_dir / "encoder_pretrain.json").write_text(json.dumps(stats, indent=2) + "\n")
         logger.info("stage 0 (%s encoder pretraining): %s", "blind" if data.blank else "model", stats)
         # the next stage reads the stage-0 checkpoint, as a user's `medvl train` recipe would
         model_section = {"path": str(final_model_dir(stage0))}
         model = processor = None
-    parts = {"llm": {"mode": "full"}, "connector": {"mode": "full"},
-             encoder_part: {"mode": recipe.encoder_mode if recipe.encoder_pretrain else "full"}}
-    cfg = from_dict(TrainConfig, {
-        "model": model_section,
-        "data": {"train": [str(data.train_file)], "eval": [str(data.eval_file)], "max_length": 512,
-                 "num_workers": recipe.num_workers,
-                 "volume_cache": str(data.volume_cache) if data.volume_cache is not None else None,
-                 # the frozen encoder runs once per file instead of at every step
-                 "cache_encoder_features": parts[encoder_part]["mode"] == "frozen",
-                 # Packing is exact per step (losses equal to 1e-6 over the first 12 steps of this
-                 # recipe), but it sums in another order, and over 1400 steps that rounding moves a
-                 # run as a seed would (measured: closed 0.842 packed vs 0.861 padded). The recipe
-                 # keeps the numerics it was measured with, so `make quickstart` gives the README's numbers.
-                 "packing": False},
-        "train": {
-            "stage": "quickstart",
-            "parts": parts,
-            "lr": recipe.lr, "max_steps": recipe.max_steps, "batch_size": recipe.batch_size,
-            "eval_batch_size": 64, "warmup_ratio": recipe.warmup_ratio, "scheduler": "cosine",
-            "logging_steps": 25, "save_steps": 10 ** 9, "eval_steps": recipe.max_steps,  # validation loss at the end
-            "save_total_limit": 1, "seed": seed, "report_to": [], "precision": "fp32", "progress_bar": progress,
+    parts = {
+        "llm": {"mode": "full"},
+        "connector": {"mode": "full"},
+        encoder_part: {"mode": recipe.encoder_mode if recipe.encoder_pretrain else "full"},
+    }
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "model": model_section,
+            "data": {
+                "train": [str(data.train_file)],
+                "eval": [str(data.eval_file)],
+                "max_length": 512,
+                "num_workers": recipe.num_workers,
+                "volume_cache": str(data.volume_cache) if data.volume_cache is not None else None,
+                # the frozen encoder runs once per file instead of at every step
+                "cache_encoder_features": parts[encoder_part]["mode"] == "frozen",
+                # Packing is exact per step (losses equal to 1e-6 over the first 12 steps of this
+                # recipe), but it sums in another order, and over 1400 steps that rounding moves a
+                # run as a seed would (measured: closed 0.842 packed vs 0.861 padded). The recipe
+                # keeps the numerics it was measured with, so `make quickstart` gives the README's numbers.
+                "packing": False,
+            },
+            "train": {
+                "stage": "quickstart",
+                "parts": parts,
+                "lr": recipe.lr,
+                "max_steps": recipe.max_steps,
+                "batch_size": recipe.batch_size,
+                "eval_batch_size": 64,
+                "warmup_ratio": recipe.warmup_ratio,
+                "scheduler": "cosine",
+                "logging_steps": 25,
+                "save_steps": 10**9,
+                "eval_steps": recipe.max_steps,  # validation loss at the end
+                "save_total_limit": 1,
+                "seed": seed,
+                "report_to": [],
+                "precision": "fp32",
+                "progress_bar": progress,
+            },
+            "output": {"dir": str(out_dir), "overwrite": True},
         },
-        "output": {"dir": str(out_dir), "overwrite": True},
-    })
+    )
     return run_training(cfg, model=model, processor=processor)
 
 
@@ -426,15 +494,26 @@ def evaluate_split(model_dir: Path, test_file: Path, *, batch_size: int = 64) ->
     records = load_records(test_file)
     closed = [r for r in records if r.meta.get("answer_type") == "CLOSED"]
     reports = [r for r in records if r.meta.get("question_type") == "report"]
-    other_open = [r for r in records if r.meta.get("answer_type") != "CLOSED" and r.meta.get("question_type") != "report"]
+    other_open = [
+        r for r in records if r.meta.get("answer_type") != "CLOSED" and r.meta.get("question_type") != "report"
+    ]
     answers = generate(model, processor, closed + other_open, batch_size=batch_size, max_new_tokens=12, progress=False)
     report_texts = generate(model, processor, reports, batch_size=batch_size, max_new_tokens=96, progress=False)
     rows = []
     for rec, pred in zip(closed + other_open + reports, answers + report_texts):
         ref = rec.meta["reference"]
-        rows.append({"id": rec.id, "question_type": rec.meta["question_type"], "answer_type": rec.meta["answer_type"],
-                     "language": rec.meta["language"], "question": rec.messages[0]["content"], "reference": ref,
-                     "prediction": pred, "correct": _normalise(pred) == _normalise(ref)})
+        rows.append(
+            {
+                "id": rec.id,
+                "question_type": rec.meta["question_type"],
+                "answer_type": rec.meta["answer_type"],
+                "language": rec.meta["language"],
+                "question": rec.messages[0]["content"],
+                "reference": ref,
+                "prediction": pred,
+                "correct": _normalise(pred) == _normalise(ref),
+            }
+        )
     return {"rows": rows, **score_rows(rows)}
 
 
@@ -537,8 +616,10 @@ def format_table(metrics: dict[str, Any]) -> str:
         lines.append(f"{name:<20} {v['n']:>5} {v['accuracy']:>9.3f} {'' if b is None else f'{b:.3f}':>7}")
     lines.append("-" * 44)
     b = metrics.get("blind_closed_accuracy")
-    lines.append(f"{'closed (all)':<20} {metrics['n_closed']:>5} {metrics['closed_accuracy']:>9.3f} "
-                 f"{'' if b is None else f'{b:.3f}':>7}")
+    lines.append(
+        f"{'closed (all)':<20} {metrics['n_closed']:>5} {metrics['closed_accuracy']:>9.3f} "
+        f"{'' if b is None else f'{b:.3f}':>7}"
+    )
     rep = metrics.get("report", {})
     if rep.get("n"):
         lines.append(f"{'report BLEU-4':<20} {rep['n']:>5} {rep['bleu4']:>9.2f}")
@@ -547,9 +628,18 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- entry point
-def run_quickstart(kind: str = "2d", out: str | Path = "runs/quickstart", *, n_cases: int | None = None,
-                   max_steps: int | None = None, seed: int = 0, blind: bool = True, workers: int | None = None,
-                   recipe: Recipe | None = None, parallel: bool | None = None) -> dict[str, Any]:
+def run_quickstart(
+    kind: str = "2d",
+    out: str | Path = "runs/quickstart",
+    *,
+    n_cases: int | None = None,
+    max_steps: int | None = None,
+    seed: int = 0,
+    blind: bool = True,
+    workers: int | None = None,
+    recipe: Recipe | None = None,
+    parallel: bool | None = None,
+) -> dict[str, Any]:
     """Run the whole quickstart and return the metrics (also written to ``out/metrics.json``).
 
     Args:
@@ -579,8 +669,15 @@ def run_quickstart(kind: str = "2d", out: str | Path = "runs/quickstart", *, n_c
     if data_dir.exists():
         shutil.rmtree(data_dir)
     workers = workers or min(4, os.cpu_count() or 1)
-    summary = synthesize(kind, recipe.n_cases, seed, data_dir, geometry=recipe.geometry, workers=workers,
-                         train_format=recipe.train_format)
+    summary = synthesize(
+        kind,
+        recipe.n_cases,
+        seed,
+        data_dir,
+        geometry=recipe.geometry,
+        workers=workers,
+        train_format=recipe.train_format,
+    )
     timings["data_s"] = time.time() - t_start
 
     corpus = out / "tokenizer_corpus.txt"
@@ -607,8 +704,18 @@ def run_quickstart(kind: str = "2d", out: str | Path = "runs/quickstart", *, n_c
         from concurrent.futures import ProcessPoolExecutor
 
         threads = max(1, cpus // len(runs))
-        jobs = [(recipe, spec, RunData(data_dir, kind, files[0], files[1], blank=name == "blind",
-                                      volume_cache=cache), out / f"run_{name}", seed, threads, name == "model") for name, files in runs.items()]
+        jobs = [
+            (
+                recipe,
+                spec,
+                RunData(data_dir, kind, files[0], files[1], blank=name == "blind", volume_cache=cache),
+                out / f"run_{name}",
+                seed,
+                threads,
+                name == "model",
+            )
+            for name, files in runs.items()
+        ]
         # spawn, not fork: the parent may already have started torch's thread pools
         with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
             run_dirs = dict(zip(runs, (Path(d) for d in pool.map(_train_job, jobs))))
@@ -617,8 +724,13 @@ def run_quickstart(kind: str = "2d", out: str | Path = "runs/quickstart", *, n_c
         run_dirs = {}
         for name, files in runs.items():
             t1 = time.time()
-            run_dirs[name] = _train(recipe, spec, RunData(data_dir, kind, files[0], files[1], blank=name == "blind",
-                                                          volume_cache=cache), out / f"run_{name}", seed)
+            run_dirs[name] = _train(
+                recipe,
+                spec,
+                RunData(data_dir, kind, files[0], files[1], blank=name == "blind", volume_cache=cache),
+                out / f"run_{name}",
+                seed,
+            )
             timings[f"train_{name}_s"] = time.time() - t1
     for name, (_, _, test_file) in runs.items():
         histories[name] = json.loads((run_dirs[name] / "metrics.json").read_text())["log_history"]
@@ -643,12 +755,22 @@ def run_quickstart(kind: str = "2d", out: str | Path = "runs/quickstart", *, n_c
         "report": main["report"],
     }
     if blind:
-        metrics["blind"] = {k: results["blind"][k] for k in ("closed_accuracy", "per_question_type", "per_language", "report")}
+        metrics["blind"] = {
+            k: results["blind"][k] for k in ("closed_accuracy", "per_question_type", "per_language", "report")
+        }
     example = next((r for r in main["rows"] if r["question_type"] == "report"), main["rows"][0])
     metrics["example"] = {k: example[k] for k in ("id", "question", "reference", "prediction")}
-    metrics["recipe"] = {"n_cases": recipe.n_cases, "max_steps": recipe.max_steps, "batch_size": recipe.batch_size,
-                         "lr": recipe.lr, "train_format": recipe.train_format, "encoder_pretrain": recipe.encoder_pretrain,
-                         "encoder_mode": recipe.encoder_mode, "geometry": recipe.geometry.__dict__, "model": spec}
+    metrics["recipe"] = {
+        "n_cases": recipe.n_cases,
+        "max_steps": recipe.max_steps,
+        "batch_size": recipe.batch_size,
+        "lr": recipe.lr,
+        "train_format": recipe.train_format,
+        "encoder_pretrain": recipe.encoder_pretrain,
+        "encoder_mode": recipe.encoder_mode,
+        "geometry": recipe.geometry.__dict__,
+        "model": spec,
+    }
     stage0 = {name: run_dirs[name] / "encoder_pretrain.json" for name in runs}
     metrics["encoder_pretrain"] = {name: json.loads(p.read_text()) for name, p in stage0.items() if p.exists()}
     metrics["data"] = summary["splits"]

@@ -66,7 +66,7 @@ def resolve_config_file(name: str | Path, suffixes: tuple[str, ...] = (".yaml", 
         return path
     relative = path.as_posix()
     if relative.startswith(BUNDLED_DIR + "/"):
-        relative = relative[len(BUNDLED_DIR) + 1:]
+        relative = relative[len(BUNDLED_DIR) + 1 :]
     if not path.is_absolute():
         tries = [relative] if Path(relative).suffix else [relative + s for s in suffixes]
         for root in config_roots():

@@ -131,8 +131,9 @@ def _convert_qwen_tiktoken(path: Path) -> Tokenizer:
                 merges.append((rank, ranks[left], ranks[right], left, right))
     merges.sort()
     tokenizer = Tokenizer(
-        models.BPE(vocab=vocab, merges=[(to_str(m[3]), to_str(m[4])) for m in merges], fuse_unk=False,
-                   ignore_merges=True)
+        models.BPE(
+            vocab=vocab, merges=[(to_str(m[3]), to_str(m[4])) for m in merges], fuse_unk=False, ignore_merges=True
+        )
     )
     _qwen_style_pipeline(tokenizer)
     logger.info("converted Qwen2 vocabulary: %d ranks, %d merges", len(vocab), len(merges))
@@ -226,8 +227,13 @@ def builtin_corpus(n: int = 400, seed: int = 0) -> list[str]:
             out.append(rng.choice(("Yes", "No")) + ", " + rng.choice(_FINDINGS).format(**slots) + " is seen.")
         else:
             out.append(
-                "Findings: " + "; ".join(rng.choice(_FINDINGS).format(**slots) for _ in range(3)) + ". Impression: "
-                + rng.choice(("normal study", "suspicious nodule, follow-up CT advised", "small effusion")) + "."
+                "Findings: "
+                + "; ".join(rng.choice(_FINDINGS).format(**slots) for _ in range(3))
+                + ". Impression: "
+                + rng.choice(("normal study", "suspicious nodule, follow-up CT advised", "small effusion"))
+                + "."
             )
     return out
+
+
 __all__ = ["train_tokenizer", "qwen2_tokenizer", "builtin_corpus", "DEFAULT_SPECIAL_TOKENS"]

@@ -35,15 +35,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     from medvl.bench import DEFAULT_SUITES, SUITES
 
-    parser.add_argument("--suite", type=_names, default=list(DEFAULT_SUITES), metavar="NAME,...",
-                        help=f"suites to run, comma-separated, from: {', '.join(SUITES)} (default: "
-                             f"{', '.join(DEFAULT_SUITES)}; workloads = the MedM-VL workloads W2D, W3D, I2D, "
-                             "minutes; machine always runs, the others' fractions refer to it)")
+    parser.add_argument(
+        "--suite",
+        type=_names,
+        default=list(DEFAULT_SUITES),
+        metavar="NAME,...",
+        help=f"suites to run, comma-separated, from: {', '.join(SUITES)} (default: "
+        f"{', '.join(DEFAULT_SUITES)}; workloads = the MedM-VL workloads W2D, W3D, I2D, "
+        "minutes; machine always runs, the others' fractions refer to it)",
+    )
     parser.add_argument("--out", default=None, metavar="results.json", help="write the results as JSON here")
-    parser.add_argument("--quick", action="store_true", help="toy sizes (seconds): checks the plumbing, not the machine")
+    parser.add_argument(
+        "--quick", action="store_true", help="toy sizes (seconds): checks the plumbing, not the machine"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (best reported)")
-    parser.add_argument("--threads", type=_ints, default=None, metavar="N,...",
-                        help="also measure the matmul peak at these torch thread counts (e.g. 1,2)")
+    parser.add_argument(
+        "--threads",
+        type=_ints,
+        default=None,
+        metavar="N,...",
+        help="also measure the matmul peak at these torch thread counts (e.g. 1,2)",
+    )
     parser.add_argument("--workdir", default=None, help="folder for the synthetic CT files (default: temporary)")
 
 

@@ -21,13 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the verb's sub-parser.
     """
-    parser.add_argument("config", help="build YAML (see configs/tiny.yaml; a shipped one also by name, e.g. tiny): "
-                                       "llm, vision, volume, tokenizer")
+    parser.add_argument(
+        "config",
+        help="build YAML (see configs/tiny.yaml; a shipped one also by name, e.g. tiny): "
+        "llm, vision, volume, tokenizer",
+    )
     # nargs="+": argparse cannot give positionals that follow an option to an earlier positional
     # list, so `CONFIG --out DIR k=v` collects `DIR k=v` here and run() splits them.
     parser.add_argument("--out", required=True, nargs="+", metavar="DIR", help="output checkpoint folder")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a non-empty output folder (refused otherwise; written to a staging folder first)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty output folder (refused otherwise; written to a staging folder first)",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",

@@ -28,8 +28,10 @@ def _check_markers(messages: list[dict[str, str]], n_images: int, n_volumes: int
     for marker, flag, given in ((IMAGE_MARKER, "--image", n_images), (VOLUME_MARKER, "--volume", n_volumes)):
         found = sum(m["content"].count(marker) for m in messages if m["role"] == "user")
         if found != given:
-            raise ValueError(f"the conversation has {found} {marker} marker(s) but {flag} was given {given} time(s); "
-                             f"give one {flag} per {marker} marker (or no marker: they are added for you)")
+            raise ValueError(
+                f"the conversation has {found} {marker} marker(s) but {flag} was given {given} time(s); "
+                f"give one {flag} per {marker} marker (or no marker: they are added for you)"
+            )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,10 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument("model", help="medvl checkpoint folder")
     parser.add_argument("--image", action="append", default=[], metavar="FILE", help="2D image (repeatable)")
-    parser.add_argument("--volume", action="append", default=[], metavar="PATH",
-                        help="3D volume: NIfTI, DICOM folder, .npy/.npz (repeatable)")
-    parser.add_argument("--prompt", action="append", metavar="TEXT",
-                        help="non-interactive: user turn(s) to answer in order, then exit (repeatable)")
+    parser.add_argument(
+        "--volume",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="3D volume: NIfTI, DICOM folder, .npy/.npz (repeatable)",
+    )
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="non-interactive: user turn(s) to answer in order, then exit (repeatable)",
+    )
     parser.add_argument("--system", help="system prompt (default: the chat template's)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--min-new-tokens", type=int, default=0)
@@ -92,7 +103,7 @@ def print_stream(deltas: Iterable[str], out: TextIO, prefix: str = "") -> str:
             text = text.lstrip()
             started = bool(text)
         body = text.rstrip()
-        pending = text[len(body):]
+        pending = text[len(body) :]
         if body:
             out.write(body)
             out.flush()
@@ -112,8 +123,12 @@ def run(args: argparse.Namespace) -> int:
     from medvl.inference import encode_media, load_model, stream_chat
 
     model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
-    options = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
-                   do_sample=args.do_sample, **generation_options(args))
+    options = dict(
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        do_sample=args.do_sample,
+        **generation_options(args),
+    )
     try:
         # Encoded once here; every turn (and /reset) reuses the encoder outputs.
         images, volumes = encode_media(model, processor, images=args.image, volumes=args.volume)

@@ -31,22 +31,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     check = sub.add_parser("check", help="read a data set or registry once and report every problem (exit 1 if any)")
     check.add_argument("source", help="records file (.json/.jsonl) or registry (.yaml)")
-    check.add_argument("--model", default=None, help="model folder: enables token counts (media included) and over-long checks")
+    check.add_argument(
+        "--model", default=None, help="model folder: enables token counts (media included) and over-long checks"
+    )
     check.add_argument("--template", default="auto", help="chat template (auto, chatml, llama3, vicuna, medmvl, plain)")
-    check.add_argument("--max-length", type=int, default=None, help="token limit, media placeholders included (default with --model: the model's positions)")
+    check.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="token limit, media placeholders included (default with --model: the model's positions)",
+    )
     check.add_argument("--split", default=None, help="registry split to check (default: all)")
     check.add_argument("--no-read-media", action="store_true", help="only check that media files exist")
     check.add_argument("--json", default=None, help="also write the full report as JSON here")
     check.add_argument("--max-issues", type=int, default=50, help="problems listed on screen (all are counted)")
-    check.add_argument("--allow-outside-root", action="store_true",
-                       help="accept media paths that leave the data root (reported as outside_root otherwise)")
+    check.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept media paths that leave the data root (reported as outside_root otherwise)",
+    )
 
     prep = sub.add_parser("prepare", help="cache preprocessed volumes (memory-mappable .npy + manifest)")
     prep.add_argument("source", help="records file (.json/.jsonl) or registry (.yaml)")
     prep.add_argument("--model", required=True, help="model folder whose volume processor is used")
     prep.add_argument("--out", required=True, help="cache folder")
-    prep.add_argument("--dtype", choices=("float16", "float32", "int16"), default="float16",
-                      help="float16/float32: final tensors; int16: HU after the spatial steps")
+    prep.add_argument(
+        "--dtype",
+        choices=("float16", "float32", "int16"),
+        default="float16",
+        help="float16/float32: final tensors; int16: HU after the spatial steps",
+    )
     prep.add_argument("--split", default=None, help="registry split (default: all)")
     prep.add_argument("--skip-errors", action="store_true", help="skip unreadable volumes instead of stopping")
     prep.add_argument("--allow-outside-root", action="store_true", help="accept media paths that leave the data root")

@@ -45,10 +45,18 @@ def run(args: argparse.Namespace) -> int:
     # it properly, deleting its copies of the uploads, and exit handlers remove the example phantoms.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
-    demo = build_demo(model, processor, max_new_tokens=args.max_new_tokens,
-                      examples=ExampleCases(folder=args.examples_dir))
+    demo = build_demo(
+        model, processor, max_new_tokens=args.max_new_tokens, examples=ExampleCases(folder=args.examples_dir)
+    )
     logger.info("medvl demo of %s on http://%s:%d", args.model, args.host, args.port)
     demo.queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=False, inbrowser=False, ssr_mode=False,
-        footer_links=[], show_error=True, **launch_options())
+        server_name=args.host,
+        server_port=args.port,
+        share=False,
+        inbrowser=False,
+        ssr_mode=False,
+        footer_links=[],
+        show_error=True,
+        **launch_options(),
+    )
     return 0

@@ -9,7 +9,7 @@ HELP = "Evaluate a model on benchmark tasks (predictions JSONL, results JSON/mar
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Args:
-        parser: the ``eval`` sub-parser.
+    parser: the ``eval`` sub-parser.
     """
     parser.add_argument("model", help="medvl checkpoint folder")
     from medvl.eval.tasks import available_tasks
@@ -18,23 +18,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     parser.add_argument("--data", action="append", default=[], metavar="TASK=DIR", help="release folder of a task")
     parser.add_argument("--data-root", default=None, help="folder with each release under its default name")
-    parser.add_argument("--allow-outside-root", action="store_true",
-                        help="accept media paths that leave a task's data root (refused by default)")
-    parser.add_argument("--protocol", action="append", default=[], metavar="TASK=PROTOCOL",
-                        help="score a VQA task with another protocol, e.g. slake=llava_med_v1")
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept media paths that leave a task's data root (refused by default)",
+    )
+    parser.add_argument(
+        "--protocol",
+        action="append",
+        default=[],
+        metavar="TASK=PROTOCOL",
+        help="score a VQA task with another protocol, e.g. slake=llava_med_v1",
+    )
     parser.add_argument("--split", default=None, help="split (default: each task's test split)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N samples per task")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="override the tasks' generation length")
     parser.add_argument("--bertscore-model", default=None, help="local model folder for BERTScore")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR")
-    parser.add_argument("--tokenization", default="auto", choices=["auto", "ptb", "lowercase_whitespace"],
-                        help="report tasks: pycocoevalcap tokenisation (auto = PTB when Java is present)")
-    parser.add_argument("--clinical", action="append", default=[], metavar="NAME=FOLDER",
-                        help="report tasks: clinical metric run by its package on a local model folder "
-                             "(f1_chexbert, radgraph, ratescore; pip install medvl[clinical]; see docs/benchmarks.md)")
-    parser.add_argument("--bootstrap-resamples", type=int, default=1000,
-                        help="resamples of the bootstrap 95%% intervals of mean-over-items metrics (0: none)")
+    parser.add_argument(
+        "--tokenization",
+        default="auto",
+        choices=["auto", "ptb", "lowercase_whitespace"],
+        help="report tasks: pycocoevalcap tokenisation (auto = PTB when Java is present)",
+    )
+    parser.add_argument(
+        "--clinical",
+        action="append",
+        default=[],
+        metavar="NAME=FOLDER",
+        help="report tasks: clinical metric run by its package on a local model folder "
+        "(f1_chexbert, radgraph, ratescore; pip install medvl[clinical]; see docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--bootstrap-resamples",
+        type=int,
+        default=1000,
+        help="resamples of the bootstrap 95%% intervals of mean-over-items metrics (0: none)",
+    )
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -61,12 +82,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     clinical = parse_pairs(args.clinical, "--clinical", "NAME=FOLDER")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     generation = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
-    cfg = EvalConfig(tasks=tasks, out_dir=args.out, data=data, data_root=args.data_root, split=args.split,
-                     limit=args.limit, batch_size=args.batch_size, generation=generation, protocols=protocols,
-                     bertscore_model=args.bertscore_model, meteor=not args.no_meteor,
-                     tokenization=args.tokenization, progress=not args.no_progress,
-                     bootstrap_resamples=args.bootstrap_resamples, bootstrap_seed=args.bootstrap_seed,
-                     clinical=clinical)
+    cfg = EvalConfig(
+        tasks=tasks,
+        out_dir=args.out,
+        data=data,
+        data_root=args.data_root,
+        split=args.split,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        generation=generation,
+        protocols=protocols,
+        bertscore_model=args.bertscore_model,
+        meteor=not args.no_meteor,
+        tokenization=args.tokenization,
+        progress=not args.no_progress,
+        bootstrap_resamples=args.bootstrap_resamples,
+        bootstrap_seed=args.bootstrap_seed,
+        clinical=clinical,
+    )
     results = evaluate(cfg, model=args.model)
     print(markdown_table(results), end="")
     print(f"wrote {args.out}/results.json, results.md, results.png, predictions/, scores/")

@@ -27,8 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--as-llava", metavar="OUT", help="write a stock transformers LLaVA checkpoint to OUT")
     what.add_argument("--merge-lora", metavar="OUT", help="merge the LoRA adapter MODEL into its base, write to OUT")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a non-empty OUT (refused otherwise; the source folder is never replaced)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty OUT (refused otherwise; the source folder is never replaced)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

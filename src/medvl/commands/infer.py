@@ -33,13 +33,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="records file (native or MedM-VL/LLaVA JSON/JSONL)")
     parser.add_argument("--root", help="folder media paths are relative to (default: the data file's folder)")
     parser.add_argument("--out", required=True, help="output JSONL (id, prediction, reference)")
-    parser.add_argument("--on-overlong", choices=("error", "skip"), default="error",
-                        help="a prompt longer than the model's positions: stop with an error naming it (default), or "
-                             "skip it (its line gets prediction null and skipped: overlong) and count it")
-    parser.add_argument("--window", help="intensity window of the 2D images: CENTER,WIDTH in the file's units, a "
-                        "preset (lung, mediastinum, abdomen, bone, wide) or minmax; a record's own \"window\" wins")
-    parser.add_argument("--allow-outside-root", action="store_true",
-                        help="accept media paths that leave the data root (refused by default)")
+    parser.add_argument(
+        "--on-overlong",
+        choices=("error", "skip"),
+        default="error",
+        help="a prompt longer than the model's positions: stop with an error naming it (default), or "
+        "skip it (its line gets prediction null and skipped: overlong) and count it",
+    )
+    parser.add_argument(
+        "--window",
+        help="intensity window of the 2D images: CENTER,WIDTH in the file's units, a "
+        'preset (lung, mediastinum, abdomen, bone, wide) or minmax; a record\'s own "window" wins',
+    )
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept media paths that leave the data root (refused by default)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--min-new-tokens", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -82,8 +92,12 @@ def generation_options(args: argparse.Namespace) -> dict:
     Args:
         args: parsed arguments.
     """
-    names = {"temperature": "temperature", "top_p": "top_p", "num_beams": "num_beams",
-             "repetition_penalty": "repetition_penalty"}
+    names = {
+        "temperature": "temperature",
+        "top_p": "top_p",
+        "num_beams": "num_beams",
+        "repetition_penalty": "repetition_penalty",
+    }
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr, None) is not None}
 
 
@@ -105,17 +119,23 @@ def _resume_point(out: Path, records: list, run_key: str) -> int:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines) - 1 or all(not x.strip() for x in lines[i + 1:]):
+            if i == len(lines) - 1 or all(not x.strip() for x in lines[i + 1 :]):
                 break  # the last line, cut by Ctrl-C or a full disk: generate it again
-            raise ValueError(f"--out {out}: line {i + 1} is not valid JSON; it is not a predictions file of "
-                             "medvl infer: choose another --out") from None
+            raise ValueError(
+                f"--out {out}: line {i + 1} is not valid JSON; it is not a predictions file of "
+                "medvl infer: choose another --out"
+            ) from None
         if not isinstance(row, dict) or row.get("run") != run_key:
-            raise ValueError(f"--out {out} already holds predictions of another model, other generation settings or "
-                             "another data file (or is not a medvl infer output); choose another --out, or delete it "
-                             "to start afresh")
+            raise ValueError(
+                f"--out {out} already holds predictions of another model, other generation settings or "
+                "another data file (or is not a medvl infer output); choose another --out, or delete it "
+                "to start afresh"
+            )
         if kept >= len(records) or row.get("id") != records[kept].id:
-            raise ValueError(f"--out {out}: line {i + 1} (id {row.get('id')!r}) does not match record {kept + 1} of "
-                             "--data; it holds predictions of other records: choose another --out")
+            raise ValueError(
+                f"--out {out}: line {i + 1} (id {row.get('id')!r}) does not match record {kept + 1} of "
+                "--data; it holds predictions of other records: choose another --out"
+            )
         kept += 1
         good_bytes += len(line) + 1
     if good_bytes < len(raw):
@@ -170,8 +190,12 @@ def run(args: argparse.Namespace) -> int:
             rec.meta.setdefault("window", window)
     if not records:
         raise ValueError(f"--data {args.data}: the file holds no records")
-    options = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, do_sample=args.do_sample,
-                   **generation_options(args))
+    options = dict(
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        do_sample=args.do_sample,
+        **generation_options(args),
+    )
     run_key = settings_fingerprint(model=model_fingerprint(args.model), generation=options)
     out.parent.mkdir(parents=True, exist_ok=True)
     start = _resume_point(out, records, run_key)
@@ -185,24 +209,43 @@ def run(args: argparse.Namespace) -> int:
         # one batch at a time, appended and flushed: an error, Ctrl-C or a full disk keeps what was written
         with out.open("a", encoding="utf-8") as f:
             for begin in range(start, len(records), args.batch_size):
-                part = records[begin: begin + args.batch_size]
+                part = records[begin : begin + args.batch_size]
                 texts = _generate_part(model, processor, part, args, options, skipped)
-                f.write("".join(json.dumps({"id": rec.id, "prediction": pred, "reference": reference_of(rec),
-                                            "run": run_key, **({"skipped": "overlong"} if pred is None else {})},
-                                           ensure_ascii=False) + "\n"
-                                for rec, pred in zip(part, texts)))
+                f.write(
+                    "".join(
+                        json.dumps(
+                            {
+                                "id": rec.id,
+                                "prediction": pred,
+                                "reference": reference_of(rec),
+                                "run": run_key,
+                                **({"skipped": "overlong"} if pred is None else {}),
+                            },
+                            ensure_ascii=False,
+                        )
+                        + "\n"
+                        for rec, pred in zip(part, texts)
+                    )
+                )
                 f.flush()
                 written += len(part)
                 bar.update(len(part))
     except BaseException:
         if written:
-            logger.error("%d of %d predictions are saved in %s; rerun the same command to continue", written,
-                         len(records), out)
+            logger.error(
+                "%d of %d predictions are saved in %s; rerun the same command to continue", written, len(records), out
+            )
         raise
     finally:
         bar.close()
     if skipped:
-        logger.warning("%d over-long prompt(s) skipped (prediction null): %s", len(skipped),
-                       ", ".join(repr(r) for r in skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
-    print(f"wrote {len(records)} predictions to {out}" + (f" ({len(skipped)} over-long prompts skipped)" if skipped else ""))
+        logger.warning(
+            "%d over-long prompt(s) skipped (prediction null): %s",
+            len(skipped),
+            ", ".join(repr(r) for r in skipped[:10]) + (" ..." if len(skipped) > 10 else ""),
+        )
+    print(
+        f"wrote {len(records)} predictions to {out}"
+        + (f" ({len(skipped)} over-long prompts skipped)" if skipped else "")
+    )
     return 0

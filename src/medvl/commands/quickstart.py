@@ -17,10 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=("2d", "3d"), default="2d", help="2D radiographs or 3D CT volumes")
     parser.add_argument("--out", default="runs/quickstart", help="output folder")
     parser.add_argument("--n", type=int, default=None, help="synthetic cases (default: the recipe's)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per training run (default: the recipe's)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps per training run (default: the recipe's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's; on a busy machine 1 can be much faster)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; on a busy machine 1 can be much faster)",
+    )
     parser.add_argument("--no-blind", action="store_true", help="skip the blind (blank image) baseline")
 
 
@@ -36,12 +42,19 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     from medvl.quickstart import format_table, run_quickstart
 
-    metrics = run_quickstart(args.kind, args.out, n_cases=args.n, max_steps=args.steps, seed=args.seed,
-                             blind=not args.no_blind)
+    metrics = run_quickstart(
+        args.kind, args.out, n_cases=args.n, max_steps=args.steps, seed=args.seed, blind=not args.no_blind
+    )
     print(format_table(metrics))
     ex = metrics["example"]
     print(f"\nexample ({ex['id']}):\n  Q: {ex['question']}\n  A: {ex['prediction']}\n  reference: {ex['reference']}")
-    print(f"\nwall time {metrics['wall_s']:.0f} s; metrics in {args.out}/metrics.json, model in {args.out}/model, "
-          f"loss curve in {args.out}/loss_curve.png")
-    print(json.dumps({"closed_accuracy": metrics["closed_accuracy"], "blind_closed_accuracy": metrics["blind_closed_accuracy"]}))
+    print(
+        f"\nwall time {metrics['wall_s']:.0f} s; metrics in {args.out}/metrics.json, model in {args.out}/model, "
+        f"loss curve in {args.out}/loss_curve.png"
+    )
+    print(
+        json.dumps(
+            {"closed_accuracy": metrics["closed_accuracy"], "blind_closed_accuracy": metrics["blind_closed_accuracy"]}
+        )
+    )
     return 0

@@ -32,19 +32,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", help="name in /v1/models and requests (default: the folder name)")
-    parser.add_argument("--media-root", action="append", default=[], metavar="DIR",
-                        help="folder file:// URLs may read from (repeatable; none: file:// is refused)")
+    parser.add_argument(
+        "--media-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder file:// URLs may read from (repeatable; none: file:// is refused)",
+    )
     parser.add_argument("--max-batch-size", type=int, default=8, help="requests generated together (1: one at a time)")
-    parser.add_argument("--batch-wait-ms", type=float, default=0.0,
-                        help="how long the first request of a batch waits for batch mates")
-    parser.add_argument("--api-key", default=None,
-                        help="require 'Authorization: Bearer KEY' on every route but /health (default: $MEDVL_API_KEY)")
+    parser.add_argument(
+        "--batch-wait-ms", type=float, default=0.0, help="how long the first request of a batch waits for batch mates"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on every route but /health (default: $MEDVL_API_KEY)",
+    )
     parser.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body (MB)")
     parser.add_argument("--max-image-pixels", type=int, default=64_000_000, help="largest image (pixels)")
     parser.add_argument("--max-volume-voxels", type=int, default=256 * 1024 * 1024, help="largest volume (voxels)")
     parser.add_argument("--max-media", type=int, default=8, help="images + volumes per request")
-    parser.add_argument("--default-max-tokens", type=int, default=512,
-                        help="completion limit when a request gives no max_tokens")
+    parser.add_argument(
+        "--default-max-tokens", type=int, default=512, help="completion limit when a request gives no max_tokens"
+    )
     parser.add_argument("--ui", action="store_true", help="also serve the Gradio web demo at /ui")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: float32 on CPU")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -74,14 +84,19 @@ def run(args: argparse.Namespace) -> int:
         logger.error("--max-batch-size must be >= 1")
         return 2
     config = ServeConfig(
-        model_name=args.served_model_name or model_name_of(args.model), media_roots=list(args.media_root),
-        max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
-        api_key=args.api_key or os.environ.get("MEDVL_API_KEY") or None, max_request_mb=args.max_request_mb,
-        max_image_pixels=args.max_image_pixels, max_volume_voxels=args.max_volume_voxels, max_media=args.max_media,
-        default_max_tokens=args.default_max_tokens)
+        model_name=args.served_model_name or model_name_of(args.model),
+        media_roots=list(args.media_root),
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        api_key=args.api_key or os.environ.get("MEDVL_API_KEY") or None,
+        max_request_mb=args.max_request_mb,
+        max_image_pixels=args.max_image_pixels,
+        max_volume_voxels=args.max_volume_voxels,
+        max_media=args.max_media,
+        default_max_tokens=args.default_max_tokens,
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
-        logger.warning("listening on %s without --api-key: anyone who can reach this port can use the model",
-                       args.host)
+        logger.warning("listening on %s without --api-key: anyone who can reach this port can use the model", args.host)
 
     def load():
         return load_model(args.model, dtype=args.dtype, device=args.device)
@@ -104,9 +119,18 @@ def run(args: argparse.Namespace) -> int:
             return 2
     else:
         app = create_app(config, loader=load, on_load_error=stop)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
-                                           log_config=None, timeout_graceful_shutdown=5))
-    logger.info("medvl serve: http://%s:%d (model %s, max batch %d%s)", args.host, args.port, config.model_name,
-                config.max_batch_size, ", API key required" if config.api_key else "")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=args.host, port=args.port, log_level="info", log_config=None, timeout_graceful_shutdown=5
+        )
+    )
+    logger.info(
+        "medvl serve: http://%s:%d (model %s, max batch %d%s)",
+        args.host,
+        args.port,
+        config.model_name,
+        config.max_batch_size,
+        ", API key required" if config.api_key else "",
+    )
     server.run()
     return 1 if failed else 0

@@ -42,8 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EXAMPLES
-    parser.add_argument("config", help="YAML recipe with sections model, data, train, output: a path, or the name "
-                                       "of a recipe shipped with medvl (e.g. medm-vl-2d/finetune_lora)")
+    parser.add_argument(
+        "config",
+        help="YAML recipe with sections model, data, train, output: a path, or the name "
+        "of a recipe shipped with medvl (e.g. medm-vl-2d/finetune_lora)",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -65,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_train_config(args.config, args.overrides)
         unfilled = unfilled_placeholders(cfg)
         if unfilled:
-            raise ValueError("the recipe still has placeholder paths; fill them in (in the YAML or as key=value "
-                             "overrides): " + ", ".join(unfilled))
+            raise ValueError(
+                "the recipe still has placeholder paths; fill them in (in the YAML or as key=value "
+                "overrides): " + ", ".join(unfilled)
+            )
     except (ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2

@@ -222,12 +222,18 @@ def resolve_parts(
     ]
     if layout.image is not None:
         wanted.append(
-            ("vision", "--vision", layout.image.name_or_path, Path(vision) if vision else None,
-             ("config.json", "preprocessor_config.json"))
+            (
+                "vision",
+                "--vision",
+                layout.image.name_or_path,
+                Path(vision) if vision else None,
+                ("config.json", "preprocessor_config.json"),
+            )
         )
     if layout.image3d is not None:
-        wanted.append(("volume", "--volume", layout.image3d.name_or_path, Path(volume) if volume else None,
-                       ("config.json",)))
+        wanted.append(
+            ("volume", "--volume", layout.image3d.name_or_path, Path(volume) if volume else None, ("config.json",))
+        )
     found: dict[str, Path] = {}
     problems: list[str] = []
     what = {
@@ -267,9 +273,13 @@ def _wrong_part(key: str, folder: Path) -> str | None:
     config = read_json(folder / "config.json", "config")
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if key == "llm":
-        if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not (config.get("architectures") or [""])[0].endswith("ForCausalLM"):
-            return (f"holds a {model_type!r} model, not a causal language model (config.json model_type); "
-                    "point --llm at the LLM's folder")
+        if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not (config.get("architectures") or [""])[
+            0
+        ].endswith("ForCausalLM"):
+            return (
+                f"holds a {model_type!r} model, not a causal language model (config.json model_type); "
+                "point --llm at the LLM's folder"
+            )
         if not any((folder / f).is_file() for f in TOKENIZER_FILES):
             return f"has no tokenizer files ({' / '.join(TOKENIZER_FILES)})"
     elif model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and "vision_config" not in config:
@@ -701,8 +711,10 @@ def volume_processor_settings(layout: MedMVLLayout, kwargs: dict[str, Any]) -> d
         return {"mode": "medmvl", "axcodes": None, "target_shape": [MEDMVL_CT_SLICES, size, size]}
     if layout.image3d is None:
         return None
-    return {"axcodes": None, **clip_volume_processor_settings(layout.image3d.type,
-                                                              list(kwargs["volume_config"]["image_size"]))}
+    return {
+        "axcodes": None,
+        **clip_volume_processor_settings(layout.image3d.type, list(kwargs["volume_config"]["image_size"])),
+    }
 
 
 def clip_volume_processor_settings(kind: str, shape: list[int]) -> dict[str, Any]:
@@ -715,8 +727,13 @@ def clip_volume_processor_settings(kind: str, shape: list[int]) -> dict[str, Any
     """
     common = {"target_shape": list(shape), "antialias": False, "intensity": "none", "channels": 1}
     if kind == "medmclip":
-        return {**common, "crop_foreground": True, "foreground_hu": MEDMCLIP_MEAN,
-                "image_mean": [MEDMCLIP_MEAN], "image_std": [MEDMCLIP_STD]}
+        return {
+            **common,
+            "crop_foreground": True,
+            "foreground_hu": MEDMCLIP_MEAN,
+            "image_mean": [MEDMCLIP_MEAN],
+            "image_std": [MEDMCLIP_STD],
+        }
     return {**common, "crop_foreground": False}
 
 
@@ -731,8 +748,9 @@ def _tokenizer(parts: MedMVLParts, src: Path) -> Any:
     except (OSError, ValueError) as err:
         logger.warning("no usable tokenizer in %s (%s); using the one saved in the checkpoint", parts.llm, err)
         tok = AutoTokenizer.from_pretrained(src)
-    tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, VOLUME_TOKEN]},
-                           replace_extra_special_tokens=False)
+    tok.add_special_tokens(
+        {"additional_special_tokens": [IMAGE_TOKEN, VOLUME_TOKEN]}, replace_extra_special_tokens=False
+    )
     tok.padding_side = "left"
     return tok
 
@@ -774,8 +792,16 @@ def convert_medmvl(
     return out
 
 
-def _convert_into(src: Path, out: Path, *, llm: str | Path | None, vision: str | Path | None,
-                  volume: str | Path | None, dtype: str | None, tower_input: str) -> None:
+def _convert_into(
+    src: Path,
+    out: Path,
+    *,
+    llm: str | Path | None,
+    vision: str | Path | None,
+    volume: str | Path | None,
+    dtype: str | None,
+    tower_input: str,
+) -> None:
     from transformers import GenerationConfig
 
     from medvl.build import transformers_default_image_processor
@@ -789,12 +815,14 @@ def _convert_into(src: Path, out: Path, *, llm: str | Path | None, vision: str |
         "image_token_id": tok.convert_tokens_to_ids("<image>"),
         "volume_token_id": tok.convert_tokens_to_ids("<volume>"),
     }
-    model, layout, parts = build_medvl_model(src, llm=parts.llm, vision=parts.vision, volume=parts.volume,
-                                             token_ids=ids, tower_input=tower_input)
+    model, layout, parts = build_medvl_model(
+        src, llm=parts.llm, vision=parts.vision, volume=parts.volume, token_ids=ids, tower_input=tower_input
+    )
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tok) > rows:
-        logger.warning("tokenizer has %d entries but the embedding %d rows; adding rows for the media markers",
-                       len(tok), rows)
+        logger.warning(
+            "tokenizer has %d entries but the embedding %d rows; adding rows for the media markers", len(tok), rows
+        )
         model.resize_token_embeddings(len(tok), mean_resizing=False)
     if dtype is not None:
         valid = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -812,8 +840,11 @@ def _convert_into(src: Path, out: Path, *, llm: str | Path | None, vision: str |
     template, _ = resolve_template("medmvl", tok)
     processor = MedVLProcessor(
         # a model without a 2D tower still fills the processor's (unused) image processor slot
-        image_processor=(_image_processor(layout.image, parts.vision) if layout.image is not None
-                         else transformers_default_image_processor()),
+        image_processor=(
+            _image_processor(layout.image, parts.vision)
+            if layout.image is not None
+            else transformers_default_image_processor()
+        ),
         tokenizer=tok,
         chat_template=template,
         volume_processor_config=volume_processor_settings(layout, kwargs),
@@ -824,9 +855,19 @@ def _convert_into(src: Path, out: Path, *, llm: str | Path | None, vision: str |
     processor.save_pretrained(out)
     from medvl.model_card import write_model_card
 
-    write_model_card(out, step=f"converted from the MedM-VL checkpoint `{src.name}` with `medvl convert` (same "
-                               "outputs as MedM-VL's code); its training data, licences and evaluation are those "
-                               "of the original release and its model card")
-    (out / "medmvl_source.json").write_text(json.dumps(
-        {"source": str(src.resolve()), "lvlm_config": layout.raw,
-         "parts": {k: str(v) for k, v in vars(parts).items() if v is not None}}, indent=1))
+    write_model_card(
+        out,
+        step=f"converted from the MedM-VL checkpoint `{src.name}` with `medvl convert` (same "
+        "outputs as MedM-VL's code); its training data, licences and evaluation are those "
+        "of the original release and its model card",
+    )
+    (out / "medmvl_source.json").write_text(
+        json.dumps(
+            {
+                "source": str(src.resolve()),
+                "lvlm_config": layout.raw,
+                "parts": {k: str(v) for k, v in vars(parts).items() if v is not None},
+            },
+            indent=1,
+        )
+    )

@@ -59,10 +59,23 @@ import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 
 # Idioms where "right" does not name a side; matched case-insensitively and left untouched.
-_RIGHT_IDIOMS = (r"all right", r"right away", r"right now", r"that'?s right", r"that is right", r"right[- ]angled?",
-                 r"right angles")
-_EN_PAIRS = {"left": "right", "right": "left", "leftward": "rightward", "rightward": "leftward",
-             "leftwards": "rightwards", "rightwards": "leftwards"}
+_RIGHT_IDIOMS = (
+    r"all right",
+    r"right away",
+    r"right now",
+    r"that'?s right",
+    r"that is right",
+    r"right[- ]angled?",
+    r"right angles",
+)
+_EN_PAIRS = {
+    "left": "right",
+    "right": "left",
+    "leftward": "rightward",
+    "rightward": "leftward",
+    "leftwards": "rightwards",
+    "rightwards": "leftwards",
+}
 _EN_WORD = re.compile(r"\b(?:left|right)(?:wards?)?\b", re.IGNORECASE)
 _IDIOM = re.compile(r"\b(?:" + "|".join(_RIGHT_IDIOMS) + r")\b", re.IGNORECASE)
 _ZH = re.compile(r"左右|左|右")
@@ -137,8 +150,10 @@ def swap_laterality(text: str) -> str:
     """
     blockers = flip_blockers(text)
     if blockers:
-        raise ValueError(f"cannot mirror a text naming {', '.join(repr(b) for b in blockers)} (no left-right "
-                         f"counterpart); such a sample must not be flipped: {text!r}")
+        raise ValueError(
+            f"cannot mirror a text naming {', '.join(repr(b) for b in blockers)} (no left-right "
+            f"counterpart); such a sample must not be flipped: {text!r}"
+        )
     protected = [(m.start(), m.end()) for pattern in (_IDIOM, _EN_CARDIAC) for m in pattern.finditer(text)]
     zh_protected = [(m.start(), m.end()) for m in _ZH_CARDIAC.finditer(text)]
 

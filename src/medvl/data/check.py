@@ -18,7 +18,7 @@ from typing import Any
 
 from medvl.data.records import Record, parse_record
 from medvl.data.registry import DatasetEntry, is_registry, load_registry
-from medvl.errors import MedVLDataError, MediaOutsideRootError
+from medvl.errors import MediaOutsideRootError, MedVLDataError
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,15 @@ class CheckReport:
             cols += ["tok_min", "tok_med", "tok_max"]
         rows = []
         for s in self.sources:
-            row = [s.name, s.records, s.valid_records, s.images, s.volumes, s.media_found, *(s.problems[k] for k in KINDS)]
+            row = [
+                s.name,
+                s.records,
+                s.valid_records,
+                s.images,
+                s.volumes,
+                s.media_found,
+                *(s.problems[k] for k in KINDS),
+            ]
             if self.token_counts:
                 row += [min(s.tokens), int(statistics.median(s.tokens)), max(s.tokens)] if s.tokens else ["-"] * 3
             rows.append([str(v) for v in row])
@@ -151,6 +159,7 @@ def _classify(err: MedVLDataError) -> str:
 
 def _raw_objects(path: Path, stats: SourceStats, report: CheckReport) -> list[tuple[str, Any]]:
     """Decode a records file tolerantly: every bad line is reported, the good ones are kept."""
+
     def bad(kind: str, rid: str | None, msg: str) -> None:
         stats.problems[kind] += 1
         stats.records += 1
@@ -270,17 +279,37 @@ def check_data(
                 continue
             if rec.id in seen_ids:  # results are matched to references by id: duplicates corrupt scores
                 stats.problems["duplicate_id"] += 1
-                report.issues.append(("duplicate_id", str(MedVLDataError(f"duplicate record id (first seen as {seen_ids[rec.id]})", record=rec.id, path=str(path)))))
+                report.issues.append(
+                    (
+                        "duplicate_id",
+                        str(
+                            MedVLDataError(
+                                f"duplicate record id (first seen as {seen_ids[rec.id]})", record=rec.id, path=str(path)
+                            )
+                        ),
+                    )
+                )
             else:
                 seen_ids[rec.id] = rid
-            good = _check_media(rec, path, stats, report, media_status, read_media, image_loader, volume_loader, processor)
+            good = _check_media(
+                rec, path, stats, report, media_status, read_media, image_loader, volume_loader, processor
+            )
             good = _check_tokens(rec, path, encoder, stats, report) and good
             stats.valid_records += int(good)
     return report
 
 
-def _check_media(rec: Record, path: Path, stats: SourceStats, report: CheckReport, status: dict, read_media: bool,
-                 image_loader: Any, volume_loader: Any, processor: Any) -> bool:
+def _check_media(
+    rec: Record,
+    path: Path,
+    stats: SourceStats,
+    report: CheckReport,
+    status: dict,
+    read_media: bool,
+    image_loader: Any,
+    volume_loader: Any,
+    processor: Any,
+) -> bool:
     good = True
     for kind, files, loader in (("image", rec.images, image_loader), ("volume", rec.volumes, volume_loader)):
         for f in files:
@@ -301,11 +330,15 @@ def _check_media(rec: Record, path: Path, stats: SourceStats, report: CheckRepor
             missing = problem == "not found"
             stats.problems["missing_media" if missing else "unreadable_media"] += 1
             msg = f"{kind} file not found" if missing else f"unreadable {kind}: {problem}"
-            report.issues.append(("missing_media" if missing else "unreadable_media", str(MedVLDataError(msg, record=rec.id, path=f))))
+            report.issues.append(
+                ("missing_media" if missing else "unreadable_media", str(MedVLDataError(msg, record=rec.id, path=f)))
+            )
     return good
 
 
-def _read_media(kind: str, f: str, read_media: bool, loader: Any, processor: Any, window: Any = None) -> str | Warning | None:
+def _read_media(
+    kind: str, f: str, read_media: bool, loader: Any, processor: Any, window: Any = None
+) -> str | Warning | None:
     """None when the file is fine, a Warning when it is suspicious, else a short description of the problem."""
     if not Path(f).exists():
         return "not found"

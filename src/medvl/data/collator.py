@@ -137,8 +137,11 @@ class PackingCollator:
         """
         samples = _present(samples)
         if not samples:
-            return {**_empty_batch(with_labels=True, with_mask=False), "position_ids": torch.zeros((0, 1), dtype=torch.long),
-                    **({"ids": []} if self.return_ids else {})}
+            return {
+                **_empty_batch(with_labels=True, with_mask=False),
+                "position_ids": torch.zeros((0, 1), dtype=torch.long),
+                **({"ids": []} if self.return_ids else {}),
+            }
         ids, labels, pos = [], [], []
         for s in samples:
             x = _as_tensor(s["input_ids"])
@@ -197,8 +200,9 @@ class AdaptivePackingCollator:
         return_ids: also return ``ids`` (record ids).
     """
 
-    def __init__(self, pad_token_id: int, min_row_saving: float = 0.25, max_tokens: int | None = None,
-                 return_ids: bool = False):
+    def __init__(
+        self, pad_token_id: int, min_row_saving: float = 0.25, max_tokens: int | None = None, return_ids: bool = False
+    ):
         if not 0.0 <= min_row_saving < 1.0:
             raise ValueError(f"min_row_saving must be in [0, 1), got {min_row_saving}")
         self.padded = PaddedCollator(pad_token_id=pad_token_id, padding_side="right", return_ids=return_ids)

@@ -140,7 +140,8 @@ class ConversationDataset(torch.utils.data.Dataset):
             augment = None
         # an Augmenter: its sample hook before processing, its volume jitter after the volume processor
         self.augment_volume_values: Callable[[torch.Tensor], torch.Tensor] | None = getattr(
-            augment, "augment_volume_values", None)
+            augment, "augment_volume_values", None
+        )
         self.augment = getattr(augment, "augment_sample", augment)
         self._image_loader = image_loader
         self._volume_loader = volume_loader
@@ -165,7 +166,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         weights: dict[str, float] | None = None,
         seed: int = 0,
         **kwargs: Any,
-    ) -> "ConversationDataset":
+    ) -> ConversationDataset:
         """A dataset from a records file or a registry YAML (its data sets mixed by weight).
 
         Args:
@@ -215,7 +216,9 @@ class ConversationDataset(torch.utils.data.Dataset):
     def _pixel_values(self, images: list[Any], rec: Record) -> torch.Tensor:
         proc = getattr(self.processor, "image_processor", None)
         if proc is None:
-            raise MedVLDataError("the record has images but the model has no image processor", record=rec.id, path=rec.source_file)
+            raise MedVLDataError(
+                "the record has images but the model has no image processor", record=rec.id, path=rec.source_file
+            )
         return proc(images, return_tensors="pt")["pixel_values"]
 
     def _volume_values(self, volumes: list[Any], rec: Record, from_cache: bool) -> torch.Tensor:
@@ -223,7 +226,9 @@ class ConversationDataset(torch.utils.data.Dataset):
             return torch.stack(volumes)
         proc = getattr(self.processor, "volume_processor", None)
         if proc is None:
-            raise MedVLDataError("the record has volumes but the model has no volume processor", record=rec.id, path=rec.source_file)
+            raise MedVLDataError(
+                "the record has volumes but the model has no volume processor", record=rec.id, path=rec.source_file
+            )
         tensors = []
         for path, vol in zip(rec.volumes, volumes):
             try:
@@ -271,15 +276,19 @@ class ConversationDataset(torch.utils.data.Dataset):
         if self.feature_cache is not None and self.augment is None:
             for kind, (field, _, key) in FEATURE_KINDS.items():
                 # a lazy cache encodes the record's media now if it has not seen them yet
-                cached_features = self.feature_cache.lookup(kind, getattr(rec, field),
-                                                            load=lambda kind=kind: self.media_values(rec, kind))
+                cached_features = self.feature_cache.lookup(
+                    kind, getattr(rec, field), load=lambda kind=kind: self.media_values(rec, kind)
+                )
                 if cached_features is not None:
                     features[key] = cached_features
         images = [] if "image_encoder_features" in features else self._load_images(rec)
         # preprocessed volumes from `medvl data prepare` (not with augmentation: it needs the raw volume)
         skip_volumes = "volume_encoder_features" in features
-        cached = [self.cache.get(p, record=rec.id) for p in rec.volumes] \
-            if self.cache is not None and self.augment is None and not skip_volumes else []
+        cached = (
+            [self.cache.get(p, record=rec.id) for p in rec.volumes]
+            if self.cache is not None and self.augment is None and not skip_volumes
+            else []
+        )
         use_cache = bool(cached) and all(c is not None for c in cached)
         volumes = [] if skip_volumes else cached if use_cache else self._load_volumes(rec)
         if self.augment is not None:

@@ -67,7 +67,9 @@ class EncoderFeatureCache:
         self.encoders = dict(encoders or {})
         self.encoded = 0  # files encoded on a miss (lazy filling)
 
-    def lookup(self, kind: str, paths: Sequence[str], load: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def lookup(
+        self, kind: str, paths: Sequence[str], load: Callable[[], torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
         """The stacked features of ``paths`` (N, tokens, width), or None when ``kind`` is not
         cached or any path is missing (and cannot be encoded now).
 
@@ -96,7 +98,9 @@ class EncoderFeatureCache:
 
 
 @torch.no_grad()
-def build_feature_cache(model: Any, datasets: Sequence[Any], kinds: Iterable[str], batch_size: int = 32) -> EncoderFeatureCache:
+def build_feature_cache(
+    model: Any, datasets: Sequence[Any], kinds: Iterable[str], batch_size: int = 32
+) -> EncoderFeatureCache:
     """Encode every distinct media file of ``datasets`` once with ``model``'s frozen encoder(s).
 
     Args:
@@ -141,8 +145,11 @@ def build_feature_cache(model: Any, datasets: Sequence[Any], kinds: Iterable[str
                     flush()
         flush()
         module.train(was_training)
-    logger.info("encoder feature cache: %s in %.1f s",
-                ", ".join(f"{len(cache.features[k])} {k} files" for k in cache.kinds), time.time() - start)
+    logger.info(
+        "encoder feature cache: %s in %.1f s",
+        ", ".join(f"{len(cache.features[k])} {k} files" for k in cache.kinds),
+        time.time() - start,
+    )
     return cache
 
 
@@ -153,8 +160,10 @@ def _frozen_encoder(model: Any, kind: str) -> tuple[Any, Callable[[torch.Tensor]
     if module is None:
         raise ValueError(f"data.cache_encoder_features: the model has no {kind} encoder")
     if any(p.requires_grad for p in module.parameters()):
-        raise ValueError(f"data.cache_encoder_features: the {kind} encoder trains in this stage; "
-                         "cached features would go stale (set its part's mode to frozen)")
+        raise ValueError(
+            f"data.cache_encoder_features: the {kind} encoder trains in this stage; "
+            "cached features would go stale (set its part's mode to frozen)"
+        )
     return base, {"image": base.encode_images, "volume": base.encode_volumes}[kind], module
 
 

@@ -142,8 +142,10 @@ def load_label_table(path: str | Path, kind: MediaKind, root: str | Path | None 
             columns = reader.fieldnames or []
             media = next((c for c in MEDIA_COLUMNS[kind] if c in columns), None)
             if media is None:
-                raise MedVLDataError(f"a label table needs a media column ({' or '.join(MEDIA_COLUMNS[kind])}); "
-                                     f"columns: {columns}", path=str(path))
+                raise MedVLDataError(
+                    f"a label table needs a media column ({' or '.join(MEDIA_COLUMNS[kind])}); columns: {columns}",
+                    path=str(path),
+                )
             label_columns = [c for c in columns if c not in (media, "id")]
             if not label_columns:
                 raise MedVLDataError(f"the label table has no label columns (columns: {columns})", path=str(path))
@@ -151,7 +153,11 @@ def load_label_table(path: str | Path, kind: MediaKind, root: str | Path | None 
                 rid = row.get("id") or f"{path.name}:{line}"
                 if not row.get(media):
                     raise MedVLDataError(f"row {line} has no {media!r} value", record=rid, path=str(path))
-                items.append(LabelledItem(rid, _resolve(row[media], base, rid, path), {c: row[c] for c in label_columns}, str(path)))
+                items.append(
+                    LabelledItem(
+                        rid, _resolve(row[media], base, rid, path), {c: row[c] for c in label_columns}, str(path)
+                    )
+                )
         return items
     from medvl.data.records import iter_raw
 
@@ -159,8 +165,11 @@ def load_label_table(path: str | Path, kind: MediaKind, root: str | Path | None 
         rid = str(obj.get("id", rid)) if isinstance(obj, dict) else str(rid)
         media = next((k for k in MEDIA_COLUMNS[kind] if isinstance(obj, dict) and obj.get(k)), None)
         if media is None or not isinstance(obj.get("labels"), dict):
-            raise MedVLDataError(f"a label row needs a media key ({' or '.join(MEDIA_COLUMNS[kind])}) and a 'labels' "
-                                 "mapping", record=rid, path=str(path))
+            raise MedVLDataError(
+                f"a label row needs a media key ({' or '.join(MEDIA_COLUMNS[kind])}) and a 'labels' mapping",
+                record=rid,
+                path=str(path),
+            )
         value = obj[media]
         if isinstance(value, list):
             if len(value) != 1:
@@ -196,15 +205,17 @@ def vqa_labels(record: Any) -> dict[str, int]:
             name = _question_name(record, turn, question["content"])
             value = int(word in _YES_ANSWERS)
             if labels.get(name, value) != value:
-                raise MedVLDataError(f"label {name!r} is answered both yes and no", record=record.id,
-                                     path=record.source_file)
+                raise MedVLDataError(
+                    f"label {name!r} is answered both yes and no", record=record.id, path=record.source_file
+                )
             labels[name] = value
         turn += 1
     return labels
 
 
-def items_from_records(records: Sequence[Any], kind: MediaKind, source: Literal["auto", "meta", "vqa"]
-                       ) -> list[LabelledItem]:
+def items_from_records(
+    records: Sequence[Any], kind: MediaKind, source: Literal["auto", "meta", "vqa"]
+) -> list[LabelledItem]:
     """One item per distinct media file of ``records``, labels merged over the records that show it.
 
     Args:
@@ -228,16 +239,20 @@ def items_from_records(records: Sequence[Any], kind: MediaKind, source: Literal[
                 unlabelled += 1
                 continue
             if not isinstance(raw, dict):
-                raise MedVLDataError(f"meta.labels must be a mapping of label -> value, got {raw!r}", record=rec.id,
-                                     path=rec.source_file)
+                raise MedVLDataError(
+                    f"meta.labels must be a mapping of label -> value, got {raw!r}", record=rec.id, path=rec.source_file
+                )
         else:
             raw = vqa_labels(rec)
             if not raw:
                 unlabelled += 1
                 continue
         if len(media) != 1:
-            raise MedVLDataError(f"stage-0 labels belong to one {kind} per record, this record has {len(media)}",
-                                 record=rec.id, path=rec.source_file)
+            raise MedVLDataError(
+                f"stage-0 labels belong to one {kind} per record, this record has {len(media)}",
+                record=rec.id,
+                path=rec.source_file,
+            )
         item = by_path.setdefault(media[0], LabelledItem(rec.id, media[0], {}, rec.source_file))
         for name, value in raw.items():
             parsed = parse_value(value)
@@ -247,17 +262,31 @@ def items_from_records(records: Sequence[Any], kind: MediaKind, source: Literal[
             if before is not None and before != parsed:
                 raise MedVLDataError(
                     f"label {name!r} of {media[0]} is {before!r} in record {origin[(media[0], name)]!r} but "
-                    f"{parsed!r} here", record=rec.id, path=rec.source_file)
+                    f"{parsed!r} here",
+                    record=rec.id,
+                    path=rec.source_file,
+                )
             item.labels[name] = parsed
             origin[(media[0], name)] = rec.id
     if unlabelled:
-        logger.info("stage 0: %d record(s) with a %s carry no %s labels and are not used", unlabelled, kind,
-                    "meta.labels" if source == "meta" else "yes/no")
+        logger.info(
+            "stage 0: %d record(s) with a %s carry no %s labels and are not used",
+            unlabelled,
+            kind,
+            "meta.labels" if source == "meta" else "yes/no",
+        )
     return list(by_path.values())
 
 
-def load_labelled_items(paths: Iterable[str], kind: MediaKind, *, source: Literal["auto", "meta", "vqa"] = "auto",
-                        root: str | Path | None = None, split: str = "train", seed: int = 0) -> list[LabelledItem]:
+def load_labelled_items(
+    paths: Iterable[str],
+    kind: MediaKind,
+    *,
+    source: Literal["auto", "meta", "vqa"] = "auto",
+    root: str | Path | None = None,
+    split: str = "train",
+    seed: int = 0,
+) -> list[LabelledItem]:
     """Items of ``data.train`` or ``data.eval`` entries (label tables, records files, registries).
 
     Args:
@@ -315,7 +344,7 @@ class LabelSchema:
     labels: list[LabelSpec]
 
     @classmethod
-    def from_items(cls, items: Sequence[LabelledItem], names: Sequence[str] = ()) -> "LabelSchema":
+    def from_items(cls, items: Sequence[LabelledItem], names: Sequence[str] = ()) -> LabelSchema:
         """The labels of the training items (first-seen order; classes sorted).
 
         Args:
@@ -332,8 +361,10 @@ class LabelSchema:
         if names:
             missing = [n for n in names if n not in values]
             if missing:
-                raise ValueError(f"train.encoder_pretrain.label_names: {missing} not found in the training data; "
-                                 f"labels there: {', '.join(values)}")
+                raise ValueError(
+                    f"train.encoder_pretrain.label_names: {missing} not found in the training data; "
+                    f"labels there: {', '.join(values)}"
+                )
             values = {n: values[n] for n in names}
         specs = []
         for name, seen in values.items():
@@ -374,13 +405,20 @@ class LabelSchema:
                 continue
             if spec.classes is None:
                 if value not in (0, 1):
-                    raise MedVLDataError(f"label {spec.name!r} is binary in the training data but has value "
-                                         f"{value!r} here", record=item.id, path=item.source)
+                    raise MedVLDataError(
+                        f"label {spec.name!r} is binary in the training data but has value {value!r} here",
+                        record=item.id,
+                        path=item.source,
+                    )
                 target[where] = float(value)
             else:
                 if str(value) not in spec.classes:
-                    raise MedVLDataError(f"label {spec.name!r} has value {value!r}, not one of the classes seen in "
-                                         f"training ({', '.join(spec.classes)})", record=item.id, path=item.source)
+                    raise MedVLDataError(
+                        f"label {spec.name!r} has value {value!r}, not one of the classes seen in "
+                        f"training ({', '.join(spec.classes)})",
+                        record=item.id,
+                        path=item.source,
+                    )
                 target[where] = 0.0
                 target[where.start + spec.classes.index(str(value))] = 1.0
         return target
@@ -390,7 +428,7 @@ class LabelSchema:
         return {"labels": [{"name": s.name, "classes": s.classes} for s in self.labels]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LabelSchema":
+    def from_dict(cls, d: dict[str, Any]) -> LabelSchema:
         """Inverse of :meth:`to_dict`.
 
         Args:
@@ -413,8 +451,16 @@ class FindingDataset(torch.utils.data.Dataset):
         cache_media: keep each preprocessed file in memory (float16) after its first use.
     """
 
-    def __init__(self, items: Sequence[LabelledItem], schema: LabelSchema, processor: Any, kind: MediaKind,
-                 *, volume_cache: str | Path | None = None, cache_media: bool = False):
+    def __init__(
+        self,
+        items: Sequence[LabelledItem],
+        schema: LabelSchema,
+        processor: Any,
+        kind: MediaKind,
+        *,
+        volume_cache: str | Path | None = None,
+        cache_media: bool = False,
+    ):
         if not items:
             raise ValueError(f"stage 0: no labelled {kind}s")
         self.items = list(items)
@@ -482,5 +528,16 @@ def collate_findings(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
     return {key: torch.stack([b[key] for b in batch]) for key in batch[0]}
 
 
-__all__ = ["LabelledItem", "LabelSpec", "LabelSchema", "FindingDataset", "collate_findings", "load_labelled_items",
-           "load_label_table", "items_from_records", "vqa_labels", "is_label_table", "parse_value"]
+__all__ = [
+    "LabelledItem",
+    "LabelSpec",
+    "LabelSchema",
+    "FindingDataset",
+    "collate_findings",
+    "load_labelled_items",
+    "load_label_table",
+    "items_from_records",
+    "vqa_labels",
+    "is_label_table",
+    "parse_value",
+]

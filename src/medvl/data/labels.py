@@ -40,7 +40,9 @@ class OverlongSampleError(MedVLDataError):
         path: records file.
     """
 
-    def __init__(self, message: str, *, length: int, max_length: int, record: str | None = None, path: str | None = None):
+    def __init__(
+        self, message: str, *, length: int, max_length: int, record: str | None = None, path: str | None = None
+    ):
         super().__init__(message, record=record, path=path)
         self.length = length
         self.max_length = max_length
@@ -124,13 +126,16 @@ class ConversationEncoder:
             logger.warning(
                 "tokenizer/template %r: tokenising the prompt and answer segments separately differs from "
                 "tokenising the whole conversation; labels stay exact, but multi-turn prompts at inference may "
-                "tokenise differently from training", self.template_name,
+                "tokenise differently from training",
+                self.template_name,
             )
             return False
         return True
 
     @classmethod
-    def from_processor(cls, processor: Any, template: str | None = "auto", max_length: int | None = None) -> "ConversationEncoder":
+    def from_processor(
+        cls, processor: Any, template: str | None = "auto", max_length: int | None = None
+    ) -> ConversationEncoder:
         """Build an encoder matching a ``MedVLProcessor`` (or a bare tokenizer).
 
         Args:
@@ -213,7 +218,7 @@ class ConversationEncoder:
                     "(the rendering of the first k messages is not a prefix of the whole), so answers cannot be "
                     "located exactly; choose a bundled template (chatml, llama3, vicuna, plain)"
                 )
-            answer = upto[len(prompt):]
+            answer = upto[len(prompt) :]
             start = answer.find(m["content"])
             if start < 0:
                 raise ValueError(
@@ -225,10 +230,13 @@ class ConversationEncoder:
             if eot is None:
                 if self.end_of_turn is not None:
                     raise ValueError(f"template {self.template_name!r}: no {self.end_of_turn!r} after answer {k}")
-                logger.warning("template %r has no end-of-turn token after answers; the model will not learn to stop", self.template_name)
+                logger.warning(
+                    "template %r has no end-of-turn token after answers; the model will not learn to stop",
+                    self.template_name,
+                )
                 eot = 0
             stop += eot
-            out.append((full[pos:len(prompt)], False))
+            out.append((full[pos : len(prompt)], False))
             out.append((answer[:stop], True))
             pos = len(prompt) + stop
         out.append((full[pos:], False))
@@ -273,7 +281,9 @@ class ConversationEncoder:
             OverlongSampleError: longer than ``max_length`` (media tokens included).
         """
         if not any(m["role"] == "assistant" for m in messages):
-            raise MedVLDataError("no assistant answer to learn from (training needs at least one)", record=record, path=path)
+            raise MedVLDataError(
+                "no assistant answer to learn from (training needs at least one)", record=record, path=path
+            )
         input_ids: list[int] = []
         labels: list[int] = []
         media = {i for i in self._marker_ids.values() if i is not None}

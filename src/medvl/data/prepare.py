@@ -53,8 +53,11 @@ def _source_stamp(path: str) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():  # DICOM series: the newest file and the count stand for the folder
         files = [f for f in p.iterdir() if f.is_file()]
-        return {"size": sum(f.stat().st_size for f in files), "n_files": len(files),
-                "mtime": max((f.stat().st_mtime for f in files), default=0.0)}
+        return {
+            "size": sum(f.stat().st_size for f in files),
+            "n_files": len(files),
+            "mtime": max((f.stat().st_mtime for f in files), default=0.0),
+        }
     st = p.stat()
     return {"size": st.st_size, "mtime": st.st_mtime}
 
@@ -70,7 +73,9 @@ class VolumeCache:
         self.folder = Path(folder)
         manifest = self.folder / MANIFEST
         if not manifest.is_file():
-            raise ValueError(f"{self.folder} is not a volume cache (no {MANIFEST}); create it with `medvl data prepare`")
+            raise ValueError(
+                f"{self.folder} is not a volume cache (no {MANIFEST}); create it with `medvl data prepare`"
+            )
         self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
         self.dtype: str = self.manifest["dtype"]
         self.entries: dict[str, dict[str, Any]] = self.manifest["entries"]
@@ -86,8 +91,11 @@ class VolumeCache:
             raise ValueError(f"a volume cache ({self.folder}) was given but the model has no volume processor")
         if processor_fingerprint(volume_processor) != self.manifest["fingerprint"]:
             cached, current = self.manifest["volume_processor"], volume_processor.to_dict()
-            diff = [f"{k}: cache {cached.get(k)!r} vs model {current.get(k)!r}"
-                    for k in sorted(set(cached) | set(current)) if cached.get(k) != current.get(k)]
+            diff = [
+                f"{k}: cache {cached.get(k)!r} vs model {current.get(k)!r}"
+                for k in sorted(set(cached) | set(current))
+                if cached.get(k) != current.get(k)
+            ]
             raise ValueError(
                 f"the volume cache {self.folder} was built with another volume processor configuration "
                 f"({'; '.join(diff) or 'fingerprint differs'}); rebuild it with `medvl data prepare` for this model"
@@ -114,13 +122,18 @@ class VolumeCache:
         try:
             array = np.load(cached, mmap_mode="r")
         except (OSError, ValueError, EOFError) as err:  # numpy says "EOF: reading array header" and no file
-            raise MedVLDataError(f"the volume cache file {cached} is damaged ({type(err).__name__}: {err}); run "
-                                 "`medvl data prepare` again, or drop data.volume_cache", record=record,
-                                 path=str(path)) from None
+            raise MedVLDataError(
+                f"the volume cache file {cached} is damaged ({type(err).__name__}: {err}); run "
+                "`medvl data prepare` again, or drop data.volume_cache",
+                record=record,
+                path=str(path),
+            ) from None
         if self.dtype == "int16":
             if self._processor is None:
                 raise ValueError("call check_processor(volume_processor) before reading an int16 (HU) cache")
-            return torch.from_numpy(np.ascontiguousarray(self._processor.intensity_map(np.asarray(array, np.float32)), np.float32))
+            return torch.from_numpy(
+                np.ascontiguousarray(self._processor.intensity_map(np.asarray(array, np.float32)), np.float32)
+            )
         return torch.from_numpy(np.array(array, dtype=np.float32))  # a private copy of the mapped file
 
     def __contains__(self, path: str) -> bool:
@@ -201,7 +214,9 @@ def prepare_volumes(
             if on_error == "raise":
                 if isinstance(err, MedVLDataError):
                     raise
-                raise MedVLDataError(f"cannot preprocess volume: {type(err).__name__}: {err}", record=rid, path=path) from err
+                raise MedVLDataError(
+                    f"cannot preprocess volume: {type(err).__name__}: {err}", record=rid, path=path
+                ) from err
             logger.warning("volume skipped (%s): %s", path, err)
             failed += 1
             continue
@@ -222,7 +237,14 @@ def prepare_volumes(
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
     os.replace(tmp, out / MANIFEST)
     size = sum((out / e["file"]).stat().st_size for e in entries.values() if (out / e["file"]).exists())
-    summary = {"cached": len(entries), "written": written, "kept": kept, "failed": failed, "bytes": size,
-               "fingerprint": fingerprint, "dtype": dtype}
+    summary = {
+        "cached": len(entries),
+        "written": written,
+        "kept": kept,
+        "failed": failed,
+        "bytes": size,
+        "fingerprint": fingerprint,
+        "dtype": dtype,
+    }
     logger.info("volume cache %s: %s", out, summary)
     return summary

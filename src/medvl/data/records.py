@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from medvl.errors import MedVLDataError, MediaOutsideRootError
+from medvl.errors import MediaOutsideRootError, MedVLDataError
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +121,12 @@ def _as_list(value: Any, what: str, rid: str, path: str) -> list[str]:
 
 
 def check_inside_root(
-    media: str | Path, root: str | Path, record: str | None = None, path: str | None = None,
-    allow_outside_root: bool | None = None, written: str | None = None,
+    media: str | Path,
+    root: str | Path,
+    record: str | None = None,
+    path: str | None = None,
+    allow_outside_root: bool | None = None,
+    written: str | None = None,
 ) -> None:
     """Raise unless ``media`` resolves (``..`` and symlinks followed) inside ``root``.
 
@@ -252,7 +256,9 @@ def parse_native(
             raise MedVLDataError(f"message {i} must be an object with 'role' and 'content'", record=rid, path=path)
         role = m["role"]
         if role not in ROLES:
-            raise MedVLDataError(f"message {i}: unknown role {role!r}; valid roles: {', '.join(ROLES)}", record=rid, path=path)
+            raise MedVLDataError(
+                f"message {i}: unknown role {role!r}; valid roles: {', '.join(ROLES)}", record=rid, path=path
+            )
         text, imgs, vols = _content_to_text(m["content"], rid, path)
         inline_img += imgs
         inline_vol += vols
@@ -271,8 +277,13 @@ def parse_native(
     _check_media(messages, images, volumes, rid, path)
     meta = dict(obj.get("meta") or {})
     meta.update({k: v for k, v in obj.items() if k not in _NATIVE_KEYS})
-    return Record(rid, messages, _resolve(images, root, rid, path, allow_outside_root),
-                  _resolve(volumes, volume_root, rid, path, allow_outside_root), meta)
+    return Record(
+        rid,
+        messages,
+        _resolve(images, root, rid, path, allow_outside_root),
+        _resolve(volumes, volume_root, rid, path, allow_outside_root),
+        meta,
+    )
 
 
 def parse_medmvl(
@@ -298,7 +309,9 @@ def parse_medmvl(
         role = SPEAKERS.get(str(turn["from"]).lower())
         if role is None:
             raise MedVLDataError(
-                f"turn {i}: unknown speaker {turn['from']!r}; valid speakers: {', '.join(SPEAKERS)}", record=rid, path=path
+                f"turn {i}: unknown speaker {turn['from']!r}; valid speakers: {', '.join(SPEAKERS)}",
+                record=rid,
+                path=path,
             )
         if not isinstance(turn["value"], str):
             raise MedVLDataError(f"turn {i}: 'value' must be a string", record=rid, path=path)
@@ -311,8 +324,13 @@ def parse_medmvl(
     meta.update({k: v for k, v in obj.items() if k not in _MEDMVL_KEYS})
     if "answer" in obj:
         meta["reference"] = obj["answer"]
-    return Record(rid, messages, _resolve(images, root, rid, path, allow_outside_root),
-                  _resolve(volumes, volume_root, rid, path, allow_outside_root), meta)
+    return Record(
+        rid,
+        messages,
+        _resolve(images, root, rid, path, allow_outside_root),
+        _resolve(volumes, volume_root, rid, path, allow_outside_root),
+        meta,
+    )
 
 
 def parse_record(
@@ -364,7 +382,7 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise MedVLDataError(
-            f"invalid UTF-8 at byte {err.start} (line {line}): {data[err.start:err.start + 4]!r}; save the file as UTF-8",
+            f"invalid UTF-8 at byte {err.start} (line {line}): {data[err.start : err.start + 4]!r}; save the file as UTF-8",
             path=str(path),
         ) from None
 
@@ -389,7 +407,9 @@ def iter_raw(path: str | Path) -> list[tuple[str, Any]]:
             if first == "{" and "\n" in text.strip():
                 is_jsonl = True  # several objects, one per line
             else:
-                raise MedVLDataError(f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}", path=str(path)) from None
+                raise MedVLDataError(
+                    f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}", path=str(path)
+                ) from None
         else:
             if isinstance(doc, dict) and isinstance(doc.get("data"), list):
                 doc = doc["data"]
@@ -402,7 +422,11 @@ def iter_raw(path: str | Path) -> list[tuple[str, Any]]:
         try:
             out.append((f"{path.name}:{lineno}", json.loads(line)))
         except json.JSONDecodeError as err:
-            raise MedVLDataError(f"line {lineno} is not valid JSON: {err.msg} (column {err.colno})", record=f"{path.name}:{lineno}", path=str(path)) from None
+            raise MedVLDataError(
+                f"line {lineno} is not valid JSON: {err.msg} (column {err.colno})",
+                record=f"{path.name}:{lineno}",
+                path=str(path),
+            ) from None
     return out
 
 

@@ -99,11 +99,15 @@ class Registry:
         if names:
             unknown = [n for n in names if n not in self.datasets]
             if unknown:
-                raise ValueError(f"unknown data set(s) {unknown} in {self.path}; valid names: {', '.join(self.datasets)}")
+                raise ValueError(
+                    f"unknown data set(s) {unknown} in {self.path}; valid names: {', '.join(self.datasets)}"
+                )
         out = [e for n, e in self.datasets.items() if (not names or n in names) and (split is None or e.split == split)]
         if not out:
             splits = sorted({e.split for e in self.datasets.values()})
-            raise ValueError(f"no data set in {self.path} matches split={split!r} names={names}; splits present: {splits}")
+            raise ValueError(
+                f"no data set in {self.path} matches split={split!r} names={names}; splits present: {splits}"
+            )
         return out
 
 
@@ -130,7 +134,9 @@ def load_registry(path: str | Path) -> Registry:
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
-        raise ValueError(f"{path}: a registry needs a 'datasets:' mapping of name -> {{path, root, format, split, weight}}")
+        raise ValueError(
+            f"{path}: a registry needs a 'datasets:' mapping of name -> {{path, root, format, split, weight}}"
+        )
     unknown = sorted(set(data) - {"root", "datasets"})
     if unknown:
         raise ValueError(f"{path}: unknown top-level key(s) {unknown}; valid keys: datasets, root")
@@ -148,7 +154,11 @@ def load_registry(path: str | Path) -> Registry:
             raise ValueError(f"{path}: data set {name!r} has no 'path'")
         if entry.weight < 0:
             raise ValueError(f"{path}: data set {name!r} has a negative weight {entry.weight}")
-        entry.path, entry.root, entry.volume_root = absolute(entry.path), absolute(entry.root), absolute(entry.volume_root)
+        entry.path, entry.root, entry.volume_root = (
+            absolute(entry.path),
+            absolute(entry.root),
+            absolute(entry.volume_root),
+        )
         entries[str(name)] = entry
     return Registry(entries, str(path))
 

@@ -38,8 +38,8 @@ from scipy import ndimage
 from medvl.data.synth_text import (
     CLOSED_TYPES,
     FINDING_LABELS,
-    NODULE_DIAMETER_MM,
     LANGUAGES,
+    NODULE_DIAMETER_MM,
     OPEN_TYPES,
     CaseFindings,
     Nodule,
@@ -61,8 +61,11 @@ ORIENTATIONS = (("L", "P", "S"), ("R", "A", "S"), ("L", "A", "S"))
 # Vertical extent of each lobe inside its lung, as fractions of the lung height from apex (0) to
 # base (1). Nodules stay above the highest effusion level so that fluid never hides a labelled one.
 LOBE_BANDS = {
-    ("right", "upper"): (0.12, 0.40), ("right", "middle"): (0.42, 0.58), ("right", "lower"): (0.60, 0.74),
-    ("left", "upper"): (0.12, 0.50), ("left", "lower"): (0.54, 0.74),
+    ("right", "upper"): (0.12, 0.40),
+    ("right", "middle"): (0.42, 0.58),
+    ("right", "lower"): (0.60, 0.74),
+    ("left", "upper"): (0.12, 0.50),
+    ("left", "lower"): (0.54, 0.74),
 }
 EFFUSION_LEVEL = (0.76, 0.86)  # fluid fills the lung below this fraction of its height (at the medial edge)
 
@@ -109,13 +112,14 @@ class Geometry3D:
 # image's right in the radiological display; y = inferior positive in 2D)
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class _Anatomy:
-    scale: float          # patient width factor
-    lung_cx: float        # |x| of each lung centre (mm)
-    lung_ax: float        # lung half-width
-    lung_ay: float        # lung half-height (cranio-caudal)
-    lung_cy: float        # lung centre height (2D: mm below image centre)
+    scale: float  # patient width factor
+    lung_cx: float  # |x| of each lung centre (mm)
+    lung_ax: float  # lung half-width
+    lung_ay: float  # lung half-height (cranio-caudal)
+    lung_cy: float  # lung centre height (2D: mm below image centre)
     heart_ax: float
     heart_ay: float
     effusion_level: dict[str, float]
@@ -128,8 +132,13 @@ def _anatomy(f: CaseFindings, rng: np.random.Generator) -> _Anatomy:
     thorax_width = 2 * (70 + 55) * s
     ctr = rng.uniform(0.56, 0.64) if enlarged else rng.uniform(0.42, 0.48)
     return _Anatomy(
-        scale=s, lung_cx=70 * s, lung_ax=55 * s, lung_ay=float(rng.uniform(100, 115)), lung_cy=float(rng.uniform(-15, -5)),
-        heart_ax=float(ctr * thorax_width / 2), heart_ay=float(rng.uniform(42, 50) * (1.15 if enlarged else 1.0)),
+        scale=s,
+        lung_cx=70 * s,
+        lung_ax=55 * s,
+        lung_ay=float(rng.uniform(100, 115)),
+        lung_cy=float(rng.uniform(-15, -5)),
+        heart_ax=float(ctr * thorax_width / 2),
+        heart_ay=float(rng.uniform(42, 50) * (1.15 if enlarged else 1.0)),
         effusion_level={side: float(rng.uniform(*EFFUSION_LEVEL)) for side in ("left", "right")},
     )
 
@@ -157,7 +166,10 @@ def _nodule_position(a: _Anatomy, n: Nodule) -> tuple[float, float, float]:
 # 2D: PA radiograph
 # --------------------------------------------------------------------------------------------
 
-def _ellipsoid_thickness(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float, depth: float) -> np.ndarray:
+
+def _ellipsoid_thickness(
+    x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float, depth: float
+) -> np.ndarray:
     """Path length (mm) of a ray along the beam through an ellipsoid with semi-axes ax, ay, depth."""
     q = 1 - ((x - cx) / ax) ** 2 - ((y - cy) / ay) ** 2
     return 2 * depth * np.sqrt(np.clip(q, 0, None))
@@ -182,15 +194,17 @@ def render_radiograph(f: CaseFindings, rng: np.random.Generator, geometry: Geome
 
     body_ax = 160 * a.scale
     density = MU_SOFT * 2 * 110 * np.sqrt(np.clip(1 - (x / body_ax) ** 2, 0, None))
-    lungs = {side: _ellipsoid_thickness(x, y, _lung_centre_x(a, side), a.lung_cy, a.lung_ax, a.lung_ay, 70)
-             for side in ("left", "right")}
+    lungs = {
+        side: _ellipsoid_thickness(x, y, _lung_centre_x(a, side), a.lung_cy, a.lung_ax, a.lung_ay, 70)
+        for side in ("left", "right")
+    }
     # Effusion: fluid replaces air below a meniscus that rises towards the lateral chest wall.
     for side in ("left", "right"):
         if f.effusion in (side, "both"):
             cx = _lung_centre_x(a, side)
             level = a.lung_cy - a.lung_ay + 2 * a.lung_ay * a.effusion_level[side]
             lateral = np.clip((x - cx) * (1 if side == "left" else -1) / a.lung_ax, 0, 1)
-            meniscus = level - 30 * lateral ** 2
+            meniscus = level - 30 * lateral**2
             wet = 1 / (1 + np.exp(-(y - meniscus) / 2.0))  # soft edge
             lungs[side] = lungs[side] * (1 - wet)
     density -= (MU_SOFT - MU_LUNG) * (lungs["left"] + lungs["right"])
@@ -211,7 +225,7 @@ def render_radiograph(f: CaseFindings, rng: np.random.Generator, geometry: Geome
     for n in f.nodules:
         nx, ny, _ = _nodule_position(a, n)
         r = n.diameter_mm / 2
-        chord = 2 * np.sqrt(np.clip(r ** 2 - (x - nx) ** 2 - (y - ny) ** 2, 0, None))
+        chord = 2 * np.sqrt(np.clip(r**2 - (x - nx) ** 2 - (y - ny) ** 2, 0, None))
         density += NODULE_GAIN * (MU_SOFT - MU_LUNG) * chord
     density = ndimage.gaussian_filter(density, sigma=0.6)
     density += rng.normal(0, 1.0, density.shape)
@@ -284,6 +298,7 @@ def save_dicom_dx(array: np.ndarray, path: Path, *, spacing: float, case_id: str
 # 3D: chest CT
 # --------------------------------------------------------------------------------------------
 
+
 def orientation_affine(axcodes: tuple[str, str, str], geometry: Geometry3D) -> tuple[np.ndarray, tuple[int, int, int]]:
     """A voxel -> RAS+ affine for a storage orientation, centred on the world origin.
 
@@ -304,8 +319,12 @@ def orientation_affine(axcodes: tuple[str, str, str], geometry: Geometry3D) -> t
     return affine, shape  # type: ignore[return-value]
 
 
-def render_ct(f: CaseFindings, rng: np.random.Generator, geometry: Geometry3D | None = None,
-              axcodes: tuple[str, str, str] = ("L", "P", "S")) -> tuple[np.ndarray, np.ndarray]:
+def render_ct(
+    f: CaseFindings,
+    rng: np.random.Generator,
+    geometry: Geometry3D | None = None,
+    axcodes: tuple[str, str, str] = ("L", "P", "S"),
+) -> tuple[np.ndarray, np.ndarray]:
     """Render a chest CT phantom in HU through its affine.
 
     Args:
@@ -337,8 +356,11 @@ def render_ct(f: CaseFindings, rng: np.random.Generator, geometry: Geometry3D | 
     lung_ap = 70.0
     lung_cap = -5.0
     for side in ("left", "right"):
-        q = ((x - _lung_centre_x(a, side)) / a.lung_ax) ** 2 + ((ap - lung_cap) / lung_ap) ** 2 \
+        q = (
+            ((x - _lung_centre_x(a, side)) / a.lung_ax) ** 2
+            + ((ap - lung_cap) / lung_ap) ** 2
             + ((y_inf - a.lung_cy) / a.lung_ay) ** 2
+        )
         lung = q <= 1
         vol[lung] = HU["lung"]
         if f.effusion in (side, "both"):
@@ -348,10 +370,13 @@ def render_ct(f: CaseFindings, rng: np.random.Generator, geometry: Geometry3D | 
             base = a.effusion_level[side] - 0.35
             fluid = lung & (depth > 1 - np.clip((height - base) / (1 - base), 0, None) * 0.9) & (height > base)
             vol[fluid] = HU["fluid"]
-    heart = ((x - 18 * a.scale) / a.heart_ax) ** 2 + ((ap - 35) / 45) ** 2 \
+    heart = (
+        ((x - 18 * a.scale) / a.heart_ax) ** 2
+        + ((ap - 35) / 45) ** 2
         + ((y_inf - (a.lung_cy + 0.45 * a.lung_ay)) / a.heart_ay) ** 2
+    )
     vol[heart <= 1] = HU["soft"]
-    spine = (x ** 2 + (ap + 80) ** 2) <= 18 ** 2
+    spine = (x**2 + (ap + 80) ** 2) <= 18**2
     vol[spine] = HU["bone"]
     sternum = (np.abs(x) < 12) & (np.abs(ap - 100) < 6) & (y_inf < a.lung_cy + 0.5 * a.lung_ay)
     vol[sternum] = HU["bone"]
@@ -388,6 +413,7 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Dataset
 # --------------------------------------------------------------------------------------------
+
 
 def _case_rng(seed: int, index: int, stream: int) -> np.random.Generator:
     """Independent random stream per (seed, case, purpose): case i is the same whatever N is."""
@@ -493,16 +519,38 @@ def _record(case_id: str, turns: list, marker: str, media_key: str, rel: str, la
     finding labels in meta.labels (stage 0 reads them)."""
     messages = []
     for k, qa in enumerate(turns):
-        messages += [{"role": "user", "content": f"{marker}\n{qa.question}" if k == 0 else qa.question},
-                     {"role": "assistant", "content": qa.answer}]
+        messages += [
+            {"role": "user", "content": f"{marker}\n{qa.question}" if k == 0 else qa.question},
+            {"role": "assistant", "content": qa.answer},
+        ]
     if len(turns) == 1:
         qa = turns[0]
-        return {"id": f"{case_id}-{qa.question_type}-{qa.language}", "messages": messages, media_key: [rel],
-                "meta": {"answer_type": qa.answer_type, "question_type": qa.question_type, "language": qa.language,
-                         "reference": qa.answer, "case": case_id, "source": "medvl-synth", "labels": labels}}
-    return {"id": f"{case_id}-" + "+".join(qa.question_type for qa in turns), "messages": messages, media_key: [rel],
-            "meta": {"question_types": [qa.question_type for qa in turns], "languages": [qa.language for qa in turns],
-                     "case": case_id, "source": "medvl-synth", "labels": labels}}
+        return {
+            "id": f"{case_id}-{qa.question_type}-{qa.language}",
+            "messages": messages,
+            media_key: [rel],
+            "meta": {
+                "answer_type": qa.answer_type,
+                "question_type": qa.question_type,
+                "language": qa.language,
+                "reference": qa.answer,
+                "case": case_id,
+                "source": "medvl-synth",
+                "labels": labels,
+            },
+        }
+    return {
+        "id": f"{case_id}-" + "+".join(qa.question_type for qa in turns),
+        "messages": messages,
+        media_key: [rel],
+        "meta": {
+            "question_types": [qa.question_type for qa in turns],
+            "languages": [qa.language for qa in turns],
+            "case": case_id,
+            "source": "medvl-synth",
+            "labels": labels,
+        },
+    }
 
 
 def _render_case(job: tuple) -> dict[str, Any]:
@@ -553,10 +601,18 @@ def write_label_table(path: Path, media_column: str, rows: list[tuple[str, str, 
     return path
 
 
-def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = False,
-               geometry: Geometry2D | Geometry3D | None = None, workers: int = 1,
-               train_format: str = "single", nodule_diameter_mm: tuple[float, float] = NODULE_DIAMETER_MM
-               ) -> dict[str, Any]:
+def synthesize(
+    kind: str,
+    n: int,
+    seed: int,
+    out: str | Path,
+    *,
+    dicom: bool = False,
+    geometry: Geometry2D | Geometry3D | None = None,
+    workers: int = 1,
+    train_format: str = "single",
+    nodule_diameter_mm: tuple[float, float] = NODULE_DIAMETER_MM,
+) -> dict[str, Any]:
     """Write a synthetic dataset.
 
     Args:
@@ -593,10 +649,9 @@ def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = F
     media_dir.mkdir(parents=True, exist_ok=True)
 
     findings = [random_findings(_case_rng(seed, i, 0), (lo, hi)) for i in range(n)]
-    keep = balance_keep_probabilities({
-        qtype: [a for a in (answer_for(f, qtype, "en") for f in findings) if a is not None]
-        for qtype in CLOSED_TYPES
-    })
+    keep = balance_keep_probabilities(
+        {qtype: [a for a in (answer_for(f, qtype, "en") for f in findings) if a is not None] for qtype in CLOSED_TYPES}
+    )
     splits = assign_splits(n, seed, findings)
     records: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     marker = "<image>" if kind == "2d" else "<volume>"
@@ -623,20 +678,30 @@ def synthesize(kind: str, n: int, seed: int, out: str | Path, *, dicom: bool = F
         with open(out / f"{split}.jsonl", "w", encoding="utf-8") as fh:
             for rec in records[split]:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        write_label_table(out / f"{split}_labels.csv", media_key[:-1],
-                          [(c["id"], c["file"], f.labels()) for c, f in zip(cases, findings) if c["split"] == split])
+        write_label_table(
+            out / f"{split}_labels.csv",
+            media_key[:-1],
+            [(c["id"], c["file"], f.labels()) for c, f in zip(cases, findings) if c["split"] == split],
+        )
     with open(out / "cases.jsonl", "w", encoding="utf-8") as fh:
         for info in cases:
             fh.write(json.dumps(info, ensure_ascii=False) + "\n")
     summary = {
-        "generator": "medvl.data.synth", "kind": kind, "n": n, "seed": seed, "dicom": dicom,
-        "geometry": geometry.__dict__, "train_format": train_format, "nodule_diameter_mm": [lo, hi],
+        "generator": "medvl.data.synth",
+        "kind": kind,
+        "n": n,
+        "seed": seed,
+        "dicom": dicom,
+        "geometry": geometry.__dict__,
+        "train_format": train_format,
+        "nodule_diameter_mm": [lo, hi],
         "splits": {s: {"cases": splits.count(s), "records": len(records[s])} for s in SPLITS},
         "question_types": {"closed": list(CLOSED_TYPES), "open": list(OPEN_TYPES)},
     }
     (out / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
-    logger.info("wrote %d %s cases (%s) to %s", n, kind,
-                ", ".join(f"{s}: {len(records[s])} records" for s in SPLITS), out)
+    logger.info(
+        "wrote %d %s cases (%s) to %s", n, kind, ", ".join(f"{s}: {len(records[s])} records" for s in SPLITS), out
+    )
     return summary
 
 
@@ -653,13 +718,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dicom", action="store_true", help="2D: write DICOM DX instead of 16-bit PNG")
     parser.add_argument("--size", type=int, default=None, help="2D image size in pixels (default 256)")
     parser.add_argument("--spacing", type=float, default=None, help="2D pixel spacing in mm (default 1.4)")
-    parser.add_argument("--nodule-mm", default=None, metavar="MIN,MAX",
-                        help=f"nodule diameters in mm, drawn uniformly (default {NODULE_DIAMETER_MM[0]:g},"
-                             f"{NODULE_DIAMETER_MM[1]:g})")
+    parser.add_argument(
+        "--nodule-mm",
+        default=None,
+        metavar="MIN,MAX",
+        help=f"nodule diameters in mm, drawn uniformly (default {NODULE_DIAMETER_MM[0]:g},{NODULE_DIAMETER_MM[1]:g})",
+    )
     parser.add_argument("--workers", type=int, default=1, help="rendering processes (same output for any number)")
-    parser.add_argument("--train-format", choices=TRAIN_FORMATS, default="single",
-                        help="grouped: training records are conversations of independent questions (one per "
-                             "finding; reports alone); validation/test stay single questions")
+    parser.add_argument(
+        "--train-format",
+        choices=TRAIN_FORMATS,
+        default="single",
+        help="grouped: training records are conversations of independent questions (one per "
+        "finding; reports alone); validation/test stay single questions",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -679,7 +751,16 @@ def run(args: argparse.Namespace) -> int:
             sizes = ()
         if len(sizes) != 2:
             raise ValueError(f"--nodule-mm takes MIN,MAX in mm (e.g. 4,12), got {args.nodule_mm!r}")
-    summary = synthesize(args.kind, args.n, args.seed, args.out, dicom=args.dicom, geometry=geometry,
-                         workers=args.workers, train_format=args.train_format, nodule_diameter_mm=sizes)
+    summary = synthesize(
+        args.kind,
+        args.n,
+        args.seed,
+        args.out,
+        dicom=args.dicom,
+        geometry=geometry,
+        workers=args.workers,
+        train_format=args.train_format,
+        nodule_diameter_mm=sizes,
+    )
     print(json.dumps(summary["splits"]))
     return 0

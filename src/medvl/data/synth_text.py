@@ -27,8 +27,17 @@ MAX_NODULES = 3
 LANGUAGES = ("en", "zh")
 
 # Multi-hot labels of a case (CaseFindings.labels), the patient's sides.
-FINDING_LABELS = ("nodule", "nodules_1", "nodules_2", "nodules_3", "nodule_left", "nodule_right",
-                  "effusion_left", "effusion_right", "heart_enlarged")
+FINDING_LABELS = (
+    "nodule",
+    "nodules_1",
+    "nodules_2",
+    "nodules_3",
+    "nodule_left",
+    "nodule_right",
+    "effusion_left",
+    "effusion_right",
+    "heart_enlarged",
+)
 # Closed question types (fixed answer set, scored by exact match) and open ones (scored as text).
 CLOSED_TYPES = ("nodule_presence", "nodule_count", "nodule_side", "effusion_presence", "effusion_side", "heart_size")
 OPEN_TYPES = ("nodule_location", "nodule_size", "report")
@@ -74,17 +83,19 @@ class CaseFindings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CaseFindings":
+    def from_dict(cls, d: dict[str, Any]) -> CaseFindings:
         return cls(
-            nodules=[Nodule(n["side"], n["lobe"], float(n["diameter_mm"]), tuple(n.get("offset", (0.5, 0.5, 0.5))))
-                     for n in d.get("nodules", [])],
+            nodules=[
+                Nodule(n["side"], n["lobe"], float(n["diameter_mm"]), tuple(n.get("offset", (0.5, 0.5, 0.5))))
+                for n in d.get("nodules", [])
+            ],
             effusion=d.get("effusion", "none"),
             heart=d.get("heart", "normal"),
         )
 
     @property
     def nodule_sides(self) -> str:
-        """"none", "left", "right" or "both": where the nodules are."""
+        """ "none", "left", "right" or "both": where the nodules are."""
         sides = {n.side for n in self.nodules}
         if not sides:
             return "none"
@@ -94,13 +105,25 @@ class CaseFindings:
         """0/1 finding labels in the order of :data:`FINDING_LABELS` (for encoder pretraining)."""
         sides = {n.side for n in self.nodules}
         count = len(self.nodules)
-        return [int(v) for v in (count > 0, count == 1, count == 2, count == 3, "left" in sides, "right" in sides,
-                                 self.effusion in ("left", "both"), self.effusion in ("right", "both"),
-                                 self.heart == "enlarged")]
+        return [
+            int(v)
+            for v in (
+                count > 0,
+                count == 1,
+                count == 2,
+                count == 3,
+                "left" in sides,
+                "right" in sides,
+                self.effusion in ("left", "both"),
+                self.effusion in ("right", "both"),
+                self.heart == "enlarged",
+            )
+        ]
 
 
-def random_findings(rng: np.random.Generator,
-                    nodule_diameter_mm: tuple[float, float] = NODULE_DIAMETER_MM) -> CaseFindings:
+def random_findings(
+    rng: np.random.Generator, nodule_diameter_mm: tuple[float, float] = NODULE_DIAMETER_MM
+) -> CaseFindings:
     """Draw a finding description.
 
     The distribution is chosen so that the yes/no questions are balanced a priori (half the cases
@@ -171,7 +194,10 @@ _TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("是否有胸腔积液？", "可见胸腔积液吗？"),
     ),
     "effusion_side": (
-        ("Which side is the pleural effusion on: left, right or both?", "Where is the pleural effusion: left, right or both?"),
+        (
+            "Which side is the pleural effusion on: left, right or both?",
+            "Where is the pleural effusion: left, right or both?",
+        ),
         ("胸腔积液位于哪一侧：左、右还是双侧？", "积液在哪一侧：左、右还是双侧？"),
     ),
     "heart_size": (
@@ -294,7 +320,13 @@ def findings_report(f: CaseFindings, language: str) -> str:
         language: "en" or "zh".
     """
     # Order nodules anatomically so the same findings always give the same text.
-    order = {("right", "upper"): 0, ("right", "middle"): 1, ("right", "lower"): 2, ("left", "upper"): 3, ("left", "lower"): 4}
+    order = {
+        ("right", "upper"): 0,
+        ("right", "middle"): 1,
+        ("right", "lower"): 2,
+        ("left", "upper"): 3,
+        ("left", "lower"): 4,
+    }
     nodules = sorted(f.nodules, key=lambda n: (order[(n.side, n.lobe)], -n.diameter_mm))
     parts = []
     if language == "en":
@@ -306,8 +338,14 @@ def findings_report(f: CaseFindings, language: str) -> str:
         else:
             phrases = ", ".join(f"{round(n.diameter_mm)} mm in the {_lobe_name(n, 'en')}" for n in nodules)
             parts.append(f"{len(nodules)} lung nodules: {phrases}.")
-        parts.append({"none": "No pleural effusion.", "left": "Left pleural effusion.",
-                      "right": "Right pleural effusion.", "both": "Bilateral pleural effusions."}[f.effusion])
+        parts.append(
+            {
+                "none": "No pleural effusion.",
+                "left": "Left pleural effusion.",
+                "right": "Right pleural effusion.",
+                "both": "Bilateral pleural effusions.",
+            }[f.effusion]
+        )
         parts.append("The heart size is normal." if f.heart == "normal" else "The heart is enlarged.")
         return " ".join(parts)
     if not nodules:
@@ -317,7 +355,11 @@ def findings_report(f: CaseFindings, language: str) -> str:
     else:
         phrases = "，".join(f"{_lobe_name(n, 'zh')}约{round(n.diameter_mm)}毫米" for n in nodules)
         parts.append(f"可见{len(nodules)}枚肺结节：{phrases}。")
-    parts.append({"none": "未见胸腔积液。", "left": "左侧胸腔积液。", "right": "右侧胸腔积液。", "both": "双侧胸腔积液。"}[f.effusion])
+    parts.append(
+        {"none": "未见胸腔积液。", "left": "左侧胸腔积液。", "right": "右侧胸腔积液。", "both": "双侧胸腔积液。"}[
+            f.effusion
+        ]
+    )
     parts.append("心脏大小正常。" if f.heart == "normal" else "心脏增大。")
     return "".join(parts)
 

@@ -87,6 +87,7 @@ def launch_options() -> dict[str, Any]:
 # Pure helpers (tested without a browser)
 # ------------------------------------------------------------------------------------------------
 
+
 def window_setting(window: str, level: float | None, width: float | None) -> str | tuple[float, float]:
     """The window to render: a preset name, or (level, width) when "custom" is selected.
 
@@ -114,16 +115,20 @@ def processed_view(processor: MedVLProcessor, upload: Upload) -> tuple[Image.Ima
         low, high = float(values.min()), float(values.max())
         rgb = ((values - low) / max(high - low, 1e-12) * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
         picture = Image.fromarray(rgb).resize((256, 256 * rgb.shape[0] // rgb.shape[1]), Image.Resampling.NEAREST)
-        caption = (f"`pixel_values` {tuple(values.shape)} of **{upload.name}**: the image the 2D tower receives "
-                   f"after the saved processor (values {low:.2f}..{high:.2f}, shown min-max scaled).")
+        caption = (
+            f"`pixel_values` {tuple(values.shape)} of **{upload.name}**: the image the 2D tower receives "
+            f"after the saved processor (values {low:.2f}..{high:.2f}, shown min-max scaled)."
+        )
         return picture, caption
     values = processor.volume_processor([upload.data])["volume_values"][0]  # (C, D, H, W)
     c, d, h, w = values.shape
     sheet = montage(values[0].numpy(), size=96)
     note = "" if c == 1 else f" Channel 1 of {c} shown."
-    caption = (f"`volume_values` {(c, d, h, w)} of **{upload.name}**: the {d} axial slices (inferior to superior, "
-               f"patient's left on the right) the volume encoder receives after the saved processor "
-               f"(values {float(values.min()):.2f}..{float(values.max()):.2f}, shown min-max scaled).{note}")
+    caption = (
+        f"`volume_values` {(c, d, h, w)} of **{upload.name}**: the {d} axial slices (inferior to superior, "
+        f"patient's left on the right) the volume encoder receives after the saved processor "
+        f"(values {float(values.min()):.2f}..{float(values.max()):.2f}, shown min-max scaled).{note}"
+    )
     return sheet, caption
 
 
@@ -154,6 +159,7 @@ def generation_kwargs(max_tokens: float, temperature: float, top_p: float) -> di
 # ------------------------------------------------------------------------------------------------
 # The page
 # ------------------------------------------------------------------------------------------------
+
 
 def build_demo(
     model: MedVLForConditionalGeneration,
@@ -213,8 +219,10 @@ def build_demo(
         if upload.kind == "volume":
             conv.view = orient_for_view(upload.data)
             middle = [conv.view.num_slices(p) // 2 for p in PLANES]
-            slider_updates = [gr.update(minimum=0, maximum=conv.view.num_slices(p) - 1, value=m, interactive=True)
-                              for p, m in zip(PLANES, middle)]
+            slider_updates = [
+                gr.update(minimum=0, maximum=conv.view.num_slices(p) - 1, value=m, interactive=True)
+                for p, m in zip(PLANES, middle)
+            ]
             plane_images = planes(conv, middle, window_setting(window, level, width))
         else:
             image_view = upload.data
@@ -230,56 +238,112 @@ def build_demo(
     # 10 minutes) and when the server stops, rather than kept in its cache folder indefinitely.
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         state = gr.State(None)
-        gr.Markdown(f"# {title}\nModel input: "
-                    + ", ".join(k for k, ok in (("2D images", has_images), ("CT volumes", has_volumes)) if ok))
+        gr.Markdown(
+            f"# {title}\nModel input: "
+            + ", ".join(k for k, ok in (("2D images", has_images), ("CT volumes", has_volumes)) if ok)
+        )
         gr.Markdown(NOTICE, elem_id="medvl-notice")
         with gr.Row():
             with gr.Column(scale=5):
-                chatbot = gr.Chatbot(label="Conversation", height=460, buttons=["copy"], elem_id="medvl-chat",
-                                     placeholder="Attach an image or a CT, then ask a question.")
+                chatbot = gr.Chatbot(
+                    label="Conversation",
+                    height=460,
+                    buttons=["copy"],
+                    elem_id="medvl-chat",
+                    placeholder="Attach an image or a CT, then ask a question.",
+                )
                 with gr.Row(equal_height=True):
-                    question = gr.Textbox(placeholder="Ask about the image or CT...", show_label=False, scale=6,
-                                          min_width=260, elem_id="medvl-question")
+                    question = gr.Textbox(
+                        placeholder="Ask about the image or CT...",
+                        show_label=False,
+                        scale=6,
+                        min_width=260,
+                        elem_id="medvl-question",
+                    )
                     send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="medvl-send")
                     stop = gr.Button("Stop", scale=1, min_width=70, elem_id="medvl-stop")
-                upload = gr.File(label="Attach a 2D image (PNG, JPEG, DICOM) or a CT (NIfTI, zipped DICOM series)",
-                                 file_types=list(UPLOAD_SUFFIXES), elem_id="medvl-upload", height=110)
+                upload = gr.File(
+                    label="Attach a 2D image (PNG, JPEG, DICOM) or a CT (NIfTI, zipped DICOM series)",
+                    file_types=list(UPLOAD_SUFFIXES),
+                    elem_id="medvl-upload",
+                    height=110,
+                )
                 attached = gr.Markdown("No file attached to the next question.", elem_id="medvl-attached")
                 with gr.Row():
-                    example = gr.Dropdown(examples.names(has_images, has_volumes), scale=4, elem_id="medvl-example",
-                                          label="Example cases (synthetic phantoms)")
+                    example = gr.Dropdown(
+                        examples.names(has_images, has_volumes),
+                        scale=4,
+                        elem_id="medvl-example",
+                        label="Example cases (synthetic phantoms)",
+                    )
                     load_example = gr.Button("Load example", scale=1, elem_id="medvl-load-example")
                 with gr.Accordion("Generation settings", open=False):
-                    max_tokens = gr.Slider(1, 2048, value=max_new_tokens, step=1, label="Max new tokens",
-                                           elem_id="medvl-max-tokens")
-                    temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)",
-                                            elem_id="medvl-temperature")
-                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (sampling only)",
-                                      elem_id="medvl-top-p")
+                    max_tokens = gr.Slider(
+                        1, 2048, value=max_new_tokens, step=1, label="Max new tokens", elem_id="medvl-max-tokens"
+                    )
+                    temperature = gr.Slider(
+                        0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)", elem_id="medvl-temperature"
+                    )
+                    top_p = gr.Slider(
+                        0.05, 1.0, value=1.0, step=0.05, label="Top-p (sampling only)", elem_id="medvl-top-p"
+                    )
                 new_chat = gr.Button("New conversation", elem_id="medvl-new")
             with gr.Column(scale=6):
                 gr.Markdown("### CT viewer\nRadiological orientation: the patient's left is on the image's right.")
                 with gr.Row():
-                    window = gr.Radio(list(WINDOW_CHOICES), value=DEFAULT_WINDOW, label="Window", scale=3,
-                                      elem_id="medvl-window")
+                    window = gr.Radio(
+                        list(WINDOW_CHOICES), value=DEFAULT_WINDOW, label="Window", scale=3, elem_id="medvl-window"
+                    )
                     level = gr.Number(HU_WINDOWS[DEFAULT_WINDOW][0], label="Level (HU)", scale=1, elem_id="medvl-level")
                     width = gr.Number(HU_WINDOWS[DEFAULT_WINDOW][1], label="Width (HU)", scale=1, elem_id="medvl-width")
                 plane_images, sliders = [], []
                 with gr.Row():
                     for plane in PLANES:
                         with gr.Column(min_width=180):
-                            plane_images.append(gr.Image(label=plane.capitalize(), type="pil", interactive=False,
-                                                         format="png", height=260, elem_id=f"medvl-{plane}",
-                                                         elem_classes=["medvl-plane"], buttons=[]))
-                            sliders.append(gr.Slider(0, 1, value=0, step=1, label=f"{plane.capitalize()} slice",
-                                                     interactive=False, elem_id=f"medvl-{plane}-slice"))
+                            plane_images.append(
+                                gr.Image(
+                                    label=plane.capitalize(),
+                                    type="pil",
+                                    interactive=False,
+                                    format="png",
+                                    height=260,
+                                    elem_id=f"medvl-{plane}",
+                                    elem_classes=["medvl-plane"],
+                                    buttons=[],
+                                )
+                            )
+                            sliders.append(
+                                gr.Slider(
+                                    0,
+                                    1,
+                                    value=0,
+                                    step=1,
+                                    label=f"{plane.capitalize()} slice",
+                                    interactive=False,
+                                    elem_id=f"medvl-{plane}-slice",
+                                )
+                            )
                 with gr.Tab("Model input"):
-                    model_input = gr.Image(label="What the model receives", type="pil", interactive=False,
-                                           format="png", height=300, elem_id="medvl-model-input", buttons=[])
+                    model_input = gr.Image(
+                        label="What the model receives",
+                        type="pil",
+                        interactive=False,
+                        format="png",
+                        height=300,
+                        elem_id="medvl-model-input",
+                        buttons=[],
+                    )
                     model_input_info = gr.Markdown(elem_id="medvl-model-input-info")
                 with gr.Tab("2D image"):
-                    image_view = gr.Image(label="Uploaded 2D image", type="pil", interactive=False, height=300,
-                                          format="png", elem_id="medvl-image", buttons=[])
+                    image_view = gr.Image(
+                        label="Uploaded 2D image",
+                        type="pil",
+                        interactive=False,
+                        height=300,
+                        format="png",
+                        elem_id="medvl-image",
+                        buttons=[],
+                    )
 
         media_outputs = [state, attached, *plane_images, *sliders, image_view, model_input, model_input_info]
 
@@ -290,7 +354,8 @@ def build_demo(
             return attach(conv, path, Path(path).name, window_, level_, width_)
 
         upload.upload(on_upload, [state, upload, window, level, width], media_outputs, **model_events).then(
-            lambda: None, None, upload)  # empty the box for the next file
+            lambda: None, None, upload
+        )  # empty the box for the next file
 
         def on_example(conv, name, window_, level_, width_):
             if not name:
@@ -298,20 +363,26 @@ def build_demo(
             case = examples.get(name)
             return (*attach(conv, str(case.path), case.path.name, window_, level_, width_), case.question)
 
-        load_example.click(on_example, [state, example, window, level, width], [*media_outputs, question],
-                           **model_events)
+        load_example.click(
+            on_example, [state, example, window, level, width], [*media_outputs, question], **model_events
+        )
 
         # ---- viewer
         # One FIFO group of size 1 with "always_last": renders happen in the order of the user's
         # changes, and the last change (e.g. the width typed after the level) is never dropped.
-        viewer_events = {"concurrency_id": "medvl-viewer", "concurrency_limit": 1, "trigger_mode": "always_last",
-                         "show_progress": "hidden"}
+        viewer_events = {
+            "concurrency_id": "medvl-viewer",
+            "concurrency_limit": 1,
+            "trigger_mode": "always_last",
+            "show_progress": "hidden",
+        }
 
         def on_plane(k: int):
             def render(conv, index, window_, level_, width_):
                 if conv is None or conv.view is None:
                     return None
                 return render_plane(conv.view, PLANES[k], int(index), window_setting(window_, level_, width_)).image
+
             return render
 
         for k, slider in enumerate(sliders):
@@ -323,8 +394,7 @@ def build_demo(
             shown = planes(conv or Conversation(), list(indices), window_setting(window_, level_, width_))
             return (level_, width_, *shown)
 
-        window.input(on_preset, [state, window, level, width, *sliders], [level, width, *plane_images],
-                     **viewer_events)
+        window.input(on_preset, [state, window, level, width, *sliders], [level, width, *plane_images], **viewer_events)
 
         def on_custom(conv, level_, width_, *indices):
             # Called while the user types: a half-typed width (empty, 0, "-") selects "custom" and
@@ -356,8 +426,14 @@ def build_demo(
                 return
             history = [*history, {"role": "assistant", "content": ""}]
             answer = ""
-            deltas = stream_chat(model, processor, conv.messages, images=conv.images, volumes=conv.volumes,
-                                 **generation_kwargs(max_tokens_, temperature_, top_p_))
+            deltas = stream_chat(
+                model,
+                processor,
+                conv.messages,
+                images=conv.images,
+                volumes=conv.volumes,
+                **generation_kwargs(max_tokens_, temperature_, top_p_),
+            )
             try:
                 for delta in deltas:
                     answer += delta
@@ -367,7 +443,7 @@ def build_demo(
                 # Forget the failed turn and the media it attached, so the next turn's markers match.
                 failed = conv.messages.pop()["content"]
                 for kind, items in (("image", conv.images), ("volume", conv.volumes)):
-                    del items[len(items) - failed.count(MARKERS[kind]):]
+                    del items[len(items) - failed.count(MARKERS[kind]) :]
                 raise gr.Error(str(err)) from err
             finally:
                 deltas.close()  # a stopped event ends generation too
@@ -378,20 +454,46 @@ def build_demo(
 
         turn_inputs = [state, question, chatbot]
         turn_outputs = [state, question, chatbot, attached]
-        reply_args = dict(fn=respond, inputs=[state, chatbot, max_tokens, temperature, top_p],
-                          outputs=[chatbot, state], **model_events)
+        reply_args = dict(
+            fn=respond,
+            inputs=[state, chatbot, max_tokens, temperature, top_p],
+            outputs=[chatbot, state],
+            **model_events,
+        )
         sent = send.click(add_turn, turn_inputs, turn_outputs).then(**reply_args)
         submitted = question.submit(add_turn, turn_inputs, turn_outputs).then(**reply_args)
         stop.click(None, None, None, cancels=[sent, submitted])
 
         def on_new_chat():
-            return (Conversation(), [], "No file attached to the next question.", None, None, None,
-                    *[gr.update(value=0, maximum=1, interactive=False)] * 3, None, None, "")
+            return (
+                Conversation(),
+                [],
+                "No file attached to the next question.",
+                None,
+                None,
+                None,
+                *[gr.update(value=0, maximum=1, interactive=False)] * 3,
+                None,
+                None,
+                "",
+            )
 
-        new_chat.click(on_new_chat, None, [state, chatbot, attached, *plane_images, *sliders, image_view,
-                                           model_input, model_input_info])
+        new_chat.click(
+            on_new_chat,
+            None,
+            [state, chatbot, attached, *plane_images, *sliders, image_view, model_input, model_input_info],
+        )
     return demo
 
 
-__all__ = ["build_demo", "launch_options", "demo_theme", "Conversation", "NOTICE", "processed_view", "user_turn",
-           "generation_kwargs", "window_setting"]
+__all__ = [
+    "build_demo",
+    "launch_options",
+    "demo_theme",
+    "Conversation",
+    "NOTICE",
+    "processed_view",
+    "user_turn",
+    "generation_kwargs",
+    "window_setting",
+]

@@ -195,8 +195,11 @@ def montage(slices: np.ndarray, *, columns: int | None = None, size: int = 96) -
     if slices.ndim != 3 or slices.shape[0] == 0:
         raise ValueError(f"montage needs (N, H, W) slices, got shape {slices.shape}")
     low, high = float(slices.min()), float(slices.max())
-    grey = np.zeros(slices.shape, dtype=np.uint8) if high <= low else \
-        np.round((slices - low) / (high - low) * 255.0).astype(np.uint8)
+    grey = (
+        np.zeros(slices.shape, dtype=np.uint8)
+        if high <= low
+        else np.round((slices - low) / (high - low) * 255.0).astype(np.uint8)
+    )
     n, h, w = grey.shape
     columns = columns or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / columns))
@@ -206,12 +209,24 @@ def montage(slices: np.ndarray, *, columns: int | None = None, size: int = 96) -
     sheet = Image.new("L", (columns * (tile[0] + gap) - gap, rows * (tile[1] + gap) - gap), color=40)
     for i in range(n):
         r, c = divmod(i, columns)
-        sheet.paste(Image.fromarray(grey[i]).resize(tile, Image.Resampling.NEAREST),
-                    (c * (tile[0] + gap), r * (tile[1] + gap)))
+        sheet.paste(
+            Image.fromarray(grey[i]).resize(tile, Image.Resampling.NEAREST), (c * (tile[0] + gap), r * (tile[1] + gap))
+        )
     return sheet
 
 
 WINDOW_CHOICES = (*HU_WINDOWS, "custom")
 
-__all__ = ["PLANES", "PLANE_LABELS", "LABEL_COLOR", "WINDOW_CHOICES", "OrientedVolume", "PlaneView",
-           "orient_for_view", "plane_slice", "render_plane", "draw_side_labels", "montage"]
+__all__ = [
+    "PLANES",
+    "PLANE_LABELS",
+    "LABEL_COLOR",
+    "WINDOW_CHOICES",
+    "OrientedVolume",
+    "PlaneView",
+    "orient_for_view",
+    "plane_slice",
+    "render_plane",
+    "draw_side_labels",
+    "montage",
+]

@@ -46,13 +46,16 @@ def read_jsonl_records(path: str | Path, required: tuple[str, ...]) -> list[tupl
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise MedVLDataError(f"not valid JSON ({e.msg} at column {e.colno})", record=where, path=str(path)) from None
+            raise MedVLDataError(
+                f"not valid JSON ({e.msg} at column {e.colno})", record=where, path=str(path)
+            ) from None
         if not isinstance(rec, dict):
             raise MedVLDataError(f"expected a JSON object, got {type(rec).__name__}", record=where, path=str(path))
         missing = [k for k in required if k not in rec]
         if missing:
-            raise MedVLDataError(f"missing field(s) {', '.join(missing)} (required: {', '.join(required)})",
-                                 record=where, path=str(path))
+            raise MedVLDataError(
+                f"missing field(s) {', '.join(missing)} (required: {', '.join(required)})", record=where, path=str(path)
+            )
         rid = str(rec["id"])
         if rid in seen:
             raise MedVLDataError(f"duplicate id {rid!r} (first seen on line {seen[rid]})", record=where, path=str(path))
@@ -61,8 +64,9 @@ def read_jsonl_records(path: str | Path, required: tuple[str, ...]) -> list[tupl
             if rec.get(key) is None and key == "prediction":
                 rec[key] = ""  # a missing answer is an empty answer: scored, not dropped
             elif not isinstance(rec.get(key), (str, int, float)):
-                raise MedVLDataError(f"field {key!r} must be a string, got {type(rec.get(key)).__name__}",
-                                     record=where, path=str(path))
+                raise MedVLDataError(
+                    f"field {key!r} must be a string, got {type(rec.get(key)).__name__}", record=where, path=str(path)
+                )
         out.append((lineno, rec))
     if not out:
         raise MedVLDataError("no records (the file is empty)", path=str(path))
@@ -88,10 +92,19 @@ def read_vqa_predictions(path: str | Path) -> list[VQAItem]:
         options = rec.get("options")
         if options is not None and (not isinstance(options, list) or not all(isinstance(o, str) for o in options)):
             raise MedVLDataError("field 'options' must be a list of strings", record=where, path=str(path))
-        items.append(VQAItem(id=str(rec["id"]), question=str(rec.get("question", "")), answer_type=answer_type,
-                             prediction=str(rec["prediction"]), reference=str(rec["reference"]), options=options,
-                             answer_choice=rec.get("answer_choice"), language=rec.get("language"),
-                             meta={"line": lineno}))
+        items.append(
+            VQAItem(
+                id=str(rec["id"]),
+                question=str(rec.get("question", "")),
+                answer_type=answer_type,
+                prediction=str(rec["prediction"]),
+                reference=str(rec["reference"]),
+                options=options,
+                answer_choice=rec.get("answer_choice"),
+                language=rec.get("language"),
+                meta={"line": lineno},
+            )
+        )
     return items
 
 
@@ -105,5 +118,8 @@ def read_report_predictions(path: str | Path) -> tuple[list[str], list[str], lis
         MedVLDataError: see :func:`read_jsonl_records`.
     """
     recs = read_jsonl_records(path, REPORT_REQUIRED)
-    return ([str(r["id"]) for _, r in recs], [str(r["prediction"]) for _, r in recs],
-            [str(r["reference"]) for _, r in recs])
+    return (
+        [str(r["id"]) for _, r in recs],
+        [str(r["prediction"]) for _, r in recs],
+        [str(r["reference"]) for _, r in recs],
+    )

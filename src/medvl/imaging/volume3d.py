@@ -43,8 +43,24 @@ from medvl.models.volume_processing_medvl import axcodes_affine
 logger = logging.getLogger(__name__)
 
 NPZ_ARRAY_KEYS = ("volume", "image", "array", "data", "arr_0")
-NON_DICOM_SUFFIXES = {".txt", ".json", ".md", ".csv", ".xml", ".png", ".jpg", ".jpeg", ".nii", ".gz", ".npy",
-                      ".npz", ".yaml", ".yml", ".zip", ".py"}
+NON_DICOM_SUFFIXES = {
+    ".txt",
+    ".json",
+    ".md",
+    ".csv",
+    ".xml",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".nii",
+    ".gz",
+    ".npy",
+    ".npz",
+    ".yaml",
+    ".yml",
+    ".zip",
+    ".py",
+}
 # Relative tolerance on slice gaps: scanners write positions with ~0.01 mm rounding.
 SPACING_RTOL = 0.01
 # The LPS -> RAS flip of DICOM patient coordinates.
@@ -82,9 +98,14 @@ class Volume:
 VOLUME_INTENSITIES = ("hu", "unit")
 
 
-def load_volume(path: str | Path, record: str | int | None = None, *, intensity: str = "hu",
-                rescale: tuple[float, float] | None = None,
-                spacing: tuple[float, float, float] | None = None) -> Volume:
+def load_volume(
+    path: str | Path,
+    record: str | int | None = None,
+    *,
+    intensity: str = "hu",
+    rescale: tuple[float, float] | None = None,
+    spacing: tuple[float, float, float] | None = None,
+) -> Volume:
     """Load a CT/MR volume.
 
     Args:
@@ -135,8 +156,9 @@ def load_volume(path: str | Path, record: str | int | None = None, *, intensity:
     if spacing is not None:
         steps = np.asarray([float(v) for v in spacing], dtype=np.float64)
         if steps.shape != (3,) or not (steps > 0).all() or not np.isfinite(steps).all():
-            raise MedVLDataError(f"spacing must be 3 positive numbers (mm), got {spacing!r}", record=record,
-                                 path=str(path))
+            raise MedVLDataError(
+                f"spacing must be 3 positive numbers (mm), got {spacing!r}", record=record, path=str(path)
+            )
         affine = np.asarray(volume.affine, dtype=np.float64).copy()
         norms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         affine[:3, :3] = affine[:3, :3] / np.where(norms > 0, norms, 1.0) * steps
@@ -147,8 +169,11 @@ def load_volume(path: str | Path, record: str | int | None = None, *, intensity:
         low, high = float(volume.array.min()), float(volume.array.max())
         # M3D's preprocessing min-max scales each volume; a small tolerance absorbs interpolation overshoot.
         if low < -1e-3 or high > 1 + 1e-3:
-            raise MedVLDataError(f"volume declared as 0..1 (intensity 'unit') has values in [{low:g}, {high:g}]",
-                                 record=record, path=str(path))
+            raise MedVLDataError(
+                f"volume declared as 0..1 (intensity 'unit') has values in [{low:g}, {high:g}]",
+                record=record,
+                path=str(path),
+            )
     return volume
 
 
@@ -167,7 +192,9 @@ def _validate(volume: Volume, record: str | int | None) -> None:
         raise MedVLDataError(
             f"degenerate volume of shape {tuple(array.shape)} (a single voxel, line or slice): a volume needs at least "
             f"{MIN_VOLUME_EXTENT} voxels along every axis; give a single slice as an image (<image>) instead",
-            record=record, path=volume.source)
+            record=record,
+            path=volume.source,
+        )
     finite = np.isfinite(array)
     if not finite.all():
         raise MedVLDataError(
@@ -188,8 +215,9 @@ def _load_nifti(path: Path, record: str | int | None) -> Volume:
         img = nib.load(str(path))
         array = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib/gzip errors, ...
-        raise MedVLDataError(f"unreadable NIfTI file: {type(exc).__name__}: {exc}", record=record,
-                             path=str(path)) from exc
+        raise MedVLDataError(
+            f"unreadable NIfTI file: {type(exc).__name__}: {exc}", record=record, path=str(path)
+        ) from exc
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim != 3:
@@ -201,12 +229,12 @@ def _load_npy(path: Path, record: str | int | None) -> Volume:
     try:
         array = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise MedVLDataError(f"unreadable .npy file: {type(exc).__name__}: {exc}", record=record,
-                             path=str(path)) from exc
+        raise MedVLDataError(
+            f"unreadable .npy file: {type(exc).__name__}: {exc}", record=record, path=str(path)
+        ) from exc
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]  # (1, D, H, W): M3D-Data's channel-first layout
-    return Volume(array=_float32(array, path, record), affine=axcodes_affine((1.0, 1.0, 1.0), "SPL"),
-                  source=str(path))
+    return Volume(array=_float32(array, path, record), affine=axcodes_affine((1.0, 1.0, 1.0), "SPL"), source=str(path))
 
 
 def _load_npz(path: Path, record: str | int | None) -> Volume:
@@ -214,8 +242,9 @@ def _load_npz(path: Path, record: str | int | None) -> Volume:
         with np.load(path, allow_pickle=False) as data:
             contents = {k: data[k] for k in data.files}
     except Exception as exc:
-        raise MedVLDataError(f"unreadable .npz file: {type(exc).__name__}: {exc}", record=record,
-                             path=str(path)) from exc
+        raise MedVLDataError(
+            f"unreadable .npz file: {type(exc).__name__}: {exc}", record=record, path=str(path)
+        ) from exc
     key = next((k for k in NPZ_ARRAY_KEYS if k in contents), None)
     if key is None:
         raise MedVLDataError(
@@ -229,8 +258,9 @@ def _load_npz(path: Path, record: str | int | None) -> Volume:
     elif "spacing" in contents:
         spacing = np.asarray(contents["spacing"], dtype=np.float64).ravel()
         if spacing.shape != (3,) or not (spacing > 0).all():
-            raise MedVLDataError(f"'spacing' must be 3 positive numbers, got {spacing.tolist()}", record=record,
-                                 path=str(path))
+            raise MedVLDataError(
+                f"'spacing' must be 3 positive numbers, got {spacing.tolist()}", record=record, path=str(path)
+            )
         affine = axcodes_affine(tuple(spacing), "SPL")
     else:
         affine = axcodes_affine((1.0, 1.0, 1.0), "SPL")
@@ -238,8 +268,9 @@ def _load_npz(path: Path, record: str | int | None) -> Volume:
 
 
 def _float32(array: np.ndarray, path: Path, record: str | int | None) -> np.ndarray:
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
-            or array.dtype == np.bool_):
+    if not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_
+    ):
         raise MedVLDataError(f"volume has non-numeric dtype {array.dtype}", record=record, path=str(path))
     return array.astype(np.float32, copy=False)
 
@@ -307,15 +338,17 @@ def _load_dicom_series(folder: Path, record: str | int | None) -> Volume:
             if tag not in ds:
                 raise MedVLDataError(f"DICOM slice lacks {tag}; cannot place it in 3D", record=record, path=str(f))
         thickness = ds.get("SliceThickness")
-        slices.append(_Slice(
-            name=f.name,
-            position=_floats(ds.ImagePositionPatient),
-            orientation=_floats(ds.ImageOrientationPatient),
-            pixel_spacing=tuple(float(v) for v in ds.PixelSpacing),
-            shape=(int(ds.Rows), int(ds.Columns)),
-            thickness=float(thickness) if thickness not in (None, "") else None,
-            load=lambda f=f: _file_slice(f, record),
-        ))
+        slices.append(
+            _Slice(
+                name=f.name,
+                position=_floats(ds.ImagePositionPatient),
+                orientation=_floats(ds.ImageOrientationPatient),
+                pixel_spacing=tuple(float(v) for v in ds.PixelSpacing),
+                shape=(int(ds.Rows), int(ds.Columns)),
+                thickness=float(thickness) if thickness not in (None, "") else None,
+                load=lambda f=f: _file_slice(f, record),
+            )
+        )
     return _assemble(slices, str(folder), record)
 
 
@@ -325,8 +358,9 @@ def _file_slice(path: Path, record: str | int | None) -> np.ndarray:
     ds = read_dicom(path, record)
     pixels = dicom_pixel_array(ds, path, record)
     if pixels.ndim != 2:
-        raise MedVLDataError(f"expected a single-frame greyscale slice, got pixel array {pixels.shape}",
-                             record=record, path=str(path))
+        raise MedVLDataError(
+            f"expected a single-frame greyscale slice, got pixel array {pixels.shape}", record=record, path=str(path)
+        )
     return apply_modality_lut(pixels, ds).astype(np.float32)
 
 
@@ -336,15 +370,18 @@ def _load_dicom_multiframe(path: Path, record: str | int | None) -> Volume:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     pixels = dicom_pixel_array(ds, path, record)
     if frames == 1:
-        raise MedVLDataError("a single DICOM slice is not a volume; pass its series folder", record=record,
-                             path=str(path))
+        raise MedVLDataError(
+            "a single DICOM slice is not a volume; pass its series folder", record=record, path=str(path)
+        )
     if pixels.ndim != 3:
-        raise MedVLDataError(f"expected greyscale frames, got pixel array {pixels.shape}", record=record,
-                             path=str(path))
+        raise MedVLDataError(
+            f"expected greyscale frames, got pixel array {pixels.shape}", record=record, path=str(path)
+        )
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     if len(per_frame) != frames:
-        raise MedVLDataError(f"{frames} frames but {len(per_frame)} per-frame functional groups", record=record,
-                             path=str(path))
+        raise MedVLDataError(
+            f"{frames} frames but {len(per_frame)} per-frame functional groups", record=record, path=str(path)
+        )
 
     def group(index: int, keyword: str, attribute: str) -> Any:
         return functional_group_value(ds, index, keyword, attribute)
@@ -355,22 +392,25 @@ def _load_dicom_multiframe(path: Path, record: str | int | None) -> Volume:
         orientation = group(n, "PlaneOrientationSequence", "ImageOrientationPatient")
         spacing = group(n, "PixelMeasuresSequence", "PixelSpacing")
         if position is None or orientation is None or spacing is None:
-            raise MedVLDataError(f"frame {n} lacks its position, orientation or pixel spacing", record=record,
-                                 path=str(path))
+            raise MedVLDataError(
+                f"frame {n} lacks its position, orientation or pixel spacing", record=record, path=str(path)
+            )
         slope = group(n, "PixelValueTransformationSequence", "RescaleSlope")
         intercept = group(n, "PixelValueTransformationSequence", "RescaleIntercept")
         thickness = group(n, "PixelMeasuresSequence", "SliceThickness")
         slope = 1.0 if slope in (None, "") else float(slope)
         intercept = 0.0 if intercept in (None, "") else float(intercept)
-        slices.append(_Slice(
-            name=f"{path.name}#frame{n}",
-            position=_floats(position),
-            orientation=_floats(orientation),
-            pixel_spacing=tuple(float(v) for v in spacing),
-            shape=tuple(pixels.shape[1:]),
-            thickness=None if thickness in (None, "") else float(thickness),
-            load=lambda n=n, slope=slope, intercept=intercept: (pixels[n] * slope + intercept).astype(np.float32),
-        ))
+        slices.append(
+            _Slice(
+                name=f"{path.name}#frame{n}",
+                position=_floats(position),
+                orientation=_floats(orientation),
+                pixel_spacing=tuple(float(v) for v in spacing),
+                shape=tuple(pixels.shape[1:]),
+                thickness=None if thickness in (None, "") else float(thickness),
+                load=lambda n=n, slope=slope, intercept=intercept: (pixels[n] * slope + intercept).astype(np.float32),
+            )
+        )
     return _assemble(slices, str(path), record)
 
 
@@ -388,8 +428,11 @@ def _assemble(slices: list[_Slice], source: str, record: str | int | None) -> Vo
     shapes = {sl.shape for sl in slices}
     spacings = {sl.pixel_spacing for sl in slices}
     if len(shapes) > 1 or len(spacings) > 1:
-        raise MedVLDataError(f"slices have different sizes {sorted(shapes)} or pixel spacings {sorted(spacings)}",
-                             record=record, path=source)
+        raise MedVLDataError(
+            f"slices have different sizes {sorted(shapes)} or pixel spacings {sorted(spacings)}",
+            record=record,
+            path=source,
+        )
     row_dir, col_dir = orientation[:3], orientation[3:]
     normal = np.cross(row_dir, col_dir)
     positions = np.stack([sl.position for sl in slices])
@@ -436,8 +479,9 @@ class ArchiveTooLargeError(MedVLDataError):
     """A zipped series that holds more files or unpacks to more bytes than allowed."""
 
 
-def unzip_dicom_series(source: str | Path | bytes, dest: str | Path, *, max_bytes: int, max_members: int = 4096,
-                       name: str | None = None) -> Path:
+def unzip_dicom_series(
+    source: str | Path | bytes, dest: str | Path, *, max_bytes: int, max_members: int = 4096, name: str | None = None
+) -> Path:
     """Unpack a zipped DICOM series safely; returns the folder of the series (the one with the most files).
 
     Members are written under numbered names, grouped by their folder in the archive, so no member name

@@ -147,9 +147,7 @@ class ConnectorConfig:
         if self.type == "attn_pool":
             return self.num_queries
         if grid is None:
-            raise ValueError(
-                "connector 'spatial_pool' needs patch tokens on a grid; set the feature select to 'patch'"
-            )
+            raise ValueError("connector 'spatial_pool' needs patch tokens on a grid; set the feature select to 'patch'")
         out = 1
         for size, stride in zip(grid, self.pool_stride):
             if size % stride:
@@ -336,8 +334,11 @@ class MedVLConfig(PreTrainedConfig):
         if self.volume_config is None:
             volume_selects = tuple(dict.fromkeys(FEATURE_SELECTS + CTVIT_FEATURE_SELECTS))
         if self.volume_feature_select not in volume_selects:
-            raise _choice_error(f"volume_feature_select (volume_encoder {self.volume_encoder!r})",
-                                self.volume_feature_select, volume_selects)
+            raise _choice_error(
+                f"volume_feature_select (volume_encoder {self.volume_encoder!r})",
+                self.volume_feature_select,
+                volume_selects,
+            )
         for name in ("image_feature_layer", "volume_feature_layer"):
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):
@@ -359,8 +360,10 @@ class MedVLConfig(PreTrainedConfig):
                     f"volume_encoder 'ctvit' needs a medvl_ctvit volume_config, got {self.volume_config.model_type!r}"
                 )
             if self.volume_encoder == "ctvit" and self.volume_feature_layer != -1:
-                raise ValueError(f"volume_encoder 'ctvit' hands over its final tokens only: volume_feature_layer must "
-                                 f"be -1, got {self.volume_feature_layer!r}")
+                raise ValueError(
+                    f"volume_encoder 'ctvit' hands over its final tokens only: volume_feature_layer must "
+                    f"be -1, got {self.volume_feature_layer!r}"
+                )
             if self.volume_encoder != "ctvit" and isinstance(self.volume_config, CTViTConfig):
                 raise ValueError(
                     f"a medvl_ctvit volume_config needs volume_encoder 'ctvit', got {self.volume_encoder!r}"
@@ -394,5 +397,10 @@ class MedVLConfig(PreTrainedConfig):
 
 
 __all__ = [
-    "MedVLConfig", "ConnectorConfig", "CONNECTOR_TYPES", "CTVIT_FEATURE_SELECTS", "FEATURE_SELECTS", "VOLUME_ENCODERS",
+    "MedVLConfig",
+    "ConnectorConfig",
+    "CONNECTOR_TYPES",
+    "CTVIT_FEATURE_SELECTS",
+    "FEATURE_SELECTS",
+    "VOLUME_ENCODERS",
 ]

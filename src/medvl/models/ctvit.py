@@ -77,8 +77,15 @@ CTCLIP_RELEASED_KWARGS: dict[str, int] = {
 # VGG loss): accepted in a config.json and ignored, since the encoder has no such parts.
 CTCLIP_TRAINING_ONLY_KWARGS = ("discr_base_dim", "use_vgg_and_gan", "vgg", "discr_attn_res_layers", "use_hinge_loss")
 # CTViT's required constructor arguments (keyword-only without a default).
-CTCLIP_REQUIRED_KWARGS = ("dim", "codebook_size", "image_size", "patch_size", "temporal_patch_size",
-                          "spatial_depth", "temporal_depth")
+CTCLIP_REQUIRED_KWARGS = (
+    "dim",
+    "codebook_size",
+    "image_size",
+    "patch_size",
+    "temporal_patch_size",
+    "spatial_depth",
+    "temporal_depth",
+)
 # The default depth of a CT-RATE volume after CT-CLIP's preprocessing (480 x 480 x 240).
 CTCLIP_NUM_FRAMES = 240
 
@@ -137,8 +144,10 @@ class CTViTConfig(PreTrainedConfig):
                     f"CTViTConfig: patch_size {self.patch_size} does not divide image_size {self.image_size}"
                 )
         if self.temporal_patch_size < 1 or self.num_frames % self.temporal_patch_size:
-            raise ValueError(f"CTViTConfig: temporal_patch_size {self.temporal_patch_size} does not divide "
-                             f"num_frames {self.num_frames}")
+            raise ValueError(
+                f"CTViTConfig: temporal_patch_size {self.temporal_patch_size} does not divide "
+                f"num_frames {self.num_frames}"
+            )
         for name in ("dim", "codebook_size", "spatial_depth", "temporal_depth", "dim_head", "heads", "channels"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"CTViTConfig: {name} must be >= 1, got {getattr(self, name)!r}")
@@ -166,16 +175,21 @@ class CTViTConfig(PreTrainedConfig):
         valid = (*CTCLIP_REQUIRED_KWARGS, "dim_head", "heads", "channels", "attn_dropout", "ff_dropout", "num_frames")
         unknown = sorted(set(kwargs) - set(valid))
         if unknown:
-            raise ValueError(f"unknown CTViT constructor argument(s) {unknown}; valid: {', '.join(valid)} "
-                             f"(ignored: {', '.join(CTCLIP_TRAINING_ONLY_KWARGS)})")
+            raise ValueError(
+                f"unknown CTViT constructor argument(s) {unknown}; valid: {', '.join(valid)} "
+                f"(ignored: {', '.join(CTCLIP_TRAINING_ONLY_KWARGS)})"
+            )
         settings = {"dim_head": 64, "heads": 8, "channels": 1, "num_frames": num_frames, **kwargs}
         return cls(**settings)
 
     @property
     def grid_size(self) -> tuple[int, int, int]:
         """Token grid (t, h, w) of one volume."""
-        return (self.num_frames // self.temporal_patch_size, self.image_size[0] // self.patch_size[0],
-                self.image_size[1] // self.patch_size[1])
+        return (
+            self.num_frames // self.temporal_patch_size,
+            self.image_size[0] // self.patch_size[0],
+            self.image_size[1] // self.patch_size[1],
+        )
 
     @property
     def num_patches(self) -> int:
@@ -200,7 +214,7 @@ def ctvit_state_dict_from_ctclip(state_dict: dict[str, torch.Tensor]) -> dict[st
     """
     prefix = "visual_transformer."
     if any(key.startswith(prefix) for key in state_dict):
-        return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+        return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
     return dict(state_dict)
 
 
@@ -241,9 +255,9 @@ class CTViTPEG(nn.Module):
 
     def forward(self, x: torch.Tensor, grid_shape: tuple[int, int, int, int]) -> torch.Tensor:
         """Args:
-            x: (batch-like, tokens, d), reshaped to ``grid_shape`` + (d,) by a plain reshape (this is
-                where the temporal stage's unpermuted layout enters, as in the original).
-            grid_shape: (N, t, h, w).
+        x: (batch-like, tokens, d), reshaped to ``grid_shape`` + (d,) by a plain reshape (this is
+            where the temporal stage's unpermuted layout enters, as in the original).
+        grid_shape: (N, t, h, w).
         """
         orig_shape = x.shape
         grid = x.reshape(*grid_shape, -1).permute(0, 4, 1, 2, 3)  # N, d, t, h, w
@@ -281,8 +295,9 @@ class CTViTAttention(nn.Module):
         q = F.normalize(q, dim=-1) * self.q_scale
         k = F.normalize(k, dim=-1) * self.k_scale
         bias = None if attn_bias is None else attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, scale=self.scale, dropout_p=self.dropout if self.training else 0.0
+        )
         n, _, length, _ = out.shape
         return self.to_out(out.transpose(1, 2).reshape(n, length, -1))
 
@@ -312,8 +327,9 @@ class CTViTBlock(nn.ModuleList):
     def __init__(self, config: CTViTConfig):
         super().__init__([CTViTPEG(config.dim), CTViTAttention(config), None, _feed_forward(config)])
 
-    def forward(self, x: torch.Tensor, grid_shape: tuple[int, int, int, int],
-                attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, grid_shape: tuple[int, int, int, int], attn_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         peg, attn, _, ff = self
         x = peg(x, grid_shape) + x
         x = attn(x, attn_bias) + x
@@ -333,8 +349,9 @@ class CTViTTransformer(nn.Module):
         self.norm_out = CTViTLayerNorm(config.dim)
         self.gradient_checkpointing = False
 
-    def forward(self, x: torch.Tensor, grid_shape: tuple[int, int, int, int],
-                attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, grid_shape: tuple[int, int, int, int], attn_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = self._gradient_checkpointing_func(layer.__call__, x, grid_shape, attn_bias)
@@ -357,8 +374,9 @@ class CTViTPositionBias(nn.Module):
     def forward(self, height: int, width: int) -> torch.Tensor:
         """(heads, h*w, h*w) bias, positions in row-major (y, x) order, [query, key]."""
         weight = self.net[-1].weight
-        ys, xs = torch.meshgrid(torch.arange(height, device=weight.device), torch.arange(width, device=weight.device),
-                                indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(height, device=weight.device), torch.arange(width, device=weight.device), indexing="ij"
+        )
         grid = torch.stack((ys.flatten(), xs.flatten()), dim=-1)
         rel = (grid[:, None, :] - grid[None, :, :]).to(torch.float32)
         rel = torch.sign(rel) * torch.log(rel.abs() + 1)
@@ -397,9 +415,13 @@ class CTViTVectorQuantizer(nn.Module):
         unit_codes = F.normalize(embed.float(), dim=-1)
         # one sample at a time: the (L, codebook_size) similarity of a released-size volume is
         # 13824 x 8192; float32 keeps the choice of code independent of the model's dtype
-        indices = torch.stack([
-            (F.normalize(sample.detach().float(), dim=-1) @ unit_codes.T).argmax(dim=-1) for sample in tokens
-        ]) if tokens.shape[0] else torch.zeros(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        indices = (
+            torch.stack(
+                [(F.normalize(sample.detach().float(), dim=-1) @ unit_codes.T).argmax(dim=-1) for sample in tokens]
+            )
+            if tokens.shape[0]
+            else torch.zeros(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        )
         quantised = embed[indices].to(tokens.dtype)
         if tokens.requires_grad:
             quantised = quantised + (tokens - tokens.detach())  # adds exact zeros: values stay codebook rows
@@ -485,8 +507,13 @@ class CTViTModel(CTViTPreTrainedModel):
 
     def _check_shape(self, volumes: torch.Tensor) -> None:
         cfg = self.config
-        if (volumes.ndim != 5 or volumes.shape[1] != cfg.channels or list(volumes.shape[3:]) != cfg.image_size
-                or volumes.shape[2] % cfg.temporal_patch_size or volumes.shape[2] == 0):
+        if (
+            volumes.ndim != 5
+            or volumes.shape[1] != cfg.channels
+            or list(volumes.shape[3:]) != cfg.image_size
+            or volumes.shape[2] % cfg.temporal_patch_size
+            or volumes.shape[2] == 0
+        ):
             raise ValueError(
                 f"CTViT expects volumes (N, {cfg.channels}, T, {cfg.image_size[0]}, {cfg.image_size[1]}) with T a "
                 f"multiple of {cfg.temporal_patch_size}, got {tuple(volumes.shape)}"

@@ -269,8 +269,11 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             raise ValueError("this model has no 2D vision tower (vision_config is None) but got pixel_values")
         tower_dtype = next(self.vision_tower.parameters()).dtype
         hidden_states, feature_layer = run_encoder(
-            self.vision_tower, pixel_values.to(tower_dtype), self.config.vision_config.num_hidden_layers,
-            self.config.image_feature_layer, return_dict=True,
+            self.vision_tower,
+            pixel_values.to(tower_dtype),
+            self.config.vision_config.num_hidden_layers,
+            self.config.image_feature_layer,
+            return_dict=True,
         )
         return select_features(
             hidden_states,
@@ -318,7 +321,9 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             # M3D semantics (hidden_states[-1] normed) tie the last state to the full depth
             full = self.config.volume_config.final_norm_in_hidden_states
             hidden_states, feature_layer = run_encoder(
-                self.volume_encoder, volume_values, self.config.volume_config.num_hidden_layers,
+                self.volume_encoder,
+                volume_values,
+                self.config.volume_config.num_hidden_layers,
                 -1 if full else self.config.volume_feature_layer,
             )
             if full:
@@ -332,8 +337,10 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         if self.config.volume_encoder == "ctvit":
             frames = self.config.volume_config.num_frames
             if volume_values.shape[2] != frames:
-                raise ValueError(f"the ctvit volume encoder is configured for {frames} slices (volume_config.num_frames), "
-                                 f"got volumes of shape {tuple(volume_values.shape)}")
+                raise ValueError(
+                    f"the ctvit volume encoder is configured for {frames} slices (volume_config.num_frames), "
+                    f"got volumes of shape {tuple(volume_values.shape)}"
+                )
             outputs = self.volume_encoder(volume_values)
             if self.config.volume_feature_select == "pre_vq":
                 return outputs.pre_quantization
@@ -344,8 +351,11 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             raise ValueError(f"slicewise volume encoder expects {self.config.volume_num_slices} slices, got {d}")
         slices = volume_values.permute(0, 2, 1, 3, 4).reshape(n * d, c, h, w)
         hidden_states, feature_layer = run_encoder(
-            self.volume_encoder, slices, self.config.volume_config.num_hidden_layers,
-            self.config.volume_feature_layer, return_dict=True,
+            self.volume_encoder,
+            slices,
+            self.config.volume_config.num_hidden_layers,
+            self.config.volume_feature_layer,
+            return_dict=True,
         )
         features = select_features(
             hidden_states,
@@ -381,9 +391,7 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------ 2. count check
     @staticmethod
-    def check_placeholders(
-        input_ids: torch.Tensor, token_id: int, features: torch.Tensor, kind: str
-    ) -> torch.Tensor:
+    def check_placeholders(input_ids: torch.Tensor, token_id: int, features: torch.Tensor, kind: str) -> torch.Tensor:
         """Return the placeholder mask (B, L) after checking it matches the features.
 
         Args:
@@ -452,7 +460,7 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
                 continue
             if token_id is None:
                 raise ValueError(f"config.{kind}_token_id is not set, so {kind} inputs cannot be placed in the text")
-            features = (encode(values) if cached is None else encode(encoder_features=cached))
+            features = encode(values) if cached is None else encode(encoder_features=cached)
             features = features.to(inputs_embeds.device, inputs_embeds.dtype)
             mask = self.check_placeholders(input_ids, token_id, features, kind)
             inputs_embeds = inputs_embeds.masked_scatter(
@@ -494,7 +502,7 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         return inputs_embeds
 
     @property
-    def base_model(self) -> "MedVLBackbone":
+    def base_model(self) -> MedVLBackbone:
         """The model without its LM head, as Hugging Face vision-language models expose it.
 
         transformers' VLMs keep their body (media merge + LLM decoder) in ``model`` and return
@@ -528,8 +536,15 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         """
         if cache is None:
             cache = past_key_values
-        inputs_embeds = self.embed_inputs(input_ids, inputs_embeds, pixel_values, volume_values,
-                                          image_encoder_features, volume_encoder_features, cache)
+        inputs_embeds = self.embed_inputs(
+            input_ids,
+            inputs_embeds,
+            pixel_values,
+            volume_values,
+            image_encoder_features,
+            volume_encoder_features,
+            cache,
+        )
         return self.get_decoder()(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -584,8 +599,15 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         """
         if cache is None:
             cache = past_key_values
-        inputs_embeds = self.embed_inputs(input_ids, inputs_embeds, pixel_values, volume_values,
-                                          image_encoder_features, volume_encoder_features, cache)
+        inputs_embeds = self.embed_inputs(
+            input_ids,
+            inputs_embeds,
+            pixel_values,
+            volume_values,
+            image_encoder_features,
+            volume_encoder_features,
+            cache,
+        )
 
         if labels is None:
             return self.language_model(
@@ -653,9 +675,7 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         **kwargs,
     ):
         """Media go in the prefill step only; later steps decode from the KV cache."""
-        model_inputs = super().prepare_inputs_for_generation(
-            input_ids, is_first_iteration=is_first_iteration, **kwargs
-        )
+        model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs["pixel_values"] = pixel_values
             model_inputs["volume_values"] = volume_values

@@ -137,8 +137,10 @@ class MedVLProcessor(ProcessorMixin):
     def _marker_id(self, marker: str) -> int:
         ids = self.tokenizer.encode(marker, add_special_tokens=False)
         if len(ids) != 1:
-            raise ValueError(f"the tokenizer does not treat {marker!r} as one special token (got ids {ids}); "
-                             "add it with tokenizer.add_special_tokens")
+            raise ValueError(
+                f"the tokenizer does not treat {marker!r} as one special token (got ids {ids}); "
+                "add it with tokenizer.add_special_tokens"
+            )
         return ids[0]
 
     @property
@@ -171,7 +173,9 @@ class MedVLProcessor(ProcessorMixin):
             raise ValueError(f"text row {row} has a {self.volume_token} marker but this model has no volume encoder")
         pattern = re.compile(f"({re.escape(self.image_token)}|{re.escape(self.volume_token)})")
         return pattern.sub(
-            lambda m: m.group(0) * (self.num_image_tokens if m.group(0) == self.image_token else self.num_volume_tokens),
+            lambda m: (
+                m.group(0) * (self.num_image_tokens if m.group(0) == self.image_token else self.num_volume_tokens)
+            ),
             text,
         )
 
@@ -275,8 +279,10 @@ class MedVLProcessor(ProcessorMixin):
         kwargs.pop("return_dict", None)  # always a BatchFeature (dict-like)
         kwargs.update(kwargs.pop("processor_kwargs", None) or {})  # transformers >= 5.4 passes them so
         if kwargs.pop("return_assistant_tokens_mask", False):
-            raise ValueError("MedVLProcessor.apply_chat_template does not return assistant masks; medvl's "
-                             "training data path (medvl.data.labels) supervises the assistant turns")
+            raise ValueError(
+                "MedVLProcessor.apply_chat_template does not return assistant masks; medvl's "
+                "training data path (medvl.data.labels) supervises the assistant turns"
+            )
         if images is None:
             images = media_from_parts(conversations, "image") or None
         if volumes is None:

@@ -59,9 +59,15 @@ class ConvStem(nn.Module):
         input_pool: optional max-pooling factor per spatial axis applied first (divides the patch).
     """
 
-    def __init__(self, in_channels: int, hidden_size: int, patch_size: int | list[int] | tuple[int, ...],
-                 channels: list[int] | tuple[int, ...], dims: int = 2,
-                 input_pool: list[int] | tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_size: int,
+        patch_size: int | list[int] | tuple[int, ...],
+        channels: list[int] | tuple[int, ...],
+        dims: int = 2,
+        input_pool: list[int] | tuple[int, ...] | None = None,
+    ):
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"ConvStem dims must be 2 or 3, got {dims}")
@@ -72,14 +78,17 @@ class ConvStem(nn.Module):
             raise ValueError("ConvStem: channels must list at least one width")
         pool = [1] * dims if input_pool is None else [int(p) for p in input_pool]
         if len(pool) != dims or any(q < 1 or p % q for p, q in zip(patch, pool)):
-            raise ValueError(f"ConvStem: input_pool {input_pool} needs {dims} positive factors that divide "
-                             f"patch_size {patch_size}")
+            raise ValueError(
+                f"ConvStem: input_pool {input_pool} needs {dims} positive factors that divide patch_size {patch_size}"
+            )
         patch = [p // q for p, q in zip(patch, pool)]
         largest = max(patch)
         if 2 ** len(channels) > largest or largest % 2 ** len(channels):
-            valid = [k for k in range(1, 8) if largest % 2 ** k == 0]
-            raise ValueError(f"a conv stem of {len(channels)} stride-2 layers does not fit patch size {patch_size}; "
-                             f"valid numbers of layers: {valid}")
+            valid = [k for k in range(1, 8) if largest % 2**k == 0]
+            raise ValueError(
+                f"a conv stem of {len(channels)} stride-2 layers does not fit patch size {patch_size}; "
+                f"valid numbers of layers: {valid}"
+            )
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
         layers: list[nn.Module] = []
         self.pool = None
@@ -93,8 +102,11 @@ class ConvStem(nn.Module):
             # detector trained in ~500 steps with it, not in 1000 without). GroupNorm rather than
             # the paper's BatchNorm: no batch dependence, so frozen towers, eval mode, gradient
             # accumulation and DDP all see the same function.
-            layers += [conv(previous, width, kernel_size=3, stride=stride, padding=1),
-                       nn.GroupNorm(math.gcd(8, width), width), nn.GELU()]
+            layers += [
+                conv(previous, width, kernel_size=3, stride=stride, padding=1),
+                nn.GroupNorm(math.gcd(8, width), width),
+                nn.GELU(),
+            ]
             previous = width
         self.layers = nn.Sequential(*layers)
         self.proj = conv(previous, hidden_size, kernel_size=tuple(remaining), stride=tuple(remaining))
@@ -130,12 +142,16 @@ def patch_embedding_path(tower: nn.Module, patch_size: int) -> str:
     """
     patch = (patch_size, patch_size)
     found = [
-        name for name, module in tower.named_modules()
-        if isinstance(module, ConvStem) or (isinstance(module, nn.Conv2d) and module.kernel_size == module.stride == patch)
+        name
+        for name, module in tower.named_modules()
+        if isinstance(module, ConvStem)
+        or (isinstance(module, nn.Conv2d) and module.kernel_size == module.stride == patch)
     ]
     if len(found) != 1:
-        raise ValueError(f"cannot place a conv stem: expected one patch-embedding convolution with kernel = stride = "
-                         f"{patch_size} in {type(tower).__name__}, found {found or 'none'}")
+        raise ValueError(
+            f"cannot place a conv stem: expected one patch-embedding convolution with kernel = stride = "
+            f"{patch_size} in {type(tower).__name__}, found {found or 'none'}"
+        )
     return found[0]
 
 

@@ -109,24 +109,36 @@ class Vit3DConfig(PreTrainedConfig):
         self.image_size = [int(v) for v in self.image_size]
         self.patch_size = [int(v) for v in self.patch_size]
         if len(self.image_size) != 3 or len(self.patch_size) != 3:
-            raise ValueError(f"Vit3DConfig: image_size and patch_size need 3 values (D, H, W), got "
-                             f"{self.image_size} and {self.patch_size}")
+            raise ValueError(
+                f"Vit3DConfig: image_size and patch_size need 3 values (D, H, W), got "
+                f"{self.image_size} and {self.patch_size}"
+            )
         for size, patch in zip(self.image_size, self.patch_size):
             if patch < 1 or size % patch:
-                raise ValueError(f"Vit3DConfig: patch_size {self.patch_size} does not divide image_size {self.image_size}")
+                raise ValueError(
+                    f"Vit3DConfig: patch_size {self.patch_size} does not divide image_size {self.image_size}"
+                )
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"Vit3DConfig: hidden_size {self.hidden_size} is not a multiple of "
-                             f"num_attention_heads {self.num_attention_heads}")
+            raise ValueError(
+                f"Vit3DConfig: hidden_size {self.hidden_size} is not a multiple of "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
         self.conv_stem = validate_stem_widths(self.conv_stem, "Vit3DConfig: conv_stem")
         if self.conv_stem_pool is not None:
             if not self.conv_stem:
                 raise ValueError("Vit3DConfig: conv_stem_pool needs conv_stem")
             self.conv_stem_pool = [int(v) for v in self.conv_stem_pool]
-            if len(self.conv_stem_pool) != 3 or any(q < 1 or p % q for p, q in zip(self.patch_size, self.conv_stem_pool)):
-                raise ValueError(f"Vit3DConfig: conv_stem_pool {self.conv_stem_pool} needs 3 positive factors "
-                                 f"(D, H, W) that divide patch_size {self.patch_size}")
+            if len(self.conv_stem_pool) != 3 or any(
+                q < 1 or p % q for p, q in zip(self.patch_size, self.conv_stem_pool)
+            ):
+                raise ValueError(
+                    f"Vit3DConfig: conv_stem_pool {self.conv_stem_pool} needs 3 positive factors "
+                    f"(D, H, W) that divide patch_size {self.patch_size}"
+                )
         if self.conv_stem and self.patch_norm:
-            raise ValueError("Vit3DConfig: conv_stem replaces the patch projection; it cannot be combined with patch_norm")
+            raise ValueError(
+                "Vit3DConfig: conv_stem replaces the patch projection; it cannot be combined with patch_norm"
+            )
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"Vit3DConfig: invalid hidden_act {self.hidden_act!r}; valid choices: {sorted(ACT2FN)}")
 
@@ -153,19 +165,27 @@ class Vit3DEmbeddings(nn.Module):
         self.patch_norm_in = nn.LayerNorm(patch_dim, eps=config.layer_norm_eps) if config.patch_norm else None
         self.stem = None
         if config.conv_stem:
-            self.stem = ConvStem(config.in_channels, config.hidden_size, config.patch_size, config.conv_stem, dims=3,
-                                 input_pool=config.conv_stem_pool)
+            self.stem = ConvStem(
+                config.in_channels,
+                config.hidden_size,
+                config.patch_size,
+                config.conv_stem,
+                dims=3,
+                input_pool=config.conv_stem_pool,
+            )
         else:
             self.patch_proj = nn.Linear(patch_dim, config.hidden_size)
-        self.patch_norm_out = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.patch_norm else None
-        )
+        self.patch_norm_out = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.patch_norm else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_cls_token else None
         num_positions = config.num_patches + int(config.use_cls_token and config.cls_position_embedding)
         self.position_embedding = nn.Parameter(torch.zeros(1, num_positions, config.hidden_size))
 
     def _check_shape(self, volumes: torch.Tensor) -> None:
-        if volumes.ndim != 5 or list(volumes.shape[2:]) != list(self.config.image_size) or volumes.shape[1] != self.config.in_channels:
+        if (
+            volumes.ndim != 5
+            or list(volumes.shape[2:]) != list(self.config.image_size)
+            or volumes.shape[1] != self.config.in_channels
+        ):
             raise ValueError(
                 f"Vit3D expects volumes of shape (N, {self.config.in_channels}, "
                 f"{', '.join(map(str, self.config.image_size))}), got {tuple(volumes.shape)}"
@@ -323,9 +343,6 @@ class Vit3DModel(Vit3DPreTrainedModel):
         )
 
 
-
-
-
 # ---------------------------------------------------------------------------- weight layouts
 _OUR_PATCH_ORDER = ("c", "pd", "ph", "pw")
 MEDMCLIP_PATCH_ORDER = ("ph", "pw", "pd", "c")  # vit-pytorch: '(p1 p2 pf c)'
@@ -454,6 +471,7 @@ def vit3d_config_from_clip(config: dict, kind: str) -> dict:
         ValueError: an unknown kind, a missing MedM-CLIP field, or an unsupported M3D position embedding.
     """
     if kind == "medmclip":
+
         def last(value) -> int:  # MedM-VL's loader rewrites the sizes into [frames, H, W] lists
             return int(value[-1] if isinstance(value, (list, tuple)) else value)
 
@@ -461,8 +479,11 @@ def vit3d_config_from_clip(config: dict, kind: str) -> dict:
             return {
                 "model_type": "medvl_vit3d",
                 "image_size": [int(config["frame_size"]), last(config["image_size"]), last(config["image_size"])],
-                "patch_size": [int(config["frame_patch_size"]), last(config["image_patch_size"]),
-                               last(config["image_patch_size"])],
+                "patch_size": [
+                    int(config["frame_patch_size"]),
+                    last(config["image_patch_size"]),
+                    last(config["image_patch_size"]),
+                ],
                 "in_channels": 1,
                 "hidden_size": int(config["hidden_size"]),
                 "num_hidden_layers": int(config["image_num_layers"]),
@@ -483,8 +504,9 @@ def vit3d_config_from_clip(config: dict, kind: str) -> dict:
             raise ValueError(f"MedM-CLIP config lacks field {err}") from None
     if kind == "m3dclip":
         if config.get("pos_embed", "perceptron") != "perceptron":
-            raise ValueError(f"M3D-CLIP pos_embed={config.get('pos_embed')!r} is not supported; valid choices: "
-                             "'perceptron'")
+            raise ValueError(
+                f"M3D-CLIP pos_embed={config.get('pos_embed')!r} is not supported; valid choices: 'perceptron'"
+            )
         return {
             "model_type": "medvl_vit3d",
             "image_size": [int(v) for v in config.get("img_size", (32, 256, 256))],
@@ -506,11 +528,14 @@ def vit3d_config_from_clip(config: dict, kind: str) -> dict:
             "final_norm": True,
             "final_norm_in_hidden_states": False,
         }
-    raise ValueError(f"unknown 3D CLIP layout {kind!r}; valid choices: {', '.join(sorted(set(CLIP_MODEL_TYPES.values())))}")
+    raise ValueError(
+        f"unknown 3D CLIP layout {kind!r}; valid choices: {', '.join(sorted(set(CLIP_MODEL_TYPES.values())))}"
+    )
 
 
-def vit3d_state_dict_from_clip(state_dict: dict[str, torch.Tensor], kind: str,
-                               config: Vit3DConfig) -> dict[str, torch.Tensor]:
+def vit3d_state_dict_from_clip(
+    state_dict: dict[str, torch.Tensor], kind: str, config: Vit3DConfig
+) -> dict[str, torch.Tensor]:
     """The ``Vit3DModel`` weights inside a MedM-CLIP / M3D-CLIP state dict.
 
     Keeps the vision encoder (``vision_encoder.`` prefix optional) and drops the rest (text encoder,
@@ -526,10 +551,12 @@ def vit3d_state_dict_from_clip(state_dict: dict[str, torch.Tensor], kind: str,
     """
     prefix = "vision_encoder."
     if any(k.startswith(prefix) for k in state_dict):
-        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if kind == "medmclip":
-        keep, convert = ("to_patch_embedding.", "pos_embedding", "cls_token", "transformer_layers."), \
-            vit3d_state_dict_from_medmclip
+        keep, convert = (
+            ("to_patch_embedding.", "pos_embedding", "cls_token", "transformer_layers."),
+            vit3d_state_dict_from_medmclip,
+        )
     elif kind == "m3dclip":
         keep, convert = ("patch_embedding.", "cls_token", "blocks.", "norm."), vit3d_state_dict_from_monai
     else:

@@ -407,7 +407,9 @@ class MedVLVolumeProcessor:
             return self._medmvl(array, source, unit=unit)
         if self.mode in CT_CLIP_MODES:
             if unit:  # CT-CLIP's steps are defined on HU; 0..1 data would come out as a flat volume
-                raise ValueError(f"mode {self.mode!r} needs a volume in HU, got one already scaled to 0..1 (intensity 'unit')")
+                raise ValueError(
+                    f"mode {self.mode!r} needs a volume in HU, got one already scaled to 0..1 (intensity 'unit')"
+                )
             return self._ct_clip(volume)
         if unit and self.intensity != "unit":
             return self.as_unit().preprocess(volume)
@@ -486,8 +488,10 @@ class MedVLVolumeProcessor:
         from monai.data import MetaTensor
 
         if self.mode in CT_CLIP_MODES:
-            raise ValueError(f"volume processor mode {self.mode!r} has no separate HU stage (it resamples after "
-                             "clipping): cache its final float32 output instead of int16 HU")
+            raise ValueError(
+                f"volume processor mode {self.mode!r} has no separate HU stage (it resamples after "
+                "clipping): cache its final float32 output instead of int16 HU"
+            )
         array, affine, source = self._oriented(volume)
         image = MetaTensor(torch.from_numpy(array.astype(np.float32))[None], affine=torch.from_numpy(affine))
         if self.target_spacing is not None:
@@ -503,8 +507,9 @@ class MedVLVolumeProcessor:
 
         current = np.sqrt((image.affine.numpy()[:3, :3] ** 2).sum(axis=0))
         image = self._antialias(image, np.asarray(self.target_spacing) / current)
-        spacing = Spacingd(keys="image", pixdim=self.target_spacing, mode="bilinear", padding_mode="border",
-                           dtype=np.float32)
+        spacing = Spacingd(
+            keys="image", pixdim=self.target_spacing, mode="bilinear", padding_mode="border", dtype=np.float32
+        )
         return spacing({"image": image})["image"]
 
     def _antialias(self, image: Any, factors: np.ndarray) -> Any:
@@ -543,8 +548,9 @@ class MedVLVolumeProcessor:
         if not bool((image > threshold).any()):
             logger.warning("%s: no voxel above %s HU; foreground crop skipped", source, threshold)
             return image
-        crop = CropForegroundd(keys="image", source_key="image", select_fn=lambda x: x > threshold, margin=0,
-                               allow_smaller=True)
+        crop = CropForegroundd(
+            keys="image", source_key="image", select_fn=lambda x: x > threshold, margin=0, allow_smaller=True
+        )
         return crop({"image": image})["image"]
 
     def _shape(self, image: Any) -> Any:
@@ -661,6 +667,11 @@ def _volume_intensity(volume: Any) -> str:
 
 
 __all__ = [
-    "CT_CLIP_SHAPE", "CT_CLIP_SPACING", "HU_WINDOWS", "MedVLVolumeProcessor", "axcodes_affine", "resolve_window",
+    "CT_CLIP_SHAPE",
+    "CT_CLIP_SPACING",
+    "HU_WINDOWS",
+    "MedVLVolumeProcessor",
+    "axcodes_affine",
+    "resolve_window",
     "window_bounds",
 ]

@@ -89,10 +89,13 @@ class ServerState:
         self.front_lock = threading.Lock()
         self.public_paths = set(PUBLIC_PATHS)  # no bearer token needed (mount_ui adds the demo page)
         self.public_prefixes: list[str] = []
-        self.decoder = MediaDecoder(config.media_roots, MediaLimits(config.max_image_pixels,
-                                                                    config.max_volume_voxels, config.max_media))
-        self.metrics = ServerMetrics(queue_length=lambda: self.scheduler.queue_length if self.scheduler else 0,
-                                     running=lambda: self.scheduler.running if self.scheduler else 0)
+        self.decoder = MediaDecoder(
+            config.media_roots, MediaLimits(config.max_image_pixels, config.max_volume_voxels, config.max_media)
+        )
+        self.metrics = ServerMetrics(
+            queue_length=lambda: self.scheduler.queue_length if self.scheduler else 0,
+            running=lambda: self.scheduler.running if self.scheduler else 0,
+        )
 
     def attach(self, model: Any, processor: Any) -> None:
         """Install a loaded model: start the scheduler and become ready.
@@ -105,9 +108,13 @@ class ServerState:
         self.front = copy.deepcopy(processor)
         text_config = getattr(model.config, "text_config", model.config)
         self.max_positions = getattr(text_config, "max_position_embeddings", None)
-        self.scheduler = Scheduler(model, processor, max_batch_size=self.config.max_batch_size,
-                                   batch_wait_s=self.config.batch_wait_ms / 1000.0,
-                                   on_batch=self.metrics.batch_size.observe)
+        self.scheduler = Scheduler(
+            model,
+            processor,
+            max_batch_size=self.config.max_batch_size,
+            batch_wait_s=self.config.batch_wait_ms / 1000.0,
+            on_batch=self.metrics.batch_size.observe,
+        )
         self.metrics.ready.set(1)
         self.ready.set()
 
@@ -122,14 +129,19 @@ class ServerState:
             try:
                 expanded = self.front.expand_text(text)
             except ValueError as err:  # e.g. a volume sent to a model without a volume encoder
-                raise bad_request(str(err).replace("text row 0 has", "the request has"), "messages",
-                                  "unsupported_media") from None
+                raise bad_request(
+                    str(err).replace("text row 0 has", "the request has"), "messages", "unsupported_media"
+                ) from None
             return len(self.front.tokenizer(expanded)["input_ids"])
 
 
-def create_app(config: ServeConfig, *, loader: Callable[[], tuple[Any, Any]] | None = None,
-               loaded: tuple[Any, Any] | None = None, on_load_error: Callable[[BaseException], None] | None = None
-               ) -> FastAPI:
+def create_app(
+    config: ServeConfig,
+    *,
+    loader: Callable[[], tuple[Any, Any]] | None = None,
+    loaded: tuple[Any, Any] | None = None,
+    on_load_error: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
     """Build the FastAPI app.
 
     Args:
@@ -148,6 +160,7 @@ def create_app(config: ServeConfig, *, loader: Callable[[], tuple[Any, Any]] | N
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if loader is not None:
+
             def load() -> None:
                 try:
                     started = time.monotonic()
@@ -198,8 +211,12 @@ def create_app(config: ServeConfig, *, loader: Callable[[], tuple[Any, Any]] | N
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [
-            {"id": config.model_name, "object": "model", "created": 0, "owned_by": "medvl"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": config.model_name, "object": "model", "created": 0, "owned_by": "medvl"}],
+            }
+        )
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -252,8 +269,12 @@ class BearerAuth:
             headers = dict(scope.get("headers") or [])
             scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode("latin-1"), self.api_key):
-                err = APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                               type="authentication_error", code="invalid_api_key")
+                err = APIError(
+                    401,
+                    "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                    type="authentication_error",
+                    code="invalid_api_key",
+                )
                 response = JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return
@@ -265,8 +286,11 @@ class BearerAuth:
 
 async def _read_body(request: Request, limit_mb: float) -> bytes:
     limit = int(limit_mb * 1024 * 1024)
-    too_large = APIError(413, f"the request body is larger than this server's limit of {limit_mb:g} MB "
-                              "(--max-request-mb)", code="request_too_large")
+    too_large = APIError(
+        413,
+        f"the request body is larger than this server's limit of {limit_mb:g} MB (--max-request-mb)",
+        code="request_too_large",
+    )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
@@ -284,22 +308,31 @@ def _prepare(state: ServerState, req: ChatRequest, request_id: str) -> tuple[Rec
     proc = state.front
     kinds = {m.kind for m in req.media}
     if "image" in kinds and not getattr(proc, "num_image_tokens", 0):
-        raise bad_request("this model has no 2D image encoder; it cannot take image_url parts", "messages",
-                          "unsupported_media")
+        raise bad_request(
+            "this model has no 2D image encoder; it cannot take image_url parts", "messages", "unsupported_media"
+        )
     if "volume" in kinds and not getattr(proc, "num_volume_tokens", 0):
-        raise bad_request("this model has no volume encoder; it cannot take volume_url parts", "messages",
-                          "unsupported_media")
+        raise bad_request(
+            "this model has no volume encoder; it cannot take volume_url parts", "messages", "unsupported_media"
+        )
     prompt_tokens = state.count_prompt_tokens(req.messages)
     limit = state.max_positions
     if limit is not None:
         room = limit - prompt_tokens
         if room < 1:
-            raise bad_request(f"the prompt is {prompt_tokens} tokens (media placeholders included); this model "
-                              f"reads at most {limit} positions", "messages", "context_length_exceeded")
+            raise bad_request(
+                f"the prompt is {prompt_tokens} tokens (media placeholders included); this model "
+                f"reads at most {limit} positions",
+                "messages",
+                "context_length_exceeded",
+            )
         if req.max_tokens is not None and req.max_tokens > room:
-            raise bad_request(f"'{req.max_tokens_param}' = {req.max_tokens} is over this model's limit: the prompt "
-                              f"uses {prompt_tokens} of its {limit} positions, {room} remain",
-                              req.max_tokens_param, "context_length_exceeded")
+            raise bad_request(
+                f"'{req.max_tokens_param}' = {req.max_tokens} is over this model's limit: the prompt "
+                f"uses {prompt_tokens} of its {limit} positions, {room} remain",
+                req.max_tokens_param,
+                "context_length_exceeded",
+            )
         max_tokens = req.max_tokens or min(state.config.default_max_tokens, room)
     else:
         max_tokens = req.max_tokens or state.config.default_max_tokens
@@ -311,8 +344,12 @@ def _prepare(state: ServerState, req: ChatRequest, request_id: str) -> tuple[Rec
 async def _chat(request: Request, state: ServerState, started: float) -> Response:
     config = state.config
     if not state.ready.is_set():
-        raise APIError(503, "the model is still loading; retry when GET /health answers 200",
-                       type="service_unavailable_error", code="model_loading")
+        raise APIError(
+            503,
+            "the model is still loading; retry when GET /health answers 200",
+            type="service_unavailable_error",
+            code="model_loading",
+        )
     body = await _read_body(request, config.max_request_mb)
     try:
         payload = json.loads(body)
@@ -322,13 +359,25 @@ async def _chat(request: Request, state: ServerState, started: float) -> Respons
         raise bad_request("the request body is nested too deeply", None, "invalid_json") from None
     req = parse_chat_request(payload)
     if req.model is not None and req.model != config.model_name:
-        raise APIError(404, f"the model {req.model!r} does not exist; this server serves {config.model_name!r}",
-                       type="not_found_error", param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"the model {req.model!r} does not exist; this server serves {config.model_name!r}",
+            type="not_found_error",
+            param="model",
+            code="model_not_found",
+        )
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     record, prompt_tokens, max_tokens = await run_in_threadpool(_prepare, state, req, request_id)
-    logger.info("%s: %d image(s), %d volume(s), %d prompt tokens, max_tokens %d, %s%s", request_id,
-                len(record.images), len(record.volumes), prompt_tokens, max_tokens,
-                "sampling" if req.do_sample else "greedy", ", stream" if req.stream else "")
+    logger.info(
+        "%s: %d image(s), %d volume(s), %d prompt tokens, max_tokens %d, %s%s",
+        request_id,
+        len(record.images),
+        len(record.volumes),
+        prompt_tokens,
+        max_tokens,
+        "sampling" if req.do_sample else "greedy",
+        ", stream" if req.stream else "",
+    )
 
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -346,17 +395,29 @@ async def _chat(request: Request, state: ServerState, started: float) -> Respons
             logger.info("%s: cancelled after %d completion tokens", request_id, gen.completion_tokens)
         post("done", (text, gen))
 
-    job = Job(record=record, max_tokens=max_tokens,
-              settings=SamplingSettings(req.do_sample, req.temperature if req.do_sample else None,
-                                        req.top_p if req.do_sample else None, req.seed if req.do_sample else None),
-              stop=req.stop, on_delta=lambda d: post("delta", d),
-              on_done=lambda text, gen: on_done(text, gen), on_error=lambda err: post("error", err))
+    job = Job(
+        record=record,
+        max_tokens=max_tokens,
+        settings=SamplingSettings(
+            req.do_sample,
+            req.temperature if req.do_sample else None,
+            req.top_p if req.do_sample else None,
+            req.seed if req.do_sample else None,
+        ),
+        stop=req.stop,
+        on_delta=lambda d: post("delta", d),
+        on_done=lambda text, gen: on_done(text, gen),
+        on_error=lambda err: post("error", err),
+    )
     assert state.scheduler is not None
     state.scheduler.submit(job)
     created = int(time.time())
     if req.stream:
-        return StreamingResponse(_stream(state, req, job, events, request_id, created, started),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            _stream(state, req, job, events, request_id, created, started),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
     try:
         while True:
             try:
@@ -376,12 +437,23 @@ async def _chat(request: Request, state: ServerState, started: float) -> Respons
         job.cancel()
         raise
     _account(state, request_id, gen, started)
-    return JSONResponse({
-        "id": request_id, "object": "chat.completion", "created": created, "model": config.model_name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": _finish(gen), "logprobs": None}],
-        "usage": _usage(gen),
-    })
+    return JSONResponse(
+        {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": config.model_name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": _finish(gen),
+                    "logprobs": None,
+                }
+            ],
+            "usage": _usage(gen),
+        }
+    )
 
 
 def _finish(gen: Generation) -> str:
@@ -389,8 +461,11 @@ def _finish(gen: Generation) -> str:
 
 
 def _usage(gen: Generation) -> dict[str, int]:
-    return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-            "total_tokens": gen.prompt_tokens + gen.completion_tokens}
+    return {
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": gen.completion_tokens,
+        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+    }
 
 
 def _account(state: ServerState, request_id: str, gen: Generation, started: float) -> None:
@@ -400,8 +475,9 @@ def _account(state: ServerState, request_id: str, gen: Generation, started: floa
     m.prompt_tokens.inc(gen.prompt_tokens)
     m.completion_tokens.inc(gen.completion_tokens)
     m.latency.observe(elapsed)
-    logger.info("%s: done, %d completion tokens, finish %s, %.2f s", request_id, gen.completion_tokens,
-                _finish(gen), elapsed)
+    logger.info(
+        "%s: done, %d completion tokens, finish %s, %.2f s", request_id, gen.completion_tokens, _finish(gen), elapsed
+    )
 
 
 def _as_api_error(err: BaseException) -> APIError:
@@ -415,16 +491,20 @@ def _as_api_error(err: BaseException) -> APIError:
     return APIError(500, "generation failed (internal error)", type="server_error", code="generation_failed")
 
 
-async def _stream(state: ServerState, req: ChatRequest, job: Job, events: asyncio.Queue, request_id: str,
-                  created: int, started: float) -> AsyncIterator[bytes]:
+async def _stream(
+    state: ServerState, req: ChatRequest, job: Job, events: asyncio.Queue, request_id: str, created: int, started: float
+) -> AsyncIterator[bytes]:
     """Server-Sent Events: role chunk, content deltas, finish chunk, optional usage chunk, ``[DONE]``."""
     name = state.config.model_name
 
     def chunk(delta: dict, finish: str | None = None, usage: dict | None = None, choices: bool = True) -> bytes:
-        data: dict[str, Any] = {"id": request_id, "object": "chat.completion.chunk", "created": created,
-                                "model": name,
-                                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-                                if choices else []}
+        data: dict[str, Any] = {
+            "id": request_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": name,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if choices else [],
+        }
         if req.include_usage:
             data["usage"] = usage
         return f"data: {json.dumps(data)}\n\n".encode()
@@ -486,8 +566,14 @@ def mount_ui(app: FastAPI, model: Any, processor: Any, path: str = "/ui") -> Non
         options["auth"] = lambda _user, password: secrets.compare_digest(str(password).encode(), key.encode())
         state.public_prefixes.append(path.rstrip("/") + "/")
         state.public_paths.add(path.rstrip("/"))
-    gradio.mount_gradio_app(app, build_demo(model, processor), path=path, ssr_mode=False,
-                            max_file_size=f"{state.config.max_request_mb:g}mb", **options)
+    gradio.mount_gradio_app(
+        app,
+        build_demo(model, processor),
+        path=path,
+        ssr_mode=False,
+        max_file_size=f"{state.config.max_request_mb:g}mb",
+        **options,
+    )
 
 
 def model_name_of(path: str | os.PathLike) -> str:

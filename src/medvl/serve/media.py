@@ -86,8 +86,11 @@ class MediaDecoder:
             APIError: 400 naming the part and what is wrong.
         """
         if len(refs) > self.limits.max_media:
-            raise bad_request(f"{len(refs)} media parts in one request; this server accepts at most "
-                              f"{self.limits.max_media}", "messages", "too_many_media")
+            raise bad_request(
+                f"{len(refs)} media parts in one request; this server accepts at most {self.limits.max_media}",
+                "messages",
+                "too_many_media",
+            )
         images, volumes = [], []
         for ref in refs:
             if ref.kind == "image":
@@ -124,7 +127,9 @@ class MediaDecoder:
             raise bad_request(
                 f"{ref.param.rsplit('.', 1)[0]}.window: a volume's HU window is part of the model's saved volume "
                 "processor (what it was trained on) and cannot be changed per request",
-                ref.param.rsplit(".", 1)[0] + ".window", "unsupported_parameter")
+                ref.param.rsplit(".", 1)[0] + ".window",
+                "unsupported_parameter",
+            )
         with self._materialise(ref, "volume") as path:
             self._check_volume_size(path, ref)
             try:
@@ -150,26 +155,43 @@ class MediaDecoder:
         elif scheme == "file":
             yield self._local_path(url, ref)
         elif scheme in ("http", "https", "ftp", "s3", "gs"):
-            raise bad_request(f"{ref.param}: remote URLs are not fetched by medvl serve; send the {kind} as a data: "
-                              "URL (base64) or a file:// path under a --media-root", ref.param, "remote_url_refused")
+            raise bad_request(
+                f"{ref.param}: remote URLs are not fetched by medvl serve; send the {kind} as a data: "
+                "URL (base64) or a file:// path under a --media-root",
+                ref.param,
+                "remote_url_refused",
+            )
         else:
-            raise bad_request(f"{ref.param}: unsupported URL scheme {scheme or '(none)'!r}; use data: or file://",
-                              ref.param, "invalid_url")
+            raise bad_request(
+                f"{ref.param}: unsupported URL scheme {scheme or '(none)'!r}; use data: or file://",
+                ref.param,
+                "invalid_url",
+            )
 
     def _local_path(self, url: str, ref: MediaRef) -> Path:
         if not self.roots:
-            raise APIError(403, f"{ref.param}: file:// URLs are refused: the server was started without --media-root",
-                           param=ref.param, type="permission_error", code="media_path_forbidden")
-        raw = unquote(url[len("file:"):])
+            raise APIError(
+                403,
+                f"{ref.param}: file:// URLs are refused: the server was started without --media-root",
+                param=ref.param,
+                type="permission_error",
+                code="media_path_forbidden",
+            )
+        raw = unquote(url[len("file:") :])
         if raw.startswith("//localhost/"):
-            raw = raw[len("//localhost"):]
+            raw = raw[len("//localhost") :]
         elif raw.startswith("//"):  # file:///abs/path -> /abs/path; file://cases/a.png -> cases/a.png (root-relative)
             raw = raw[2:]
         if not raw or "\x00" in raw:
             raise bad_request(f"{ref.param}: empty or invalid file path", ref.param, "invalid_url")
         if ".." in Path(raw).parts:
-            raise APIError(403, f"{ref.param}: '..' is not allowed in file paths", param=ref.param,
-                           type="permission_error", code="media_path_forbidden")
+            raise APIError(
+                403,
+                f"{ref.param}: '..' is not allowed in file paths",
+                param=ref.param,
+                type="permission_error",
+                code="media_path_forbidden",
+            )
         candidates = [Path(raw)] if raw.startswith("/") else [root / raw for root in self.roots]
         for candidate in candidates:
             resolved = candidate.resolve()  # follows symlinks: a link out of the root is caught below
@@ -181,11 +203,21 @@ class MediaDecoder:
             if resolved.is_dir():
                 for child in resolved.iterdir():
                     if self._root_of(child.resolve()) is None:
-                        raise APIError(403, f"{ref.param}: the folder holds a link that leaves the media root",
-                                       param=ref.param, type="permission_error", code="media_path_forbidden")
+                        raise APIError(
+                            403,
+                            f"{ref.param}: the folder holds a link that leaves the media root",
+                            param=ref.param,
+                            type="permission_error",
+                            code="media_path_forbidden",
+                        )
             return resolved
-        raise APIError(403, f"{ref.param}: the path is outside the server's media roots", param=ref.param,
-                       type="permission_error", code="media_path_forbidden")
+        raise APIError(
+            403,
+            f"{ref.param}: the path is outside the server's media roots",
+            param=ref.param,
+            type="permission_error",
+            code="media_path_forbidden",
+        )
 
     def _root_of(self, path: Path) -> Path | None:
         for root in self.roots:
@@ -196,10 +228,16 @@ class MediaDecoder:
     def _write_upload(self, data: bytes, mime: str, kind: str, tmp: Path, ref: MediaRef) -> Path:
         suffix = _sniff_suffix(data, mime, kind)
         if suffix is None:
-            valid = ("PNG, JPEG, BMP, TIFF or DICOM" if kind == "image"
-                     else "NIfTI (.nii, .nii.gz), a zipped DICOM series, .npy, .npz or a multi-frame DICOM")
-            raise bad_request(f"{ref.param}: the uploaded bytes are not a recognised {kind} format; expected {valid}",
-                              ref.param, f"invalid_{kind}")
+            valid = (
+                "PNG, JPEG, BMP, TIFF or DICOM"
+                if kind == "image"
+                else "NIfTI (.nii, .nii.gz), a zipped DICOM series, .npy, .npz or a multi-frame DICOM"
+            )
+            raise bad_request(
+                f"{ref.param}: the uploaded bytes are not a recognised {kind} format; expected {valid}",
+                ref.param,
+                f"invalid_{kind}",
+            )
         if suffix == ".zip":
             return self._unzip_series(data, tmp / "series", ref)
         path = tmp / f"upload{suffix}"
@@ -230,15 +268,21 @@ class MediaDecoder:
             except Exception:  # unreadable: load_image reports it with its own message
                 return
         if pixels is not None and pixels > limit:
-            raise bad_request(f"{ref.param}: the image has {pixels} pixels, over this server's limit of {limit}",
-                              ref.param, "image_too_large")
+            raise bad_request(
+                f"{ref.param}: the image has {pixels} pixels, over this server's limit of {limit}",
+                ref.param,
+                "image_too_large",
+            )
 
     def _check_volume_size(self, path: Path, ref: MediaRef) -> None:
         limit = self.limits.max_volume_voxels
         voxels = _volume_voxels_from_headers(path)
         if voxels is not None and voxels > limit:
-            raise bad_request(f"{ref.param}: the volume has {voxels} voxels, over this server's limit of {limit}",
-                              ref.param, "volume_too_large")
+            raise bad_request(
+                f"{ref.param}: the volume has {voxels} voxels, over this server's limit of {limit}",
+                ref.param,
+                "volume_too_large",
+            )
 
 
 def _decode_data_url(url: str, param: str) -> tuple[bytes, str]:
@@ -246,7 +290,7 @@ def _decode_data_url(url: str, param: str) -> tuple[bytes, str]:
     header, sep, payload = url.partition(",")
     if not sep:
         raise bad_request(f"{param}: malformed data: URL (no ',' before the payload)", param, "invalid_url")
-    meta = header[len("data:"):].split(";")
+    meta = header[len("data:") :].split(";")
     mime = meta[0].strip().lower()
     if "base64" not in [m.strip().lower() for m in meta[1:]]:
         raise bad_request(f"{param}: data: URLs must be base64 encoded (data:<mime>;base64,...)", param, "invalid_url")
@@ -266,8 +310,13 @@ def _sniff_suffix(data: bytes, mime: str, kind: str) -> str | None:
     if kind == "image":
         if is_dicom or mime in ("application/dicom", "image/dicom"):
             return ".dcm"
-        for magic, suffix in ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"BM", ".bmp"),
-                              (b"II*\x00", ".tif"), (b"MM\x00*", ".tif")):
+        for magic, suffix in (
+            (b"\x89PNG\r\n\x1a\n", ".png"),
+            (b"\xff\xd8\xff", ".jpg"),
+            (b"BM", ".bmp"),
+            (b"II*\x00", ".tif"),
+            (b"MM\x00*", ".tif"),
+        ):
             if head.startswith(magic):
                 return suffix
         return None
@@ -323,8 +372,11 @@ def _volume_voxels_from_headers(path: Path) -> int | None:
                 for member in archive.namelist():
                     with archive.open(member) as fh:
                         version = np.lib.format.read_magic(fh)
-                        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                       else np.lib.format.read_array_header_2_0)
+                        read_header = (
+                            np.lib.format.read_array_header_1_0
+                            if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0
+                        )
                         shape, _, _ = read_header(fh)
                     total = max(total, int(np.prod(shape, dtype=np.int64)))
             return total

@@ -27,21 +27,31 @@ class ServerMetrics:
     def __init__(self, queue_length: Callable[[], int] = lambda: 0, running: Callable[[], int] = lambda: 0):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("medvl_requests", "HTTP requests to the chat endpoint, by outcome",
-                                ["endpoint", "status"], registry=r)
-        self.prompt_tokens = Counter("medvl_prompt_tokens", "prompt tokens processed (media placeholders included)",
-                                     registry=r)
+        self.requests = Counter(
+            "medvl_requests", "HTTP requests to the chat endpoint, by outcome", ["endpoint", "status"], registry=r
+        )
+        self.prompt_tokens = Counter(
+            "medvl_prompt_tokens", "prompt tokens processed (media placeholders included)", registry=r
+        )
         self.completion_tokens = Counter("medvl_completion_tokens", "tokens generated", registry=r)
-        self.cancelled = Counter("medvl_cancelled_requests", "requests whose client left before the answer ended",
-                                 registry=r)
-        self.cancelled_tokens = Counter("medvl_cancelled_completion_tokens",
-                                        "tokens generated for requests whose client left", registry=r)
-        self.latency = Histogram("medvl_request_latency_seconds", "chat completion latency, arrival to last token",
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.first_token = Histogram("medvl_time_to_first_token_seconds", "arrival to first streamed token",
-                                     buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("medvl_batch_size", "requests generated together",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.cancelled = Counter(
+            "medvl_cancelled_requests", "requests whose client left before the answer ended", registry=r
+        )
+        self.cancelled_tokens = Counter(
+            "medvl_cancelled_completion_tokens", "tokens generated for requests whose client left", registry=r
+        )
+        self.latency = Histogram(
+            "medvl_request_latency_seconds",
+            "chat completion latency, arrival to last token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_token = Histogram(
+            "medvl_time_to_first_token_seconds", "arrival to first streamed token", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "medvl_batch_size", "requests generated together", buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r
+        )
         queue = Gauge("medvl_queue_length", "requests waiting for a batch", registry=r)
         queue.set_function(lambda: float(queue_length()))
         busy = Gauge("medvl_running_requests", "requests in the batch being generated", registry=r)

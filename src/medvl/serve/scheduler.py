@@ -171,8 +171,15 @@ class Scheduler:
         on_batch: optional ``on_batch(size)`` hook (metrics).
     """
 
-    def __init__(self, model: Any, processor: Any, *, max_batch_size: int = 8, batch_wait_s: float = 0.005,
-                 on_batch: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        max_batch_size: int = 8,
+        batch_wait_s: float = 0.005,
+        on_batch: Callable[[int], None] | None = None,
+    ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model
@@ -277,17 +284,24 @@ class Scheduler:
             torch.manual_seed(settings.seed)
         try:
             results = generate_detailed(
-                self.model, self.processor, [j.record for j in batch], batch_size=len(batch),
-                max_new_tokens=[j.max_tokens for j in batch], progress=False,
-                on_text=lambda i, delta: batch[i].feed(delta), should_stop=lambda i: batch[i].should_stop(),
-                **settings.generate_kwargs())
+                self.model,
+                self.processor,
+                [j.record for j in batch],
+                batch_size=len(batch),
+                max_new_tokens=[j.max_tokens for j in batch],
+                progress=False,
+                on_text=lambda i, delta: batch[i].feed(delta),
+                should_stop=lambda i: batch[i].should_stop(),
+                **settings.generate_kwargs(),
+            )
         except (MedVLDataError, ValueError) as err:
             if len(batch) == 1:
                 batch[0].fail(err)
                 return
             # One request's bad input must not fail its batch mates: retry them one by one.
-            logger.info("a batch of %d failed on input (%s); retrying its requests one by one", len(batch),
-                        type(err).__name__)
+            logger.info(
+                "a batch of %d failed on input (%s); retrying its requests one by one", len(batch), type(err).__name__
+            )
             for job in batch:
                 if job._emitted:  # already streamed part of an answer: it cannot restart cleanly
                     job.fail(err)

@@ -25,20 +25,40 @@ from typing import Any
 
 from medvl.data.records import IMAGE_MARKER, VOLUME_MARKER
 
-
 # Parameters of OpenAI's API that medvl does not implement: refused by name rather than ignored,
 # so a client never silently gets something other than what it asked for.
 UNSUPPORTED = {
-    "tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
-    "function_call": "function calling", "parallel_tool_calls": "tool calling",
-    "logprobs": "log probabilities", "top_logprobs": "log probabilities", "logit_bias": "logit bias",
-    "response_format": "structured output", "audio": "audio output", "modalities": "audio output",
-    "prediction": "predicted outputs", "presence_penalty": "presence penalty",
-    "frequency_penalty": "frequency penalty", "web_search_options": "web search", "reasoning_effort": "reasoning",
+    "tools": "tool calling",
+    "tool_choice": "tool calling",
+    "functions": "function calling",
+    "function_call": "function calling",
+    "parallel_tool_calls": "tool calling",
+    "logprobs": "log probabilities",
+    "top_logprobs": "log probabilities",
+    "logit_bias": "logit bias",
+    "response_format": "structured output",
+    "audio": "audio output",
+    "modalities": "audio output",
+    "prediction": "predicted outputs",
+    "presence_penalty": "presence penalty",
+    "frequency_penalty": "frequency penalty",
+    "web_search_options": "web search",
+    "reasoning_effort": "reasoning",
 }
 IGNORED = {"user", "store", "metadata", "service_tier"}  # bookkeeping fields without effect on the answer
-KNOWN = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop",
-         "stream", "stream_options", "n"}
+KNOWN = {
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "n",
+}
 
 
 class APIError(Exception):
@@ -53,8 +73,15 @@ class APIError(Exception):
         code: a short machine-readable code (``invalid_image``, ``context_length_exceeded``, ...).
     """
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -157,14 +184,16 @@ def parse_chat_request(body: Any) -> ChatRequest:
         if name in UNSUPPORTED and body[name] not in (None, False, 0, [], {}):
             if name == "response_format" and isinstance(body[name], dict) and body[name].get("type") == "text":
                 continue
-            raise bad_request(f"'{name}' is not supported by medvl serve ({UNSUPPORTED[name]})", name,
-                              "unsupported_parameter")
+            raise bad_request(
+                f"'{name}' is not supported by medvl serve ({UNSUPPORTED[name]})", name, "unsupported_parameter"
+            )
         if name not in KNOWN and name not in IGNORED and name not in UNSUPPORTED:
             raise bad_request(f"unknown parameter '{name}'", name, "unknown_parameter")
     n = _number(body, "n", 1, 1_000_000, integer=True)
     if n is not None and n != 1:
-        raise bad_request(f"'n' = {n} is not supported: medvl serve returns one choice per request", "n",
-                          "unsupported_parameter")
+        raise bad_request(
+            f"'n' = {n} is not supported: medvl serve returns one choice per request", "n", "unsupported_parameter"
+        )
     max_tokens = _number(body, "max_completion_tokens", 1, 10**9, integer=True)
     param = "max_completion_tokens"
     if max_tokens is None:
@@ -193,17 +222,28 @@ def parse_chat_request(body: Any) -> ChatRequest:
         raise bad_request("'stream' must be true or false", "stream", "invalid_type")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise bad_request("'stream_options' supports only {\"include_usage\": bool}", "stream_options",
-                          "unsupported_parameter")
+        raise bad_request(
+            "'stream_options' supports only {\"include_usage\": bool}", "stream_options", "unsupported_parameter"
+        )
     if options and not stream:
         raise bad_request("'stream_options' needs 'stream': true", "stream_options", "invalid_value")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad_request("'model' must be a string", "model", "invalid_type")
     messages, media = _parse_messages(body.get("messages"))
-    return ChatRequest(messages=messages, media=media, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                       seed=seed, stop=stops, stream=stream, include_usage=bool(options.get("include_usage")),
-                       model=model, max_tokens_param=param)
+    return ChatRequest(
+        messages=messages,
+        media=media,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop=stops,
+        stream=stream,
+        include_usage=bool(options.get("include_usage")),
+        model=model,
+        max_tokens_param=param,
+    )
 
 
 def _parse_messages(raw: Any) -> tuple[list[dict[str, str]], list[MediaRef]]:
@@ -221,24 +261,34 @@ def _parse_messages(raw: Any) -> tuple[list[dict[str, str]], list[MediaRef]]:
         if role == "developer":
             role = "system"
         if role not in ("system", "user", "assistant"):
-            raise bad_request(f"{where}.role {role!r} is not supported; valid: system, developer, user, assistant",
-                              f"{where}.role", "invalid_value")
+            raise bad_request(
+                f"{where}.role {role!r} is not supported; valid: system, developer, user, assistant",
+                f"{where}.role",
+                "invalid_value",
+            )
         extra = set(msg) - {"role", "content", "name"}
         if extra:
-            raise bad_request(f"{where} has unsupported field(s) {sorted(extra)} (tool calls are not supported)",
-                              f"{where}.{sorted(extra)[0]}", "unsupported_parameter")
+            raise bad_request(
+                f"{where} has unsupported field(s) {sorted(extra)} (tool calls are not supported)",
+                f"{where}.{sorted(extra)[0]}",
+                "unsupported_parameter",
+            )
         content = msg.get("content")
         if isinstance(content, str):
             text = _check_text(content, f"{where}.content")
         elif isinstance(content, list):
             text = _parse_parts(content, where, role, media)
         else:
-            raise bad_request(f"{where}.content must be a string or a list of content parts", f"{where}.content",
-                              "invalid_type")
+            raise bad_request(
+                f"{where}.content must be a string or a list of content parts", f"{where}.content", "invalid_type"
+            )
         messages.append({"role": role, "content": text})
     if messages[-1]["role"] != "user":
-        raise bad_request("the last message must be a user turn (it is the one answered)",
-                          f"messages[{len(messages) - 1}].role", "invalid_value")
+        raise bad_request(
+            "the last message must be a user turn (it is the one answered)",
+            f"messages[{len(messages) - 1}].role",
+            "invalid_value",
+        )
     return messages, media
 
 
@@ -247,7 +297,10 @@ def _check_text(text: str, param: str) -> str:
         if marker in text:
             raise bad_request(
                 f"{param} contains the literal marker {marker}; send media as '{part}' content parts (the server "
-                "places the markers), so that every marker has its media", param, "marker_media_mismatch")
+                "places the markers), so that every marker has its media",
+                param,
+                "marker_media_mismatch",
+            )
     return text
 
 
@@ -274,17 +327,23 @@ def _parse_parts(parts: list, where: str, role: str, media: list[MediaRef]) -> s
             allowed = {"url", "detail", "window"} if kind == "image_url" else {"url", "window"}
             unknown = set(spec) - allowed
             if unknown:
-                raise bad_request(f"{param}.{kind} has unsupported field(s) {sorted(unknown)}; "
-                                  f"valid: {sorted(allowed)}",
-                                  f"{param}.{kind}", "unsupported_parameter")
+                raise bad_request(
+                    f"{param}.{kind} has unsupported field(s) {sorted(unknown)}; valid: {sorted(allowed)}",
+                    f"{param}.{kind}",
+                    "unsupported_parameter",
+                )
             media_kind = "image" if kind == "image_url" else "volume"
-            media.append(MediaRef(kind=media_kind, url=spec["url"], param=f"{param}.{kind}.url",
-                                  window=spec.get("window")))
+            media.append(
+                MediaRef(kind=media_kind, url=spec["url"], param=f"{param}.{kind}.url", window=spec.get("window"))
+            )
             # The chat template renders a media content part as its marker and a newline.
             pieces.append((IMAGE_MARKER if media_kind == "image" else VOLUME_MARKER) + "\n")
         else:
-            raise bad_request(f"{param}.type {kind!r} is not supported; valid: text, image_url, volume_url",
-                              f"{param}.type", "unsupported_content_type")
+            raise bad_request(
+                f"{param}.type {kind!r} is not supported; valid: text, image_url, volume_url",
+                f"{param}.type",
+                "unsupported_content_type",
+            )
     return "".join(pieces)
 
 

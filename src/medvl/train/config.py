@@ -311,9 +311,14 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     if cfg.data.weights and len(cfg.data.weights) != len(cfg.data.train):
         raise ValueError(f"data.weights has {len(cfg.data.weights)} values for {len(cfg.data.train)} data.train files")
     t = cfg.train
-    for key, value in (("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
-                       ("train.save_steps", t.save_steps), ("train.logging_steps", t.logging_steps),
-                       ("train.lora.r", t.lora.r), ("data.max_length", cfg.data.max_length)):
+    for key, value in (
+        ("train.batch_size", t.batch_size),
+        ("train.grad_accum", t.grad_accum),
+        ("train.save_steps", t.save_steps),
+        ("train.logging_steps", t.logging_steps),
+        ("train.lora.r", t.lora.r),
+        ("data.max_length", cfg.data.max_length),
+    ):
         if value < 1:
             raise ValueError(f"{key} must be >= 1, got {value}")
     if not 0.0 <= cfg.data.eval_fraction < 1.0:
@@ -330,20 +335,28 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     if all(part.mode == "frozen" for _, part in t.parts.items()):
         raise ValueError("train.parts: every part is frozen, nothing would train; set a part's mode to full or lora")
     if cfg.data.cache_encoder_features and cfg.data.augment.enabled:
-        raise ValueError("data.cache_encoder_features cannot be used with data.augment.enabled (the encoder "
-                         "features of an augmented sample differ at every step); turn one of them off")
+        raise ValueError(
+            "data.cache_encoder_features cannot be used with data.augment.enabled (the encoder "
+            "features of an augmented sample differ at every step); turn one of them off"
+        )
     if t.stage == ENCODER_PRETRAIN:
         validate_encoder_pretrain(cfg)
     elif t.encoder_pretrain != EncoderPretrainSettings():
-        raise ValueError(f"train.encoder_pretrain applies to train.stage={ENCODER_PRETRAIN} only (stage is {t.stage!r})")
+        raise ValueError(
+            f"train.encoder_pretrain applies to train.stage={ENCODER_PRETRAIN} only (stage is {t.stage!r})"
+        )
     if cfg.data.cache_encoder_features:
         if t.parts.vision.mode != "frozen" and t.parts.volume.mode != "frozen":
-            raise ValueError("data.cache_encoder_features needs a frozen encoder: set train.parts.vision.mode or "
-                             f"train.parts.volume.mode to frozen (now {t.parts.vision.mode}, {t.parts.volume.mode})")
+            raise ValueError(
+                "data.cache_encoder_features needs a frozen encoder: set train.parts.vision.mode or "
+                f"train.parts.volume.mode to frozen (now {t.parts.vision.mode}, {t.parts.volume.mode})"
+            )
     if (t.deepspeed or t.hf_args.get("deepspeed")) and not deepspeed_available():
-        raise ValueError("train.deepspeed is set but DeepSpeed is not installed; it is an optional extra: "
-                         "pip install 'medvl[deepspeed]' (and launch with torchrun), or set train.deepspeed=null "
-                         "to train with DDP / a single process")
+        raise ValueError(
+            "train.deepspeed is set but DeepSpeed is not installed; it is an optional extra: "
+            "pip install 'medvl[deepspeed]' (and launch with torchrun), or set train.deepspeed=null "
+            "to train with DDP / a single process"
+        )
     check_hf_args(t.hf_args)
 
 
@@ -358,14 +371,17 @@ def encoder_pretrain_kind(cfg: TrainConfig) -> str:
     kind = t.encoder_pretrain.encoder
     if kind == "auto":
         if len(trained) != 1:
-            raise ValueError("train.stage=encoder_pretrain trains one encoder: set exactly one of "
-                             "train.parts.vision.mode / train.parts.volume.mode to full or lora (now "
-                             f"{t.parts.vision.mode}, {t.parts.volume.mode}), or name it in train.encoder_pretrain.encoder")
+            raise ValueError(
+                "train.stage=encoder_pretrain trains one encoder: set exactly one of "
+                "train.parts.vision.mode / train.parts.volume.mode to full or lora (now "
+                f"{t.parts.vision.mode}, {t.parts.volume.mode}), or name it in train.encoder_pretrain.encoder"
+            )
         return trained[0]
     part = "vision" if kind == "image" else "volume"
     if getattr(t.parts, part).mode == "frozen":
-        raise ValueError(f"train.encoder_pretrain.encoder={kind} but train.parts.{part}.mode is frozen: "
-                         "set it to full or lora")
+        raise ValueError(
+            f"train.encoder_pretrain.encoder={kind} but train.parts.{part}.mode is frozen: set it to full or lora"
+        )
     return kind
 
 
@@ -379,15 +395,21 @@ def validate_encoder_pretrain(cfg: TrainConfig) -> None:
     moving = [name for name in ("llm", "connector") if getattr(t.parts, name).mode != "frozen"]
     if moving:
         # explicit rather than silently ignored: stage 0 never runs the LLM or the connectors
-        raise ValueError(f"train.stage=encoder_pretrain trains an encoder only: set train.parts.{moving[0]}.mode="
-                         f"frozen (now {getattr(t.parts, moving[0]).mode}{' for ' + ', '.join(moving) if len(moving) > 1 else ''})")
+        raise ValueError(
+            f"train.stage=encoder_pretrain trains an encoder only: set train.parts.{moving[0]}.mode="
+            f"frozen (now {getattr(t.parts, moving[0]).mode}{' for ' + ', '.join(moving) if len(moving) > 1 else ''})"
+        )
     kind = encoder_pretrain_kind(cfg)
     other = "volume" if kind == "image" else "vision"
     if getattr(t.parts, other).mode != "frozen":
-        raise ValueError(f"train.stage=encoder_pretrain trains one encoder ({kind}): set train.parts.{other}.mode=frozen")
+        raise ValueError(
+            f"train.stage=encoder_pretrain trains one encoder ({kind}): set train.parts.{other}.mode=frozen"
+        )
     if cfg.data.cache_encoder_features:
-        raise ValueError("data.cache_encoder_features does not apply to train.stage=encoder_pretrain (the encoder "
-                         "trains); use train.encoder_pretrain.cache_media to keep preprocessed media in memory")
+        raise ValueError(
+            "data.cache_encoder_features does not apply to train.stage=encoder_pretrain (the encoder "
+            "trains); use train.encoder_pretrain.cache_media to keep preprocessed media in memory"
+        )
     # data.packing (on by default) concerns token rows; stage-0 batches hold images or volumes and
     # labels only, so it has nothing to act on there and is not an error.
 

@@ -43,12 +43,26 @@ def media_slots(config: Any) -> list[MediaSlot]:
     """
     slots = []
     vision = getattr(config, "vision_config", None)
-    if vision is not None and getattr(config, "image_token_id", None) is not None and getattr(config, "num_image_tokens", 0):
+    if (
+        vision is not None
+        and getattr(config, "image_token_id", None) is not None
+        and getattr(config, "num_image_tokens", 0)
+    ):
         h, w = _pair(vision.image_size)
-        slots.append(MediaSlot("pixel_values", config.image_token_id, config.num_image_tokens,
-                               (getattr(vision, "num_channels", 3), h, w)))
+        slots.append(
+            MediaSlot(
+                "pixel_values",
+                config.image_token_id,
+                config.num_image_tokens,
+                (getattr(vision, "num_channels", 3), h, w),
+            )
+        )
     volume = getattr(config, "volume_config", None)
-    if volume is not None and getattr(config, "volume_token_id", None) is not None and getattr(config, "num_volume_tokens", 0):
+    if (
+        volume is not None
+        and getattr(config, "volume_token_id", None) is not None
+        and getattr(config, "num_volume_tokens", 0)
+    ):
         encoder = getattr(config, "volume_encoder", "vit3d")
         if encoder == "vit3d":
             shape = (getattr(volume, "in_channels", 1), *tuple(volume.image_size))
@@ -71,8 +85,12 @@ def _pair(size: Any) -> tuple[int, int]:
 FEATURE_KEYS = {values: features for _, values, features in FEATURE_KINDS.values()}
 
 
-def add_dummy_media(batch: dict[str, Any], slots: list[MediaSlot], pad_token_id: int = 0,
-                    feature_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+def add_dummy_media(
+    batch: dict[str, Any],
+    slots: list[MediaSlot],
+    pad_token_id: int = 0,
+    feature_shapes: dict[str, tuple[int, ...]] | None = None,
+) -> dict[str, Any]:
     """Return ``batch`` with one dummy item for every modality in ``slots`` that it lacks.
 
     Padded batches (with ``attention_mask``) get the placeholders in new columns of row 0 with

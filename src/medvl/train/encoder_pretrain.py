@@ -66,7 +66,9 @@ class FindingClassifier(nn.Module):
         base = unwrap_model(model)
         encoder = getattr(base, _ENCODER_ATTR[kind], None)
         if encoder is None:
-            raise ValueError(f"the model has no {'2D vision tower' if kind == 'image' else 'volume encoder'} to pretrain")
+            raise ValueError(
+                f"the model has no {'2D vision tower' if kind == 'image' else 'volume encoder'} to pretrain"
+            )
         object.__setattr__(self, "lvlm", base)  # not a submodule (see the class docstring)
         self.kind = kind
         self.schema = schema
@@ -82,8 +84,12 @@ class FindingClassifier(nn.Module):
         # the part map of medvl.train.parts: the head trains with (and at the learning rate of) the encoder
         self.trainable_part_modules = {_PART[kind]: (_ENCODER_ATTR[kind], "finding_head")}
 
-    def forward(self, pixel_values: torch.Tensor | None = None, volume_values: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        volume_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Logits (N, num_logits) and, with ``labels``, the loss.
 
         Args:
@@ -176,8 +182,11 @@ def finding_metrics(logits: np.ndarray, targets: np.ndarray, schema: LabelSchema
             accuracy = float(np.mean(z.argmax(axis=1) == t.argmax(axis=1)))
             areas = [a for a in (auroc(z[:, k], t[:, k] > 0.5) for k in range(spec.width)) if a is not None]
             area = float(np.mean(areas)) if areas else None
-        out[spec.name] = {"auroc": None if area is None else round(area, 4), "accuracy": round(accuracy, 4),
-                          "n": int(len(t))}
+        out[spec.name] = {
+            "auroc": None if area is None else round(area, 4),
+            "accuracy": round(accuracy, 4),
+            "n": int(len(t)),
+        }
     return out
 
 
@@ -214,8 +223,9 @@ def format_metrics(per_label: dict[str, dict[str, Any]]) -> str:
 
 
 # ---------------------------------------------------------------------------- the run
-def build_finding_datasets(cfg: TrainConfig, processor: Any, kind: str
-                           ) -> tuple[FindingDataset, Any | None, LabelSchema]:
+def build_finding_datasets(
+    cfg: TrainConfig, processor: Any, kind: str
+) -> tuple[FindingDataset, Any | None, LabelSchema]:
     """Training set, validation set (or None) and label schema of a stage-0 run.
 
     Args:
@@ -233,8 +243,10 @@ def build_finding_datasets(cfg: TrainConfig, processor: Any, kind: str
     with outside_root_allowed(d.allow_outside_root):
         train_items = load_labelled_items(d.train, kind, split=d.train_split, **common)
     if not train_items:
-        raise ValueError(f"stage 0: data.train ({', '.join(d.train)}) holds no labelled {kind}s; give records with "
-                         "meta.labels, closed yes/no questions, or a label table (.csv)")
+        raise ValueError(
+            f"stage 0: data.train ({', '.join(d.train)}) holds no labelled {kind}s; give records with "
+            "meta.labels, closed yes/no questions, or a label table (.csv)"
+        )
     schema = LabelSchema.from_items(train_items, s.label_names)
     options = dict(volume_cache=d.volume_cache, cache_media=s.cache_media)
     train = FindingDataset(train_items, schema, processor, kind, **options)
@@ -245,14 +257,19 @@ def build_finding_datasets(cfg: TrainConfig, processor: Any, kind: str
         evaluation = FindingDataset(eval_items, schema, processor, kind, **options) if eval_items else None
     elif d.eval_fraction > 0:
         train, evaluation = split_dataset(train, d.eval_fraction, cfg.train.seed)
-    logger.info("stage 0: %d training %ss, %d validation; labels: %s", len(train), kind,
-                len(evaluation) if evaluation is not None else 0,
-                ", ".join(s.name + (f" ({'/'.join(s.classes)})" if s.classes else "") for s in schema.labels))
+    logger.info(
+        "stage 0: %d training %ss, %d validation; labels: %s",
+        len(train),
+        kind,
+        len(evaluation) if evaluation is not None else 0,
+        ", ".join(s.name + (f" ({'/'.join(s.classes)})" if s.classes else "") for s in schema.labels),
+    )
     return train, evaluation, schema
 
 
-def save_stage0_outputs(classifier: FindingClassifier, model: nn.Module, processor: Any, schema: LabelSchema,
-                        out: Path) -> Path:
+def save_stage0_outputs(
+    classifier: FindingClassifier, model: nn.Module, processor: Any, schema: LabelSchema, out: Path
+) -> Path:
     """Write ``model/`` (the whole LVLM with the trained encoder; LoRA merged) and ``finding_head/``
     (head weights and labels), each atomically. Main process only.
 
@@ -281,8 +298,9 @@ def save_stage0_outputs(classifier: FindingClassifier, model: nn.Module, process
     return final_model_dir(out)
 
 
-def run_encoder_pretrain(cfg: TrainConfig, *, model: Any = None, processor: Any = None,
-                         callbacks: list[Any] | None = None) -> Path:
+def run_encoder_pretrain(
+    cfg: TrainConfig, *, model: Any = None, processor: Any = None, callbacks: list[Any] | None = None
+) -> Path:
     """Stage 0 as configured; returns the output folder (the model is in ``<output>/model``).
 
     Called by :func:`medvl.train.run.run_training` when ``train.stage`` is ``encoder_pretrain``.
@@ -301,23 +319,39 @@ def run_encoder_pretrain(cfg: TrainConfig, *, model: Any = None, processor: Any 
     kind = encoder_pretrain_kind(cfg)
     is_main, resume_from, out, model, processor = start_run(cfg, model, processor)
     model = apply_parts(model, cfg.train.parts, cfg.train.lora)
-    logger.info("stage encoder_pretrain (%s encoder), trainable parts:\n%s", kind,
-                describe(model, cfg.train.parts, cfg.train.lr))
+    logger.info(
+        "stage encoder_pretrain (%s encoder), trainable parts:\n%s",
+        kind,
+        describe(model, cfg.train.parts, cfg.train.lr),
+    )
     train_set, eval_set, schema = build_finding_datasets(cfg, processor, kind)
     classifier = FindingClassifier(model, kind, schema, seed=cfg.train.seed)
     args = training_arguments(cfg, has_eval=eval_set is not None)
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
-        return flat_metrics(finding_metrics(np.asarray(prediction.predictions), np.asarray(prediction.label_ids), schema))
+        return flat_metrics(
+            finding_metrics(np.asarray(prediction.predictions), np.asarray(prediction.label_ids), schema)
+        )
 
     trainer = MedVLTrainer(
-        model=classifier, args=args, train_dataset=train_set, eval_dataset=eval_set, data_collator=collate_findings,
-        parts=cfg.train.parts, processor=processor, callbacks=callbacks,
+        model=classifier,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=collate_findings,
+        parts=cfg.train.parts,
+        processor=processor,
+        callbacks=callbacks,
         compute_metrics=compute_metrics if eval_set is not None else None,
     )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    metrics: dict[str, Any] = {"stage": "encoder_pretrain", "kind": kind, "train": result.metrics,
-                               "global_step": result.global_step, **schema.to_dict()}
+    metrics: dict[str, Any] = {
+        "stage": "encoder_pretrain",
+        "kind": kind,
+        "train": result.metrics,
+        "global_step": result.global_step,
+        **schema.to_dict(),
+    }
     if eval_set is not None:
         output = trainer.predict(eval_set, metric_key_prefix="eval")
         per_label = finding_metrics(np.asarray(output.predictions), np.asarray(output.label_ids), schema)
@@ -335,5 +369,15 @@ def run_encoder_pretrain(cfg: TrainConfig, *, model: Any = None, processor: Any 
     return out
 
 
-__all__ = ["FindingClassifier", "finding_loss", "finding_metrics", "flat_metrics", "format_metrics", "auroc",
-           "run_encoder_pretrain", "build_finding_datasets", "MEDIA_KINDS", "HEAD_DIR"]
+__all__ = [
+    "FindingClassifier",
+    "finding_loss",
+    "finding_metrics",
+    "flat_metrics",
+    "format_metrics",
+    "auroc",
+    "run_encoder_pretrain",
+    "build_finding_datasets",
+    "MEDIA_KINDS",
+    "HEAD_DIR",
+]

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-
 logger = logging.getLogger(__name__)
 
 EXTRA_TRAINABLE_NAME = "medvl_extra_trainable.safetensors"
@@ -144,8 +143,9 @@ def load_model(path: str | Path, **kwargs: Any) -> nn.Module:
         path: a checkpoint folder.
         **kwargs: passed to ``from_pretrained`` (e.g. ``dtype``).
     """
-    import medvl.models  # noqa: F401  (registers medvl's Auto classes, also under the `medvl` console script)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    import medvl.models  # noqa: F401  (registers medvl's Auto classes, also under the `medvl` console script)
 
     config = AutoConfig.from_pretrained(path)
     for auto in (AutoModelForImageTextToText, AutoModelForCausalLM):
@@ -218,7 +218,8 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path, *, overwrite: bool 
         merged.save_pretrained(staging)
         from medvl.model_card import write_model_card
 
-        write_model_card(staging, step="LoRA adapter merged into its base (`medvl export --merge-lora`)",
-                         source=adapter_dir)
+        write_model_card(
+            staging, step="LoRA adapter merged into its base (`medvl export --merge-lora`)", source=adapter_dir
+        )
     logger.info("merged %s into %s -> %s", adapter_dir, base_dir, out_dir)
     return out_dir

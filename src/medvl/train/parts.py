@@ -41,7 +41,9 @@ def part_module_names(model: nn.Module) -> dict[str, tuple[str, ...]]:
     mapping = getattr(base, "trainable_part_modules", None) or DEFAULT_PART_MODULES
     unknown = sorted(set(mapping) - set(PART_NAMES))
     if unknown:
-        raise ValueError(f"trainable_part_modules names unknown part(s) {unknown}; valid parts: {', '.join(PART_NAMES)}")
+        raise ValueError(
+            f"trainable_part_modules names unknown part(s) {unknown}; valid parts: {', '.join(PART_NAMES)}"
+        )
     return {part: tuple(mapping.get(part, ())) for part in PART_NAMES}
 
 
@@ -240,13 +242,15 @@ def param_groups(
         for decayed in (True, False):
             chosen = [p for n, p in trainable if (n in decay) == decayed]
             if chosen:
-                groups.append({
-                    "params": chosen,
-                    "lr": lr,
-                    "weight_decay": weight_decay if decayed else 0.0,
-                    # an extra key that optimisers keep: tells the groups apart in logs and tests
-                    "part": part,
-                })
+                groups.append(
+                    {
+                        "params": chosen,
+                        "lr": lr,
+                        "weight_decay": weight_decay if decayed else 0.0,
+                        # an extra key that optimisers keep: tells the groups apart in logs and tests
+                        "part": part,
+                    }
+                )
     if not groups:
         raise ValueError("no trainable parameters: every part is frozen")
     return groups

@@ -39,8 +39,18 @@ logger = logging.getLogger(__name__)
 
 FINAL_MODEL_DIR = "model"
 BASE_MODEL_DIR = "base_model"
-_PACKAGES = ("medvl", "torch", "transformers", "peft", "accelerate", "deepspeed", "tokenizers", "safetensors",
-             "monai", "numpy")
+_PACKAGES = (
+    "medvl",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "deepspeed",
+    "tokenizers",
+    "safetensors",
+    "monai",
+    "numpy",
+)
 
 
 def final_model_dir(output_dir: str | Path) -> Path:
@@ -81,8 +91,13 @@ def git_revision(folder: Path) -> dict[str, Any] | None:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                                capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return None
@@ -159,15 +174,22 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
         groups = [(records(f, d.train_split), w) for f, w in zip(d.train, d.weights or [1.0] * len(d.train))]
         empty = [f for f, (recs, _) in zip(d.train, groups) if not recs]
         if empty:
-            raise ValueError(f"data.train: {', '.join(empty)} hold(s) no records (an empty file?); give files with "
-                             "at least one conversation")
+            raise ValueError(
+                f"data.train: {', '.join(empty)} hold(s) no records (an empty file?); give files with "
+                "at least one conversation"
+            )
         train_records = mix_records(groups, seed=cfg.train.seed)
         eval_records = [r for f in d.eval for r in records(f, d.eval_split)]
     if d.image_window is not None:
         for rec in (*train_records, *eval_records):
             rec.meta.setdefault("window", d.image_window)
-    common = dict(template=d.template, max_length=d.max_length, on_error=d.on_error, on_overlong=d.on_overlong,
-                  cache=d.volume_cache)
+    common = dict(
+        template=d.template,
+        max_length=d.max_length,
+        on_error=d.on_error,
+        on_overlong=d.on_overlong,
+        cache=d.volume_cache,
+    )
     augmenter = None
     if d.augment.enabled:
         from medvl.data.augment import Augmenter
@@ -220,23 +242,29 @@ def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> d
     auto = cfg.data.cache_encoder_features is None
     frozen = {"image": cfg.train.parts.vision.mode == "frozen", "volume": cfg.train.parts.volume.mode == "frozen"}
     base = unwrap_model(model)
-    present = {"image": getattr(base, "vision_tower", None) is not None,
-               "volume": getattr(base, "volume_encoder", None) is not None}
+    present = {
+        "image": getattr(base, "vision_tower", None) is not None,
+        "volume": getattr(base, "volume_encoder", None) is not None,
+    }
     kinds = [k for k in ("image", "volume") if frozen[k] and present[k]]
     # Subset views (data.eval_fraction) share their underlying dataset
     unique = list({id(d): d for d in (getattr(d, "dataset", d) for d in datasets if d is not None)}.values())
     reason = None
     if not kinds:
-        reason = ("data.cache_encoder_features: the model has no frozen encoder to cache "
-                  f"(frozen parts: {[k for k, v in frozen.items() if v] or 'none'}; encoders: "
-                  f"{[k for k, v in present.items() if v] or 'none'})")
+        reason = (
+            "data.cache_encoder_features: the model has no frozen encoder to cache "
+            f"(frozen parts: {[k for k, v in frozen.items() if v] or 'none'}; encoders: "
+            f"{[k for k, v in present.items() if v] or 'none'})"
+        )
     elif any(d.augment is not None for d in unique):
         reason = "data.cache_encoder_features cannot be used with augmentation (features differ per sample)"
     elif _zero3(cfg):
         # the encoders' weights are partitioned across ranks there; not supported (untested)
         reason = "data.cache_encoder_features is not supported with DeepSpeed ZeRO-3; use ZeRO-2 or DDP"
     elif auto and cfg.data.num_workers > 0:
-        reason = "data.cache_encoder_features unset: not cached with DataLoader workers (set it to true to cache up front)"
+        reason = (
+            "data.cache_encoder_features unset: not cached with DataLoader workers (set it to true to cache up front)"
+        )
     if reason is not None:
         if not auto:
             raise ValueError(reason)
@@ -252,18 +280,26 @@ def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> d
         cache = build_feature_cache(model, unique, kinds)
     shapes = {k: tuple(next(iter(cache.features[k].values())).shape) for k in kinds if cache.features[k]}
     if auto:
-        files = {k: len({p for d in unique for r in d.records for p in getattr(r, FEATURE_KINDS[k][0])}) for k in shapes}
+        files = {
+            k: len({p for d in unique for r in d.records for p in getattr(r, FEATURE_KINDS[k][0])}) for k in shapes
+        }
         size = sum(files[k] * math.prod(shapes[k]) * 4 for k in shapes)
         if size > AUTO_FEATURE_CACHE_BYTES:
-            logger.info("frozen-encoder feature cache off: the features of %s would take %.1f GiB (more than %.1f GiB; "
-                        "set data.cache_encoder_features=true to cache anyway)",
-                        ", ".join(f"{n} {k} files" for k, n in files.items()), size / 1024**3,
-                        AUTO_FEATURE_CACHE_BYTES / 1024**3)
+            logger.info(
+                "frozen-encoder feature cache off: the features of %s would take %.1f GiB (more than %.1f GiB; "
+                "set data.cache_encoder_features=true to cache anyway)",
+                ", ".join(f"{n} {k} files" for k, n in files.items()),
+                size / 1024**3,
+                AUTO_FEATURE_CACHE_BYTES / 1024**3,
+            )
             return {}
     for d in unique:
         d.feature_cache = cache
-    logger.info("frozen-encoder feature cache on (%s) for %s", "lazy" if cfg.data.num_workers == 0 else "eager",
-                ", ".join(kinds))
+    logger.info(
+        "frozen-encoder feature cache on (%s) for %s",
+        "lazy" if cfg.data.num_workers == 0 else "eager",
+        ", ".join(kinds),
+    )
     return {FEATURE_KINDS[k][1]: shape for k, shape in shapes.items()}
 
 
@@ -278,7 +314,6 @@ def _zero3(cfg: TrainConfig) -> bool:
 def _prime(cache: Any, datasets: list[Any], kinds: list[str]) -> None:
     """Encode the first record of each cached kind, so that the feature shapes are known up front."""
     from medvl.data.feature_cache import FEATURE_KINDS
-
     from medvl.errors import MedVLDataError
 
     for kind in kinds:
@@ -373,8 +408,9 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
         remove_unused_columns=False,
         # towers have modules that never run (post-norm, pooling head: features are hidden states);
         # DDP must then look for unused parameters when an encoder trains
-        ddp_find_unused_parameters=True if any(
-            getattr(t.parts, p).mode != "frozen" for p in ("vision", "volume")) else None,
+        ddp_find_unused_parameters=True
+        if any(getattr(t.parts, p).mode != "frozen" for p in ("vision", "volume"))
+        else None,
         label_names=["labels"],
     )
     from medvl.train.trainer import cpu_distributed_kwargs
@@ -395,8 +431,10 @@ def recipe_summary(cfg: TrainConfig) -> dict[str, Any]:
         cfg: the resolved configuration.
     """
     t, d = cfg.train, cfg.data
-    parts = {name: part.mode + (f" (lr {part.lr:g})" if part.lr is not None and part.mode != "frozen" else "")
-             for name, part in t.parts.items()}
+    parts = {
+        name: part.mode + (f" (lr {part.lr:g})" if part.lr is not None and part.mode != "frozen" else "")
+        for name, part in t.parts.items()
+    }
     summary: dict[str, Any] = {
         "start": f"checkpoint {Path(cfg.model.path).name}" if cfg.model.path else "built from model.spec",
         "stage": t.stage,
@@ -405,7 +443,7 @@ def recipe_summary(cfg: TrainConfig) -> dict[str, Any]:
         "schedule": f"{t.scheduler}, warm-up {t.warmup_ratio:g}",
         "length": f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epoch(s)",
         "batch": f"{t.batch_size} per device x {t.grad_accum} accumulation x {int(os.environ.get('WORLD_SIZE', '1'))} "
-                 "process(es)",
+        "process(es)",
         "precision": t.precision,
         "template": d.template,
         "max_length": d.max_length,
@@ -414,8 +452,12 @@ def recipe_summary(cfg: TrainConfig) -> dict[str, Any]:
         "seed": t.seed,
     }
     if any(part.mode == "lora" for _, part in t.parts.items()):
-        summary["lora"] = {"r": t.lora.r, "alpha": t.lora.alpha, "dropout": t.lora.dropout,
-                           "targets": list(t.lora.targets) or "all linear layers of the LoRA parts"}
+        summary["lora"] = {
+            "r": t.lora.r,
+            "alpha": t.lora.alpha,
+            "dropout": t.lora.dropout,
+            "targets": list(t.lora.targets) or "all linear layers of the LoRA parts",
+        }
     return summary
 
 
@@ -428,13 +470,17 @@ def model_card_fields(cfg: TrainConfig) -> dict[str, Any]:
     from medvl.model_card import data_entries
 
     source = cfg.model.path if cfg.model.path and Path(cfg.model.path).is_dir() else None
-    return {"source": source, "data": data_entries(list(cfg.data.train), list(cfg.data.weights), cfg.data.train_split),
-            "recipe": recipe_summary(cfg)}
+    return {
+        "source": source,
+        "data": data_entries(list(cfg.data.train), list(cfg.data.weights), cfg.data.train_split),
+        "recipe": recipe_summary(cfg),
+    }
 
 
 # ---------------------------------------------------------------------------- saving
-def save_final_model(trainer: Any, processor: Any, output_dir: Path, base_dir: Path | None,
-                     card: dict[str, Any] | None = None) -> Path:
+def save_final_model(
+    trainer: Any, processor: Any, output_dir: Path, base_dir: Path | None, card: dict[str, Any] | None = None
+) -> Path:
     """Write the trained model to ``output_dir/model`` atomically; call on every rank.
 
     Saving goes through ``trainer.save_model``, which gathers ZeRO-3 / FSDP shards; the folder is
@@ -469,8 +515,9 @@ def save_final_model(trainer: Any, processor: Any, output_dir: Path, base_dir: P
         if card is not None:
             from medvl.model_card import write_model_card
 
-            write_model_card(staging, step=f"trained with `medvl train` ({trainer.state.global_step} optimizer steps)",
-                             **card)
+            write_model_card(
+                staging, step=f"trained with `medvl train` ({trainer.state.global_step} optimizer steps)", **card
+            )
         commit_dir(staging, final)
     trainer.accelerator.wait_for_everyone()
     return final
@@ -485,16 +532,22 @@ def _last_complete_checkpoint(out: Path, last: str | None) -> str | None:
 
     if last is None:
         return None
-    steps = sorted((int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*")
-                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    steps = sorted(
+        (int(p.name.split("-")[1]), p)
+        for p in out.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-")[1].isdigit()
+    )
     for _, ckpt in reversed(steps):
         problem = checkpoint_problem(ckpt)
         if problem is None:
             return str(ckpt)
-        logger.warning("train.resume: %s is damaged (%s); falling back to the previous complete checkpoint",
-                       ckpt, problem)
-    raise ValueError(f"train.resume: no complete checkpoint in {out} (every checkpoint-N is damaged); set "
-                     "train.resume=false with output.overwrite=true to start again")
+        logger.warning(
+            "train.resume: %s is damaged (%s); falling back to the previous complete checkpoint", ckpt, problem
+        )
+    raise ValueError(
+        f"train.resume: no complete checkpoint in {out} (every checkpoint-N is damaged); set "
+        "train.resume=false with output.overwrite=true to start again"
+    )
 
 
 def _prepare_output_dir(cfg: TrainConfig, is_main: bool) -> Path | None:
@@ -562,10 +615,9 @@ def run_training(
         callbacks: extra ``transformers.TrainerCallback`` objects (e.g. early stopping).
     """
 
+    from medvl.train.config import resolve_bundled_paths
     from medvl.train.parts import apply_parts, describe
     from medvl.train.trainer import MedVLTrainer, SkipFinalCheckpoint
-
-    from medvl.train.config import resolve_bundled_paths
 
     resolve_bundled_paths(cfg)
     validate(cfg, check_model=model is None)
@@ -597,8 +649,11 @@ def run_training(
                     processor.save_pretrained(staging)
                     from medvl.model_card import write_model_card
 
-                    write_model_card(staging, step="starting weights of a LoRA run (the base its adapters apply to)",
-                                     source=cfg.model.path if cfg.model.path else None)
+                    write_model_card(
+                        staging,
+                        step="starting weights of a LoRA run (the base its adapters apply to)",
+                        source=cfg.model.path if cfg.model.path else None,
+                    )
     if getattr(model.config, "use_cache", None) is not None:
         model.config.use_cache = False  # no KV cache while training (and required by checkpointing)
     model = apply_parts(model, cfg.train.parts, cfg.train.lora)
@@ -610,8 +665,9 @@ def run_training(
     if cfg.train.compile:
         compile_llm(model)
     train_set, eval_set, collator = build_datasets(cfg, processor)
-    feature_shapes = attach_feature_cache(cfg, model, [train_set, eval_set]) \
-        if cfg.data.cache_encoder_features is not False else {}
+    feature_shapes = (
+        attach_feature_cache(cfg, model, [train_set, eval_set]) if cfg.data.cache_encoder_features is not False else {}
+    )
     args = training_arguments(cfg, has_eval=eval_set is not None)
     trainer = MedVLTrainer(
         model=model,
@@ -638,8 +694,12 @@ def run_training(
         # the periodic evaluation may already have run at the last step
         metrics["eval"] = last[-1] if last and last[-1].get("step") == trainer.state.global_step else trainer.evaluate()
         if card is not None and "eval_loss" in metrics["eval"]:
-            card = {**card, "evaluation": {"validation split (data.eval / data.eval_fraction)": {
-                "loss": float(metrics["eval"]["eval_loss"])}}}
+            card = {
+                **card,
+                "evaluation": {
+                    "validation split (data.eval / data.eval_fraction)": {"loss": float(metrics["eval"]["eval_loss"])}
+                },
+            }
     save_final_model(trainer, processor, out, base_dir, card=card)
     if trainer.is_world_process_zero():
         metrics["log_history"] = trainer.state.log_history

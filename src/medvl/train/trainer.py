@@ -21,9 +21,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from medvl.train.checkpoint import STAGING_PREFIX, commit_dir
 from medvl.train.config import PartsConfig
-from medvl.train.lora import is_peft_model, load_extra_trainable, save_extra_trainable
 from medvl.train.dummy_media import add_dummy_media, media_slots
-from medvl.train.parts import unwrap_model, param_groups
+from medvl.train.lora import is_peft_model, load_extra_trainable, save_extra_trainable
+from medvl.train.parts import param_groups, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ class MedVLTrainer(Trainer):
         self.model_card: dict[str, Any] | None = None
 
     # ---- every rank runs every encoder (ZeRO-3 / DDP with text-only batches) ------------------
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         """The Trainer's loss, after adding dummy media to batches that lack a modality (multi-process).
 
         Args:
@@ -72,18 +73,20 @@ class MedVLTrainer(Trainer):
         if "input_ids" in inputs and inputs["input_ids"].shape[0] == 0:  # (stage-0 batches hold no text)
             # every sample of this batch was skipped (data.on_error=skip): a zero loss that still
             # reaches every trainable parameter, so backward and DDP's gradient sync see them all
-            loss = sum((p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad),
-                       torch.zeros((), device=inputs["input_ids"].device))
+            loss = sum(
+                (p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad),
+                torch.zeros((), device=inputs["input_ids"].device),
+            )
             return (loss, None) if return_outputs else loss
         if self.args.world_size > 1 and self._media_slots:
             inputs = add_dummy_media(inputs, self._media_slots, feature_shapes=self.feature_shapes)
         if self._supervised_logits and (not return_outputs or self._prediction_loss_only):
             inputs = {**inputs, "return_supervised_logits_only": True}
-        return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
-    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
-                        ignore_keys: list[str] | None = None) -> Any:
+    def prediction_step(
+        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None
+    ) -> Any:
         """The Trainer's prediction step; when only the loss is wanted, the logits are computed at the
         supervised positions only. ``predict`` / ``compute_metrics`` get the standard (B, L, vocab).
 
@@ -116,8 +119,9 @@ class MedVLTrainer(Trainer):
         special = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
         if special:
             # Optimisers that build their own groups (GaLore, LOMO, layer-wise) cannot take ours.
-            logger.warning("optimizer %s builds its own parameter groups; per-part learning rates are ignored",
-                           self.args.optim)
+            logger.warning(
+                "optimizer %s builds its own parameter groups; per-part learning rates are ignored", self.args.optim
+            )
             return super().create_optimizer(model)
         groups = param_groups(
             opt_model,
@@ -163,8 +167,11 @@ class MedVLTrainer(Trainer):
             if self.model_card is not None:
                 from medvl.model_card import write_model_card
 
-                write_model_card(staged, step=f"checkpoint at optimizer step {self.state.global_step} of `medvl train`",
-                                 **self.model_card)
+                write_model_card(
+                    staged,
+                    step=f"checkpoint at optimizer step {self.state.global_step} of `medvl train`",
+                    **self.model_card,
+                )
             best = self.state.best_model_checkpoint
             if best is not None and best.startswith(staging_root):
                 # The Trainer recorded the staging path; record the final one (and re-save the state).

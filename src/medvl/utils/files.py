@@ -37,8 +37,11 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise MedVLDataError(f"{what} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} "
-                             "(a truncated copy or a hand edit?)", path=str(path)) from None
+        raise MedVLDataError(
+            f"{what} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} "
+            "(a truncated copy or a hand edit?)",
+            path=str(path),
+        ) from None
 
 
 def safetensors_problem(path: str | Path) -> str | None:
@@ -61,8 +64,11 @@ def safetensors_problem(path: str | Path) -> str | None:
             return "its header is not valid JSON: corrupt or not a safetensors file"
     if not isinstance(header, dict):
         return "its header is not a JSON object: corrupt"
-    ends = [int(v["data_offsets"][1]) for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    ends = [
+        int(v["data_offsets"][1])
+        for k, v in header.items()
+        if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
+    ]
     needed = 8 + n + max(ends, default=0)
     if needed > size:
         return f"truncated: its tensors need {needed} bytes, the file has {size}"
@@ -99,8 +105,11 @@ def check_model_folder(folder: str | Path) -> None:
         raise MedVLDataError("the model folder has no weights (model.safetensors)", path=str(folder))
     check_weights(folder)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise MedVLDataError(f"the model folder has no tokenizer ({' / '.join(TOKENIZER_FILES[:2])} missing); copy the "
-                             "tokenizer files of the checkpoint next to its config.json", path=str(folder))
+        raise MedVLDataError(
+            f"the model folder has no tokenizer ({' / '.join(TOKENIZER_FILES[:2])} missing); copy the "
+            "tokenizer files of the checkpoint next to its config.json",
+            path=str(folder),
+        )
     for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
         if (folder / name).is_file():
             read_json(folder / name, name)

@@ -43,14 +43,18 @@ def refuse_output_over_inputs(
     real_out = _real(out)
     for f in inputs:
         if f is not None and real_out == _real(f):
-            raise ValueError(f"{flag} {out} is the input file {f}; writing there would replace it: choose another {flag}")
+            raise ValueError(
+                f"{flag} {out} is the input file {f}; writing there would replace it: choose another {flag}"
+            )
     for d in folders:
         if d is None:
             continue
         real_d = _real(d)
         if real_out == real_d or real_out.is_relative_to(real_d):
-            raise ValueError(f"{flag} {out} is inside the folder {d} that this command reads (a checkpoint or "
-                             f"input folder); choose a {flag} outside it")
+            raise ValueError(
+                f"{flag} {out} is inside the folder {d} that this command reads (a checkpoint or "
+                f"input folder); choose a {flag} outside it"
+            )
         if real_d.is_relative_to(real_out) and real_out.exists():
             raise ValueError(f"{flag} {out} contains the input folder {d}; choose another {flag}")
 
@@ -68,9 +72,17 @@ def model_fingerprint(model_dir: str | Path) -> str:
     """
     root = Path(model_dir)
     h = hashlib.sha256()
-    files = [root] if root.is_file() else sorted(
-        p for p in root.iterdir() if p.name in ("config.json", "adapter_config.json") or p.suffix in _WEIGHT_SUFFIXES
-    ) if root.is_dir() else []
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(
+            p
+            for p in root.iterdir()
+            if p.name in ("config.json", "adapter_config.json") or p.suffix in _WEIGHT_SUFFIXES
+        )
+        if root.is_dir()
+        else []
+    )
     if not files:
         h.update(str(_real(root)).encode())  # not a folder we can read: fall back to the path
     for p in files:
@@ -121,8 +133,9 @@ def fresh_output_dir(
         entries = sorted(p.name for p in out.iterdir())
         if entries:
             shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
-            raise FileExistsError(f"{flag} {out} is not empty ({shown}); choose a new or empty folder, or pass "
-                                  "--overwrite to replace it")
+            raise FileExistsError(
+                f"{flag} {out} is not empty ({shown}); choose a new or empty folder, or pass --overwrite to replace it"
+            )
     with atomic_dir(out) as staging:
         try:
             yield staging

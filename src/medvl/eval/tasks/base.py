@@ -12,9 +12,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from medvl.errors import MedVLDataError
 
@@ -70,14 +71,25 @@ class TaskSpec:
             raise MedVLDataError(f"task {self.name!r}: data folder does not exist ({self.source})", path=str(root))
         records = self.loader(root, split or self.default_split)
         if not records:
-            raise MedVLDataError(f"task {self.name!r}: no samples found for split {split or self.default_split!r}",
-                                 path=str(root))
+            raise MedVLDataError(
+                f"task {self.name!r}: no samples found for split {split or self.default_split!r}", path=str(root)
+            )
         return records[:limit] if limit else records
 
 
-def make_record(rid: str, question: str, reference: str, *, marker: str, media: list[str] | None = None,
-                suffix: str = "", answer_type: str = "OPEN", language: str = "en", source: str = "",
-                **meta: Any):
+def make_record(
+    rid: str,
+    question: str,
+    reference: str,
+    *,
+    marker: str,
+    media: list[str] | None = None,
+    suffix: str = "",
+    answer_type: str = "OPEN",
+    language: str = "en",
+    source: str = "",
+    **meta: Any,
+):
     """A ``Record`` with one user turn (media marker + question + suffix) and the reference answer.
 
     Args:
@@ -96,10 +108,18 @@ def make_record(rid: str, question: str, reference: str, *, marker: str, media: 
 
     media = media or []
     markers = "".join(marker + "\n" for _ in media) if marker else ""
-    record_meta = {"reference": reference, "answer_type": answer_type, "language": language,
-                   "question": question, "source": source, **meta}
-    messages = [{"role": "user", "content": f"{markers}{question}{suffix}"},
-                {"role": "assistant", "content": reference}]
+    record_meta = {
+        "reference": reference,
+        "answer_type": answer_type,
+        "language": language,
+        "question": question,
+        "source": source,
+        **meta,
+    }
+    messages = [
+        {"role": "user", "content": f"{markers}{question}{suffix}"},
+        {"role": "assistant", "content": reference},
+    ]
     if marker == "<volume>":
         return Record(id=rid, messages=messages, volumes=media, meta=record_meta)
     return Record(id=rid, messages=messages, images=media, meta=record_meta)
@@ -163,6 +183,9 @@ def data_fingerprint(records: list) -> str:
     h = hashlib.sha256()
     for r in records:
         media = [(os.path.basename(p), os.path.getsize(p) if os.path.isfile(p) else -1) for p in r.images + r.volumes]
-        h.update(json.dumps([r.id, r.messages, media, r.meta.get("reference")], ensure_ascii=False,
-                            sort_keys=True).encode("utf-8"))
+        h.update(
+            json.dumps([r.id, r.messages, media, r.meta.get("reference")], ensure_ascii=False, sort_keys=True).encode(
+                "utf-8"
+            )
+        )
     return h.hexdigest()[:16]

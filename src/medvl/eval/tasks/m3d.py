@@ -62,14 +62,36 @@ def load_m3d_vqa(root: Path, split: str, closed: bool) -> list:
         options = [row[f"Choice {c}"].strip() for c in "ABCD" if row.get(f"Choice {c}")]
         if closed:
             choices = " ".join(f"{c}. {o}" for c, o in zip("ABCD", options))
-            records.append(make_record(f"{task}-{i}", question, f"{row['Answer Choice'].strip()}. {row['Answer'].strip()}",
-                                       marker="<volume>", media=[vol], suffix=f" Choices: {choices}",
-                                       answer_type="CLOSED", source=task, options=options,
-                                       answer_choice=row["Answer Choice"].strip(), volume_load=UNIT_VOLUME,
-                                       question_type=qtype))
+            records.append(
+                make_record(
+                    f"{task}-{i}",
+                    question,
+                    f"{row['Answer Choice'].strip()}. {row['Answer'].strip()}",
+                    marker="<volume>",
+                    media=[vol],
+                    suffix=f" Choices: {choices}",
+                    answer_type="CLOSED",
+                    source=task,
+                    options=options,
+                    answer_choice=row["Answer Choice"].strip(),
+                    volume_load=UNIT_VOLUME,
+                    question_type=qtype,
+                )
+            )
         else:
-            records.append(make_record(f"{task}-{i}", question, row["Answer"].strip(), marker="<volume>", media=[vol],
-                                       answer_type="OPEN", source=task, question_type=qtype, volume_load=UNIT_VOLUME))
+            records.append(
+                make_record(
+                    f"{task}-{i}",
+                    question,
+                    row["Answer"].strip(),
+                    marker="<volume>",
+                    media=[vol],
+                    answer_type="OPEN",
+                    source=task,
+                    question_type=qtype,
+                    volume_load=UNIT_VOLUME,
+                )
+            )
     return records
 
 
@@ -115,6 +137,15 @@ def load_m3d_cap(root: Path, split: str) -> list:
         require(e, ("image", "text"), where, path)
         vol = media_path(root, e["image"], where, path)
         text = Path(media_path(root, e["text"], where, path)).read_text(encoding="utf-8").strip()
-        records.append(make_record(f"m3d_cap-{split}-{i}", CAPTION_PROMPT, text, marker="<volume>", media=[vol],
-                                   source="m3d_cap", volume_load=UNIT_VOLUME))
+        records.append(
+            make_record(
+                f"m3d_cap-{split}-{i}",
+                CAPTION_PROMPT,
+                text,
+                marker="<volume>",
+                media=[vol],
+                source="m3d_cap",
+                volume_load=UNIT_VOLUME,
+            )
+        )
     return records

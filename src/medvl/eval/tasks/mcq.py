@@ -57,19 +57,36 @@ def load_pmc_vqa(root: Path, split: str) -> list:
             if "Anwser" in row and "Answer" not in row:
                 row["Answer"] = row["Anwser"]
             require(row, ("Figure_path", "Question", "Answer", "Choice A", "Choice B"), where, path)
-            options = [_OPTION_PREFIX.sub("", row[f"Choice {c}"]).strip() for c in "ABCD"
-                       if (row.get(f"Choice {c}") or "").strip()]
+            options = [
+                _OPTION_PREFIX.sub("", row[f"Choice {c}"]).strip()
+                for c in "ABCD"
+                if (row.get(f"Choice {c}") or "").strip()
+            ]
             letter = _pmc_answer_letter(row, options)
             if letter is None:
-                raise MedVLDataError(f"answer {row['Answer']!r} is neither an option letter nor one of the options "
-                                     f"{options}", record=where, path=str(path))
+                raise MedVLDataError(
+                    f"answer {row['Answer']!r} is neither an option letter nor one of the options {options}",
+                    record=where,
+                    path=str(path),
+                )
             rel = row["Figure_path"].strip()
             folder = next((d for d in image_dirs if (d / rel).exists()), image_dirs[0])
             img = media_path(folder, rel, where, path)
             answer = options[string.ascii_uppercase.index(letter)]
-            records.append(make_record(f"pmc_vqa-{split}-{row.get('index') or i}", row["Question"].strip(), answer,
-                                       marker="<image>", media=[img], suffix=options_block(options) + MCQ_SUFFIX,
-                                       answer_type="CLOSED", source="pmc_vqa", options=options, answer_choice=letter))
+            records.append(
+                make_record(
+                    f"pmc_vqa-{split}-{row.get('index') or i}",
+                    row["Question"].strip(),
+                    answer,
+                    marker="<image>",
+                    media=[img],
+                    suffix=options_block(options) + MCQ_SUFFIX,
+                    answer_type="CLOSED",
+                    source="pmc_vqa",
+                    options=options,
+                    answer_choice=letter,
+                )
+            )
     return records
 
 
@@ -120,12 +137,25 @@ def load_omnimedvqa(root: Path, split: str) -> list:
             options = [str(e[f"option_{c}"]).strip() for c in "ABCD" if e.get(f"option_{c}") not in (None, "")]
             gt = str(e["gt_answer"]).strip()
             if gt not in options:
-                raise MedVLDataError(f"gt_answer {gt!r} is not one of the options {options}", record=where, path=str(path))
+                raise MedVLDataError(
+                    f"gt_answer {gt!r} is not one of the options {options}", record=where, path=str(path)
+                )
             img = media_path(root, e["image_path"], where, path)
-            records.append(make_record(f"omnimedvqa-{e['question_id']}", str(e["question"]).strip(), gt,
-                                       marker="<image>", media=[img], suffix=options_block(options) + MCQ_SUFFIX,
-                                       answer_type="CLOSED", source="omnimedvqa", options=options,
-                                       answer_choice=string.ascii_uppercase[options.index(gt)],
-                                       modality=e.get("modality_type") or e.get("modality"),
-                                       question_type=e.get("question_type"), dataset=e.get("dataset")))
+            records.append(
+                make_record(
+                    f"omnimedvqa-{e['question_id']}",
+                    str(e["question"]).strip(),
+                    gt,
+                    marker="<image>",
+                    media=[img],
+                    suffix=options_block(options) + MCQ_SUFFIX,
+                    answer_type="CLOSED",
+                    source="omnimedvqa",
+                    options=options,
+                    answer_choice=string.ascii_uppercase[options.index(gt)],
+                    modality=e.get("modality_type") or e.get("modality"),
+                    question_type=e.get("question_type"),
+                    dataset=e.get("dataset"),
+                )
+            )
     return records

@@ -30,16 +30,20 @@ def load_r2gen(root: Path, split: str, task: str) -> list:
     path = root / "annotation.json"
     ann = read_json(path, task)
     if split not in ann:
-        raise MedVLDataError(f"task {task!r}: split {split!r} not in annotation.json (has {', '.join(ann)})",
-                             path=str(path))
+        raise MedVLDataError(
+            f"task {task!r}: split {split!r} not in annotation.json (has {', '.join(ann)})", path=str(path)
+        )
     records = []
     for i, e in enumerate(ann[split]):
         where = f"{split}[{i}] (id {e.get('id')})"
         require(e, ("id", "report", "image_path"), where, path)
         rels = e["image_path"] if isinstance(e["image_path"], list) else [e["image_path"]]
         images = [media_path(root / "images", rel, where, path) for rel in rels]
-        records.append(make_record(f"{task}-{e['id']}", CXR_PROMPT, str(e["report"]).strip(), marker="<image>",
-                                   media=images, source=task))
+        records.append(
+            make_record(
+                f"{task}-{e['id']}", CXR_PROMPT, str(e["report"]).strip(), marker="<image>", media=images, source=task
+            )
+        )
     return records
 
 
@@ -100,8 +104,11 @@ def read_ct_rate_metadata(path: Path) -> dict[str, dict]:
         path: the metadata CSV.
     """
     if not path.is_file():
-        raise MedVLDataError("task 'ct_rate': metadata CSV not found (needed for the rescale slope/intercept and "
-                             "voxel spacing of each volume)", path=str(path))
+        raise MedVLDataError(
+            "task 'ct_rate': metadata CSV not found (needed for the rescale slope/intercept and "
+            "voxel spacing of each volume)",
+            path=str(path),
+        )
     out = {}
     with open(path, newline="", encoding="utf-8") as fh:
         for i, row in enumerate(csv.DictReader(fh)):
@@ -114,8 +121,9 @@ def read_ct_rate_metadata(path: Path) -> dict[str, dict]:
             except ValueError as e:
                 raise MedVLDataError(f"unreadable rescale/spacing value ({e})", record=where, path=str(path)) from None
             if len(xy) not in (1, 2):
-                raise MedVLDataError(f"XYSpacing {row['XYSpacing']!r} is not one or two numbers", record=where,
-                                     path=str(path))
+                raise MedVLDataError(
+                    f"XYSpacing {row['XYSpacing']!r} is not one or two numbers", record=where, path=str(path)
+                )
             out[row["VolumeName"].strip()] = {"rescale": [slope, intercept], "spacing": [xy[0], xy[-1], z]}
     return out
 
@@ -155,10 +163,20 @@ def load_ct_rate(root: Path, split: str) -> list:
             vol_path = media_path(vol.parent, vol.name, where, path)
             load = metadata.get(row["VolumeName"].strip())
             if load is None:
-                raise MedVLDataError(f"volume {row['VolumeName']} has no row in {meta_path.name}", record=where,
-                                     path=str(meta_path))
+                raise MedVLDataError(
+                    f"volume {row['VolumeName']} has no row in {meta_path.name}", record=where, path=str(meta_path)
+                )
             name = row["VolumeName"].removesuffix(".nii.gz")
-            records.append(make_record(f"ct_rate-{name}", CT_PROMPT, row["Findings_EN"].strip(), marker="<volume>",
-                                       media=[vol_path], source="ct_rate", volume_load=load,
-                                       impression=(row.get("Impressions_EN") or "").strip()))
+            records.append(
+                make_record(
+                    f"ct_rate-{name}",
+                    CT_PROMPT,
+                    row["Findings_EN"].strip(),
+                    marker="<volume>",
+                    media=[vol_path],
+                    source="ct_rate",
+                    volume_load=load,
+                    impression=(row.get("Impressions_EN") or "").strip(),
+                )
+            )
     return records

@@ -69,7 +69,7 @@ def load_synth_report(root: Path, split: str) -> list:
 
 
 def synth_kind(root: Path) -> str | None:
-    """"2d" or "3d" from ``dataset.json`` (None when absent).
+    """ "2d" or "3d" from ``dataset.json`` (None when absent).
 
     Args:
         root: synthetic set folder.

@@ -40,10 +40,20 @@ def load_vqa_rad(root: Path, split: str) -> list:
         if str(e["phrase_type"]).startswith("test") != (split == "test"):
             continue
         img = media_path(root / "VQA_RAD Image Folder", e["image_name"], where, path)
-        records.append(make_record(f"vqa_rad-{e['qid']}", str(e["question"]).strip(), str(e["answer"]).strip(),
-                                   marker="<image>", media=[img], suffix=SHORT_ANSWER_SUFFIX,
-                                   answer_type=str(e["answer_type"]).strip().upper(), source="vqa_rad",
-                                   organ=_label(e.get("image_organ")), question_type=_label(e.get("question_type"))))
+        records.append(
+            make_record(
+                f"vqa_rad-{e['qid']}",
+                str(e["question"]).strip(),
+                str(e["answer"]).strip(),
+                marker="<image>",
+                media=[img],
+                suffix=SHORT_ANSWER_SUFFIX,
+                answer_type=str(e["answer_type"]).strip().upper(),
+                source="vqa_rad",
+                organ=_label(e.get("image_organ")),
+                question_type=_label(e.get("question_type")),
+            )
+        )
     return records
 
 
@@ -77,11 +87,22 @@ def load_slake(root: Path, split: str, language: str | None = None) -> list:
         if language and e["q_lang"] != language:
             continue
         img = media_path(root / "imgs", e["img_name"], where, path)
-        records.append(make_record(f"slake-{e['qid']}", str(e["question"]).strip(), str(e["answer"]).strip(),
-                                   marker="<image>", media=[img], suffix=SHORT_ANSWER_SUFFIX,
-                                   answer_type=str(e["answer_type"]).strip().upper(), language=e["q_lang"],
-                                   source="slake", modality=_label(e.get("modality")), organ=_label(e.get("location")),
-                                   question_type=_label(e.get("content_type"))))
+        records.append(
+            make_record(
+                f"slake-{e['qid']}",
+                str(e["question"]).strip(),
+                str(e["answer"]).strip(),
+                marker="<image>",
+                media=[img],
+                suffix=SHORT_ANSWER_SUFFIX,
+                answer_type=str(e["answer_type"]).strip().upper(),
+                language=e["q_lang"],
+                source="slake",
+                modality=_label(e.get("modality")),
+                organ=_label(e.get("location")),
+                question_type=_label(e.get("content_type")),
+            )
+        )
     return records
 
 
@@ -119,7 +140,16 @@ def load_pathvqa(root: Path, split: str) -> list:
         stem = str(e["image"])
         rel = stem if Path(stem).suffix else stem + ".jpg"
         img = media_path(root / "images" / split, rel, where, path)
-        records.append(make_record(f"pathvqa-{split}-{i}", str(e["question"]).strip(), answer, marker="<image>",
-                                   media=[img], suffix=SHORT_ANSWER_SUFFIX, answer_type=str(atype),
-                                   source="pathvqa"))
+        records.append(
+            make_record(
+                f"pathvqa-{split}-{i}",
+                str(e["question"]).strip(),
+                answer,
+                marker="<image>",
+                media=[img],
+                suffix=SHORT_ANSWER_SUFFIX,
+                answer_type=str(atype),
+                source="pathvqa",
+            )
+        )
     return records

@@ -27,5 +27,4 @@ from medvl.eval.vqa.base import (
     score_vqa,
 )
 
-__all__ = ["VQAItem", "available_protocols", "get_protocol", "normalize_answer_type",
-           "register_protocol", "score_vqa"]
+__all__ = ["VQAItem", "available_protocols", "get_protocol", "normalize_answer_type", "register_protocol", "score_vqa"]

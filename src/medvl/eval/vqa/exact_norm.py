@@ -11,7 +11,7 @@ which is why lmms-eval prompts with a short-answer suffix.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from medvl.eval.results import ScoreResult, library_versions, mean
 from medvl.eval.text import slake_normalize_answer
@@ -33,8 +33,13 @@ def exact_norm(items: Sequence[VQAItem]) -> ScoreResult:
     for it in items:
         pred_norm = slake_normalize_answer(it.prediction)
         gt_norm = slake_normalize_answer(it.reference)
-        row = {"id": it.id, "answer_type": it.answer_type, "pred_norm": pred_norm, "gt_norm": gt_norm,
-               "correct": pred_norm == gt_norm}
+        row = {
+            "id": it.id,
+            "answer_type": it.answer_type,
+            "pred_norm": pred_norm,
+            "gt_norm": gt_norm,
+            "correct": pred_norm == gt_norm,
+        }
         if it.language:
             row["language"] = it.language
         rows.append(row)
@@ -49,8 +54,11 @@ def exact_norm(items: Sequence[VQAItem]) -> ScoreResult:
             by_lang[r["language"]].append(r["correct"])
     for lang, vals in sorted(by_lang.items()):
         agg[f"accuracy_{lang}"] = mean(vals)
-    counts = {"open": sum(r["answer_type"] == "OPEN" for r in rows),
-              "closed": sum(r["answer_type"] == "CLOSED" for r in rows)}
+    counts = {
+        "open": sum(r["answer_type"] == "OPEN" for r in rows),
+        "closed": sum(r["answer_type"] == "CLOSED" for r in rows),
+    }
     counts.update({f"language_{k}": len(v) for k, v in by_lang.items()})
-    return ScoreResult(protocol="exact_norm", aggregate=agg, per_item=rows,
-                       versions=library_versions([]), counts=counts)
+    return ScoreResult(
+        protocol="exact_norm", aggregate=agg, per_item=rows, versions=library_versions([]), counts=counts
+    )

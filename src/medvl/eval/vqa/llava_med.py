@@ -22,7 +22,7 @@ Values are fractions in [0, 1]; LLaVA-Med prints them x100.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from medvl.eval.results import ScoreResult, library_versions, mean
 from medvl.eval.text import llava_med_normalize_word, llava_med_split_sentence
@@ -161,17 +161,19 @@ def llava_med_v1(items: Sequence[VQAItem], candidates: Sequence[str] | None = No
     if closed_rows:
         agg["closed_accuracy"] = mean(r["closed_hit_run_eval_batch"] for r in closed_rows)
     if open_rows:
-        agg.update({
-            "open_recall": mean(r["token_recall"] for r in open_rows),
-            "open_accuracy": mean(r["open_substring_hit"] for r in open_rows),
-            "open_precision": mean(r["token_precision"] for r in open_rows),
-            "open_f1": mean(r["token_f1"] for r in open_rows),
-            "exact_match": mean(r["exact_match_score"] for r in open_rows),
-            "bleu": mean(r["nltk_sentence_bleu_default"] for r in open_rows),
-            "bleu_1": mean(r["nltk_sentence_bleu1"] for r in open_rows),
-            "bleu_2": mean(r["nltk_sentence_bleu2"] for r in open_rows),
-            "bleu_3": mean(r["nltk_sentence_bleu3"] for r in open_rows),
-        })
+        agg.update(
+            {
+                "open_recall": mean(r["token_recall"] for r in open_rows),
+                "open_accuracy": mean(r["open_substring_hit"] for r in open_rows),
+                "open_precision": mean(r["token_precision"] for r in open_rows),
+                "open_f1": mean(r["token_f1"] for r in open_rows),
+                "exact_match": mean(r["exact_match_score"] for r in open_rows),
+                "bleu": mean(r["nltk_sentence_bleu_default"] for r in open_rows),
+                "bleu_1": mean(r["nltk_sentence_bleu1"] for r in open_rows),
+                "bleu_2": mean(r["nltk_sentence_bleu2"] for r in open_rows),
+                "bleu_3": mean(r["nltk_sentence_bleu3"] for r in open_rows),
+            }
+        )
         if candidates is not None:
             agg["open_accuracy_candidates"] = mean(r["candidate_open_acc"] for r in open_rows)
     if closed_rows:
@@ -180,6 +182,11 @@ def llava_med_v1(items: Sequence[VQAItem], candidates: Sequence[str] | None = No
     notes = ["fractions in [0, 1]; LLaVA-Med prints x100"]
     if not open_rows or not closed_rows:
         notes.append("metrics of an answer type without items are omitted")
-    return ScoreResult(protocol="llava_med_v1", aggregate=agg, per_item=rows,
-                       versions=library_versions(["nltk"]), notes=notes,
-                       counts={"open": len(open_rows), "closed": len(closed_rows)})
+    return ScoreResult(
+        protocol="llava_med_v1",
+        aggregate=agg,
+        per_item=rows,
+        versions=library_versions(["nltk"]),
+        notes=notes,
+        counts={"open": len(open_rows), "closed": len(closed_rows)},
+    )

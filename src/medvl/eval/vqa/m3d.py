@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from medvl.eval.results import ScoreResult, library_versions, mean
 from medvl.eval.vqa.base import VQAItem, register_protocol
@@ -65,7 +65,11 @@ def rouge1_f(prediction: str, reference: str) -> float:
     """
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False).score(reference.strip(), prediction.strip())["rouge1"].fmeasure
+    return (
+        rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
+        .score(reference.strip(), prediction.strip())["rouge1"]
+        .fmeasure
+    )
 
 
 def meteor_nltk(prediction: str, reference: str) -> float:
@@ -81,8 +85,16 @@ def meteor_nltk(prediction: str, reference: str) -> float:
     from medvl.eval.wordnet import get_wordnet
 
     tok = NLTKWordTokenizer()
-    return float(single_meteor_score(tok.tokenize(reference.strip()), tok.tokenize(prediction.strip()),
-                                     alpha=0.9, beta=3, gamma=0.5, wordnet=get_wordnet()))
+    return float(
+        single_meteor_score(
+            tok.tokenize(reference.strip()),
+            tok.tokenize(prediction.strip()),
+            alpha=0.9,
+            beta=3,
+            gamma=0.5,
+            wordnet=get_wordnet(),
+        )
+    )
 
 
 def answer_letter(item: VQAItem) -> str:
@@ -99,8 +111,10 @@ def answer_letter(item: VQAItem) -> str:
     m = _LETTER.match(item.reference)
     if m:
         return m.group(1).upper()
-    raise ValueError(f"item {item.id!r}: m3d closed questions need answer_choice (the option letter) "
-                     f"or a reference starting with 'A.'..'D.'; got reference {item.reference!r}")
+    raise ValueError(
+        f"item {item.id!r}: m3d closed questions need answer_choice (the option letter) "
+        f"or a reference starting with 'A.'..'D.'; got reference {item.reference!r}"
+    )
 
 
 @register_protocol("m3d")
@@ -135,8 +149,9 @@ def m3d(items: Sequence[VQAItem], bertscore_model: str | None = None, with_meteo
         from medvl.eval.report_metrics import bertscore
 
         open_items = [it for it in items if it.answer_type == "OPEN"]
-        bs = bertscore([it.prediction for it in open_items], [it.reference for it in open_items],
-                       model_path=bertscore_model)
+        bs = bertscore(
+            [it.prediction for it in open_items], [it.reference for it in open_items], model_path=bertscore_model
+        )
         for r, f in zip(open_rows, bs["F1_per_item"]):
             r["bert_f1"] = f
         notes.append(f"bert_f1 with local model {bertscore_model} (M3D used roberta-large)")
@@ -155,6 +170,11 @@ def m3d(items: Sequence[VQAItem], bertscore_model: str | None = None, with_meteo
         agg["meteor"] = mean(r["meteor"] for r in open_rows)
     if open_rows and "bert_f1" in open_rows[0]:
         agg["bert_f1"] = mean(r["bert_f1"] for r in open_rows)
-    return ScoreResult(protocol="m3d", aggregate=agg, per_item=rows,
-                       versions=library_versions(["sacrebleu", "rouge-score", "nltk", "bert-score"]),
-                       notes=notes, counts={"open": len(open_rows), "closed": len(closed_rows)})
+    return ScoreResult(
+        protocol="m3d",
+        aggregate=agg,
+        per_item=rows,
+        versions=library_versions(["sacrebleu", "rouge-score", "nltk", "bert-score"]),
+        notes=notes,
+        counts={"open": len(open_rows), "closed": len(closed_rows)},
+    )

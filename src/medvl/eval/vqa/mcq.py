@@ -20,15 +20,16 @@ from __future__ import annotations
 import difflib
 import re
 import string
-from typing import Sequence
+from collections.abc import Sequence
 
 from medvl.eval.results import ScoreResult, library_versions, mean
 from medvl.eval.vqa.base import VQAItem, register_protocol
 
 _LEADING = re.compile(r"^\s*[\(\[]?([A-Za-z])(?:[\)\]\.:,]|\s|$)")
 _BRACKETED = re.compile(r"[\(\[]([A-Za-z])[\)\]]")
-_CUE = re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*(?:option\s*)?[\(\[]?([A-Za-z])(?:[\)\]\.:,]|\s|$)",
-                  re.IGNORECASE)
+_CUE = re.compile(
+    r"(?:answer|option|choice)\s*(?:is|:)?\s*(?:option\s*)?[\(\[]?([A-Za-z])(?:[\)\]\.:,]|\s|$)", re.IGNORECASE
+)
 
 
 def _letters(n: int) -> list[str]:
@@ -52,10 +53,13 @@ def extract_choice(prediction: str, options: Sequence[str]) -> tuple[str | None,
         return None, "empty"
     m = _LEADING.match(text)
     if m and m.group(1).upper() in letters:
-        letter, nxt = m.group(1), text[m.end(1): m.end(1) + 1]
+        letter, nxt = m.group(1), text[m.end(1) : m.end(1) + 1]
         # "B", "B.", "(B)", "B)", "B:" are choices; "A mass ..." / "I think ..." are words.
-        if nxt in ("", ".", ")", "]", ":", ",") or text.lstrip()[0] in "([" or (
-                letter.isupper() and letter not in ("A", "I")):
+        if (
+            nxt in ("", ".", ")", "]", ":", ",")
+            or text.lstrip()[0] in "(["
+            or (letter.isupper() and letter not in ("A", "I"))
+        ):
             return letter.upper(), "letter"
     for m in _CUE.finditer(text):
         if m.group(1).upper() in letters:
@@ -92,8 +96,10 @@ def reference_letter(item: VQAItem) -> str:
     for letter, opt in zip(letters, item.options or []):
         if opt.strip().lower() == ref.lower():
             return letter
-    raise ValueError(f"item {item.id!r}: reference {item.reference!r} is neither an option letter "
-                     f"({', '.join(letters)}) nor one of the options {item.options!r}")
+    raise ValueError(
+        f"item {item.id!r}: reference {item.reference!r} is neither an option letter "
+        f"({', '.join(letters)}) nor one of the options {item.options!r}"
+    )
 
 
 @register_protocol("mcq")
@@ -115,8 +121,13 @@ def mcq(items: Sequence[VQAItem]) -> ScoreResult:
             raise ValueError(f"item {it.id!r}: the mcq protocol needs 'options' (the answer choices)")
         gt = reference_letter(it)
         choice, method = extract_choice(it.prediction, it.options)
-        row = {"id": it.id, "answer_choice": gt, "predicted_choice": choice, "method": method,
-               "correct": int(choice == gt)}
+        row = {
+            "id": it.id,
+            "answer_choice": gt,
+            "predicted_choice": choice,
+            "method": method,
+            "correct": int(choice == gt),
+        }
         if it.language:
             row["language"] = it.language
         rows.append(row)
@@ -126,5 +137,10 @@ def mcq(items: Sequence[VQAItem]) -> ScoreResult:
     methods: dict[str, int] = {}
     for r in rows:
         methods[r["method"]] = methods.get(r["method"], 0) + 1
-    return ScoreResult(protocol="mcq", aggregate=agg, per_item=rows, versions=library_versions([]),
-                       counts={"all": len(rows), **{f"method_{k}": v for k, v in methods.items()}})
+    return ScoreResult(
+        protocol="mcq",
+        aggregate=agg,
+        per_item=rows,
+        versions=library_versions([]),
+        counts={"all": len(rows), **{f"method_{k}": v for k, v in methods.items()}},
+    )

@@ -27,7 +27,7 @@ bare 0 that cannot be unpacked) score 0 here instead.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from medvl.eval.results import ScoreResult, library_versions, mean
 from medvl.eval.text import medevalkit_parse_response, medevalkit_tokenize
@@ -83,8 +83,7 @@ def _bleu(pred: str, target: str, n: int) -> float:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(sentence_bleu([medevalkit_tokenize(target)], medevalkit_tokenize(pred),
-                                   weights=[1 / n] * n))
+        return float(sentence_bleu([medevalkit_tokenize(target)], medevalkit_tokenize(pred), weights=[1 / n] * n))
 
 
 def _rouge(pred: str, target: str) -> tuple[float, float, float]:
@@ -157,10 +156,19 @@ def medevalkit(items: Sequence[VQAItem], reference_prf_mixup: bool = False) -> S
         agg["open_accuracy"] = mean(r["correct"] for r in open_rows)
         for key in _OPEN_KEYS:
             agg[key] = mean(r["open"][key] for r in open_rows)
-    notes = [("precision/recall/f1 carry MedEvalKit's mislabelled values (reference_prf_mixup=True)"
-              if reference_prf_mixup else
-              "precision/recall/f1 are correct (MedEvalKit's key mix-up not reproduced; "
-              "reference_prf_mixup=True reproduces it)")]
-    return ScoreResult(protocol="medevalkit", aggregate=agg, per_item=rows,
-                       versions=library_versions(["nltk", "rouge"]), notes=notes,
-                       counts={"open": len(open_rows), "closed": len(closed_rows)})
+    notes = [
+        (
+            "precision/recall/f1 carry MedEvalKit's mislabelled values (reference_prf_mixup=True)"
+            if reference_prf_mixup
+            else "precision/recall/f1 are correct (MedEvalKit's key mix-up not reproduced; "
+            "reference_prf_mixup=True reproduces it)"
+        )
+    ]
+    return ScoreResult(
+        protocol="medevalkit",
+        aggregate=agg,
+        per_item=rows,
+        versions=library_versions(["nltk", "rouge"]),
+        notes=notes,
+        counts={"open": len(open_rows), "closed": len(closed_rows)},
+    )

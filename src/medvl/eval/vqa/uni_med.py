@@ -15,7 +15,7 @@ Re-implements MSIIP/Uni-Med ``eval_vqa.py`` (``calculate_acc``, ``calculate_bleu
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from medvl.eval.results import ScoreResult, library_versions, mean
 from medvl.eval.text import llava_med_normalize_word
@@ -62,11 +62,19 @@ def uni_med(items: Sequence[VQAItem], classification: bool = False) -> ScoreResu
         rows.append(row)
     versions = library_versions(["nltk"])
     if classification:
-        return ScoreResult(protocol="uni_med", aggregate={"accuracy": mean(r["correct"] for r in rows)},
-                           per_item=rows, versions=versions, notes=["classification exact match"],
-                           counts={"all": len(rows)})
-    groups = {"open": [r for r in rows if r["answer_type"] == "OPEN"],
-              "closed": [r for r in rows if r["answer_type"] == "CLOSED"], "all": rows}
+        return ScoreResult(
+            protocol="uni_med",
+            aggregate={"accuracy": mean(r["correct"] for r in rows)},
+            per_item=rows,
+            versions=versions,
+            notes=["classification exact match"],
+            counts={"all": len(rows)},
+        )
+    groups = {
+        "open": [r for r in rows if r["answer_type"] == "OPEN"],
+        "closed": [r for r in rows if r["answer_type"] == "CLOSED"],
+        "all": rows,
+    }
     agg: dict[str, float] = {}
     if groups["closed"]:
         agg["closed_accuracy"] = mean(r["substring_hit"] for r in groups["closed"])
@@ -76,5 +84,10 @@ def uni_med(items: Sequence[VQAItem], classification: bool = False) -> ScoreResu
         for n in range(1, 5):
             agg[f"{g}_bleu{n}"] = mean(r[f"bleu{n}"] for r in rs)
         agg[f"{g}_f1"] = mean(r["f1"] for r in rs)
-    return ScoreResult(protocol="uni_med", aggregate=agg, per_item=rows, versions=versions,
-                       counts={k: len(v) for k, v in groups.items()})
+    return ScoreResult(
+        protocol="uni_med",
+        aggregate=agg,
+        per_item=rows,
+        versions=versions,
+        counts={k: len(v) for k, v in groups.items()},
+    )
