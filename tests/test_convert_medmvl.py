@@ -430,7 +430,9 @@ def test_missing_parts_are_named(tmp_path: Path) -> None:
 
 
 def test_invalid_layouts(tmp_path: Path) -> None:
-    from medvl.convert.medmvl import MedMVLConversionError, parse_mlp_name, read_layout, translate_config
+    from medvl.convert.medmvl import MedMVLConversionError
+    from medvl.convert.medmvl.config import translate_config
+    from medvl.convert.medmvl.layout import parse_mlp_name, read_layout
 
     assert parse_mlp_name("mlp3x_gelu") == (3, "gelu")
     with pytest.raises(MedMVLConversionError, match="mlp<depth>x_<gelu|relu>"):
@@ -450,7 +452,7 @@ def test_invalid_layouts(tmp_path: Path) -> None:
             }
         )
     )
-    from medvl.convert.medmvl import MedMVLParts
+    from medvl.convert.medmvl.layout import MedMVLParts
 
     parts = MedMVLParts(llm=siglip / "components" / "qwen2-tiny", vision=siglip / "components" / "siglip-tiny")
     with pytest.raises(MedMVLConversionError, match="drops its first real patch"):
@@ -485,8 +487,9 @@ def test_3d_converted_processor(tmp_path: Path, kind: str) -> None:
     """The converted processor applies MedM-VL's input handling for the 3D encoder and feeds the model."""
     import torch.nn.functional as F
 
-    from medvl.convert.medmvl import MEDMCLIP_MEAN, MEDMCLIP_STD, convert_medmvl
+    from medvl.convert.medmvl import convert_medmvl
     from medvl.inference import load_model
+    from medvl.models.vit3d import MEDMCLIP_MEAN, MEDMCLIP_STD
 
     src, _ = _make_3d_checkpoint(tmp_path, kind)
     model, processor = load_model(convert_medmvl(src, tmp_path / "out"), device="cpu")

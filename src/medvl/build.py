@@ -38,6 +38,7 @@ from transformers import (
     AutoTokenizer,
     GenerationConfig,
     PreTrainedConfig,
+    PreTrainedTokenizerBase,
 )
 
 from medvl.models import (
@@ -50,10 +51,16 @@ from medvl.models import (
 )
 from medvl.models.ctvit import CTCLIP_RELEASED_KWARGS, ctvit_state_dict_from_ctclip
 from medvl.models.processing_medvl import CHATML_TEMPLATE, IMAGE_TOKEN, VOLUME_TOKEN
-from medvl.models.vit3d import clip_kind, vit3d_config_from_clip, vit3d_state_dict_from_clip
+from medvl.models.vit3d import (
+    clip_kind,
+    clip_volume_processor_settings,
+    vit3d_config_from_clip,
+    vit3d_state_dict_from_clip,
+)
+from medvl.models.volume_processing_medvl import MedVLVolumeProcessor
 from medvl.tokenization import builtin_corpus, qwen2_tokenizer, train_tokenizer
 from medvl.utils.config import load_config
-from medvl.utils.files import check_weights, read_json
+from medvl.utils.files import check_weights, load_state_dict, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -399,8 +406,6 @@ def _volume_processor_config(
         return None
     settings = dict(spec.volume.processor)
     if clip is not None:
-        from medvl.convert.medmvl import clip_volume_processor_settings
-
         for key, value in clip_volume_processor_settings(clip, list(volume_config.image_size)).items():
             settings.setdefault(key, value)
     if spec.volume.encoder == "vit3d":
@@ -417,11 +422,6 @@ def _volume_processor_config(
         if volume_config.model_type.startswith("siglip"):  # SigLIP towers expect [-1, 1] pixels
             settings.setdefault("image_mean", 0.5)
             settings.setdefault("image_std", 0.5)
-    try:
-        from medvl.models.volume_processing_medvl import MedVLVolumeProcessor
-    except ImportError:
-        logger.warning("medvl.models.volume_processing_medvl is missing: volume processor settings stored unchecked")
-        return settings
     return MedVLVolumeProcessor(**settings).to_dict()
 
 
@@ -489,22 +489,6 @@ def load_ctclip_folder(
     return config, ctvit_state_dict_from_ctclip(state_dict)
 
 
-def _load_ctvit_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    own = module.state_dict()
-    for key, value in state_dict.items():
-        if key in own and own[key].shape != value.shape:
-            raise ValueError(
-                f"volume.path {source!r}: {key} has shape {tuple(value.shape)} in the file but "
-                f"{tuple(own[key].shape)} in the configured CTViT; is config.json right?"
-            )
-    missing, unexpected = module.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"volume.path {source!r}: the CT-CLIP weights do not fit the CTViT config "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); is config.json right?"
-        )
-
-
 # ---------------------------------------------------------------------------- released 3D CLIP encoders
 def _volume_clip_kind(spec: ModelSpec) -> str | None:
     """``medmclip`` / ``m3dclip`` when ``volume.path`` is a released MedM-CLIP / M3D-CLIP checkpoint."""
@@ -533,32 +517,135 @@ def _clip_vit3d_config(volume: VolumeSpec, kind: str) -> Vit3DConfig:
     return Vit3DConfig(**{**kwargs, **volume.config})
 
 
-def _load_clip_volume_weights(encoder: torch.nn.Module, path: str, kind: str) -> None:
-    """Load the vision encoder of a released 3D CLIP checkpoint into ``encoder`` (exactly, strict)."""
-    from medvl.convert.medmvl import load_state_dict
+# ---------------------------------------------------------------------------- pretrained weights
+def _pretrained_volume_weights(
+    volume: VolumeSpec, encoder: torch.nn.Module, clip: str | None, ctvit_weights: dict[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """The weights in ``volume.path`` under the encoder's own names.
 
-    weights = vit3d_state_dict_from_clip(load_state_dict(path), kind, encoder.config)
-    try:
-        encoder.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
+    Keys differ only for the released encoders, whose names map through the key tables that live with
+    the model: CT-CLIP's (``models.ctvit``, read with the config by :func:`load_ctclip_folder`) and a 3D
+    CLIP's vision encoder (``models.vit3d``: MedM-CLIP / M3D-CLIP). A saved medvl encoder or a Hugging
+    Face tower (slicewise) has the encoder's names already.
+    """
+    assert volume.path is not None
+    if ctvit_weights is not None:
+        return ctvit_weights
+    if clip is not None:
+        assert isinstance(encoder.config, Vit3DConfig)
+        return vit3d_state_dict_from_clip(load_state_dict(volume.path), clip, encoder.config)
+    return type(encoder).from_pretrained(volume.path).state_dict()
+
+
+def load_pretrained_weights(
+    module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str, path: str, hint: str
+) -> None:
+    """Copy pretrained weights into one part of the model, exactly: every tensor it has, same shapes, no extra.
+
+    Args:
+        module: the part (``model.language_model``, ``model.vision_tower``, ``model.volume_encoder``).
+        state_dict: its weights under its own names.
+        what: the spec section (``llm``, ``vision``, ``volume``), for messages.
+        path: where the weights came from, for messages.
+        hint: what to check when they do not fit.
+
+    Raises:
+        ValueError: naming the tensor whose shape differs, or the missing and unexpected tensors.
+    """
+    own = module.state_dict()
+    for key, value in state_dict.items():
+        if key in own and own[key].shape != value.shape:
+            raise ValueError(
+                f"{what}.path {path!r}: {key} has shape {tuple(value.shape)} in the file but "
+                f"{tuple(own[key].shape)} in the configured {type(module).__name__}; {hint}"
+            )
+    missing, unexpected = module.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
         raise ValueError(
-            f"volume: the {kind} weights in {path} do not fit the configured encoder; do volume.config "
-            f"overrides change its architecture? ({str(err).splitlines()[1].strip()})"
-        ) from None
-    logger.info("volume: %s vision encoder loaded from %s (%d tensors)", kind, path, len(weights))
+            f"{what}.path {path!r}: the pretrained weights do not fit the configured {type(module).__name__} "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); {hint}"
+        )
+    logger.info("%s: %d pretrained tensors loaded from %s", what, len(state_dict), path)
+
+
+def _load_pretrained_parts(
+    model: MedVLForConditionalGeneration,
+    spec: ModelSpec,
+    clip: str | None,
+    ctvit_weights: dict[str, torch.Tensor] | None,
+) -> None:
+    """Load every part the spec gives a ``path`` into ``model``, bit for bit."""
+    if spec.llm.path is not None:
+        llm = AutoModelForCausalLM.from_pretrained(spec.llm.path).state_dict()
+        hint = "do llm.config overrides change its architecture?"
+        load_pretrained_weights(model.language_model, llm, "llm", spec.llm.path, hint)
+    if spec.vision is not None and spec.vision.path is not None:
+        if spec.vision.conv_stem:
+            raise ValueError(
+                "vision.conv_stem replaces the patch embedding of a tower trained from scratch; a "
+                f"pretrained tower (vision.path {spec.vision.path!r}) keeps its own: drop one of them"
+            )
+        tower = type(model.vision_tower).from_pretrained(spec.vision.path).state_dict()
+        hint = "do vision.config overrides change its architecture?"
+        load_pretrained_weights(model.vision_tower, tower, "vision", spec.vision.path, hint)
+    if spec.volume is not None and spec.volume.path is not None:
+        weights = _pretrained_volume_weights(spec.volume, model.volume_encoder, clip, ctvit_weights)
+        hint = (
+            "is config.json right?"
+            if ctvit_weights is not None
+            else "do volume.config overrides change its architecture?"
+        )
+        load_pretrained_weights(model.volume_encoder, weights, "volume", spec.volume.path, hint)
 
 
 # ---------------------------------------------------------------------------- model
-def _load_part_weights(module: torch.nn.Module, loaded: torch.nn.Module, what: str) -> None:
-    try:
-        missing, unexpected = module.load_state_dict(loaded.state_dict(), strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise ValueError(
-            f"{what}: the pretrained weights in {what}.path do not fit the configured module; "
-            f"do {what}.config overrides change its architecture? ({str(err).splitlines()[1].strip()})"
-        ) from None
-    if missing or unexpected:
-        raise ValueError(f"{what}: pretrained weights do not fit (missing {missing[:5]}, unexpected {unexpected[:5]})")
+def _volume_config(volume: VolumeSpec, clip: str | None) -> tuple[PreTrainedConfig, dict[str, torch.Tensor] | None]:
+    """The volume encoder's config, and CT-CLIP's weights when ``volume.path`` is a CT-CLIP folder
+    (read together with its config)."""
+    overrides = _volume_stem_config(volume, volume.config)  # an error for anything but a vit3d from scratch
+    if volume.encoder == "ctvit":
+        if volume.path is not None:
+            return load_ctclip_folder(volume.path, volume.config)
+        settings = dict(volume.config)
+        settings.pop("model_type", None)
+        return CTViTConfig(**settings), None
+    if volume.encoder == "vit3d" and volume.path is None:
+        return _part_config(None, {"model_type": Vit3DConfig.model_type, **overrides}, "volume"), None
+    if clip is not None:
+        return _clip_vit3d_config(volume, clip), None
+    return _part_config(volume.path, volume.config, "volume", True), None
+
+
+def _medvl_config(
+    spec: ModelSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    text_config: PreTrainedConfig,
+    vision_config: PreTrainedConfig | None,
+    volume_config: PreTrainedConfig | None,
+) -> MedVLConfig:
+    """The ``MedVLConfig`` of the spec's parts, with the tokenizer's special token ids."""
+    for name, value in (("eos_token_id", tokenizer.eos_token_id), ("pad_token_id", tokenizer.pad_token_id)):
+        setattr(text_config, name, value)
+    vision, volume = spec.vision, spec.volume
+    return MedVLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        volume_config=volume_config,
+        volume_encoder=volume.encoder if volume else None,
+        image_connector=vision.connector if vision else None,
+        volume_connector=volume.connector if volume else None,
+        image_feature_layer=vision.feature_layer if vision else -1,
+        image_feature_select=vision.feature_select if vision else "patch",
+        image_conv_stem=resolve_conv_stem(vision.conv_stem, vision_config.hidden_size, vision_config.patch_size)
+        if vision and vision_config is not None
+        else None,
+        volume_feature_layer=volume.feature_layer if volume else -1,
+        volume_feature_select=volume.feature_select if volume else "patch",
+        volume_num_slices=volume.num_slices if volume else 32,
+        slice_position_embedding=volume.slice_position_embedding if volume else True,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        volume_token_id=tokenizer.convert_tokens_to_ids(VOLUME_TOKEN),
+    )
 
 
 def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLProcessor]:
@@ -581,67 +668,14 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
     if spec.llm.path is None and "vocab_size" not in spec.llm.config:
         text_config.vocab_size = -(-vocab_needed // 64) * 64  # round up: tensor-core friendly rows
     vision_config = _part_config(spec.vision.path, spec.vision.config, "vision", True) if spec.vision else None
-    volume_config = None
-    ctvit_weights = None
-    volume_clip = _volume_clip_kind(spec)
-    if spec.volume is not None:
-        # the spec's stem filled in (an error for anything but a vit3d built from scratch)
-        volume_overrides = _volume_stem_config(spec.volume, spec.volume.config)
-        if spec.volume.encoder == "ctvit":
-            if spec.volume.path is not None:
-                volume_config, ctvit_weights = load_ctclip_folder(spec.volume.path, spec.volume.config)
-            else:
-                overrides = dict(spec.volume.config)
-                overrides.pop("model_type", None)
-                volume_config = CTViTConfig(**overrides)
-        elif spec.volume.encoder == "vit3d" and spec.volume.path is None:
-            volume_config = _part_config(None, {"model_type": Vit3DConfig.model_type, **volume_overrides}, "volume")
-        elif volume_clip is not None:
-            volume_config = _clip_vit3d_config(spec.volume, volume_clip)
-        else:
-            volume_config = _part_config(spec.volume.path, spec.volume.config, "volume", True)
+    clip = _volume_clip_kind(spec)
+    volume_config, ctvit_weights = _volume_config(spec.volume, clip) if spec.volume else (None, None)
     for what, part in (("llm", text_config), ("vision", vision_config), ("volume", volume_config)):
         check_architecture(part, what)
-    for name, value in (("eos_token_id", tokenizer.eos_token_id), ("pad_token_id", tokenizer.pad_token_id)):
-        setattr(text_config, name, value)
-    config = MedVLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        volume_config=volume_config,
-        volume_encoder=spec.volume.encoder if spec.volume else None,
-        image_connector=spec.vision.connector if spec.vision else None,
-        volume_connector=spec.volume.connector if spec.volume else None,
-        image_feature_layer=spec.vision.feature_layer if spec.vision else -1,
-        image_feature_select=spec.vision.feature_select if spec.vision else "patch",
-        image_conv_stem=resolve_conv_stem(spec.vision.conv_stem, vision_config.hidden_size, vision_config.patch_size)
-        if spec.vision
-        else None,
-        volume_feature_layer=spec.volume.feature_layer if spec.volume else -1,
-        volume_feature_select=spec.volume.feature_select if spec.volume else "patch",
-        volume_num_slices=spec.volume.num_slices if spec.volume else 32,
-        slice_position_embedding=spec.volume.slice_position_embedding if spec.volume else True,
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        volume_token_id=tokenizer.convert_tokens_to_ids(VOLUME_TOKEN),
-    )
+    config = _medvl_config(spec, tokenizer, text_config, vision_config, volume_config)
     torch.manual_seed(spec.seed)
     model = MedVLForConditionalGeneration(config)
-    if spec.llm.path is not None:
-        _load_part_weights(model.language_model, AutoModelForCausalLM.from_pretrained(spec.llm.path), "llm")
-    if spec.vision is not None and spec.vision.path is not None:
-        if spec.vision.conv_stem:
-            raise ValueError(
-                "vision.conv_stem replaces the patch embedding of a tower trained from scratch; a "
-                f"pretrained tower (vision.path {spec.vision.path!r}) keeps its own: drop one of them"
-            )
-        tower_cls = type(model.vision_tower)
-        _load_part_weights(model.vision_tower, tower_cls.from_pretrained(spec.vision.path), "vision")
-    if ctvit_weights is not None:
-        _load_ctvit_weights(model.volume_encoder, ctvit_weights, spec.volume.path)
-    elif volume_clip is not None:
-        _load_clip_volume_weights(model.volume_encoder, spec.volume.path, volume_clip)
-    elif spec.volume is not None and spec.volume.path is not None:
-        encoder_cls = type(model.volume_encoder)
-        _load_part_weights(model.volume_encoder, encoder_cls.from_pretrained(spec.volume.path), "volume")
+    _load_pretrained_parts(model, spec, clip, ctvit_weights)
     if model.get_input_embeddings().weight.shape[0] < vocab_needed:
         logger.info("resizing LLM embeddings to %d tokens for the tokenizer's added tokens", vocab_needed)
         model.resize_token_embeddings(vocab_needed, pad_to_multiple_of=64)
@@ -657,7 +691,7 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
         image_processor=_build_image_processor(spec, vision_config),
         tokenizer=tokenizer,
         chat_template=tokenizer.chat_template,
-        volume_processor_config=_volume_processor_config(spec, volume_config, volume_clip),
+        volume_processor_config=_volume_processor_config(spec, volume_config, clip),
         num_image_tokens=config.num_image_tokens,
         num_volume_tokens=config.num_volume_tokens,
     )
@@ -703,6 +737,7 @@ __all__ = [
     "VolumeSpec",
     "build_model",
     "load_ctclip_folder",
+    "load_pretrained_weights",
     "load_model_spec",
     "save_checkpoint",
 ]

@@ -45,6 +45,8 @@ all layouts.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -533,6 +535,41 @@ def vit3d_config_from_clip(config: dict, kind: str) -> dict:
     )
 
 
+# MedM-CLIP's own intensity normalisation (MedM-VL's Image3DProcessor): (v - mean) / std, then a crop of
+# the voxels above the mean (MONAI CropForeground).
+MEDMCLIP_MEAN = 55.6982188356434
+MEDMCLIP_STD = 66.1943479570918
+
+
+def clip_volume_processor_settings(kind: str, shape: list[int]) -> dict[str, Any]:
+    """``MedVLVolumeProcessor`` intensity and shape settings of a MedM-CLIP / M3D-CLIP encoder's input.
+
+    * MedM-CLIP: raw values normalised with MedM-CLIP's mean/std, crop of the voxels above the mean,
+      resize to the encoder's input size (MedM-VL's ``(v - 55.70) / 66.19`` + ``CropForeground``).
+    * M3D-CLIP: M3D's inputs are already preprocessed arrays in 0..1 of the input size; passed through.
+
+    Orientation is left to the caller.
+
+    Args:
+        kind: "medmclip" or "m3dclip".
+        shape: the encoder's input size (D, H, W).
+    """
+    common: dict[str, Any] = {"target_shape": list(shape), "antialias": False, "intensity": "none", "channels": 1}
+    if kind == "medmclip":
+        return {
+            **common,
+            "crop_foreground": True,
+            "foreground_hu": MEDMCLIP_MEAN,
+            "image_mean": [MEDMCLIP_MEAN],
+            "image_std": [MEDMCLIP_STD],
+        }
+    if kind == "m3dclip":
+        return {**common, "crop_foreground": False}
+    raise ValueError(
+        f"unknown 3D CLIP layout {kind!r}; valid choices: {', '.join(sorted(set(CLIP_MODEL_TYPES.values())))}"
+    )
+
+
 def vit3d_state_dict_from_clip(
     state_dict: dict[str, torch.Tensor], kind: str, config: Vit3DConfig
 ) -> dict[str, torch.Tensor]:
@@ -572,10 +609,13 @@ def vit3d_state_dict_from_clip(
 
 __all__ = [
     "CLIP_MODEL_TYPES",
+    "MEDMCLIP_MEAN",
+    "MEDMCLIP_STD",
     "Vit3DConfig",
     "Vit3DModel",
     "Vit3DPreTrainedModel",
     "clip_kind",
+    "clip_volume_processor_settings",
     "permute_patch_dim",
     "vit3d_config_from_clip",
     "vit3d_state_dict_from_clip",

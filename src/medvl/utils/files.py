@@ -3,7 +3,8 @@
 Libraries report a truncated ``model.safetensors`` as "incomplete metadata", a missing
 ``tokenizer.json`` as "install sentencepiece", a broken ``config.json`` as a bare JSON position:
 none names the file. These checks read only headers (milliseconds) and raise
-:class:`~medvl.errors.MedVLDataError` naming the file and what to do.
+:class:`~medvl.errors.MedVLDataError` naming the file and what to do. :func:`load_state_dict` reads a
+weights folder (single or sharded) after those checks.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import json
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medvl.errors import MedVLDataError
+
+if TYPE_CHECKING:
+    import torch
 
 # files any of which gives a tokenizer its vocabulary
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "qwen.tiktoken")
@@ -147,3 +151,48 @@ def checkpoint_problem(folder: str | Path) -> str | None:
     except OSError as err:
         return str(err)
     return None
+
+
+# the saved layouts of a Hugging Face weights folder, in the order transformers prefers them
+WEIGHT_LAYOUTS = (
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+)
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The weight files of a folder: the shards an index names, else the single file."""
+    for index_name, single_name in WEIGHT_LAYOUTS:
+        if (folder / index_name).is_file():
+            index = read_json(folder / index_name, "weights index")
+            return [folder / name for name in sorted(set(index["weight_map"].values()))]
+        if (folder / single_name).is_file():
+            return [folder / single_name]
+    raise MedVLDataError(
+        "no model.safetensors(.index.json) or pytorch_model.bin(.index.json) in the folder", path=str(folder)
+    )
+
+
+def load_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face weights folder (single or sharded safetensors, or pytorch ``.bin``).
+
+    Args:
+        folder: the checkpoint folder.
+
+    Raises:
+        MedVLDataError: no weights, a shard the index names is missing, or a damaged safetensors file.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    check_weights(folder)  # a truncated file is named here, not reported as "incomplete metadata"
+    state_dict: dict[str, torch.Tensor] = {}
+    for path in _weight_files(folder):
+        if not path.is_file():
+            raise MedVLDataError(f"shard {path.name} named in the weights index is missing", path=str(folder))
+        if path.suffix == ".safetensors":
+            state_dict.update(load_file(path))
+        else:
+            state_dict.update(torch.load(path, map_location="cpu", weights_only=True))
+    return state_dict
