@@ -56,6 +56,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 
+from .key_mapping import Row, rename_keys
 from .stems import ConvStem, validate_stem_widths
 
 
@@ -367,45 +368,60 @@ def permute_patch_dim(tensor: torch.Tensor, config: Vit3DConfig, source_order: t
     return split.permute(*range(len(lead)), *order).reshape(*lead, -1)
 
 
+# How each released 3D CLIP's vision encoder names its weights -> Vit3DModel's names (rows for
+# key_mapping.rename_keys; the module docstring's table in code). None drops a part that is not the encoder.
+VIT3D_KEY_TABLES: dict[str, list[Row]] = {
+    "medmclip": [  # vit-pytorch ViT with torch.nn.TransformerEncoderLayer blocks
+        (r"to_patch_embedding\.1\.(weight|bias)", r"embeddings.patch_norm_in.\1"),
+        (r"to_patch_embedding\.2\.(weight|bias)", r"embeddings.patch_proj.\1"),
+        (r"to_patch_embedding\.3\.(weight|bias)", r"embeddings.patch_norm_out.\1"),
+        (r"pos_embedding", r"embeddings.position_embedding"),
+        (r"cls_token", r"embeddings.cls_token"),
+        (r"transformer_layers\.(\d+)\.self_attn\.in_proj_(weight|bias)", r"encoder.layers.\1.attn.qkv.\2"),
+        (r"transformer_layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", r"encoder.layers.\1.attn.proj.\2"),
+        (r"transformer_layers\.(\d+)\.linear([12])\.(weight|bias)", r"encoder.layers.\1.mlp.fc\2.\3"),
+        (r"transformer_layers\.(\d+)\.(norm[12])\.(weight|bias)", r"encoder.layers.\1.\2.\3"),
+        (r"mlp_head\..+", None),  # the CLIP projection head, not part of the encoder
+    ],
+    "m3dclip": [  # MONAI ViT, perceptron patch embedding
+        (r"patch_embedding\.patch_embeddings\.1\.(weight|bias)", r"embeddings.patch_proj.\1"),
+        (r"patch_embedding\.position_embeddings", r"embeddings.position_embedding"),
+        (r"cls_token", r"embeddings.cls_token"),
+        (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"encoder.layers.\1.attn.qkv.\2"),
+        (r"blocks\.(\d+)\.attn\.out_proj\.(weight|bias)", r"encoder.layers.\1.attn.proj.\2"),
+        (r"blocks\.(\d+)\.mlp\.linear([12])\.(weight|bias)", r"encoder.layers.\1.mlp.fc\2.\3"),
+        (r"blocks\.(\d+)\.(norm[12])\.(weight|bias)", r"encoder.layers.\1.\2.\3"),
+        (r"blocks\.\d+\.norm_cross_attn\..+", None),  # newer MONAI builds an unused cross-attention norm
+        (r"norm\.(weight|bias)", r"norm.\1"),
+        (r"classification_head\..+", None),
+    ],
+}
+# How each flattens a patch (the input axis of the patch Linear and of MedM-CLIP's pre-LayerNorm).
+PATCH_ORDERS: dict[str, tuple[str, ...]] = {"medmclip": MEDMCLIP_PATCH_ORDER, "m3dclip": MONAI_PATCH_ORDER}
+_PERMUTED_KEYS = ("embeddings.patch_proj.weight", "embeddings.patch_norm_in.weight", "embeddings.patch_norm_in.bias")
+
+
+def _vit3d_state_dict(state_dict: dict[str, torch.Tensor], config: Vit3DConfig, kind: str) -> dict[str, torch.Tensor]:
+    """Rename by ``VIT3D_KEY_TABLES[kind]`` and permute the patch axis into medvl's order."""
+    out, unmapped = rename_keys(state_dict, VIT3D_KEY_TABLES[kind])
+    if unmapped:
+        raise ValueError(
+            f"unexpected {kind} vision encoder weights (no row of VIT3D_KEY_TABLES maps them): {unmapped[:5]}"
+        )
+    for key in _PERMUTED_KEYS:
+        if key in out:
+            out[key] = permute_patch_dim(out[key], config, PATCH_ORDERS[kind])
+    return out
+
+
 def vit3d_state_dict_from_medmclip(state_dict: dict[str, torch.Tensor], config: Vit3DConfig) -> dict[str, torch.Tensor]:
     """Map MedM-CLIP's ``vision_encoder.*`` weights (prefix already stripped) onto ``Vit3DModel``.
-
-    ``mlp_head`` (the CLIP projection) is not part of the encoder and is dropped.
 
     Args:
         state_dict: keys like ``to_patch_embedding.2.weight``, ``transformer_layers.0.linear1.weight``.
         config: a config with the MedM-CLIP settings (see the module docstring).
     """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if key.startswith("mlp_head."):
-            continue
-        if key.startswith("to_patch_embedding."):
-            index, name = key.split(".")[1:]
-            target = {"1": "patch_norm_in", "2": "patch_proj", "3": "patch_norm_out"}[index]
-            if index == "1" or (index == "2" and name == "weight"):
-                value = permute_patch_dim(value, config, MEDMCLIP_PATCH_ORDER)
-            out[f"embeddings.{target}.{name}"] = value
-        elif key == "pos_embedding":
-            out["embeddings.position_embedding"] = value
-        elif key == "cls_token":
-            out["embeddings.cls_token"] = value
-        elif key.startswith("transformer_layers."):
-            _, i, rest = key.split(".", 2)
-            rest = {
-                "self_attn.in_proj_weight": "attn.qkv.weight",
-                "self_attn.in_proj_bias": "attn.qkv.bias",
-                "self_attn.out_proj.weight": "attn.proj.weight",
-                "self_attn.out_proj.bias": "attn.proj.bias",
-                "linear1.weight": "mlp.fc1.weight",
-                "linear1.bias": "mlp.fc1.bias",
-                "linear2.weight": "mlp.fc2.weight",
-                "linear2.bias": "mlp.fc2.bias",
-            }.get(rest, rest)
-            out[f"encoder.layers.{i}.{rest}"] = value
-        else:
-            raise KeyError(f"unexpected MedM-CLIP vision key {key!r}")
-    return out
+    return _vit3d_state_dict(state_dict, config, "medmclip")
 
 
 def vit3d_state_dict_from_monai(state_dict: dict[str, torch.Tensor], config: Vit3DConfig) -> dict[str, torch.Tensor]:
@@ -415,29 +431,7 @@ def vit3d_state_dict_from_monai(state_dict: dict[str, torch.Tensor], config: Vit
         state_dict: keys like ``patch_embedding.patch_embeddings.1.weight``, ``blocks.0.attn.qkv.weight``.
         config: a config with the M3D/MONAI settings (see the module docstring).
     """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if key.startswith("classification_head.") or ".norm_cross_attn." in key:
-            continue  # classifier head; newer MONAI builds an unused cross-attention norm per block
-        if key.startswith("patch_embedding.patch_embeddings.1."):
-            name = key.rsplit(".", 1)[1]
-            out[f"embeddings.patch_proj.{name}"] = (
-                permute_patch_dim(value, config, MONAI_PATCH_ORDER) if name == "weight" else value
-            )
-        elif key == "patch_embedding.position_embeddings":
-            out["embeddings.position_embedding"] = value
-        elif key == "cls_token":
-            out["embeddings.cls_token"] = value
-        elif key.startswith("blocks."):
-            _, i, rest = key.split(".", 2)
-            rest = rest.replace("attn.out_proj.", "attn.proj.").replace("mlp.linear1.", "mlp.fc1.")
-            rest = rest.replace("mlp.linear2.", "mlp.fc2.")
-            out[f"encoder.layers.{i}.{rest}"] = value
-        elif key.startswith("norm."):
-            out[key] = value
-        else:
-            raise KeyError(f"unexpected MONAI ViT key {key!r}")
-    return out
+    return _vit3d_state_dict(state_dict, config, "m3dclip")
 
 
 # ---------------------------------------------------------------------------- released 3D CLIP checkpoints
@@ -584,21 +578,14 @@ def vit3d_state_dict_from_clip(
         config: the target config (patch size and channels for the patch permutation).
 
     Raises:
-        ValueError: an unknown kind, or encoder weights missing.
+        ValueError: an unknown kind, encoder weights missing, or weights no row of the kind's key table maps.
     """
+    if kind not in VIT3D_KEY_TABLES:
+        raise ValueError(f"unknown 3D CLIP layout {kind!r}; valid choices: {', '.join(VIT3D_KEY_TABLES)}")
     prefix = "vision_encoder."
-    if any(k.startswith(prefix) for k in state_dict):
+    if any(k.startswith(prefix) for k in state_dict):  # a whole CLIP: keep its vision encoder
         state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    if kind == "medmclip":
-        keep, convert = (
-            ("to_patch_embedding.", "pos_embedding", "cls_token", "transformer_layers."),
-            vit3d_state_dict_from_medmclip,
-        )
-    elif kind == "m3dclip":
-        keep, convert = ("patch_embedding.", "cls_token", "blocks.", "norm."), vit3d_state_dict_from_monai
-    else:
-        raise ValueError(f"unknown 3D CLIP layout {kind!r}; valid choices: medmclip, m3dclip")
-    out = convert({k: v for k, v in state_dict.items() if k.startswith(keep)}, config)
+    out = _vit3d_state_dict(state_dict, config, kind)
     with torch.device("meta"):
         expected = set(Vit3DModel(config).state_dict())
     missing = sorted(expected - set(out))
@@ -609,6 +596,8 @@ def vit3d_state_dict_from_clip(
 
 __all__ = [
     "CLIP_MODEL_TYPES",
+    "PATCH_ORDERS",
+    "VIT3D_KEY_TABLES",
     "MEDMCLIP_MEAN",
     "MEDMCLIP_STD",
     "Vit3DConfig",

@@ -1,26 +1,24 @@
-"""MedM-VL state-dict names -> medvl parameter names: one table of rows, applied by :func:`rename_keys`.
+"""MedM-VL state-dict names -> medvl parameter names: one table of rows (``KEY_TABLE``).
 
 As in transformers' ``convert_*_to_hf.py`` scripts, the mapping is data: ordered rows of
-``(regex over a MedM-VL key, target template)``. The first row whose regex matches the whole key wins;
-its target is expanded with the match (``\\1``) after ``{encoder}`` / ``{connector}`` are filled with the
-medvl modules the part goes to (a 2D tower becomes the image tower, or the slice-wise volume encoder
+``(regex over a MedM-VL key, target template)``, applied by :func:`medvl.models.key_mapping.rename_keys`.
+The first row whose regex matches the whole key wins; ``{encoder}`` / ``{connector}`` in its target name
+the medvl modules the part goes to (a 2D tower becomes the image tower, or the slice-wise volume encoder
 of a CT model). A target ``None`` drops the key on purpose. A key no row matches is an error naming it,
 and so is a mapped key the model does not have (:func:`~medvl.convert.medmvl.convert.load_medmvl_weights`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import torch
 
 from medvl.models.configuration_medvl import MedVLConfig
+from medvl.models.key_mapping import Row, rename_keys
 from medvl.models.vit3d import Vit3DConfig, vit3d_state_dict_from_clip
 
 from .layout import MedMVLConversionError, MedMVLLayout
-
-Row = tuple[str, str | None]
 
 # Rows for each part a MedM-VL checkpoint holds; a layout's table is the rows of the parts it has.
 KEY_TABLE: dict[str, list[Row]] = {
@@ -34,7 +32,7 @@ KEY_TABLE: dict[str, list[Row]] = {
         (r"connector_image\.(query|attn\..+)", r"{connector}.\1"),  # attn_pooling: learned queries + attention
     ],
     "image3d": [
-        # the 3D CLIP's vision encoder, still under its own names: models.vit3d renames them (VIT3D_PART)
+        # the 3D CLIP's vision encoder, still under its own names: models.vit3d.VIT3D_KEY_TABLES renames them
         (r"encoder_image3d\.encoder\.vision_encoder\.(.+)", r"{encoder}.\1"),
         # the rest of the 3D CLIP (text encoder, projections, logit scale): MedM-VL never runs it
         (r"encoder_image3d\.encoder\..+", None),
@@ -49,37 +47,6 @@ TARGET_MODULES: dict[str, dict[str, str]] = {
 }
 # The module whose keys models.vit3d renames from a 3D CLIP's names to Vit3DModel's.
 VIT3D_PART = "volume_encoder."
-
-
-def rename_keys(state_dict: Mapping[str, torch.Tensor], rows: list[Row]) -> dict[str, torch.Tensor]:
-    """Rename every key by the first row whose regex matches it whole; refuse keys no row matches.
-
-    Args:
-        state_dict: the source weights.
-        rows: ``(regex, target)`` pairs; target is a ``re`` template (``\\1``) or None to drop the key.
-
-    Raises:
-        MedMVLConversionError: naming the keys no row matches.
-    """
-    compiled = [(re.compile(pattern), target) for pattern, target in rows]
-    out: dict[str, torch.Tensor] = {}
-    unmapped: list[str] = []
-    for key, value in state_dict.items():
-        for pattern, target in compiled:
-            match = pattern.fullmatch(key)
-            if match is not None:
-                if target is not None:
-                    out[match.expand(target)] = value
-                break
-        else:
-            unmapped.append(key)
-    if unmapped:
-        raise MedMVLConversionError(
-            f"{len(unmapped)} weights of the MedM-VL checkpoint match no row of the key table for its layout: "
-            f"{unmapped[:8]}{' ...' if len(unmapped) > 8 else ''} (does config.json describe the model these "
-            "weights were saved from?)"
-        )
-    return out
 
 
 def layout_rows(layout: MedMVLLayout, config: MedVLConfig) -> list[Row]:
@@ -109,7 +76,13 @@ def medvl_state_dict(
         state_dict: the checkpoint's weights under MedM-VL's names.
         config: the translated medvl config.
     """
-    out = rename_keys(state_dict, layout_rows(layout, config))
+    out, unmapped = rename_keys(state_dict, layout_rows(layout, config))
+    if unmapped:
+        raise MedMVLConversionError(
+            f"{len(unmapped)} weights of the MedM-VL checkpoint match no row of the key table for its layout: "
+            f"{unmapped[:8]}{' ...' if len(unmapped) > 8 else ''} (does config.json describe the model these "
+            "weights were saved from?)"
+        )
     if layout.image3d is not None:
         # MedM-CLIP / M3D-CLIP -> Vit3DModel: names and the patch-axis permutation live with the model
         assert isinstance(config.volume_config, Vit3DConfig)
