@@ -558,3 +558,27 @@ def test_tower_input_routing(tmp_path: Path) -> None:
     (src / "config.json").write_text(json.dumps({**cfg, "lvlm_connector_image_type": "spatial_pooling"}))
     with pytest.raises(MedMVLConversionError, match="needs a 3D patch grid"):
         build_medvl_model(src, llm=QWEN, vision=tmp_path / "clip-tiny", token_ids=ids)
+
+
+def test_weights_outside_the_key_table_are_named(tmp_path: Path) -> None:
+    """A weight no row of the layout's key table maps, or one the translated model lacks, is refused by name."""
+    from safetensors.torch import load_file, save_file
+
+    from medvl.convert.medmvl import MedMVLConversionError, build_medvl_model
+
+    ids = {"image_token_id": 4000, "volume_token_id": 4001}
+    src = _make_clip_checkpoint(tmp_path)
+    weights = load_file(src / "model.safetensors")
+    # a 3D encoder's weight in a checkpoint whose config.json has no 3D encoder: no row maps it
+    save_file(
+        {**weights, "encoder_image3d.encoder.vision_encoder.cls_token": torch.zeros(1, 1, 32)},
+        src / "model.safetensors",
+    )
+    with pytest.raises(
+        MedMVLConversionError, match=r"match no row .*encoder_image3d\.encoder\.vision_encoder\.cls_token"
+    ):
+        build_medvl_model(src, llm=QWEN, vision=tmp_path / "clip-tiny", token_ids=ids)
+    # a third MLP layer where config.json says mlp2x_gelu: mapped, but the model has no such weight
+    save_file({**weights, "connector_image.connector.4.weight": torch.zeros(64, 64)}, src / "model.safetensors")
+    with pytest.raises(MedMVLConversionError, match=r"unexpected \['image_connector\.mlp\.4\.weight'\]"):
+        build_medvl_model(src, llm=QWEN, vision=tmp_path / "clip-tiny", token_ids=ids)

@@ -155,3 +155,33 @@ def test_holds_m3d_monai_vit_weights():
     # M3D semantics: the last entry (select_layer -1) is the normed output
     torch.testing.assert_close(out.hidden_states[-1], expected_last, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.last_hidden_state, expected_last, atol=1e-4, rtol=1e-4)
+
+
+def test_a_weight_outside_the_key_table_is_named():
+    from medvl.models.vit3d import vit3d_config_from_clip, vit3d_state_dict_from_clip
+
+    config = Vit3DConfig(
+        **{k: v for k, v in vit3d_config_from_clip(_MEDMCLIP_TINY, "medmclip").items() if k != "model_type"}
+    )
+    with torch.device("meta"):
+        ours = Vit3DModel(config).state_dict()
+    medmclip = {
+        "vision_encoder.pos_embedding": ours["embeddings.position_embedding"],
+        "vision_encoder.dropout.p": torch.zeros(1),
+    }
+    with pytest.raises(ValueError, match=r"no row of VIT3D_KEY_TABLES maps them\): \['dropout.p'\]"):
+        vit3d_state_dict_from_clip(medmclip, "medmclip", config)
+    with pytest.raises(ValueError, match="valid choices: medmclip, m3dclip"):
+        vit3d_state_dict_from_clip(medmclip, "ctclip", config)
+
+
+_MEDMCLIP_TINY = {
+    "hidden_size": 32,
+    "image_size": 16,
+    "image_patch_size": 8,
+    "frame_size": 8,
+    "frame_patch_size": 4,
+    "image_num_heads": 4,
+    "image_mlp_dim": 48,
+    "image_num_layers": 1,
+}

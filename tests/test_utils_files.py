@@ -91,3 +91,36 @@ def test_damaged_volume_cache_entry_is_named(tmp_path, tiny_processor):
     entry.write_bytes(entry.read_bytes()[:8])  # cut inside the array header
     with pytest.raises(MedVLDataError, match=r"record 'r'.*v.npy.*volume cache file .* is damaged.*medvl data prepare"):
         VolumeCache(tmp_path / "cache").get(str(vol), record="r")
+
+
+def test_load_state_dict_single_sharded_and_bin(tmp_path):
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    from medvl.utils.files import load_state_dict
+
+    tensors = {"a": torch.arange(6.0), "b": torch.ones(2, 2), "c": torch.zeros(3)}
+    single = tmp_path / "single"
+    single.mkdir()
+    save_torch(tensors, single / "model.safetensors")
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    save_torch({"a": tensors["a"]}, sharded / "model-00001-of-00002.safetensors")
+    save_torch({"b": tensors["b"], "c": tensors["c"]}, sharded / "model-00002-of-00002.safetensors")
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    weight_map["c"] = "model-00002-of-00002.safetensors"
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    torch.save(tensors, binary / "pytorch_model.bin")
+    for folder in (single, sharded, binary):
+        loaded = load_state_dict(folder)
+        assert sorted(loaded) == ["a", "b", "c"]
+        assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    (sharded / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(MedVLDataError, match="shard model-00002-of-00002.safetensors named in the weights index"):
+        load_state_dict(sharded)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MedVLDataError, match="no model.safetensors"):
+        load_state_dict(empty)
