@@ -36,8 +36,10 @@ from transformers import (
     AutoImageProcessor,
     AutoModelForCausalLM,
     AutoTokenizer,
+    BaseImageProcessor,
     GenerationConfig,
     PreTrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
@@ -313,8 +315,9 @@ def check_architecture(config: PreTrainedConfig | None, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------- tokenizer
-def _build_tokenizer(spec: ModelSpec):
+def _build_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     tok_spec = spec.tokenizer
+    tokenizer: PreTrainedTokenizerBase
     if tok_spec.source == "train":
         if tok_spec.corpus is not None:
             texts = [line for line in Path(tok_spec.corpus).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -343,13 +346,29 @@ def _build_tokenizer(spec: ModelSpec):
     return tokenizer
 
 
-def _default_image_processor(vision_config: PreTrainedConfig, settings: dict[str, Any]):
+def media_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """``MedVLConfig``'s ``image_token_id`` and ``volume_token_id``: the ids of the media markers.
+
+    Args:
+        tokenizer: a tokenizer holding ``<image>`` and ``<volume>`` as special tokens.
+    """
+    ids: dict[str, int] = {}
+    for field_name, token in (("image_token_id", IMAGE_TOKEN), ("volume_token_id", VOLUME_TOKEN)):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if not isinstance(token_id, int):  # one token in, one id out; a list means a changed transformers API
+            raise TypeError(f"tokenizer.convert_tokens_to_ids({token!r}) returned {token_id!r}, not an id")
+        ids[field_name] = token_id
+    return ids
+
+
+def _default_image_processor(vision_config: PreTrainedConfig, settings: dict[str, Any]) -> BaseImageProcessor:
     """A PIL-backend image processor matching the tower (no torchvision)."""
     import transformers
 
     settings = dict(settings)
     size = vision_config.image_size if isinstance(vision_config.image_size, int) else vision_config.image_size[0]
     class_name = settings.pop("class", None)
+    defaults: dict[str, Any]
     if class_name is None:
         model_type = vision_config.model_type
         if model_type.startswith("siglip"):
@@ -376,8 +395,8 @@ def _default_image_processor(vision_config: PreTrainedConfig, settings: dict[str
     return cls(**settings)
 
 
-def _build_image_processor(spec: ModelSpec, vision_config: PreTrainedConfig | None):
-    if spec.vision is None:
+def _build_image_processor(spec: ModelSpec, vision_config: PreTrainedConfig | None) -> BaseImageProcessor:
+    if spec.vision is None or vision_config is None:
         # no 2D tower: the processor still carries a (unused) image processor slot
         return transformers_default_image_processor()
     settings = spec.vision.image_processor
@@ -390,7 +409,7 @@ def _build_image_processor(spec: ModelSpec, vision_config: PreTrainedConfig | No
     return _default_image_processor(vision_config, settings)
 
 
-def transformers_default_image_processor():
+def transformers_default_image_processor() -> BaseImageProcessor:
     """A SigLIP-style PIL image processor for models without a 2D tower (never used on images)."""
     from transformers import SiglipImageProcessorPil
 
@@ -399,10 +418,10 @@ def transformers_default_image_processor():
 
 def _volume_processor_config(
     spec: ModelSpec, volume_config: PreTrainedConfig | None, clip: str | None = None
-) -> dict | None:
+) -> dict[str, Any] | None:
     """Volume processor settings: the spec's, with shape and channels defaulting to the encoder's input
     (and, for a released 3D CLIP encoder, intensity handling defaulting to its pretraining input's)."""
-    if spec.volume is None:
+    if spec.volume is None or volume_config is None:
         return None
     settings = dict(spec.volume.processor)
     if clip is not None:
@@ -508,6 +527,7 @@ def _volume_clip_kind(spec: ModelSpec) -> str | None:
 
 def _clip_vit3d_config(volume: VolumeSpec, kind: str) -> Vit3DConfig:
     """The ``Vit3DConfig`` of a MedM-CLIP / M3D-CLIP vision encoder (``volume.config`` fields applied on top)."""
+    assert volume.path is not None  # _volume_clip_kind found a 3D CLIP there
     raw = read_json(Path(volume.path) / "config.json", "volume encoder config")
     kwargs = vit3d_config_from_clip(raw, kind)
     kwargs.pop("model_type")
@@ -519,7 +539,7 @@ def _clip_vit3d_config(volume: VolumeSpec, kind: str) -> Vit3DConfig:
 
 # ---------------------------------------------------------------------------- pretrained weights
 def _pretrained_volume_weights(
-    volume: VolumeSpec, encoder: torch.nn.Module, clip: str | None, ctvit_weights: dict[str, torch.Tensor] | None
+    volume: VolumeSpec, encoder: PreTrainedModel, clip: str | None, ctvit_weights: dict[str, torch.Tensor] | None
 ) -> dict[str, torch.Tensor]:
     """The weights in ``volume.path`` under the encoder's own names.
 
@@ -585,17 +605,21 @@ def _load_pretrained_parts(
                 "vision.conv_stem replaces the patch embedding of a tower trained from scratch; a "
                 f"pretrained tower (vision.path {spec.vision.path!r}) keeps its own: drop one of them"
             )
-        tower = type(model.vision_tower).from_pretrained(spec.vision.path).state_dict()
+        tower = model.vision_tower
+        assert isinstance(tower, PreTrainedModel)  # built from vision_config
+        weights = type(tower).from_pretrained(spec.vision.path).state_dict()
         hint = "do vision.config overrides change its architecture?"
-        load_pretrained_weights(model.vision_tower, tower, "vision", spec.vision.path, hint)
+        load_pretrained_weights(tower, weights, "vision", spec.vision.path, hint)
     if spec.volume is not None and spec.volume.path is not None:
-        weights = _pretrained_volume_weights(spec.volume, model.volume_encoder, clip, ctvit_weights)
+        encoder = model.volume_encoder
+        assert isinstance(encoder, PreTrainedModel)  # built from volume_config
+        weights = _pretrained_volume_weights(spec.volume, encoder, clip, ctvit_weights)
         hint = (
             "is config.json right?"
             if ctvit_weights is not None
             else "do volume.config overrides change its architecture?"
         )
-        load_pretrained_weights(model.volume_encoder, weights, "volume", spec.volume.path, hint)
+        load_pretrained_weights(encoder, weights, "volume", spec.volume.path, hint)
 
 
 # ---------------------------------------------------------------------------- model
@@ -627,6 +651,7 @@ def _medvl_config(
     for name, value in (("eos_token_id", tokenizer.eos_token_id), ("pad_token_id", tokenizer.pad_token_id)):
         setattr(text_config, name, value)
     vision, volume = spec.vision, spec.volume
+    token_ids = media_token_ids(tokenizer)
     return MedVLConfig(
         text_config=text_config,
         vision_config=vision_config,
@@ -643,8 +668,8 @@ def _medvl_config(
         volume_feature_select=volume.feature_select if volume else "patch",
         volume_num_slices=volume.num_slices if volume else 32,
         slice_position_embedding=volume.slice_position_embedding if volume else True,
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        volume_token_id=tokenizer.convert_tokens_to_ids(VOLUME_TOKEN),
+        image_token_id=token_ids["image_token_id"],
+        volume_token_id=token_ids["volume_token_id"],
     )
 
 
@@ -676,7 +701,9 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
     torch.manual_seed(spec.seed)
     model = MedVLForConditionalGeneration(config)
     _load_pretrained_parts(model, spec, clip, ctvit_weights)
-    if model.get_input_embeddings().weight.shape[0] < vocab_needed:
+    embeddings = model.get_input_embeddings()
+    assert isinstance(embeddings, torch.nn.Embedding)
+    if embeddings.num_embeddings < vocab_needed:
         logger.info("resizing LLM embeddings to %d tokens for the tokenizer's added tokens", vocab_needed)
         model.resize_token_embeddings(vocab_needed, pad_to_multiple_of=64)
     model.generation_config = GenerationConfig(
@@ -738,6 +765,7 @@ __all__ = [
     "build_model",
     "load_ctclip_folder",
     "load_pretrained_weights",
+    "media_token_ids",
     "load_model_spec",
     "save_checkpoint",
 ]

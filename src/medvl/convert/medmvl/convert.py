@@ -10,6 +10,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.initialization import no_init_weights
 
+from medvl.build import media_token_ids
 from medvl.model_card import write_model_card
 from medvl.models.configuration_medvl import MedVLConfig
 from medvl.models.modeling_medvl import MedVLForConditionalGeneration
@@ -120,7 +121,9 @@ def build_medvl_model(
 
 def _fit_tokenizer(model: MedVLForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> None:
     """Add embedding rows for the media markers when the LLM's vocabulary has no spare rows for them."""
-    rows = model.get_input_embeddings().weight.shape[0]
+    embeddings = model.get_input_embeddings()
+    assert isinstance(embeddings, torch.nn.Embedding)
+    rows = embeddings.num_embeddings
     if len(tokenizer) > rows:
         logger.warning(
             "tokenizer has %d entries but the embedding %d rows; adding rows for the media markers",
@@ -197,10 +200,7 @@ def convert_medmvl(
             llm=parts.llm,
             vision=parts.vision,
             volume=parts.volume,
-            token_ids={
-                "image_token_id": tokenizer.convert_tokens_to_ids("<image>"),
-                "volume_token_id": tokenizer.convert_tokens_to_ids("<volume>"),
-            },
+            token_ids=media_token_ids(tokenizer),
             tower_input=tower_input,
         )
         _fit_tokenizer(model, tokenizer)
