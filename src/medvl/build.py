@@ -272,16 +272,26 @@ def check_architecture(config: PreTrainedConfig | None, what: str) -> None:
     """
     if config is None:
         return
-    prefix = f"{what}.config"
     if what == "llm":
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        _check_causal_lm(config)
+    _check_heads(config, f"{what}.config")
+    _check_patch_grid(config, f"{what}.config")
 
-        model_type = getattr(config, "model_type", None)
-        if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            raise ValueError(
-                f"llm: model_type {model_type!r} is not a causal language model (is llm.path a vision "
-                "tower's folder?); give an LLM such as qwen2, llama, phi3"
-            )
+
+def _check_causal_lm(config: PreTrainedConfig) -> None:
+    """The LLM is a causal language model (not, e.g., a vision tower's folder)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(
+            f"llm: model_type {model_type!r} is not a causal language model (is llm.path a vision "
+            "tower's folder?); give an LLM such as qwen2, llama, phi3"
+        )
+
+
+def _check_heads(config: PreTrainedConfig, prefix: str) -> None:
+    """Attention heads: positive, a multiple of the key/value heads, dividing the hidden size."""
     heads = getattr(config, "num_attention_heads", None)
     kv = getattr(config, "num_key_value_heads", None)
     hidden = getattr(config, "hidden_size", None)
@@ -303,15 +313,20 @@ def check_architecture(config: PreTrainedConfig | None, what: str) -> None:
             f"{prefix}: hidden_size ({hidden}) must be a multiple of num_attention_heads ({heads}) "
             f"(head size = hidden_size / heads); valid num_attention_heads for {hidden}: {_divisors(hidden)}"
         )
+
+
+def _check_patch_grid(config: PreTrainedConfig, prefix: str) -> None:
+    """Image / volume sizes are whole multiples of the patch size in every dimension."""
     size, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
-    if size is not None and patch is not None:
-        sizes = list(size) if isinstance(size, (list, tuple)) else [size]
-        patches = list(patch) if isinstance(patch, (list, tuple)) else [patch] * len(sizes)
-        if len(patches) == len(sizes) and any(int(p) <= 0 or int(n) % int(p) for n, p in zip(sizes, patches)):
-            raise ValueError(
-                f"{prefix}: image_size {size} must be a multiple of patch_size {patch} in every dimension "
-                "(the encoder cuts the input into whole patches)"
-            )
+    if size is None or patch is None:
+        return
+    sizes = list(size) if isinstance(size, (list, tuple)) else [size]
+    patches = list(patch) if isinstance(patch, (list, tuple)) else [patch] * len(sizes)
+    if len(patches) == len(sizes) and any(int(p) <= 0 or int(n) % int(p) for n, p in zip(sizes, patches)):
+        raise ValueError(
+            f"{prefix}: image_size {size} must be a multiple of patch_size {patch} in every dimension "
+            "(the encoder cuts the input into whole patches)"
+        )
 
 
 # ---------------------------------------------------------------------------- tokenizer
@@ -472,32 +487,40 @@ def load_ctclip_folder(
         raise FileNotFoundError(f"{folder}: no CT-CLIP weights file ({', '.join(CTVIT_WEIGHT_SUFFIXES)})")
     if len(files) > 1:
         raise ValueError(f"{folder}: several weights files {[p.name for p in files]}; keep exactly one")
-    overrides = dict(overrides or {})
+    return _ctclip_config(folder, dict(overrides or {})), ctvit_state_dict_from_ctclip(_ctclip_weights(files[0]))
+
+
+def _ctclip_config(folder: Path, overrides: dict[str, Any]) -> CTViTConfig:
+    """The folder's ``config.json`` (a medvl ``CTViTConfig`` or CTViT's constructor arguments), else the
+    released CT-CLIP arguments; ``overrides`` on top."""
     config_file = folder / "config.json"
-    if config_file.is_file():
-        settings = read_json(config_file, "CTViT config")
-        if "model_type" in settings:  # a medvl CTViTConfig (CTViTModel.save_pretrained)
-            if settings["model_type"] != CTViTConfig.model_type:
-                raise ValueError(
-                    f"{config_file}: model_type {settings['model_type']!r} is not a CTViT "
-                    f"({CTViTConfig.model_type!r}); without model_type it holds CTViT's "
-                    "constructor arguments"
-                )
-            config = CTViTConfig.from_dict({**settings, **overrides})
-        else:
-            num_frames = int(overrides.pop("num_frames", CTViTConfig.num_frames))
-            config = CTViTConfig.from_ctclip_kwargs({**settings, **overrides}, num_frames=num_frames)
-    else:
+    if not config_file.is_file():
         logger.info(
             "%s has no config.json: using the released CT-CLIP CTViT arguments %s", folder, CTCLIP_RELEASED_KWARGS
         )
         num_frames = int(overrides.pop("num_frames", CTViTConfig.num_frames))
-        config = CTViTConfig.from_ctclip_kwargs({**CTCLIP_RELEASED_KWARGS, **overrides}, num_frames=num_frames)
-    weights_file = files[0]
+        return CTViTConfig.from_ctclip_kwargs({**CTCLIP_RELEASED_KWARGS, **overrides}, num_frames=num_frames)
+    settings = read_json(config_file, "CTViT config")
+    if "model_type" not in settings:
+        num_frames = int(overrides.pop("num_frames", CTViTConfig.num_frames))
+        return CTViTConfig.from_ctclip_kwargs({**settings, **overrides}, num_frames=num_frames)
+    if settings["model_type"] != CTViTConfig.model_type:  # a medvl CTViTConfig (CTViTModel.save_pretrained)
+        raise ValueError(
+            f"{config_file}: model_type {settings['model_type']!r} is not a CTViT "
+            f"({CTViTConfig.model_type!r}); without model_type it holds CTViT's "
+            "constructor arguments"
+        )
+    return CTViTConfig.from_dict({**settings, **overrides})
+
+
+def _ctclip_weights(weights_file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one CT-CLIP weights file (safetensors, or a ``torch.save`` state dict, possibly
+    wrapped as ``{"state_dict": ...}``)."""
+    state_dict: object
     if weights_file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        check_weights(folder)  # a truncated file: an error naming it, not safetensors' header message
+        check_weights(weights_file.parent)  # a truncated file: an error naming it, not safetensors' header message
         state_dict = load_file(str(weights_file))
     else:
         state_dict = torch.load(str(weights_file), map_location="cpu", weights_only=True)
@@ -505,7 +528,7 @@ def load_ctclip_folder(
             state_dict = state_dict["state_dict"]
     if not isinstance(state_dict, dict) or not state_dict or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise ValueError(f"{weights_file}: expected a state dict (name -> tensor), got {type(state_dict).__name__}")
-    return config, ctvit_state_dict_from_ctclip(state_dict)
+    return state_dict
 
 
 # ---------------------------------------------------------------------------- released 3D CLIP encoders
