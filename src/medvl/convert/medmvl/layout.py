@@ -113,14 +113,6 @@ class EncoderSpec:
     connector_type: str
     connector_name: str
 
-    @property
-    def mlp_depth(self) -> int:
-        return parse_mlp_name(self.connector_name)[0]
-
-    @property
-    def mlp_act(self) -> str:
-        return parse_mlp_name(self.connector_name)[1]
-
 
 @dataclass
 class MedMVLLayout:

@@ -51,7 +51,7 @@ def medmvl_tokenizer(parts: MedMVLParts, src: Path) -> PreTrainedTokenizerBase:
     return tok
 
 
-def image_processor(spec: EncoderSpec, folder: Path) -> BaseImageProcessor:
+def tower_image_processor(spec: EncoderSpec, folder: Path) -> BaseImageProcessor:
     """The tower's image processor, PIL backend (never torchvision), from its preprocessor_config.json.
 
     Args:
@@ -65,7 +65,7 @@ def image_processor(spec: EncoderSpec, folder: Path) -> BaseImageProcessor:
     return cls(**settings)
 
 
-def volume_processor_settings(layout: MedMVLLayout, config: MedVLConfig) -> dict[str, Any] | None:
+def medmvl_volume_processor_settings(layout: MedMVLLayout, config: MedVLConfig) -> dict[str, Any] | None:
     """``MedVLVolumeProcessor`` settings that reproduce MedM-VL's CT preprocessing for this layout.
 
     Args:
@@ -96,14 +96,14 @@ def medmvl_processor(
     """
     template, _ = resolve_template("medmvl", tokenizer)
     if layout.image is not None and parts.vision is not None:
-        images = image_processor(layout.image, parts.vision)
+        images = tower_image_processor(layout.image, parts.vision)
     else:  # a model without a 2D tower still fills the processor's (unused) image processor slot
         images = transformers_default_image_processor()
     return MedVLProcessor(
         image_processor=images,
         tokenizer=tokenizer,
         chat_template=template,
-        volume_processor_config=volume_processor_settings(layout, config),
+        volume_processor_config=medmvl_volume_processor_settings(layout, config),
         num_image_tokens=config.num_image_tokens,
         num_volume_tokens=config.num_volume_tokens,
     )
