@@ -582,3 +582,57 @@ def test_weights_outside_the_key_table_are_named(tmp_path: Path) -> None:
     save_file({**weights, "connector_image.connector.4.weight": torch.zeros(64, 64)}, src / "model.safetensors")
     with pytest.raises(MedMVLConversionError, match=r"unexpected \['image_connector\.mlp\.4\.weight'\]"):
         build_medvl_model(src, llm=QWEN, vision=tmp_path / "clip-tiny", token_ids=ids)
+
+
+def test_a_new_layout_is_table_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2D tower type MedM-VL never shipped (DINOv2) converts after one ENCODER_TYPES entry, no code branch."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from medvl.convert.medmvl import MedMVLConversionError, convert_medmvl
+    from medvl.convert.medmvl.layout import ENCODER_TYPES, EncoderType
+    from medvl.inference import load_model
+
+    vision = tmp_path / "dinov2-tiny"
+    vision.mkdir()
+    vcfg = Dinov2Config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+    )
+    vcfg.save_pretrained(vision)
+    (vision / "preprocessor_config.json").write_text(
+        json.dumps({"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}})
+    )
+    torch.manual_seed(7)
+    tower = Dinov2Model(vcfg)
+    weights = _llm_weights(8)
+    weights.update({"encoder_image.encoder." + k: v for k, v in tower.state_dict().items()})  # no vision_model. level
+    weights.update(_connector_weights("connector_image.", 32, 64))
+    config = {
+        **_NULL_3D,
+        "lvlm_llm_type": "qwen2",
+        "lvlm_llm_name_or_path": str(QWEN),
+        "lvlm_encoder_image_type": "dinov2",
+        "lvlm_encoder_image_name_or_path": str(vision),
+        "lvlm_encoder_image_select_layer": -1,
+        "lvlm_encoder_image_select_feature": "patch",
+        "lvlm_connector_image_type": "mlp",
+        "lvlm_connector_image_name": "mlp2x_gelu",
+    }
+    src = _write(tmp_path / "ckpt", config, weights)
+    with pytest.raises(MedMVLConversionError, match="lvlm_encoder_image_type='dinov2' is not supported"):
+        convert_medmvl(src, tmp_path / "refused")
+    monkeypatch.setitem(ENCODER_TYPES, "dinov2", EncoderType("image", image_processor="BitImageProcessorPil"))
+    model, processor = load_model(convert_medmvl(src, tmp_path / "out"), device="cpu")
+    assert type(model.vision_tower).__name__ == "Dinov2Model"
+    assert type(processor.image_processor).__name__ == "BitImageProcessorPil"
+    assert model.config.num_image_tokens == 16  # 4x4 patches, CLS dropped
+    ours = model.vision_tower.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in tower.state_dict().items())
+    torch.manual_seed(9)
+    px = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():  # MedM-VL's rule: hidden_states[select_layer] (no final norm), CLS dropped, then the MLP
+        features = tower(px, output_hidden_states=True).hidden_states[-1][:, 1:]
+        w = {k: weights[f"connector_image.connector.{k}"] for k in ("0.weight", "0.bias", "2.weight", "2.bias")}
+        hidden = torch.nn.functional.gelu(features @ w["0.weight"].T + w["0.bias"])
+        expected = hidden @ w["2.weight"].T + w["2.bias"]
+        got = model.get_image_features(px)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -38,7 +38,8 @@ as ``encoder_image.encoder.*`` by a Hugging Face ``Dinov2Model``::
     # layout.py
     ENCODER_TYPES["dinov2"] = EncoderType("image", image_processor="BitImageProcessorPil")
 
-and its weights already map through ``KEY_TABLE["image"]``. A connector ``qformer`` with its own
+and its weights already map through ``KEY_TABLE["image"]`` (``tests/test_convert_medmvl.py`` converts
+such a checkpoint after adding just that entry). A connector ``qformer`` with its own
 weights under ``connector_image.qformer.*``::
 
     # layout.py
