@@ -21,6 +21,11 @@ CT-CLIP's encoder: ``volume: {encoder: ctvit, path: DIR}`` where DIR holds CT-CL
 weights (one ``.pt``/``.pth`` or ``.safetensors`` file: a ``CTViT.state_dict()``, or a full CT-CLIP
 state dict whose ``visual_transformer.*`` part is taken) and optionally a ``config.json`` of CTViT's
 constructor arguments (without it: the released CT-CLIP arguments, ``CTCLIP_RELEASED_KWARGS``).
+
+Every part with a ``path`` goes through one loader, :func:`load_pretrained_weights` (every tensor of the
+part, same shapes, nothing extra). Where a release names its weights differently, the key table lives
+with the model: CT-CLIP's in ``models/ctvit.py``, MedM-CLIP's and M3D-CLIP's in ``models/vit3d.py``
+(``VIT3D_KEY_TABLES``).
 """
 
 from __future__ import annotations

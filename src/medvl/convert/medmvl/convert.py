@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _decide_tie(state_dict: dict[str, torch.Tensor], text_config: dict) -> bool:
+def _decide_tie(state_dict: dict[str, torch.Tensor], text_config: dict[str, Any]) -> bool:
     """Tie when the LLM config says so and the checkpoint's lm_head is absent or equal to the embeddings.
 
     An identical stored copy (DeepSpeed saves both) is removed from ``state_dict``; a differing one
