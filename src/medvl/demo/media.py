@@ -15,7 +15,8 @@ from pathlib import Path
 from PIL import Image
 
 from medvl.errors import MedVLDataError
-from medvl.imaging.image2d import is_dicom_file, load_image
+from medvl.imaging.dicom import is_dicom_file
+from medvl.imaging.image2d import load_image
 from medvl.imaging.volume3d import Volume, load_volume, unzip_dicom_series
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

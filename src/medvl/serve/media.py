@@ -38,7 +38,8 @@ import numpy as np
 from PIL import Image
 
 from medvl.errors import MedVLDataError
-from medvl.imaging.image2d import is_dicom_file, load_image, record_window
+from medvl.imaging.dicom import is_dicom_file
+from medvl.imaging.image2d import load_image, record_window
 from medvl.imaging.volume3d import ArchiveTooLargeError, Volume, load_volume, unzip_dicom_series
 from medvl.serve.schema import APIError, MediaRef, bad_request
 
