@@ -417,11 +417,8 @@ def _volume_processor_config(
         if volume_config.model_type.startswith("siglip"):  # SigLIP towers expect [-1, 1] pixels
             settings.setdefault("image_mean", 0.5)
             settings.setdefault("image_std", 0.5)
-    try:
-        from medvl.models.volume_processing_medvl import MedVLVolumeProcessor
-    except ImportError:
-        logger.warning("medvl.models.volume_processing_medvl is missing: volume processor settings stored unchecked")
-        return settings
+    from medvl.models.volume_processing_medvl import MedVLVolumeProcessor
+
     return MedVLVolumeProcessor(**settings).to_dict()
 
 
