@@ -14,7 +14,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from medvl.errors import MedVLDataError
+from medvl.imaging import load_volume
 from medvl.imaging.dicom import (
+    ArchiveTooLargeError,
     frame_attribute,
     frame_view,
     is_dicom_file,
@@ -22,9 +24,11 @@ from medvl.imaging.dicom import (
     read_dicom,
     read_dicom_image,
     read_dicom_volume,
+    unzip_dicom_series,
 )
 
 DATA_STORE = Path(pydicom.__file__).resolve().parent.parent / "data_store" / "data"  # the pydicom-data package
+CT_SERIES = Path(pydicom.__file__).resolve().parent / "data" / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
 
 
 def write_dicom(
@@ -311,3 +315,32 @@ def test_is_dicom_file_by_name_or_magic(tmp_path):
     assert is_dicom_file(path) and is_dicom_file(tmp_path / "missing.dcm")
     (tmp_path / "x.bin").write_bytes(b"\0" * 200)
     assert not is_dicom_file(tmp_path / "x.bin")
+
+
+# ---------------------------------------------------------------- zipped series (uploads)
+
+
+def test_unzip_dicom_series_is_bounded_and_picks_the_series_folder(tmp_path):
+    """The shared unzip of the server and the demo: streamed byte budget, member cap, member names that
+    never become paths, and the folder with the most files as the series."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(CT_SERIES.iterdir()):
+            z.write(f, f"export/CT5N/{f.name}")
+        z.writestr("../../escaped.txt", b"x")
+        z.writestr("__MACOSX/._junk", b"y")
+    data = buf.getvalue()
+    series = unzip_dicom_series(data, tmp_path / "out", max_bytes=10 << 20)
+    assert len(list(series.iterdir())) == len(list(CT_SERIES.iterdir()))
+    np.testing.assert_array_equal(load_volume(series).array, load_volume(CT_SERIES).array)
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path.parent / "escaped.txt").exists()
+    total = sum(f.stat().st_size for f in CT_SERIES.iterdir())
+    with pytest.raises(ArchiveTooLargeError, match="unpacks to more than"):
+        unzip_dicom_series(data, tmp_path / "small", max_bytes=total // 2)
+    with pytest.raises(ArchiveTooLargeError, match="holds 7 files"):
+        unzip_dicom_series(data, tmp_path / "few", max_bytes=10 << 20, max_members=3)
+    with pytest.raises(MedVLDataError, match="not a readable ZIP"):
+        unzip_dicom_series(b"PK\x03\x04 nope", tmp_path / "bad", max_bytes=1 << 20)

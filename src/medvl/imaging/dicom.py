@@ -2,7 +2,8 @@
 
 The one DICOM module of medvl: the 2D loader (:mod:`medvl.imaging.image2d`) renders a file's first
 frame as 8 bits with :func:`read_dicom_image`, the 3D loader (:mod:`medvl.imaging.volume3d`) stacks
-the planes of a series folder or a multi-frame file into a volume with :func:`read_dicom_volume`.
+the planes of a series folder or a multi-frame file into a volume with :func:`read_dicom_volume`, and
+the server and the demo unpack an uploaded zipped series with :func:`unzip_dicom_series`.
 
 Pixel values, in DICOM's order (PS3.4 N.2):
 
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,7 +181,7 @@ def dicom_pixel_array(ds: Dataset, path: Path, record: str | int | None, frame: 
         ) from exc
 
 
-def _present(value: Any) -> bool:
+def _present(value: Any) -> bool:  # a DICOM value: number, string, multi-value, sequence, ...
     """False for a missing or empty DICOM value (None, "", an empty sequence or multi-value)."""
     if value is None:
         return False
@@ -376,12 +377,18 @@ class _Plane:
     load: Callable[[], np.ndarray]  # -> float32 (rows, columns) after the modality LUT
 
 
-def _floats(values: Any) -> np.ndarray:
+def _floats(values: Iterable[float]) -> np.ndarray:
     return np.asarray([float(v) for v in values], dtype=np.float64)
 
 
 def _plane(
-    ds: Dataset, frame: int, name: str, shape: tuple[int, int], load: Callable[[], np.ndarray], where: str, record: Any
+    ds: Dataset,
+    frame: int,
+    name: str,
+    shape: tuple[int, int],
+    load: Callable[[], np.ndarray],
+    where: str,
+    record: str | int | None,
 ) -> _Plane:
     """A plane's geometry from its file (classic) or its functional groups (enhanced)."""
     values = {}
@@ -576,8 +583,72 @@ def _assemble(planes: list[_Plane], source: str, record: str | int | None) -> tu
     return np.ascontiguousarray(array), LPS_TO_RAS @ affine_lps
 
 
+# ---------------------------------------------------------------- zipped DICOM series (uploads)
+
+
+class ArchiveTooLargeError(MedVLDataError):
+    """A zipped series that holds more files or unpacks to more bytes than allowed."""
+
+
+def unzip_dicom_series(
+    source: str | Path | bytes, dest: str | Path, *, max_bytes: int, max_members: int = 4096, name: str | None = None
+) -> Path:
+    """Unpack a zipped DICOM series safely; returns the folder of the series (the one with the most files).
+
+    Members are written under numbered names, grouped by their folder in the archive, so no member name
+    ever becomes a path (no traversal out of ``dest``); macOS metadata, hidden files and DICOMDIR are
+    skipped. The bytes written are counted as they are streamed, whatever sizes the archive declares.
+
+    Args:
+        source: the ZIP file or its bytes.
+        dest: an empty or missing folder to unpack into.
+        max_bytes: most bytes unpacked in all.
+        max_members: most files in the archive.
+        name: the upload's name for messages (default: ``source`` when it is a path).
+
+    Raises:
+        ArchiveTooLargeError: too many files or bytes.
+        MedVLDataError: not a readable archive, or one without files.
+    """
+    import io
+    import zipfile
+    import zlib
+
+    label = name or (str(source) if not isinstance(source, bytes) else "the zip archive")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    counts: dict[Path, int] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            if len(members) > max_members:
+                raise ArchiveTooLargeError(f"the zip holds {len(members)} files (at most {max_members})", path=label)
+            groups: dict[str, Path] = {}
+            written = 0
+            for n, member in enumerate(members):
+                parts = member.filename.replace("\\", "/").split("/")
+                if parts[-1].startswith(".") or "__MACOSX" in parts or parts[-1].upper() == "DICOMDIR":
+                    continue
+                folder = groups.setdefault("/".join(parts[:-1]), dest / f"{len(groups):04d}")
+                folder.mkdir(exist_ok=True)
+                with archive.open(member) as src, open(folder / f"{n:05d}.dcm", "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise ArchiveTooLargeError(f"the zip unpacks to more than {max_bytes} bytes", path=label)
+                        dst.write(chunk)
+                counts[folder] = counts.get(folder, 0) + 1
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, zlib.error) as err:
+        raise MedVLDataError(f"not a readable ZIP archive: {err}", path=label) from None
+    if not counts:
+        raise MedVLDataError("the ZIP archive holds no files", path=label)
+    # archives often wrap the series in one or more folders, or carry a few extra files beside it
+    return max(counts, key=lambda folder: counts[folder])
+
+
 __all__ = [
     "FUNCTIONAL_GROUPS",
+    "ArchiveTooLargeError",
     "LPS_TO_RAS",
     "dicom_image_size",
     "dicom_pixel_array",
@@ -589,4 +660,5 @@ __all__ = [
     "read_dicom",
     "read_dicom_image",
     "read_dicom_volume",
+    "unzip_dicom_series",
 ]

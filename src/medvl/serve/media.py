@@ -38,9 +38,9 @@ import numpy as np
 from PIL import Image
 
 from medvl.errors import MedVLDataError
-from medvl.imaging.dicom import is_dicom_file
+from medvl.imaging.dicom import ArchiveTooLargeError, is_dicom_file, unzip_dicom_series
 from medvl.imaging.image2d import load_image, record_window
-from medvl.imaging.volume3d import ArchiveTooLargeError, Volume, load_volume, unzip_dicom_series
+from medvl.imaging.volume3d import Volume, load_volume
 from medvl.serve.schema import APIError, MediaRef, bad_request
 
 logger = logging.getLogger(__name__)
