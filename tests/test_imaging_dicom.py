@@ -19,6 +19,7 @@ from medvl.imaging.dicom import (
     ArchiveTooLargeError,
     frame_attribute,
     frame_view,
+    header_pixel_count,
     is_dicom_file,
     modality_values,
     read_dicom,
@@ -344,3 +345,10 @@ def test_unzip_dicom_series_is_bounded_and_picks_the_series_folder(tmp_path):
         unzip_dicom_series(data, tmp_path / "few", max_bytes=10 << 20, max_members=3)
     with pytest.raises(MedVLDataError, match="not a readable ZIP"):
         unzip_dicom_series(b"PK\x03\x04 nope", tmp_path / "bad", max_bytes=1 << 20)
+
+
+def test_header_pixel_count_reads_no_pixel_data(tmp_path):
+    path = write_dicom(tmp_path / "cine.dcm", np.zeros((4, 3, 5), np.int16))  # 4 frames of 3 x 5
+    assert header_pixel_count(path) == 60
+    (tmp_path / "junk.dcm").write_bytes(b"\0" * 40)
+    assert header_pixel_count(tmp_path / "junk.dcm") is None

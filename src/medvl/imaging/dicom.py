@@ -154,6 +154,21 @@ def number_of_frames(ds: Dataset) -> int:
     return int(ds.get("NumberOfFrames", 1) or 1)
 
 
+def header_pixel_count(path: Path) -> int | None:
+    """Rows x Columns x frames from the header alone, no pixel data read; None for an unreadable file.
+
+    The server checks an upload against its size limits with it before anything is decoded.
+
+    Args:
+        path: DICOM file.
+    """
+    try:
+        ds = read_dicom(path, None, stop_before_pixels=True)
+        return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * number_of_frames(ds)
+    except (MedVLDataError, TypeError, ValueError):  # unreadable: the loader reports it precisely
+        return None
+
+
 def dicom_pixel_array(ds: Dataset, path: Path, record: str | int | None, frame: int | None = None) -> np.ndarray:
     """Decoded stored pixel values of a DICOM dataset, with medvl errors.
 
@@ -654,6 +669,7 @@ __all__ = [
     "dicom_pixel_array",
     "frame_attribute",
     "frame_view",
+    "header_pixel_count",
     "is_dicom_file",
     "modality_values",
     "number_of_frames",
