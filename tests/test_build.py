@@ -52,6 +52,7 @@ def test_tiny_yaml_checkpoint_is_self_contained(tiny_model_dir, tiny_processor):
         "vit3d.py",
         "connectors.py",
         "volume_processing_medvl.py",
+        "windows.py",
         "generation_config.json",
     ):
         assert name in files, name

@@ -1,4 +1,4 @@
-"""Tests for medvl.imaging.image2d (load_image) and medvl.imaging.windows on real and synthetic files."""
+"""Tests for medvl.imaging.image2d (load_image) on real and synthetic files."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from PIL import Image
 from pydicom.pixels import apply_voi_lut
 
 from medvl.errors import MedVLDataError
-from medvl.imaging import apply_window_uint8, load_image
-from medvl.imaging.image2d import is_dicom_file
+from medvl.imaging import load_image
+from medvl.imaging.dicom import is_dicom_file
 
 DATA_STORE = Path(pydicom.__file__).resolve().parent.parent / "data_store" / "data"  # the pydicom-data package
 CHEST_XRAY = DATA_STORE / "RG1_UNCR.dcm"  # 1955 x 1841 computed radiograph, MONOCHROME1
@@ -193,11 +193,6 @@ def test_dicom_sniffed_without_suffix(tmp_path):
     target.write_bytes(CT_SMALL.read_bytes())
     assert is_dicom_file(target)
     assert np.array_equal(np.array(load_image(target)), np.array(load_image(CT_SMALL)))
-
-
-def test_apply_window_uint8_edges():
-    assert apply_window_uint8(np.array([-1000.0, 0.0, 1000.0]), "wide").tolist() == [0, 128, 255]
-    assert apply_window_uint8(np.array([-160.0, 240.0]), "mediastinum").tolist() == [0, 255]
 
 
 def _png_with_sbit(path, values: np.ndarray, sbit: int | None) -> None:

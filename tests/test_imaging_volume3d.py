@@ -371,31 +371,3 @@ def test_medmvl_mode_reads_unit_volumes_as_its_hu_window_would():
     from_hu = proc([Volume(array=hu, affine=spl)])["volume_values"].numpy()
     np.testing.assert_array_equal(from_unit, from_hu)
     np.testing.assert_allclose(from_unit[0, 0], (np.floor(levels) / 255 - 0.5) / 0.5, atol=1e-6)
-
-
-def test_unzip_dicom_series_is_bounded_and_picks_the_series_folder(tmp_path):
-    """The shared unzip of the server and the demo: streamed byte budget, member cap, member names that
-    never become paths, and the folder with the most files as the series."""
-    import io
-    import zipfile
-
-    from medvl.imaging.volume3d import ArchiveTooLargeError, unzip_dicom_series
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for f in sorted(CT_SERIES.iterdir()):
-            z.write(f, f"export/CT5N/{f.name}")
-        z.writestr("../../escaped.txt", b"x")
-        z.writestr("__MACOSX/._junk", b"y")
-    data = buf.getvalue()
-    series = unzip_dicom_series(data, tmp_path / "out", max_bytes=10 << 20)
-    assert len(list(series.iterdir())) == len(list(CT_SERIES.iterdir()))
-    np.testing.assert_array_equal(load_volume(series).array, load_volume(CT_SERIES).array)
-    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path.parent / "escaped.txt").exists()
-    total = sum(f.stat().st_size for f in CT_SERIES.iterdir())
-    with pytest.raises(ArchiveTooLargeError, match="unpacks to more than"):
-        unzip_dicom_series(data, tmp_path / "small", max_bytes=total // 2)
-    with pytest.raises(ArchiveTooLargeError, match="holds 7 files"):
-        unzip_dicom_series(data, tmp_path / "few", max_bytes=10 << 20, max_members=3)
-    with pytest.raises(MedVLDataError, match="not a readable ZIP"):
-        unzip_dicom_series(b"PK\x03\x04 nope", tmp_path / "bad", max_bytes=1 << 20)

@@ -11,12 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from medvl.models.volume_processing_medvl import (
-    HU_WINDOWS,
-    MedVLVolumeProcessor,
-    axcodes_affine,
-    resolve_window,
-)
+from medvl.models.volume_processing_medvl import MedVLVolumeProcessor, axcodes_affine
 from tests.conftest import fixture_path
 
 FIXTURE = fixture_path("medmvl", "medmvl-ct-siglip-attnpool")
@@ -219,15 +214,11 @@ def test_three_identical_channels_without_channel_windows():
     assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 0], out[:, 2])
 
 
-def test_window_presets_and_errors():
-    assert resolve_window("lung") == (-600.0, 1500.0)
-    assert resolve_window("wide") == (0.0, 2000.0)
-    assert resolve_window("custom:40,400") == (40.0, 400.0)
-    assert set(HU_WINDOWS) == {"lung", "mediastinum", "abdomen", "bone", "wide"}
+def test_unknown_window_setting_lists_the_presets():
     with pytest.raises(ValueError, match="lung, mediastinum, abdomen, bone, wide"):
-        resolve_window("lungs")
+        MedVLVolumeProcessor(window="lungs")
     with pytest.raises(ValueError, match="width must be > 0"):
-        resolve_window((40, 0))
+        MedVLVolumeProcessor(channels=3, channel_windows=["lung", (40, 0), "bone"])
 
 
 # ---------------------------------------------------------------- settings round trip
@@ -289,9 +280,10 @@ def test_not_3d_is_an_error():
         MedVLVolumeProcessor()(np.zeros((2, 4, 4, 4), np.float32))
 
 
-def test_module_is_remote_code_safe():
-    """The file is copied into checkpoints: only numpy/scipy/torch/monai/transformers + stdlib imports."""
-    source = Path(__file__).resolve().parents[1] / "src" / "medvl" / "models" / "volume_processing_medvl.py"
+@pytest.mark.parametrize("name", ["volume_processing_medvl.py", "windows.py"])
+def test_module_is_remote_code_safe(name):
+    """Copied into checkpoints: only numpy/scipy/torch/monai/transformers, stdlib, and siblings relatively."""
+    models = Path(__file__).resolve().parents[1] / "src" / "medvl" / "models"
     allowed = {
         "numpy",
         "scipy",
@@ -307,11 +299,14 @@ def test_module_is_remote_code_safe():
         "typing",
         "inspect",
     }
-    for node in ast.walk(ast.parse(source.read_text())):
+    for node in ast.walk(ast.parse((models / name).read_text())):
         if isinstance(node, ast.Import):
             roots = {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            # a sibling in models/: transformers copies it into the checkpoint with this file
+            assert node.level == 1 and (models / f"{node.module}.py").is_file(), node.module
+            continue
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "no relative imports"
             roots = {node.module.split(".")[0]}
         else:
             continue

@@ -675,10 +675,7 @@ def bench_volume(sizes: BenchSizes, bandwidth_gbs: float | None, workdir: str | 
 def _bench_volume_cache(
     processor: Any, path: Path, sizes: BenchSizes, cache_dir: Path, raw: dict[str, Any]
 ) -> dict[str, Any]:
-    try:
-        from medvl.data.prepare import VolumeCache, prepare_volumes
-    except ImportError as err:  # the cache is optional: report why it was not measured
-        return {"available": False, "reason": f"medvl.data.prepare unavailable: {err}"}
+    from medvl.data.prepare import VolumeCache, prepare_volumes
     from medvl.data.records import Record
 
     record = Record("bench-ct", [{"role": "user", "content": "<volume>"}], volumes=[str(path)])

@@ -109,20 +109,10 @@ _BAD_PATH_ERRNOS = {
 
 def _library_load_errors() -> tuple[type[BaseException], ...]:
     """Exception types that third-party readers raise for a malformed file (imported lazily)."""
-    types: list[type[BaseException]] = []
-    try:
-        from safetensors import SafetensorError
+    import yaml
+    from safetensors import SafetensorError
 
-        types.append(SafetensorError)
-    except ImportError:  # pragma: no cover - safetensors ships with transformers
-        pass
-    try:
-        import yaml
-
-        types.append(yaml.YAMLError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(types)
+    return (SafetensorError, yaml.YAMLError)
 
 
 def classify_error(err: BaseException) -> tuple[int, str]:

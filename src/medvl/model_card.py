@@ -45,10 +45,8 @@ def data_licence(name: str) -> tuple[str, str] | None:
     Args:
         name: a data set name or path.
     """
-    try:
-        from medvl.eval.tasks import TASKS
-    except ImportError:  # pragma: no cover - the eval package is part of medvl
-        return None
+    from medvl.eval.tasks import TASKS
+
     key = _squash(name)
     # longest names first: "m3d_vqa_closed" before "m3d"
     for task in sorted(TASKS.values(), key=lambda t: -len(t.name)):

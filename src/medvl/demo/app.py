@@ -25,8 +25,8 @@ from medvl.demo.examples import ExampleCases
 from medvl.demo.media import UPLOAD_SUFFIXES, Upload, load_upload
 from medvl.demo.viewer import PLANES, WINDOW_CHOICES, OrientedVolume, montage, orient_for_view, render_plane
 from medvl.errors import MedVLDataError
-from medvl.imaging.windows import HU_WINDOWS
 from medvl.inference import EncodedMedia, encode_media, stream_chat
+from medvl.models.windows import HU_WINDOWS
 
 # Gradio phones home for analytics unless told otherwise; a hospital demo must not.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

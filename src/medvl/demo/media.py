@@ -15,8 +15,9 @@ from pathlib import Path
 from PIL import Image
 
 from medvl.errors import MedVLDataError
-from medvl.imaging.image2d import is_dicom_file, load_image
-from medvl.imaging.volume3d import Volume, load_volume, unzip_dicom_series
+from medvl.imaging.dicom import is_dicom_file, unzip_dicom_series
+from medvl.imaging.image2d import load_image
+from medvl.imaging.volume3d import Volume, load_volume
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy", ".npz", ".zip")

@@ -10,7 +10,7 @@ radiologists read them:
 - sagittal: superior at the top, anterior on the image's LEFT.
 
 Each plane is resampled to its physical aspect ratio (voxel spacing), windowed with
-:func:`medvl.imaging.windows.apply_window_uint8`, and labelled with its side letters (R/L, A/P, S/I).
+:func:`medvl.models.windows.apply_window_uint8`, and labelled with its side letters (R/L, A/P, S/I).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from medvl.imaging.volume3d import Volume
-from medvl.imaging.windows import HU_WINDOWS, apply_window_uint8
+from medvl.models.windows import HU_WINDOWS, apply_window_uint8
 
 PLANES = ("axial", "coronal", "sagittal")
 VIEW_AXCODES = "SPL"

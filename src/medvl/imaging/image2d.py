@@ -13,20 +13,16 @@ Intensity rules (all fixed per file format, never silently per image):
 * The window comes from the record (``"window": [center, width]`` / a preset / ``"minmax"`` in a
   native record, kept in ``meta["window"]``) or its data set (a registry entry's ``window:``, or
   ``medvl infer --window`` / ``data.image_window``); see :func:`record_window`.
-* DICOM (pydicom): the modality LUT is applied first (Rescale Slope/Intercept or a Modality LUT
-  Sequence; CT values become HU). Then the VOI: ``window=None`` uses the file's own VOI (VOI LUT
-  Sequence, else the first Window Center/Width with DICOM's LINEAR function); without one, CT uses
-  the ``"wide"`` HU window (-1000..1000) and other modalities (MR, US, ...: no absolute intensity
-  scale) their own min..max. A preset
-  name / custom window / ``"minmax"`` overrides the file. MONOCHROME1 is inverted after windowing so
-  that dense tissue is bright. Colour DICOM (RGB, YBR, palette) is converted to RGB. Multi-frame
-  files give their first frame (logged).
+* DICOM: :func:`medvl.imaging.dicom.read_dicom_image` (modality LUT, then the file's own VOI or the
+  window asked for, MONOCHROME1 inverted, colour to RGB; CT without a VOI in the file gets the
+  ``"wide"`` HU window, other modalities their min..max). Multi-frame files give their first frame
+  (logged).
+* Windows and presets: :mod:`medvl.models.windows` (shared with the volume processor).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,29 +30,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medvl.errors import MedVLDataError
-from medvl.imaging.windows import apply_window_uint8, window_bounds
+from medvl.imaging.dicom import dicom_image_size, is_dicom_file, read_dicom, read_dicom_image
+from medvl.models.windows import MINMAX, WindowSpec, apply_window_uint8, scale_to_uint8, window_bounds
 
 logger = logging.getLogger(__name__)
 
-DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
-WindowArg = str | Sequence[float] | dict[str, float] | None
-
-
-def is_dicom_file(path: str | Path) -> bool:
-    """True for a ``.dcm``/``.dicom`` name or a file with the ``DICM`` magic at byte 128.
-
-    Args:
-        path: file to test (must exist to be sniffed).
-    """
-    path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
+# the window of a 2D load: None (the format's fixed rule), "minmax" or a window
+WindowArg = WindowSpec | None
 
 
 def record_window(meta: dict[str, Any], record: str | int | None = None, path: str | None = None) -> WindowArg:
@@ -73,7 +53,7 @@ def record_window(meta: dict[str, Any], record: str | int | None = None, path: s
     window = meta.get("window") if isinstance(meta, dict) else None
     if isinstance(window, list):
         window = tuple(window)
-    if window is not None and window != "minmax":
+    if window is not None and window != MINMAX:
         try:
             window_bounds(window)
         except (ValueError, TypeError) as err:
@@ -108,10 +88,12 @@ def load_image(path: str | Path, window: WindowArg = None, record: str | int | N
         raise MedVLDataError("image file not found", record=record, path=str(path))
     if path.is_dir():
         raise MedVLDataError("expected an image file, got a directory", record=record, path=str(path))
-    if window is not None and window != "minmax":
+    if window is not None and window != MINMAX:
         window_bounds(window)  # invalid names fail here, listing the valid ones
     if is_dicom_file(path):
-        pixels = _dicom_pixels(path, window, record)
+        ds = read_dicom(path, record)
+        _check_size(*dicom_image_size(ds, path, record), path, record)  # before decoding the pixel data
+        pixels = read_dicom_image(ds, path, window, record)
     else:
         pixels = _pil_pixels(path, window, record)
     if pixels.ndim == 2:
@@ -200,7 +182,9 @@ def stored_bit_depth(values: np.ndarray, path: Path) -> int:
     return next(b for b in (8, 10, 12, 14, 16) if needed <= b) if needed <= 16 else needed
 
 
-def _grey_high_depth(array: np.ndarray, mode: str, window: WindowArg, path: Path, record) -> np.ndarray:
+def _grey_high_depth(
+    array: np.ndarray, mode: str, window: WindowArg, path: Path, record: str | int | None
+) -> np.ndarray:
     values = array.astype(np.float64)
     if window is None:
         if mode == "F":
@@ -223,166 +207,10 @@ def _grey_high_depth(array: np.ndarray, mode: str, window: WindowArg, path: Path
 
 
 def _map_grey(values: np.ndarray, window: WindowArg, full_range: tuple[float, float]) -> np.ndarray:
-    """Grey values -> uint8 with a window, 'minmax', or the fixed full range."""
-    if window == "minmax":
-        low, high = float(values.min()), float(values.max())
-        if high <= low:
-            return np.zeros(values.shape, dtype=np.uint8)
-        return np.round((values - low) / (high - low) * 255.0).astype(np.uint8)
+    """Grey values -> uint8 with a window, 'minmax', or (``window=None``) the fixed full range."""
     if window is None:
-        low, high = full_range
-        return np.round((np.clip(values, low, high) - low) / (high - low) * 255.0).astype(np.uint8)
+        return scale_to_uint8(values, *full_range)
     return apply_window_uint8(values, window)
 
 
-# ---------------------------------------------------------------- DICOM
-
-
-def read_dicom(path: Path, record: str | int | None, stop_before_pixels: bool = False) -> Any:
-    """``pydicom.dcmread`` with medvl errors for unreadable files.
-
-    Args:
-        path: DICOM file.
-        record: record id for error messages.
-        stop_before_pixels: read the header only.
-    """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-    except InvalidDicomError as exc:
-        raise MedVLDataError(f"not a valid DICOM file: {exc}", record=record, path=str(path)) from exc
-    except Exception as exc:  # pydicom raises many types (EOFError, OSError, struct.error, ...) on bad bytes
-        raise MedVLDataError(f"corrupt DICOM file: {type(exc).__name__}: {exc}", record=record, path=str(path)) from exc
-
-
-def dicom_pixel_array(ds: Any, path: Path, record: str | int | None, frame: int | None = None) -> np.ndarray:
-    """Decoded pixel data of a DICOM dataset, with medvl errors.
-
-    Args:
-        ds: pydicom dataset.
-        path: its file (for messages).
-        record: record id for messages.
-        frame: decode only this frame of a multi-frame file (None: all frames).
-    """
-    if frame is not None:
-        ds.pixel_array_options(index=frame)  # decoding one frame of a long cine loop is much faster
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise MedVLDataError("DICOM file has no pixel data", record=record, path=str(path))
-    try:
-        return ds.pixel_array
-    except Exception as exc:  # missing decoder plugin, truncated pixel data, bad tags, ...
-        raise MedVLDataError(
-            f"cannot decode DICOM pixel data ({ds.file_meta.TransferSyntaxUID.name if 'file_meta' in ds else '?'}):"
-            f" {type(exc).__name__}: {exc}",
-            record=record,
-            path=str(path),
-        ) from exc
-
-
-def _dicom_pixels(path: Path, window: WindowArg, record: str | int | None) -> np.ndarray:
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
-
-    ds = read_dicom(path, record)
-    if "Rows" not in ds or "Columns" not in ds:
-        raise MedVLDataError(
-            "DICOM header has no Rows/Columns (truncated, or not an image)", record=record, path=str(path)
-        )
-    _check_size(int(ds.Columns or 0), int(ds.Rows or 0), path, record)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if frames > 1:
-        logger.info("%s has %d frames; using the first", path, frames)
-    array = dicom_pixel_array(ds, path, record, frame=0 if frames > 1 else None)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-
-    if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(array, ds)  # the palette's own depth: 8 or 16 bits
-        return _to_uint8_rgb(rgb, 16 if rgb.max() > 255 else 8)
-    if samples == 3:
-        # pydicom 3 returns RGB for YBR data by default (as_rgb); we only rescale the bit depth.
-        return _to_uint8_rgb(array, int(ds.get("BitsStored", 8)))
-
-    slope = functional_group_value(ds, 0, "PixelValueTransformationSequence", "RescaleSlope")
-    intercept = functional_group_value(ds, 0, "PixelValueTransformationSequence", "RescaleIntercept")
-    if "ModalityLUTSequence" in ds or slope in (None, ""):
-        modality_values = apply_modality_lut(array, ds)
-    else:  # also covers enhanced (multi-frame) files, whose rescale sits in the functional groups
-        modality_values = array * float(slope) + float(intercept or 0.0)
-    values = modality_values.astype(np.float64)
-    center = functional_group_value(ds, 0, "FrameVOILUTSequence", "WindowCenter")
-    width = functional_group_value(ds, 0, "FrameVOILUTSequence", "WindowWidth")
-    if window is not None:
-        out = _map_grey(values, window, (0.0, 1.0))
-    elif "VOILUTSequence" in ds:
-        lut = apply_voi(modality_values, ds, index=0)
-        top = float(np.max(ds.VOILUTSequence[0].LUTData)) or 1.0
-        out = np.round(np.clip(lut.astype(np.float64) / top, 0, 1) * 255.0).astype(np.uint8)
-    elif center not in (None, "") and width not in (None, ""):
-        out = _dicom_linear_window(values, _first(center), _first(width), ds)
-    elif str(ds.get("Modality", "")).upper() == "CT":
-        out = apply_window_uint8(values, "wide")
-    else:
-        # MR, US, ... carry no absolute intensity scale and their stored bit range is usually far wider
-        # than the data, so without a VOI in the file the image's own range is the only sensible one.
-        logger.debug("%s: no VOI window in the file; using the image's min..max", path)
-        out = _map_grey(values, "minmax", (0.0, 1.0))
-    if photometric == "MONOCHROME1":
-        out = 255 - out  # MONOCHROME1: low values are white
-    return out
-
-
-def functional_group_value(ds: Any, frame: int, sequence: str, attribute: str) -> Any:
-    """An attribute of a frame: from its per-frame functional group, else the shared one, else top level.
-
-    Enhanced (multi-frame) CT/MR files keep rescale, window, position and spacing in functional
-    groups; classic files keep them at the top level.
-
-    Args:
-        ds: pydicom dataset.
-        frame: frame index.
-        sequence: functional group macro, e.g. ``"PixelValueTransformationSequence"``.
-        attribute: keyword inside it, e.g. ``"RescaleSlope"``.
-
-    Returns:
-        The value, or None when absent everywhere.
-    """
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    items = [per_frame[frame]] if frame < len(per_frame) else []
-    if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
-        items.append(ds.SharedFunctionalGroupsSequence[0])
-    for item in items:
-        if sequence in item and len(item[sequence].value) and attribute in item[sequence][0]:
-            return item[sequence][0][attribute].value
-    return ds[attribute].value if attribute in ds else None
-
-
-def _first(value: Any) -> float:
-    try:
-        return float(value[0])
-    except TypeError:
-        return float(value)
-
-
-def _dicom_linear_window(values: np.ndarray, center: float, width: float, ds: Any) -> np.ndarray:
-    """DICOM's VOI LUT function (LINEAR, LINEAR_EXACT or SIGMOID, PS3.3 C.11.2.1.2) onto 0..255."""
-    func = str(ds.get("VOILUTFunction", "LINEAR")).upper()
-    if func == "SIGMOID":
-        unit = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))
-    elif func == "LINEAR_EXACT":
-        unit = np.clip((values - center) / max(width, 1e-6) + 0.5, 0.0, 1.0)
-    else:
-        center, width = center - 0.5, max(width - 1.0, 1e-6)
-        unit = np.clip((values - center) / width + 0.5, 0.0, 1.0)
-    return np.round(unit * 255.0).astype(np.uint8)
-
-
-def _to_uint8_rgb(array: np.ndarray, bits: int) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    scale = 255.0 / (2.0 ** max(bits, 8) - 1)
-    return np.round(np.clip(array.astype(np.float64) * scale, 0, 255)).astype(np.uint8)
-
-
-__all__ = ["dicom_pixel_array", "functional_group_value", "is_dicom_file", "load_image", "read_dicom"]
+__all__ = ["load_image", "record_window", "stored_bit_depth"]

@@ -6,19 +6,15 @@ z Superior). DICOM's LPS patient coordinates are converted to RAS on load.
 
 * NIfTI (``.nii``, ``.nii.gz``): nibabel, data scaled by ``scl_slope``/``scl_inter``, the image's best
   affine (sform, else qform). A trailing length-1 4th axis is dropped; real 4D data is an error.
-* DICOM series folder: every file in the folder (not recursive; DICOMDIR and obvious non-DICOM
-  files such as ``.txt``/``.json`` are skipped) must be a readable DICOM image of ONE
-  SeriesInstanceUID with one ImageOrientationPatient; slices are sorted by their position along the
-  slice normal and must be evenly spaced (1% tolerance). The array is (column, row, slice) so that
-  i runs along the DICOM row direction. Values get the modality LUT (Rescale Slope/Intercept): HU
-  for CT.
+* DICOM series folder, or an enhanced (multi-frame) DICOM file (or a folder holding only that
+  file): :func:`medvl.imaging.dicom.read_dicom_volume` (one series, one orientation, evenly spaced
+  slices sorted along the normal; the modality LUT gives HU for CT; the array is (column, row,
+  slice) so that i runs along the DICOM row direction).
 * Release conventions (:func:`load_volume` keywords, set by benchmark tasks through a record's
   ``meta["volume_load"]``): ``intensity="unit"`` marks values already scaled to 0..1 (M3D-Data), so
   the volume processor maps them without an HU window; ``rescale=(slope, intercept)`` turns stored
   values into HU and ``spacing=(si, sj, sk)`` replaces the voxel size of the file's affine (CT-RATE's
   metadata CSV, as CT-CLIP's loader applies it).
-* Enhanced (multi-frame) DICOM file (or a folder holding only that file): the same checks, with the
-  geometry and rescale of each frame from the per-frame / shared functional groups.
 * ``.npy``: a 3D array in HU stored already oriented as (D, H, W) = ``"SPL"`` (medvl's processed
   layout, also MedM-VL's CT-RATE arrays), 1 mm voxels. A leading channel axis of length 1
   (``(1, D, H, W)``, M3D-Data's layout) is dropped. ``.npz``: the array under ``volume``,
@@ -29,42 +25,18 @@ z Superior). DICOM's LPS patient coordinates are converted to RAS on load.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from medvl.errors import MedVLDataError
-from medvl.imaging.image2d import dicom_pixel_array, functional_group_value, is_dicom_file, read_dicom
+from medvl.imaging.dicom import is_dicom_file, read_dicom_volume
 from medvl.models.volume_processing_medvl import axcodes_affine
 
 logger = logging.getLogger(__name__)
 
 NPZ_ARRAY_KEYS = ("volume", "image", "array", "data", "arr_0")
-NON_DICOM_SUFFIXES = {
-    ".txt",
-    ".json",
-    ".md",
-    ".csv",
-    ".xml",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".nii",
-    ".gz",
-    ".npy",
-    ".npz",
-    ".yaml",
-    ".yml",
-    ".zip",
-    ".py",
-}
-# Relative tolerance on slice gaps: scanners write positions with ~0.01 mm rounding.
-SPACING_RTOL = 0.01
-# The LPS -> RAS flip of DICOM patient coordinates.
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass
@@ -88,11 +60,14 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size (mm) along i, j, k: the lengths of the affine's columns."""
-        return tuple(float(v) for v in np.sqrt((np.asarray(self.affine)[:3, :3] ** 2).sum(axis=0)))
+        si, sj, sk = (float(v) for v in np.sqrt((np.asarray(self.affine)[:3, :3] ** 2).sum(axis=0)))
+        return si, sj, sk
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.array.shape)
+        """(i, j, k) sizes of the array (3D: :func:`load_volume` checks it)."""
+        ni, nj, nk = (int(n) for n in self.array.shape)
+        return ni, nj, nk
 
 
 VOLUME_INTENSITIES = ("hu", "unit")
@@ -132,7 +107,7 @@ def load_volume(
         raise MedVLDataError("volume file or folder not found", record=record, path=str(path))
     name = path.name.lower()
     if path.is_dir():
-        volume = _load_dicom_series(path, record)
+        volume = _load_dicom(path, record)
     elif name.endswith(".nii") or name.endswith(".nii.gz"):
         volume = _load_nifti(path, record)
     elif name.endswith(".npy"):
@@ -140,7 +115,7 @@ def load_volume(
     elif name.endswith(".npz"):
         volume = _load_npz(path, record)
     elif is_dicom_file(path):
-        volume = _load_dicom_multiframe(path, record)
+        volume = _load_dicom(path, record)
     else:
         raise MedVLDataError(
             "unsupported volume format; expected .nii, .nii.gz, .npy, .npz, a DICOM series folder or a "
@@ -210,9 +185,12 @@ def _validate(volume: Volume, record: str | int | None) -> None:
 
 def _load_nifti(path: Path, record: str | int | None) -> Volume:
     import nibabel as nib
+    from nibabel.spatialimages import SpatialImage
 
     try:
         img = nib.load(str(path))
+        if not isinstance(img, SpatialImage):  # a .nii name on another nibabel format (no affine)
+            raise TypeError(f"{type(img).__name__} is not a spatial image")
         array = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib/gzip errors, ...
         raise MedVLDataError(
@@ -267,6 +245,11 @@ def _load_npz(path: Path, record: str | int | None) -> Volume:
     return Volume(array=array, affine=affine, source=str(path))
 
 
+def _load_dicom(path: Path, record: str | int | None) -> Volume:
+    array, affine = read_dicom_volume(path, record)
+    return Volume(array=array, affine=affine, source=str(path))
+
+
 def _float32(array: np.ndarray, path: Path, record: str | int | None) -> np.ndarray:
     if not (
         np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_
@@ -275,264 +258,4 @@ def _float32(array: np.ndarray, path: Path, record: str | int | None) -> np.ndar
     return array.astype(np.float32, copy=False)
 
 
-# ---------------------------------------------------------------- DICOM series
-
-
-def _series_files(folder: Path) -> list[Path]:
-    files = []
-    for child in sorted(folder.iterdir()):
-        if child.is_dir() or child.name.startswith(".") or child.name.upper() == "DICOMDIR":
-            continue
-        if child.suffix.lower() in NON_DICOM_SUFFIXES:
-            continue
-        files.append(child)
-    return files
-
-
-@dataclass
-class _Slice:
-    """One 2D plane of a DICOM volume: a file of a series, or a frame of a multi-frame file."""
-
-    name: str
-    position: np.ndarray  # ImagePositionPatient (LPS, mm)
-    orientation: np.ndarray  # ImageOrientationPatient (row direction, column direction)
-    pixel_spacing: tuple[float, float]  # (between rows, between columns), mm
-    shape: tuple[int, int]  # (rows, columns)
-    thickness: float | None
-    load: Callable[[], np.ndarray]  # -> float32 (rows, columns) after the modality LUT
-
-
-def _floats(values: Any) -> np.ndarray:
-    return np.asarray([float(v) for v in values], dtype=np.float64)
-
-
-def _load_dicom_series(folder: Path, record: str | int | None) -> Volume:
-    files = _series_files(folder)
-    if not files:
-        raise MedVLDataError("folder holds no DICOM files", record=record, path=str(folder))
-    headers = [(f, read_dicom(f, record, stop_before_pixels=True)) for f in files]
-    multi = [f for f, ds in headers if int(ds.get("NumberOfFrames", 1) or 1) > 1]
-    if multi:
-        if len(files) == 1:
-            return _load_dicom_multiframe(files[0], record)
-        raise MedVLDataError(
-            f"folder mixes a multi-frame DICOM file ({multi[0].name}) with other files; load the file itself",
-            record=record,
-            path=str(folder),
-        )
-
-    series: dict[str, list[Path]] = {}
-    for f, ds in headers:
-        series.setdefault(str(ds.get("SeriesInstanceUID", "<none>")), []).append(f)
-    if len(series) > 1:
-        listing = "; ".join(f"{uid} ({len(fs)} file(s), e.g. {fs[0].name})" for uid, fs in series.items())
-        raise MedVLDataError(
-            f"folder mixes {len(series)} DICOM series: {listing}; put each series in its own folder",
-            record=record,
-            path=str(folder),
-        )
-
-    slices = []
-    for f, ds in headers:
-        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
-            if tag not in ds:
-                raise MedVLDataError(f"DICOM slice lacks {tag}; cannot place it in 3D", record=record, path=str(f))
-        thickness = ds.get("SliceThickness")
-        slices.append(
-            _Slice(
-                name=f.name,
-                position=_floats(ds.ImagePositionPatient),
-                orientation=_floats(ds.ImageOrientationPatient),
-                pixel_spacing=tuple(float(v) for v in ds.PixelSpacing),
-                shape=(int(ds.Rows), int(ds.Columns)),
-                thickness=float(thickness) if thickness not in (None, "") else None,
-                load=lambda f=f: _file_slice(f, record),
-            )
-        )
-    return _assemble(slices, str(folder), record)
-
-
-def _file_slice(path: Path, record: str | int | None) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut
-
-    ds = read_dicom(path, record)
-    pixels = dicom_pixel_array(ds, path, record)
-    if pixels.ndim != 2:
-        raise MedVLDataError(
-            f"expected a single-frame greyscale slice, got pixel array {pixels.shape}", record=record, path=str(path)
-        )
-    return apply_modality_lut(pixels, ds).astype(np.float32)
-
-
-def _load_dicom_multiframe(path: Path, record: str | int | None) -> Volume:
-    """An enhanced (multi-frame) CT/MR file: geometry from the shared / per-frame functional groups."""
-    ds = read_dicom(path, record)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    pixels = dicom_pixel_array(ds, path, record)
-    if frames == 1:
-        raise MedVLDataError(
-            "a single DICOM slice is not a volume; pass its series folder", record=record, path=str(path)
-        )
-    if pixels.ndim != 3:
-        raise MedVLDataError(
-            f"expected greyscale frames, got pixel array {pixels.shape}", record=record, path=str(path)
-        )
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    if len(per_frame) != frames:
-        raise MedVLDataError(
-            f"{frames} frames but {len(per_frame)} per-frame functional groups", record=record, path=str(path)
-        )
-
-    def group(index: int, keyword: str, attribute: str) -> Any:
-        return functional_group_value(ds, index, keyword, attribute)
-
-    slices = []
-    for n in range(frames):
-        position = group(n, "PlanePositionSequence", "ImagePositionPatient")
-        orientation = group(n, "PlaneOrientationSequence", "ImageOrientationPatient")
-        spacing = group(n, "PixelMeasuresSequence", "PixelSpacing")
-        if position is None or orientation is None or spacing is None:
-            raise MedVLDataError(
-                f"frame {n} lacks its position, orientation or pixel spacing", record=record, path=str(path)
-            )
-        slope = group(n, "PixelValueTransformationSequence", "RescaleSlope")
-        intercept = group(n, "PixelValueTransformationSequence", "RescaleIntercept")
-        thickness = group(n, "PixelMeasuresSequence", "SliceThickness")
-        slope = 1.0 if slope in (None, "") else float(slope)
-        intercept = 0.0 if intercept in (None, "") else float(intercept)
-        slices.append(
-            _Slice(
-                name=f"{path.name}#frame{n}",
-                position=_floats(position),
-                orientation=_floats(orientation),
-                pixel_spacing=tuple(float(v) for v in spacing),
-                shape=tuple(pixels.shape[1:]),
-                thickness=None if thickness in (None, "") else float(thickness),
-                load=lambda n=n, slope=slope, intercept=intercept: (pixels[n] * slope + intercept).astype(np.float32),
-            )
-        )
-    return _assemble(slices, str(path), record)
-
-
-def _assemble(slices: list[_Slice], source: str, record: str | int | None) -> Volume:
-    """Check that the planes form one evenly spaced stack; sort them; build the array and RAS affine."""
-    orientation = slices[0].orientation
-    for sl in slices[1:]:
-        if not np.allclose(sl.orientation, orientation, atol=1e-4):
-            raise MedVLDataError(
-                f"slices have different ImageOrientationPatient ({orientation.tolist()} in {slices[0].name} vs "
-                f"{sl.orientation.tolist()} in {sl.name}); not one volume",
-                record=record,
-                path=source,
-            )
-    shapes = {sl.shape for sl in slices}
-    spacings = {sl.pixel_spacing for sl in slices}
-    if len(shapes) > 1 or len(spacings) > 1:
-        raise MedVLDataError(
-            f"slices have different sizes {sorted(shapes)} or pixel spacings {sorted(spacings)}",
-            record=record,
-            path=source,
-        )
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
-    positions = np.stack([sl.position for sl in slices])
-    along = positions @ normal
-    order = np.argsort(along, kind="stable")
-    slices = [slices[i] for i in order]
-    positions, along = positions[order], along[order]
-
-    if len(slices) > 1:
-        gaps = np.diff(along)
-        if (gaps < 1e-3).any():
-            dup = int(np.argmax(gaps < 1e-3))
-            raise MedVLDataError(
-                f"two slices share position {along[dup]:.3f} mm along the normal ({slices[dup].name}, "
-                f"{slices[dup + 1].name}); duplicated or multi-phase series",
-                record=record,
-                path=source,
-            )
-        if gaps.max() - gaps.min() > SPACING_RTOL * gaps.mean():
-            worst = int(np.argmax(np.abs(gaps - np.median(gaps))))
-            raise MedVLDataError(
-                f"inconsistent slice spacing: gaps between sorted slices range {gaps.min():.3f}..{gaps.max():.3f} mm "
-                f"(e.g. {gaps[worst]:.3f} mm between {slices[worst].name} and {slices[worst + 1].name}); "
-                "missing slices or a mixed acquisition",
-                record=record,
-                path=source,
-            )
-        step = (positions[-1] - positions[0]) / (len(slices) - 1)  # follows gantry tilt, like nibabel
-    else:
-        step = normal * (slices[0].thickness or 1.0)
-
-    # pixel data is [row, column]; the volume is (column, row, slice) so i runs along the row direction.
-    array = np.stack([sl.load() for sl in slices], axis=-1).transpose(1, 0, 2)
-    row_spacing, col_spacing = slices[0].pixel_spacing
-    affine_lps = np.eye(4)
-    affine_lps[:3, 0] = row_dir * col_spacing  # moving along a row = next column: column spacing
-    affine_lps[:3, 1] = col_dir * row_spacing  # moving down a column = next row: row spacing
-    affine_lps[:3, 2] = step
-    affine_lps[:3, 3] = positions[0]
-    return Volume(array=np.ascontiguousarray(array), affine=LPS_TO_RAS @ affine_lps, source=source)
-
-
-class ArchiveTooLargeError(MedVLDataError):
-    """A zipped series that holds more files or unpacks to more bytes than allowed."""
-
-
-def unzip_dicom_series(
-    source: str | Path | bytes, dest: str | Path, *, max_bytes: int, max_members: int = 4096, name: str | None = None
-) -> Path:
-    """Unpack a zipped DICOM series safely; returns the folder of the series (the one with the most files).
-
-    Members are written under numbered names, grouped by their folder in the archive, so no member name
-    ever becomes a path (no traversal out of ``dest``); macOS metadata, hidden files and DICOMDIR are
-    skipped. The bytes written are counted as they are streamed, whatever sizes the archive declares.
-
-    Args:
-        source: the ZIP file or its bytes.
-        dest: an empty or missing folder to unpack into.
-        max_bytes: most bytes unpacked in all.
-        max_members: most files in the archive.
-        name: the upload's name for messages (default: ``source`` when it is a path).
-
-    Raises:
-        ArchiveTooLargeError: too many files or bytes.
-        MedVLDataError: not a readable archive, or one without files.
-    """
-    import io
-    import zipfile
-    import zlib
-
-    label = name or (str(source) if not isinstance(source, bytes) else "the zip archive")
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    counts: dict[Path, int] = {}
-    try:
-        with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as archive:
-            members = [m for m in archive.infolist() if not m.is_dir()]
-            if len(members) > max_members:
-                raise ArchiveTooLargeError(f"the zip holds {len(members)} files (at most {max_members})", path=label)
-            groups: dict[str, Path] = {}
-            written = 0
-            for n, member in enumerate(members):
-                parts = member.filename.replace("\\", "/").split("/")
-                if parts[-1].startswith(".") or "__MACOSX" in parts or parts[-1].upper() == "DICOMDIR":
-                    continue
-                folder = groups.setdefault("/".join(parts[:-1]), dest / f"{len(groups):04d}")
-                folder.mkdir(exist_ok=True)
-                with archive.open(member) as src, open(folder / f"{n:05d}.dcm", "wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > max_bytes:
-                            raise ArchiveTooLargeError(f"the zip unpacks to more than {max_bytes} bytes", path=label)
-                        dst.write(chunk)
-                counts[folder] = counts.get(folder, 0) + 1
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, zlib.error) as err:
-        raise MedVLDataError(f"not a readable ZIP archive: {err}", path=label) from None
-    if not counts:
-        raise MedVLDataError("the ZIP archive holds no files", path=label)
-    # archives often wrap the series in one or more folders, or carry a few extra files beside it
-    return max(counts, key=lambda folder: counts[folder])
-
-
-__all__ = ["ArchiveTooLargeError", "Volume", "load_volume", "unzip_dicom_series"]
+__all__ = ["Volume", "load_volume"]

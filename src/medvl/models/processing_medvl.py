@@ -16,10 +16,7 @@ from typing import Any
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-try:  # the volume processor lands in its own module (imaging); text/2D use works without it
-    from .volume_processing_medvl import MedVLVolumeProcessor
-except ImportError:  # pragma: no cover - only while volume_processing_medvl.py does not exist yet
-    MedVLVolumeProcessor = None
+from .volume_processing_medvl import MedVLVolumeProcessor
 
 IMAGE_TOKEN = "<image>"
 VOLUME_TOKEN = "<volume>"
@@ -147,8 +144,6 @@ class MedVLProcessor(ProcessorMixin):
     def volume_processor(self):
         """The ``MedVLVolumeProcessor`` built from ``volume_processor_config`` (None without one)."""
         if self._volume_processor is None and self.volume_processor_config is not None:
-            if MedVLVolumeProcessor is None:
-                raise ImportError("medvl's volume processor (volume_processing_medvl.py) is not available")
             self._volume_processor = MedVLVolumeProcessor.from_dict(self.volume_processor_config)
         return self._volume_processor
 

@@ -1,7 +1,7 @@
 """Deterministic 3D preprocessing for medvl: CT/MR volume -> `volume_values` tensor.
 
-This file is copied into every checkpoint (``trust_remote_code``), so it imports only numpy, torch,
-transformers and MONAI, and nothing from medvl.
+This file is copied into every checkpoint (``trust_remote_code``), so it imports only numpy, scipy,
+torch, transformers and MONAI, and its sibling ``windows.py`` (the HU window presets) relatively.
 
 Pipeline of the ``"standard"`` mode (every step is a constructor setting and can be switched off):
 
@@ -23,7 +23,7 @@ Pipeline of the ``"standard"`` mode (every step is a constructor setting and can
    spacing, ``"fit"`` resize keeping the aspect ratio so that the volume fits, then pad.
    Steps 1-4 work in HU (see :meth:`MedVLVolumeProcessor.spatial`), so caches can store them.
 5. **Intensity** (see :meth:`MedVLVolumeProcessor.intensity`): ``intensity="window"`` clips to an HU
-   window (a preset name or ``(center, width)``) and maps it linearly and *fixedly* onto
+   window (a preset name of ``windows.HU_WINDOWS`` or ``(center, width)``) and maps it linearly and *fixedly* onto
    ``output_range`` ((0, 1) or (-1, 1)); ``"minmax"`` maps each volume's own min..max instead (only
    when asked: it makes the same HU value mean different things in different volumes).
    ``"unit"`` is for volumes a release ships already scaled to 0..1 (M3D-Data's ``.npy``): no HU
@@ -70,18 +70,11 @@ import numpy as np
 import torch
 from transformers import BatchFeature
 
+from .windows import resolve_window, window_bounds
+
 logger = logging.getLogger(__name__)
 
 VOLUME_PROCESSOR_CONFIG_NAME = "volume_processor_config.json"
-
-# HU windows as (center, width). "wide" is -1000..1000 HU, the range MedM-VL feeds its CT models.
-HU_WINDOWS: dict[str, tuple[float, float]] = {
-    "lung": (-600.0, 1500.0),
-    "mediastinum": (40.0, 400.0),
-    "abdomen": (50.0, 400.0),
-    "bone": (400.0, 1800.0),
-    "wide": (0.0, 2000.0),
-}
 
 MODES = ("standard", "medmvl", "ct_clip", "ct_clip_train")
 CT_CLIP_MODES = ("ct_clip", "ct_clip_train")
@@ -94,58 +87,6 @@ CT_CLIP_HU_RANGE = (-1000.0, 1000.0)
 CT_CLIP_PAD_VALUE = -1.0  # after the division by 1000
 SHAPE_MODES = ("resize", "pad_crop", "fit", "none")
 INTENSITY_MODES = ("window", "minmax", "none", "unit")
-
-
-def resolve_window(window: str | Sequence[float] | dict[str, float]) -> tuple[float, float]:
-    """Turn a window setting into (center, width) in HU.
-
-    Args:
-        window: a preset name (see ``HU_WINDOWS``), ``"custom:C,W"``, a (center, width) pair, or a dict
-            with ``center`` and ``width``.
-
-    Returns:
-        (center, width) as floats.
-
-    Raises:
-        ValueError: unknown name (the message lists the valid ones) or a non-positive width.
-    """
-    if isinstance(window, str):
-        name = window.strip().lower()
-        if name.startswith("custom:"):
-            parts = name[len("custom:") :].split(",")
-            if len(parts) != 2:
-                raise ValueError(f"custom window must be 'custom:CENTER,WIDTH', got {window!r}")
-            center, width = float(parts[0]), float(parts[1])
-        elif name in HU_WINDOWS:
-            center, width = HU_WINDOWS[name]
-        else:
-            raise ValueError(
-                f"unknown HU window {window!r}; valid: {', '.join(HU_WINDOWS)}, "
-                "'custom:CENTER,WIDTH' or a (center, width) pair"
-            )
-    elif isinstance(window, dict):
-        try:
-            center, width = float(window["center"]), float(window["width"])
-        except KeyError as exc:
-            raise ValueError(f"a window dict needs 'center' and 'width', got {window!r}") from exc
-    else:
-        values = list(window)
-        if len(values) != 2:
-            raise ValueError(f"a custom window is (center, width), got {window!r}")
-        center, width = float(values[0]), float(values[1])
-    if not width > 0:
-        raise ValueError(f"window width must be > 0, got {width} for window {window!r}")
-    return center, width
-
-
-def window_bounds(window: str | Sequence[float] | dict[str, float]) -> tuple[float, float]:
-    """(low, high) HU of a window.
-
-    Args:
-        window: anything :func:`resolve_window` accepts.
-    """
-    center, width = resolve_window(window)
-    return center - width / 2.0, center + width / 2.0
 
 
 def axcodes_affine(spacing: Sequence[float] = (1.0, 1.0, 1.0), axcodes: str = "SPL") -> np.ndarray:
@@ -669,9 +610,6 @@ def _volume_intensity(volume: Any) -> str:
 __all__ = [
     "CT_CLIP_SHAPE",
     "CT_CLIP_SPACING",
-    "HU_WINDOWS",
     "MedVLVolumeProcessor",
     "axcodes_affine",
-    "resolve_window",
-    "window_bounds",
 ]

@@ -552,13 +552,11 @@ def mount_ui(app: FastAPI, model: Any, processor: Any, path: str = "/ui") -> Non
         processor: its processor.
         path: URL path of the page.
     """
-    try:
-        import gradio
+    import gradio
 
-        from medvl.demo import build_demo
-        from medvl.demo.app import launch_options
-    except ImportError as err:
-        raise RuntimeError(f"--ui needs the web demo (medvl.demo) and gradio: {err}") from err
+    from medvl.demo import build_demo
+    from medvl.demo.app import launch_options
+
     state: ServerState = app.state.medvl
     options: dict[str, Any] = dict(launch_options())  # the demo's theme and css: app-level in Gradio 6
     key = state.config.api_key

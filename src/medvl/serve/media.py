@@ -38,8 +38,9 @@ import numpy as np
 from PIL import Image
 
 from medvl.errors import MedVLDataError
-from medvl.imaging.image2d import is_dicom_file, load_image, record_window
-from medvl.imaging.volume3d import ArchiveTooLargeError, Volume, load_volume, unzip_dicom_series
+from medvl.imaging.dicom import ArchiveTooLargeError, header_pixel_count, is_dicom_file, unzip_dicom_series
+from medvl.imaging.image2d import load_image, record_window
+from medvl.imaging.volume3d import Volume, load_volume
 from medvl.serve.schema import APIError, MediaRef, bad_request
 
 logger = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ class MediaDecoder:
     def _check_image_size(self, path: Path, ref: MediaRef) -> None:
         limit = self.limits.max_image_pixels
         if is_dicom_file(path):
-            pixels = _dicom_pixels_from_header(path)
+            pixels = header_pixel_count(path)
         else:
             try:
                 with Image.open(path) as img:  # reads the header only
@@ -340,16 +341,6 @@ def _sniff_suffix(data: bytes, mime: str, kind: str) -> str | None:
     return None
 
 
-def _dicom_pixels_from_header(path: Path) -> int | None:
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("NumberOfFrames", 1) or 1)
-    except Exception:  # unreadable: the loader reports it
-        return None
-
-
 def _volume_voxels_from_headers(path: Path) -> int | None:
     """Stored voxels of a volume from its header(s) only; None when unknown (the loader then reports)."""
     name = path.name.lower()
@@ -358,7 +349,7 @@ def _volume_voxels_from_headers(path: Path) -> int | None:
             total = 0
             for child in path.iterdir():
                 if child.is_file():
-                    total += _dicom_pixels_from_header(child) or 0
+                    total += header_pixel_count(child) or 0
             return total
         if name.endswith(".nii") or name.endswith(".nii.gz"):
             import nibabel as nib
@@ -381,7 +372,7 @@ def _volume_voxels_from_headers(path: Path) -> int | None:
                     total = max(total, int(np.prod(shape, dtype=np.int64)))
             return total
         if is_dicom_file(path):
-            return _dicom_pixels_from_header(path)
+            return header_pixel_count(path)
     except Exception:  # a corrupt header: the loader gives the precise error
         return None
     return None

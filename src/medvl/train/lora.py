@@ -44,10 +44,8 @@ def is_peft_model(model: nn.Module) -> bool:
     Args:
         model: any module.
     """
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
+    from peft import PeftModel
+
     return isinstance(model, PeftModel)
 
 

@@ -256,6 +256,6 @@ def disable_deepspeed_cpu_shm() -> None:
         return
     try:
         import deepspeed.ops
-    except ImportError:
+    except ImportError:  # the optional `deepspeed` extra is not installed: nothing to configure
         return
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
