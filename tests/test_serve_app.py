@@ -668,10 +668,12 @@ def test_ui_is_mounted_when_the_demo_exists(tiny_model, tiny_processor) -> None:
     """``--ui``: the Gradio page at /ui (behind a login with the API key); the API keeps its bearer check."""
     from starlette.testclient import TestClient
 
-    from medvl.serve.app import ServeConfig, create_app, mount_ui
+    from medvl.commands.serve import demo_ui
+    from medvl.serve.app import ServeConfig, create_app
 
-    app = create_app(ServeConfig(model_name="tiny", api_key=API_KEY), loaded=(tiny_model, tiny_processor))
-    mount_ui(app, tiny_model, tiny_processor)
+    config = ServeConfig(model_name="tiny", api_key=API_KEY)
+    ui = demo_ui(tiny_model, tiny_processor, config)  # what `medvl serve --ui` passes
+    app = create_app(config, loaded=(tiny_model, tiny_processor), ui=ui)
     with TestClient(app) as c:
         page = c.get("/ui/")
         assert page.status_code == 200 and "gradio" in page.text.lower()

@@ -43,8 +43,8 @@ MAX_NEW_TOKENS = 24
 
 
 def test_user_turn_puts_one_marker_per_upload_in_upload_order() -> None:
-    from medvl.demo.app import user_turn
-    from medvl.demo.media import Upload
+    from medvl.tools.demo.app import user_turn
+    from medvl.tools.demo.media import Upload
 
     uploads = [Upload("image", "a.png", None), Upload("volume", "b.nii.gz", None), Upload("image", "c.png", None)]
     assert user_turn("Where?", uploads) == "<image>\n<volume>\n<image>\nWhere?"
@@ -52,7 +52,7 @@ def test_user_turn_puts_one_marker_per_upload_in_upload_order() -> None:
 
 
 def test_generation_settings_greedy_at_temperature_zero() -> None:
-    from medvl.demo.app import generation_kwargs
+    from medvl.tools.demo.app import generation_kwargs
 
     assert generation_kwargs(32.0, 0.0, 0.9) == {"max_new_tokens": 32, "do_sample": False}
     assert generation_kwargs(8, 0.7, 0.9) == {"max_new_tokens": 8, "do_sample": True, "temperature": 0.7, "top_p": 0.9}
@@ -61,7 +61,7 @@ def test_generation_settings_greedy_at_temperature_zero() -> None:
 def test_window_setting_presets_and_custom() -> None:
     import gradio as gr
 
-    from medvl.demo.app import window_setting
+    from medvl.tools.demo.app import window_setting
 
     assert window_setting("bone", 1.0, 2.0) == "bone"
     assert window_setting("custom", 40, 400) == (40.0, 400.0)
@@ -71,9 +71,9 @@ def test_window_setting_presets_and_custom() -> None:
 
 def test_processed_view_shows_the_processor_tensors(tiny_processor) -> None:
     """The "model input" picture is the saved processor's output: 16 axial slices of 64x64 for the tiny model."""
-    from medvl.demo.app import processed_view
-    from medvl.demo.media import Upload
     from medvl.imaging.volume3d import Volume
+    from medvl.tools.demo.app import processed_view
+    from medvl.tools.demo.media import Upload
 
     rng = np.random.default_rng(0)
     volume = Volume(rng.normal(-500, 300, (40, 40, 20)).astype(np.float32), np.diag([-1.0, -1.0, 2.0, 1.0]), "ct")
@@ -122,8 +122,8 @@ def phantom_files(tmp_path_factory) -> tuple[Path, Path]:
 def test_page_callbacks_stream_chat_answers_without_re_encoding(demo_model_dir: Path, phantom_files) -> None:
     """The page's own callbacks (no browser): uploads are encoded once, at upload; the answer arrives
     in several growing pieces and ends as ``chat``'s greedy answer; the second turn reuses the media."""
-    from medvl.demo.app import build_demo
     from medvl.inference import chat, load_model
+    from medvl.tools.demo.app import build_demo
 
     png, nii = phantom_files
     model, processor = load_model(demo_model_dir, device="cpu")
@@ -256,9 +256,9 @@ def test_demo_page_in_headless_chromium(demo_server: str, demo_model_dir: Path, 
         pytest.skip("Debian's chromium is not installed (/usr/bin/chromium); scripts/system-deps.sh installs it")
     from playwright.sync_api import sync_playwright
 
-    from medvl.demo.viewer import orient_for_view, render_plane
     from medvl.imaging.volume3d import load_volume
     from medvl.inference import chat, load_model
+    from medvl.tools.demo.viewer import orient_for_view, render_plane
 
     png, nii = phantom_files
     question = "Is there a nodule in the left lung?"
@@ -405,19 +405,17 @@ def test_demo_page_in_headless_chromium(demo_server: str, demo_model_dir: Path, 
 
 
 def test_demo_mounts_on_a_fastapi_app(tiny_model, tiny_processor) -> None:
-    """``medvl serve --ui`` mounts ``build_demo``'s page on its FastAPI app: a real uvicorn server serves it."""
+    """``mount_demo`` (``medvl serve --ui``) puts the page on a FastAPI app: a real uvicorn server serves it."""
     import threading
 
-    import gradio as gr
     import httpx
     import uvicorn
     from fastapi import FastAPI
 
-    from medvl.demo import build_demo
-    from medvl.demo.app import launch_options
+    from medvl.tools.demo.app import mount_demo
 
     app = FastAPI()
-    app = gr.mount_gradio_app(app, build_demo(tiny_model, tiny_processor), path="/ui", **launch_options())
+    mount_demo(app, tiny_model, tiny_processor, "/ui")
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

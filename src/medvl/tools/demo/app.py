@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,18 +22,20 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from medvl.data.records import IMAGE_MARKER, VOLUME_MARKER
-from medvl.demo.examples import ExampleCases
-from medvl.demo.media import UPLOAD_SUFFIXES, Upload, load_upload
-from medvl.demo.viewer import PLANES, WINDOW_CHOICES, OrientedVolume, montage, orient_for_view, render_plane
 from medvl.errors import MedVLDataError
 from medvl.imaging.windows import HU_WINDOWS
 from medvl.inference import EncodedMedia, encode_media, stream_chat
+from medvl.tools.demo.examples import ExampleCases
+from medvl.tools.demo.media import UPLOAD_SUFFIXES, Upload, load_upload
+from medvl.tools.demo.viewer import PLANES, WINDOW_CHOICES, OrientedVolume, montage, orient_for_view, render_plane
 
 # Gradio phones home for analytics unless told otherwise; a hospital demo must not.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402  (after the environment switch above)
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 
 logger = logging.getLogger(__name__)
@@ -486,8 +489,40 @@ def build_demo(
     return demo
 
 
+def mount_demo(
+    app: FastAPI,
+    model: MedVLForConditionalGeneration,
+    processor: MedVLProcessor,
+    path: str,
+    *,
+    password: str | None = None,
+    max_file_size_mb: float | None = None,
+) -> None:
+    """Mount the demo page on a FastAPI app (``medvl serve --ui``: the API server's app).
+
+    A browser cannot send the API's bearer header, so with a ``password`` the page is guarded by
+    Gradio's login form instead (any user name, that password).
+
+    Args:
+        app: the app to mount on.
+        model: the loaded model.
+        processor: its processor.
+        path: URL path of the page (e.g. ``/ui``).
+        password: the login password (the server's API key); None: no login.
+        max_file_size_mb: largest upload Gradio accepts (the server's request size limit).
+    """
+    options: dict[str, Any] = dict(launch_options())  # the theme and css: app-level in Gradio 6
+    if password:
+        expected = password.encode()
+        options["auth"] = lambda _user, given: secrets.compare_digest(str(given).encode(), expected)
+    if max_file_size_mb is not None:
+        options["max_file_size"] = f"{max_file_size_mb:g}mb"
+    gr.mount_gradio_app(app, build_demo(model, processor), path=path, ssr_mode=False, **options)
+
+
 __all__ = [
     "build_demo",
+    "mount_demo",
     "launch_options",
     "demo_theme",
     "Conversation",
