@@ -40,7 +40,7 @@ def bench_generate(
     n = sizes.gen_new_tokens
     new_tokens = n * len(records)
 
-    def run(batch_size: int) -> Callable[[], None]:
+    def run(batch_size: int) -> Callable[[], list[str]]:
         return lambda: generate(
             model,
             processor,
@@ -54,7 +54,7 @@ def bench_generate(
 
     t_batched = best_time(run(len(records)), sizes.repeats)
     t_single = best_time(run(1), sizes.repeats)
-    result = {
+    result: dict[str, Any] = {
         "prompts": len(records),
         "new_tokens_per_prompt": n,
         "batched": {"batch_size": len(records), "seconds": t_batched, "tokens_per_s": new_tokens / t_batched},

@@ -11,10 +11,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+if TYPE_CHECKING:
+    from medvl.models import MedVLForConditionalGeneration
 
 # the phases of a training step, in the order of the table (see TrainPhaseTimer)
 TRAIN_PHASES = ("data", "encoder", "connector", "llm_forward", "backward", "optimizer", "other")
@@ -67,7 +70,7 @@ def media_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module | None]:
     """
     from medvl.train.parts import unwrap_model
 
-    base = unwrap_model(model)
+    base = cast("MedVLForConditionalGeneration", unwrap_model(model))
     encoder = base.vision_tower if base.vision_tower is not None else base.volume_encoder
     connector = base.image_connector if base.vision_tower is not None else base.volume_connector
     return {"model": base, "encoder": encoder, "connector": connector}

@@ -57,7 +57,8 @@ def collate_three_ways(processor: MedVLProcessor, sizes: BenchSizes) -> TrainBat
     from medvl.data.dataset import ConversationDataset
 
     dataset = ConversationDataset(skewed_records(processor, sizes.train_lengths), processor)
-    samples = [dataset[i] for i in range(len(dataset))]
+    # (None would be a record skipped by data.on_error=skip: not set here, so every record is a sample)
+    samples = [sample for i in range(len(dataset)) if (sample := dataset[i]) is not None]
     pad = processor.tokenizer.pad_token_id
     return TrainBatches(
         lengths=[len(s["input_ids"]) for s in samples],

@@ -9,6 +9,7 @@ memory-mapped ``.npy``) vs raw loading.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tempfile
 import time
@@ -133,7 +134,7 @@ def _time_volume_cache(
         t_prepare = time.perf_counter() - start
         cache = VolumeCache(folder)
         cache.check_processor(processor)
-        t_get = best_time(lambda c=cache: c.get(str(path)), sizes.repeats)
+        t_get = best_time(functools.partial(cache.get, str(path)), sizes.repeats)
         out[dtype] = {
             "prepare_seconds": t_prepare,
             "cache_bytes": summary["bytes"],

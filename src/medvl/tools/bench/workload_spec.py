@@ -184,9 +184,7 @@ def build_workload_model(sizes: WorkloadSizes, kind: str) -> tuple[MedVLForCondi
             encoder="vit3d",
             config=dict(sizes.volume),
             feature_select="patch",
-            connector=ConnectorConfig(
-                type="spatial_pool", pool_stride=list(sizes.volume_pool), depth=2, activation="gelu"
-            ),
+            connector=ConnectorConfig(type="spatial_pool", pool_stride=sizes.volume_pool, depth=2, activation="gelu"),
             processor={"target_shape": list(sizes.volume["image_size"])},
         )
     spec = ModelSpec(

@@ -23,6 +23,7 @@ from PIL import Image
 
 from medvl.data.records import IMAGE_MARKER, VOLUME_MARKER
 from medvl.errors import MedVLDataError
+from medvl.imaging.volume3d import Volume
 from medvl.imaging.windows import HU_WINDOWS
 from medvl.inference import EncodedMedia, encode_media, stream_chat
 from medvl.tools.demo.examples import ExampleCases
@@ -190,7 +191,7 @@ def build_demo(
     has_volumes = getattr(processor, "num_volume_tokens", 0) > 0 and processor.volume_processor is not None
     # Every event that runs the model (encoding an upload, generating) is in one Gradio concurrency
     # group of size 1: the queue, not a lock held across a generator's yields, keeps sessions apart.
-    model_events = {"concurrency_id": "medvl-model", "concurrency_limit": 1}
+    model_events: dict[str, Any] = {"concurrency_id": "medvl-model", "concurrency_limit": 1}
 
     def planes(conv: Conversation, indices: list[int], window: Any) -> list[Image.Image | None]:
         if conv.view is None:
@@ -216,10 +217,11 @@ def build_demo(
             raise gr.Error(f"{upload.name}: {err}") from err
         conv.pending.append((upload, (images or volumes)[0]))
         logger.info("attached a %s upload", upload.kind)  # never the name or content (patient data)
-        slider_updates = [gr.update(), gr.update(), gr.update()]
-        plane_images = [gr.update(), gr.update(), gr.update()]
-        image_view = gr.update()
-        if upload.kind == "volume":
+        # gr.update(): leave the component as it is
+        slider_updates: list[Any] = [gr.update(), gr.update(), gr.update()]
+        plane_images: list[Any] = [gr.update(), gr.update(), gr.update()]
+        image_view: Any = gr.update()
+        if isinstance(upload.data, Volume):
             conv.view = orient_for_view(upload.data)
             middle = [conv.view.num_slices(p) // 2 for p in PLANES]
             slider_updates = [
@@ -373,7 +375,7 @@ def build_demo(
         # ---- viewer
         # One FIFO group of size 1 with "always_last": renders happen in the order of the user's
         # changes, and the last change (e.g. the width typed after the level) is never dropped.
-        viewer_events = {
+        viewer_events: dict[str, Any] = {
             "concurrency_id": "medvl-viewer",
             "concurrency_limit": 1,
             "trigger_mode": "always_last",
