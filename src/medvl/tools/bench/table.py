@@ -12,7 +12,7 @@ from medvl.tools.bench.phases import TRAIN_PHASES
 Row = tuple[str, str, str]
 
 
-def format_value(value: Any) -> str:
+def format_value(value: object) -> str:
     """A table cell: ``n/a`` for unknown, 4 significant digits for floats (scientific when tiny or huge).
 
     Args:

@@ -8,12 +8,11 @@ import gc
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 
 
-def best_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Best (minimum) wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs.
 
     The minimum, not the mean: on a shared machine other processes only ever add time.
@@ -69,7 +68,7 @@ def _release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def peak_rss_delta_mib(fn: Callable[[], Any]) -> float | None:
+def peak_rss_delta_mib(fn: Callable[[], object]) -> float | None:
     """Peak resident memory (MiB) that ``fn()`` adds above the RSS at its start (Linux).
 
     Resets the kernel's high-water mark (``/proc/self/clear_refs`` = 5) after trimming the heap, so the

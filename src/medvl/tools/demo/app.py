@@ -193,7 +193,7 @@ def build_demo(
     # group of size 1: the queue, not a lock held across a generator's yields, keeps sessions apart.
     model_events: dict[str, Any] = {"concurrency_id": "medvl-model", "concurrency_limit": 1}
 
-    def planes(conv: Conversation, indices: list[int], window: Any) -> list[Image.Image | None]:
+    def planes(conv: Conversation, indices: list[int], window: str | tuple[float, float]) -> list[Image.Image | None]:
         if conv.view is None:
             return [None, None, None]
         return [render_plane(conv.view, plane, int(i), window).image for plane, i in zip(PLANES, indices)]
