@@ -39,57 +39,6 @@ CHROMIUM_ARGS = [
 MAX_NEW_TOKENS = 24
 
 
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def test_user_turn_puts_one_marker_per_upload_in_upload_order() -> None:
-    from medvl.tools.demo.app import user_turn
-    from medvl.tools.demo.media import Upload
-
-    uploads = [Upload("image", "a.png", None), Upload("volume", "b.nii.gz", None), Upload("image", "c.png", None)]
-    assert user_turn("Where?", uploads) == "<image>\n<volume>\n<image>\nWhere?"
-    assert user_turn("And now?", []) == "And now?"
-
-
-def test_generation_settings_greedy_at_temperature_zero() -> None:
-    from medvl.tools.demo.app import generation_kwargs
-
-    assert generation_kwargs(32.0, 0.0, 0.9) == {"max_new_tokens": 32, "do_sample": False}
-    assert generation_kwargs(8, 0.7, 0.9) == {"max_new_tokens": 8, "do_sample": True, "temperature": 0.7, "top_p": 0.9}
-
-
-def test_window_setting_presets_and_custom() -> None:
-    import gradio as gr
-
-    from medvl.tools.demo.app import window_setting
-
-    assert window_setting("bone", 1.0, 2.0) == "bone"
-    assert window_setting("custom", 40, 400) == (40.0, 400.0)
-    with pytest.raises(gr.Error, match="width must be > 0"):
-        window_setting("custom", 40, 0)
-
-
-def test_processed_view_shows_the_processor_tensors(tiny_processor) -> None:
-    """The "model input" picture is the saved processor's output: 16 axial slices of 64x64 for the tiny model."""
-    from medvl.imaging.volume3d import Volume
-    from medvl.tools.demo.app import processed_view
-    from medvl.tools.demo.media import Upload
-
-    rng = np.random.default_rng(0)
-    volume = Volume(rng.normal(-500, 300, (40, 40, 20)).astype(np.float32), np.diag([-1.0, -1.0, 2.0, 1.0]), "ct")
-    sheet, caption = processed_view(tiny_processor, Upload("volume", "ct.nii.gz", volume))
-    assert "`volume_values` (1, 16, 64, 64)" in caption
-    assert sheet.size == (4 * 96 + 3 * 2, 4 * 96 + 3 * 2)  # 4 x 4 tiles of 96 px, 2 px gaps
-    # tile 0 is the processor's slice 0, min-max scaled over the whole tensor
-    values = tiny_processor.volume_processor([volume])["volume_values"][0, 0].numpy()
-    grey = np.round((values - values.min()) / (values.max() - values.min()) * 255).astype(np.uint8)
-    tile = np.asarray(sheet)[:96, :96]
-    assert np.array_equal(tile[::6, ::6], grey[0][::4, ::4])  # nearest upscaling 64 -> 96: pixel 6k shows 4k
-    image = Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
-    picture, caption = processed_view(tiny_processor, Upload("image", "x.png", image))
-    assert "`pixel_values` (3, 64, 64)" in caption and picture.size == (256, 256)
-
-
 # ---------------------------------------------------------------------------------------------- browser
 
 
