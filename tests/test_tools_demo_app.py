@@ -1,4 +1,5 @@
-"""The web demo: page helpers, and the whole page in a real headless Chromium against a real server.
+"""The web demo page (``medvl.tools.demo.app``): the whole page in a real headless Chromium against a real
+server, and ``mount_demo`` on a FastAPI app served by uvicorn.
 
 The browser test starts ``python -m medvl demo`` as a subprocess on a free 127.0.0.1 port and drives
 Debian's chromium (``/usr/bin/chromium``, from ``scripts/system-deps.sh``) through playwright; no
