@@ -2,14 +2,15 @@
 
 Run it back to back with two source trees (``PYTHONPATH`` decides which medvl is imported), e.g. the
 base commit's ``src`` (``git archive <commit> src | tar -x -C /tmp/before``, plus today's
-``bench.py`` / ``bench_workloads.py`` copied in) and the working tree's, alternating A, B, A, B::
+``src/medvl/tools/bench/`` copied in) and the working tree's, alternating A, B, A, B::
 
     for rep in 1 2; do for tree in /tmp/before/src $PWD/src; do
       PYTHONPATH=$tree OMP_NUM_THREADS=1 python benchmarks/workloads_ab.py LABEL out_$rep.json w2d,w3d,i2d
     done; done
 
-Each run measures the fp32 matmul peak and the memory bandwidth first (``medvl.bench.bench_machine``),
-records the 1/5/15-minute load average before and after, and writes the workload results as JSON.
+Each run measures the fp32 matmul peak and the memory bandwidth first
+(``medvl.tools.bench.machine.bench_machine``), records the 1/5/15-minute load average before and after,
+and writes the workload results as JSON.
 
 Arguments: ``LABEL OUT.json WORKLOADS [OVERRIDES_JSON]`` where OVERRIDES_JSON maps a workload to
 ``TrainConfig`` sections, e.g. ``'{"w3d": {"data": {"cache_encoder_features": false}}}'``.
@@ -33,8 +34,11 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in ("transformers", "medvl.train", "medvl.data"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    from medvl.bench import BenchSizes, bench_machine
-    from medvl.bench_workloads import WorkloadSizes, bench_workloads, workload_rows
+    from medvl.tools.bench.machine import bench_machine
+    from medvl.tools.bench.sizes import BenchSizes
+    from medvl.tools.bench.table import workload_rows
+    from medvl.tools.bench.workload_spec import WorkloadSizes
+    from medvl.tools.bench.workloads import bench_workloads
 
     label, out, which = argv[0], argv[1], argv[2].split(",")
     overrides = json.loads(argv[3]) if len(argv) > 3 else {}

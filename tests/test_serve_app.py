@@ -664,14 +664,46 @@ def test_health_is_503_until_the_model_is_loaded(tiny_model, tiny_processor) -> 
         assert c.get("/nope").json()["error"]["type"] == "not_found_error"
 
 
+def test_ui_page_skips_the_bearer_check_and_nothing_else(tiny_model, tiny_processor) -> None:
+    """``create_app(ui=...)``: the mount callback gets the app and the path; the page's paths (and only
+    those) are exempt from the API key, which a browser cannot send."""
+    from fastapi import FastAPI
+    from starlette.testclient import TestClient
+
+    from medvl.serve.app import ServeConfig, create_app
+
+    mounted: list[str] = []
+
+    def mount(app: FastAPI, path: str) -> None:
+        page = FastAPI()
+
+        @page.get("/")
+        def index() -> dict[str, str]:
+            return {"page": "ok"}
+
+        app.mount(path, page)
+        mounted.append(path)
+
+    config = ServeConfig(model_name="tiny", api_key=API_KEY)
+    app = create_app(config, loaded=(tiny_model, tiny_processor), ui=mount, ui_path="/page")
+    assert mounted == ["/page"]
+    with TestClient(app) as c:
+        assert c.get("/page/").json() == {"page": "ok"}
+        assert c.get("/pages").status_code == 401  # a prefix of the name is not the page
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+
+
 def test_ui_is_mounted_when_the_demo_exists(tiny_model, tiny_processor) -> None:
     """``--ui``: the Gradio page at /ui (behind a login with the API key); the API keeps its bearer check."""
     from starlette.testclient import TestClient
 
-    from medvl.serve.app import ServeConfig, create_app, mount_ui
+    from medvl.commands.serve import demo_ui
+    from medvl.serve.app import ServeConfig, create_app
 
-    app = create_app(ServeConfig(model_name="tiny", api_key=API_KEY), loaded=(tiny_model, tiny_processor))
-    mount_ui(app, tiny_model, tiny_processor)
+    config = ServeConfig(model_name="tiny", api_key=API_KEY)
+    ui = demo_ui(tiny_model, tiny_processor, config)  # what `medvl serve --ui` passes
+    app = create_app(config, loaded=(tiny_model, tiny_processor), ui=ui)
     with TestClient(app) as c:
         page = c.get("/ui/")
         assert page.status_code == 200 and "gradio" in page.text.lower()

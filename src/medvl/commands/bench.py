@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the verb's sub-parser.
     """
-    from medvl.bench import DEFAULT_SUITES, SUITES
+    from medvl.tools.bench.sizes import DEFAULT_SUITES, SUITES
 
     parser.add_argument(
         "--suite",
@@ -67,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     """
     from dataclasses import replace
 
-    from medvl.bench import BenchSizes, format_table, run_benchmarks
+    from medvl.tools.bench.run import run_benchmarks
+    from medvl.tools.bench.sizes import BenchSizes
+    from medvl.tools.bench.table import format_bench_table
 
     sizes = BenchSizes.quick() if args.quick else BenchSizes.full()
     if args.repeats is not None:
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         logger.error("%s", err)
         return 2
-    print(format_table(results))
+    print(format_bench_table(results))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

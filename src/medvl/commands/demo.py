@@ -37,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: parsed arguments.
     """
-    from medvl.demo.app import build_demo, launch_options
-    from medvl.demo.examples import ExampleCases
     from medvl.inference import load_model
+    from medvl.tools.demo.app import build_demo, launch_options
+    from medvl.tools.demo.examples import ExampleCases
 
     # SIGTERM (systemd, docker stop, a test harness) stops the server like Ctrl-C: Gradio then closes
     # it properly, deleting its copies of the uploads, and exit handlers remove the example phantoms.

@@ -16,6 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
+    from medvl.serve.app import ServeConfig, UIMount
 
 HELP = "serve a model over an OpenAI-compatible HTTP API (chat completions, images and CT volumes, streaming)"
 
@@ -60,6 +67,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
+def demo_ui(model: MedVLForConditionalGeneration, processor: MedVLProcessor, config: ServeConfig) -> UIMount:
+    """The ``--ui`` page for ``create_app(ui=...)``: the Gradio web demo of the loaded model.
+
+    The page's login password is the server's API key (a browser cannot send the bearer header);
+    its upload limit is the server's request size limit.
+
+    Args:
+        model: the loaded model.
+        processor: its processor.
+        config: the server settings.
+    """
+    from medvl.tools.demo.app import mount_demo
+
+    def mount(app: FastAPI, path: str) -> None:
+        mount_demo(app, model, processor, path, password=config.api_key, max_file_size_mb=config.max_request_mb)
+
+    return mount
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the server until interrupted.
 
@@ -71,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from medvl.inference import load_model
-    from medvl.serve.app import ServeConfig, create_app, model_name_of, mount_ui
+    from medvl.serve.app import ServeConfig, create_app, model_name_of
 
     if not (Path(args.model) / "config.json").is_file():
         logger.error("%s: not a model folder (no config.json)", args.model)
@@ -111,12 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.ui:  # the demo is built around the loaded model, so load first
         model, processor = load()
-        app = create_app(config, loaded=(model, processor))
-        try:
-            mount_ui(app, model, processor)
-        except RuntimeError as err:
-            logger.error("%s", err)
-            return 2
+        app = create_app(config, loaded=(model, processor), ui=demo_ui(model, processor, config))
     else:
         app = create_app(config, loader=load, on_load_error=stop)
     server = uvicorn.Server(

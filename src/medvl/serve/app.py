@@ -41,6 +41,8 @@ from medvl.serve.schema import APIError, ChatRequest, bad_request, parse_chat_re
 logger = logging.getLogger(__name__)
 
 PUBLIC_PATHS = {"/health"}  # reachable without the API key (load balancers, readiness probes)
+# Mounts a web page (an ASGI app) on the server app at a URL path: (app, path) -> None.
+UIMount = Callable[[FastAPI, str], None]
 
 
 @dataclass
@@ -87,7 +89,7 @@ class ServerState:
         # (fast tokenizers are not safe to share across threads that change padding settings).
         self.front: Any = None
         self.front_lock = threading.Lock()
-        self.public_paths = set(PUBLIC_PATHS)  # no bearer token needed (mount_ui adds the demo page)
+        self.public_paths = set(PUBLIC_PATHS)  # no bearer token needed (create_app's ui adds a page's paths)
         self.public_prefixes: list[str] = []
         self.decoder = MediaDecoder(
             config.media_roots, MediaLimits(config.max_image_pixels, config.max_volume_voxels, config.max_media)
@@ -141,6 +143,8 @@ def create_app(
     loader: Callable[[], tuple[Any, Any]] | None = None,
     loaded: tuple[Any, Any] | None = None,
     on_load_error: Callable[[BaseException], None] | None = None,
+    ui: UIMount | None = None,
+    ui_path: str = "/ui",
 ) -> FastAPI:
     """Build the FastAPI app.
 
@@ -150,6 +154,10 @@ def create_app(
             answers 503 until it returns.
         loaded: an already loaded ``(model, processor)`` (instead of ``loader``).
         on_load_error: called if ``loader`` fails (the CLI stops the server).
+        ui: mounts a web page on the app at ``ui_path`` (``medvl serve --ui`` passes the Gradio demo's).
+            A browser cannot send the bearer header, so the page's paths skip the API-key check: with
+            an API key, the page must ask for a login itself.
+        ui_path: URL path of the page.
     """
     if (loader is None) == (loaded is None):
         raise ValueError("create_app needs exactly one of loader= or loaded=")
@@ -238,6 +246,10 @@ def create_app(
             raise APIError(500, "internal server error", type="server_error") from None
         return response
 
+    if ui is not None:
+        state.public_paths.add(ui_path.rstrip("/"))
+        state.public_prefixes.append(ui_path.rstrip("/") + "/")
+        ui(app, ui_path)
     return app
 
 
@@ -540,40 +552,6 @@ async def _stream(
             logger.info("%s: client disconnected mid-stream", request_id)
 
 
-def mount_ui(app: FastAPI, model: Any, processor: Any, path: str = "/ui") -> None:
-    """Mount the Gradio web demo (``medvl.demo.build_demo``) on the API server.
-
-    With an API key the page is not behind the bearer check (a browser cannot send that header) but
-    behind Gradio's login form, whose password is the same key.
-
-    Args:
-        app: the server app (from :func:`create_app`).
-        model: the loaded model.
-        processor: its processor.
-        path: URL path of the page.
-    """
-    import gradio
-
-    from medvl.demo import build_demo
-    from medvl.demo.app import launch_options
-
-    state: ServerState = app.state.medvl
-    options: dict[str, Any] = dict(launch_options())  # the demo's theme and css: app-level in Gradio 6
-    key = state.config.api_key
-    if key:
-        options["auth"] = lambda _user, password: secrets.compare_digest(str(password).encode(), key.encode())
-        state.public_prefixes.append(path.rstrip("/") + "/")
-        state.public_paths.add(path.rstrip("/"))
-    gradio.mount_gradio_app(
-        app,
-        build_demo(model, processor),
-        path=path,
-        ssr_mode=False,
-        max_file_size=f"{state.config.max_request_mb:g}mb",
-        **options,
-    )
-
-
 def model_name_of(path: str | os.PathLike) -> str:
     """The served model name of a checkpoint folder: its folder name.
 
@@ -583,4 +561,4 @@ def model_name_of(path: str | os.PathLike) -> str:
     return Path(path).resolve().name
 
 
-__all__ = ["ServeConfig", "create_app", "mount_ui", "model_name_of"]
+__all__ = ["ServeConfig", "UIMount", "create_app", "model_name_of"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medvl.demo.viewer import LABEL_COLOR, montage, orient_for_view, plane_slice, render_plane
 from medvl.imaging.volume3d import Volume
+from medvl.tools.demo.viewer import LABEL_COLOR, montage, orient_for_view, plane_slice, render_plane
 
 MARKER_HU = 1000.0
 

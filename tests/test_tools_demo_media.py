@@ -12,9 +12,9 @@ import pydicom.data
 import pytest
 from PIL import Image
 
-from medvl.demo.media import load_upload
 from medvl.errors import MedVLDataError
 from medvl.imaging.volume3d import Volume, load_volume
+from medvl.tools.demo.media import load_upload
 
 CT_SERIES = Path(pydicom.__file__).resolve().parent / "data" / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
 CT_SMALL = Path(pydicom.data.get_testdata_file("CT_small.dcm"))  # one 128x128 CT slice

@@ -53,7 +53,8 @@ class OrientedVolume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.array.shape)
+        d, h, w = (int(s) for s in self.array.shape)
+        return d, h, w
 
     def num_slices(self, plane: str) -> int:
         """How many slices the slider of ``plane`` offers.
@@ -97,7 +98,7 @@ def orient_for_view(volume: Volume) -> OrientedVolume:
     spacing = [0.0, 0.0, 0.0]
     for axis, (new_axis, _flip) in enumerate(transform):
         spacing[int(new_axis)] = volume.spacing[axis]
-    return OrientedVolume(np.ascontiguousarray(array), tuple(spacing), volume.source)
+    return OrientedVolume(np.ascontiguousarray(array), (spacing[0], spacing[1], spacing[2]), volume.source)
 
 
 def plane_slice(volume: OrientedVolume, plane: str, index: int) -> tuple[np.ndarray, tuple[float, float]]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from medvl.demo.examples import ExampleCases
-from medvl.demo.media import load_upload
+from medvl.tools.demo.examples import ExampleCases
+from medvl.tools.demo.media import load_upload
 
 
 def test_examples_render_on_first_use_and_load(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The web demo: page helpers, and the whole page in a real headless Chromium against a real server.
+"""The web demo page (``medvl.tools.demo.app``): the whole page in a real headless Chromium against a real
+server, and ``mount_demo`` on a FastAPI app served by uvicorn.
 
 The browser test starts ``python -m medvl demo`` as a subprocess on a free 127.0.0.1 port and drives
 Debian's chromium (``/usr/bin/chromium``, from ``scripts/system-deps.sh``) through playwright; no
@@ -39,57 +40,6 @@ CHROMIUM_ARGS = [
 MAX_NEW_TOKENS = 24
 
 
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def test_user_turn_puts_one_marker_per_upload_in_upload_order() -> None:
-    from medvl.demo.app import user_turn
-    from medvl.demo.media import Upload
-
-    uploads = [Upload("image", "a.png", None), Upload("volume", "b.nii.gz", None), Upload("image", "c.png", None)]
-    assert user_turn("Where?", uploads) == "<image>\n<volume>\n<image>\nWhere?"
-    assert user_turn("And now?", []) == "And now?"
-
-
-def test_generation_settings_greedy_at_temperature_zero() -> None:
-    from medvl.demo.app import generation_kwargs
-
-    assert generation_kwargs(32.0, 0.0, 0.9) == {"max_new_tokens": 32, "do_sample": False}
-    assert generation_kwargs(8, 0.7, 0.9) == {"max_new_tokens": 8, "do_sample": True, "temperature": 0.7, "top_p": 0.9}
-
-
-def test_window_setting_presets_and_custom() -> None:
-    import gradio as gr
-
-    from medvl.demo.app import window_setting
-
-    assert window_setting("bone", 1.0, 2.0) == "bone"
-    assert window_setting("custom", 40, 400) == (40.0, 400.0)
-    with pytest.raises(gr.Error, match="width must be > 0"):
-        window_setting("custom", 40, 0)
-
-
-def test_processed_view_shows_the_processor_tensors(tiny_processor) -> None:
-    """The "model input" picture is the saved processor's output: 16 axial slices of 64x64 for the tiny model."""
-    from medvl.demo.app import processed_view
-    from medvl.demo.media import Upload
-    from medvl.imaging.volume3d import Volume
-
-    rng = np.random.default_rng(0)
-    volume = Volume(rng.normal(-500, 300, (40, 40, 20)).astype(np.float32), np.diag([-1.0, -1.0, 2.0, 1.0]), "ct")
-    sheet, caption = processed_view(tiny_processor, Upload("volume", "ct.nii.gz", volume))
-    assert "`volume_values` (1, 16, 64, 64)" in caption
-    assert sheet.size == (4 * 96 + 3 * 2, 4 * 96 + 3 * 2)  # 4 x 4 tiles of 96 px, 2 px gaps
-    # tile 0 is the processor's slice 0, min-max scaled over the whole tensor
-    values = tiny_processor.volume_processor([volume])["volume_values"][0, 0].numpy()
-    grey = np.round((values - values.min()) / (values.max() - values.min()) * 255).astype(np.uint8)
-    tile = np.asarray(sheet)[:96, :96]
-    assert np.array_equal(tile[::6, ::6], grey[0][::4, ::4])  # nearest upscaling 64 -> 96: pixel 6k shows 4k
-    image = Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
-    picture, caption = processed_view(tiny_processor, Upload("image", "x.png", image))
-    assert "`pixel_values` (3, 64, 64)" in caption and picture.size == (256, 256)
-
-
 # ---------------------------------------------------------------------------------------------- browser
 
 
@@ -122,8 +72,8 @@ def phantom_files(tmp_path_factory) -> tuple[Path, Path]:
 def test_page_callbacks_stream_chat_answers_without_re_encoding(demo_model_dir: Path, phantom_files) -> None:
     """The page's own callbacks (no browser): uploads are encoded once, at upload; the answer arrives
     in several growing pieces and ends as ``chat``'s greedy answer; the second turn reuses the media."""
-    from medvl.demo.app import build_demo
     from medvl.inference import chat, load_model
+    from medvl.tools.demo.app import build_demo
 
     png, nii = phantom_files
     model, processor = load_model(demo_model_dir, device="cpu")
@@ -256,9 +206,9 @@ def test_demo_page_in_headless_chromium(demo_server: str, demo_model_dir: Path, 
         pytest.skip("Debian's chromium is not installed (/usr/bin/chromium); scripts/system-deps.sh installs it")
     from playwright.sync_api import sync_playwright
 
-    from medvl.demo.viewer import orient_for_view, render_plane
     from medvl.imaging.volume3d import load_volume
     from medvl.inference import chat, load_model
+    from medvl.tools.demo.viewer import orient_for_view, render_plane
 
     png, nii = phantom_files
     question = "Is there a nodule in the left lung?"
@@ -405,19 +355,17 @@ def test_demo_page_in_headless_chromium(demo_server: str, demo_model_dir: Path, 
 
 
 def test_demo_mounts_on_a_fastapi_app(tiny_model, tiny_processor) -> None:
-    """``medvl serve --ui`` mounts ``build_demo``'s page on its FastAPI app: a real uvicorn server serves it."""
+    """``mount_demo`` (``medvl serve --ui``) puts the page on a FastAPI app: a real uvicorn server serves it."""
     import threading
 
-    import gradio as gr
     import httpx
     import uvicorn
     from fastapi import FastAPI
 
-    from medvl.demo import build_demo
-    from medvl.demo.app import launch_options
+    from medvl.tools.demo.app import mount_demo
 
     app = FastAPI()
-    app = gr.mount_gradio_app(app, build_demo(tiny_model, tiny_processor), path="/ui", **launch_options())
+    mount_demo(app, tiny_model, tiny_processor, "/ui")
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
