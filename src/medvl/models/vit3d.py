@@ -145,7 +145,8 @@ class Vit3DConfig(PreTrainedConfig):
     @property
     def grid_size(self) -> tuple[int, int, int]:
         """Patch grid (d, h, w)."""
-        return tuple(s // p for s, p in zip(self.image_size, self.patch_size))
+        (d, h, w), (pd, ph, pw) = self.image_size, self.patch_size  # 3 values each (checked in __post_init__)
+        return d // pd, h // ph, w // pw
 
     @property
     def num_patches(self) -> int:
