@@ -124,7 +124,7 @@ class EncodedMedia:
     source: str = ""
 
 
-def _record_with_media(
+def record_with_media(
     record_id: str, messages: list[dict[str, str]], images: Sequence[ImageSource], volumes: Sequence[VolumeSource]
 ) -> Record:
     """A record whose media may be loaded objects or :class:`EncodedMedia`, not only paths.
@@ -358,7 +358,7 @@ def encode_media(
     Returns:
         (encoded images, encoded volumes), in the given order.
     """
-    record = _record_with_media("encode", [], images, volumes)
+    record = record_with_media("encode", [], images, volumes)
     loaded_images, loaded_volumes = _load_media(record)
     out: list[list[EncodedMedia]] = []
     loaded: Sequence[LoadedImage | LoadedVolume]
@@ -683,7 +683,7 @@ def chat(
         do_sample: sample instead of greedy decoding.
         **gen_kwargs: passed to ``model.generate``.
     """
-    record = _record_with_media("chat", list(messages), images, volumes)
+    record = record_with_media("chat", list(messages), images, volumes)
     return generate(
         model,
         processor,
@@ -727,7 +727,7 @@ def stream_chat(
         cancel: an event that, once set, stops generation.
         **gen_kwargs: passed to ``model.generate``.
     """
-    record = _record_with_media("chat", list(messages), images, volumes)
+    record = record_with_media("chat", list(messages), images, volumes)
     cancel = cancel or threading.Event()
     # text deltas, then None at the end, or the exception generation raised
     deltas: queue.Queue[str | BaseException | None] = queue.Queue()
@@ -777,5 +777,6 @@ __all__ = [
     "EncodedMedia",
     "prepare_batch",
     "prompt_messages",
+    "record_with_media",
     "reference_of",
 ]
