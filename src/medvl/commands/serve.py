@@ -16,6 +16,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 
 HELP = "serve a model over an OpenAI-compatible HTTP API (chat completions, images and CT volumes, streaming)"
 
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         logger.warning("listening on %s without --api-key: anyone who can reach this port can use the model", args.host)
 
-    def load():
+    def load() -> tuple[MedVLForConditionalGeneration, MedVLProcessor]:
         return load_model(args.model, dtype=args.dtype, device=args.device)
 
     failed: list[BaseException] = []

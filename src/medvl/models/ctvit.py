@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +136,7 @@ class CTViTConfig(PreTrainedConfig):
     num_frames: int = CTCLIP_NUM_FRAMES
     initializer_range: float = 0.02
 
-    def __post_init__(self, **kwargs):
+    def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
         self.image_size = _pair(self.image_size, "image_size")
         self.patch_size = _pair(self.patch_size, "patch_size")
@@ -559,7 +559,7 @@ class CTViTModel(CTViTPreTrainedModel):
         temporal = self.enc_temporal_transformer(temporal_in, grid_shape)
         return temporal.reshape(n, h, w, t, d).permute(0, 3, 1, 2, 4)
 
-    def forward(self, volume_values: torch.Tensor, **kwargs) -> CTViTOutput:
+    def forward(self, volume_values: torch.Tensor, **kwargs: Any) -> CTViTOutput:
         """Encode volumes.
 
         Args:
