@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -588,13 +589,7 @@ def generate_detailed(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     records = list(records)
-    per_row = None if isinstance(max_new_tokens, int) else [int(n) for n in max_new_tokens]
-    one_limit = max_new_tokens if isinstance(max_new_tokens, int) else 0  # used when per_row is None
-    if per_row is not None:
-        if len(per_row) != len(records):
-            raise ValueError(f"max_new_tokens has {len(per_row)} entries for {len(records)} records")
-        if min(per_row, default=1) < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {per_row}")
+    record_limits = _record_limits(max_new_tokens, len(records))
     stop_ids = _stop_token_ids(model, processor)
     outputs: list[Generation | None] = [None] * len(records)
     # Batch prompts of similar length together (less padding); results go back to record order.
@@ -603,38 +598,29 @@ def generate_detailed(
     try:
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            limits = [per_row[i] for i in index] if per_row is not None else [one_limit] * len(index)
+            limits = [record_limits[i] for i in index]
             kwargs = _generation_kwargs(processor, max(limits), min_new_tokens, do_sample, gen_kwargs)
             batch = prepare_batch(model, processor, [records[i] for i in index])
             prompt_length = batch["input_ids"].shape[1]
             if on_text is not None:
                 kwargs["streamer"] = _RowStreamer(processor.tokenizer, index, on_text, stop_ids)
-            criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", []) or [])
-            if should_stop is not None:
-                criteria.append(_RowStop(index, should_stop))
-            if len(set(limits)) > 1:
-                criteria.append(_RowLimit(prompt_length, limits))
+            criteria = _stopping_criteria(
+                kwargs.pop("stopping_criteria", None), index, limits, prompt_length, should_stop
+            )
             if criteria:
                 kwargs["stopping_criteria"] = criteria
             sequences = model.generate(**batch, **kwargs)
             # Left padding: every row's prompt ends at the same column, new tokens follow it.
             new_tokens = sequences[:, prompt_length:]
             texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            pad_id = kwargs["pad_token_id"]
             for row, (i, text) in enumerate(zip(index, texts)):
-                ids = new_tokens[row].tolist()[: limits[row]]
-                count, reason = len(ids), "length"
-                for n, tok in enumerate(ids):
-                    if tok in stop_ids:
-                        count, reason = n, "stop"
-                        break
-                    if tok == pad_id:  # a finished row is padded: it was stopped by should_stop
-                        count, reason = n, "cancelled"
-                        break
-                if reason == "length" and count < limits[row]:
-                    reason = "cancelled"
-                if reason == "length" and should_stop is not None and should_stop(i):
-                    reason = "cancelled"
+                count, reason = _completion(
+                    new_tokens[row].tolist()[: limits[row]],
+                    limits[row],
+                    stop_ids,
+                    kwargs["pad_token_id"],
+                    _never if should_stop is None else functools.partial(should_stop, i),
+                )
                 outputs[i] = Generation(
                     text=text,
                     prompt_tokens=int(batch["attention_mask"][row].sum()),
@@ -644,7 +630,64 @@ def generate_detailed(
             bar.update(len(index))
     finally:
         bar.close()
-    return outputs  # type: ignore[return-value]
+    done = [g for g in outputs if g is not None]
+    if len(done) != len(records):  # every record belongs to exactly one batch
+        raise RuntimeError(f"{len(records) - len(done)} record(s) got no generation")
+    return done
+
+
+def _never() -> bool:
+    return False
+
+
+def _record_limits(max_new_tokens: int | Sequence[int], num_records: int) -> list[int]:
+    """Each record's max new tokens: one limit for all, or one per record (checked)."""
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * num_records
+    per_row = [int(n) for n in max_new_tokens]
+    if len(per_row) != num_records:
+        raise ValueError(f"max_new_tokens has {len(per_row)} entries for {num_records} records")
+    if min(per_row, default=1) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {per_row}")
+    return per_row
+
+
+def _stopping_criteria(
+    given: StoppingCriteriaList | list[StoppingCriteria] | None,
+    rows: Sequence[int],
+    limits: Sequence[int],
+    prompt_length: int,
+    should_stop: Callable[[int], bool] | None,
+) -> StoppingCriteriaList:
+    """The caller's stopping criteria plus per-row early stop and per-row lengths (when rows differ)."""
+    criteria = StoppingCriteriaList(given or [])
+    if should_stop is not None:
+        criteria.append(_RowStop(rows, should_stop))
+    if len(set(limits)) > 1:
+        criteria.append(_RowLimit(prompt_length, limits))
+    return criteria
+
+
+def _completion(
+    ids: list[int], limit: int, stop_ids: set[int], pad_id: int | None, stopped: Callable[[], bool]
+) -> tuple[int, str]:
+    """(completion tokens, finish reason) of one row's new tokens (cut to its ``limit``).
+
+    Args:
+        ids: the row's new token ids, at most ``limit``.
+        limit: the row's max new tokens.
+        stop_ids: end-of-sequence ids (not counted).
+        pad_id: the padding id: a finished row is padded, so padding before the limit means a cancel.
+        stopped: whether the caller's ``should_stop`` ended this row (asked only for a full-length row).
+    """
+    for n, tok in enumerate(ids):
+        if tok in stop_ids:
+            return n, "stop"
+        if tok == pad_id:  # a finished row is padded: it was stopped by should_stop
+            return n, "cancelled"
+    if len(ids) < limit or stopped():
+        return len(ids), "cancelled"
+    return len(ids), "length"
 
 
 def _prompt_size(processor: MedVLProcessor, record: Record) -> int:
