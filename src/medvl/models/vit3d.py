@@ -475,7 +475,9 @@ def vit3d_config_from_clip(config: dict, kind: str) -> dict:
     """
     if kind == "medmclip":
 
-        def last(value: int | list[int] | tuple[int, ...]) -> int:  # MedM-VL's loader rewrites the sizes into [frames, H, W] lists
+        def last(
+            value: int | list[int] | tuple[int, ...],
+        ) -> int:  # MedM-VL's loader rewrites the sizes into [frames, H, W] lists
             return int(value[-1]) if isinstance(value, (list, tuple)) else int(value)
 
         try:
