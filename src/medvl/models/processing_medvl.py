@@ -133,7 +133,8 @@ class MedVLProcessor(ProcessorMixin):
         self.num_volume_tokens = int(num_volume_tokens)
         self.image_token = image_token
         self.volume_token = volume_token
-        if isinstance(volume_processor_config, MedVLVolumeProcessor):
+        # a processor instance (not isinstance: remote code may load a second copy of its class)
+        if volume_processor_config is not None and not isinstance(volume_processor_config, dict):
             volume_processor_config = volume_processor_config.to_dict()
         self.volume_processor_config: dict[str, Any] | None = volume_processor_config
         self._volume_processor: MedVLVolumeProcessor | None = None
