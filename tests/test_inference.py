@@ -440,3 +440,14 @@ def test_generate_detailed_per_row_limits_and_usage(loaded) -> None:
     )
     assert cut[0].finish_reason == "length" and cut[0].completion_tokens == 6
     assert cut[1].finish_reason in ("cancelled", "stop") and cut[1].completion_tokens < 6
+
+
+def test_completion_counts_tokens_before_the_end_and_names_why_it_finished() -> None:
+    from medvl.inference import _completion
+
+    eos, pad = {2}, 0
+    assert _completion([5, 6, 2, 0], 4, eos, pad, lambda: False) == (2, "stop")  # eos not counted
+    assert _completion([5, 0, 0], 3, eos, pad, lambda: False) == (1, "cancelled")  # padded: stopped early
+    assert _completion([5, 6], 4, eos, pad, lambda: False) == (2, "cancelled")  # ended before its limit
+    assert _completion([5, 6, 7], 3, eos, pad, lambda: False) == (3, "length")
+    assert _completion([5, 6, 7], 3, eos, pad, lambda: True) == (3, "cancelled")  # should_stop said so

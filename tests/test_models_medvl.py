@@ -360,3 +360,15 @@ def test_supervised_loss_mirrors_scaled_lm_heads(llm):
     torch.testing.assert_close(
         loss, F.cross_entropy(full[0, :-1], labels[0, 1:], ignore_index=-100), atol=1e-5, rtol=1e-5
     )
+
+
+def test_typed_part_configs_and_connector_dtype():
+    cfg = make_config(tower="siglip")
+    assert cfg.vision_tower_config is cfg.vision_config
+    assert cfg.vision_tower_config.model_type == "siglip_vision_model"
+    with pytest.raises(ValueError, match="this model has no volume_config"):
+        _ = cfg.volume_encoder_config
+    model = make_model(make_config(tower=None, volume="vit3d")).to(torch.bfloat16)
+    assert model.volume_connector.input_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="needs volume_values or encoder_features"):
+        model.get_volume_features()

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from medvl.models import MedVLConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ def content_parts_template(template: str) -> str:
     return _PARTS_TO_TEXT + template
 
 
-def llava_incompatibility(config: Any) -> str | None:
+def llava_incompatibility(config: MedVLConfig) -> str | None:
     """Why a medvl config cannot be written as stock LLaVA, or None when it can.
 
     Args:
@@ -69,8 +72,9 @@ def llava_incompatibility(config: Any) -> str | None:
         return "it has a volume encoder (3D input); stock LLaVA takes 2D images only"
     if config.vision_config is None:
         return "it has no 2D vision tower"
-    if config.vision_config.model_type not in LLAVA_TOWERS:
-        return f"its tower is {config.vision_config.model_type!r}; the stock export supports CLIP and SigLIP towers"
+    tower = config.vision_tower_config
+    if tower.model_type not in LLAVA_TOWERS:
+        return f"its tower is {tower.model_type!r}; the stock export supports CLIP and SigLIP towers"
     conn = config.image_connector_config
     if conn.type != "mlp":
         return f"its connector is {conn.type!r}; stock LLaVA has a token-wise MLP projector only"
@@ -79,20 +83,27 @@ def llava_incompatibility(config: Any) -> str | None:
             f"its MLP connector has depth {conn.depth}{' and a LayerNorm' if conn.layer_norm else ''}; "
             "LLaVA's projector is exactly Linear -> activation -> Linear"
         )
-    prefix = prefix_token_count(config.vision_config)
+    prefix = prefix_token_count(tower)
     if config.image_feature_select == "cls" or (config.image_feature_select == "patch" and prefix not in (0, 1)):
         return f"its feature select {config.image_feature_select!r} has no LLaVA equivalent"
     return None
 
 
-def _select_strategy(config: Any) -> tuple[str, int]:
+def _select_strategy(config: MedVLConfig) -> tuple[Literal["default", "full"], int]:
     """LLaVA's (vision_feature_select_strategy, num_additional_image_tokens) for the medvl token selection."""
     from medvl.models.configuration_medvl import prefix_token_count
 
-    prefix = prefix_token_count(config.vision_config)
+    prefix = prefix_token_count(config.vision_tower_config)
     if config.image_feature_select == "patch" and prefix == 1:
         return "default", 1  # drop the CLS token
     return "full", prefix  # keep every token (SigLIP has no CLS: "patch" and "all" are the same)
+
+
+def _one_template(template: str | dict[str, str] | None) -> str:
+    """The processor's chat template (medvl saves exactly one)."""
+    if not isinstance(template, str):
+        raise ExportError(f"expected one chat template string, got {type(template).__name__}")
+    return template
 
 
 def _llava_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -159,16 +170,19 @@ def _export_llava_into(model_dir: Path, out_dir: Path) -> None:
         )
     processor = MedVLProcessor.from_pretrained(model_dir)
     strategy, additional = _select_strategy(config)
+    if config.image_token_id is None:
+        raise ExportError(f"{model_dir}: config.image_token_id is not set, so LLaVA could not place the images")
+    text_config = config.get_text_config()
     llava_config = LlavaConfig(
-        vision_config=config.vision_config.to_dict(),
-        text_config=config.text_config.to_dict(),
+        vision_config=config.vision_tower_config.to_dict(),
+        text_config=text_config.to_dict(),
         image_token_index=config.image_token_id,
         image_seq_length=config.num_image_tokens,
         projector_hidden_act=config.image_connector_config.activation,
         vision_feature_select_strategy=strategy,
         vision_feature_layer=config.image_feature_layer,
         multimodal_projector_bias=True,
-        tie_word_embeddings=bool(config.text_config.tie_word_embeddings),
+        tie_word_embeddings=bool(text_config.tie_word_embeddings),
     )
     dtype = next(model.parameters()).dtype
     llava_config.dtype = dtype
@@ -191,13 +205,13 @@ def _export_llava_into(model_dir: Path, out_dir: Path) -> None:
     llava.generation_config = model.generation_config
     llava.eval()
 
-    patch = config.vision_config.patch_size
+    patch = config.vision_tower_config.patch_size
     llava_processor = LlavaProcessor(
         image_processor=processor.image_processor,
         tokenizer=processor.tokenizer,
         patch_size=patch if isinstance(patch, int) else patch[0],
         vision_feature_select_strategy=strategy,
-        chat_template=content_parts_template(processor.chat_template),
+        chat_template=content_parts_template(_one_template(processor.chat_template)),
         image_token="<image>",
         num_additional_image_tokens=additional,
     )

@@ -14,27 +14,41 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import torch
+from transformers import PreTrainedConfig
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from medvl.data.records import Record
 from medvl.errors import MedVLDataError
 
+if TYPE_CHECKING:  # medvl.models pulls in the model code; it is imported when a model is loaded
+    from PIL import Image
+
+    from medvl.imaging.volume3d import Volume
+    from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
+
 logger = logging.getLogger(__name__)
+
+# One image of a record: a path, a loaded image or the encoder's output (:class:`EncodedMedia`).
+ImageSource: TypeAlias = "str | Path | Image.Image | EncodedMedia"
+# One volume of a record: a path (file or DICOM folder), a loaded volume or the encoder's output.
+VolumeSource: TypeAlias = "str | Path | Volume | EncodedMedia"
 
 
 def load_model(
     path: str | Path, *, dtype: str | torch.dtype | None = None, device: str | None = None
-) -> tuple[Any, Any]:
+) -> tuple[MedVLForConditionalGeneration, MedVLProcessor]:
     """Load a medvl checkpoint (model in eval mode + processor) from a local folder.
 
     Args:
@@ -58,7 +72,8 @@ def load_model(
         dtype = torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {"dtype": "auto"}
     model = MedVLForConditionalGeneration.from_pretrained(path, **kwargs)
-    model.to(device).eval()
+    # transformers wraps .to with functools.wraps(nn.Module.to), whose stub signature mypy then misreads
+    model.to(device).eval()  # type: ignore[arg-type]
     processor = MedVLProcessor.from_pretrained(path)
     return model, processor
 
@@ -110,16 +125,30 @@ class EncodedMedia:
     source: str = ""
 
 
-def _load_media(record: Record) -> tuple[list[Any], list[Any]]:
+def record_with_media(
+    record_id: str, messages: list[dict[str, str]], images: Sequence[ImageSource], volumes: Sequence[VolumeSource]
+) -> Record:
+    """A record whose media may be loaded objects or :class:`EncodedMedia`, not only paths.
+
+    ``Record`` annotates its media as the paths a records file holds; the inference path (and
+    the server, the demo, ``chat``) also carries loaded media there, which :func:`_load_media` passes through.
+    """
+    return Record(id=record_id, messages=messages, images=list(images), volumes=list(volumes))  # type: ignore[arg-type]
+
+
+LoadedImage: TypeAlias = "Image.Image | EncodedMedia"
+LoadedVolume: TypeAlias = "Volume | EncodedMedia"
+
+
+def _load_media(record: Record) -> tuple[list[LoadedImage], list[LoadedVolume]]:
     """The record's media, read from disk; entries that are already loaded (a ``PIL.Image`` or a
     ``Volume``, as the server and the demo decode uploads in memory, or :class:`EncodedMedia`) pass
     through unchanged."""
-    from medvl.imaging.image2d import load_image
+    from medvl.imaging.image2d import load_image, record_window
     from medvl.imaging.volume3d import load_volume
 
-    images, volumes = [], []
-    from medvl.imaging.image2d import record_window
-
+    images: list[LoadedImage] = []
+    volumes: list[LoadedVolume] = []
     # the record's or its data set's intensity window (meta["window"])
     window = record_window(record.meta, record.id, record.source_file)
     for p in record.images:
@@ -148,12 +177,12 @@ def _load_media(record: Record) -> tuple[list[Any], list[Any]]:
     return images, volumes
 
 
-def _model_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
+def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     param = next(model.parameters())
     return param.device, param.dtype
 
 
-def check_prompt_lengths(model: Any, records: Sequence[Record], lengths: Sequence[int]) -> None:
+def check_prompt_lengths(model: torch.nn.Module, records: Sequence[Record], lengths: Sequence[int]) -> None:
     """Refuse a prompt longer than the model's positions: it would be answered with garbage.
 
     Args:
@@ -167,7 +196,7 @@ def check_prompt_lengths(model: Any, records: Sequence[Record], lengths: Sequenc
     from medvl.data.labels import OverlongSampleError
 
     config = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text_config = config.get_text_config() if isinstance(config, PreTrainedConfig) else config
     limit = getattr(text_config, "max_position_embeddings", None)
     if not limit:
         return
@@ -183,7 +212,9 @@ def check_prompt_lengths(model: Any, records: Sequence[Record], lengths: Sequenc
             )
 
 
-def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict[str, torch.Tensor]:
+def prepare_batch(
+    model: MedVLForConditionalGeneration, processor: MedVLProcessor, records: Sequence[Record]
+) -> dict[str, torch.Tensor]:
     """Render, tokenise and preprocess ``records`` into one left-padded batch on the model's device.
 
     Args:
@@ -191,9 +222,11 @@ def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict
         processor: its ``MedVLProcessor``.
         records: the samples (their trailing assistant turn, if any, is left out).
     """
-    texts, images, volumes = [], [], []
+    texts: list[str] = []
+    images: list[LoadedImage] = []
+    volumes: list[LoadedVolume] = []
     for rec in records:
-        texts.append(processor.apply_chat_template(prompt_messages(rec), add_generation_prompt=True, tokenize=False))
+        texts.append(_render_prompt(processor, rec))
         imgs, vols = _load_media(rec)
         images.extend(imgs)
         volumes.extend(vols)
@@ -205,7 +238,7 @@ def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict
             kwargs["images"] = images
         if volumes:
             kwargs["volumes"] = volumes
-        batch = processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
+        batch = dict(processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs))
     device, dtype = _model_device_dtype(model)
     out = {}
     for key, value in batch.items():
@@ -218,8 +251,21 @@ def prepare_batch(model: Any, processor: Any, records: Sequence[Record]) -> dict
     return out
 
 
+def _render_prompt(processor: MedVLProcessor, record: Record) -> str:
+    """The record's prompt rendered by the processor's chat template, ending with the assistant header."""
+    text = processor.apply_chat_template(prompt_messages(record), add_generation_prompt=True, tokenize=False)
+    if not isinstance(text, str):  # tokenize=False and one conversation render one string
+        raise TypeError(f"the chat template rendered {type(text).__name__}, not a string")
+    return text
+
+
 def _prepare_with_features(
-    model: Any, processor: Any, records: Sequence[Record], texts: list[str], images: list[Any], volumes: list[Any]
+    model: MedVLForConditionalGeneration,
+    processor: MedVLProcessor,
+    records: Sequence[Record],
+    texts: list[str],
+    images: list[LoadedImage],
+    volumes: list[LoadedVolume],
 ) -> dict[str, torch.Tensor]:
     """The batch of :func:`prepare_batch` when some media are :class:`EncodedMedia`.
 
@@ -228,32 +274,43 @@ def _prepare_with_features(
     still in raw form are encoded here, in text order), the others as pixel / volume values.
     """
     names = ", ".join(r.id for r in records)
-    for marker, items in ((processor.image_token, images), (processor.volume_token, volumes)):
+    for marker, count in ((processor.image_token, len(images)), (processor.volume_token, len(volumes))):
         found = sum(t.count(marker) for t in texts)
-        if found != len(items):
-            raise MedVLDataError(f"{len(items)} media given for {found} {marker} marker(s)", record=names)
+        if found != count:
+            raise MedVLDataError(f"{count} media given for {found} {marker} marker(s)", record=names)
     expanded = [processor.expand_text(t, row) for row, t in enumerate(texts)]
-    batch: dict[str, Any] = dict(processor.tokenizer(expanded, padding=True, padding_side="left", return_tensors="pt"))
+    batch: dict[str, torch.Tensor] = dict(
+        processor.tokenizer(expanded, padding=True, padding_side="left", return_tensors="pt")
+    )
     for kind, items, values_key in (("image", images, "pixel_values"), ("volume", volumes, "volume_values")):
         if not items:
             continue
         if any(isinstance(m, EncodedMedia) for m in items):
             batch[f"{kind}_encoder_features"] = _features_in_order(model, processor, kind, items)
         else:
-            batch[values_key] = _preprocess(processor, kind, items)
+            batch[values_key] = _preprocess(processor, kind, [m for m in items if not isinstance(m, EncodedMedia)])
     return batch
 
 
-def _preprocess(processor: Any, kind: str, items: Sequence[Any]) -> torch.Tensor:
+def _preprocess(processor: MedVLProcessor, kind: str, items: Sequence[Image.Image | Volume]) -> torch.Tensor:
     """Pixel values (N, 3, H, W) or volume values (N, C, D, H, W) of loaded media, by the saved processor."""
+    # ``kind`` says which of the two the items are
     if kind == "image":
-        return processor.image_processor(list(items), return_tensors="pt")["pixel_values"]
+        if processor.image_processor is None:
+            raise ValueError("images given but this processor has no image processor")
+        images = cast("list[Image.Image]", list(items))
+        return processor.image_processor(images, return_tensors="pt")["pixel_values"]
     if processor.volume_processor is None:
         raise ValueError("volumes given but this processor has no volume processor")
-    return processor.volume_processor(list(items))["volume_values"]
+    return processor.volume_processor(cast("list[Volume]", list(items)))["volume_values"]
 
 
-def _features_in_order(model: Any, processor: Any, kind: str, items: Sequence[Any]) -> torch.Tensor:
+def _features_in_order(
+    model: MedVLForConditionalGeneration,
+    processor: MedVLProcessor,
+    kind: str,
+    items: Sequence[Image.Image | Volume | EncodedMedia],
+) -> torch.Tensor:
     """(N, tokens, width) encoder features of ``items`` in order: cached ones as they are, the rest encoded now."""
     raw = [m for m in items if not isinstance(m, EncodedMedia)]
     fresh = iter(_encode(model, processor, kind, raw)) if raw else iter(())
@@ -269,7 +326,9 @@ def _features_in_order(model: Any, processor: Any, kind: str, items: Sequence[An
     return torch.stack([r.to(device) for r in rows])
 
 
-def _encode(model: Any, processor: Any, kind: str, items: Sequence[Any]) -> list[torch.Tensor]:
+def _encode(
+    model: MedVLForConditionalGeneration, processor: MedVLProcessor, kind: str, items: Sequence[Image.Image | Volume]
+) -> list[torch.Tensor]:
     """Encoder outputs (one (tokens, width) tensor per item) of loaded media, encoded in one batch."""
     device, dtype = _model_device_dtype(model)
     values = _preprocess(processor, kind, items).to(device=device, dtype=dtype)
@@ -279,7 +338,11 @@ def _encode(model: Any, processor: Any, kind: str, items: Sequence[Any]) -> list
 
 @torch.no_grad()
 def encode_media(
-    model: Any, processor: Any, *, images: Sequence[Any] = (), volumes: Sequence[Any] = ()
+    model: MedVLForConditionalGeneration,
+    processor: MedVLProcessor,
+    *,
+    images: Sequence[ImageSource] = (),
+    volumes: Sequence[VolumeSource] = (),
 ) -> tuple[list[EncodedMedia], list[EncodedMedia]]:
     """Read, preprocess and encode media once, for reuse over the turns of a conversation.
 
@@ -296,10 +359,12 @@ def encode_media(
     Returns:
         (encoded images, encoded volumes), in the given order.
     """
-    record = Record(id="encode", messages=[], images=list(images), volumes=list(volumes))
+    record = record_with_media("encode", [], images, volumes)
     loaded_images, loaded_volumes = _load_media(record)
     out: list[list[EncodedMedia]] = []
-    for kind, loaded, given in (("image", loaded_images, record.images), ("volume", loaded_volumes, record.volumes)):
+    loaded: Sequence[LoadedImage | LoadedVolume]
+    given: Sequence[ImageSource | VolumeSource]
+    for kind, loaded, given in (("image", loaded_images, images), ("volume", loaded_volumes, volumes)):
         features = iter(
             _encode(model, processor, kind, [m for m in loaded if not isinstance(m, EncodedMedia)])
             if any(not isinstance(m, EncodedMedia) for m in loaded)
@@ -316,7 +381,9 @@ def encode_media(
     return out[0], out[1]
 
 
-def _generation_kwargs(processor: Any, max_new_tokens: int, min_new_tokens: int, do_sample: bool, extra: dict) -> dict:
+def _generation_kwargs(
+    processor: MedVLProcessor, max_new_tokens: int, min_new_tokens: int, do_sample: bool, extra: dict[str, Any]
+) -> dict[str, Any]:
     tok = processor.tokenizer
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
@@ -342,7 +409,9 @@ class _RowStreamer(BaseStreamer):
     deltas of a row concatenate exactly to the final decoded answer.
     """
 
-    def __init__(self, tokenizer: Any, rows: Sequence[int], on_text: TextCallback, stop_ids: set[int]):
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, rows: Sequence[int], on_text: TextCallback, stop_ids: set[int]
+    ):
         self.tokenizer = tokenizer
         self.rows = list(rows)
         self.on_text = on_text
@@ -372,7 +441,7 @@ class _RowStreamer(BaseStreamer):
             self._emit(j, final=True)
 
     def _emit(self, j: int, final: bool) -> None:
-        text = self.tokenizer.decode(self.tokens[j], skip_special_tokens=True)
+        text = cast(str, self.tokenizer.decode(self.tokens[j], skip_special_tokens=True))  # one sequence: one str
         if not final and text.endswith("\ufffd"):
             return
         if len(text) > len(self.sent[j]) and text.startswith(self.sent[j]):
@@ -388,12 +457,12 @@ class _RowStop(StoppingCriteria):
         self.rows = list(rows)
         self.should_stop = should_stop
 
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         flags = [bool(self.should_stop(i)) for i in self.rows]
-        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+        return cast(torch.BoolTensor, torch.tensor(flags, dtype=torch.bool, device=input_ids.device))
 
 
-def _stop_token_ids(model: Any, processor: Any) -> set[int]:
+def _stop_token_ids(model: MedVLForConditionalGeneration, processor: MedVLProcessor) -> set[int]:
     eos = model.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if processor.tokenizer.eos_token_id is not None:
@@ -427,15 +496,15 @@ class _RowLimit(StoppingCriteria):
         self.prompt_length = prompt_length
         self.limits = torch.tensor(list(limits))
 
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         produced = input_ids.shape[1] - self.prompt_length
-        return (self.limits <= produced).to(input_ids.device)
+        return cast(torch.BoolTensor, (self.limits <= produced).to(input_ids.device))
 
 
 @torch.no_grad()
 def generate(
-    model: Any,
-    processor: Any,
+    model: MedVLForConditionalGeneration,
+    processor: MedVLProcessor,
     records: Sequence[Record],
     *,
     batch_size: int = 8,
@@ -483,8 +552,8 @@ def generate(
 
 @torch.no_grad()
 def generate_detailed(
-    model: Any,
-    processor: Any,
+    model: MedVLForConditionalGeneration,
+    processor: MedVLProcessor,
     records: Sequence[Record],
     *,
     batch_size: int = 8,
@@ -520,12 +589,7 @@ def generate_detailed(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     records = list(records)
-    per_row = None if isinstance(max_new_tokens, int) else [int(n) for n in max_new_tokens]
-    if per_row is not None:
-        if len(per_row) != len(records):
-            raise ValueError(f"max_new_tokens has {len(per_row)} entries for {len(records)} records")
-        if min(per_row, default=1) < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {per_row}")
+    record_limits = _record_limits(max_new_tokens, len(records))
     stop_ids = _stop_token_ids(model, processor)
     outputs: list[Generation | None] = [None] * len(records)
     # Batch prompts of similar length together (less padding); results go back to record order.
@@ -534,38 +598,29 @@ def generate_detailed(
     try:
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            limits = [per_row[i] for i in index] if per_row is not None else [int(max_new_tokens)] * len(index)
+            limits = [record_limits[i] for i in index]
             kwargs = _generation_kwargs(processor, max(limits), min_new_tokens, do_sample, gen_kwargs)
             batch = prepare_batch(model, processor, [records[i] for i in index])
             prompt_length = batch["input_ids"].shape[1]
             if on_text is not None:
                 kwargs["streamer"] = _RowStreamer(processor.tokenizer, index, on_text, stop_ids)
-            criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", []) or [])
-            if should_stop is not None:
-                criteria.append(_RowStop(index, should_stop))
-            if len(set(limits)) > 1:
-                criteria.append(_RowLimit(prompt_length, limits))
+            criteria = _stopping_criteria(
+                kwargs.pop("stopping_criteria", None), index, limits, prompt_length, should_stop
+            )
             if criteria:
                 kwargs["stopping_criteria"] = criteria
             sequences = model.generate(**batch, **kwargs)
             # Left padding: every row's prompt ends at the same column, new tokens follow it.
             new_tokens = sequences[:, prompt_length:]
             texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            pad_id = kwargs["pad_token_id"]
             for row, (i, text) in enumerate(zip(index, texts)):
-                ids = new_tokens[row].tolist()[: limits[row]]
-                count, reason = len(ids), "length"
-                for n, tok in enumerate(ids):
-                    if tok in stop_ids:
-                        count, reason = n, "stop"
-                        break
-                    if tok == pad_id:  # a finished row is padded: it was stopped by should_stop
-                        count, reason = n, "cancelled"
-                        break
-                if reason == "length" and count < limits[row]:
-                    reason = "cancelled"
-                if reason == "length" and should_stop is not None and should_stop(i):
-                    reason = "cancelled"
+                count, reason = _completion(
+                    new_tokens[row].tolist()[: limits[row]],
+                    limits[row],
+                    stop_ids,
+                    kwargs["pad_token_id"],
+                    _never if should_stop is None else functools.partial(should_stop, i),
+                )
                 outputs[i] = Generation(
                     text=text,
                     prompt_tokens=int(batch["attention_mask"][row].sum()),
@@ -575,10 +630,67 @@ def generate_detailed(
             bar.update(len(index))
     finally:
         bar.close()
-    return outputs  # type: ignore[return-value]
+    done = [g for g in outputs if g is not None]
+    if len(done) != len(records):  # every record belongs to exactly one batch
+        raise RuntimeError(f"{len(records) - len(done)} record(s) got no generation")
+    return done
 
 
-def _prompt_size(processor: Any, record: Record) -> int:
+def _never() -> bool:
+    return False
+
+
+def _record_limits(max_new_tokens: int | Sequence[int], num_records: int) -> list[int]:
+    """Each record's max new tokens: one limit for all, or one per record (checked)."""
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * num_records
+    per_row = [int(n) for n in max_new_tokens]
+    if len(per_row) != num_records:
+        raise ValueError(f"max_new_tokens has {len(per_row)} entries for {num_records} records")
+    if min(per_row, default=1) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {per_row}")
+    return per_row
+
+
+def _stopping_criteria(
+    given: StoppingCriteriaList | list[StoppingCriteria] | None,
+    rows: Sequence[int],
+    limits: Sequence[int],
+    prompt_length: int,
+    should_stop: Callable[[int], bool] | None,
+) -> StoppingCriteriaList:
+    """The caller's stopping criteria plus per-row early stop and per-row lengths (when rows differ)."""
+    criteria = StoppingCriteriaList(given or [])
+    if should_stop is not None:
+        criteria.append(_RowStop(rows, should_stop))
+    if len(set(limits)) > 1:
+        criteria.append(_RowLimit(prompt_length, limits))
+    return criteria
+
+
+def _completion(
+    ids: list[int], limit: int, stop_ids: set[int], pad_id: int | None, stopped: Callable[[], bool]
+) -> tuple[int, str]:
+    """(completion tokens, finish reason) of one row's new tokens (cut to its ``limit``).
+
+    Args:
+        ids: the row's new token ids, at most ``limit``.
+        limit: the row's max new tokens.
+        stop_ids: end-of-sequence ids (not counted).
+        pad_id: the padding id: a finished row is padded, so padding before the limit means a cancel.
+        stopped: whether the caller's ``should_stop`` ended this row (asked only for a full-length row).
+    """
+    for n, tok in enumerate(ids):
+        if tok in stop_ids:
+            return n, "stop"
+        if tok == pad_id:  # a finished row is padded: it was stopped by should_stop
+            return n, "cancelled"
+    if len(ids) < limit or stopped():
+        return len(ids), "cancelled"
+    return len(ids), "length"
+
+
+def _prompt_size(processor: MedVLProcessor, record: Record) -> int:
     """Rough prompt length in placeholder-expanded characters (for length-sorted batching)."""
     text = " ".join(m["content"] for m in record.messages)
     n_media = getattr(processor, "num_image_tokens", 0) * len(record.images)
@@ -587,12 +699,12 @@ def _prompt_size(processor: Any, record: Record) -> int:
 
 
 def chat(
-    model: Any,
-    processor: Any,
+    model: MedVLForConditionalGeneration,
+    processor: MedVLProcessor,
     messages: list[dict[str, str]],
     *,
-    images: Sequence[Any] = (),
-    volumes: Sequence[Any] = (),
+    images: Sequence[ImageSource] = (),
+    volumes: Sequence[VolumeSource] = (),
     max_new_tokens: int = 256,
     min_new_tokens: int = 0,
     do_sample: bool = False,
@@ -614,7 +726,7 @@ def chat(
         do_sample: sample instead of greedy decoding.
         **gen_kwargs: passed to ``model.generate``.
     """
-    record = Record(id="chat", messages=list(messages), images=list(images), volumes=list(volumes))
+    record = record_with_media("chat", list(messages), images, volumes)
     return generate(
         model,
         processor,
@@ -629,12 +741,12 @@ def chat(
 
 
 def stream_chat(
-    model: Any,
-    processor: Any,
+    model: MedVLForConditionalGeneration,
+    processor: MedVLProcessor,
     messages: list[dict[str, str]],
     *,
-    images: Sequence[Any] = (),
-    volumes: Sequence[Any] = (),
+    images: Sequence[ImageSource] = (),
+    volumes: Sequence[VolumeSource] = (),
     max_new_tokens: int = 256,
     min_new_tokens: int = 0,
     do_sample: bool = False,
@@ -658,9 +770,10 @@ def stream_chat(
         cancel: an event that, once set, stops generation.
         **gen_kwargs: passed to ``model.generate``.
     """
-    record = Record(id="chat", messages=list(messages), images=list(images), volumes=list(volumes))
+    record = record_with_media("chat", list(messages), images, volumes)
     cancel = cancel or threading.Event()
-    deltas: queue.Queue[tuple[str, Any]] = queue.Queue()
+    # text deltas, then None at the end, or the exception generation raised
+    deltas: queue.Queue[str | BaseException | None] = queue.Queue()
 
     def work() -> None:
         try:
@@ -673,25 +786,24 @@ def stream_chat(
                 min_new_tokens=min_new_tokens,
                 do_sample=do_sample,
                 progress=False,
-                on_text=lambda _i, d: deltas.put(("text", d)),
+                on_text=lambda _i, d: deltas.put(d),
                 should_stop=lambda _i: cancel.is_set(),
                 **gen_kwargs,
             )
-            deltas.put(("end", None))
+            deltas.put(None)
         except BaseException as err:  # handed to the consumer, raised there
-            deltas.put(("error", err))
+            deltas.put(err)
 
     worker = threading.Thread(target=work, name="medvl-stream-chat", daemon=True)
     worker.start()
     try:
         while True:
-            kind, value = deltas.get()
-            if kind == "text":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
+            item = deltas.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
                 return
+            yield item
     finally:
         cancel.set()
         worker.join()
@@ -708,5 +820,6 @@ __all__ = [
     "EncodedMedia",
     "prepare_batch",
     "prompt_messages",
+    "record_with_media",
     "reference_of",
 ]

@@ -149,7 +149,7 @@ def describe_parts(folder: str | Path) -> tuple[str, list[tuple[str, str]]]:
     adapter = folder / "adapter_config.json"
     if adapter.is_file():
         settings = json.loads(adapter.read_text(encoding="utf-8"))
-        rows = [
+        adapter_rows: list[tuple[str, str]] = [
             (
                 "adapter",
                 f"LoRA r {settings.get('r')}, alpha {settings.get('lora_alpha')}, targets "
@@ -157,7 +157,7 @@ def describe_parts(folder: str | Path) -> tuple[str, list[tuple[str, str]]]:
             )
         ]
         base = Path(str(settings.get("base_model_name_or_path") or ""))
-        rows.append(
+        adapter_rows.append(
             (
                 "base model",
                 f"`{base.name}` (the folder this adapter applies to; "
@@ -165,8 +165,8 @@ def describe_parts(folder: str | Path) -> tuple[str, list[tuple[str, str]]]:
             )
         )
         if (base / "config.json").is_file():
-            rows.extend(describe_parts(base)[1])
-        return "a LoRA adapter for a medvl model (PEFT)", rows
+            adapter_rows.extend(describe_parts(base)[1])
+        return "a LoRA adapter for a medvl model (PEFT)", adapter_rows
     cfg = _config(folder)
     rows: list[tuple[str, str]] = []
     if cfg.get("model_type") == "medvl":

@@ -114,8 +114,8 @@ def _convert_qwen_tiktoken(path: Path) -> Tokenizer:
     ranks: dict[bytes, int] = {}
     for line in path.read_bytes().splitlines():
         if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
+            encoded, rank_text = line.split()
+            ranks[base64.b64decode(encoded)] = int(rank_text)
     byte_encoder = bytes_to_unicode()
     table = {b: ord(c) for b, c in byte_encoder.items()}  # latin-1 code point -> byte-level symbol
 

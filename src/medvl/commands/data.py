@@ -8,6 +8,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medvl.models import MedVLProcessor
 
 HELP = "data sets: check (report every problem), prepare (cache preprocessed volumes), synth (phantoms)"
 
@@ -67,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _synth_module().add_arguments(synth)
 
 
-def _load_processor(model_dir: str):
+def _load_processor(model_dir: str) -> MedVLProcessor:
     from medvl.models import MedVLProcessor
 
     if not Path(model_dir).is_dir():

@@ -17,6 +17,11 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the verbs import the model code lazily: `medvl --help` stays fast
+    from medvl.data.records import Record
+    from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 
 HELP = "batch inference: generate answers for a dataset file and write JSONL predictions"
 
@@ -144,17 +149,27 @@ def _resume_point(out: Path, records: list, run_key: str) -> int:
     return kept
 
 
-def _generate_part(model, processor, part: list, args: argparse.Namespace, options: dict, skipped: list) -> list:
+def _generate_part(
+    model: MedVLForConditionalGeneration,
+    processor: MedVLProcessor,
+    part: list[Record],
+    args: argparse.Namespace,
+    options: dict[str, Any],
+    skipped: list[str],
+) -> list[str | None]:
     """Predictions of one batch; with ``--on-overlong skip`` an over-long prompt gets None (counted)."""
     from medvl.data.labels import OverlongSampleError
     from medvl.inference import generate
 
     try:
-        return generate(model, processor, part, batch_size=args.batch_size, progress=False, **options)
+        whole: list[str | None] = list(
+            generate(model, processor, part, batch_size=args.batch_size, progress=False, **options)
+        )
+        return whole
     except OverlongSampleError:
         if args.on_overlong != "skip":
             raise
-    texts = []
+    texts: list[str | None] = []
     for rec in part:  # find the over-long ones: one record at a time
         try:
             texts += generate(model, processor, [rec], batch_size=1, progress=False, **options)
@@ -203,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
         logger.info("%s: resuming after %d of %d predictions already written", out, start, len(records))
     if start < len(records):
         model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
-    written, skipped = start, []
+    written = start
+    skipped: list[str] = []
     bar = tqdm(total=len(records), initial=start, desc="infer", unit="sample", disable=args.no_progress)
     try:
         # one batch at a time, appended and flushed: an error, Ctrl-C or a full disk keeps what was written

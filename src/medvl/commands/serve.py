@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         logger.warning("listening on %s without --api-key: anyone who can reach this port can use the model", args.host)
 
-    def load():
+    def load() -> tuple[MedVLForConditionalGeneration, MedVLProcessor]:
         return load_model(args.model, dtype=args.dtype, device=args.device)
 
     failed: list[BaseException] = []

@@ -19,6 +19,7 @@ Layout of a ``MedVLConfig``::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,7 @@ _PREFIX_TOKENS_BY_MODEL_TYPE = {
 }
 
 
-def _choice_error(name: str, value: Any, choices: tuple) -> ValueError:
+def _choice_error(name: str, value: object, choices: tuple[str, ...]) -> ValueError:
     return ValueError(f"{name}: invalid choice {value!r}; valid choices: {', '.join(map(repr, choices))}")
 
 
@@ -94,12 +95,12 @@ class ConnectorConfig:
             raise _choice_error("connector activation", self.activation, tuple(sorted(ACT2FN)))
         if int(self.depth) < 1:
             raise ValueError(f"connector depth must be >= 1, got {self.depth}")
-        stride = tuple(int(s) for s in self.pool_stride)
+        stride = [int(s) for s in self.pool_stride]
         if len(stride) == 2:  # a 2D stride (h, w) means no pooling along depth
-            stride = (1, *stride)
+            stride = [1, *stride]
         if len(stride) != 3 or min(stride) < 1:
             raise ValueError(f"connector pool_stride must be 3 positive ints (d, h, w), got {self.pool_stride!r}")
-        self.pool_stride = stride
+        self.pool_stride = (stride[0], stride[1], stride[2])
         if self.pool not in POOL_MODES:
             raise _choice_error("connector pool", self.pool, POOL_MODES)
         if self.num_queries < 1 or self.num_heads < 1:
@@ -108,7 +109,7 @@ class ConnectorConfig:
             self.layer_norm = self.type == "attn_pool"
 
     @classmethod
-    def from_any(cls, value: ConnectorConfig | dict | str | None) -> ConnectorConfig:
+    def from_any(cls, value: ConnectorConfig | dict[str, Any] | str | None) -> ConnectorConfig:
         """Build from a ConnectorConfig, a dict (unknown keys are an error) or a type name.
 
         Args:
@@ -156,8 +157,8 @@ class ConnectorConfig:
         return out
 
 
-def _as_pair(value: Any) -> tuple[int, int]:
-    if isinstance(value, (list, tuple)):
+def _as_pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, Sequence):
         return int(value[0]), int(value[1])
     return int(value), int(value)
 
@@ -195,11 +196,21 @@ def tower_token_layout(vision_config: PreTrainedConfig, select: str) -> tuple[in
     return num_patches + prefix, (grid if prefix == 0 else None)
 
 
+def _built_subconfig(value: dict[str, Any] | PreTrainedConfig | None, name: str) -> PreTrainedConfig:
+    if value is None:
+        raise ValueError(f"this model has no {name}")
+    if not isinstance(value, PreTrainedConfig):  # only before __post_init__ has run
+        raise TypeError(f"{name} is still a {type(value).__name__}, not a config object")
+    return value
+
+
 def _num_layers(feature_layer: int | list[int]) -> int:
     return 1 if isinstance(feature_layer, int) else len(feature_layer)
 
 
-def _make_subconfig(value: Any, default_model_type: str | None) -> PreTrainedConfig | None:
+def _make_subconfig(
+    value: dict[str, Any] | PreTrainedConfig | None, default_model_type: str | None
+) -> PreTrainedConfig | None:
     """dict -> config instance; handles our own "medvl_vit3d" even when medvl is not registered."""
     if value is None or isinstance(value, PreTrainedConfig):
         return value
@@ -268,7 +279,7 @@ class MedVLConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
 
-    def __post_init__(self, **kwargs):
+    def __post_init__(self, **kwargs: Any) -> None:
         # Build the sub-configs ourselves first: "medvl_vit3d" must resolve even in a process that
         # loads this file as remote code without medvl registered with AutoConfig.
         self.text_config = _make_subconfig(self.text_config, "qwen2")
@@ -290,22 +301,36 @@ class MedVLConfig(PreTrainedConfig):
         """The volume connector as a typed ``ConnectorConfig``."""
         return ConnectorConfig.from_any(self.volume_connector)
 
+    # The sub-config fields also accept dicts (a config.json, a caller's keyword arguments);
+    # ``__post_init__`` turns them into config objects. These accessors give them typed (the LLM's:
+    # ``get_text_config()``).
+    @property
+    def vision_tower_config(self) -> PreTrainedConfig:
+        """The 2D tower's config; a model without 2D images (``vision_config`` None) raises."""
+        return _built_subconfig(self.vision_config, "vision_config")
+
+    @property
+    def volume_encoder_config(self) -> PreTrainedConfig:
+        """The volume encoder's config (Vit3D, CTViT or a 2D tower run per slice); None raises."""
+        return _built_subconfig(self.volume_config, "volume_config")
+
     # ----------------------------------------------------------------- derived values
     def image_token_layout(self) -> tuple[int, tuple[int, int, int] | None]:
         """(tokens, grid) the 2D tower hands to the image connector for one image."""
-        return tower_token_layout(self.vision_config, self.image_feature_select)
+        return tower_token_layout(self.vision_tower_config, self.image_feature_select)
 
     def volume_token_layout(self) -> tuple[int, tuple[int, int, int] | None]:
         """(tokens, grid) the volume encoder hands to the volume connector for one volume."""
+        volume_config = self.volume_encoder_config
         if self.volume_encoder == "slicewise":
-            per_slice, grid = tower_token_layout(self.volume_config, self.volume_feature_select)
+            per_slice, grid = tower_token_layout(volume_config, self.volume_feature_select)
             grid = None if grid is None else (self.volume_num_slices, grid[1], grid[2])
             return per_slice * self.volume_num_slices, grid
         if self.volume_encoder == "ctvit":
-            return self.volume_config.num_patches, self.volume_config.grid_size
-        grid = self.volume_config.grid_size
+            return volume_config.num_patches, volume_config.grid_size
+        grid = volume_config.grid_size
         num_patches = grid[0] * grid[1] * grid[2]
-        has_cls = bool(self.volume_config.use_cls_token)
+        has_cls = bool(volume_config.use_cls_token)
         if self.volume_feature_select == "patch":
             return num_patches, grid
         if self.volume_feature_select == "cls":
@@ -316,11 +341,11 @@ class MedVLConfig(PreTrainedConfig):
 
     def image_feature_size(self) -> int:
         """Width of the features entering the image connector."""
-        return self.vision_config.hidden_size * _num_layers(self.image_feature_layer)
+        return self.vision_tower_config.hidden_size * _num_layers(self.image_feature_layer)
 
     def volume_feature_size(self) -> int:
         """Width of the features entering the volume connector."""
-        return self.volume_config.hidden_size * _num_layers(self.volume_feature_layer)
+        return self.volume_encoder_config.hidden_size * _num_layers(self.volume_feature_layer)
 
     def _validate_and_derive(self) -> None:
         if self.volume_config is not None and self.volume_encoder is None:
@@ -330,7 +355,7 @@ class MedVLConfig(PreTrainedConfig):
                 self.volume_encoder = "vit3d" if isinstance(self.volume_config, Vit3DConfig) else "slicewise"
         if self.image_feature_select not in FEATURE_SELECTS:
             raise _choice_error("image_feature_select", self.image_feature_select, FEATURE_SELECTS)
-        volume_selects = CTVIT_FEATURE_SELECTS if self.volume_encoder == "ctvit" else FEATURE_SELECTS
+        volume_selects: tuple[str, ...] = CTVIT_FEATURE_SELECTS if self.volume_encoder == "ctvit" else FEATURE_SELECTS
         if self.volume_config is None:
             volume_selects = tuple(dict.fromkeys(FEATURE_SELECTS + CTVIT_FEATURE_SELECTS))
         if self.volume_feature_select not in volume_selects:
@@ -357,7 +382,7 @@ class MedVLConfig(PreTrainedConfig):
                 raise _choice_error("volume_encoder", self.volume_encoder, VOLUME_ENCODERS)
             if self.volume_encoder == "ctvit" and not isinstance(self.volume_config, CTViTConfig):
                 raise ValueError(
-                    f"volume_encoder 'ctvit' needs a medvl_ctvit volume_config, got {self.volume_config.model_type!r}"
+                    f"volume_encoder 'ctvit' needs a medvl_ctvit volume_config, got {self.volume_encoder_config.model_type!r}"
                 )
             if self.volume_encoder == "ctvit" and self.volume_feature_layer != -1:
                 raise ValueError(
@@ -370,7 +395,7 @@ class MedVLConfig(PreTrainedConfig):
                 )
             if self.volume_encoder == "vit3d" and not isinstance(self.volume_config, Vit3DConfig):
                 raise ValueError(
-                    f"volume_encoder 'vit3d' needs a medvl_vit3d volume_config, got {self.volume_config.model_type!r}"
+                    f"volume_encoder 'vit3d' needs a medvl_vit3d volume_config, got {self.volume_encoder_config.model_type!r}"
                 )
             if self.volume_encoder == "slicewise" and isinstance(self.volume_config, Vit3DConfig):
                 raise ValueError("volume_encoder 'slicewise' needs a 2D tower volume_config, got medvl_vit3d")

@@ -12,6 +12,8 @@ activation), as in LLaVA's / MedM-VL's ``mlp2x_gelu`` Sequential; attn_pool adds
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,7 +29,18 @@ def _mlp(config: ConnectorConfig, in_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MLPConnector(nn.Module):
+class Connector(nn.Module):
+    """What every connector has: an MLP ``mlp`` whose first Linear layer sets the input dtype."""
+
+    mlp: nn.Sequential
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype the features must have on entry (that of the connector's weights)."""
+        return cast(nn.Linear, self.mlp[0]).weight.dtype
+
+
+class MLPConnector(Connector):
     """Token-wise MLP (LLaVA-1.5's projector)."""
 
     def __init__(self, config: ConnectorConfig, in_dim: int, out_dim: int, grid: tuple[int, int, int] | None = None):
@@ -41,7 +54,7 @@ class MLPConnector(nn.Module):
         return self.mlp(features)
 
 
-class SpatialPoolConnector(nn.Module):
+class SpatialPoolConnector(Connector):
     """Average- (MedM-VL spatial_pooling) or max-pool the (d, h, w) patch grid with ``pool_stride``, then an MLP."""
 
     def __init__(self, config: ConnectorConfig, in_dim: int, out_dim: int, grid: tuple[int, int, int] | None = None):
@@ -67,7 +80,7 @@ class SpatialPoolConnector(nn.Module):
         return self.mlp(pooled)
 
 
-class AttnPoolConnector(nn.Module):
+class AttnPoolConnector(Connector):
     """``num_queries`` learned queries cross-attend to all tokens, then an MLP (MedM-VL attn_pooling).
 
     With ``layer_norm`` the keys/values and the queries are LayerNorm-ed first (pre-norm), which
@@ -84,14 +97,14 @@ class AttnPoolConnector(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         query = self.query.unsqueeze(0).expand(features.shape[0], -1, -1)
-        if self.norm_kv is not None:
+        if self.norm_kv is not None and self.norm_q is not None:  # both or neither (config.layer_norm)
             features = self.norm_kv(features)
             query = self.norm_q(query)
         pooled, _ = self.attn(query, features, features, need_weights=False)
         return self.mlp(pooled)
 
 
-CONNECTOR_CLASSES: dict[str, type[nn.Module]] = {
+CONNECTOR_CLASSES: dict[str, type[Connector]] = {
     "mlp": MLPConnector,
     "spatial_pool": SpatialPoolConnector,
     "attn_pool": AttnPoolConnector,
@@ -100,7 +113,7 @@ CONNECTOR_CLASSES: dict[str, type[nn.Module]] = {
 
 def build_connector(
     config: ConnectorConfig, in_dim: int, out_dim: int, grid: tuple[int, int, int] | None = None
-) -> nn.Module:
+) -> Connector:
     """Instantiate the connector named by ``config.type``.
 
     Args:
@@ -118,4 +131,11 @@ def build_connector(
     return cls(config, in_dim, out_dim, grid)
 
 
-__all__ = ["MLPConnector", "SpatialPoolConnector", "AttnPoolConnector", "build_connector", "CONNECTOR_CLASSES"]
+__all__ = [
+    "Connector",
+    "MLPConnector",
+    "SpatialPoolConnector",
+    "AttnPoolConnector",
+    "build_connector",
+    "CONNECTOR_CLASSES",
+]

@@ -51,7 +51,9 @@ Weight names (identical to CT-CLIP's ``CTViT.state_dict()``)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -134,7 +136,7 @@ class CTViTConfig(PreTrainedConfig):
     num_frames: int = CTCLIP_NUM_FRAMES
     initializer_range: float = 0.02
 
-    def __post_init__(self, **kwargs):
+    def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
         self.image_size = _pair(self.image_size, "image_size")
         self.patch_size = _pair(self.patch_size, "patch_size")
@@ -182,14 +184,24 @@ class CTViTConfig(PreTrainedConfig):
         settings = {"dim_head": 64, "heads": 8, "channels": 1, "num_frames": num_frames, **kwargs}
         return cls(**settings)
 
+    # image_size / patch_size are stored as [h, w] lists (config.json); an int is accepted on input.
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """In-plane input size (H, W)."""
+        height, width = _pair(self.image_size, "image_size")
+        return height, width
+
+    @property
+    def patch_hw(self) -> tuple[int, int]:
+        """In-plane patch size (ph, pw)."""
+        height, width = _pair(self.patch_size, "patch_size")
+        return height, width
+
     @property
     def grid_size(self) -> tuple[int, int, int]:
         """Token grid (t, h, w) of one volume."""
-        return (
-            self.num_frames // self.temporal_patch_size,
-            self.image_size[0] // self.patch_size[0],
-            self.image_size[1] // self.patch_size[1],
-        )
+        (height, width), (patch_h, patch_w) = self.image_hw, self.patch_hw
+        return (self.num_frames // self.temporal_patch_size, height // patch_h, width // patch_w)
 
     @property
     def num_patches(self) -> int:
@@ -222,6 +234,8 @@ def ctvit_state_dict_from_ctclip(state_dict: dict[str, torch.Tensor]) -> dict[st
 class CTViTLayerNorm(nn.Module):
     """LayerNorm with a learned scale ``gamma`` and a fixed (buffer) bias ``beta``, as CT-CLIP's."""
 
+    beta: torch.Tensor
+
     def __init__(self, dim: int):
         super().__init__()
         self.gamma = nn.Parameter(torch.ones(dim))
@@ -237,7 +251,7 @@ class CTViTPatchify(nn.Module):
     def __init__(self, config: CTViTConfig):
         super().__init__()
         self.pt = config.temporal_patch_size
-        self.ph, self.pw = config.patch_size
+        self.ph, self.pw = config.patch_hw
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         n, c, frames, height, width = video.shape
@@ -325,7 +339,8 @@ class CTViTBlock(nn.ModuleList):
     """One layer: [PEG, self-attention, (no cross-attention), feed-forward] at CT-CLIP's indices 0, 1, 2, 3."""
 
     def __init__(self, config: CTViTConfig):
-        super().__init__([CTViTPEG(config.dim), CTViTAttention(config), None, _feed_forward(config)])
+        # ModuleList accepts None entries (the unused cross-attention slot); its stubs say Module only
+        super().__init__([CTViTPEG(config.dim), CTViTAttention(config), None, _feed_forward(config)])  # type: ignore[list-item]
 
     def forward(
         self, x: torch.Tensor, grid_shape: tuple[int, int, int, int], attn_bias: torch.Tensor | None = None
@@ -342,6 +357,8 @@ class CTViTTransformer(nn.Module):
     With ``gradient_checkpointing`` (set by ``PreTrainedModel.gradient_checkpointing_enable``) each
     block's activations are recomputed in the backward pass while it trains.
     """
+
+    _gradient_checkpointing_func: Callable[..., torch.Tensor]  # set by gradient_checkpointing_enable
 
     def __init__(self, config: CTViTConfig, depth: int):
         super().__init__()
@@ -373,7 +390,7 @@ class CTViTPositionBias(nn.Module):
 
     def forward(self, height: int, width: int) -> torch.Tensor:
         """(heads, h*w, h*w) bias, positions in row-major (y, x) order, [query, key]."""
-        weight = self.net[-1].weight
+        weight = cast(nn.Linear, self.net[-1]).weight  # the head built above
         ys, xs = torch.meshgrid(
             torch.arange(height, device=weight.device), torch.arange(width, device=weight.device), indexing="ij"
         )
@@ -388,6 +405,10 @@ class CTViTPositionBias(nn.Module):
 
 class CTViTCodebook(nn.Module):
     """The VQ codebook's buffers under vector-quantize-pytorch's names (only ``embed`` is used)."""
+
+    initted: torch.Tensor
+    cluster_size: torch.Tensor
+    embed: torch.Tensor
 
     def __init__(self, config: CTViTConfig):
         super().__init__()
@@ -465,7 +486,8 @@ class CTViTPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, nn.Conv3d):
             init.trunc_normal_(module.weight, std=std)
-            init.zeros_(module.bias)
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, CTViTLayerNorm):
             init.ones_(module.gamma)
             init.zeros_(module.beta)
@@ -485,7 +507,7 @@ class CTViTModel(CTViTPreTrainedModel):
     def __init__(self, config: CTViTConfig):
         super().__init__(config)
         c, pt = config.channels, config.temporal_patch_size
-        ph, pw = config.patch_size
+        ph, pw = config.patch_hw
         self.spatial_rel_pos_bias = CTViTPositionBias(config)
         # index 0 is the (parameter-free) patch rearrangement, as in the original Sequential
         self.to_patch_emb_first_frame = nn.Sequential(  # unused by the original forward; weights kept
@@ -510,12 +532,12 @@ class CTViTModel(CTViTPreTrainedModel):
         if (
             volumes.ndim != 5
             or volumes.shape[1] != cfg.channels
-            or list(volumes.shape[3:]) != cfg.image_size
+            or tuple(volumes.shape[3:]) != cfg.image_hw
             or volumes.shape[2] % cfg.temporal_patch_size
             or volumes.shape[2] == 0
         ):
             raise ValueError(
-                f"CTViT expects volumes (N, {cfg.channels}, T, {cfg.image_size[0]}, {cfg.image_size[1]}) with T a "
+                f"CTViT expects volumes (N, {cfg.channels}, T, {cfg.image_hw[0]}, {cfg.image_hw[1]}) with T a "
                 f"multiple of {cfg.temporal_patch_size}, got {tuple(volumes.shape)}"
             )
 
@@ -526,7 +548,7 @@ class CTViTModel(CTViTPreTrainedModel):
             volume_values: (N, C, T, H, W).
         """
         self._check_shape(volume_values)
-        weight = self.to_patch_emb[2].weight
+        weight = cast(nn.Linear, self.to_patch_emb[2]).weight  # the patch projection built in __init__
         tokens = self.to_patch_emb(volume_values.to(weight.dtype))
         n, t, h, w, d = tokens.shape
         grid_shape = (n, t, h, w)
@@ -537,7 +559,7 @@ class CTViTModel(CTViTPreTrainedModel):
         temporal = self.enc_temporal_transformer(temporal_in, grid_shape)
         return temporal.reshape(n, h, w, t, d).permute(0, 3, 1, 2, 4)
 
-    def forward(self, volume_values: torch.Tensor, **kwargs) -> CTViTOutput:
+    def forward(self, volume_values: torch.Tensor, **kwargs: Any) -> CTViTOutput:
         """Encode volumes.
 
         Args:

@@ -35,21 +35,24 @@ State-dict layout (for converters and exporters)::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers import initialization as init
+from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_medvl import MedVLConfig, prefix_token_count
-from .connectors import AttnPoolConnector, build_connector
-from .ctvit import CTViTModel
+from .connectors import AttnPoolConnector, Connector, build_connector
+from .ctvit import CTViTConfig, CTViTModel
 from .stems import install_conv_stem
-from .vit3d import Vit3DModel
+from .vit3d import Vit3DConfig, Vit3DModel
 
 IGNORE_INDEX = -100
 
@@ -78,10 +81,20 @@ def select_features(
     return picked[0] if len(picked) == 1 else torch.cat(picked, dim=-1)
 
 
-try:  # transformers 5: hook-based recording of hidden states
-    from transformers.utils.output_capturing import maybe_install_capturing_hooks as _install_capturing_hooks
-except ImportError:  # a transformers without it records hidden states in the forward itself
-    _install_capturing_hooks = None
+def _capturing_hooks_installer() -> Callable[[PreTrainedModel], None] | None:
+    """transformers 5's installer of the hooks that record hidden states (None in a transformers
+    without it, which records hidden states in the forward itself)."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:
+        return None
+    return maybe_install_capturing_hooks
+
+
+_install_capturing_hooks = _capturing_hooks_installer()
+
+# Encoders whose hidden states turned out not to follow their block list: they always run whole.
+_FULL_DEPTH_ENCODERS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def _layer_list(encoder: nn.Module, num_layers: int) -> tuple[nn.Module, str] | None:
@@ -104,7 +117,7 @@ def _first_layers(encoder: nn.Module, num_layers: int, depth: int) -> Iterator[b
     """
     # depth 0 (the embeddings) is not shortened: hidden states are recorded by the blocks, so an
     # encoder with no block to run would record none.
-    shortenable = 0 < depth < num_layers and not getattr(encoder, "_medvl_full_depth", False)
+    shortenable = 0 < depth < num_layers and encoder not in _FULL_DEPTH_ENCODERS
     found = _layer_list(encoder, num_layers) if shortenable else None
     if found is None:
         yield False
@@ -129,7 +142,7 @@ def _encoder_grad(encoder: nn.Module, values: torch.Tensor) -> bool:
 
 
 def run_encoder(
-    encoder: nn.Module, values: torch.Tensor, num_layers: int, feature_layer: int | list[int], **kwargs
+    encoder: nn.Module, values: torch.Tensor, num_layers: int, feature_layer: int | list[int], **kwargs: Any
 ) -> tuple[tuple[torch.Tensor, ...], int | list[int]]:
     """Run ``encoder`` only as deep as ``feature_layer`` needs, without autograd when it is frozen.
 
@@ -151,7 +164,7 @@ def run_encoder(
     if not short:
         return hidden_states, feature_layer
     if len(hidden_states) != depth + 1:  # an encoder whose hidden states do not follow the block list:
-        encoder._medvl_full_depth = True  # run it whole from now on (not shortened, then again in full)
+        _FULL_DEPTH_ENCODERS.add(encoder)  # run it whole from now on (not shortened, then again in full)
         with torch.set_grad_enabled(_encoder_grad(encoder, values)):
             return encoder(values, output_hidden_states=True, **kwargs).hidden_states, feature_layer
     return hidden_states, positive[0] if isinstance(feature_layer, int) else positive
@@ -162,7 +175,7 @@ class MedVLPreTrainedModel(PreTrainedModel):
     config_class = MedVLConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    input_modalities = ("image", "text")
+    input_modalities = ["image", "text"]
     supports_gradient_checkpointing = True
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -204,27 +217,31 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: MedVLConfig):
         super().__init__(config)
-        llm_hidden = config.text_config.hidden_size
-        self.vision_tower = None
-        self.image_connector = None
+        llm_hidden = config.get_text_config().hidden_size
+        self.vision_tower: PreTrainedModel | None = None
+        self.image_connector: Connector | None = None
         if config.vision_config is not None:
-            self.vision_tower = AutoModel.from_config(config.vision_config)
+            vision_config = config.vision_tower_config
+            self.vision_tower = AutoModel.from_config(vision_config)
             if config.image_conv_stem:
-                install_conv_stem(self.vision_tower, config.vision_config.patch_size, config.image_conv_stem)
+                install_conv_stem(self.vision_tower, vision_config.patch_size, config.image_conv_stem)
             _, grid = config.image_token_layout()
             self.image_connector = build_connector(
                 config.image_connector_config, config.image_feature_size(), llm_hidden, grid
             )
-        self.volume_encoder = None
-        self.volume_connector = None
-        self.volume_slice_embedding = None
+        self.volume_encoder: PreTrainedModel | None = None
+        self.volume_connector: Connector | None = None
+        self.volume_slice_embedding: nn.Parameter | None = None
         if config.volume_config is not None:
+            volume_config = config.volume_encoder_config
+            # MedVLConfig checked that the config class matches volume_encoder. Not isinstance here: loaded
+            # as remote code, the config and this file may import two copies of vit3d.py / ctvit.py.
             if config.volume_encoder == "vit3d":
-                self.volume_encoder = Vit3DModel(config.volume_config)
+                self.volume_encoder = Vit3DModel(cast(Vit3DConfig, volume_config))
             elif config.volume_encoder == "ctvit":
-                self.volume_encoder = CTViTModel(config.volume_config)
+                self.volume_encoder = CTViTModel(cast(CTViTConfig, volume_config))
             else:
-                self.volume_encoder = AutoModel.from_config(config.volume_config)
+                self.volume_encoder = AutoModel.from_config(volume_config)
                 if config.slice_position_embedding:
                     self.volume_slice_embedding = nn.Parameter(
                         torch.zeros(config.volume_num_slices, config.volume_feature_size())
@@ -233,7 +250,7 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             self.volume_connector = build_connector(
                 config.volume_connector_config, config.volume_feature_size(), llm_hidden, grid
             )
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.language_model: PreTrainedModel = AutoModelForCausalLM.from_config(config.get_text_config())
         self.post_init()
 
     # ------------------------------------------------------------------ embeddings / LLM access
@@ -267,19 +284,17 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         """
         if self.vision_tower is None:
             raise ValueError("this model has no 2D vision tower (vision_config is None) but got pixel_values")
+        vision_config = self.config.vision_tower_config
         tower_dtype = next(self.vision_tower.parameters()).dtype
         hidden_states, feature_layer = run_encoder(
             self.vision_tower,
             pixel_values.to(tower_dtype),
-            self.config.vision_config.num_hidden_layers,
+            vision_config.num_hidden_layers,
             self.config.image_feature_layer,
             return_dict=True,
         )
         return select_features(
-            hidden_states,
-            feature_layer,
-            self.config.image_feature_select,
-            prefix_token_count(self.config.vision_config),
+            hidden_states, feature_layer, self.config.image_feature_select, prefix_token_count(vision_config)
         )
 
     def get_image_features(
@@ -295,10 +310,12 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             (N, config.num_image_tokens, llm_hidden).
         """
         if encoder_features is None:
+            if pixel_values is None:
+                raise ValueError("get_image_features needs pixel_values or encoder_features")
             encoder_features = self.encode_images(pixel_values)
         if self.image_connector is None:
             raise ValueError("this model has no 2D vision tower (vision_config is None)")
-        return self.image_connector(encoder_features.to(self.image_connector.mlp[0].weight.dtype))
+        return self.image_connector(encoder_features.to(self.image_connector.input_dtype))
 
     def encode_volumes(self, volume_values: torch.Tensor) -> torch.Tensor:
         """Run the volume encoder and select feature layer(s) and tokens.
@@ -318,50 +335,58 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         encoder_dtype = next(self.volume_encoder.parameters()).dtype
         volume_values = volume_values.to(encoder_dtype)
         if self.config.volume_encoder == "vit3d":
-            # M3D semantics (hidden_states[-1] normed) tie the last state to the full depth
-            full = self.config.volume_config.final_norm_in_hidden_states
-            hidden_states, feature_layer = run_encoder(
-                self.volume_encoder,
-                volume_values,
-                self.config.volume_config.num_hidden_layers,
-                -1 if full else self.config.volume_feature_layer,
-            )
-            if full:
-                feature_layer = self.config.volume_feature_layer
-            return select_features(
-                hidden_states,
-                feature_layer,
-                self.config.volume_feature_select,
-                int(self.config.volume_config.use_cls_token),
-            )
+            return self._encode_volumes_vit3d(self.volume_encoder, volume_values)
         if self.config.volume_encoder == "ctvit":
-            frames = self.config.volume_config.num_frames
-            if volume_values.shape[2] != frames:
-                raise ValueError(
-                    f"the ctvit volume encoder is configured for {frames} slices (volume_config.num_frames), "
-                    f"got volumes of shape {tuple(volume_values.shape)}"
-                )
-            outputs = self.volume_encoder(volume_values)
-            if self.config.volume_feature_select == "pre_vq":
-                return outputs.pre_quantization
-            return outputs.last_hidden_state
-        # slicewise: (N, C, D, H, W) -> (N*D, C, H, W), slice index fastest within a volume (MedM-VL)
+            return self._encode_volumes_ctvit(self.volume_encoder, volume_values)
+        return self._encode_volumes_slicewise(self.volume_encoder, volume_values)
+
+    def _encode_volumes_vit3d(self, encoder: nn.Module, volume_values: torch.Tensor) -> torch.Tensor:
+        """The native 3D ViT: hidden state(s) of ``volume_feature_layer``, CLS and/or patch tokens."""
+        volume_config = self.config.volume_encoder_config
+        # M3D semantics (hidden_states[-1] normed) tie the last state to the full depth
+        full = volume_config.final_norm_in_hidden_states
+        hidden_states, feature_layer = run_encoder(
+            encoder,
+            volume_values,
+            volume_config.num_hidden_layers,
+            -1 if full else self.config.volume_feature_layer,
+        )
+        if full:
+            feature_layer = self.config.volume_feature_layer
+        return select_features(
+            hidden_states, feature_layer, self.config.volume_feature_select, int(volume_config.use_cls_token)
+        )
+
+    def _encode_volumes_ctvit(self, encoder: nn.Module, volume_values: torch.Tensor) -> torch.Tensor:
+        """CT-CLIP's CTViT: its quantised tokens ("patch") or its pre-quantisation tokens ("pre_vq")."""
+        frames = self.config.volume_encoder_config.num_frames
+        if volume_values.shape[2] != frames:
+            raise ValueError(
+                f"the ctvit volume encoder is configured for {frames} slices (volume_config.num_frames), "
+                f"got volumes of shape {tuple(volume_values.shape)}"
+            )
+        outputs = encoder(volume_values)
+        if self.config.volume_feature_select == "pre_vq":
+            return outputs.pre_quantization
+        return outputs.last_hidden_state
+
+    def _encode_volumes_slicewise(self, encoder: nn.Module, volume_values: torch.Tensor) -> torch.Tensor:
+        """A 2D tower on every slice; the slices' tokens are concatenated, slice-major."""
+        # (N, C, D, H, W) -> (N*D, C, H, W), slice index fastest within a volume (MedM-VL)
         n, c, d, h, w = volume_values.shape
         if d != self.config.volume_num_slices:
             raise ValueError(f"slicewise volume encoder expects {self.config.volume_num_slices} slices, got {d}")
+        volume_config = self.config.volume_encoder_config
         slices = volume_values.permute(0, 2, 1, 3, 4).reshape(n * d, c, h, w)
         hidden_states, feature_layer = run_encoder(
-            self.volume_encoder,
+            encoder,
             slices,
-            self.config.volume_config.num_hidden_layers,
+            volume_config.num_hidden_layers,
             self.config.volume_feature_layer,
             return_dict=True,
         )
         features = select_features(
-            hidden_states,
-            feature_layer,
-            self.config.volume_feature_select,
-            prefix_token_count(self.config.volume_config),
+            hidden_states, feature_layer, self.config.volume_feature_select, prefix_token_count(volume_config)
         )
         return features.reshape(n, d * features.shape[1], features.shape[2])
 
@@ -378,10 +403,12 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             (N, config.num_volume_tokens, llm_hidden).
         """
         if encoder_features is None:
+            if volume_values is None:
+                raise ValueError("get_volume_features needs volume_values or encoder_features")
             encoder_features = self.encode_volumes(volume_values)
         if self.volume_connector is None:
             raise ValueError("this model has no volume encoder (volume_config is None)")
-        features = encoder_features.to(self.volume_connector.mlp[0].weight.dtype)
+        features = encoder_features.to(self.volume_connector.input_dtype)
         if self.volume_slice_embedding is not None:
             n, tokens, width = features.shape
             d = self.config.volume_num_slices
@@ -477,7 +504,7 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         volume_values: torch.Tensor | None = None,
         image_encoder_features: torch.Tensor | None = None,
         volume_encoder_features: torch.Tensor | None = None,
-        cache=None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         """Token embeddings with the media features at their placeholders (the LLM's input).
 
@@ -487,22 +514,25 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             pixel_values / volume_values / image_encoder_features / volume_encoder_features: as ``forward``.
             cache: the KV cache (decode steps after the prefill are not checked for placeholders).
         """
-        if (input_ids is None) == (inputs_embeds is None):
+        if inputs_embeds is not None:
+            if input_ids is not None:
+                raise ValueError("pass exactly one of input_ids or inputs_embeds")
+            if pixel_values is not None or volume_values is not None:
+                raise ValueError("media inputs need input_ids (placeholders) to be merged, not inputs_embeds")
+            return inputs_embeds
+        if input_ids is None:
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-            # Without media, a prompt (no cache yet) must not hold placeholders either; decode steps
-            # are not checked: a generated token may legitimately be a marker id.
-            prefill = cache is None or cache.get_seq_length() == 0
-            media = (pixel_values, volume_values, image_encoder_features, volume_encoder_features)
-            if prefill or any(m is not None for m in media):
-                inputs_embeds = self.merge_media(input_ids, inputs_embeds, *media)
-        elif pixel_values is not None or volume_values is not None:
-            raise ValueError("media inputs need input_ids (placeholders) to be merged, not inputs_embeds")
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        # Without media, a prompt (no cache yet) must not hold placeholders either; decode steps
+        # are not checked: a generated token may legitimately be a marker id.
+        prefill = cache is None or cache.get_seq_length() == 0
+        media = (pixel_values, volume_values, image_encoder_features, volume_encoder_features)
+        if prefill or any(m is not None for m in media):
+            inputs_embeds = self.merge_media(input_ids, inputs_embeds, *media)
         return inputs_embeds
 
     @property
-    def base_model(self) -> MedVLBackbone:
+    def base_model(self) -> MedVLBackbone:  # type: ignore[override]  # a parameter-free view, not an nn.Module
         """The model without its LM head, as Hugging Face vision-language models expose it.
 
         transformers' VLMs keep their body (media merge + LLM decoder) in ``model`` and return
@@ -520,13 +550,13 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         volume_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        cache=None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        past_key_values=None,
+        past_key_values: Cache | None = None,
         image_encoder_features: torch.Tensor | None = None,
         volume_encoder_features: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         """Media merge + the LLM's decoder: ``last_hidden_state`` (B, L, hidden), no LM head.
 
@@ -561,17 +591,17 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         volume_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        cache=None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
-        past_key_values=None,
+        past_key_values: Cache | None = None,
         image_encoder_features: torch.Tensor | None = None,
         volume_encoder_features: torch.Tensor | None = None,
         return_supervised_logits_only: bool = False,
-        **kwargs,
+        **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Run the model.
 
@@ -608,8 +638,7 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             volume_encoder_features,
             cache,
         )
-
-        if labels is None:
+        if labels is None:  # inference: the whole causal LM (its head, KV cache, logits_to_keep)
             return self.language_model(
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
@@ -619,8 +648,7 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
                 logits_to_keep=logits_to_keep,
                 **kwargs,
             )
-
-        outputs = self.get_decoder()(
+        outputs = self.get_decoder()(  # training: the decoder without cache, the head applied below
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -628,30 +656,57 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden = outputs.last_hidden_state
-        # position p predicts token p+1; the last position of each row predicts nothing
-        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(hidden.device)
+        targets = self._next_token_targets(labels).to(hidden.device)
         supervised = targets != IGNORE_INDEX
-        if return_supervised_logits_only:
-            logits = self._scale_logits(self.get_output_embeddings()(hidden[supervised]))
-            supervised_logits = logits
-        else:
-            logits = self._scale_logits(self.get_output_embeddings()(hidden))
-            supervised_logits = logits[supervised]
-        loss = F.cross_entropy(supervised_logits.float(), targets[supervised], reduction="sum")
-        # mean over supervised tokens; with gradient accumulation the HF Trainer passes the total
-        # over all micro-batches so that every token weighs the same (an empty row gives loss 0)
-        denominator = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp(min=1)
-        if torch.is_tensor(denominator):
-            denominator = denominator.to(loss.device)
-        loss = loss / denominator
+        logits, supervised_logits = self._lm_head(hidden, supervised, return_supervised_logits_only)
+        loss = self._mean_loss(supervised_logits, targets[supervised], supervised, num_items_in_batch)
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
+    # ------------------------------------------------------------------ 5. loss (training path)
+    @staticmethod
+    def _next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+        """(B, L) target of every position: position p predicts token p+1, the last one nothing."""
+        return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+    def _lm_head(
+        self, hidden: torch.Tensor, supervised: torch.Tensor, supervised_only: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits to return, logits of the supervised positions)``.
+
+        With ``supervised_only`` the head runs at the K supervised positions only and both are
+        (K, vocab); otherwise the returned logits are the full (B, L, vocab).
+        """
+        head = self.get_output_embeddings()
+        if supervised_only:
+            logits = self._scale_logits(head(hidden[supervised]))
+            return logits, logits
+        logits = self._scale_logits(head(hidden))
+        return logits, logits[supervised]
+
+    @staticmethod
+    def _mean_loss(
+        supervised_logits: torch.Tensor,
+        supervised_targets: torch.Tensor,
+        supervised: torch.Tensor,
+        num_items_in_batch: int | torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Cross-entropy summed over the supervised tokens, divided by their count.
+
+        With gradient accumulation the HF Trainer passes ``num_items_in_batch``, the total over all
+        micro-batches, so that every token weighs the same (an empty row gives loss 0).
+        """
+        loss = F.cross_entropy(supervised_logits.float(), supervised_targets, reduction="sum")
+        denominator = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp(min=1)
+        if isinstance(denominator, torch.Tensor):
+            denominator = denominator.to(loss.device)
+        return loss / denominator
+
     def _scale_logits(self, logits: torch.Tensor) -> torch.Tensor:
         # A few LLM families scale / soft-cap the LM head output (Cohere, Granite, Gemma 2/3); the
         # training path applies the head itself, so it mirrors what their forward does.
-        text_config = self.config.text_config
+        text_config = self.config.get_text_config()
         scale = getattr(text_config, "logit_scale", None)
         if isinstance(scale, (int, float)) and not isinstance(scale, bool):
             logits = logits * scale
@@ -672,8 +727,8 @@ class MedVLForConditionalGeneration(MedVLPreTrainedModel, GenerationMixin):
         image_encoder_features: torch.Tensor | None = None,
         volume_encoder_features: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         """Media go in the prefill step only; later steps decode from the KV cache."""
         model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
         if is_first_iteration or not kwargs.get("use_cache", True):
@@ -702,16 +757,16 @@ class MedVLBackbone:
         self.model = model
         self.config = model.config
 
-    def __call__(self, *args, **kwargs) -> BaseModelOutputWithPast:
+    def __call__(self, *args: Any, **kwargs: Any) -> BaseModelOutputWithPast:
         return self.model.forward_backbone(*args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
 
-    def get_image_features(self, *args, **kwargs) -> torch.Tensor:
+    def get_image_features(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.model.get_image_features(*args, **kwargs)
 
-    def get_volume_features(self, *args, **kwargs) -> torch.Tensor:
+    def get_volume_features(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.model.get_volume_features(*args, **kwargs)
 
 

@@ -11,12 +11,19 @@ media features.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 from transformers import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.image_utils import ImageInput
 from transformers.processing_utils import ProcessorMixin
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from .volume_processing_medvl import MedVLVolumeProcessor
+from .volume_processing_medvl import MedVLVolumeProcessor, VolumeInput
+
+# A chat message: {"role": str, "content": str with markers, or a list of content parts}
+Message = dict[str, Any]
 
 IMAGE_TOKEN = "<image>"
 VOLUME_TOKEN = "<volume>"
@@ -48,13 +55,13 @@ CHATML_TEMPLATE = (
 )
 
 
-def _flatten(items: Any) -> list:
+def _flatten(items: object) -> list[Any]:
     """Images/volumes may come flat or nested per batch row; the model wants them flat in text order."""
     if items is None:
         return []
     if not isinstance(items, (list, tuple)):
         return [items]
-    out: list = []
+    out: list[Any] = []
     for item in items:
         if isinstance(item, (list, tuple)):
             out.extend(item)
@@ -63,7 +70,7 @@ def _flatten(items: Any) -> list:
     return out
 
 
-def media_from_parts(conversations: list[list[dict]], kind: str) -> list:
+def media_from_parts(conversations: Sequence[Sequence[Message]], kind: str) -> list[Any]:
     """The media objects carried by content parts ``{"type": kind, kind: obj}``, in rendering order.
 
     Hugging Face's chat-template convention (used by TRL's vision-language collators) puts the image
@@ -75,7 +82,7 @@ def media_from_parts(conversations: list[list[dict]], kind: str) -> list:
         conversations: a batch of message lists.
         kind: "image" or "volume".
     """
-    found = []
+    found: list[Any] = []
     for conversation in conversations:
         for message in conversation:
             content = message.get("content") if isinstance(message, dict) else None
@@ -107,26 +114,30 @@ class MedVLProcessor(ProcessorMixin):
         image_token / volume_token: the marker strings.
     """
 
+    image_processor: BaseImageProcessor | None
+    tokenizer: PreTrainedTokenizerBase
+
     def __init__(
         self,
-        image_processor=None,
-        tokenizer=None,
+        image_processor: BaseImageProcessor | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         chat_template: str | None = None,
-        volume_processor_config: dict | None = None,
+        volume_processor_config: dict[str, Any] | MedVLVolumeProcessor | None = None,
         num_image_tokens: int = 0,
         num_volume_tokens: int = 0,
         image_token: str = IMAGE_TOKEN,
         volume_token: str = VOLUME_TOKEN,
-        **kwargs,
+        **kwargs: Any,
     ):
         self.num_image_tokens = int(num_image_tokens)
         self.num_volume_tokens = int(num_volume_tokens)
         self.image_token = image_token
         self.volume_token = volume_token
-        if hasattr(volume_processor_config, "to_dict"):  # a MedVLVolumeProcessor instance
+        # a processor instance (not isinstance: remote code may load a second copy of its class)
+        if volume_processor_config is not None and not isinstance(volume_processor_config, dict):
             volume_processor_config = volume_processor_config.to_dict()
-        self.volume_processor_config = volume_processor_config
-        self._volume_processor = None
+        self.volume_processor_config: dict[str, Any] | None = volume_processor_config
+        self._volume_processor: MedVLVolumeProcessor | None = None
         super().__init__(image_processor, tokenizer, chat_template=chat_template or CHATML_TEMPLATE)
         self.image_token_id = self._marker_id(image_token)
         self.volume_token_id = self._marker_id(volume_token)
@@ -141,7 +152,7 @@ class MedVLProcessor(ProcessorMixin):
         return ids[0]
 
     @property
-    def volume_processor(self):
+    def volume_processor(self) -> MedVLVolumeProcessor | None:
         """The ``MedVLVolumeProcessor`` built from ``volume_processor_config`` (None without one)."""
         if self._volume_processor is None and self.volume_processor_config is not None:
             self._volume_processor = MedVLVolumeProcessor.from_dict(self.volume_processor_config)
@@ -177,10 +188,10 @@ class MedVLProcessor(ProcessorMixin):
     def __call__(
         self,
         text: str | list[str] | None = None,
-        images: Any = None,
-        volumes: Any = None,
+        images: ImageInput | Sequence[ImageInput] | None = None,
+        volumes: VolumeInput | Sequence[VolumeInput] | Sequence[Sequence[VolumeInput]] | None = None,
         return_tensors: str | None = "pt",
-        **kwargs,
+        **kwargs: Any,
     ) -> BatchFeature:
         """Tokenise prompts (markers expanded) and preprocess their media.
 
@@ -199,11 +210,11 @@ class MedVLProcessor(ProcessorMixin):
         if text is None:
             raise ValueError("MedVLProcessor needs text (with <image>/<volume> markers for the media)")
         texts = [text] if isinstance(text, str) else list(text)
-        images = _flatten(images)
-        volumes = _flatten(volumes)
+        image_list = _flatten(images)
+        volume_list = _flatten(volumes)
         n_image_markers = [t.count(self.image_token) for t in texts]
         n_volume_markers = [t.count(self.volume_token) for t in texts]
-        for kind, counts, items in (("image", n_image_markers, images), ("volume", n_volume_markers, volumes)):
+        for kind, counts, items in (("image", n_image_markers, image_list), ("volume", n_volume_markers, volume_list)):
             if sum(counts) != len(items):
                 per_row = ", ".join(f"row {i}: {c}" for i, c in enumerate(counts))
                 raise ValueError(
@@ -212,15 +223,19 @@ class MedVLProcessor(ProcessorMixin):
         expanded = [self.expand_text(t, row) for row, t in enumerate(texts)]
         data: dict[str, Any] = dict(self.tokenizer(expanded, return_tensors=None, **kwargs))
         self._check_placeholders_survived(data["input_ids"], n_image_markers, n_volume_markers)
-        if images:
-            data["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
-        if volumes:
+        if image_list:
+            if self.image_processor is None:
+                raise ValueError("images given but this processor has no image processor")
+            data["pixel_values"] = self.image_processor(image_list, return_tensors="pt")["pixel_values"]
+        if volume_list:
             if self.volume_processor is None:
                 raise ValueError("volumes given but this processor has no volume processor")
-            data["volume_values"] = self.volume_processor(volumes)["volume_values"]
+            data["volume_values"] = self.volume_processor(volume_list)["volume_values"]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _check_placeholders_survived(self, input_ids: list, n_images: list[int], n_volumes: list[int]) -> None:
+    def _check_placeholders_survived(
+        self, input_ids: list[list[int]], n_images: list[int], n_volumes: list[int]
+    ) -> None:
         """Truncation must never cut through (or drop) media placeholders."""
         for row, ids in enumerate(input_ids):
             for kind, token_id, per_item, markers in (
@@ -236,16 +251,16 @@ class MedVLProcessor(ProcessorMixin):
                     )
 
     # ------------------------------------------------------------------ chat
-    def apply_chat_template(
+    def apply_chat_template(  # type: ignore[override]  # media arguments instead of tools/documents; returns a BatchFeature when tokenizing
         self,
-        conversation: list[dict] | list[list[dict]],
+        conversation: list[Message] | list[list[Message]],
         chat_template: str | None = None,
         add_generation_prompt: bool = False,
         tokenize: bool = False,
-        images: Any = None,
-        volumes: Any = None,
-        **kwargs,
-    ):
+        images: ImageInput | Sequence[ImageInput] | None = None,
+        volumes: Sequence[VolumeInput] | None = None,
+        **kwargs: Any,
+    ) -> str | list[str] | BatchFeature:
         """Render messages (string content with markers, or content parts) with the chat template.
 
         Args:
@@ -261,11 +276,18 @@ class MedVLProcessor(ProcessorMixin):
                 transformers' ``processor_kwargs`` mapping.
         """
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
-        conversations = conversation if batched else [conversation]
+        # a batch when its first item is a message list, one conversation otherwise
+        conversations = cast(list[list[Message]], conversation) if batched else [cast(list[Message], conversation)]
         template = chat_template or self.chat_template
+        if isinstance(template, dict):
+            raise ValueError(f"MedVLProcessor renders with one chat template, got named templates {sorted(template)}")
         rendered = [
-            self.tokenizer.apply_chat_template(
-                list(conv), chat_template=template, add_generation_prompt=add_generation_prompt, tokenize=False
+            # tokenize=False renders the string (transformers annotates every return form)
+            cast(
+                str,
+                self.tokenizer.apply_chat_template(
+                    list(conv), chat_template=template, add_generation_prompt=add_generation_prompt, tokenize=False
+                ),
             )
             for conv in conversations
         ]
@@ -284,10 +306,10 @@ class MedVLProcessor(ProcessorMixin):
             volumes = media_from_parts(conversations, "volume") or None
         return self(text=rendered, images=images, volumes=volumes, **kwargs)
 
-    def batch_decode(self, *args, **kwargs):
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)
 
-    def decode(self, *args, **kwargs):
+    def decode(self, *args: Any, **kwargs: Any) -> str | list[str]:
         return self.tokenizer.decode(*args, **kwargs)
 
     @property

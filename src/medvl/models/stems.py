@@ -17,9 +17,32 @@ embedding's dtype from it), so position embeddings, token layout and connectors 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
+
+
+def _conv(
+    dims: int, in_channels: int, out_channels: int, kernel: Sequence[int], stride: Sequence[int], padding: int = 0
+) -> nn.Conv2d | nn.Conv3d:
+    """A 2D or 3D convolution with one kernel / stride entry per spatial axis."""
+    if dims == 2:
+        return nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size=(kernel[0], kernel[1]),
+            stride=(stride[0], stride[1]),
+            padding=padding,
+        )
+    return nn.Conv3d(
+        in_channels,
+        out_channels,
+        kernel_size=(kernel[0], kernel[1], kernel[2]),
+        stride=(stride[0], stride[1], stride[2]),
+        padding=padding,
+    )
 
 
 def validate_stem_widths(widths: object, name: str) -> list[int] | None:
@@ -89,27 +112,26 @@ class ConvStem(nn.Module):
                 f"a conv stem of {len(channels)} stride-2 layers does not fit patch size {patch_size}; "
                 f"valid numbers of layers: {valid}"
             )
-        conv = nn.Conv2d if dims == 2 else nn.Conv3d
         layers: list[nn.Module] = []
-        self.pool = None
+        self.pool: nn.Module | None = None
         if any(q > 1 for q in pool):
             self.pool = (nn.MaxPool2d if dims == 2 else nn.MaxPool3d)(kernel_size=tuple(pool), stride=tuple(pool))
         previous, remaining = in_channels, list(patch)
         for width in channels:
-            stride = tuple(2 if r % 2 == 0 else 1 for r in remaining)
+            stride = [2 if r % 2 == 0 else 1 for r in remaining]
             remaining = [r // s for r, s in zip(remaining, stride)]
             # Normalisation is what makes the stem learn fast (from scratch, a small phantom nodule
             # detector trained in ~500 steps with it, not in 1000 without). GroupNorm rather than
             # the paper's BatchNorm: no batch dependence, so frozen towers, eval mode, gradient
             # accumulation and DDP all see the same function.
             layers += [
-                conv(previous, width, kernel_size=3, stride=stride, padding=1),
+                _conv(dims, previous, width, [3] * dims, stride, padding=1),
                 nn.GroupNorm(math.gcd(8, width), width),
                 nn.GELU(),
             ]
             previous = width
         self.layers = nn.Sequential(*layers)
-        self.proj = conv(previous, hidden_size, kernel_size=tuple(remaining), stride=tuple(remaining))
+        self.proj = _conv(dims, previous, hidden_size, remaining, remaining)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -118,7 +140,7 @@ class ConvStem(nn.Module):
 
     @property
     def in_channels(self) -> int:
-        return self.layers[0].in_channels
+        return cast(nn.Conv2d | nn.Conv3d, self.layers[0]).in_channels  # the first stride-2 convolution
 
     @property
     def out_channels(self) -> int:

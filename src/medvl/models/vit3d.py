@@ -107,7 +107,7 @@ class Vit3DConfig(PreTrainedConfig):
     final_norm_in_hidden_states: bool = False
     initializer_range: float = 0.02
 
-    def __post_init__(self, **kwargs):
+    def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
         self.image_size = [int(v) for v in self.image_size]
         self.patch_size = [int(v) for v in self.patch_size]
@@ -148,7 +148,8 @@ class Vit3DConfig(PreTrainedConfig):
     @property
     def grid_size(self) -> tuple[int, int, int]:
         """Patch grid (d, h, w)."""
-        return tuple(s // p for s, p in zip(self.image_size, self.patch_size))
+        (d, h, w), (pd, ph, pw) = self.image_size, self.patch_size  # 3 values each (checked in __post_init__)
+        return d // pd, h // ph, w // pw
 
     @property
     def num_patches(self) -> int:
@@ -323,7 +324,7 @@ class Vit3DModel(Vit3DPreTrainedModel):
         volume_values: torch.Tensor,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = True,
-        **kwargs,
+        **kwargs: Any,
     ) -> BaseModelOutput:
         """Encode volumes.
 
@@ -468,8 +469,10 @@ def vit3d_config_from_clip(config: dict, kind: str) -> dict:
     """
     if kind == "medmclip":
 
-        def last(value) -> int:  # MedM-VL's loader rewrites the sizes into [frames, H, W] lists
-            return int(value[-1] if isinstance(value, (list, tuple)) else value)
+        def last(
+            value: int | list[int] | tuple[int, ...],
+        ) -> int:  # MedM-VL's loader rewrites the sizes into [frames, H, W] lists
+            return int(value[-1]) if isinstance(value, (list, tuple)) else int(value)
 
         try:
             return {

@@ -64,13 +64,16 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
 import numpy as np
 import torch
 from transformers import BatchFeature
 
 from .windows import resolve_window, window_bounds
+
+if TYPE_CHECKING:
+    from monai.data import MetaTensor
 
 logger = logging.getLogger(__name__)
 
@@ -111,15 +114,37 @@ def axcodes_affine(spacing: Sequence[float] = (1.0, 1.0, 1.0), axcodes: str = "S
     return affine
 
 
-def _as_triple(value: Sequence[float] | float | None, name: str, cast=float) -> tuple | None:
+class VolumeLike(Protocol):
+    """A loaded volume as the processor reads it (``medvl.imaging.volume3d.Volume`` is one).
+
+    ``affine`` (4x4 voxel -> RAS), ``source`` and ``intensity`` are read when present.
+    """
+
+    @property
+    def array(self) -> np.ndarray: ...
+
+
+# What the processor accepts per volume: a Volume-like object, a dict with "array" (+ "affine",
+# "source", "intensity"), or a bare 3D array / tensor taken as oriented with 1 mm voxels.
+VolumeInput: TypeAlias = "VolumeLike | dict[str, Any] | np.ndarray | torch.Tensor"
+
+
+def _as_triple(value: Sequence[float] | float | None, name: str) -> tuple[float, float, float] | None:
     if value is None:
         return None
-    if isinstance(value, (int, float)):
-        return (cast(value),) * 3
-    values = tuple(cast(v) for v in value)
+    values = [float(value)] * 3 if isinstance(value, (int, float)) else [float(v) for v in value]
     if len(values) != 3:
         raise ValueError(f"{name} must have 3 values (D, H, W), got {value!r}")
-    return values
+    return values[0], values[1], values[2]
+
+
+def _as_int_triple(value: Sequence[int] | int | None, name: str) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    values = [int(value)] * 3 if isinstance(value, (int, float)) else [int(v) for v in value]
+    if len(values) != 3:
+        raise ValueError(f"{name} must have 3 values (D, H, W), got {value!r}")
+    return values[0], values[1], values[2]
 
 
 class MedVLVolumeProcessor:
@@ -197,7 +222,7 @@ class MedVLVolumeProcessor:
         self.antialias = bool(antialias)
         self.crop_foreground = bool(crop_foreground)
         self.foreground_hu = float(foreground_hu)
-        self.target_shape = _as_triple(target_shape, "target_shape", int)
+        self.target_shape = _as_int_triple(target_shape, "target_shape")
         self.shape_mode = shape_mode
         self.pad_hu = float(pad_hu)
         self.intensity = intensity
@@ -220,7 +245,7 @@ class MedVLVolumeProcessor:
             raise ValueError("image_mean and image_std must be given together")
         if self.image_std is not None and any(s <= 0 for s in self.image_std):
             raise ValueError(f"image_std must be positive, got {self.image_std}")
-        self.min_shape = _as_triple(min_shape, "min_shape", int)
+        self.min_shape = _as_int_triple(min_shape, "min_shape")
         if self.mode == "medmvl":
             if self.target_shape is None:
                 raise ValueError("mode='medmvl' needs target_shape = (slices, size, size)")
@@ -309,7 +334,12 @@ class MedVLVolumeProcessor:
 
     # ------------------------------------------------------------------ entry points
 
-    def __call__(self, volumes: Any, return_tensors: str | None = "pt", **_: Any) -> BatchFeature:
+    def __call__(
+        self,
+        volumes: VolumeInput | Sequence[VolumeInput],
+        return_tensors: str | None = "pt",
+        **_: Any,
+    ) -> BatchFeature:
         """Preprocess one volume or a list of volumes.
 
         Args:
@@ -320,9 +350,9 @@ class MedVLVolumeProcessor:
         Returns:
             ``BatchFeature`` with ``volume_values`` of shape (N, C, D, H, W), float32.
         """
-        if not isinstance(volumes, (list, tuple)):
-            volumes = [volumes]
-        arrays = [self.preprocess(v) for v in volumes]
+        # one volume, or a list / tuple of them (arrays, tensors, dicts and Volumes are not Sequences)
+        items: list[VolumeInput] = list(volumes) if isinstance(volumes, Sequence) else [volumes]
+        arrays = [self.preprocess(v) for v in items]
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
             raise ValueError(
@@ -333,10 +363,12 @@ class MedVLVolumeProcessor:
         else:
             d, h, w = self.target_shape or (0, 0, 0)
             stacked = np.zeros((0, self.channels, d, h, w), dtype=np.float32)
-        values: Any = torch.from_numpy(np.ascontiguousarray(stacked)) if return_tensors == "pt" else stacked
+        values: torch.Tensor | np.ndarray = (
+            torch.from_numpy(np.ascontiguousarray(stacked)) if return_tensors == "pt" else stacked
+        )
         return BatchFeature({"volume_values": values})
 
-    def preprocess(self, volume: Any) -> np.ndarray:
+    def preprocess(self, volume: VolumeInput) -> np.ndarray:
         """One volume -> float32 array (C, D, H, W).
 
         Args:
@@ -366,7 +398,7 @@ class MedVLVolumeProcessor:
     # ------------------------------------------------------------------ steps
 
     @staticmethod
-    def _unpack(volume: Any) -> tuple[np.ndarray, np.ndarray | None, str]:
+    def _unpack(volume: VolumeInput) -> tuple[np.ndarray, np.ndarray | None, str]:
         if isinstance(volume, dict):
             array, affine, source = volume.get("array"), volume.get("affine"), volume.get("source")
         elif hasattr(volume, "array"):
@@ -380,7 +412,7 @@ class MedVLVolumeProcessor:
         array = np.asarray(array)
         return array, None if affine is None else np.asarray(affine, dtype=np.float64), str(source or "<array>")
 
-    def _oriented(self, volume: Any) -> tuple[np.ndarray, np.ndarray, str]:
+    def _oriented(self, volume: VolumeInput) -> tuple[np.ndarray, np.ndarray, str]:
         """Validate and orient; returns (array float32-or-int, affine, source)."""
         array, affine, source = self._unpack(volume)
         if array.ndim == 4 and array.shape[0] == 1:
@@ -413,10 +445,13 @@ class MedVLVolumeProcessor:
         from monai.transforms import Orientationd
 
         image = MetaTensor(torch.from_numpy(np.ascontiguousarray(array))[None], affine=torch.from_numpy(affine))
-        out = Orientationd(keys="image", axcodes=self.axcodes, labels=None)({"image": image})["image"]
+        # MONAI's dict transforms are annotated as returning plain tensors; they return MetaTensors
+        out = cast(
+            "MetaTensor", Orientationd(keys="image", axcodes=self.axcodes, labels=None)({"image": image})["image"]
+        )
         return out.as_tensor()[0].numpy(), out.affine.numpy().astype(np.float64)
 
-    def spatial(self, volume: Any) -> tuple[np.ndarray, np.ndarray]:
+    def spatial(self, volume: VolumeInput) -> tuple[np.ndarray, np.ndarray]:
         """Steps 1-4 (orientation, spacing, foreground crop, shape), all in HU.
 
         Args:
@@ -436,24 +471,24 @@ class MedVLVolumeProcessor:
         array, affine, source = self._oriented(volume)
         image = MetaTensor(torch.from_numpy(array.astype(np.float32))[None], affine=torch.from_numpy(affine))
         if self.target_spacing is not None:
-            image = self._resample(image)
+            image = self._resample(image, self.target_spacing)
             affine = image.affine.numpy().astype(np.float64)
         if self.crop_foreground:
             image = self._crop(image, source)
         image = self._shape(image)
         return image.as_tensor()[0].numpy().astype(np.float32, copy=False), affine
 
-    def _resample(self, image: Any) -> Any:
+    def _resample(self, image: MetaTensor, target_spacing: tuple[float, float, float]) -> MetaTensor:
         from monai.transforms import Spacingd
 
         current = np.sqrt((image.affine.numpy()[:3, :3] ** 2).sum(axis=0))
-        image = self._antialias(image, np.asarray(self.target_spacing) / current)
+        image = self._antialias(image, np.asarray(target_spacing) / current)
         spacing = Spacingd(
-            keys="image", pixdim=self.target_spacing, mode="bilinear", padding_mode="border", dtype=np.float32
+            keys="image", pixdim=target_spacing, mode="bilinear", padding_mode="border", dtype=np.float32
         )
-        return spacing({"image": image})["image"]
+        return cast("MetaTensor", spacing({"image": image})["image"])
 
-    def _antialias(self, image: Any, factors: np.ndarray) -> Any:
+    def _antialias(self, image: MetaTensor, factors: np.ndarray) -> MetaTensor:
         """Gaussian pre-filter before downsampling by ``factors`` (> 1 = fewer voxels) per axis.
 
         sigma = max(0, (factor - 1) / 2) voxels, the rule of ``skimage.transform.resize`` and of MONAI's
@@ -482,7 +517,7 @@ class MedVLVolumeProcessor:
         out = MetaTensor(torch.from_numpy(np.ascontiguousarray(data))[None])
         return out.copy_meta_from(image)
 
-    def _crop(self, image: Any, source: str) -> Any:
+    def _crop(self, image: MetaTensor, source: str) -> MetaTensor:
         from monai.transforms import CropForegroundd
 
         threshold = self.foreground_hu
@@ -492,25 +527,29 @@ class MedVLVolumeProcessor:
         crop = CropForegroundd(
             keys="image", source_key="image", select_fn=lambda x: x > threshold, margin=0, allow_smaller=True
         )
-        return crop({"image": image})["image"]
+        return cast("MetaTensor", crop({"image": image})["image"])
 
-    def _shape(self, image: Any) -> Any:
+    def _shape(self, image: MetaTensor) -> MetaTensor:
         from monai.transforms import Resized, ResizeWithPadOrCropd
 
-        if self.shape_mode == "none":
+        if self.shape_mode == "none" or self.target_shape is None:  # __init__ sets "none" without a shape
             return image
         target = list(self.target_shape)
         if self.shape_mode == "resize":
             image = self._antialias(image, np.asarray(image.shape[1:]) / np.asarray(target))
-            return Resized(keys="image", spatial_size=target, mode="trilinear")({"image": image})["image"]
+            return cast(
+                "MetaTensor", Resized(keys="image", spatial_size=target, mode="trilinear")({"image": image})["image"]
+            )
         if self.shape_mode == "fit":
             shape = image.shape[1:]
             scale = min(t / s for t, s in zip(target, shape))
             fitted = [max(1, min(t, int(math.floor(s * scale + 0.5)))) for t, s in zip(target, shape)]
             image = self._antialias(image, np.asarray(shape) / np.asarray(fitted))
-            image = Resized(keys="image", spatial_size=fitted, mode="trilinear")({"image": image})["image"]
+            image = cast(
+                "MetaTensor", Resized(keys="image", spatial_size=fitted, mode="trilinear")({"image": image})["image"]
+            )
         pad = ResizeWithPadOrCropd(keys="image", spatial_size=target, mode="constant", value=self.pad_hu)
-        return pad({"image": image})["image"]
+        return cast("MetaTensor", pad({"image": image})["image"])
 
     def intensity_map(self, hu: np.ndarray) -> np.ndarray:
         """Step 5-6: HU (D, H, W) -> float32 (C, D, H, W) in ``output_range``, then mean/std.
@@ -530,7 +569,7 @@ class MedVLVolumeProcessor:
             out = (out - mean) / std
         return out
 
-    def _map(self, hu: np.ndarray, window: Any) -> np.ndarray:
+    def _map(self, hu: np.ndarray, window: str | Sequence[float]) -> np.ndarray:
         low_out, high_out = self.output_range
         if self.intensity == "none":
             return hu.copy()
@@ -546,8 +585,11 @@ class MedVLVolumeProcessor:
         unit = (np.clip(hu, low, high) - np.float32(low)) / np.float32(high - low)
         return (np.float32(low_out) + unit * np.float32(high_out - low_out)).astype(np.float32)
 
-    def _ct_clip(self, volume: Any) -> np.ndarray:
+    def _ct_clip(self, volume: VolumeInput) -> np.ndarray:
         """CT-CLIP's CT-RATE preprocessing (``scripts/data_inference_nii.py`` / ``data.py``) -> (1, D, H, W)."""
+        target_spacing, target_shape = self.target_spacing, self.target_shape
+        if target_spacing is None or target_shape is None:  # __init__ sets both in the ct_clip modes
+            raise ValueError(f"mode {self.mode!r} needs target_spacing and target_shape")
         bare = self._unpack(volume)[1] is None
         array, affine, _ = self._oriented(volume)  # validation only: axcodes is None in these modes
         spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
@@ -558,7 +600,7 @@ class MedVLVolumeProcessor:
         if self.mode == "ct_clip":
             hu = np.clip(hu, low, high)
         # CT-CLIP's resize_array: scaling factor current / target, new size int(n * factor)
-        size = [int(n * (float(cur) / float(tgt))) for n, cur, tgt in zip(hu.shape, spacing, self.target_spacing)]
+        size = [int(n * (float(cur) / float(tgt))) for n, cur, tgt in zip(hu.shape, spacing, target_spacing)]
         if min(size) < 1:
             raise ValueError(f"volume of shape {hu.shape} and spacing {tuple(spacing)} shrinks to {size} voxels")
         resized = torch.nn.functional.interpolate(
@@ -569,7 +611,7 @@ class MedVLVolumeProcessor:
         scaled = (resized / 1000).astype(np.float32)
         # centre crop, then pad with -1 (CT-CLIP: start (n - t) // 2; pad t - n split with the odd voxel after)
         slices, pads = [], []
-        for n, target in zip(scaled.shape, self.target_shape):
+        for n, target in zip(scaled.shape, target_shape):
             start = max((n - target) // 2, 0)
             end = min(start + target, n)
             slices.append(slice(start, end))
@@ -585,22 +627,26 @@ class MedVLVolumeProcessor:
         """
         from monai.transforms import CropForeground, Resize
 
+        if self.target_shape is None:  # __init__ refuses mode "medmvl" without one
+            raise ValueError("mode='medmvl' needs target_shape = (slices, size, size)")
         if unit:
             scaled = np.clip(array.astype(np.float64), 0, 1) * 255
         else:
             scaled = (np.clip(array.astype(np.float64), -1000, 1000) + 1000) / 2000 * 255
         if not (scaled > 0).any():
             raise ValueError(f"{source}: volume is all air (<= -1000 HU); MedM-VL's foreground crop would be empty")
-        cropped = CropForeground()(scaled[None])
+        # MONAI takes ndarrays here (NdarrayOrTensor) though its annotation says Tensor; the ndarray
+        # path is MedM-VL's, kept bit for bit
+        cropped = CropForeground()(scaled[None])  # type: ignore[arg-type]
         resized = Resize(spatial_size=list(self.target_shape), mode="trilinear")(cropped)
         u8 = torch.as_tensor(resized).as_subclass(torch.Tensor).to(torch.uint8).numpy()  # truncation, as MedM-VL
         # SigLIP's image processor: rescale in float64, cast to float32, normalise in float32.
-        unit = (u8.astype(np.float64) * (1 / 255)).astype(np.float32)
-        normed = (unit - np.float32(0.5)) / np.float32(0.5)
+        rescaled = (u8.astype(np.float64) * (1 / 255)).astype(np.float32)
+        normed = (rescaled - np.float32(0.5)) / np.float32(0.5)
         return np.repeat(normed, 3, axis=0)
 
 
-def _volume_intensity(volume: Any) -> str:
+def _volume_intensity(volume: VolumeInput) -> str:
     """The ``intensity`` a volume declares (``"hu"`` when it says nothing)."""
     if isinstance(volume, dict):
         return str(volume.get("intensity") or "hu")
@@ -611,5 +657,7 @@ __all__ = [
     "CT_CLIP_SHAPE",
     "CT_CLIP_SPACING",
     "MedVLVolumeProcessor",
+    "VolumeInput",
+    "VolumeLike",
     "axcodes_affine",
 ]

@@ -24,19 +24,23 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from medvl.data.records import Record
-from medvl.inference import Generation
+from medvl.inference import Generation, record_with_media
 from medvl.serve.media import MediaDecoder, MediaLimits
 from medvl.serve.metrics import ServerMetrics
 from medvl.serve.scheduler import Job, SamplingSettings, Scheduler
 from medvl.serve.schema import APIError, ChatRequest, bad_request, parse_chat_request
+
+if TYPE_CHECKING:
+    from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +83,15 @@ class ServerState:
 
     def __init__(self, config: ServeConfig):
         self.config = config
-        self.model: Any = None
-        self.processor: Any = None
+        self.model: MedVLForConditionalGeneration | None = None
+        self.processor: MedVLProcessor | None = None
         self.scheduler: Scheduler | None = None
         self.ready = threading.Event()
         self.load_error: BaseException | None = None
         self.max_positions: int | None = None
         # The worker thread owns the processor; request threads count prompt tokens with their own copy
         # (fast tokenizers are not safe to share across threads that change padding settings).
-        self.front: Any = None
+        self.front: MedVLProcessor | None = None
         self.front_lock = threading.Lock()
         self.public_paths = set(PUBLIC_PATHS)  # no bearer token needed (create_app's ui adds a page's paths)
         self.public_prefixes: list[str] = []
@@ -99,7 +103,7 @@ class ServerState:
             running=lambda: self.scheduler.running if self.scheduler else 0,
         )
 
-    def attach(self, model: Any, processor: Any) -> None:
+    def attach(self, model: MedVLForConditionalGeneration, processor: MedVLProcessor) -> None:
         """Install a loaded model: start the scheduler and become ready.
 
         Args:
@@ -108,8 +112,7 @@ class ServerState:
         """
         self.model, self.processor = model, processor
         self.front = copy.deepcopy(processor)
-        text_config = getattr(model.config, "text_config", model.config)
-        self.max_positions = getattr(text_config, "max_position_embeddings", None)
+        self.max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         self.scheduler = Scheduler(
             model,
             processor,
@@ -126,22 +129,27 @@ class ServerState:
         Args:
             messages: the conversation (string content with markers).
         """
+        front = self.front
+        if front is None:  # routes reach here only once ready (attach() sets it)
+            raise RuntimeError("no model attached")
         with self.front_lock:
-            text = self.front.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = front.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            if not isinstance(text, str):  # one conversation, tokenize=False: one string
+                raise TypeError(f"the chat template rendered {type(text).__name__}, not a string")
             try:
-                expanded = self.front.expand_text(text)
+                expanded = front.expand_text(text)
             except ValueError as err:  # e.g. a volume sent to a model without a volume encoder
                 raise bad_request(
                     str(err).replace("text row 0 has", "the request has"), "messages", "unsupported_media"
                 ) from None
-            return len(self.front.tokenizer(expanded)["input_ids"])
+            return len(front.tokenizer(expanded)["input_ids"])
 
 
 def create_app(
     config: ServeConfig,
     *,
-    loader: Callable[[], tuple[Any, Any]] | None = None,
-    loaded: tuple[Any, Any] | None = None,
+    loader: Callable[[], tuple[MedVLForConditionalGeneration, MedVLProcessor]] | None = None,
+    loaded: tuple[MedVLForConditionalGeneration, MedVLProcessor] | None = None,
     on_load_error: Callable[[BaseException], None] | None = None,
     ui: UIMount | None = None,
     ui_path: str = "/ui",
@@ -265,7 +273,7 @@ class BearerAuth:
         state: the server state (its ``public_paths`` / ``public_prefixes`` need no token).
     """
 
-    def __init__(self, app: Any, api_key: str, state: ServerState):
+    def __init__(self, app: ASGIApp, api_key: str, state: ServerState):
         self.app = app
         self.api_key = api_key.encode()
         self.state = state
@@ -273,7 +281,7 @@ class BearerAuth:
     def _public(self, path: str) -> bool:
         return path in self.state.public_paths or any(path.startswith(p) for p in self.state.public_prefixes)
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and not self._public(scope["path"]):
             await send({"type": "websocket.close", "code": 1008})  # no route uses websockets behind the key
             return
@@ -349,11 +357,64 @@ def _prepare(state: ServerState, req: ChatRequest, request_id: str) -> tuple[Rec
     else:
         max_tokens = req.max_tokens or state.config.default_max_tokens
     images, volumes = state.decoder.decode(req.media)
-    record = Record(id=request_id, messages=req.messages, images=images, volumes=volumes)
+    record = record_with_media(request_id, req.messages, images, volumes)
     return record, prompt_tokens, max_tokens
 
 
+@dataclass(frozen=True)
+class _Delta:
+    """A piece of the answer (streamed requests)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class _Done:
+    """The whole answer with its token accounting."""
+
+    text: str
+    generation: Generation
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """Generation raised."""
+
+    error: BaseException
+
+
+# What the scheduler's worker thread posts to the request's event loop.
+JobEvent = _Delta | _Done | _Failed
+
+
 async def _chat(request: Request, state: ServerState, started: float) -> Response:
+    req = await _read_request(request, state)
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    record, prompt_tokens, max_tokens = await run_in_threadpool(_prepare, state, req, request_id)
+    logger.info(
+        "%s: %d image(s), %d volume(s), %d prompt tokens, max_tokens %d, %s%s",
+        request_id,
+        len(record.images),
+        len(record.volumes),
+        prompt_tokens,
+        max_tokens,
+        "sampling" if req.do_sample else "greedy",
+        ", stream" if req.stream else "",
+    )
+    events: asyncio.Queue[JobEvent] = asyncio.Queue()
+    job = _submit(state, req, record, max_tokens, request_id, events)
+    created = int(time.time())
+    if req.stream:
+        return StreamingResponse(
+            _stream(state, req, job, events, request_id, created, started),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+    return await _answer(request, state, job, events, request_id, created, started)
+
+
+async def _read_request(request: Request, state: ServerState) -> ChatRequest:
+    """The validated request: the model must be ready, the body valid JSON naming this server's model."""
     config = state.config
     if not state.ready.is_set():
         raise APIError(
@@ -378,25 +439,23 @@ async def _chat(request: Request, state: ServerState, started: float) -> Respons
             param="model",
             code="model_not_found",
         )
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    record, prompt_tokens, max_tokens = await run_in_threadpool(_prepare, state, req, request_id)
-    logger.info(
-        "%s: %d image(s), %d volume(s), %d prompt tokens, max_tokens %d, %s%s",
-        request_id,
-        len(record.images),
-        len(record.volumes),
-        prompt_tokens,
-        max_tokens,
-        "sampling" if req.do_sample else "greedy",
-        ", stream" if req.stream else "",
-    )
+    return req
 
+
+def _submit(
+    state: ServerState,
+    req: ChatRequest,
+    record: Record,
+    max_tokens: int,
+    request_id: str,
+    events: asyncio.Queue[JobEvent],
+) -> Job:
+    """Queue the record on the scheduler; its deltas, answer or error arrive on ``events``."""
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
-    def post(kind: str, value: Any) -> None:
+    def post(event: JobEvent) -> None:
         try:
-            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+            loop.call_soon_threadsafe(events.put_nowait, event)
         except RuntimeError:  # the event loop is closed (server shutting down)
             pass
 
@@ -405,7 +464,7 @@ async def _chat(request: Request, state: ServerState, started: float) -> Respons
             state.metrics.cancelled.inc()
             state.metrics.cancelled_tokens.inc(gen.completion_tokens)
             logger.info("%s: cancelled after %d completion tokens", request_id, gen.completion_tokens)
-        post("done", (text, gen))
+        post(_Done(text, gen))
 
     job = Job(
         record=record,
@@ -417,48 +476,55 @@ async def _chat(request: Request, state: ServerState, started: float) -> Respons
             req.seed if req.do_sample else None,
         ),
         stop=req.stop,
-        on_delta=lambda d: post("delta", d),
+        on_delta=lambda d: post(_Delta(d)),
         on_done=lambda text, gen: on_done(text, gen),
-        on_error=lambda err: post("error", err),
+        on_error=lambda err: post(_Failed(err)),
     )
-    assert state.scheduler is not None
+    if state.scheduler is None:  # ready is set only after attach() started the scheduler
+        raise RuntimeError("the server is ready but has no scheduler")
     state.scheduler.submit(job)
-    created = int(time.time())
-    if req.stream:
-        return StreamingResponse(
-            _stream(state, req, job, events, request_id, created, started),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
-        )
+    return job
+
+
+async def _answer(
+    request: Request,
+    state: ServerState,
+    job: Job,
+    events: asyncio.Queue[JobEvent],
+    request_id: str,
+    created: int,
+    started: float,
+) -> Response:
+    """The non-streamed answer: wait for the job (cancelling it if the client goes away)."""
     try:
         while True:
             try:
-                kind, value = await asyncio.wait_for(events.get(), timeout=1.0)
+                event = await asyncio.wait_for(events.get(), timeout=1.0)
             except TimeoutError:
                 if await request.is_disconnected():
                     job.cancel()
                     logger.info("%s: client disconnected", request_id)
                     return Response(status_code=499)
                 continue
-            if kind == "done":
-                text, gen = value
+            if isinstance(event, _Done):
                 break
-            if kind == "error":
-                raise _as_api_error(value)
+            if isinstance(event, _Failed):
+                raise _as_api_error(event.error)
     except asyncio.CancelledError:
         job.cancel()
         raise
+    gen = event.generation
     _account(state, request_id, gen, started)
     return JSONResponse(
         {
             "id": request_id,
             "object": "chat.completion",
             "created": created,
-            "model": config.model_name,
+            "model": state.config.model_name,
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": {"role": "assistant", "content": event.text},
                     "finish_reason": _finish(gen),
                     "logprobs": None,
                 }
@@ -504,12 +570,20 @@ def _as_api_error(err: BaseException) -> APIError:
 
 
 async def _stream(
-    state: ServerState, req: ChatRequest, job: Job, events: asyncio.Queue, request_id: str, created: int, started: float
+    state: ServerState,
+    req: ChatRequest,
+    job: Job,
+    events: asyncio.Queue[JobEvent],
+    request_id: str,
+    created: int,
+    started: float,
 ) -> AsyncIterator[bytes]:
     """Server-Sent Events: role chunk, content deltas, finish chunk, optional usage chunk, ``[DONE]``."""
     name = state.config.model_name
 
-    def chunk(delta: dict, finish: str | None = None, usage: dict | None = None, choices: bool = True) -> bytes:
+    def chunk(
+        delta: dict[str, str], finish: str | None = None, usage: dict[str, int] | None = None, choices: bool = True
+    ) -> bytes:
         data: dict[str, Any] = {
             "id": request_id,
             "object": "chat.completion.chunk",
@@ -526,21 +600,21 @@ async def _stream(
         yield chunk({"role": "assistant", "content": ""})
         first = True
         while True:
-            kind, value = await events.get()
-            if kind == "delta":
+            event = await events.get()
+            if isinstance(event, _Delta):
                 if first:
                     state.metrics.first_token.observe(time.monotonic() - started)
                     first = False
-                yield chunk({"content": value})
-            elif kind == "done":
-                text, gen = value
+                yield chunk({"content": event.text})
+            elif isinstance(event, _Done):
+                gen = event.generation
                 _account(state, request_id, gen, started)
                 yield chunk({}, _finish(gen))
                 if req.include_usage:
                     yield chunk({}, usage=_usage(gen), choices=False)
                 break
             else:
-                err = _as_api_error(value)
+                err = _as_api_error(event.error)
                 state.metrics.requests.labels("chat_completions", str(err.status)).inc()
                 yield f"data: {json.dumps(err.body())}\n\n".encode()
                 break

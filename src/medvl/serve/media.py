@@ -28,7 +28,7 @@ import logging
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +72,7 @@ class MediaDecoder:
         limits: size bounds.
     """
 
-    def __init__(self, media_roots: list[str | Path] | None = None, limits: MediaLimits | None = None):
+    def __init__(self, media_roots: Sequence[str | Path] | None = None, limits: MediaLimits | None = None):
         self.roots = [Path(r).resolve(strict=True) for r in (media_roots or [])]
         self.limits = limits or MediaLimits()
 
@@ -353,8 +353,12 @@ def _volume_voxels_from_headers(path: Path) -> int | None:
             return total
         if name.endswith(".nii") or name.endswith(".nii.gz"):
             import nibabel as nib
+            from nibabel.spatialimages import SpatialHeader
 
-            return int(np.prod(nib.load(str(path)).header.get_data_shape(), dtype=np.int64))
+            header = nib.load(str(path)).header
+            if not isinstance(header, SpatialHeader):  # not an image header: the loader reports it
+                return None
+            return int(np.prod(header.get_data_shape(), dtype=np.int64))
         if name.endswith(".npy"):
             return int(np.prod(np.load(path, mmap_mode="r", allow_pickle=False).shape, dtype=np.int64))
         if name.endswith(".npz"):

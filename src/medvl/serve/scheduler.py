@@ -27,13 +27,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from medvl.data.records import Record
 from medvl.errors import MedVLDataError
 from medvl.inference import Generation, generate_detailed
+
+if TYPE_CHECKING:
+    from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -173,8 +176,8 @@ class Scheduler:
 
     def __init__(
         self,
-        model: Any,
-        processor: Any,
+        model: MedVLForConditionalGeneration,
+        processor: MedVLProcessor,
         *,
         max_batch_size: int = 8,
         batch_wait_s: float = 0.005,
@@ -246,7 +249,8 @@ class Scheduler:
             if not self._pending:
                 return []
             first = self._pending.popleft()
-            batch, key, keep = [first], first.batch_key(), deque()
+            batch, key = [first], first.batch_key()
+            keep: deque[Job] = deque()
             while self._pending and len(batch) < self.max_batch_size:
                 job = self._pending.popleft()
                 if job.cancelled.is_set():

@@ -157,7 +157,7 @@ class ChatRequest:
         return self.temperature is not None and self.temperature > 0
 
 
-def _number(body: dict, name: str, low: float, high: float, integer: bool = False) -> Any:
+def _number(body: dict[str, Any], name: str, low: float, high: float, integer: bool = False) -> float | None:
     value = body.get(name)
     if value is None:
         return None
@@ -167,6 +167,11 @@ def _number(body: dict, name: str, low: float, high: float, integer: bool = Fals
     if not low <= value <= high:
         raise bad_request(f"'{name}' must be between {low:g} and {high:g}, got {value}", name, "invalid_value")
     return value
+
+
+def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = _number(body, name, low, high, integer=True)
+    return None if value is None else int(value)  # _number checked it is an int
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -189,21 +194,21 @@ def parse_chat_request(body: Any) -> ChatRequest:
             )
         if name not in KNOWN and name not in IGNORED and name not in UNSUPPORTED:
             raise bad_request(f"unknown parameter '{name}'", name, "unknown_parameter")
-    n = _number(body, "n", 1, 1_000_000, integer=True)
+    n = _integer(body, "n", 1, 1_000_000)
     if n is not None and n != 1:
         raise bad_request(
             f"'n' = {n} is not supported: medvl serve returns one choice per request", "n", "unsupported_parameter"
         )
-    max_tokens = _number(body, "max_completion_tokens", 1, 10**9, integer=True)
+    max_tokens = _integer(body, "max_completion_tokens", 1, 10**9)
     param = "max_completion_tokens"
     if max_tokens is None:
-        max_tokens = _number(body, "max_tokens", 1, 10**9, integer=True)
+        max_tokens = _integer(body, "max_tokens", 1, 10**9)
         param = "max_tokens"
     temperature = _number(body, "temperature", 0.0, 2.0)
     top_p = _number(body, "top_p", 0.0, 1.0)
     if top_p == 0:
         raise bad_request("'top_p' must be > 0", "top_p", "invalid_value")
-    seed = _number(body, "seed", -(2**63), 2**63 - 1, integer=True)
+    seed = _integer(body, "seed", -(2**63), 2**63 - 1)
     stop = body.get("stop")
     if stop is None:
         stops: list[str] = []
