@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 
@@ -209,12 +209,3 @@ def load_registry_records(
     from medvl.data.dataset import mix_records
 
     return mix_records([(recs, e.weight) for e, recs in load_sources(source, split, names, weights)], seed=seed)
-
-
-def describe(entries: list[tuple[DatasetEntry, list[Record]]]) -> list[dict[str, Any]]:
-    """Per-source summary rows (name, split, records, weight) for logs and reports.
-
-    Args:
-        entries: output of :func:`load_sources`.
-    """
-    return [{"name": e.name, "split": e.split, "records": len(r), "weight": e.weight} for e, r in entries]

@@ -312,7 +312,7 @@ def run_encoder_pretrain(
         callbacks: extra ``transformers.TrainerCallback`` objects.
     """
 
-    from medvl.train.parts import apply_parts, describe
+    from medvl.train.parts import apply_parts, parts_table
     from medvl.train.run import plot_loss, start_run, training_arguments
     from medvl.train.trainer import MedVLTrainer
 
@@ -322,7 +322,7 @@ def run_encoder_pretrain(
     logger.info(
         "stage encoder_pretrain (%s encoder), trainable parts:\n%s",
         kind,
-        describe(model, cfg.train.parts, cfg.train.lr),
+        parts_table(model, cfg.train.parts, cfg.train.lr),
     )
     train_set, eval_set, schema = build_finding_datasets(cfg, processor, kind)
     classifier = FindingClassifier(model, kind, schema, seed=cfg.train.seed)

@@ -136,7 +136,7 @@ def base_model_path(adapter_dir: str | Path) -> Path:
     return base_path
 
 
-def load_model(path: str | Path, **kwargs: Any) -> nn.Module:
+def load_auto_model(path: str | Path, **kwargs: Any) -> nn.Module:
     """Load a saved model folder through the Auto classes (medvl's are registered on import).
 
     Args:
@@ -166,7 +166,7 @@ def load_with_adapter(adapter_dir: str | Path, *, trainable: bool = False, **kwa
     """
     from peft import PeftModel
 
-    base = load_model(base_model_path(adapter_dir), **kwargs)
+    base = load_auto_model(base_model_path(adapter_dir), **kwargs)
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
     load_extra_trainable(model, adapter_dir)
     return model

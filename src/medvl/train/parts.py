@@ -256,7 +256,7 @@ def param_groups(
     return groups
 
 
-def describe(model: nn.Module, parts: PartsConfig, base_lr: float) -> str:
+def parts_table(model: nn.Module, parts: PartsConfig, base_lr: float) -> str:
     """A small table of parts: mode, parameters, trainable parameters, learning rate.
 
     Args:

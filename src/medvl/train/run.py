@@ -31,7 +31,7 @@ import yaml
 
 from medvl.train.checkpoint import atomic_dir, clean_staging, commit_dir, staging_path
 from medvl.train.config import ENCODER_PRETRAIN, TrainConfig, model_spec, unfilled_placeholders, validate
-from medvl.train.lora import is_adapter_dir, is_peft_model, load_model, merge_lora
+from medvl.train.lora import is_adapter_dir, is_peft_model, load_auto_model, merge_lora
 from medvl.train.parts import unwrap_model
 from medvl.utils.config import to_dict
 
@@ -140,7 +140,7 @@ def load_or_build_model(cfg: TrainConfig) -> tuple[Any, Any]:
             logger.info("model.path %s is a LoRA adapter: merging it into its base before training", path)
             model = load_with_adapter(path).merge_and_unload()
         else:
-            model = load_model(path)
+            model = load_auto_model(path)
         processor = AutoProcessor.from_pretrained(path)
         return model, processor
     from medvl.build import build_model
@@ -616,7 +616,7 @@ def run_training(
     """
 
     from medvl.train.config import resolve_bundled_paths
-    from medvl.train.parts import apply_parts, describe
+    from medvl.train.parts import apply_parts, parts_table
     from medvl.train.trainer import MedVLTrainer, SkipFinalCheckpoint
 
     resolve_bundled_paths(cfg)
@@ -660,7 +660,7 @@ def run_training(
     if is_peft_model(model):
         # every adapter save (checkpoints included) names the base it applies to
         model.peft_config["default"].base_model_name_or_path = str(base_dir)
-    logger.info("stage %s, trainable parts:\n%s", cfg.train.stage, describe(model, cfg.train.parts, cfg.train.lr))
+    logger.info("stage %s, trainable parts:\n%s", cfg.train.stage, parts_table(model, cfg.train.parts, cfg.train.lr))
 
     if cfg.train.compile:
         compile_llm(model)

@@ -125,20 +125,6 @@ def make_record(
     return Record(id=rid, messages=messages, images=media, meta=record_meta)
 
 
-def read_json(path: Path, what: str) -> Any:
-    """JSON content of ``path`` with a clear error.
-
-    Args:
-        path: file.
-        what: task name for the message.
-    """
-    from medvl.utils.files import read_json as read_json_file
-
-    if path.is_dir():  # a folder where the release has a file: say so rather than "not UTF-8"
-        raise MedVLDataError(f"task {what!r}: expected a file, found a folder", path=str(path))
-    return read_json_file(path, f"task {what!r} file")
-
-
 def require(entry: dict, keys: tuple[str, ...], where: str, path: Path) -> None:
     """Raise when ``entry`` lacks one of ``keys``.
 

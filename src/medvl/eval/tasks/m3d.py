@@ -18,7 +18,8 @@ import csv
 from pathlib import Path
 
 from medvl.errors import MedVLDataError
-from medvl.eval.tasks.base import make_record, media_path, read_json, require
+from medvl.eval.tasks.base import make_record, media_path, require
+from medvl.utils.files import read_json
 
 CAPTION_PROMPT = "Can you provide a caption consists of findings for this medical image?"
 # M3D-Data's volumes are min-max scaled to 0..1 by its preparation script (no HU left to window).
@@ -128,7 +129,7 @@ def load_m3d_cap(root: Path, split: str) -> list:
     """
     candidates = [root / "M3D_Cap_npy" / "M3D_Cap.json", root / "M3D-Cap" / "M3D_Cap.json", root / "M3D_Cap.json"]
     path = next((c for c in candidates if c.is_file()), candidates[0])
-    data = read_json(path, "m3d_cap")
+    data = read_json(path, "task 'm3d_cap' file")
     if split not in data:
         raise MedVLDataError(f"task 'm3d_cap': split {split!r} not in the file (has {', '.join(data)})", path=str(path))
     records = []

@@ -12,7 +12,8 @@ import string
 from pathlib import Path
 
 from medvl.errors import MedVLDataError
-from medvl.eval.tasks.base import MCQ_SUFFIX, make_record, media_path, read_json, require
+from medvl.eval.tasks.base import MCQ_SUFFIX, make_record, media_path, require
+from medvl.utils.files import read_json
 
 _OPTION_PREFIX = re.compile(r"^\s*[A-D]\s*[:\.]\s*")
 
@@ -131,7 +132,7 @@ def load_omnimedvqa(root: Path, split: str) -> list:
         raise MedVLDataError("task 'omnimedvqa': no QA json files", path=str(qa_dir))
     records = []
     for path in files:
-        for i, e in enumerate(read_json(path, "omnimedvqa")):
+        for i, e in enumerate(read_json(path, "task 'omnimedvqa' file")):
             where = f"entry {i} (question_id {e.get('question_id')})"
             require(e, ("question_id", "question", "gt_answer", "image_path", "option_A", "option_B"), where, path)
             options = [str(e[f"option_{c}"]).strip() for c in "ABCD" if e.get(f"option_{c}") not in (None, "")]

@@ -10,7 +10,8 @@ import csv
 from pathlib import Path
 
 from medvl.errors import MedVLDataError
-from medvl.eval.tasks.base import make_record, media_path, read_json, require
+from medvl.eval.tasks.base import make_record, media_path, require
+from medvl.utils.files import read_json
 
 CXR_PROMPT = "Describe the findings of this chest X-ray."
 CT_PROMPT = "Write the findings section of the radiology report for this chest CT."
@@ -28,7 +29,7 @@ def load_r2gen(root: Path, split: str, task: str) -> list:
         task: "mimic_cxr" or "iu_xray" (id prefix, messages).
     """
     path = root / "annotation.json"
-    ann = read_json(path, task)
+    ann = read_json(path, f"task {task!r} file")
     if split not in ann:
         raise MedVLDataError(
             f"task {task!r}: split {split!r} not in annotation.json (has {', '.join(ann)})", path=str(path)

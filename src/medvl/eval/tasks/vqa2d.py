@@ -11,7 +11,8 @@ import pickle
 from pathlib import Path
 
 from medvl.errors import MedVLDataError
-from medvl.eval.tasks.base import SHORT_ANSWER_SUFFIX, make_record, media_path, read_json, require
+from medvl.eval.tasks.base import SHORT_ANSWER_SUFFIX, make_record, media_path, require
+from medvl.utils.files import read_json
 
 
 def load_vqa_rad(root: Path, split: str) -> list:
@@ -32,7 +33,7 @@ def load_vqa_rad(root: Path, split: str) -> list:
     if split not in ("test", "train"):
         raise ValueError(f"VQA-RAD split {split!r}; valid: test, train")
     path = root / "VQA_RAD Dataset Public.json"
-    data = read_json(path, "vqa_rad")
+    data = read_json(path, "task 'vqa_rad' file")
     records = []
     for i, e in enumerate(data):
         where = f"entry {i} (qid {e.get('qid')})"
@@ -79,7 +80,7 @@ def load_slake(root: Path, split: str, language: str | None = None) -> list:
         language: keep only "en" or "zh" questions (None: both).
     """
     path = root / f"{split}.json"
-    data = read_json(path, "slake")
+    data = read_json(path, "task 'slake' file")
     records = []
     for i, e in enumerate(data):
         where = f"entry {i} (qid {e.get('qid')})"
