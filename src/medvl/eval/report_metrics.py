@@ -246,7 +246,7 @@ def rouge_score_metrics(
     def lsum(text: str) -> str:
         return "\n".join(re.split(r"(?<=[.!?])\s+", text.strip())) if rouge_lsum_split else text
 
-    per = {t: [] for t in types}
+    per: dict[str, list[float]] = {t: [] for t in types}
     for p, r in zip(predictions, references):
         s = scorer.score(r, p)
         for t in types[:3]:
@@ -569,14 +569,14 @@ def encode_plus_available() -> Iterator[None]:
         out = [self.cls_token_id, *ids_0, self.sep_token_id]
         return out if ids_1 is None else [*out, *ids_1, self.sep_token_id]
 
-    added = [
-        name
-        for name, fn in (
-            ("encode_plus", encode_plus),
-            ("build_inputs_with_special_tokens", build_inputs_with_special_tokens),
-        )
-        if not hasattr(PreTrainedTokenizerBase, name) and not setattr(PreTrainedTokenizerBase, name, fn)
-    ]
+    added = []
+    for name, fn in (
+        ("encode_plus", encode_plus),
+        ("build_inputs_with_special_tokens", build_inputs_with_special_tokens),
+    ):
+        if not hasattr(PreTrainedTokenizerBase, name):
+            setattr(PreTrainedTokenizerBase, name, fn)
+            added.append(name)
     try:
         yield
     finally:
