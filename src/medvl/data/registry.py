@@ -154,11 +154,8 @@ def load_registry(path: str | Path) -> Registry:
             raise ValueError(f"{path}: data set {name!r} has no 'path'")
         if entry.weight < 0:
             raise ValueError(f"{path}: data set {name!r} has a negative weight {entry.weight}")
-        entry.path, entry.root, entry.volume_root = (
-            absolute(entry.path),
-            absolute(entry.root),
-            absolute(entry.volume_root),
-        )
+        entry.path = str(base / Path(entry.path).expanduser())
+        entry.root, entry.volume_root = absolute(entry.root), absolute(entry.volume_root)
         entries[str(name)] = entry
     return Registry(entries, str(path))
 
