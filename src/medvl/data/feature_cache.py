@@ -41,13 +41,8 @@ from typing import TYPE_CHECKING, TypeAlias, cast
 import torch
 
 if TYPE_CHECKING:
-    from peft import PeftModel
-
     from medvl.data.dataset import ConversationDataset
     from medvl.models.modeling_medvl import MedVLForConditionalGeneration
-
-# a medvl model, plain or under a PEFT wrapper (LoRA runs)
-MedVLModel: TypeAlias = "MedVLForConditionalGeneration | PeftModel"
 Encode: TypeAlias = Callable[[torch.Tensor], torch.Tensor]
 
 logger = logging.getLogger(__name__)
@@ -110,7 +105,7 @@ class EncoderFeatureCache:
 
 @torch.no_grad()
 def build_feature_cache(
-    model: MedVLModel, datasets: Sequence[ConversationDataset], kinds: Iterable[str], batch_size: int = 32
+    model: torch.nn.Module, datasets: Sequence[ConversationDataset], kinds: Iterable[str], batch_size: int = 32
 ) -> EncoderFeatureCache:
     """Encode every distinct media file of ``datasets`` once with ``model``'s frozen encoder(s).
 
@@ -164,7 +159,7 @@ def build_feature_cache(
     return cache
 
 
-def _frozen_encoder(model: MedVLModel, kind: str) -> tuple[Encode, torch.nn.Module]:
+def _frozen_encoder(model: torch.nn.Module, kind: str) -> tuple[Encode, torch.nn.Module]:
     """(the encode function, the encoder module) of a frozen encoder, checked."""
     get_base = getattr(model, "get_base_model", None)  # a PEFT wrapper: the medvl model under it
     # PEFT types the model it wraps as a bare nn.Module; here it is always a medvl model
@@ -192,7 +187,7 @@ def _run_frozen(encode: Encode, module: torch.nn.Module, values: torch.Tensor) -
         module.train(was_training)
 
 
-def lazy_feature_cache(model: MedVLModel, kinds: Iterable[str]) -> EncoderFeatureCache:
+def lazy_feature_cache(model: torch.nn.Module, kinds: Iterable[str]) -> EncoderFeatureCache:
     """An empty cache that encodes a file with ``model``'s frozen encoder the first time it is looked up.
 
     The encoder runs in eval mode without autograd on the device its weights are on at that moment

@@ -360,14 +360,18 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     check_hf_args(t.hf_args)
 
 
-def encoder_pretrain_kind(cfg: TrainConfig) -> str:
+def encoder_pretrain_kind(cfg: TrainConfig) -> Literal["image", "volume"]:
     """The media kind stage 0 trains ("image" or "volume"), from the settings or the parts.
 
     Args:
         cfg: a configuration with ``train.stage: encoder_pretrain``.
     """
     t = cfg.train
-    trained = [kind for kind, part in (("image", t.parts.vision), ("volume", t.parts.volume)) if part.mode != "frozen"]
+    encoders: tuple[tuple[Literal["image", "volume"], PartConfig], ...] = (
+        ("image", t.parts.vision),
+        ("volume", t.parts.volume),
+    )
+    trained = [kind for kind, part in encoders if part.mode != "frozen"]
     kind = t.encoder_pretrain.encoder
     if kind == "auto":
         if len(trained) != 1:

@@ -27,14 +27,29 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from medvl.data.finding_labels import FindingDataset, LabelSchema, collate_findings, load_labelled_items
+from medvl.data.finding_labels import (
+    FindingDataset,
+    LabelledItem,
+    LabelSchema,
+    MediaKind,
+    collate_findings,
+    load_labelled_items,
+)
 from medvl.train.config import TrainConfig, encoder_pretrain_kind
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from torch.utils.data import Subset
+    from transformers import EvalPrediction, PreTrainedModel, TrainerCallback
+
+    from medvl.models.modeling_medvl import MedVLForConditionalGeneration
+    from medvl.models.processing_medvl import MedVLProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +72,16 @@ class FindingClassifier(nn.Module):
         seed: head initialisation seed.
     """
 
-    def __init__(self, model: nn.Module, kind: str, schema: LabelSchema, seed: int = 0):
+    lvlm: MedVLForConditionalGeneration
+
+    def __init__(self, model: nn.Module, kind: MediaKind, schema: LabelSchema, seed: int = 0) -> None:
         super().__init__()
         from medvl.train.parts import unwrap_model
 
         if kind not in MEDIA_KINDS:
             raise ValueError(f"unknown media kind {kind!r}; valid choices: {', '.join(MEDIA_KINDS)}")
-        base = unwrap_model(model)
+        # a medvl model (the encoder lookup below fails loudly for any other)
+        base = cast("MedVLForConditionalGeneration", unwrap_model(model))
         encoder = getattr(base, _ENCODER_ATTR[kind], None)
         if encoder is None:
             raise ValueError(
@@ -224,8 +242,8 @@ def format_metrics(per_label: dict[str, dict[str, Any]]) -> str:
 
 # ---------------------------------------------------------------------------- the run
 def build_finding_datasets(
-    cfg: TrainConfig, processor: Any, kind: str
-) -> tuple[FindingDataset, Any | None, LabelSchema]:
+    cfg: TrainConfig, processor: MedVLProcessor, kind: MediaKind
+) -> tuple[FindingDataset | Subset[Any], FindingDataset | Subset[Any] | None, LabelSchema]:
     """Training set, validation set (or None) and label schema of a stage-0 run.
 
     Args:
@@ -239,22 +257,28 @@ def build_finding_datasets(
     d, s = cfg.data, cfg.train.encoder_pretrain
     if not d.train:
         raise ValueError("data.train: no training files given")
-    common = dict(source=s.labels, root=d.root, seed=cfg.train.seed)
     with outside_root_allowed(d.allow_outside_root):
-        train_items = load_labelled_items(d.train, kind, split=d.train_split, **common)
+        train_items = load_labelled_items(
+            d.train, kind, split=d.train_split, source=s.labels, root=d.root, seed=cfg.train.seed
+        )
     if not train_items:
         raise ValueError(
             f"stage 0: data.train ({', '.join(d.train)}) holds no labelled {kind}s; give records with "
             "meta.labels, closed yes/no questions, or a label table (.csv)"
         )
     schema = LabelSchema.from_items(train_items, s.label_names)
-    options = dict(volume_cache=d.volume_cache, cache_media=s.cache_media)
-    train = FindingDataset(train_items, schema, processor, kind, **options)
-    evaluation = None
+
+    def dataset(items: list[LabelledItem]) -> FindingDataset:
+        return FindingDataset(items, schema, processor, kind, volume_cache=d.volume_cache, cache_media=s.cache_media)
+
+    train: FindingDataset | Subset[Any] = dataset(train_items)
+    evaluation: FindingDataset | Subset[Any] | None = None
     if d.eval:
         with outside_root_allowed(d.allow_outside_root):
-            eval_items = load_labelled_items(d.eval, kind, split=d.eval_split, **common)
-        evaluation = FindingDataset(eval_items, schema, processor, kind, **options) if eval_items else None
+            eval_items = load_labelled_items(
+                d.eval, kind, split=d.eval_split, source=s.labels, root=d.root, seed=cfg.train.seed
+            )
+        evaluation = dataset(eval_items) if eval_items else None
     elif d.eval_fraction > 0:
         train, evaluation = split_dataset(train, d.eval_fraction, cfg.train.seed)
     logger.info(
@@ -268,7 +292,11 @@ def build_finding_datasets(
 
 
 def save_stage0_outputs(
-    classifier: FindingClassifier, model: nn.Module, processor: Any, schema: LabelSchema, out: Path
+    classifier: FindingClassifier,
+    model: PreTrainedModel | PeftModel,
+    processor: MedVLProcessor,
+    schema: LabelSchema,
+    out: Path,
 ) -> Path:
     """Write ``model/`` (the whole LVLM with the trained encoder; LoRA merged) and ``finding_head/``
     (head weights and labels), each atomically. Main process only.
@@ -288,7 +316,7 @@ def save_stage0_outputs(
 
     lvlm = model.merge_and_unload() if is_peft_model(model) else model
     with atomic_dir(final_model_dir(out)) as staging:
-        lvlm.save_pretrained(staging)
+        lvlm.save_pretrained(str(staging))
         processor.save_pretrained(staging)
     with atomic_dir(out / HEAD_DIR) as staging:
         state = {k: v.detach().contiguous().cpu() for k, v in classifier.finding_head.state_dict().items()}
@@ -299,7 +327,11 @@ def save_stage0_outputs(
 
 
 def run_encoder_pretrain(
-    cfg: TrainConfig, *, model: Any = None, processor: Any = None, callbacks: list[Any] | None = None
+    cfg: TrainConfig,
+    *,
+    model: PreTrainedModel | None = None,
+    processor: MedVLProcessor | None = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> Path:
     """Stage 0 as configured; returns the output folder (the model is in ``<output>/model``).
 
@@ -318,17 +350,17 @@ def run_encoder_pretrain(
 
     kind = encoder_pretrain_kind(cfg)
     is_main, resume_from, out, model, processor = start_run(cfg, model, processor)
-    model = apply_parts(model, cfg.train.parts, cfg.train.lora)
+    trained = apply_parts(model, cfg.train.parts, cfg.train.lora)
     logger.info(
         "stage encoder_pretrain (%s encoder), trainable parts:\n%s",
         kind,
-        parts_table(model, cfg.train.parts, cfg.train.lr),
+        parts_table(trained, cfg.train.parts, cfg.train.lr),
     )
     train_set, eval_set, schema = build_finding_datasets(cfg, processor, kind)
-    classifier = FindingClassifier(model, kind, schema, seed=cfg.train.seed)
+    classifier = FindingClassifier(trained, kind, schema, seed=cfg.train.seed)
     args = training_arguments(cfg, has_eval=eval_set is not None)
 
-    def compute_metrics(prediction: Any) -> dict[str, float]:
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         return flat_metrics(
             finding_metrics(np.asarray(prediction.predictions), np.asarray(prediction.label_ids), schema)
         )
@@ -355,12 +387,12 @@ def run_encoder_pretrain(
     if eval_set is not None:
         output = trainer.predict(eval_set, metric_key_prefix="eval")
         per_label = finding_metrics(np.asarray(output.predictions), np.asarray(output.label_ids), schema)
-        metrics["eval"] = {"loss": output.metrics.get("eval_loss"), **flat_metrics(per_label)}
+        metrics["eval"] = {"loss": (output.metrics or {}).get("eval_loss"), **flat_metrics(per_label)}
         metrics["eval_per_label"] = per_label
         logger.info("stage 0 validation (%d %ss):\n%s", len(eval_set), kind, format_metrics(per_label))
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        save_stage0_outputs(classifier, model, processor, schema, out)
+        save_stage0_outputs(classifier, trained, processor, schema, out)
         metrics["log_history"] = trainer.state.log_history
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
         plot_loss(trainer.state.log_history, out / "loss.png")
