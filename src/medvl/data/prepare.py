@@ -65,7 +65,7 @@ def processor_fingerprint(volume_processor: MedVLVolumeProcessor) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _source_stamp(path: str) -> dict[str, Any]:
+def _source_stamp(path: str) -> dict[str, int | float]:
     p = Path(path)
     if p.is_dir():  # DICOM series: the newest file and the count stand for the folder
         files = [f for f in p.iterdir() if f.is_file()]

@@ -29,10 +29,13 @@ import re
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medvl.eval.results import ScoreResult, java_version, library_versions, mean
 from medvl.eval.text import has_cjk, jieba_tokenize, medevalkit_tokenize
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -590,11 +593,12 @@ class _EncodePlusTokenizer:
     ``[CLS] + convert_tokens_to_ids(wordpieces) + [SEP]``; this wrapper restores exactly that and passes
     everything else through to the real tokenizer."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self._tokenizer = tokenizer
 
     def encode_plus(self, tokens: list[str]) -> dict[str, list[int]]:
-        ids = self._tokenizer.convert_tokens_to_ids(list(tokens))
+        ids = self._tokenizer.convert_tokens_to_ids(list(tokens))  # a list in, a list out
+        ids = [ids] if isinstance(ids, int) else ids
         return {"input_ids": [self._tokenizer.cls_token_id, *ids, self._tokenizer.sep_token_id]}
 
     def __getattr__(self, name: str) -> Any:

@@ -27,10 +27,13 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from medvl.data.augment import AugmentConfig
 from medvl.utils.config import from_dict, load_config
+
+if TYPE_CHECKING:
+    from medvl.build import ModelSpec
 
 PartMode = Literal["frozen", "full", "lora"]
 PART_NAMES: tuple[str, ...] = ("llm", "vision", "volume", "connector")
@@ -445,7 +448,7 @@ def unfilled_placeholders(cfg: TrainConfig) -> list[str]:
     return found
 
 
-def model_spec(cfg: TrainConfig) -> Any:
+def model_spec(cfg: TrainConfig) -> ModelSpec:
     """``cfg.model.spec`` as a ``medvl.build.ModelSpec`` (read from its YAML file if it is a path).
 
     Args:

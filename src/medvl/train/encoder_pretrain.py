@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -176,7 +176,15 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float | None:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def finding_metrics(logits: np.ndarray, targets: np.ndarray, schema: LabelSchema) -> dict[str, dict[str, Any]]:
+class LabelMetrics(TypedDict):
+    """Validation metrics of one label (None: not computable, e.g. one class only)."""
+
+    auroc: float | None
+    accuracy: float | None
+    n: int  # items whose label is known
+
+
+def finding_metrics(logits: np.ndarray, targets: np.ndarray, schema: LabelSchema) -> dict[str, LabelMetrics]:
     """Per label: AUROC (multi-class: the mean one-vs-rest AUROC over classes), accuracy
     (binary: logit > 0; multi-class: arg-max) and the number of known items.
 
@@ -185,7 +193,7 @@ def finding_metrics(logits: np.ndarray, targets: np.ndarray, schema: LabelSchema
         targets: (N, width), NaN = unknown.
         schema: the labels.
     """
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, LabelMetrics] = {}
     for spec, where in schema.slices():
         z, t = logits[:, where], targets[:, where]
         known = ~np.isnan(t).any(axis=1)
@@ -208,25 +216,26 @@ def finding_metrics(logits: np.ndarray, targets: np.ndarray, schema: LabelSchema
     return out
 
 
-def flat_metrics(per_label: dict[str, dict[str, Any]]) -> dict[str, float]:
+def flat_metrics(per_label: dict[str, LabelMetrics]) -> dict[str, float]:
     """``{label}_auroc`` / ``{label}_accuracy`` and their means over labels (Trainer log keys).
 
     Args:
         per_label: :func:`finding_metrics` output.
     """
     flat: dict[str, float] = {}
-    for name, m in per_label.items():
-        for key in ("auroc", "accuracy"):
-            if m[key] is not None:
-                flat[f"{name}_{key}"] = m[key]
+    rows = {name: {"auroc": m["auroc"], "accuracy": m["accuracy"]} for name, m in per_label.items()}
+    for name, row in rows.items():
+        for key, value in row.items():
+            if value is not None:
+                flat[f"{name}_{key}"] = value
     for key in ("auroc", "accuracy"):
-        values = [m[key] for m in per_label.values() if m[key] is not None]
+        values = [v for row in rows.values() if (v := row[key]) is not None]
         if values:
             flat[f"mean_{key}"] = round(float(np.mean(values)), 4)
     return flat
 
 
-def format_metrics(per_label: dict[str, dict[str, Any]]) -> str:
+def format_metrics(per_label: dict[str, LabelMetrics]) -> str:
     """A plain-text table of per-label validation metrics.
 
     Args:

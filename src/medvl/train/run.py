@@ -102,7 +102,7 @@ def environment_info() -> dict[str, Any]:
     }
 
 
-def git_revision(folder: Path) -> dict[str, Any] | None:
+def git_revision(folder: Path) -> dict[str, str | bool] | None:
     """``{"commit": sha, "dirty": bool}`` of the git work tree holding ``folder`` (None outside git).
 
     Args:

@@ -26,7 +26,12 @@ from medvl.train.lora import is_peft_model, load_extra_trainable, save_extra_tra
 from medvl.train.parts import param_groups, unwrap_model
 
 if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
     from medvl.models.processing_medvl import MedVLProcessor
+
+    # a hyper-parameter search trial (optuna's, or a dict of settings), passed through to the Trainer
+    Trial = Any
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +77,12 @@ class MedVLTrainer(Trainer):
 
     # ---- every rank runs every encoder (ZeRO-3 / DDP with text-only batches) ------------------
     def compute_loss(
-        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> Any:
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """The Trainer's loss, after adding dummy media to batches that lack a modality (multi-process).
 
         Args:
@@ -98,7 +107,7 @@ class MedVLTrainer(Trainer):
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None
-    ) -> Any:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """The Trainer's prediction step; when only the loss is wanted, the logits are computed at the
         supervised positions only. ``predict`` / ``compute_metrics`` get the standard (B, L, vocab).
 
@@ -149,12 +158,12 @@ class MedVLTrainer(Trainer):
         return self.optimizer
 
     # ---- atomic checkpoints ------------------------------------------------------------------
-    def _get_output_dir(self, trial: Any) -> str:
+    def _get_output_dir(self, trial: Trial) -> str:
         if self._staging_root is not None:
             return self._staging_root
         return super()._get_output_dir(trial)
 
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+    def _save_checkpoint(self, model: nn.Module, trial: Trial) -> None:
         """Write ``checkpoint-<step>`` into a staging folder, fsync it, then rename it into place.
 
         All ranks write their parts (RNG states, ZeRO shards) into the same staging folder; the main
@@ -225,7 +234,9 @@ class SkipFinalCheckpoint(TrainerCallback):
     ``DefaultFlowCallback`` (callbacks run in the order they were added; the default one is first).
     """
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
         if state.global_step >= state.max_steps and control.should_save:
             on_grid = state.save_steps > 0 and state.global_step % state.save_steps == 0
             if not on_grid:
