@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -265,45 +265,47 @@ def check_data(
     for entry in entries:
         stats = SourceStats(entry.name, entry.path)
         report.sources.append(stats)
-        path = Path(entry.path)
-        root = Path(entry.root) if entry.root else path.parent
-        vroot = Path(entry.volume_root) if entry.volume_root else root
-        objects = _raw_objects(path, stats, report)
-        seen_ids: dict[str, str] = {}
-        iterator: Iterable[tuple[str, Any]] = objects
-        if progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(objects, desc=f"check {entry.name}", unit="rec", leave=False)
-        for rid, obj in iterator:
-            stats.records += 1
-            try:
-                rec = parse_record(obj, rid, str(path), root, vroot, entry.format, allow_outside_root)
-            except MedVLDataError as err:
-                kind = _classify(err)
-                stats.problems[kind] += 1
-                report.issues.append((kind, str(err)))
-                continue
-            if rec.id in seen_ids:  # results are matched to references by id: duplicates corrupt scores
-                stats.problems["duplicate_id"] += 1
-                report.issues.append(
-                    (
-                        "duplicate_id",
-                        str(
-                            MedVLDataError(
-                                f"duplicate record id (first seen as {seen_ids[rec.id]})", record=rec.id, path=str(path)
-                            )
-                        ),
-                    )
-                )
-            else:
-                seen_ids[rec.id] = rid
+        for rec in _parsed_records(entry, stats, report, allow_outside_root, progress):
             good = _check_media(
-                rec, path, stats, report, media_status, read_media, image_loader, volume_loader, processor
+                rec, Path(entry.path), stats, report, media_status, read_media, image_loader, volume_loader, processor
             )
-            good = _check_tokens(rec, path, encoder, stats, report) and good
+            good = _check_tokens(rec, Path(entry.path), encoder, stats, report) and good
             stats.valid_records += int(good)
     return report
+
+
+def _parsed_records(
+    entry: DatasetEntry, stats: SourceStats, report: CheckReport, allow_outside_root: bool | None, progress: bool
+) -> Iterator[Record]:
+    """The records of one source that parse; every one that does not, and every repeated id, is reported."""
+    path = Path(entry.path)
+    root = Path(entry.root) if entry.root else path.parent
+    vroot = Path(entry.volume_root) if entry.volume_root else root
+    objects = _raw_objects(path, stats, report)
+    seen_ids: dict[str, str] = {}
+    iterator: Iterable[tuple[str, Any]] = objects
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(objects, desc=f"check {entry.name}", unit="rec", leave=False)
+    for rid, obj in iterator:
+        stats.records += 1
+        try:
+            rec = parse_record(obj, rid, str(path), root, vroot, entry.format, allow_outside_root)
+        except MedVLDataError as err:
+            kind = _classify(err)
+            stats.problems[kind] += 1
+            report.issues.append((kind, str(err)))
+            continue
+        if rec.id in seen_ids:  # results are matched to references by id: duplicates corrupt scores
+            stats.problems["duplicate_id"] += 1
+            err = MedVLDataError(
+                f"duplicate record id (first seen as {seen_ids[rec.id]})", record=rec.id, path=str(path)
+            )
+            report.issues.append(("duplicate_id", str(err)))
+        else:
+            seen_ids[rec.id] = rid
+        yield rec
 
 
 def _check_media(

@@ -293,21 +293,13 @@ def attach_feature_cache(
     }
     kinds = [k for k in ("image", "volume") if frozen[k] and present[k]]
     unique = _distinct_datasets(datasets)
-    reason = None
-    if not kinds:
+    if kinds:
+        reason = _feature_cache_refusal(cfg, unique)
+    else:
         reason = (
             "data.cache_encoder_features: the model has no frozen encoder to cache "
             f"(frozen parts: {[k for k, v in frozen.items() if v] or 'none'}; encoders: "
             f"{[k for k, v in present.items() if v] or 'none'})"
-        )
-    elif any(d.augment is not None for d in unique):
-        reason = "data.cache_encoder_features cannot be used with augmentation (features differ per sample)"
-    elif _zero3(cfg):
-        # the encoders' weights are partitioned across ranks there; not supported (untested)
-        reason = "data.cache_encoder_features is not supported with DeepSpeed ZeRO-3; use ZeRO-2 or DDP"
-    elif auto and cfg.data.num_workers > 0:
-        reason = (
-            "data.cache_encoder_features unset: not cached with DataLoader workers (set it to true to cache up front)"
         )
     if reason is not None:
         if not auto:
@@ -323,20 +315,8 @@ def attach_feature_cache(
     else:
         cache = build_feature_cache(model, unique, kinds)
     shapes = {k: tuple(next(iter(cache.features[k].values())).shape) for k in kinds if cache.features[k]}
-    if auto:
-        files = {
-            k: len({p for d in unique for r in d.records for p in getattr(r, FEATURE_KINDS[k][0])}) for k in shapes
-        }
-        size = sum(files[k] * math.prod(shapes[k]) * 4 for k in shapes)
-        if size > AUTO_FEATURE_CACHE_BYTES:
-            logger.info(
-                "frozen-encoder feature cache off: the features of %s would take %.1f GiB (more than %.1f GiB; "
-                "set data.cache_encoder_features=true to cache anyway)",
-                ", ".join(f"{n} {k} files" for k, n in files.items()),
-                size / 1024**3,
-                AUTO_FEATURE_CACHE_BYTES / 1024**3,
-            )
-            return {}
+    if auto and not _features_fit_memory(shapes, unique):
+        return {}
     for d in unique:
         d.feature_cache = cache
     logger.info(
@@ -345,6 +325,38 @@ def attach_feature_cache(
         ", ".join(kinds),
     )
     return {FEATURE_KINDS[k][1]: shape for k, shape in shapes.items()}
+
+
+def _feature_cache_refusal(cfg: TrainConfig, datasets: list[ConversationDataset]) -> str | None:
+    """Why the encoder feature cache cannot serve this run (None: it can), for a model with a frozen encoder."""
+    if any(d.augment is not None for d in datasets):
+        return "data.cache_encoder_features cannot be used with augmentation (features differ per sample)"
+    if _zero3(cfg):
+        # the encoders' weights are partitioned across ranks there; not supported (untested)
+        return "data.cache_encoder_features is not supported with DeepSpeed ZeRO-3; use ZeRO-2 or DDP"
+    if cfg.data.cache_encoder_features is None and cfg.data.num_workers > 0:
+        return (
+            "data.cache_encoder_features unset: not cached with DataLoader workers (set it to true to cache up front)"
+        )
+    return None
+
+
+def _features_fit_memory(shapes: dict[str, tuple[int, ...]], datasets: list[ConversationDataset]) -> bool:
+    """Whether the features of every distinct file fit :data:`AUTO_FEATURE_CACHE_BYTES` (said when not)."""
+    from medvl.data.feature_cache import FEATURE_KINDS
+
+    files = {k: len({p for d in datasets for r in d.records for p in getattr(r, FEATURE_KINDS[k][0])}) for k in shapes}
+    size = sum(files[k] * math.prod(shapes[k]) * 4 for k in shapes)
+    if size <= AUTO_FEATURE_CACHE_BYTES:
+        return True
+    logger.info(
+        "frozen-encoder feature cache off: the features of %s would take %.1f GiB (more than %.1f GiB; "
+        "set data.cache_encoder_features=true to cache anyway)",
+        ", ".join(f"{n} {k} files" for k, n in files.items()),
+        size / 1024**3,
+        AUTO_FEATURE_CACHE_BYTES / 1024**3,
+    )
+    return False
 
 
 def _distinct_datasets(datasets: Sequence[ConversationDataset | Subset[Any] | None]) -> list[ConversationDataset]:
