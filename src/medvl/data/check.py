@@ -299,10 +299,10 @@ def _parsed_records(
             continue
         if rec.id in seen_ids:  # results are matched to references by id: duplicates corrupt scores
             stats.problems["duplicate_id"] += 1
-            err = MedVLDataError(
+            dup = MedVLDataError(
                 f"duplicate record id (first seen as {seen_ids[rec.id]})", record=rec.id, path=str(path)
             )
-            report.issues.append(("duplicate_id", str(err)))
+            report.issues.append(("duplicate_id", str(dup)))
         else:
             seen_ids[rec.id] = rid
         yield rec
