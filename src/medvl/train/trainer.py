@@ -211,7 +211,7 @@ class MedVLTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
     # ---- LoRA runs: bare trainable parameters PEFT does not save ------------------------------
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         super()._save(output_dir, state_dict)
         folder = output_dir or self.args.output_dir
         if self.args.should_save and is_peft_model(self.model) and folder is not None:

@@ -128,7 +128,7 @@ def make_record(
     return Record(id=rid, messages=messages, images=media, meta=record_meta)
 
 
-def require(entry: dict, keys: tuple[str, ...], where: str, path: Path) -> None:
+def require(entry: dict[str, Any], keys: tuple[str, ...], where: str, path: Path) -> None:
     """Raise when ``entry`` lacks one of ``keys``.
 
     Args:

@@ -10,10 +10,14 @@ import csv
 import re
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medvl.errors import MedVLDataError
 from medvl.eval.tasks.base import MCQ_SUFFIX, make_record, media_path, require
 from medvl.utils.files import read_json
+
+if TYPE_CHECKING:
+    from medvl.data.records import Record
 
 _OPTION_PREFIX = re.compile(r"^\s*[A-D]\s*[:\.]\s*")
 
@@ -27,7 +31,7 @@ def options_block(options: list[str]) -> str:
     return "".join(f"\n{letter}. {opt}" for letter, opt in zip(string.ascii_uppercase, options))
 
 
-def load_pmc_vqa(root: Path, split: str) -> list:
+def load_pmc_vqa(root: Path, split: str) -> list[Record]:
     """PMC-VQA (Zhang et al. 2023), multiple-choice version.
 
     Source: https://huggingface.co/datasets/xmcmic/PMC-VQA; licence CC BY-SA 4.0 per the dataset card.
@@ -106,7 +110,7 @@ def _pmc_answer_letter(row: dict, options: list[str]) -> str | None:
     return None
 
 
-def load_omnimedvqa(root: Path, split: str) -> list:
+def load_omnimedvqa(root: Path, split: str) -> list[Record]:
     """OmniMedVQA (Hu et al. 2024), open-access part.
 
     Source: https://huggingface.co/datasets/foreverbeliever/OmniMedVQA

@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medvl.errors import MedVLDataError
 from medvl.eval.tasks.base import SHORT_ANSWER_SUFFIX, make_record, media_path, require
 from medvl.utils.files import read_json
 
+if TYPE_CHECKING:
+    from medvl.data.records import Record
 
-def load_vqa_rad(root: Path, split: str) -> list:
+
+def load_vqa_rad(root: Path, split: str) -> list[Record]:
     """VQA-RAD (Lau et al. 2018) from its OSF release.
 
     Source: https://osf.io/89kps/ (``VQA_RAD Dataset Public.json`` + ``VQA_RAD Image Folder/``);
@@ -64,7 +68,7 @@ def _label(value: object) -> str | None:
     return text or None
 
 
-def load_slake(root: Path, split: str, language: str | None = None) -> list:
+def load_slake(root: Path, split: str, language: str | None = None) -> list[Record]:
     """SLAKE (Liu et al. 2021), English and Chinese questions.
 
     Source: https://www.med-vqa.com/slake/ (``Slake1.0/{train,validate,test}.json`` + ``imgs/``);
@@ -107,7 +111,7 @@ def load_slake(root: Path, split: str, language: str | None = None) -> list:
     return records
 
 
-def load_pathvqa(root: Path, split: str) -> list:
+def load_pathvqa(root: Path, split: str) -> list[Record]:
     """PathVQA (He et al. 2020) from its GitHub release.
 
     Source: https://github.com/UCSD-AI4H/PathVQA (``qas/{split}/{split}_qa.pkl`` + ``images/{split}/``);
