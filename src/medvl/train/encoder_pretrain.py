@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
     from medvl.models.modeling_medvl import MedVLForConditionalGeneration
     from medvl.models.processing_medvl import MedVLProcessor
+    from medvl.train.trainer import MedVLTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -335,6 +336,26 @@ def save_stage0_outputs(
     return final_model_dir(out)
 
 
+def validation_metrics(
+    trainer: MedVLTrainer, eval_set: FindingDataset | Subset[Any], schema: LabelSchema, kind: MediaKind
+) -> dict[str, Any]:
+    """``eval`` (loss, per-label and mean AUROC / accuracy) and ``eval_per_label`` of the trained classifier.
+
+    Args:
+        trainer: the trainer after ``train()``.
+        eval_set: the validation items.
+        schema: the labels.
+        kind: "image" or "volume" (for the log).
+    """
+    output = trainer.predict(eval_set, metric_key_prefix="eval")
+    per_label = finding_metrics(np.asarray(output.predictions), np.asarray(output.label_ids), schema)
+    logger.info("stage 0 validation (%d %ss):\n%s", len(eval_set), kind, format_metrics(per_label))
+    return {
+        "eval": {"loss": (output.metrics or {}).get("eval_loss"), **flat_metrics(per_label)},
+        "eval_per_label": per_label,
+    }
+
+
 def run_encoder_pretrain(
     cfg: TrainConfig,
     *,
@@ -394,11 +415,7 @@ def run_encoder_pretrain(
         **schema.to_dict(),
     }
     if eval_set is not None:
-        output = trainer.predict(eval_set, metric_key_prefix="eval")
-        per_label = finding_metrics(np.asarray(output.predictions), np.asarray(output.label_ids), schema)
-        metrics["eval"] = {"loss": (output.metrics or {}).get("eval_loss"), **flat_metrics(per_label)}
-        metrics["eval_per_label"] = per_label
-        logger.info("stage 0 validation (%d %ss):\n%s", len(eval_set), kind, format_metrics(per_label))
+        metrics.update(validation_metrics(trainer, eval_set, schema, kind))
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         save_stage0_outputs(classifier, trained, processor, schema, out)
