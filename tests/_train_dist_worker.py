@@ -17,7 +17,7 @@ import torch
 from transformers import TrainingArguments
 
 from medvl.train.config import LoraSettings, PartConfig, PartsConfig
-from medvl.train.lora import load_model
+from medvl.train.lora import load_auto_model
 from medvl.train.parts import apply_parts
 from medvl.train.run import save_final_model
 from medvl.train.trainer import MedVLTrainer, cpu_distributed_kwargs
@@ -68,7 +68,7 @@ def collate(samples):
 def main() -> None:
     ckpt, out, ds_config, dummy = sys.argv[1:5]
     torch.manual_seed(0)
-    model = load_model(ckpt)
+    model = load_auto_model(ckpt)
     parts = PartsConfig(llm=PartConfig("full"), vision=PartConfig("full"), connector=PartConfig("full", lr=1e-3))
     model = apply_parts(model, parts, LoraSettings())
     args = TrainingArguments(

@@ -188,3 +188,22 @@ def test_degenerate_media_are_errors_and_small_ones_warnings(tmp_path, tiny_proc
                 ds[i]
         else:
             assert ds[i]["id"] == rid
+
+
+def test_a_custom_image_loader_is_called_with_the_path_only(tmp_path):
+    # as in training (ConversationDataset): the record's window applies to medvl's own loader; a custom
+    # loader is path -> image (it used to receive window=..., and such records were reported unreadable)
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(tmp_path / "ok.png")
+    row = {"id": "w", "messages": _msg("<image> what?"), "images": ["ok.png"], "window": [40, 400]}
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    seen = []
+
+    def loader(path):
+        seen.append(path)
+        return Image.open(path).convert("RGB")
+
+    report = check_data(tmp_path / "d.jsonl", image_loader=loader, progress=False)
+    assert seen == [str(tmp_path / "ok.png")]
+    assert report.sources[0].valid_records == 1 and report.issues == []
+    # medvl's loader applies the window (a fixed window is valid for an 8-bit PNG)
+    assert check_data(tmp_path / "d.jsonl", progress=False).sources[0].valid_records == 1

@@ -67,6 +67,19 @@ def test_cached_volumes_match_direct_processing(tmp_path, tiny_processor, dtype,
     )
 
 
+def test_dataset_takes_an_open_volume_cache(tmp_path, tiny_processor):
+    # a VolumeCache object (not only its folder) is accepted, as documented; it used to be re-opened as a
+    # path and fail with a TypeError
+    records = make_records(tmp_path)
+    prepare_volumes(records, tiny_processor.volume_processor, tmp_path / "cache", dtype="float32", progress=False)
+    cache = VolumeCache(tmp_path / "cache")
+    dataset = ConversationDataset(records, tiny_processor, cache=cache)
+    assert dataset.cache is cache
+    expected = cache.get(records[0].volumes[0])
+    assert expected is not None
+    torch.testing.assert_close(dataset[0]["volume_values"][0], expected, rtol=0, atol=0)
+
+
 def test_cache_of_another_processor_config_is_refused(tmp_path, tiny_processor):
     records = make_records(tmp_path)
     prepare_volumes(records, tiny_processor.volume_processor, tmp_path / "cache", progress=False)

@@ -152,7 +152,7 @@ def test_stage0_learns_image_labels_and_the_next_stage_reads_its_encoder(blobs, 
 def test_lora_stage0_resumes_exactly_and_saves_a_merged_checkpoint(blobs, tmp_path):
     from transformers import TrainerCallback
 
-    from medvl.train.lora import load_model
+    from medvl.train.lora import load_auto_model
 
     class StopAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -173,7 +173,7 @@ def test_lora_stage0_resumes_exactly_and_saves_a_merged_checkpoint(blobs, tmp_pa
     assert (tmp_path / "resumed" / "checkpoint-4").is_dir()
     resumed = run_training(_config(blobs, tmp_path / "resumed", spec, **lora, resume=True))
     assert json.loads((resumed / "metrics.json").read_text())["global_step"] == 6
-    a, b = load_model(final_model_dir(straight)), load_model(final_model_dir(resumed))
+    a, b = load_auto_model(final_model_dir(straight)), load_auto_model(final_model_dir(resumed))
     assert not any("lora" in k for k in a.state_dict())  # merged into the tower's weights
     fresh, _ = load_or_build_model(from_dict(TrainConfig, {"model": {"spec": spec}}))
     tower = a.vision_tower.state_dict()

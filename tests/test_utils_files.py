@@ -53,6 +53,9 @@ def test_model_folder_problems_name_the_file(tiny_model_dir, tmp_path):
         check_model_folder(m)
     with pytest.raises(MedVLDataError, match=r"x.json.*not found"):
         read_json(tmp_path / "x.json")
+    (tmp_path / "slake.json").mkdir()
+    with pytest.raises(MedVLDataError, match=r"slake.json.*task 'slake' file: expected a file, found a folder"):
+        read_json(tmp_path / "slake.json", "task 'slake' file")
 
 
 def test_resume_falls_back_past_a_damaged_newest_checkpoint(tmp_path, caplog):

@@ -51,12 +51,18 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
+
+if TYPE_CHECKING:
+    from medvl.imaging import Volume
+
+# what a volume may be before processing: medvl's Volume, a dict with its fields, or a bare SPL array
+VolumeLike: TypeAlias = "Volume | dict[str, Any] | np.ndarray"
 
 # Idioms where "right" does not name a side; matched case-insensitively and left untouched.
 _RIGHT_IDIOMS = (
@@ -199,7 +205,7 @@ def swap_laterality_in_messages(messages: list[dict[str, Any]]) -> list[dict[str
     return out
 
 
-def flip_volume_lr(volume: Any) -> Any:
+def flip_volume_lr(volume: VolumeLike) -> VolumeLike:
     """Mirror a volume left-right in world space (the array flips, the affine stays).
 
     Args:
@@ -217,7 +223,7 @@ def flip_volume_lr(volume: Any) -> Any:
         flipped = np.ascontiguousarray(np.flip(np.asarray(array), axis=axis))
         if isinstance(volume, dict):
             return {**volume, "array": flipped}
-        if dataclasses.is_dataclass(volume):
+        if dataclasses.is_dataclass(volume) and not isinstance(volume, type):
             return dataclasses.replace(volume, array=flipped)
         raise TypeError(f"cannot rebuild a flipped {type(volume).__name__}; pass a dataclass or dict")
     return np.ascontiguousarray(np.flip(np.asarray(volume), axis=-1))
@@ -393,8 +399,8 @@ class Augmenter:
             messages = swap_laterality_in_messages(messages)
             pixel_values = None if pixel_values is None else torch.flip(pixel_values, dims=[-1])
             volume_values = None if volume_values is None else torch.flip(volume_values, dims=[-1])
-        pixel_values = self._jitter(pixel_values, expected_dim=4)
-        volume_values = self._jitter(volume_values, expected_dim=5)
+        pixel_values = None if pixel_values is None else self._jitter(pixel_values, expected_dim=4)
+        volume_values = None if volume_values is None else self._jitter(volume_values, expected_dim=5)
         return messages, pixel_values, volume_values
 
     def augment_sample(self, sample: dict[str, Any]) -> dict[str, Any]:
@@ -444,9 +450,7 @@ class Augmenter:
         image = ImageEnhance.Contrast(image).enhance(contrast)
         return ImageEnhance.Brightness(image).enhance(1.0 + brightness)
 
-    def _jitter(self, values: torch.Tensor | None, expected_dim: int) -> torch.Tensor | None:
-        if values is None:
-            return None
+    def _jitter(self, values: torch.Tensor, expected_dim: int) -> torch.Tensor:
         if values.dim() != expected_dim:
             raise ValueError(f"expected a {expected_dim}D media tensor, got shape {tuple(values.shape)}")
         cfg = self.config

@@ -11,14 +11,25 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from medvl.data.records import Record, parse_record
 from medvl.data.registry import DatasetEntry, is_registry, load_registry
 from medvl.errors import MediaOutsideRootError, MedVLDataError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from medvl.data.labels import ConversationEncoder
+    from medvl.imaging import Volume
+    from medvl.models.processing_medvl import MedVLProcessor
+
+MediaLoader: TypeAlias = "Callable[[str], Image.Image] | Callable[[str], Volume]"
+# (kind, file, window) -> None (fine), a Warning (suspicious) or what is wrong
+MediaStatus: TypeAlias = "dict[tuple[str, str, str], str | Warning | None]"
 
 logger = logging.getLogger(__name__)
 
@@ -213,14 +224,14 @@ def _raw_objects(path: Path, stats: SourceStats, report: CheckReport) -> list[tu
 
 def check_data(
     source: str | Path,
-    processor: Any = None,
+    processor: MedVLProcessor | None = None,
     *,
     template: str | None = "auto",
     max_length: int | None = None,
     split: str | None = None,
     read_media: bool = True,
-    image_loader: Callable[[str], Any] | None = None,
-    volume_loader: Callable[[str], Any] | None = None,
+    image_loader: Callable[[str], Image.Image] | None = None,
+    volume_loader: Callable[[str], Volume] | None = None,
     progress: bool = True,
     allow_outside_root: bool | None = None,
 ) -> CheckReport:
@@ -234,7 +245,7 @@ def check_data(
         max_length: token limit (media included) for the over-long check; None: no limit.
         split: registry split to check (None: all).
         read_media: open every image/volume (False: only check that the files exist).
-        image_loader: path -> image (default :func:`medvl.imaging.load_image`).
+        image_loader: path -> image (default :func:`medvl.imaging.load_image` with the record's window).
         volume_loader: path -> volume (default :func:`medvl.imaging.load_volume`).
         progress: show a progress bar.
         allow_outside_root: accept media paths outside the data root (None: the
@@ -249,54 +260,52 @@ def check_data(
         from medvl.data.labels import ConversationEncoder
 
         encoder = ConversationEncoder.from_processor(processor, template, max_length)
-    if read_media and image_loader is None:
-        from medvl.imaging import load_image as image_loader
-    if read_media and volume_loader is None:
-        from medvl.imaging import load_volume as volume_loader
     report = CheckReport(max_length=max_length, token_counts=encoder is not None)
-    media_status: dict[tuple[str, str], str | None] = {}  # (kind, path) -> error message or None
+    media_status: MediaStatus = {}
     for entry in entries:
         stats = SourceStats(entry.name, entry.path)
         report.sources.append(stats)
-        path = Path(entry.path)
-        root = Path(entry.root) if entry.root else path.parent
-        vroot = Path(entry.volume_root) if entry.volume_root else root
-        objects = _raw_objects(path, stats, report)
-        seen_ids: dict[str, str] = {}
-        iterator = objects
-        if progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(objects, desc=f"check {entry.name}", unit="rec", leave=False)
-        for rid, obj in iterator:
-            stats.records += 1
-            try:
-                rec = parse_record(obj, rid, str(path), root, vroot, entry.format, allow_outside_root)
-            except MedVLDataError as err:
-                kind = _classify(err)
-                stats.problems[kind] += 1
-                report.issues.append((kind, str(err)))
-                continue
-            if rec.id in seen_ids:  # results are matched to references by id: duplicates corrupt scores
-                stats.problems["duplicate_id"] += 1
-                report.issues.append(
-                    (
-                        "duplicate_id",
-                        str(
-                            MedVLDataError(
-                                f"duplicate record id (first seen as {seen_ids[rec.id]})", record=rec.id, path=str(path)
-                            )
-                        ),
-                    )
-                )
-            else:
-                seen_ids[rec.id] = rid
+        for rec in _parsed_records(entry, stats, report, allow_outside_root, progress):
             good = _check_media(
-                rec, path, stats, report, media_status, read_media, image_loader, volume_loader, processor
+                rec, Path(entry.path), stats, report, media_status, read_media, image_loader, volume_loader, processor
             )
-            good = _check_tokens(rec, path, encoder, stats, report) and good
+            good = _check_tokens(rec, Path(entry.path), encoder, stats, report) and good
             stats.valid_records += int(good)
     return report
+
+
+def _parsed_records(
+    entry: DatasetEntry, stats: SourceStats, report: CheckReport, allow_outside_root: bool | None, progress: bool
+) -> Iterator[Record]:
+    """The records of one source that parse; every one that does not, and every repeated id, is reported."""
+    path = Path(entry.path)
+    root = Path(entry.root) if entry.root else path.parent
+    vroot = Path(entry.volume_root) if entry.volume_root else root
+    objects = _raw_objects(path, stats, report)
+    seen_ids: dict[str, str] = {}
+    iterator: Iterable[tuple[str, Any]] = objects
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(objects, desc=f"check {entry.name}", unit="rec", leave=False)
+    for rid, obj in iterator:
+        stats.records += 1
+        try:
+            rec = parse_record(obj, rid, str(path), root, vroot, entry.format, allow_outside_root)
+        except MedVLDataError as err:
+            kind = _classify(err)
+            stats.problems[kind] += 1
+            report.issues.append((kind, str(err)))
+            continue
+        if rec.id in seen_ids:  # results are matched to references by id: duplicates corrupt scores
+            stats.problems["duplicate_id"] += 1
+            dup = MedVLDataError(
+                f"duplicate record id (first seen as {seen_ids[rec.id]})", record=rec.id, path=str(path)
+            )
+            report.issues.append(("duplicate_id", str(dup)))
+        else:
+            seen_ids[rec.id] = rid
+        yield rec
 
 
 def _check_media(
@@ -304,14 +313,18 @@ def _check_media(
     path: Path,
     stats: SourceStats,
     report: CheckReport,
-    status: dict,
+    status: MediaStatus,
     read_media: bool,
-    image_loader: Any,
-    volume_loader: Any,
-    processor: Any,
+    image_loader: Callable[[str], Image.Image] | None,
+    volume_loader: Callable[[str], Volume] | None,
+    processor: MedVLProcessor | None,
 ) -> bool:
     good = True
-    for kind, files, loader in (("image", rec.images, image_loader), ("volume", rec.volumes, volume_loader)):
+    loaders: tuple[tuple[str, list[str], MediaLoader | None], ...] = (
+        ("image", rec.images, image_loader),
+        ("volume", rec.volumes, volume_loader),
+    )
+    for kind, files, loader in loaders:
         for f in files:
             stats.images += kind == "image"
             stats.volumes += kind == "volume"
@@ -337,7 +350,12 @@ def _check_media(
 
 
 def _read_media(
-    kind: str, f: str, read_media: bool, loader: Any, processor: Any, window: Any = None
+    kind: str,
+    f: str,
+    read_media: bool,
+    loader: MediaLoader | None,
+    processor: MedVLProcessor | None,
+    window: object = None,
 ) -> str | Warning | None:
     """None when the file is fine, a Warning when it is suspicious, else a short description of the problem."""
     if not Path(f).exists():
@@ -345,12 +363,7 @@ def _read_media(
     if not read_media:
         return None
     try:
-        if window is not None:
-            from medvl.imaging.image2d import record_window
-
-            obj = loader(f, window=record_window({"window": window}, path=f))
-        else:
-            obj = loader(f)
+        obj = _default_load(kind, f, window) if loader is None else loader(f)
         if kind == "volume" and processor is not None and getattr(processor, "volume_processor", None) is not None:
             processor.volume_processor([obj])  # e.g. a volume smaller than the patch size
     except MedVLDataError as err:
@@ -365,7 +378,17 @@ SMALL_IMAGE_SIDE = 16
 SMALL_VOLUME_EXTENT = 4
 
 
-def _degenerate(kind: str, obj: Any) -> Warning | None:
+def _default_load(kind: str, f: str, window: object) -> Image.Image | Volume:
+    """medvl's own loaders, as training reads the file (an image with the record's window)."""
+    from medvl.imaging import load_image, load_volume
+    from medvl.imaging.image2d import record_window
+
+    if kind == "volume":
+        return load_volume(f)
+    return load_image(f, window=None if window is None else record_window({"window": window}, path=f))
+
+
+def _degenerate(kind: str, obj: object) -> Warning | None:
     """A warning for a readable but suspiciously small image or volume (None when fine)."""
     if kind == "image" and hasattr(obj, "size") and min(obj.size) < SMALL_IMAGE_SIDE:
         return Warning(f"tiny image of {obj.size[0]}x{obj.size[1]} pixels (under {SMALL_IMAGE_SIDE} on a side)")
@@ -375,7 +398,9 @@ def _degenerate(kind: str, obj: Any) -> Warning | None:
     return None
 
 
-def _check_tokens(rec: Record, path: Path, encoder: Any, stats: SourceStats, report: CheckReport) -> bool:
+def _check_tokens(
+    rec: Record, path: Path, encoder: ConversationEncoder | None, stats: SourceStats, report: CheckReport
+) -> bool:
     if encoder is None:
         return True
     from medvl.data.labels import OverlongSampleError

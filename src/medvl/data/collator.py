@@ -87,7 +87,7 @@ class PaddedCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.return_ids = return_ids
 
-    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         """Collate samples (dicts with ``input_ids``, optional ``labels`` and media).
 
         Args:
@@ -129,7 +129,7 @@ class PackingCollator:
     def __init__(self, return_ids: bool = False):
         self.return_ids = return_ids
 
-    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         """Pack samples (dicts with ``input_ids``, ``labels`` and media) into a (1, total) row.
 
         Args:
@@ -219,7 +219,7 @@ class AdaptivePackingCollator:
             return None
         return bins
 
-    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         """Collate training samples (``input_ids``, ``labels``, media).
 
         Args:

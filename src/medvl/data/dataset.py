@@ -12,12 +12,13 @@ own, and logs a warning per skip).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
 import torch
 
@@ -27,7 +28,14 @@ from medvl.data.records import Record
 from medvl.errors import MedVLDataError
 
 if TYPE_CHECKING:
+    from PIL import Image
+    from transformers import PreTrainedTokenizerBase
+
     from medvl.data.augment import Augmenter
+    from medvl.data.feature_cache import EncoderFeatureCache
+    from medvl.data.prepare import VolumeCache
+    from medvl.imaging import Volume
+    from medvl.models.processing_medvl import MedVLProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +45,11 @@ Mode = Literal["train", "prompt"]
 _MAX_WARNINGS = 20  # per reason; the counts keep going
 
 
-def _default_image_loader() -> Callable[[str], Any]:
-    from medvl.imaging import load_image
-
-    return load_image
-
-
-def _default_volume_loader() -> Callable[[str], Any]:
-    from medvl.imaging import load_volume
-
-    return load_volume
+# the augment hook's sample: {"messages", "images" (PIL), "volumes" (Volume-like), "record"}, other keys kept
+SampleHook: TypeAlias = "Callable[[dict[str, Any]], dict[str, Any]]"
+ImageLoader: TypeAlias = "Callable[[str], Image.Image]"
+VolumeLoader: TypeAlias = "Callable[[str], Volume]"
+MediaT = TypeVar("MediaT")
 
 
 def mix_records(groups: Sequence[tuple[Sequence[Record], float]], seed: int = 0) -> list[Record]:
@@ -106,20 +109,20 @@ class ConversationDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         records: Sequence[Record],
-        processor: Any,
+        processor: MedVLProcessor,
         *,
         template: str | None = "auto",
         max_length: int | None = None,
         on_error: OnError = "raise",
         on_overlong: OnOverlong = "skip",
         mode: Mode = "train",
-        augment: Augmenter | Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        cache: Any = None,
-        image_loader: Callable[[str], Any] | None = None,
-        volume_loader: Callable[[str], Any] | None = None,
+        augment: Augmenter | SampleHook | None = None,
+        cache: VolumeCache | str | Path | None = None,
+        image_loader: ImageLoader | None = None,
+        volume_loader: VolumeLoader | None = None,
         encoder: ConversationEncoder | None = None,
-        feature_cache: Any = None,
-    ):
+        feature_cache: EncoderFeatureCache | None = None,
+    ) -> None:
         for name, value, choices in (
             ("on_error", on_error, ("raise", "skip")),
             ("on_overlong", on_overlong, ("skip", "error")),
@@ -138,28 +141,29 @@ class ConversationDataset(torch.utils.data.Dataset):
         self._bind_template(processor)
         if mode != "train":
             augment = None
+        from medvl.data.augment import Augmenter
+        from medvl.data.prepare import VolumeCache
+
         # an Augmenter: its sample hook before processing, its volume jitter after the volume processor
-        self.augment_volume_values: Callable[[torch.Tensor], torch.Tensor] | None = getattr(
-            augment, "augment_volume_values", None
-        )
-        self.augment = getattr(augment, "augment_sample", augment)
+        self.augment_volume_values: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.augment: SampleHook | None = augment if not isinstance(augment, Augmenter) else augment.augment_sample
+        if isinstance(augment, Augmenter):
+            self.augment_volume_values = augment.augment_volume_values
         self._image_loader = image_loader
         self._volume_loader = volume_loader
-        if cache is not None and not hasattr(cache, "load"):
-            from medvl.data.prepare import VolumeCache
-
+        if cache is not None and not isinstance(cache, VolumeCache):
             cache = VolumeCache(cache)
         if cache is not None:
             cache.check_processor(getattr(processor, "volume_processor", None))
-        self.cache = cache
-        self.feature_cache = feature_cache
+        self.cache: VolumeCache | None = cache
+        self.feature_cache: EncoderFeatureCache | None = feature_cache
         self.skipped: Counter[str] = Counter()
 
     @classmethod
     def from_source(
         cls,
         source: str | Path,
-        processor: Any,
+        processor: MedVLProcessor,
         *,
         split: str | None = "train",
         names: list[str] | None = None,
@@ -182,7 +186,7 @@ class ConversationDataset(torch.utils.data.Dataset):
 
         return cls(load_registry_records(source, split, names, weights, seed), processor, **kwargs)
 
-    def _bind_template(self, processor: Any) -> None:
+    def _bind_template(self, processor: MedVLProcessor) -> None:
         """Make the processor carry the template the model is trained with.
 
         Why: inference renders prompts with ``processor.apply_chat_template``, and the processor is
@@ -199,21 +203,21 @@ class ConversationDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     # ------------------------------------------------------------------ media
-    def _load_images(self, rec: Record) -> list[Any]:
+    def _load_images(self, rec: Record) -> list[Image.Image]:
         loader = self._image_loader
         if loader is None:  # the default loader honours the record's (or its data set's) window
-            import functools
+            from medvl.imaging.image2d import load_image, record_window
 
-            from medvl.imaging.image2d import record_window
-
-            loader = functools.partial(_default_image_loader(), window=record_window(rec.meta, rec.id, rec.source_file))
+            loader = functools.partial(load_image, window=record_window(rec.meta, rec.id, rec.source_file))
         return [_guarded(loader, p, rec, "image") for p in rec.images]
 
-    def _load_volumes(self, rec: Record) -> list[Any]:
-        loader = self._volume_loader or _default_volume_loader()
+    def _load_volumes(self, rec: Record) -> list[Volume]:
+        from medvl.imaging import load_volume
+
+        loader = self._volume_loader or load_volume
         return [_guarded(loader, p, rec, "volume") for p in rec.volumes]
 
-    def _pixel_values(self, images: list[Any], rec: Record) -> torch.Tensor:
+    def _pixel_values(self, images: list[Image.Image], rec: Record) -> torch.Tensor:
         proc = getattr(self.processor, "image_processor", None)
         if proc is None:
             raise MedVLDataError(
@@ -221,9 +225,7 @@ class ConversationDataset(torch.utils.data.Dataset):
             )
         return proc(images, return_tensors="pt")["pixel_values"]
 
-    def _volume_values(self, volumes: list[Any], rec: Record, from_cache: bool) -> torch.Tensor:
-        if from_cache:
-            return torch.stack(volumes)
+    def _volume_values(self, volumes: Sequence[Volume], rec: Record) -> torch.Tensor:
         proc = getattr(self.processor, "volume_processor", None)
         if proc is None:
             raise MedVLDataError(
@@ -250,9 +252,16 @@ class ConversationDataset(torch.utils.data.Dataset):
             return self._pixel_values(self._load_images(rec), rec)
         if kind != "volume":
             raise ValueError(f"unknown media kind {kind!r}; valid choices: image, volume")
-        cached = [self.cache.get(p, record=rec.id) for p in rec.volumes] if self.cache is not None else []
-        use_cache = bool(cached) and all(c is not None for c in cached)
-        return self._volume_values(cached if use_cache else self._load_volumes(rec), rec, from_cache=use_cache)
+        cached = self._cached_volumes(rec)
+        return torch.stack(cached) if cached is not None else self._volume_values(self._load_volumes(rec), rec)
+
+    def _cached_volumes(self, rec: Record) -> list[torch.Tensor] | None:
+        """The record's volumes preprocessed by `medvl data prepare`, or None unless all of them are cached."""
+        if self.cache is None or not rec.volumes:
+            return None
+        cached = [self.cache.get(p, record=rec.id) for p in rec.volumes]
+        tensors = [c for c in cached if c is not None]
+        return tensors if len(tensors) == len(cached) else None
 
     # ------------------------------------------------------------------ items
     def build(self, index: int) -> dict[str, Any]:
@@ -262,52 +271,53 @@ class ConversationDataset(torch.utils.data.Dataset):
             index: record index.
         """
         rec = self.records[index]
-        where = {"record": rec.id, "path": rec.source_file}
-        messages = rec.messages
-        if self.mode == "prompt":
-            ids = self.encoder.encode_prompt(messages, record=rec.id)
-            self.encoder.check_length(len(ids), **where)
-            labels = None
-        else:
-            enc = self.encoder.encode(messages, **where)  # length checked before any file is read
-            ids, labels = enc.input_ids, enc.labels
+        ids, labels = self._encode(rec, rec.messages)  # length checked before any file is read
         # a frozen encoder's cached outputs stand in for the media (never with augmentation)
-        features = {}
-        if self.feature_cache is not None and self.augment is None:
-            for kind, (field, _, key) in FEATURE_KINDS.items():
-                # a lazy cache encodes the record's media now if it has not seen them yet
-                cached_features = self.feature_cache.lookup(
-                    kind, getattr(rec, field), load=lambda kind=kind: self.media_values(rec, kind)
-                )
-                if cached_features is not None:
-                    features[key] = cached_features
+        features = self._cached_features(rec)
         images = [] if "image_encoder_features" in features else self._load_images(rec)
         # preprocessed volumes from `medvl data prepare` (not with augmentation: it needs the raw volume)
-        skip_volumes = "volume_encoder_features" in features
         cached = (
-            [self.cache.get(p, record=rec.id) for p in rec.volumes]
-            if self.cache is not None and self.augment is None and not skip_volumes
-            else []
+            None if self.augment is not None or "volume_encoder_features" in features else self._cached_volumes(rec)
         )
-        use_cache = bool(cached) and all(c is not None for c in cached)
-        volumes = [] if skip_volumes else cached if use_cache else self._load_volumes(rec)
+        volumes = [] if cached is not None or "volume_encoder_features" in features else self._load_volumes(rec)
         if self.augment is not None:
-            out = self.augment({"messages": messages, "images": images, "volumes": volumes, "record": rec})
+            out = self.augment({"messages": rec.messages, "images": images, "volumes": volumes, "record": rec})
             images, volumes = out.get("images", images), out.get("volumes", volumes)
-            if out.get("messages", messages) != messages:
-                enc = self.encoder.encode(out["messages"], **where)
-                ids, labels = enc.input_ids, enc.labels
+            if out.get("messages", rec.messages) != rec.messages:
+                ids, labels = self._encode(rec, out["messages"])
         item: dict[str, Any] = {"input_ids": torch.tensor(ids, dtype=torch.long), "id": rec.id}
         if labels is not None:
             item["labels"] = torch.tensor(labels, dtype=torch.long)
         if images:
             item["pixel_values"] = self._pixel_values(images, rec)
-        if volumes:
-            item["volume_values"] = self._volume_values(volumes, rec, from_cache=use_cache)
+        if cached is not None or volumes:
+            item["volume_values"] = torch.stack(cached) if cached is not None else self._volume_values(volumes, rec)
             if self.augment_volume_values is not None:
                 item["volume_values"] = self.augment_volume_values(item["volume_values"])
         item.update(features)
         return item
+
+    def _encode(self, rec: Record, messages: list[dict[str, str]]) -> tuple[list[int], list[int] | None]:
+        """Token ids and labels (None in prompt mode) of ``messages``, length checked."""
+        if self.mode == "prompt":
+            ids = self.encoder.encode_prompt(messages, record=rec.id)
+            self.encoder.check_length(len(ids), record=rec.id, path=rec.source_file)
+            return ids, None
+        enc = self.encoder.encode(messages, record=rec.id, path=rec.source_file)
+        return enc.input_ids, enc.labels
+
+    def _cached_features(self, rec: Record) -> dict[str, torch.Tensor]:
+        """Batch key -> the frozen encoder's features of the record's media, for the kinds cached."""
+        features: dict[str, torch.Tensor] = {}
+        if self.feature_cache is None or self.augment is not None:
+            return features
+        for kind, (field, _, key) in FEATURE_KINDS.items():
+            # a lazy cache encodes the record's media now if it has not seen them yet
+            load = functools.partial(self.media_values, rec, kind)
+            cached_features = self.feature_cache.lookup(kind, getattr(rec, field), load=load)
+            if cached_features is not None:
+                features[key] = cached_features
+        return features
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         n = len(self.records)
@@ -347,7 +357,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         return out
 
 
-def _guarded(loader: Callable[[str], Any], path: str, rec: Record, kind: str) -> Any:
+def _guarded(loader: Callable[[str], MediaT], path: str, rec: Record, kind: str) -> MediaT:
     """Call a media loader; any failure becomes a MedVLDataError naming the record and file."""
     if not Path(path).exists():
         raise MedVLDataError(f"{kind} file not found", record=rec.id, path=path)
@@ -361,7 +371,9 @@ def _guarded(loader: Callable[[str], Any], path: str, rec: Record, kind: str) ->
         raise MedVLDataError(f"cannot read {kind}: {type(err).__name__}: {err}", record=rec.id, path=path) from err
 
 
-def encoder_for(processor: Any, template: str | None = "auto", max_length: int | None = None) -> ConversationEncoder:
+def encoder_for(
+    processor: MedVLProcessor | PreTrainedTokenizerBase, template: str | None = "auto", max_length: int | None = None
+) -> ConversationEncoder:
     """A :class:`ConversationEncoder` matching a processor (its own template when ``auto``).
 
     Args:

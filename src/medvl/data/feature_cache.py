@@ -32,12 +32,18 @@ may have changed since the last run).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import torch
+
+if TYPE_CHECKING:
+    from medvl.data.dataset import ConversationDataset
+    from medvl.models.modeling_medvl import MedVLForConditionalGeneration
+Encode: TypeAlias = Callable[[torch.Tensor], torch.Tensor]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +63,7 @@ class EncoderFeatureCache:
             files a lookup misses; None: filled beforehand (:func:`build_feature_cache`).
     """
 
-    def __init__(self, kinds: Iterable[str], encoders: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None):
+    def __init__(self, kinds: Iterable[str], encoders: dict[str, Encode] | None = None) -> None:
         kinds = tuple(kinds)
         for kind in kinds:
             if kind not in FEATURE_KINDS:
@@ -99,7 +105,7 @@ class EncoderFeatureCache:
 
 @torch.no_grad()
 def build_feature_cache(
-    model: Any, datasets: Sequence[Any], kinds: Iterable[str], batch_size: int = 32
+    model: torch.nn.Module, datasets: Sequence[ConversationDataset], kinds: Iterable[str], batch_size: int = 32
 ) -> EncoderFeatureCache:
     """Encode every distinct media file of ``datasets`` once with ``model``'s frozen encoder(s).
 
@@ -114,7 +120,7 @@ def build_feature_cache(
     start = time.time()
     for kind in cache.kinds:
         field = FEATURE_KINDS[kind][0]
-        _, encode, module = _frozen_encoder(model, kind)
+        encode, module = _frozen_encoder(model, kind)
         device = next(module.parameters()).device
         was_training = module.training
         # eval mode: the features are the encoder's deterministic ones (identical to a training-mode
@@ -153,9 +159,11 @@ def build_feature_cache(
     return cache
 
 
-def _frozen_encoder(model: Any, kind: str) -> tuple[Any, Callable[[torch.Tensor], torch.Tensor], torch.nn.Module]:
-    """(base model, its encode function, the encoder module) of a frozen encoder, checked."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+def _frozen_encoder(model: torch.nn.Module, kind: str) -> tuple[Encode, torch.nn.Module]:
+    """(the encode function, the encoder module) of a frozen encoder, checked."""
+    get_base = getattr(model, "get_base_model", None)  # a PEFT wrapper: the medvl model under it
+    # PEFT types the model it wraps as a bare nn.Module; here it is always a medvl model
+    base = cast("MedVLForConditionalGeneration", get_base() if callable(get_base) else model)
     module = {"image": base.vision_tower, "volume": base.volume_encoder}[kind]
     if module is None:
         raise ValueError(f"data.cache_encoder_features: the model has no {kind} encoder")
@@ -164,10 +172,22 @@ def _frozen_encoder(model: Any, kind: str) -> tuple[Any, Callable[[torch.Tensor]
             f"data.cache_encoder_features: the {kind} encoder trains in this stage; "
             "cached features would go stale (set its part's mode to frozen)"
         )
-    return base, {"image": base.encode_images, "volume": base.encode_volumes}[kind], module
+    encode: Encode = base.encode_images if kind == "image" else base.encode_volumes
+    return encode, module
 
 
-def lazy_feature_cache(model: Any, kinds: Iterable[str]) -> EncoderFeatureCache:
+def _run_frozen(encode: Encode, module: torch.nn.Module, values: torch.Tensor) -> torch.Tensor:
+    """``encode(values)`` in eval mode without autograd, on the module's current device; float32 on the CPU."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return encode(values.to(next(module.parameters()).device)).float().cpu()
+    finally:
+        module.train(was_training)
+
+
+def lazy_feature_cache(model: torch.nn.Module, kinds: Iterable[str]) -> EncoderFeatureCache:
     """An empty cache that encodes a file with ``model``'s frozen encoder the first time it is looked up.
 
     The encoder runs in eval mode without autograd on the device its weights are on at that moment
@@ -179,22 +199,11 @@ def lazy_feature_cache(model: Any, kinds: Iterable[str]) -> EncoderFeatureCache:
         kinds: which encoders to cache ("image", "volume").
     """
     kinds = tuple(kinds)
-    encoders = {}
+    encoders: dict[str, Encode] = {}
     for kind in kinds:
         if kind not in FEATURE_KINDS:
             raise ValueError(f"unknown media kind {kind!r}; valid choices: {', '.join(FEATURE_KINDS)}")
-        _, encode, module = _frozen_encoder(model, kind)
-
-        def run(values: torch.Tensor, encode: Any = encode, module: torch.nn.Module = module) -> torch.Tensor:
-            was_training = module.training
-            module.eval()
-            try:
-                with torch.no_grad():
-                    return encode(values.to(next(module.parameters()).device)).float().cpu()
-            finally:
-                module.train(was_training)
-
-        encoders[kind] = run
+        encoders[kind] = functools.partial(_run_frozen, *_frozen_encoder(model, kind))
     return EncoderFeatureCache(kinds, encoders)
 
 

@@ -32,13 +32,17 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from medvl.errors import MedVLDataError
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from medvl.data.records import Record
+    from medvl.models.processing_medvl import MedVLProcessor
 
 MediaKind = Literal["image", "volume"]
 TABLE_SUFFIXES = (".csv", ".tsv")
@@ -179,7 +183,7 @@ def load_label_table(path: str | Path, kind: MediaKind, root: str | Path | None 
     return items
 
 
-def _question_name(record: Any, turn: int, question: str) -> str:
+def _question_name(record: Record, turn: int, question: str) -> str:
     types = record.meta.get("question_types")
     if isinstance(types, list) and turn < len(types):
         return str(types[turn])
@@ -188,7 +192,7 @@ def _question_name(record: Any, turn: int, question: str) -> str:
     return _MARKERS.sub("", question).strip().rstrip("?？.。!！ ").strip().lower()
 
 
-def vqa_labels(record: Any) -> dict[str, int]:
+def vqa_labels(record: Record) -> dict[str, int]:
     """Binary labels from a record's closed yes/no answers (see the module docstring).
 
     Args:
@@ -214,7 +218,7 @@ def vqa_labels(record: Any) -> dict[str, int]:
 
 
 def items_from_records(
-    records: Sequence[Any], kind: MediaKind, source: Literal["auto", "meta", "vqa"]
+    records: Sequence[Record], kind: MediaKind, source: Literal["auto", "meta", "vqa"]
 ) -> list[LabelledItem]:
     """One item per distinct media file of ``records``, labels merged over the records that show it.
 
@@ -455,12 +459,12 @@ class FindingDataset(torch.utils.data.Dataset):
         self,
         items: Sequence[LabelledItem],
         schema: LabelSchema,
-        processor: Any,
+        processor: MedVLProcessor,
         kind: MediaKind,
         *,
         volume_cache: str | Path | None = None,
         cache_media: bool = False,
-    ):
+    ) -> None:
         if not items:
             raise ValueError(f"stage 0: no labelled {kind}s")
         self.items = list(items)

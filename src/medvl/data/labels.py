@@ -17,11 +17,16 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from medvl.data.records import IMAGE_MARKER, VOLUME_MARKER
 from medvl.data.templates import KNOWN_END_OF_TURN, render, resolve_template
 from medvl.errors import MedVLDataError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from medvl.models.processing_medvl import MedVLProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +86,7 @@ class ConversationEncoder:
 
     def __init__(
         self,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         template: str | None = "auto",
         *,
         num_image_tokens: int = 1,
@@ -134,7 +139,10 @@ class ConversationEncoder:
 
     @classmethod
     def from_processor(
-        cls, processor: Any, template: str | None = "auto", max_length: int | None = None
+        cls,
+        processor: MedVLProcessor | PreTrainedTokenizerBase,
+        template: str | None = "auto",
+        max_length: int | None = None,
     ) -> ConversationEncoder:
         """Build an encoder matching a ``MedVLProcessor`` (or a bare tokenizer).
 
@@ -145,7 +153,8 @@ class ConversationEncoder:
                 own template (the one saved with the model).
             max_length: longest allowed sample (media tokens included).
         """
-        tokenizer = getattr(processor, "tokenizer", processor)
+        # a processor's tokenizer, or the tokenizer passed on its own
+        tokenizer = cast("PreTrainedTokenizerBase", getattr(processor, "tokenizer", processor))
         own = getattr(processor, "chat_template", None) if tokenizer is not processor else None
         if template in (None, "auto", "tokenizer") and own:
             template = own

@@ -24,13 +24,17 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import numpy as np
 import torch
 
 from medvl.data.records import Record
 from medvl.errors import MedVLDataError
+
+if TYPE_CHECKING:
+    from medvl.imaging import Volume
+    from medvl.models.volume_processing_medvl import MedVLVolumeProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +43,29 @@ CacheDtype = Literal["float16", "float32", "int16"]
 DTYPES = ("float16", "float32", "int16")
 
 
-def processor_fingerprint(volume_processor: Any) -> str:
+class PrepareSummary(TypedDict):
+    """What :func:`prepare_volumes` did (printed by ``medvl data prepare``)."""
+
+    cached: int  # volumes in the cache now
+    written: int  # preprocessed by this call
+    kept: int  # already cached, unchanged
+    failed: int  # skipped (on_error="skip")
+    bytes: int  # size of the cache files
+    fingerprint: str  # of the volume processor configuration
+    dtype: str
+
+
+def processor_fingerprint(volume_processor: MedVLVolumeProcessor) -> str:
     """SHA-256 of a volume processor's settings (``to_dict()``, keys sorted).
 
     Args:
-        volume_processor: a ``MedVLVolumeProcessor`` (or anything with ``to_dict``).
+        volume_processor: a ``MedVLVolumeProcessor``.
     """
     text = json.dumps(volume_processor.to_dict(), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _source_stamp(path: str) -> dict[str, Any]:
+def _source_stamp(path: str) -> dict[str, int | float]:
     p = Path(path)
     if p.is_dir():  # DICOM series: the newest file and the count stand for the folder
         files = [f for f in p.iterdir() if f.is_file()]
@@ -79,9 +95,9 @@ class VolumeCache:
         self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
         self.dtype: str = self.manifest["dtype"]
         self.entries: dict[str, dict[str, Any]] = self.manifest["entries"]
-        self._processor: Any = None
+        self._processor: MedVLVolumeProcessor | None = None
 
-    def check_processor(self, volume_processor: Any) -> None:
+    def check_processor(self, volume_processor: MedVLVolumeProcessor | None) -> None:
         """Refuse the cache unless it was built with exactly this processor configuration.
 
         Args:
@@ -142,14 +158,14 @@ class VolumeCache:
 
 def prepare_volumes(
     records: Iterable[Record],
-    volume_processor: Any,
+    volume_processor: MedVLVolumeProcessor,
     out_dir: str | Path,
     *,
     dtype: CacheDtype = "float16",
-    volume_loader: Callable[[str], Any] | None = None,
+    volume_loader: Callable[[str], Volume] | None = None,
     on_error: Literal["raise", "skip"] = "raise",
     progress: bool = True,
-) -> dict[str, Any]:
+) -> PrepareSummary:
     """Preprocess every distinct volume of the records into a cache folder (incremental).
 
     Volumes already cached with the same processor fingerprint and unchanged source files are kept.
@@ -166,66 +182,105 @@ def prepare_volumes(
     Returns:
         Summary: ``{"cached", "written", "kept", "failed", "bytes", "fingerprint", "dtype"}``.
     """
+    _check_prepare_settings(volume_processor, dtype, on_error)
+    from medvl.imaging import load_volume
+
+    loader = volume_loader or load_volume
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = processor_fingerprint(volume_processor)
+    entries = _reusable_entries(out, fingerprint, dtype)
+    paths: dict[str, str] = {}  # each distinct volume once, with the first record naming it (for messages)
+    for rec in records:
+        for path in rec.volumes:
+            paths.setdefault(path, rec.id)
+    iterator: Iterable[tuple[str, str]] = paths.items()
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(paths.items(), desc="prepare volumes", unit="vol")
+    written = kept = failed = 0
+    for path, rid in iterator:
+        if path in entries and Path(path).exists() and entries[path]["source"] == _source_stamp(path):
+            kept += 1
+            continue
+        try:
+            array = _preprocess(path, rid, volume_processor, loader, dtype)
+        except MedVLDataError as err:
+            if on_error == "raise":
+                raise
+            logger.warning("volume skipped (%s): %s", path, err)
+            failed += 1
+            continue
+        entries[path] = _write_array(out, path, array)
+        written += 1
+    _write_manifest(out, fingerprint, volume_processor, dtype, entries)
+    size = sum((out / e["file"]).stat().st_size for e in entries.values() if (out / e["file"]).exists())
+    summary = PrepareSummary(
+        cached=len(entries), written=written, kept=kept, failed=failed, bytes=size, fingerprint=fingerprint, dtype=dtype
+    )
+    logger.info("volume cache %s: %s", out, summary)
+    return summary
+
+
+def _check_prepare_settings(volume_processor: MedVLVolumeProcessor, dtype: str, on_error: str) -> None:
+    """Refuse an unknown dtype or error policy, and an HU cache of a processor that cannot split its steps."""
     if dtype not in DTYPES:
         raise ValueError(f"invalid cache dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
     if dtype == "int16" and getattr(volume_processor, "mode", "standard") != "standard":
         raise ValueError("dtype int16 (HU cache) needs a volume processor in mode 'standard'; use float16 or float32")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"invalid on_error {on_error!r}; valid choices: raise, skip")
-    if volume_loader is None:
-        from medvl.imaging import load_volume as volume_loader
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fingerprint = processor_fingerprint(volume_processor)
-    entries: dict[str, Any] = {}
-    if (out / MANIFEST).is_file():
-        old = VolumeCache(out)
-        if old.manifest["fingerprint"] != fingerprint or old.dtype != dtype:
-            raise ValueError(
-                f"{out} holds a cache of another volume processor configuration or dtype ({old.dtype}); "
-                "choose another folder or delete it"
-            )
-        entries = dict(old.entries)
-    paths = list(dict.fromkeys((p, r.id) for r in records for p in r.volumes))
-    seen: set[str] = set()
-    written = kept = failed = 0
-    iterator: Iterable = paths
-    if progress:
-        from tqdm.auto import tqdm
 
-        iterator = tqdm(paths, desc="prepare volumes", unit="vol")
-    for path, rid in iterator:
-        if path in seen:
-            continue
-        seen.add(path)
-        if path in entries and Path(path).exists() and entries[path]["source"] == _source_stamp(path):
-            kept += 1
-            continue
-        try:
-            if not Path(path).exists():
-                raise MedVLDataError("volume file or folder not found", record=rid, path=path)
-            volume = volume_loader(path)
-            if dtype == "int16":
-                hu, _ = volume_processor.spatial(volume)
-                array = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
-            else:
-                array = volume_processor([volume])["volume_values"][0].numpy().astype(dtype)
-        except Exception as err:
-            if on_error == "raise":
-                if isinstance(err, MedVLDataError):
-                    raise
-                raise MedVLDataError(
-                    f"cannot preprocess volume: {type(err).__name__}: {err}", record=rid, path=path
-                ) from err
-            logger.warning("volume skipped (%s): %s", path, err)
-            failed += 1
-            continue
-        name = hashlib.sha1(path.encode()).hexdigest()[:20] + ".npy"
-        tmp = out / (name + f".{os.getpid()}.tmp.npy")
-        np.save(tmp, array)
-        os.replace(tmp, out / name)
-        entries[path] = {"file": name, "shape": list(array.shape), "source": _source_stamp(path)}
-        written += 1
+
+def _reusable_entries(out: Path, fingerprint: str, dtype: str) -> dict[str, dict[str, Any]]:
+    """The entries of a cache already in ``out`` (empty without one); a cache of another configuration is refused."""
+    if not (out / MANIFEST).is_file():
+        return {}
+    old = VolumeCache(out)
+    if old.manifest["fingerprint"] != fingerprint or old.dtype != dtype:
+        raise ValueError(
+            f"{out} holds a cache of another volume processor configuration or dtype ({old.dtype}); "
+            "choose another folder or delete it"
+        )
+    return dict(old.entries)
+
+
+def _preprocess(
+    path: str, rid: str, volume_processor: MedVLVolumeProcessor, volume_loader: Callable[[str], Volume], dtype: str
+) -> np.ndarray:
+    """One volume as the cache stores it: HU after the spatial steps (int16) or the final tensor.
+
+    Raises:
+        MedVLDataError: a missing or unreadable volume, or a processing failure (names record and file).
+    """
+    if not Path(path).exists():
+        raise MedVLDataError("volume file or folder not found", record=rid, path=path)
+    try:
+        volume = volume_loader(path)
+        if dtype == "int16":
+            hu, _ = volume_processor.spatial(volume)
+            return np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
+        return volume_processor([volume])["volume_values"][0].numpy().astype(dtype)
+    except MedVLDataError:
+        raise
+    except Exception as err:
+        raise MedVLDataError(f"cannot preprocess volume: {type(err).__name__}: {err}", record=rid, path=path) from err
+
+
+def _write_array(out: Path, path: str, array: np.ndarray) -> dict[str, Any]:
+    """Write one cache file atomically; returns its manifest entry."""
+    name = hashlib.sha1(path.encode()).hexdigest()[:20] + ".npy"
+    tmp = out / (name + f".{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, out / name)
+    return {"file": name, "shape": list(array.shape), "source": _source_stamp(path)}
+
+
+def _write_manifest(
+    out: Path, fingerprint: str, volume_processor: MedVLVolumeProcessor, dtype: str, entries: dict[str, dict[str, Any]]
+) -> None:
+    """Write ``manifest.json`` atomically: the processor configuration, its fingerprint, the dtype and the entries."""
     manifest = {
         "format": "medvl-volume-cache/1",
         "fingerprint": fingerprint,
@@ -236,15 +291,3 @@ def prepare_volumes(
     tmp = out / (MANIFEST + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
     os.replace(tmp, out / MANIFEST)
-    size = sum((out / e["file"]).stat().st_size for e in entries.values() if (out / e["file"]).exists())
-    summary = {
-        "cached": len(entries),
-        "written": written,
-        "kept": kept,
-        "failed": failed,
-        "bytes": size,
-        "fingerprint": fingerprint,
-        "dtype": dtype,
-    }
-    logger.info("volume cache %s: %s", out, summary)
-    return summary

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 
@@ -154,11 +154,8 @@ def load_registry(path: str | Path) -> Registry:
             raise ValueError(f"{path}: data set {name!r} has no 'path'")
         if entry.weight < 0:
             raise ValueError(f"{path}: data set {name!r} has a negative weight {entry.weight}")
-        entry.path, entry.root, entry.volume_root = (
-            absolute(entry.path),
-            absolute(entry.root),
-            absolute(entry.volume_root),
-        )
+        entry.path = str(base / Path(entry.path).expanduser())
+        entry.root, entry.volume_root = absolute(entry.root), absolute(entry.volume_root)
         entries[str(name)] = entry
     return Registry(entries, str(path))
 
@@ -209,12 +206,3 @@ def load_registry_records(
     from medvl.data.dataset import mix_records
 
     return mix_records([(recs, e.weight) for e, recs in load_sources(source, split, names, weights)], seed=seed)
-
-
-def describe(entries: list[tuple[DatasetEntry, list[Record]]]) -> list[dict[str, Any]]:
-    """Per-source summary rows (name, split, records, weight) for logs and reports.
-
-    Args:
-        entries: output of :func:`load_sources`.
-    """
-    return [{"name": e.name, "split": e.split, "records": len(r), "weight": e.weight} for e, r in entries]

@@ -17,7 +17,10 @@ Bundled templates:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 MEDMVL_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -85,7 +88,7 @@ def template_names() -> list[str]:
     return list(TEMPLATE_CHOICES)
 
 
-def resolve_template(name: str | None, tokenizer: Any) -> tuple[str, str | None]:
+def resolve_template(name: str | None, tokenizer: PreTrainedTokenizerBase) -> tuple[str, str | None]:
     """Pick the Jinja chat template and its end-of-turn string.
 
     Args:
@@ -127,7 +130,7 @@ def resolve_template(name: str | None, tokenizer: Any) -> tuple[str, str | None]
 
 
 def render(
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     template: str,
     messages: list[dict[str, str]],
     add_generation_prompt: bool = False,
@@ -140,6 +143,11 @@ def render(
         messages: ``[{"role", "content"}]`` with marker text content.
         add_generation_prompt: append the assistant header that opens the next answer.
     """
-    return tokenizer.apply_chat_template(
+    text = tokenizer.apply_chat_template(
         messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
     )
+    if not isinstance(text, str):  # tokenize=False renders text; anything else is a tokenizer bug
+        raise TypeError(
+            f"{type(tokenizer).__name__}.apply_chat_template(tokenize=False) returned {type(text).__name__}"
+        )
+    return text

@@ -29,10 +29,13 @@ import re
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medvl.eval.results import ScoreResult, java_version, library_versions, mean
 from medvl.eval.text import has_cjk, jieba_tokenize, medevalkit_tokenize
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +249,7 @@ def rouge_score_metrics(
     def lsum(text: str) -> str:
         return "\n".join(re.split(r"(?<=[.!?])\s+", text.strip())) if rouge_lsum_split else text
 
-    per = {t: [] for t in types}
+    per: dict[str, list[float]] = {t: [] for t in types}
     for p, r in zip(predictions, references):
         s = scorer.score(r, p)
         for t in types[:3]:
@@ -569,14 +572,14 @@ def encode_plus_available() -> Iterator[None]:
         out = [self.cls_token_id, *ids_0, self.sep_token_id]
         return out if ids_1 is None else [*out, *ids_1, self.sep_token_id]
 
-    added = [
-        name
-        for name, fn in (
-            ("encode_plus", encode_plus),
-            ("build_inputs_with_special_tokens", build_inputs_with_special_tokens),
-        )
-        if not hasattr(PreTrainedTokenizerBase, name) and not setattr(PreTrainedTokenizerBase, name, fn)
-    ]
+    added = []
+    for name, fn in (
+        ("encode_plus", encode_plus),
+        ("build_inputs_with_special_tokens", build_inputs_with_special_tokens),
+    ):
+        if not hasattr(PreTrainedTokenizerBase, name):
+            setattr(PreTrainedTokenizerBase, name, fn)
+            added.append(name)
     try:
         yield
     finally:
@@ -590,11 +593,12 @@ class _EncodePlusTokenizer:
     ``[CLS] + convert_tokens_to_ids(wordpieces) + [SEP]``; this wrapper restores exactly that and passes
     everything else through to the real tokenizer."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self._tokenizer = tokenizer
 
     def encode_plus(self, tokens: list[str]) -> dict[str, list[int]]:
-        ids = self._tokenizer.convert_tokens_to_ids(list(tokens))
+        ids = self._tokenizer.convert_tokens_to_ids(list(tokens))  # a list in, a list out
+        ids = [ids] if isinstance(ids, int) else ids
         return {"input_ids": [self._tokenizer.cls_token_id, *ids, self._tokenizer.sep_token_id]}
 
     def __getattr__(self, name: str) -> Any:
@@ -660,6 +664,60 @@ def available_clinical_metrics() -> dict[str, str]:
 # --- combined ------------------------------------------------------------------------------------
 
 
+def _lexical_scores(
+    ids: Sequence[str], predictions: Sequence[str], references: Sequence[str], coco: dict[str, Any], lang: str
+) -> tuple[dict[str, float], list[dict[str, Any]], list[str]]:
+    """Aggregates, per-report rows and notes of the n-gram metrics: pycocoevalcap's (``coco``, already
+    computed), rouge-score's and sacrebleu's."""
+    rs = rouge_score_metrics(predictions, references, lang=lang)
+    sb = sacrebleu_metrics(predictions, references, tokenize="zh" if lang == "zh" else None)
+    agg: dict[str, float] = {}
+    for key in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "meteor", "cider"):
+        if key in coco:
+            agg[key] = coco[key]
+    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        agg[key] = rs[key]
+    agg["sacrebleu"] = sb["corpus_bleu"]
+    rows: list[dict[str, Any]] = []
+    for i, item_id in enumerate(ids):
+        row: dict[str, Any] = {"id": item_id}
+        for n in range(1, 5):
+            if f"bleu_{n}_per_item" in coco:
+                row[f"bleu_{n}"] = coco[f"bleu_{n}_per_item"][i]
+        for key in ("rouge_l", "cider", "meteor"):
+            if f"{key}_per_item" in coco:
+                row[key] = coco[f"{key}_per_item"][i]
+        for key in ("rouge1", "rouge2", "rougeL"):
+            row[key] = rs[f"{key}_per_item"][i]
+        row["sacrebleu_sentence"] = sb["sentence_bleu_per_item"][i]
+        rows.append(row)
+    notes = [
+        f"pycocoevalcap tokenization: {coco['tokenization']}",
+        f"rouge-score tokenizer: {rs['tokenizer']}",
+        f"sacrebleu signature: {sb['signature']} (0-100 scale)",
+    ] + coco["notes"]
+    return agg, rows, notes
+
+
+def _add_clinical_scores(
+    name: str,
+    weights: str,
+    predictions: Sequence[str],
+    references: Sequence[str],
+    agg: dict[str, float],
+    rows: list[dict[str, Any]],
+) -> None:
+    """Add one clinical metric's aggregates to ``agg`` and its per-report values to ``rows``, keys
+    prefixed with the metric's name."""
+    res = clinical_metric(name, predictions, references, weights=weights)
+    for k, v in res.items():
+        if k == "per_item":
+            for row, values in zip(rows, v):
+                row.update({(kk if kk.startswith(name) else f"{name}_{kk}"): vv for kk, vv in values.items()})
+        elif isinstance(v, (int, float)):
+            agg[k if k.startswith(name) else f"{name}_{k}"] = float(v)
+
+
 def score_reports(
     ids: Sequence[str],
     predictions: Sequence[str],
@@ -700,33 +758,7 @@ def score_reports(
     if lang == "auto":
         lang = "zh" if any(has_cjk(r) for r in references) else "en"
     coco = coco_metrics(predictions, references, tokenization=tokenization, meteor=meteor)
-    rs = rouge_score_metrics(predictions, references, lang=lang)
-    sb = sacrebleu_metrics(predictions, references, tokenize="zh" if lang == "zh" else None)
-    agg: dict[str, float] = {}
-    for key in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "meteor", "cider"):
-        if key in coco:
-            agg[key] = coco[key]
-    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
-        agg[key] = rs[key]
-    agg["sacrebleu"] = sb["corpus_bleu"]
-    rows: list[dict[str, Any]] = []
-    for i, item_id in enumerate(ids):
-        row: dict[str, Any] = {"id": item_id}
-        for n in range(1, 5):
-            if f"bleu_{n}_per_item" in coco:
-                row[f"bleu_{n}"] = coco[f"bleu_{n}_per_item"][i]
-        for key in ("rouge_l", "cider", "meteor"):
-            if f"{key}_per_item" in coco:
-                row[key] = coco[f"{key}_per_item"][i]
-        for key in ("rouge1", "rouge2", "rougeL"):
-            row[key] = rs[f"{key}_per_item"][i]
-        row["sacrebleu_sentence"] = sb["sentence_bleu_per_item"][i]
-        rows.append(row)
-    notes = [
-        f"pycocoevalcap tokenization: {coco['tokenization']}",
-        f"rouge-score tokenizer: {rs['tokenizer']}",
-        f"sacrebleu signature: {sb['signature']} (0-100 scale)",
-    ] + coco["notes"]
+    agg, rows, notes = _lexical_scores(ids, predictions, references, coco, lang)
     if bertscore_model:
         bs = bertscore(predictions, references, model_path=bertscore_model)
         agg["bertscore_f1"] = bs["F1"]
@@ -734,13 +766,7 @@ def score_reports(
             row["bertscore_f1"] = f
         notes.append(f"BERTScore model {bertscore_model}, layer {bs['num_layers']}, no rescaling")
     for name, weights in (clinical or {}).items():
-        res = clinical_metric(name, predictions, references, weights=weights)
-        for k, v in res.items():
-            if k == "per_item":
-                for row, values in zip(rows, v):
-                    row.update({(kk if kk.startswith(name) else f"{name}_{kk}"): vv for kk, vv in values.items()})
-            elif isinstance(v, (int, float)):
-                agg[k if k.startswith(name) else f"{name}_{k}"] = float(v)
+        _add_clinical_scores(name, weights, predictions, references, agg, rows)
         notes.append(
             f"{name}: {library_versions([_CLINICAL[name][0]]).get(_CLINICAL[name][0])} with local weights {weights}"
         )

@@ -30,9 +30,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medvl.eval.results import ScoreResult, library_versions
+
+if TYPE_CHECKING:
+    from medvl.data.records import Record
+    from medvl.eval.tasks.base import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -123,13 +127,13 @@ def model_generate_fn(
 
     model, processor = load_model(model_path, dtype=dtype, device=device)
 
-    def fn(records: list, **gen: Any) -> list[str]:
+    def fn(records: list[Record], **gen: Any) -> list[str]:
         return generate(model, processor, records, batch_size=batch_size, progress=False, **gen)
 
     return fn
 
 
-def _task_root(name: str, spec: Any, cfg: EvalConfig) -> Path:
+def _task_root(name: str, spec: TaskSpec, cfg: EvalConfig) -> Path:
     if name in cfg.data:
         return Path(cfg.data[name])
     if cfg.data_root is None:
@@ -140,8 +144,8 @@ def _task_root(name: str, spec: Any, cfg: EvalConfig) -> Path:
     return Path(cfg.data_root) / spec.default_dir
 
 
-def _read_done(path: Path, fingerprint: str, wanted: set[str], run_key: str | None = None) -> dict[str, dict]:
-    done: dict[str, dict] = {}
+def _read_done(path: Path, fingerprint: str, wanted: set[str], run_key: str | None = None) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
     if not path.is_file():
         return done
     stale = 0
@@ -170,13 +174,15 @@ def _read_done(path: Path, fingerprint: str, wanted: set[str], run_key: str | No
     return done
 
 
-def _write_rows(path: Path, rows: list[dict]) -> None:
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(path)
 
 
-def _prediction_row(rec: Any, prediction: str, task: str, fingerprint: str, run_key: str | None = None) -> dict:
+def _prediction_row(
+    rec: Record, prediction: str, task: str, fingerprint: str, run_key: str | None = None
+) -> dict[str, Any]:
     meta = rec.meta
     row = {
         "id": rec.id,
@@ -198,14 +204,14 @@ def _prediction_row(rec: Any, prediction: str, task: str, fingerprint: str, run_
 
 def generate_predictions(
     name: str,
-    records: list,
+    records: list[Record],
     generate_fn: GenerateFn,
-    gen: dict,
+    gen: dict[str, Any],
     path: Path,
     fingerprint: str,
     cfg: EvalConfig,
     run_key: str | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Predictions for ``records`` in order, generating only those not already in ``path``.
 
     Args:
@@ -244,7 +250,7 @@ def generate_predictions(
     return [done[r.id] for r in records]
 
 
-def score_rows(spec: Any, rows: list[dict], cfg: EvalConfig) -> ScoreResult:
+def score_rows(spec: TaskSpec, rows: list[dict[str, Any]], cfg: EvalConfig) -> ScoreResult:
     """Score prediction rows with the task's protocol.
 
     Args:
@@ -288,7 +294,7 @@ def score_rows(spec: Any, rows: list[dict], cfg: EvalConfig) -> ScoreResult:
     return score_vqa(items, spec.protocol, **options)
 
 
-def _refuse_duplicate_ids(name: str, records: list, root: Path) -> None:
+def _refuse_duplicate_ids(name: str, records: list[Record], root: Path) -> None:
     """Predictions are matched to references by id: two samples with one id would be scored wrongly."""
     from collections import Counter
 
@@ -311,7 +317,7 @@ def evaluate(
     model: str | Path | None = None,
     generate_fn: GenerateFn | None = None,
     model_name: str | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Run every task of ``cfg``: generate (resumably), score, write the outputs.
 
     Args:
@@ -323,19 +329,7 @@ def evaluate(
     Returns:
         the results entries (also written to ``results.json``).
     """
-    from medvl.eval.tasks import data_fingerprint, get_task
-    from medvl.eval.vqa import get_protocol
-
-    specs = {name: get_task(name) for name in cfg.tasks}  # unknown names fail before any work
-    for name, protocol in cfg.protocols.items():
-        if name not in specs:
-            raise ValueError(f"protocol given for task {name!r}, which is not among --tasks ({', '.join(specs)})")
-        if specs[name].kind != "vqa":
-            raise ValueError(f"task {name!r} is a report task; only VQA tasks take another protocol")
-        get_protocol(protocol)  # unknown protocol names fail here, listing the valid ones
-        specs[name] = dataclasses.replace(specs[name], protocol=protocol, protocol_options={})
-    from medvl.utils.paths import model_fingerprint, refuse_output_over_inputs, settings_fingerprint
-
+    specs = task_specs(cfg)  # unknown names fail before any work
     out = Path(cfg.out_dir)
     # a checkpoint is known by its config + weights; an injected generate_fn only by an explicit model_name
     # (without one, resuming trusts the caller to pass the same function)
@@ -343,50 +337,119 @@ def evaluate(
     if generate_fn is None:
         if model is None:
             raise ValueError("evaluate() needs a model path or a generate_fn")
+        from medvl.utils.paths import model_fingerprint, refuse_output_over_inputs
+
         refuse_output_over_inputs(out, folders=[model], flag="--out")
         model_key = model_fingerprint(model)
         generate_fn = model_generate_fn(model, batch_size=cfg.batch_size)
-    model_name = model_name or (str(model) if model is not None else getattr(generate_fn, "__name__", "custom"))
+    if not model_name:
+        model_name = str(model) if model is not None else str(getattr(generate_fn, "__name__", "custom"))
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     (out / "scores").mkdir(parents=True, exist_ok=True)
-    results: list[dict] = []
+    results: list[dict[str, Any]] = []
     for name, spec in specs.items():
-        split = cfg.split or spec.default_split
-        root = _task_root(name, spec, cfg)
-        records = spec.load(root, split, cfg.limit)
-        _refuse_duplicate_ids(name, records, root)
-        fingerprint = data_fingerprint(records)
-        gen = {**spec.generation, **cfg.generation}
-        run_key = settings_fingerprint(model=model_key, generation=gen)
-        rows = generate_predictions(
-            name, records, generate_fn, gen, out / "predictions" / f"{name}.jsonl", fingerprint, cfg, run_key
-        )
-        scores = {}
-        for (language, subgroup), group_rows in score_groups(rows).items():
-            res = score_rows(spec, group_rows, cfg)
-            key = language if subgroup == "all" else subgroup
-            scores[key] = res.to_dict()
-            for metric, value in res.aggregate.items():
-                entry = {
-                    "task": name,
-                    "metric": metric,
-                    "protocol": res.protocol,
-                    "value": value,
-                    "n": len(group_rows),
-                    "language": language,
-                    "subgroup": subgroup,
-                    "model": model_name,
-                    "data_fingerprint": fingerprint,
-                    "split": split,
-                    "generation": gen,
-                    "versions": res.versions,
-                }
-                entry.update(confidence_interval(res, metric, cfg))
-                results.append(entry)
-        (out / "scores" / f"{name}.json").write_text(
-            json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-        logger.info("%s: scored %d samples (%s)", name, len(rows), spec.protocol)
+        results += evaluate_task(name, spec, cfg, generate_fn, model_key=model_key, model_name=model_name)
+    write_results(out, cfg, model_name, results)
+    return results
+
+
+def task_specs(cfg: EvalConfig) -> dict[str, TaskSpec]:
+    """The tasks of ``cfg`` by name, with the protocols ``cfg.protocols`` puts in place of their own.
+
+    Args:
+        cfg: run settings.
+
+    Raises:
+        ValueError: an unknown task or protocol, a protocol for a task not run or for a report task.
+    """
+    from medvl.eval.tasks import get_task
+    from medvl.eval.vqa import get_protocol
+
+    specs = {name: get_task(name) for name in cfg.tasks}
+    for name, protocol in cfg.protocols.items():
+        if name not in specs:
+            raise ValueError(f"protocol given for task {name!r}, which is not among --tasks ({', '.join(specs)})")
+        if specs[name].kind != "vqa":
+            raise ValueError(f"task {name!r} is a report task; only VQA tasks take another protocol")
+        get_protocol(protocol)  # unknown protocol names fail here, listing the valid ones
+        specs[name] = dataclasses.replace(specs[name], protocol=protocol, protocol_options={})
+    return specs
+
+
+def evaluate_task(
+    name: str,
+    spec: TaskSpec,
+    cfg: EvalConfig,
+    generate_fn: GenerateFn,
+    *,
+    model_key: str | None,
+    model_name: str,
+) -> list[dict[str, Any]]:
+    """One task: load its records, generate the missing predictions, score every group, write its scores.
+
+    Args:
+        name: task name.
+        spec: the task (protocol already chosen, see :func:`task_specs`).
+        cfg: run settings.
+        generate_fn: ``fn(records, **generation) -> list[str]``.
+        model_key: what identifies the model in resumable predictions (None: trust the caller).
+        model_name: name written into the results.
+
+    Returns:
+        the task's results entries, one per (group, metric).
+    """
+    from medvl.eval.tasks import data_fingerprint
+    from medvl.utils.paths import settings_fingerprint
+
+    out = Path(cfg.out_dir)
+    split = cfg.split or spec.default_split
+    root = _task_root(name, spec, cfg)
+    records = spec.load(root, split, cfg.limit)
+    _refuse_duplicate_ids(name, records, root)
+    fingerprint = data_fingerprint(records)
+    gen = {**spec.generation, **cfg.generation}
+    run_key = settings_fingerprint(model=model_key, generation=gen)
+    rows = generate_predictions(
+        name, records, generate_fn, gen, out / "predictions" / f"{name}.jsonl", fingerprint, cfg, run_key
+    )
+    scores: dict[str, dict[str, Any]] = {}
+    results: list[dict[str, Any]] = []
+    for (language, subgroup), group_rows in score_groups(rows).items():
+        res = score_rows(spec, group_rows, cfg)
+        scores[language if subgroup == "all" else subgroup] = res.to_dict()
+        for metric, value in res.aggregate.items():
+            entry = {
+                "task": name,
+                "metric": metric,
+                "protocol": res.protocol,
+                "value": value,
+                "n": len(group_rows),
+                "language": language,
+                "subgroup": subgroup,
+                "model": model_name,
+                "data_fingerprint": fingerprint,
+                "split": split,
+                "generation": gen,
+                "versions": res.versions,
+            }
+            entry.update(confidence_interval(res, metric, cfg))
+            results.append(entry)
+    (out / "scores" / f"{name}.json").write_text(
+        json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    logger.info("%s: scored %d samples (%s)", name, len(rows), spec.protocol)
+    return results
+
+
+def write_results(out: Path, cfg: EvalConfig, model_name: str, results: list[dict[str, Any]]) -> None:
+    """Write ``results.json`` (entries + run metadata), ``results.md`` and ``results.png``.
+
+    Args:
+        out: the run's output folder.
+        cfg: run settings.
+        model_name: name of the model evaluated.
+        results: every task's results entries.
+    """
     meta = {
         "model": model_name,
         "tasks": list(cfg.tasks),
@@ -398,10 +461,9 @@ def evaluate(
     )
     (out / "results.md").write_text(markdown_table(results), encoding="utf-8")
     bar_chart(results, out / "results.png", title=model_name)
-    return results
 
 
-def score_groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+def score_groups(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """The row groups scored separately: (language, subgroup) -> rows.
 
     ``("all", "all")`` is every row; each language of a multilingual task adds ``(lang, "all")``; each
@@ -410,7 +472,7 @@ def score_groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
     Args:
         rows: prediction rows.
     """
-    groups: dict[tuple[str, str], list[dict]] = {("all", "all"): rows}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {("all", "all"): rows}
     languages = sorted({r["language"] for r in rows if r.get("language")})
     if len(languages) > 1:
         groups.update({(lang, "all"): [r for r in rows if r.get("language") == lang] for lang in languages})
@@ -422,7 +484,7 @@ def score_groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return groups
 
 
-def confidence_interval(result: ScoreResult, metric: str, cfg: EvalConfig) -> dict:
+def confidence_interval(result: ScoreResult, metric: str, cfg: EvalConfig) -> dict[str, Any]:
     """``ci95`` ([low, high]) and ``bootstrap`` (method, resamples, seed) of one metric, or a note why not.
 
     Args:
@@ -465,7 +527,7 @@ def confidence_interval(result: ScoreResult, metric: str, cfg: EvalConfig) -> di
     }
 
 
-def headline(results: list[dict]) -> list[dict]:
+def headline(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The entries shown in the table and chart (see ``HEADLINE``).
 
     Args:
@@ -474,7 +536,7 @@ def headline(results: list[dict]) -> list[dict]:
     return [r for r in results if r["metric"] in HEADLINE.get(r["protocol"], ())]
 
 
-def markdown_table(results: list[dict]) -> str:
+def markdown_table(results: list[dict[str, Any]]) -> str:
     """A markdown table (task, language, protocol, metric, value, n) of the headline metrics.
 
     Args:
@@ -505,7 +567,7 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(results: list[dict], path: Path, title: str = "") -> None:
+def bar_chart(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Horizontal bar chart of the headline metrics (matplotlib, Agg backend).
 
     Args:

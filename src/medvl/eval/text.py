@@ -326,7 +326,7 @@ def extract_boxed_content(text: str) -> str:
         return "None"
     i = start + len("\\boxed{")
     depth = 1
-    out = []
+    out: list[str] = []
     while i < len(text):
         ch = text[i]
         if ch == "{":

@@ -27,10 +27,13 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from medvl.data.augment import AugmentConfig
 from medvl.utils.config import from_dict, load_config
+
+if TYPE_CHECKING:
+    from medvl.build import ModelSpec
 
 PartMode = Literal["frozen", "full", "lora"]
 PART_NAMES: tuple[str, ...] = ("llm", "vision", "volume", "connector")
@@ -360,14 +363,18 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     check_hf_args(t.hf_args)
 
 
-def encoder_pretrain_kind(cfg: TrainConfig) -> str:
+def encoder_pretrain_kind(cfg: TrainConfig) -> Literal["image", "volume"]:
     """The media kind stage 0 trains ("image" or "volume"), from the settings or the parts.
 
     Args:
         cfg: a configuration with ``train.stage: encoder_pretrain``.
     """
     t = cfg.train
-    trained = [kind for kind, part in (("image", t.parts.vision), ("volume", t.parts.volume)) if part.mode != "frozen"]
+    encoders: tuple[tuple[Literal["image", "volume"], PartConfig], ...] = (
+        ("image", t.parts.vision),
+        ("volume", t.parts.volume),
+    )
+    trained = [kind for kind, part in encoders if part.mode != "frozen"]
     kind = t.encoder_pretrain.encoder
     if kind == "auto":
         if len(trained) != 1:
@@ -441,7 +448,7 @@ def unfilled_placeholders(cfg: TrainConfig) -> list[str]:
     return found
 
 
-def model_spec(cfg: TrainConfig) -> Any:
+def model_spec(cfg: TrainConfig) -> ModelSpec:
     """``cfg.model.spec`` as a ``medvl.build.ModelSpec`` (read from its YAML file if it is a path).
 
     Args:

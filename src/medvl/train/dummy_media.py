@@ -15,11 +15,14 @@ gradient, and the loss of the real tokens is unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from medvl.data.feature_cache import FEATURE_KINDS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 IGNORE_INDEX = -100
 
@@ -34,35 +37,26 @@ class MediaSlot:
     shape: tuple[int, ...]
 
 
-def media_slots(config: Any) -> list[MediaSlot]:
+def media_slots(config: PreTrainedConfig | None) -> list[MediaSlot]:
     """The modalities of a medvl model config (empty for models without medvl's config fields).
 
     Args:
         config: a ``MedVLConfig`` (``vision_config``, ``volume_config``, ``image_token_id``,
             ``num_image_tokens``, ...).
     """
-    slots = []
+    slots: list[MediaSlot] = []
     vision = getattr(config, "vision_config", None)
-    if (
-        vision is not None
-        and getattr(config, "image_token_id", None) is not None
-        and getattr(config, "num_image_tokens", 0)
-    ):
+    image_token_id: int | None = getattr(config, "image_token_id", None)
+    num_image_tokens: int = getattr(config, "num_image_tokens", 0) or 0
+    if vision is not None and image_token_id is not None and num_image_tokens:
         h, w = _pair(vision.image_size)
         slots.append(
-            MediaSlot(
-                "pixel_values",
-                config.image_token_id,
-                config.num_image_tokens,
-                (getattr(vision, "num_channels", 3), h, w),
-            )
+            MediaSlot("pixel_values", image_token_id, num_image_tokens, (getattr(vision, "num_channels", 3), h, w))
         )
     volume = getattr(config, "volume_config", None)
-    if (
-        volume is not None
-        and getattr(config, "volume_token_id", None) is not None
-        and getattr(config, "num_volume_tokens", 0)
-    ):
+    volume_token_id: int | None = getattr(config, "volume_token_id", None)
+    num_volume_tokens: int = getattr(config, "num_volume_tokens", 0) or 0
+    if config is not None and volume is not None and volume_token_id is not None and num_volume_tokens:
         encoder = getattr(config, "volume_encoder", "vit3d")
         if encoder == "vit3d":
             shape = (getattr(volume, "in_channels", 1), *tuple(volume.image_size))
@@ -71,11 +65,11 @@ def media_slots(config: Any) -> list[MediaSlot]:
         else:  # a 2D tower applied slice by slice
             h, w = _pair(volume.image_size)
             shape = (getattr(volume, "num_channels", 3), config.volume_num_slices, h, w)
-        slots.append(MediaSlot("volume_values", config.volume_token_id, config.num_volume_tokens, shape))
+        slots.append(MediaSlot("volume_values", volume_token_id, num_volume_tokens, shape))
     return slots
 
 
-def _pair(size: Any) -> tuple[int, int]:
+def _pair(size: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
     return int(size[-2]), int(size[-1])

@@ -27,14 +27,30 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from medvl.data.finding_labels import FindingDataset, LabelSchema, collate_findings, load_labelled_items
+from medvl.data.finding_labels import (
+    FindingDataset,
+    LabelledItem,
+    LabelSchema,
+    MediaKind,
+    collate_findings,
+    load_labelled_items,
+)
 from medvl.train.config import TrainConfig, encoder_pretrain_kind
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from torch.utils.data import Subset
+    from transformers import EvalPrediction, PreTrainedModel, TrainerCallback
+
+    from medvl.models.modeling_medvl import MedVLForConditionalGeneration
+    from medvl.models.processing_medvl import MedVLProcessor
+    from medvl.train.trainer import MedVLTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +73,16 @@ class FindingClassifier(nn.Module):
         seed: head initialisation seed.
     """
 
-    def __init__(self, model: nn.Module, kind: str, schema: LabelSchema, seed: int = 0):
+    lvlm: MedVLForConditionalGeneration
+
+    def __init__(self, model: nn.Module, kind: MediaKind, schema: LabelSchema, seed: int = 0) -> None:
         super().__init__()
         from medvl.train.parts import unwrap_model
 
         if kind not in MEDIA_KINDS:
             raise ValueError(f"unknown media kind {kind!r}; valid choices: {', '.join(MEDIA_KINDS)}")
-        base = unwrap_model(model)
+        # a medvl model (the encoder lookup below fails loudly for any other)
+        base = cast("MedVLForConditionalGeneration", unwrap_model(model))
         encoder = getattr(base, _ENCODER_ATTR[kind], None)
         if encoder is None:
             raise ValueError(
@@ -158,7 +177,15 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float | None:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def finding_metrics(logits: np.ndarray, targets: np.ndarray, schema: LabelSchema) -> dict[str, dict[str, Any]]:
+class LabelMetrics(TypedDict):
+    """Validation metrics of one label (None: not computable, e.g. one class only)."""
+
+    auroc: float | None
+    accuracy: float | None
+    n: int  # items whose label is known
+
+
+def finding_metrics(logits: np.ndarray, targets: np.ndarray, schema: LabelSchema) -> dict[str, LabelMetrics]:
     """Per label: AUROC (multi-class: the mean one-vs-rest AUROC over classes), accuracy
     (binary: logit > 0; multi-class: arg-max) and the number of known items.
 
@@ -167,7 +194,7 @@ def finding_metrics(logits: np.ndarray, targets: np.ndarray, schema: LabelSchema
         targets: (N, width), NaN = unknown.
         schema: the labels.
     """
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, LabelMetrics] = {}
     for spec, where in schema.slices():
         z, t = logits[:, where], targets[:, where]
         known = ~np.isnan(t).any(axis=1)
@@ -190,25 +217,26 @@ def finding_metrics(logits: np.ndarray, targets: np.ndarray, schema: LabelSchema
     return out
 
 
-def flat_metrics(per_label: dict[str, dict[str, Any]]) -> dict[str, float]:
+def flat_metrics(per_label: dict[str, LabelMetrics]) -> dict[str, float]:
     """``{label}_auroc`` / ``{label}_accuracy`` and their means over labels (Trainer log keys).
 
     Args:
         per_label: :func:`finding_metrics` output.
     """
     flat: dict[str, float] = {}
-    for name, m in per_label.items():
-        for key in ("auroc", "accuracy"):
-            if m[key] is not None:
-                flat[f"{name}_{key}"] = m[key]
+    rows = {name: {"auroc": m["auroc"], "accuracy": m["accuracy"]} for name, m in per_label.items()}
+    for name, row in rows.items():
+        for key, value in row.items():
+            if value is not None:
+                flat[f"{name}_{key}"] = value
     for key in ("auroc", "accuracy"):
-        values = [m[key] for m in per_label.values() if m[key] is not None]
+        values = [v for row in rows.values() if (v := row[key]) is not None]
         if values:
             flat[f"mean_{key}"] = round(float(np.mean(values)), 4)
     return flat
 
 
-def format_metrics(per_label: dict[str, dict[str, Any]]) -> str:
+def format_metrics(per_label: dict[str, LabelMetrics]) -> str:
     """A plain-text table of per-label validation metrics.
 
     Args:
@@ -224,8 +252,8 @@ def format_metrics(per_label: dict[str, dict[str, Any]]) -> str:
 
 # ---------------------------------------------------------------------------- the run
 def build_finding_datasets(
-    cfg: TrainConfig, processor: Any, kind: str
-) -> tuple[FindingDataset, Any | None, LabelSchema]:
+    cfg: TrainConfig, processor: MedVLProcessor, kind: MediaKind
+) -> tuple[FindingDataset | Subset[Any], FindingDataset | Subset[Any] | None, LabelSchema]:
     """Training set, validation set (or None) and label schema of a stage-0 run.
 
     Args:
@@ -239,22 +267,28 @@ def build_finding_datasets(
     d, s = cfg.data, cfg.train.encoder_pretrain
     if not d.train:
         raise ValueError("data.train: no training files given")
-    common = dict(source=s.labels, root=d.root, seed=cfg.train.seed)
     with outside_root_allowed(d.allow_outside_root):
-        train_items = load_labelled_items(d.train, kind, split=d.train_split, **common)
+        train_items = load_labelled_items(
+            d.train, kind, split=d.train_split, source=s.labels, root=d.root, seed=cfg.train.seed
+        )
     if not train_items:
         raise ValueError(
             f"stage 0: data.train ({', '.join(d.train)}) holds no labelled {kind}s; give records with "
             "meta.labels, closed yes/no questions, or a label table (.csv)"
         )
     schema = LabelSchema.from_items(train_items, s.label_names)
-    options = dict(volume_cache=d.volume_cache, cache_media=s.cache_media)
-    train = FindingDataset(train_items, schema, processor, kind, **options)
-    evaluation = None
+
+    def dataset(items: list[LabelledItem]) -> FindingDataset:
+        return FindingDataset(items, schema, processor, kind, volume_cache=d.volume_cache, cache_media=s.cache_media)
+
+    train: FindingDataset | Subset[Any] = dataset(train_items)
+    evaluation: FindingDataset | Subset[Any] | None = None
     if d.eval:
         with outside_root_allowed(d.allow_outside_root):
-            eval_items = load_labelled_items(d.eval, kind, split=d.eval_split, **common)
-        evaluation = FindingDataset(eval_items, schema, processor, kind, **options) if eval_items else None
+            eval_items = load_labelled_items(
+                d.eval, kind, split=d.eval_split, source=s.labels, root=d.root, seed=cfg.train.seed
+            )
+        evaluation = dataset(eval_items) if eval_items else None
     elif d.eval_fraction > 0:
         train, evaluation = split_dataset(train, d.eval_fraction, cfg.train.seed)
     logger.info(
@@ -268,7 +302,11 @@ def build_finding_datasets(
 
 
 def save_stage0_outputs(
-    classifier: FindingClassifier, model: nn.Module, processor: Any, schema: LabelSchema, out: Path
+    classifier: FindingClassifier,
+    model: PreTrainedModel | PeftModel,
+    processor: MedVLProcessor,
+    schema: LabelSchema,
+    out: Path,
 ) -> Path:
     """Write ``model/`` (the whole LVLM with the trained encoder; LoRA merged) and ``finding_head/``
     (head weights and labels), each atomically. Main process only.
@@ -288,7 +326,7 @@ def save_stage0_outputs(
 
     lvlm = model.merge_and_unload() if is_peft_model(model) else model
     with atomic_dir(final_model_dir(out)) as staging:
-        lvlm.save_pretrained(staging)
+        lvlm.save_pretrained(str(staging))
         processor.save_pretrained(staging)
     with atomic_dir(out / HEAD_DIR) as staging:
         state = {k: v.detach().contiguous().cpu() for k, v in classifier.finding_head.state_dict().items()}
@@ -298,8 +336,32 @@ def save_stage0_outputs(
     return final_model_dir(out)
 
 
+def validation_metrics(
+    trainer: MedVLTrainer, eval_set: FindingDataset | Subset[Any], schema: LabelSchema, kind: MediaKind
+) -> dict[str, Any]:
+    """``eval`` (loss, per-label and mean AUROC / accuracy) and ``eval_per_label`` of the trained classifier.
+
+    Args:
+        trainer: the trainer after ``train()``.
+        eval_set: the validation items.
+        schema: the labels.
+        kind: "image" or "volume" (for the log).
+    """
+    output = trainer.predict(eval_set, metric_key_prefix="eval")
+    per_label = finding_metrics(np.asarray(output.predictions), np.asarray(output.label_ids), schema)
+    logger.info("stage 0 validation (%d %ss):\n%s", len(eval_set), kind, format_metrics(per_label))
+    return {
+        "eval": {"loss": (output.metrics or {}).get("eval_loss"), **flat_metrics(per_label)},
+        "eval_per_label": per_label,
+    }
+
+
 def run_encoder_pretrain(
-    cfg: TrainConfig, *, model: Any = None, processor: Any = None, callbacks: list[Any] | None = None
+    cfg: TrainConfig,
+    *,
+    model: PreTrainedModel | None = None,
+    processor: MedVLProcessor | None = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> Path:
     """Stage 0 as configured; returns the output folder (the model is in ``<output>/model``).
 
@@ -312,23 +374,23 @@ def run_encoder_pretrain(
         callbacks: extra ``transformers.TrainerCallback`` objects.
     """
 
-    from medvl.train.parts import apply_parts, describe
+    from medvl.train.parts import apply_parts, parts_table
     from medvl.train.run import plot_loss, start_run, training_arguments
     from medvl.train.trainer import MedVLTrainer
 
     kind = encoder_pretrain_kind(cfg)
     is_main, resume_from, out, model, processor = start_run(cfg, model, processor)
-    model = apply_parts(model, cfg.train.parts, cfg.train.lora)
+    trained = apply_parts(model, cfg.train.parts, cfg.train.lora)
     logger.info(
         "stage encoder_pretrain (%s encoder), trainable parts:\n%s",
         kind,
-        describe(model, cfg.train.parts, cfg.train.lr),
+        parts_table(trained, cfg.train.parts, cfg.train.lr),
     )
     train_set, eval_set, schema = build_finding_datasets(cfg, processor, kind)
-    classifier = FindingClassifier(model, kind, schema, seed=cfg.train.seed)
+    classifier = FindingClassifier(trained, kind, schema, seed=cfg.train.seed)
     args = training_arguments(cfg, has_eval=eval_set is not None)
 
-    def compute_metrics(prediction: Any) -> dict[str, float]:
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         return flat_metrics(
             finding_metrics(np.asarray(prediction.predictions), np.asarray(prediction.label_ids), schema)
         )
@@ -353,14 +415,10 @@ def run_encoder_pretrain(
         **schema.to_dict(),
     }
     if eval_set is not None:
-        output = trainer.predict(eval_set, metric_key_prefix="eval")
-        per_label = finding_metrics(np.asarray(output.predictions), np.asarray(output.label_ids), schema)
-        metrics["eval"] = {"loss": output.metrics.get("eval_loss"), **flat_metrics(per_label)}
-        metrics["eval_per_label"] = per_label
-        logger.info("stage 0 validation (%d %ss):\n%s", len(eval_set), kind, format_metrics(per_label))
+        metrics.update(validation_metrics(trainer, eval_set, schema, kind))
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        save_stage0_outputs(classifier, model, processor, schema, out)
+        save_stage0_outputs(classifier, trained, processor, schema, out)
         metrics["log_history"] = trainer.state.log_history
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
         plot_loss(trainer.state.log_history, out / "loss.png")

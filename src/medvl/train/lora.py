@@ -14,10 +14,14 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -38,18 +42,18 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG_NAME).is_file()
 
 
-def is_peft_model(model: nn.Module) -> bool:
+def is_peft_model(model: object) -> TypeGuard[PeftModel]:
     """True for a ``peft.PeftModel``.
 
     Args:
-        model: any module.
+        model: any object (a module, or None).
     """
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
 
 
-def extra_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def extra_trainable_state(model: PeftModel) -> dict[str, torch.Tensor]:
     """Trainable parameters of a PeftModel that its adapter save does not hold.
 
     These are bare ``nn.Parameter`` attributes of parts trained in full (PEFT's ``modules_to_save``
@@ -67,7 +71,7 @@ def extra_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_extra_trainable(model: nn.Module, folder: str | Path) -> Path | None:
+def save_extra_trainable(model: PeftModel, folder: str | Path) -> Path | None:
     """Write :func:`extra_trainable_state` of ``model`` to ``folder`` (nothing when empty).
 
     Args:
@@ -134,7 +138,7 @@ def base_model_path(adapter_dir: str | Path) -> Path:
     return base_path
 
 
-def load_model(path: str | Path, **kwargs: Any) -> nn.Module:
+def load_auto_model(path: str | Path, **kwargs: Any) -> PreTrainedModel:
     """Load a saved model folder through the Auto classes (medvl's are registered on import).
 
     Args:
@@ -152,7 +156,7 @@ def load_model(path: str | Path, **kwargs: Any) -> nn.Module:
     raise ValueError(f"{path}: model type {config.model_type!r} is neither an image-text-to-text nor a causal LM model")
 
 
-def load_with_adapter(adapter_dir: str | Path, *, trainable: bool = False, **kwargs: Any) -> nn.Module:
+def load_with_adapter(adapter_dir: str | Path, *, trainable: bool = False, **kwargs: Any) -> PeftModel:
     """Load the base model of ``adapter_dir`` with the adapter (and extra trained parameters) applied.
 
     Args:
@@ -164,7 +168,7 @@ def load_with_adapter(adapter_dir: str | Path, *, trainable: bool = False, **kwa
     """
     from peft import PeftModel
 
-    base = load_model(base_model_path(adapter_dir), **kwargs)
+    base = load_auto_model(base_model_path(adapter_dir), **kwargs)
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
     load_extra_trainable(model, adapter_dir)
     return model

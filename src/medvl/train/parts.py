@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from medvl.train.config import PART_NAMES, LoraSettings, PartsConfig
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +106,12 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model: a model, possibly wrapped.
     """
     while True:
-        if hasattr(model, "get_base_model") and callable(model.get_base_model):
-            model = model.get_base_model()
-        elif isinstance(getattr(model, "module", None), nn.Module):
-            model = model.module
+        get_base = getattr(model, "get_base_model", None)  # PEFT
+        inner = getattr(model, "module", None)  # DDP / DeepSpeed engines
+        if callable(get_base):
+            model = get_base()
+        elif isinstance(inner, nn.Module):
+            model = inner
         else:
             return model
 
@@ -158,7 +164,7 @@ def lora_target_modules(model: nn.Module, parts: Iterable[str], targets: list[st
     return names
 
 
-def apply_parts(model: nn.Module, parts: PartsConfig, lora: LoraSettings) -> nn.Module:
+def apply_parts(model: PreTrainedModel, parts: PartsConfig, lora: LoraSettings) -> PreTrainedModel | PeftModel:
     """Freeze / unfreeze each part and wrap LoRA parts with PEFT adapters.
 
     ``full`` parts train all their parameters; ``frozen`` and ``lora`` parts keep their weights fixed
@@ -256,7 +262,7 @@ def param_groups(
     return groups
 
 
-def describe(model: nn.Module, parts: PartsConfig, base_lr: float) -> str:
+def parts_table(model: nn.Module, parts: PartsConfig, base_lr: float) -> str:
     """A small table of parts: mode, parameters, trainable parameters, learning rate.
 
     Args:

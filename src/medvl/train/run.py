@@ -15,6 +15,7 @@ Output folder layout::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -23,19 +24,39 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import yaml
 
 from medvl.train.checkpoint import atomic_dir, clean_staging, commit_dir, staging_path
 from medvl.train.config import ENCODER_PRETRAIN, TrainConfig, model_spec, unfilled_placeholders, validate
-from medvl.train.lora import is_adapter_dir, is_peft_model, load_model, merge_lora
+from medvl.train.lora import is_adapter_dir, is_peft_model, load_auto_model, merge_lora
 from medvl.train.parts import unwrap_model
 from medvl.utils.config import to_dict
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from torch import nn
+    from torch.utils.data import Dataset, Subset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
+    from transformers.trainer_utils import TrainOutput
+
+    from medvl.data.collator import AdaptivePackingCollator, PaddedCollator
+    from medvl.data.dataset import ConversationDataset
+    from medvl.data.feature_cache import EncoderFeatureCache
+    from medvl.data.records import Record
+    from medvl.models.processing_medvl import MedVLProcessor
+    from medvl.train.trainer import MedVLTrainer
+
 logger = logging.getLogger(__name__)
+
+Collator: TypeAlias = "PaddedCollator | AdaptivePackingCollator"
+T = TypeVar("T")
+# what a run trains: the model, or (LoRA parts) a PEFT wrapper around it
+TrainedModel: TypeAlias = "PreTrainedModel | PeftModel"
 
 FINAL_MODEL_DIR = "model"
 BASE_MODEL_DIR = "base_model"
@@ -65,7 +86,7 @@ def final_model_dir(output_dir: str | Path) -> Path:
 # ---------------------------------------------------------------------------- run metadata
 def environment_info() -> dict[str, Any]:
     """Package versions, Python, platform and the git revision of the medvl source tree."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
             versions[name] = metadata.version(name)
@@ -81,7 +102,7 @@ def environment_info() -> dict[str, Any]:
     }
 
 
-def git_revision(folder: Path) -> dict[str, Any] | None:
+def git_revision(folder: Path) -> dict[str, str | bool] | None:
     """``{"commit": sha, "dirty": bool}`` of the git work tree holding ``folder`` (None outside git).
 
     Args:
@@ -116,7 +137,7 @@ def write_run_info(cfg: TrainConfig, output_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- model
-def load_or_build_model(cfg: TrainConfig) -> tuple[Any, Any]:
+def load_or_build_model(cfg: TrainConfig) -> tuple[PreTrainedModel, MedVLProcessor]:
     """The model and processor named by ``cfg.model`` (a checkpoint folder or a build spec).
 
     A LoRA adapter folder as ``model.path`` is merged into its base first, so that training goes on
@@ -140,7 +161,7 @@ def load_or_build_model(cfg: TrainConfig) -> tuple[Any, Any]:
             logger.info("model.path %s is a LoRA adapter: merging it into its base before training", path)
             model = load_with_adapter(path).merge_and_unload()
         else:
-            model = load_model(path)
+            model = load_auto_model(path)
         processor = AutoProcessor.from_pretrained(path)
         return model, processor
     from medvl.build import build_model
@@ -149,15 +170,65 @@ def load_or_build_model(cfg: TrainConfig) -> tuple[Any, Any]:
 
 
 # ---------------------------------------------------------------------------- data
-def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, Any]:
+def build_datasets(
+    cfg: TrainConfig, processor: MedVLProcessor
+) -> tuple[ConversationDataset | Subset[Any], ConversationDataset | Subset[Any] | None, Collator]:
     """Training set, validation set (or None) and collator from ``cfg.data``.
 
     Args:
         cfg: the training configuration.
         processor: the model's processor (tokenizer, image and volume processors, chat template).
     """
+    from medvl.data.augment import Augmenter
     from medvl.data.collator import AdaptivePackingCollator, PaddedCollator
-    from medvl.data.dataset import ConversationDataset, mix_records
+    from medvl.data.dataset import ConversationDataset
+
+    d = cfg.data
+    train_records, eval_records = load_training_records(cfg)
+
+    def dataset(records: list[Record], augment: Augmenter | None = None) -> ConversationDataset:
+        return ConversationDataset(
+            records,
+            processor,
+            template=d.template,
+            max_length=d.max_length,
+            on_error=d.on_error,
+            on_overlong=d.on_overlong,
+            cache=d.volume_cache,
+            augment=augment,
+        )
+
+    augmenter = None
+    if d.augment.enabled:
+        # each rank draws its own augmentations (seeded: a run is reproducible)
+        augmenter = Augmenter(d.augment, training=True, seed=cfg.train.seed + int(os.environ.get("RANK", "0")))
+    train: ConversationDataset | Subset[Any] = dataset(train_records, augmenter)
+    evaluation: ConversationDataset | Subset[Any] | None = dataset(eval_records) if eval_records else None
+    if evaluation is None and d.eval_fraction > 0:
+        train, held_out = split_dataset(train, d.eval_fraction, cfg.train.seed)
+        evaluation = held_out
+        if augmenter is not None:  # the held-out view must not see the augmented samples
+            from torch.utils.data import Subset
+
+            evaluation = Subset(dataset(train_records), held_out.indices)
+    logger.info("data: %d training samples, %d validation samples", len(train), len(evaluation) if evaluation else 0)
+    tokenizer: PreTrainedTokenizerBase = processor.tokenizer
+    collator: Collator
+    if d.packing:
+        # packs a batch only when it saves rows; alike lengths stay padded (plain causal attention)
+        collator = AdaptivePackingCollator(pad_token_id=tokenizer.pad_token_id)
+    else:
+        collator = PaddedCollator(pad_token_id=tokenizer.pad_token_id, padding_side="right")
+    return train, evaluation, collator
+
+
+def load_training_records(cfg: TrainConfig) -> tuple[list[Record], list[Record]]:
+    """The training mix (``data.train`` files or registries by ``data.weights``) and the validation records.
+
+    Args:
+        cfg: the training configuration.
+    """
+    from medvl.data.dataset import mix_records
     from medvl.data.records import load_records, outside_root_allowed
     from medvl.data.registry import REGISTRY_SUFFIXES, load_registry_records
 
@@ -165,7 +236,7 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
     if not d.train:
         raise ValueError("data.train: no training files given")
 
-    def records(source: str, split: str) -> list[Any]:
+    def records(source: str, split: str) -> list[Record]:
         if Path(source).suffix.lower() in REGISTRY_SUFFIXES:
             return load_registry_records(source, split, seed=cfg.train.seed)
         return load_records(source, root=d.root)
@@ -183,42 +254,16 @@ def build_datasets(cfg: TrainConfig, processor: Any) -> tuple[Any, Any | None, A
     if d.image_window is not None:
         for rec in (*train_records, *eval_records):
             rec.meta.setdefault("window", d.image_window)
-    common = dict(
-        template=d.template,
-        max_length=d.max_length,
-        on_error=d.on_error,
-        on_overlong=d.on_overlong,
-        cache=d.volume_cache,
-    )
-    augmenter = None
-    if d.augment.enabled:
-        from medvl.data.augment import Augmenter
-
-        # each rank draws its own augmentations (seeded: a run is reproducible)
-        augmenter = Augmenter(d.augment, training=True, seed=cfg.train.seed + int(os.environ.get("RANK", "0")))
-    train = ConversationDataset(train_records, processor, augment=augmenter, **common)
-    evaluation = ConversationDataset(eval_records, processor, **common) if eval_records else None
-    if evaluation is None and d.eval_fraction > 0:
-        train, evaluation = split_dataset(train, d.eval_fraction, cfg.train.seed)
-        if augmenter is not None:  # the held-out view must not see the augmented samples
-            from torch.utils.data import Subset
-
-            evaluation = Subset(ConversationDataset(train_records, processor, **common), evaluation.indices)
-    logger.info("data: %d training samples, %d validation samples", len(train), len(evaluation) if evaluation else 0)
-    tokenizer = getattr(processor, "tokenizer", processor)
-    if d.packing:
-        # packs a batch only when it saves rows; alike lengths stay padded (plain causal attention)
-        collator = AdaptivePackingCollator(pad_token_id=tokenizer.pad_token_id)
-    else:
-        collator = PaddedCollator(pad_token_id=tokenizer.pad_token_id, padding_side="right")
-    return train, evaluation, collator
+    return train_records, eval_records
 
 
 # data.cache_encoder_features unset: cache only when the features fit in this much memory
 AUTO_FEATURE_CACHE_BYTES = 2 * 1024**3
 
 
-def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> dict[str, tuple[int, ...]]:
+def attach_feature_cache(
+    cfg: TrainConfig, model: nn.Module, datasets: Sequence[ConversationDataset | Subset[Any] | None]
+) -> dict[str, tuple[int, ...]]:
     """Let the datasets serve the model's frozen encoder outputs instead of media
     (``data.cache_encoder_features``); returns media key -> feature shape (for the dummy media of
     multi-process batches; empty when nothing is cached).
@@ -247,23 +292,14 @@ def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> d
         "volume": getattr(base, "volume_encoder", None) is not None,
     }
     kinds = [k for k in ("image", "volume") if frozen[k] and present[k]]
-    # Subset views (data.eval_fraction) share their underlying dataset
-    unique = list({id(d): d for d in (getattr(d, "dataset", d) for d in datasets if d is not None)}.values())
-    reason = None
-    if not kinds:
+    unique = _distinct_datasets(datasets)
+    if kinds:
+        reason = _feature_cache_refusal(cfg, unique)
+    else:
         reason = (
             "data.cache_encoder_features: the model has no frozen encoder to cache "
             f"(frozen parts: {[k for k, v in frozen.items() if v] or 'none'}; encoders: "
             f"{[k for k, v in present.items() if v] or 'none'})"
-        )
-    elif any(d.augment is not None for d in unique):
-        reason = "data.cache_encoder_features cannot be used with augmentation (features differ per sample)"
-    elif _zero3(cfg):
-        # the encoders' weights are partitioned across ranks there; not supported (untested)
-        reason = "data.cache_encoder_features is not supported with DeepSpeed ZeRO-3; use ZeRO-2 or DDP"
-    elif auto and cfg.data.num_workers > 0:
-        reason = (
-            "data.cache_encoder_features unset: not cached with DataLoader workers (set it to true to cache up front)"
         )
     if reason is not None:
         if not auto:
@@ -279,20 +315,8 @@ def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> d
     else:
         cache = build_feature_cache(model, unique, kinds)
     shapes = {k: tuple(next(iter(cache.features[k].values())).shape) for k in kinds if cache.features[k]}
-    if auto:
-        files = {
-            k: len({p for d in unique for r in d.records for p in getattr(r, FEATURE_KINDS[k][0])}) for k in shapes
-        }
-        size = sum(files[k] * math.prod(shapes[k]) * 4 for k in shapes)
-        if size > AUTO_FEATURE_CACHE_BYTES:
-            logger.info(
-                "frozen-encoder feature cache off: the features of %s would take %.1f GiB (more than %.1f GiB; "
-                "set data.cache_encoder_features=true to cache anyway)",
-                ", ".join(f"{n} {k} files" for k, n in files.items()),
-                size / 1024**3,
-                AUTO_FEATURE_CACHE_BYTES / 1024**3,
-            )
-            return {}
+    if auto and not _features_fit_memory(shapes, unique):
+        return {}
     for d in unique:
         d.feature_cache = cache
     logger.info(
@@ -303,6 +327,52 @@ def attach_feature_cache(cfg: TrainConfig, model: Any, datasets: list[Any]) -> d
     return {FEATURE_KINDS[k][1]: shape for k, shape in shapes.items()}
 
 
+def _feature_cache_refusal(cfg: TrainConfig, datasets: list[ConversationDataset]) -> str | None:
+    """Why the encoder feature cache cannot serve this run (None: it can), for a model with a frozen encoder."""
+    if any(d.augment is not None for d in datasets):
+        return "data.cache_encoder_features cannot be used with augmentation (features differ per sample)"
+    if _zero3(cfg):
+        # the encoders' weights are partitioned across ranks there; not supported (untested)
+        return "data.cache_encoder_features is not supported with DeepSpeed ZeRO-3; use ZeRO-2 or DDP"
+    if cfg.data.cache_encoder_features is None and cfg.data.num_workers > 0:
+        return (
+            "data.cache_encoder_features unset: not cached with DataLoader workers (set it to true to cache up front)"
+        )
+    return None
+
+
+def _features_fit_memory(shapes: dict[str, tuple[int, ...]], datasets: list[ConversationDataset]) -> bool:
+    """Whether the features of every distinct file fit :data:`AUTO_FEATURE_CACHE_BYTES` (said when not)."""
+    from medvl.data.feature_cache import FEATURE_KINDS
+
+    files = {k: len({p for d in datasets for r in d.records for p in getattr(r, FEATURE_KINDS[k][0])}) for k in shapes}
+    size = sum(files[k] * math.prod(shapes[k]) * 4 for k in shapes)
+    if size <= AUTO_FEATURE_CACHE_BYTES:
+        return True
+    logger.info(
+        "frozen-encoder feature cache off: the features of %s would take %.1f GiB (more than %.1f GiB; "
+        "set data.cache_encoder_features=true to cache anyway)",
+        ", ".join(f"{n} {k} files" for k, n in files.items()),
+        size / 1024**3,
+        AUTO_FEATURE_CACHE_BYTES / 1024**3,
+    )
+    return False
+
+
+def _distinct_datasets(datasets: Sequence[ConversationDataset | Subset[Any] | None]) -> list[ConversationDataset]:
+    """The conversation datasets behind ``datasets``: Subset views (data.eval_fraction) share theirs."""
+    from torch.utils.data import Subset
+
+    from medvl.data.dataset import ConversationDataset
+
+    unique: dict[int, ConversationDataset] = {}
+    for d in datasets:
+        base = d.dataset if isinstance(d, Subset) else d
+        if isinstance(base, ConversationDataset):
+            unique.setdefault(id(base), base)
+    return list(unique.values())
+
+
 def _zero3(cfg: TrainConfig) -> bool:
     deepspeed = cfg.train.deepspeed or cfg.train.hf_args.get("deepspeed")
     if not deepspeed:
@@ -311,7 +381,7 @@ def _zero3(cfg: TrainConfig) -> bool:
     return ds.get("zero_optimization", {}).get("stage") == 3
 
 
-def _prime(cache: Any, datasets: list[Any], kinds: list[str]) -> None:
+def _prime(cache: EncoderFeatureCache, datasets: list[ConversationDataset], kinds: list[str]) -> None:
     """Encode the first record of each cached kind, so that the feature shapes are known up front."""
     from medvl.data.feature_cache import FEATURE_KINDS
     from medvl.errors import MedVLDataError
@@ -321,13 +391,13 @@ def _prime(cache: Any, datasets: list[Any], kinds: list[str]) -> None:
         records = ((d, r) for d in datasets for r in d.records if getattr(r, field))
         for d, rec in records:
             try:  # a bad file is the data set's business (raise or skip): try the next record
-                cache.lookup(kind, getattr(rec, field), load=lambda d=d, rec=rec, kind=kind: d.media_values(rec, kind))
+                cache.lookup(kind, getattr(rec, field), load=functools.partial(d.media_values, rec, kind))
                 break
             except MedVLDataError:
                 continue
 
 
-def compile_llm(model: Any) -> None:
+def compile_llm(model: nn.Module) -> None:
     """``torch.compile`` the LLM's decoder in place (``train.compile``).
 
     Only the decoder: the media merge has data-dependent checks (placeholder counts) that would
@@ -339,12 +409,16 @@ def compile_llm(model: Any) -> None:
         model: the model after ``apply_parts`` (a PEFT wrapper is looked through).
     """
     import torch
+    from transformers import PreTrainedModel
 
-    unwrap_model(model).get_decoder().compile(dynamic=True)
+    base = unwrap_model(model)
+    if not isinstance(base, PreTrainedModel):
+        raise TypeError(f"train.compile needs a transformers model with a decoder, got {type(base).__name__}")
+    base.get_decoder().compile(dynamic=True)
     logger.info("train.compile: the LLM decoder is compiled with torch %s (first steps compile)", torch.__version__)
 
 
-def split_dataset(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+def split_dataset(dataset: Dataset[T], fraction: float, seed: int) -> tuple[Subset[T], Subset[T]]:
     """Hold out ``fraction`` of ``dataset`` (a seeded random subset) as the validation split.
 
     Args:
@@ -355,7 +429,7 @@ def split_dataset(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     import torch
     from torch.utils.data import Subset
 
-    n = len(dataset)
+    n = len(dataset)  # type: ignore[arg-type]  # (torch's Dataset declares no __len__; map-style ones have it)
     n_eval = max(1, round(n * fraction))
     if n_eval >= n:
         raise ValueError(f"data.eval_fraction={fraction} leaves no training samples out of {n}")
@@ -364,7 +438,7 @@ def split_dataset(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
 
 
 # ---------------------------------------------------------------------------- training arguments
-def training_arguments(cfg: TrainConfig, has_eval: bool) -> Any:
+def training_arguments(cfg: TrainConfig, has_eval: bool) -> TrainingArguments:
     """transformers ``TrainingArguments`` from ``cfg.train`` (``hf_args`` win).
 
     Args:
@@ -479,7 +553,11 @@ def model_card_fields(cfg: TrainConfig) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- saving
 def save_final_model(
-    trainer: Any, processor: Any, output_dir: Path, base_dir: Path | None, card: dict[str, Any] | None = None
+    trainer: MedVLTrainer,
+    processor: MedVLProcessor | None,
+    output_dir: Path,
+    base_dir: Path | None,
+    card: dict[str, Any] | None = None,
 ) -> Path:
     """Write the trained model to ``output_dir/model`` atomically; call on every rank.
 
@@ -574,7 +652,9 @@ def _prepare_output_dir(cfg: TrainConfig, is_main: bool) -> Path | None:
     return None
 
 
-def start_run(cfg: TrainConfig, model: Any = None, processor: Any = None) -> tuple[bool, Path | None, Path, Any, Any]:
+def start_run(
+    cfg: TrainConfig, model: PreTrainedModel | None = None, processor: MedVLProcessor | None = None
+) -> tuple[bool, Path | None, Path, PreTrainedModel, MedVLProcessor]:
     """What every stage does first: prepare the output folder (or find the checkpoint to resume),
     record the run, seed, and load or build the model.
 
@@ -597,11 +677,17 @@ def start_run(cfg: TrainConfig, model: Any = None, processor: Any = None) -> tup
     set_seed(cfg.train.seed)
     if model is None:
         model, processor = load_or_build_model(cfg)
+    if processor is None:
+        raise ValueError("run_training(model=...) needs the model's processor too")
     return is_main, resume_from, out, model, processor
 
 
 def run_training(
-    cfg: TrainConfig, *, model: Any = None, processor: Any = None, callbacks: list[Any] | None = None
+    cfg: TrainConfig,
+    *,
+    model: PreTrainedModel | None = None,
+    processor: MedVLProcessor | None = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> Path:
     """Train as configured; return the output folder (the final model is in ``<output>/model``).
 
@@ -614,64 +700,25 @@ def run_training(
         processor: its processor (required with ``model``).
         callbacks: extra ``transformers.TrainerCallback`` objects (e.g. early stopping).
     """
-
-    from medvl.train.config import resolve_bundled_paths
-    from medvl.train.parts import apply_parts, describe
     from medvl.train.trainer import MedVLTrainer, SkipFinalCheckpoint
 
-    resolve_bundled_paths(cfg)
-    validate(cfg, check_model=model is None)
-    placeholders = unfilled_placeholders(cfg)
-    if placeholders:
-        raise ValueError(
-            "the recipe still has placeholder paths; fill them in (in the YAML or as key=value overrides): "
-            + ", ".join(placeholders)
-        )
-    if model is not None and processor is None:
-        raise ValueError("run_training(model=...) needs the model's processor too")
+    check_run_config(cfg, model, processor)
     if cfg.train.stage == ENCODER_PRETRAIN:
         from medvl.train.encoder_pretrain import run_encoder_pretrain
 
         return run_encoder_pretrain(cfg, model=model, processor=processor, callbacks=callbacks)
     is_main, resume_from, out, model, processor = start_run(cfg, model, processor)
-    uses_lora = any(part.mode == "lora" for _, part in cfg.train.parts.items())
-    base_dir = None
-    if uses_lora:
-        if cfg.model.path is not None and not is_adapter_dir(cfg.model.path):
-            base_dir = Path(cfg.model.path).resolve()
-        else:
-            # The adapter must refer to weights on disk: keep the starting model next to the run.
-            base_dir = (out / BASE_MODEL_DIR).resolve()
-            # (re)written unless resuming, so that an overwritten run never keeps an old base
-            if is_main and (resume_from is None or not (base_dir / "config.json").is_file()):
-                with atomic_dir(base_dir) as staging:
-                    model.save_pretrained(staging)
-                    processor.save_pretrained(staging)
-                    from medvl.model_card import write_model_card
-
-                    write_model_card(
-                        staging,
-                        step="starting weights of a LoRA run (the base its adapters apply to)",
-                        source=cfg.model.path if cfg.model.path else None,
-                    )
-    if getattr(model.config, "use_cache", None) is not None:
-        model.config.use_cache = False  # no KV cache while training (and required by checkpointing)
-    model = apply_parts(model, cfg.train.parts, cfg.train.lora)
-    if is_peft_model(model):
-        # every adapter save (checkpoints included) names the base it applies to
-        model.peft_config["default"].base_model_name_or_path = str(base_dir)
-    logger.info("stage %s, trainable parts:\n%s", cfg.train.stage, describe(model, cfg.train.parts, cfg.train.lr))
-
-    if cfg.train.compile:
-        compile_llm(model)
+    base_dir = lora_base_dir(cfg, model, processor, out, is_main=is_main, resuming=resume_from is not None)
+    trained = prepare_model(cfg, model, base_dir)
     train_set, eval_set, collator = build_datasets(cfg, processor)
     feature_shapes = (
-        attach_feature_cache(cfg, model, [train_set, eval_set]) if cfg.data.cache_encoder_features is not False else {}
+        attach_feature_cache(cfg, trained, [train_set, eval_set])
+        if cfg.data.cache_encoder_features is not False
+        else {}
     )
-    args = training_arguments(cfg, has_eval=eval_set is not None)
     trainer = MedVLTrainer(
-        model=model,
-        args=args,
+        model=trained,
+        args=training_arguments(cfg, has_eval=eval_set is not None),
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=collator,
@@ -683,6 +730,120 @@ def run_training(
     card = model_card_fields(cfg) if is_main else None
     trainer.model_card = card
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    metrics = final_metrics(trainer, result, train_set, eval_set)
+    if card is not None and "eval_loss" in metrics.get("eval", {}):
+        card = {
+            **card,
+            "evaluation": {
+                "validation split (data.eval / data.eval_fraction)": {"loss": float(metrics["eval"]["eval_loss"])}
+            },
+        }
+    save_final_model(trainer, processor, out, base_dir, card=card)
+    if trainer.is_world_process_zero():
+        metrics["log_history"] = trainer.state.log_history
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+        plot_loss(trainer.state.log_history, out / "loss.png")
+    trainer.accelerator.wait_for_everyone()
+    logger.info("training finished: %s (final model in %s)", out, final_model_dir(out))
+    return out
+
+
+def check_run_config(cfg: TrainConfig, model: PreTrainedModel | None, processor: MedVLProcessor | None) -> None:
+    """Resolve the bundled paths of ``cfg`` and refuse what cannot run, before anything is written.
+
+    Args:
+        cfg: the configuration (bundled file names are resolved in place).
+        model: a model given to :func:`run_training` (None: ``cfg.model`` is checked instead).
+        processor: its processor.
+    """
+    from medvl.train.config import resolve_bundled_paths
+
+    resolve_bundled_paths(cfg)
+    validate(cfg, check_model=model is None)
+    placeholders = unfilled_placeholders(cfg)
+    if placeholders:
+        raise ValueError(
+            "the recipe still has placeholder paths; fill them in (in the YAML or as key=value overrides): "
+            + ", ".join(placeholders)
+        )
+    if model is not None and processor is None:
+        raise ValueError("run_training(model=...) needs the model's processor too")
+
+
+def lora_base_dir(
+    cfg: TrainConfig, model: PreTrainedModel, processor: MedVLProcessor, out: Path, *, is_main: bool, resuming: bool
+) -> Path | None:
+    """The checkpoint folder a LoRA run's adapters apply to (None without LoRA parts).
+
+    A run that starts from a checkpoint folder refers to it; one that starts from a built model (or
+    a merged adapter) keeps its starting weights in ``<output>/base_model``, because an adapter
+    must refer to weights on disk.
+
+    Args:
+        cfg: the training configuration.
+        model: the starting model.
+        processor: its processor (saved with the base).
+        out: the run's output folder.
+        is_main: whether this is the main process (the one that writes).
+        resuming: whether the run resumes from a checkpoint.
+    """
+    if not any(part.mode == "lora" for _, part in cfg.train.parts.items()):
+        return None
+    if cfg.model.path is not None and not is_adapter_dir(cfg.model.path):
+        return Path(cfg.model.path).resolve()
+    base_dir = (out / BASE_MODEL_DIR).resolve()
+    # (re)written unless resuming, so that an overwritten run never keeps an old base
+    if is_main and (not resuming or not (base_dir / "config.json").is_file()):
+        with atomic_dir(base_dir) as staging:
+            model.save_pretrained(staging)
+            processor.save_pretrained(staging)
+            from medvl.model_card import write_model_card
+
+            write_model_card(
+                staging,
+                step="starting weights of a LoRA run (the base its adapters apply to)",
+                source=cfg.model.path if cfg.model.path else None,
+            )
+    return base_dir
+
+
+def prepare_model(cfg: TrainConfig, model: PreTrainedModel, base_dir: Path | None) -> TrainedModel:
+    """The model as it trains: no KV cache, parts frozen / trained / LoRA-wrapped, optionally compiled.
+
+    Args:
+        cfg: the training configuration (``train.parts``, ``train.lora``, ``train.compile``).
+        model: the starting model.
+        base_dir: the LoRA base folder every adapter save names (see :func:`lora_base_dir`).
+    """
+    from medvl.train.parts import apply_parts, parts_table
+
+    if getattr(model.config, "use_cache", None) is not None:
+        model.config.use_cache = False  # no KV cache while training (and required by checkpointing)
+    trained = apply_parts(model, cfg.train.parts, cfg.train.lora)
+    if is_peft_model(trained):
+        # every adapter save (checkpoints included) names the base it applies to
+        trained.peft_config["default"].base_model_name_or_path = str(base_dir)
+    logger.info("stage %s, trainable parts:\n%s", cfg.train.stage, parts_table(trained, cfg.train.parts, cfg.train.lr))
+    if cfg.train.compile:
+        compile_llm(trained)
+    return trained
+
+
+def final_metrics(
+    trainer: MedVLTrainer,
+    result: TrainOutput,
+    train_set: ConversationDataset | Subset[Any],
+    eval_set: ConversationDataset | Subset[Any] | None,
+) -> dict[str, Any]:
+    """``metrics.json`` of a run (without the log history): the train metrics, the samples skipped and
+    the final validation loss (evaluated now unless the last step already did).
+
+    Args:
+        trainer: the trainer after ``train()``.
+        result: what ``train()`` returned.
+        train_set: the training set.
+        eval_set: the validation set, or None.
+    """
     metrics: dict[str, Any] = {"train": result.metrics, "global_step": result.global_step}
     for name, dataset in (("training", train_set), ("validation", eval_set)):
         skipped = getattr(getattr(dataset, "dataset", dataset), "skipped", None)
@@ -693,21 +854,7 @@ def run_training(
         last = [h for h in trainer.state.log_history if "eval_loss" in h]
         # the periodic evaluation may already have run at the last step
         metrics["eval"] = last[-1] if last and last[-1].get("step") == trainer.state.global_step else trainer.evaluate()
-        if card is not None and "eval_loss" in metrics["eval"]:
-            card = {
-                **card,
-                "evaluation": {
-                    "validation split (data.eval / data.eval_fraction)": {"loss": float(metrics["eval"]["eval_loss"])}
-                },
-            }
-    save_final_model(trainer, processor, out, base_dir, card=card)
-    if trainer.is_world_process_zero():
-        metrics["log_history"] = trainer.state.log_history
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
-        plot_loss(trainer.state.log_history, out / "loss.png")
-    trainer.accelerator.wait_for_everyone()
-    logger.info("training finished: %s (final model in %s)", out, final_model_dir(out))
-    return out
+    return metrics
 
 
 def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Path | None:

@@ -11,7 +11,7 @@ import inspect
 import logging
 import os
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +24,14 @@ from medvl.train.config import PartsConfig
 from medvl.train.dummy_media import add_dummy_media, media_slots
 from medvl.train.lora import is_peft_model, load_extra_trainable, save_extra_trainable
 from medvl.train.parts import param_groups, unwrap_model
+
+if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from medvl.models.processing_medvl import MedVLProcessor
+
+    # a hyper-parameter search trial (optuna's, or a dict of settings), passed through to the Trainer
+    Trial = Any
 
 logger = logging.getLogger(__name__)
 
@@ -41,27 +49,40 @@ class MedVLTrainer(Trainer):
         **kwargs: as for ``transformers.Trainer``.
     """
 
-    def __init__(self, *args: Any, parts: PartsConfig | None = None, processor: Any = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, parts: PartsConfig | None = None, processor: MedVLProcessor | None = None, **kwargs: Any
+    ) -> None:
         self.parts_config = parts or PartsConfig()
         self.checkpoint_processor = processor
         # While a checkpoint is being written, the Trainer's output dir points at a staging folder.
         self._staging_root: str | None = None
         super().__init__(*args, **kwargs)
-        self._media_slots = media_slots(getattr(unwrap_model(self.model), "config", None))
+        self._media_slots = media_slots(getattr(unwrap_model(self.trained_model), "config", None))
         # media key -> cached encoder feature shape (set by run_training with data.cache_encoder_features)
         self.feature_shapes: dict[str, tuple[int, ...]] = {}
         # medvl's model can apply its LM head at the supervised positions only (same loss, no
         # (B, L, vocab) tensor); asked for whenever the logits themselves are not returned
-        base = unwrap_model(self.model)
+        base = unwrap_model(self.trained_model)
         self._supervised_logits = "return_supervised_logits_only" in inspect.signature(base.forward).parameters
         self._prediction_loss_only = False
         # write_model_card arguments (source, data, recipe) for every checkpoint; set by run_training
         self.model_card: dict[str, Any] | None = None
 
+    @property
+    def trained_model(self) -> nn.Module:
+        """``self.model``, which the Trainer types as optional (``model_init``) and medvl always passes."""
+        if self.model is None:
+            raise ValueError("MedVLTrainer needs a model (model_init is not supported)")
+        return self.model
+
     # ---- every rank runs every encoder (ZeRO-3 / DDP with text-only batches) ------------------
     def compute_loss(
-        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> Any:
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """The Trainer's loss, after adding dummy media to batches that lack a modality (multi-process).
 
         Args:
@@ -86,7 +107,7 @@ class MedVLTrainer(Trainer):
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None
-    ) -> Any:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """The Trainer's prediction step; when only the loss is wanted, the logits are computed at the
         supervised positions only. ``predict`` / ``compute_metrics`` get the standard (B, L, vocab).
 
@@ -109,13 +130,14 @@ class MedVLTrainer(Trainer):
         Args:
             model: the model to optimise (default: ``self.model``).
         """
-        opt_model = self.model if model is None else model
+        opt_model = self.trained_model if model is None else model
         if self.optimizer is not None:
             return self.optimizer
         if self.optimizer_cls_and_kwargs is not None:
             optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
         else:
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            # typed for a PreTrainedModel; a PeftModel around one is what LoRA runs pass, as the Trainer does
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)  # type: ignore[arg-type]
         special = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
         if special:
             # Optimisers that build their own groups (GaLore, LOMO, layer-wise) cannot take ours.
@@ -131,16 +153,17 @@ class MedVLTrainer(Trainer):
             decay_names=self.get_decay_parameter_names(opt_model),
         )
         optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k != "lr"}
-        self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        # torch types Optimizer.__init__ as (params, defaults); its subclasses take lr and the rest as keywords
+        self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)  # type: ignore[call-arg]
         return self.optimizer
 
     # ---- atomic checkpoints ------------------------------------------------------------------
-    def _get_output_dir(self, trial: Any) -> str:
+    def _get_output_dir(self, trial: Trial) -> str:
         if self._staging_root is not None:
             return self._staging_root
         return super()._get_output_dir(trial)
 
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+    def _save_checkpoint(self, model: nn.Module, trial: Trial) -> None:
         """Write ``checkpoint-<step>`` into a staging folder, fsync it, then rename it into place.
 
         All ranks write their parts (RNG states, ZeRO shards) into the same staging folder; the main
@@ -188,14 +211,15 @@ class MedVLTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
     # ---- LoRA runs: bare trainable parameters PEFT does not save ------------------------------
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         super()._save(output_dir, state_dict)
-        if self.args.should_save and is_peft_model(self.model):
-            save_extra_trainable(self.model, output_dir or self.args.output_dir)
+        folder = output_dir or self.args.output_dir
+        if self.args.should_save and is_peft_model(self.model) and folder is not None:
+            save_extra_trainable(self.model, folder)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        loaded = load_extra_trainable(model if model is not None else self.model, resume_from_checkpoint)
+        loaded = load_extra_trainable(model if model is not None else self.trained_model, resume_from_checkpoint)
         if loaded:
             logger.info("restored %d extra trainable parameter(s) from %s", len(loaded), resume_from_checkpoint)
 
@@ -210,7 +234,9 @@ class SkipFinalCheckpoint(TrainerCallback):
     ``DefaultFlowCallback`` (callbacks run in the order they were added; the default one is first).
     """
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
         if state.global_step >= state.max_steps and control.should_save:
             on_grid = state.save_steps > 0 and state.global_step % state.save_steps == 0
             if not on_grid:

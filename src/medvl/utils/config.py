@@ -24,11 +24,14 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def _type_name(tp: Any) -> str:
@@ -58,7 +61,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except (ValueError, TypeError) as err:
                 errors.append(str(err))
         raise ValueError(f"{key}: {value!r} matches none of {tp}: {'; '.join(errors)}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

@@ -36,6 +36,8 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise MedVLDataError(f"{what} not found", path=str(path)) from None
+    except IsADirectoryError:  # a folder where a file belongs: say so rather than a bare OS error
+        raise MedVLDataError(f"{what}: expected a file, found a folder", path=str(path)) from None
     except UnicodeDecodeError as err:
         raise MedVLDataError(f"{what} is not UTF-8 text (byte {err.start})", path=str(path)) from None
     try:

@@ -15,9 +15,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medvl.errors import MedVLDataError
+
+if TYPE_CHECKING:
+    from medvl.data.records import Record
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ class TaskSpec:
     name: str
     kind: str
     protocol: str
-    loader: Callable[[Path, str], list]
+    loader: Callable[[Path, str], list[Record]]
     default_dir: str
     default_split: str = "test"
     generation: dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 32, "do_sample": False})
@@ -55,7 +58,7 @@ class TaskSpec:
     bilingual: bool = False
     source: str = ""
 
-    def load(self, root: str | Path, split: str | None = None, limit: int | None = None) -> list:
+    def load(self, root: str | Path, split: str | None = None, limit: int | None = None) -> list[Record]:
         """Records of the task read from ``root``.
 
         Args:
@@ -89,7 +92,7 @@ def make_record(
     language: str = "en",
     source: str = "",
     **meta: Any,
-):
+) -> Record:
     """A ``Record`` with one user turn (media marker + question + suffix) and the reference answer.
 
     Args:
@@ -125,21 +128,7 @@ def make_record(
     return Record(id=rid, messages=messages, images=media, meta=record_meta)
 
 
-def read_json(path: Path, what: str) -> Any:
-    """JSON content of ``path`` with a clear error.
-
-    Args:
-        path: file.
-        what: task name for the message.
-    """
-    from medvl.utils.files import read_json as read_json_file
-
-    if path.is_dir():  # a folder where the release has a file: say so rather than "not UTF-8"
-        raise MedVLDataError(f"task {what!r}: expected a file, found a folder", path=str(path))
-    return read_json_file(path, f"task {what!r} file")
-
-
-def require(entry: dict, keys: tuple[str, ...], where: str, path: Path) -> None:
+def require(entry: dict[str, Any], keys: tuple[str, ...], where: str, path: Path) -> None:
     """Raise when ``entry`` lacks one of ``keys``.
 
     Args:
@@ -171,7 +160,7 @@ def media_path(root: Path, rel: str, where: str, source_file: Path) -> str:
     return str(p)
 
 
-def data_fingerprint(records: list) -> str:
+def data_fingerprint(records: list[Record]) -> str:
     """SHA-256 (first 16 hex digits) of the prompts, references and media (names and sizes).
 
     Two runs with the same fingerprint saw the same samples; it changes when the release, the

@@ -16,9 +16,14 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medvl.errors import MedVLDataError
-from medvl.eval.tasks.base import make_record, media_path, read_json, require
+from medvl.eval.tasks.base import make_record, media_path, require
+from medvl.utils.files import read_json
+
+if TYPE_CHECKING:
+    from medvl.data.records import Record
 
 CAPTION_PROMPT = "Can you provide a caption consists of findings for this medical image?"
 # M3D-Data's volumes are min-max scaled to 0..1 by its preparation script (no HU left to window).
@@ -38,7 +43,7 @@ def _read_csv(root: Path, split: str, task: str) -> tuple[Path, list[dict]]:
         return path, list(csv.DictReader(fh))
 
 
-def load_m3d_vqa(root: Path, split: str, closed: bool) -> list:
+def load_m3d_vqa(root: Path, split: str, closed: bool) -> list[Record]:
     """M3D-VQA rows as closed (multiple choice) or open questions.
 
     Columns: ``Image Path``, ``Question Type``, ``Question``, ``Choice A``..``Choice D``,
@@ -95,7 +100,7 @@ def load_m3d_vqa(root: Path, split: str, closed: bool) -> list:
     return records
 
 
-def load_m3d_vqa_closed(root: Path, split: str) -> list:
+def load_m3d_vqa_closed(root: Path, split: str) -> list[Record]:
     """M3D-VQA closed-ended (see :func:`load_m3d_vqa`).
 
     Args:
@@ -105,7 +110,7 @@ def load_m3d_vqa_closed(root: Path, split: str) -> list:
     return load_m3d_vqa(root, split, closed=True)
 
 
-def load_m3d_vqa_open(root: Path, split: str) -> list:
+def load_m3d_vqa_open(root: Path, split: str) -> list[Record]:
     """M3D-VQA open-ended (see :func:`load_m3d_vqa`).
 
     Args:
@@ -115,7 +120,7 @@ def load_m3d_vqa_open(root: Path, split: str) -> list:
     return load_m3d_vqa(root, split, closed=False)
 
 
-def load_m3d_cap(root: Path, split: str) -> list:
+def load_m3d_cap(root: Path, split: str) -> list[Record]:
     """M3D-Cap: ``M3D_Cap.json`` (``{"train"|"validation"|"test": [{"image": npy path, "text": txt path}]}``,
     both relative to the data root, e.g. ``M3D_Cap_npy/ct_quizze/000045/Axial_lung_window.npy`` and
     ``M3D_Cap_npy/ct_quizze/000045/text.txt``); the reference is the text file's content. M3D's
@@ -128,7 +133,7 @@ def load_m3d_cap(root: Path, split: str) -> list:
     """
     candidates = [root / "M3D_Cap_npy" / "M3D_Cap.json", root / "M3D-Cap" / "M3D_Cap.json", root / "M3D_Cap.json"]
     path = next((c for c in candidates if c.is_file()), candidates[0])
-    data = read_json(path, "m3d_cap")
+    data = read_json(path, "task 'm3d_cap' file")
     if split not in data:
         raise MedVLDataError(f"task 'm3d_cap': split {split!r} not in the file (has {', '.join(data)})", path=str(path))
     records = []

@@ -10,9 +10,14 @@ import csv
 import re
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medvl.errors import MedVLDataError
-from medvl.eval.tasks.base import MCQ_SUFFIX, make_record, media_path, read_json, require
+from medvl.eval.tasks.base import MCQ_SUFFIX, make_record, media_path, require
+from medvl.utils.files import read_json
+
+if TYPE_CHECKING:
+    from medvl.data.records import Record
 
 _OPTION_PREFIX = re.compile(r"^\s*[A-D]\s*[:\.]\s*")
 
@@ -26,7 +31,7 @@ def options_block(options: list[str]) -> str:
     return "".join(f"\n{letter}. {opt}" for letter, opt in zip(string.ascii_uppercase, options))
 
 
-def load_pmc_vqa(root: Path, split: str) -> list:
+def load_pmc_vqa(root: Path, split: str) -> list[Record]:
     """PMC-VQA (Zhang et al. 2023), multiple-choice version.
 
     Source: https://huggingface.co/datasets/xmcmic/PMC-VQA; licence CC BY-SA 4.0 per the dataset card.
@@ -105,7 +110,7 @@ def _pmc_answer_letter(row: dict, options: list[str]) -> str | None:
     return None
 
 
-def load_omnimedvqa(root: Path, split: str) -> list:
+def load_omnimedvqa(root: Path, split: str) -> list[Record]:
     """OmniMedVQA (Hu et al. 2024), open-access part.
 
     Source: https://huggingface.co/datasets/foreverbeliever/OmniMedVQA
@@ -131,7 +136,7 @@ def load_omnimedvqa(root: Path, split: str) -> list:
         raise MedVLDataError("task 'omnimedvqa': no QA json files", path=str(qa_dir))
     records = []
     for path in files:
-        for i, e in enumerate(read_json(path, "omnimedvqa")):
+        for i, e in enumerate(read_json(path, "task 'omnimedvqa' file")):
             where = f"entry {i} (question_id {e.get('question_id')})"
             require(e, ("question_id", "question", "gt_answer", "image_path", "option_A", "option_B"), where, path)
             options = [str(e[f"option_{c}"]).strip() for c in "ABCD" if e.get(f"option_{c}") not in (None, "")]

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medvl.errors import MedVLDataError
-from medvl.eval.tasks.base import make_record, media_path, read_json, require
+from medvl.eval.tasks.base import make_record, media_path, require
+from medvl.utils.files import read_json
+
+if TYPE_CHECKING:
+    from medvl.data.records import Record
 
 CXR_PROMPT = "Describe the findings of this chest X-ray."
 CT_PROMPT = "Write the findings section of the radiology report for this chest CT."
 
 
-def load_r2gen(root: Path, split: str, task: str) -> list:
+def load_r2gen(root: Path, split: str, task: str) -> list[Record]:
     """R2Gen-style ``annotation.json`` (``{"train": [...], "val": [...], "test": [...]}``).
 
     Each entry: ``id``, ``report``, ``image_path`` (list of paths relative to ``images/``). IU-Xray
@@ -28,7 +33,7 @@ def load_r2gen(root: Path, split: str, task: str) -> list:
         task: "mimic_cxr" or "iu_xray" (id prefix, messages).
     """
     path = root / "annotation.json"
-    ann = read_json(path, task)
+    ann = read_json(path, f"task {task!r} file")
     if split not in ann:
         raise MedVLDataError(
             f"task {task!r}: split {split!r} not in annotation.json (has {', '.join(ann)})", path=str(path)
@@ -47,7 +52,7 @@ def load_r2gen(root: Path, split: str, task: str) -> list:
     return records
 
 
-def load_mimic_cxr(root: Path, split: str) -> list:
+def load_mimic_cxr(root: Path, split: str) -> list[Record]:
     """MIMIC-CXR in R2Gen's format.
 
     Source: MIMIC-CXR-JPG on PhysioNet (https://physionet.org/content/mimic-cxr-jpg/), credentialed
@@ -61,7 +66,7 @@ def load_mimic_cxr(root: Path, split: str) -> list:
     return load_r2gen(root, split, "mimic_cxr")
 
 
-def load_iu_xray(root: Path, split: str) -> list:
+def load_iu_xray(root: Path, split: str) -> list[Record]:
     """IU-Xray (Open-i, Demner-Fushman et al. 2016) in R2Gen's format.
 
     Source: https://openi.nlm.nih.gov/ (Indiana University chest X-ray collection; licence CC BY-NC-ND
@@ -128,7 +133,7 @@ def read_ct_rate_metadata(path: Path) -> dict[str, dict]:
     return out
 
 
-def load_ct_rate(root: Path, split: str) -> list:
+def load_ct_rate(root: Path, split: str) -> list[Record]:
     """CT-RATE (Hamamci et al. 2024) chest CT volumes with reports.
 
     Source: https://huggingface.co/datasets/ibrahimhamamci/CT-RATE (``dataset/radiology_text_reports/

@@ -9,12 +9,17 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medvl.errors import MedVLDataError
-from medvl.eval.tasks.base import SHORT_ANSWER_SUFFIX, make_record, media_path, read_json, require
+from medvl.eval.tasks.base import SHORT_ANSWER_SUFFIX, make_record, media_path, require
+from medvl.utils.files import read_json
+
+if TYPE_CHECKING:
+    from medvl.data.records import Record
 
 
-def load_vqa_rad(root: Path, split: str) -> list:
+def load_vqa_rad(root: Path, split: str) -> list[Record]:
     """VQA-RAD (Lau et al. 2018) from its OSF release.
 
     Source: https://osf.io/89kps/ (``VQA_RAD Dataset Public.json`` + ``VQA_RAD Image Folder/``);
@@ -32,7 +37,7 @@ def load_vqa_rad(root: Path, split: str) -> list:
     if split not in ("test", "train"):
         raise ValueError(f"VQA-RAD split {split!r}; valid: test, train")
     path = root / "VQA_RAD Dataset Public.json"
-    data = read_json(path, "vqa_rad")
+    data = read_json(path, "task 'vqa_rad' file")
     records = []
     for i, e in enumerate(data):
         where = f"entry {i} (qid {e.get('qid')})"
@@ -63,7 +68,7 @@ def _label(value: object) -> str | None:
     return text or None
 
 
-def load_slake(root: Path, split: str, language: str | None = None) -> list:
+def load_slake(root: Path, split: str, language: str | None = None) -> list[Record]:
     """SLAKE (Liu et al. 2021), English and Chinese questions.
 
     Source: https://www.med-vqa.com/slake/ (``Slake1.0/{train,validate,test}.json`` + ``imgs/``);
@@ -79,7 +84,7 @@ def load_slake(root: Path, split: str, language: str | None = None) -> list:
         language: keep only "en" or "zh" questions (None: both).
     """
     path = root / f"{split}.json"
-    data = read_json(path, "slake")
+    data = read_json(path, "task 'slake' file")
     records = []
     for i, e in enumerate(data):
         where = f"entry {i} (qid {e.get('qid')})"
@@ -106,7 +111,7 @@ def load_slake(root: Path, split: str, language: str | None = None) -> list:
     return records
 
 
-def load_pathvqa(root: Path, split: str) -> list:
+def load_pathvqa(root: Path, split: str) -> list[Record]:
     """PathVQA (He et al. 2020) from its GitHub release.
 
     Source: https://github.com/UCSD-AI4H/PathVQA (``qas/{split}/{split}_qa.pkl`` + ``images/{split}/``);

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 from medvl.eval.results import ScoreResult, library_versions, mean
 from medvl.eval.text import slake_normalize_answer
@@ -29,7 +30,7 @@ def exact_norm(items: Sequence[VQAItem]) -> ScoreResult:
         aggregate keys: ``accuracy``, ``open_accuracy``, ``closed_accuracy`` and
         ``accuracy_<language>`` for every language present.
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     for it in items:
         pred_norm = slake_normalize_answer(it.prediction)
         gt_norm = slake_normalize_answer(it.reference)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from medvl.eval.results import ScoreResult, library_versions, mean
 from medvl.eval.text import llava_med_normalize_word, llava_med_split_sentence
@@ -131,7 +132,7 @@ def llava_med_v1(items: Sequence[VQAItem], candidates: Sequence[str] | None = No
     for it in items:
         gt = llava_med_normalize_word(it.reference.lower())
         pred = llava_med_normalize_word(it.prediction.lower())
-        row: dict = {"id": it.id, "answer_type": it.answer_type, "gt_norm": gt, "pred_norm": pred}
+        row: dict[str, Any] = {"id": it.id, "answer_type": it.answer_type, "gt_norm": gt, "pred_norm": pred}
         if it.language:
             row["language"] = it.language
         f1, precision, recall = token_f1_precision_recall(pred, gt)

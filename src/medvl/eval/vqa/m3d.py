@@ -26,6 +26,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from medvl.eval.results import ScoreResult, library_versions, mean
 from medvl.eval.vqa.base import VQAItem, register_protocol
@@ -133,7 +134,7 @@ def m3d(items: Sequence[VQAItem], bertscore_model: str | None = None, with_meteo
     rows = []
     notes = ["open metrics are per-sample values averaged over samples (M3D-Bench); BLEU is BLEU-1"]
     for it in items:
-        row: dict = {"id": it.id, "answer_type": it.answer_type}
+        row: dict[str, Any] = {"id": it.id, "answer_type": it.answer_type}
         if it.answer_type == "CLOSED":
             letter = answer_letter(it)
             row["answer_choice"] = letter

@@ -21,6 +21,7 @@ import difflib
 import re
 import string
 from collections.abc import Sequence
+from typing import Any
 
 from medvl.eval.results import ScoreResult, library_versions, mean
 from medvl.eval.vqa.base import VQAItem, register_protocol
@@ -115,7 +116,7 @@ def mcq(items: Sequence[VQAItem]) -> ScoreResult:
     Raises:
         ValueError: an item without options.
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     for it in items:
         if not it.options:
             raise ValueError(f"item {it.id!r}: the mcq protocol needs 'options' (the answer choices)")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from medvl.eval.results import ScoreResult, library_versions, mean
 from medvl.eval.text import medevalkit_parse_response, medevalkit_tokenize
@@ -97,7 +98,7 @@ def _rouge(pred: str, target: str) -> tuple[float, float, float]:
     return s["rouge-1"]["f"], s["rouge-2"]["f"], s["rouge-l"]["f"]
 
 
-def judge_open_end_vqa(answer: str, response: str, reference_prf_mixup: bool = False) -> dict:
+def judge_open_end_vqa(answer: str, response: str, reference_prf_mixup: bool = False) -> dict[str, Any]:
     """MedEvalKit open-question metrics for one sample.
 
     Args:
@@ -107,7 +108,7 @@ def judge_open_end_vqa(answer: str, response: str, reference_prf_mixup: bool = F
     """
     answer = answer.lower()
     response = medevalkit_parse_response(response)
-    out: dict = {"em": response == answer}
+    out: dict[str, Any] = {"em": response == answer}
     for n in range(1, 5):
         out[f"bleu{n}"] = _bleu(response, answer, n)
     out["rouge1"], out["rouge2"], out["rougel"] = _rouge(response, answer)
@@ -136,7 +137,7 @@ def medevalkit(items: Sequence[VQAItem], reference_prf_mixup: bool = False) -> S
     """
     rows = []
     for it in items:
-        row: dict = {"id": it.id, "answer_type": it.answer_type}
+        row: dict[str, Any] = {"id": it.id, "answer_type": it.answer_type}
         if it.answer_type == "CLOSED":
             if it.reference in ("yes", "no"):
                 row["closed_correct"] = judge_judgement(it.reference, it.prediction)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from medvl.eval.results import ScoreResult, library_versions, mean
 from medvl.eval.text import llava_med_normalize_word
@@ -48,7 +49,7 @@ def uni_med(items: Sequence[VQAItem], classification: bool = False) -> ScoreResu
     for it in items:
         pred = llava_med_normalize_word(_clean_prediction(it.prediction))
         gt = llava_med_normalize_word(it.reference)
-        row: dict = {"id": it.id, "answer_type": it.answer_type, "gt_norm": gt, "pred_norm": pred}
+        row: dict[str, Any] = {"id": it.id, "answer_type": it.answer_type, "gt_norm": gt, "pred_norm": pred}
         if classification:
             row["correct"] = int(gt == pred)
         else:
