@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from medvl.data.records import Record, parse_record
 from medvl.data.registry import DatasetEntry, is_registry, load_registry
@@ -364,8 +364,9 @@ def _read_media(
         return None
     try:
         obj = _default_load(kind, f, window) if loader is None else loader(f)
-        if kind == "volume" and processor is not None and getattr(processor, "volume_processor", None) is not None:
-            processor.volume_processor([obj])  # e.g. a volume smaller than the patch size
+        volume_processor = processor.volume_processor if processor is not None else None
+        if kind == "volume" and volume_processor is not None:
+            volume_processor([cast("Volume", obj)])  # e.g. a volume smaller than the patch size
     except MedVLDataError as err:
         return str(err)
     except Exception as err:  # a checker reports, it does not crash

@@ -496,17 +496,22 @@ class FindingDataset(torch.utils.data.Dataset):
         item = self.items[index]
         if self.memory is not None and item.path in self.memory:
             return self.memory[item.path].float()
+        image_processor, volume_processor = self.processor.image_processor, self.processor.volume_processor
         try:
             if self.kind == "image":
                 from medvl.imaging import load_image
 
-                values = self.processor.image_processor([load_image(item.path)], return_tensors="pt")["pixel_values"][0]
+                if image_processor is None:
+                    raise ValueError("stage 0 on images needs a processor with an image processor (a vision tower)")
+                values = image_processor([load_image(item.path)], return_tensors="pt")["pixel_values"][0]
             else:
                 values = self.cache.get(item.path, record=item.id) if self.cache is not None else None
                 if values is None:
                     from medvl.imaging import load_volume
 
-                    values = self.processor.volume_processor([load_volume(item.path)])["volume_values"][0]
+                    if volume_processor is None:
+                        raise ValueError("stage 0 on volumes needs a processor with a volume processor")
+                    values = volume_processor([load_volume(item.path)])["volume_values"][0]
         except MedVLDataError as err:
             if err.record is not None:
                 raise
