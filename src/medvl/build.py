@@ -740,7 +740,9 @@ def build_model(spec: ModelSpec) -> tuple[MedVLForConditionalGeneration, MedVLPr
         bos_token_id=tokenizer.bos_token_id,
     )
     if spec.dtype == "bfloat16":
-        model = model.to(torch.bfloat16)
+        # PreTrainedModel.to is functools.wraps(nn.Module.to): typeshed's _Wrapped keeps the unbound
+        # (self, ...) signature, so mypy takes the first argument for self
+        model.to(torch.bfloat16)  # type: ignore[arg-type]
     model.eval()
     processor = MedVLProcessor(
         image_processor=_build_image_processor(spec, vision_config),

@@ -18,7 +18,7 @@ import functools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
@@ -752,7 +752,7 @@ def stream_chat(
     do_sample: bool = False,
     cancel: threading.Event | None = None,
     **gen_kwargs: Any,
-) -> Iterator[str]:
+) -> Generator[str, None, None]:
     """:func:`chat`, streamed: yields text deltas as tokens are generated (they concatenate to ``chat``'s answer).
 
     Generation runs in a worker thread; the consumer iterates the deltas. Setting ``cancel`` (or

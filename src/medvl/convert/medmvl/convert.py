@@ -113,7 +113,7 @@ def build_medvl_model(
     dtype = state_dict["llm.model.embed_tokens.weight"].dtype
     config = MedVLConfig(**kwargs)
     config.dtype = dtype
-    config.text_config.dtype = dtype
+    config.get_text_config().dtype = dtype
     model = _empty_model(config, dtype)
     load_medmvl_weights(model, medvl_state_dict(layout, state_dict, config), tie)
     model.eval()
@@ -139,7 +139,7 @@ def _medmvl_generation_config(
 ) -> GenerationConfig:
     """Greedy, no penalties: MedM-VL never applies the LLM's hub generation_config after a reload."""
     return GenerationConfig(
-        bos_token_id=model.config.text_config.bos_token_id,
+        bos_token_id=model.config.get_text_config().bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     )
@@ -206,7 +206,9 @@ def convert_medmvl(
         )
         _fit_tokenizer(model, tokenizer)
         if dtype is not None:
-            model.to(DTYPES[dtype])
+            # PreTrainedModel.to is functools.wraps(nn.Module.to): typeshed's _Wrapped keeps the unbound
+            # (self, ...) signature, so mypy takes the first argument for self
+            model.to(DTYPES[dtype])  # type: ignore[arg-type]
         model.generation_config = _medmvl_generation_config(model, tokenizer)
         processor = medmvl_processor(layout, parts, model.config, tokenizer)
         model.save_pretrained(staging)

@@ -73,13 +73,13 @@ def medmvl_volume_processor_settings(layout: MedMVLLayout, config: MedVLConfig) 
         config: the translated medvl config.
     """
     if config.volume_encoder == "slicewise":
-        size = config.volume_config.image_size
+        size = config.volume_encoder_config.image_size
         return {"mode": "medmvl", "axcodes": None, "target_shape": [MEDMVL_CT_SLICES, size, size]}
     if layout.image3d is None:
         return None
     return {
         "axcodes": None,
-        **clip_volume_processor_settings(layout.image3d.type, list(config.volume_config.image_size)),
+        **clip_volume_processor_settings(layout.image3d.type, list(config.volume_encoder_config.image_size)),
     }
 
 

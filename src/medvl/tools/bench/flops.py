@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from transformers import PretrainedConfig
+    from transformers import PreTrainedConfig
 
     from medvl.models import MedVLForConditionalGeneration
+    from medvl.models.connectors import Connector
 
 
-def llm_dims(text_config: PretrainedConfig) -> dict[str, int]:
+def llm_dims(text_config: PreTrainedConfig) -> dict[str, int]:
     """Widths of a Qwen2/Llama-style LLM: h, i, d_q, d_kv, layers, vocab.
 
     Args:
@@ -60,7 +61,7 @@ def llm_layer_weights(dims: dict[str, int]) -> int:
 
 
 def encoder_forward_flops(
-    config: PretrainedConfig, layers_used: int, tokens: int, patches: int, patch_dim: int
+    config: PreTrainedConfig, layers_used: int, tokens: int, patches: int, patch_dim: int
 ) -> float:
     """Forward FLOPs of a ViT-style encoder on one item, up to ``layers_used`` layers (see module doc).
 
@@ -91,20 +92,23 @@ def media_forward_flops(model: MedVLForConditionalGeneration) -> dict[str, float
         ``encoder`` (up to the feature layer), ``connector``, ``connector_weights`` (all its linear
         weights) and ``connector_input_weights`` (its first layer), ``tokens`` (LLM tokens per item).
     """
+    from medvl.models.configuration_medvl import prefix_token_count  # loaded with the model already
+
     cfg = model.config
-    connector: torch.nn.Module
+    connector: Connector | None
     if cfg.vision_config is not None:
-        v = cfg.vision_config
+        v = cfg.vision_tower_config
         patches = (v.image_size // v.patch_size) ** 2
-        tokens = patches + 1  # CLS (CLIP); SigLIP has none
-        if "siglip" in v.model_type:
-            tokens = patches
+        tokens = patches + prefix_token_count(v)  # CLS (CLIP), registers (DINOv2); SigLIP has none
         enc = encoder_forward_flops(
             v, _layers_used(v.num_hidden_layers, cfg.image_feature_layer), tokens, patches, 3 * v.patch_size**2
         )
         connector, media_tokens = model.image_connector, cfg.num_image_tokens
     else:
-        v = cfg.volume_config
+        if cfg.volume_encoder != "vit3d":
+            # the formula below reads Vit3D's 3D image/patch sizes; CTViT and slicewise towers lay out differently
+            raise ValueError(f"media FLOPs cover a 2D tower or volume_encoder 'vit3d', got {cfg.volume_encoder!r}")
+        v = cfg.volume_encoder_config
         grid = [s // p for s, p in zip(v.image_size, v.patch_size)]
         patches = int(np.prod(grid))
         tokens = patches + int(v.use_cls_token)
@@ -116,6 +120,8 @@ def media_forward_flops(model: MedVLForConditionalGeneration) -> dict[str, float
             v.in_channels * int(np.prod(v.patch_size)),
         )
         connector, media_tokens = model.volume_connector, cfg.num_volume_tokens
+    if connector is None:  # MedVLForConditionalGeneration builds a connector with each encoder
+        raise ValueError("the model has a media encoder but no connector")
     linears = [m for m in connector.modules() if isinstance(m, torch.nn.Linear)]
     weights = sum(m.weight.numel() for m in linears)
     return {
@@ -140,7 +146,7 @@ def train_flops(
         supervised: supervised positions per sample.
         media_items: images or volumes of the samples.
     """
-    dims = llm_dims(model.config.text_config)
+    dims = llm_dims(model.config.get_text_config())
     body = llm_layer_weights(dims)
     llm = sum(3 * dims["layers"] * (2 * t * body + 2 * t * t * dims["d_q"]) for t in tokens)
     head = 6.0 * sum(supervised) * dims["h"] * dims["vocab"]
@@ -164,7 +170,7 @@ def generate_flops(
         prompt_lengths: prompt tokens of each prompt (no padding), one media item each.
         new_tokens: tokens generated per prompt (the first comes from the prefill).
     """
-    dims = llm_dims(model.config.text_config)
+    dims = llm_dims(model.config.get_text_config())
     body, layers, d_q = llm_layer_weights(dims), dims["layers"], dims["d_q"]
     head = 2.0 * dims["h"] * dims["vocab"]
     media = media_forward_flops(model)
@@ -182,5 +188,5 @@ def decode_weight_bytes(model: MedVLForConditionalGeneration) -> float:
     Args:
         model: a ``MedVLForConditionalGeneration``.
     """
-    text = model.config.text_config
+    text = model.config.get_text_config()
     return 4.0 * (llm_layer_weights(llm_dims(text)) * text.num_hidden_layers + text.hidden_size * text.vocab_size)

@@ -185,7 +185,7 @@ def _train_result(
     return {
         "llm_flop_params": n_params,
         "lm_head_params": head,
-        "vocab_size": int(model.config.text_config.vocab_size),
+        "vocab_size": int(model.config.get_text_config().vocab_size),
         "sample_lengths": batches.lengths,
         "real_tokens": real_tokens,
         "padded_tokens": padded_tokens,

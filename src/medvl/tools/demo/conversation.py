@@ -71,7 +71,9 @@ def processed_view(processor: MedVLProcessor, upload: Upload) -> tuple[Image.Ima
         processor: the model's ``MedVLProcessor``.
         upload: a loaded image or volume.
     """
-    if upload.kind == "image":
+    if isinstance(upload.data, Image.Image):
+        if processor.image_processor is None:
+            raise ValueError("this model's processor has no 2D image processor")
         values = processor.image_processor([upload.data], return_tensors="pt")["pixel_values"][0]
         low, high = float(values.min()), float(values.max())
         rgb = ((values - low) / max(high - low, 1e-12) * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
@@ -81,6 +83,8 @@ def processed_view(processor: MedVLProcessor, upload: Upload) -> tuple[Image.Ima
             f"after the saved processor (values {low:.2f}..{high:.2f}, shown min-max scaled)."
         )
         return picture, caption
+    if processor.volume_processor is None:
+        raise ValueError("this model's processor has no volume processor")
     values = processor.volume_processor([upload.data])["volume_values"][0]  # (C, D, H, W)
     c, d, h, w = values.shape
     sheet = montage(values[0].numpy(), size=96)
@@ -190,7 +194,11 @@ def attach_upload(
     if upload.kind == "volume" and not has_volumes:
         raise gr.Error("this model has no volume encoder; upload a 2D image")
     try:
-        images, volumes = encode_media(model, processor, **{f"{upload.kind}s": [upload.data]})
+        data = upload.data
+        if isinstance(data, Image.Image):
+            images, volumes = encode_media(model, processor, images=[data])
+        else:
+            images, volumes = encode_media(model, processor, volumes=[data])
         picture, caption = processed_view(processor, upload)
     except (MedVLDataError, ValueError) as err:
         raise gr.Error(f"{upload.name}: {err}") from err
