@@ -214,3 +214,16 @@ def test_explicit_root_decides_what_is_inside(tmp_path):
     # the usual layout: lists/ and img/ side by side, paths relative to their common root
     g = _write_jsonl(tmp_path / "lists" / "g.jsonl", [_one_image("img/a.png")])
     assert load_records(g, root=tmp_path)[0].images == [str(tmp_path / "img" / "a.png")]
+
+
+def test_media_paths_gives_paths_and_names_the_record_holding_loaded_media():
+    from PIL import Image
+
+    rec = Record(id="r1", messages=[], images=[Path("/data/a.png"), "/data/b.png"], volumes=["/data/ct.nii.gz"])
+    assert rec.media_paths("image") == ["/data/a.png", "/data/b.png"]
+    assert rec.media_paths("volume") == ["/data/ct.nii.gz"]
+    # inference builds records around uploads decoded in memory; the file-reading steps refuse them by name
+    in_memory = Record(id="upload-7", messages=[], images=["/data/a.png", Image.new("RGB", (4, 4))])
+    with pytest.raises(MedVLDataError, match=r"upload-7.*image 1 is a Image, not a file path"):
+        in_memory.media_paths("image")
+    assert in_memory.media_paths("volume") == []

@@ -29,7 +29,7 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from medvl.data.records import Record
+from medvl.data.records import ImageSource, Record, VolumeSource
 from medvl.errors import MedVLDataError
 
 if TYPE_CHECKING:  # medvl.models pulls in the model code; it is imported when a model is loaded
@@ -39,11 +39,6 @@ if TYPE_CHECKING:  # medvl.models pulls in the model code; it is imported when a
     from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
 
 logger = logging.getLogger(__name__)
-
-# One image of a record: a path, a loaded image or the encoder's output (:class:`EncodedMedia`).
-ImageSource: TypeAlias = "str | Path | Image.Image | EncodedMedia"
-# One volume of a record: a path (file or DICOM folder), a loaded volume or the encoder's output.
-VolumeSource: TypeAlias = "str | Path | Volume | EncodedMedia"
 
 
 def load_model(
@@ -125,17 +120,6 @@ class EncodedMedia:
     source: str = ""
 
 
-def record_with_media(
-    record_id: str, messages: list[dict[str, str]], images: Sequence[ImageSource], volumes: Sequence[VolumeSource]
-) -> Record:
-    """A record whose media may be loaded objects or :class:`EncodedMedia`, not only paths.
-
-    ``Record`` annotates its media as the paths a records file holds; the inference path (and
-    the server, the demo, ``chat``) also carries loaded media there, which :func:`_load_media` passes through.
-    """
-    return Record(id=record_id, messages=messages, images=list(images), volumes=list(volumes))  # type: ignore[arg-type]
-
-
 LoadedImage: TypeAlias = "Image.Image | EncodedMedia"
 LoadedVolume: TypeAlias = "Volume | EncodedMedia"
 
@@ -151,29 +135,29 @@ def _load_media(record: Record) -> tuple[list[LoadedImage], list[LoadedVolume]]:
     volumes: list[LoadedVolume] = []
     # the record's or its data set's intensity window (meta["window"])
     window = record_window(record.meta, record.id, record.source_file)
-    for p in record.images:
-        if not isinstance(p, (str, Path)):
-            images.append(p)
+    for image in record.images:
+        if not isinstance(image, (str, Path)):
+            images.append(image)
             continue
         try:
-            images.append(load_image(p, window=window, record=record.id))
+            images.append(load_image(image, window=window, record=record.id))
         except MedVLDataError:
             raise
         except Exception as err:  # unreadable / corrupt file: name the record and file
-            raise MedVLDataError(f"cannot read image: {err}", record=record.id, path=p) from err
+            raise MedVLDataError(f"cannot read image: {err}", record=record.id, path=str(image)) from err
     # A release's own conventions (M3D's 0..1 arrays, CT-RATE's rescale and spacing) come with the
     # record from the benchmark task: ``meta["volume_load"]`` = keywords of ``load_volume``.
     volume_load = dict(record.meta.get("volume_load") or {}) if isinstance(record.meta, dict) else {}
-    for p in record.volumes:
-        if not isinstance(p, (str, Path)):
-            volumes.append(p)
+    for volume in record.volumes:
+        if not isinstance(volume, (str, Path)):
+            volumes.append(volume)
             continue
         try:
-            volumes.append(load_volume(p, record=record.id, **volume_load))
+            volumes.append(load_volume(volume, record=record.id, **volume_load))
         except MedVLDataError:
             raise
         except Exception as err:
-            raise MedVLDataError(f"cannot read volume: {err}", record=record.id, path=p) from err
+            raise MedVLDataError(f"cannot read volume: {err}", record=record.id, path=str(volume)) from err
     return images, volumes
 
 
@@ -359,7 +343,7 @@ def encode_media(
     Returns:
         (encoded images, encoded volumes), in the given order.
     """
-    record = record_with_media("encode", [], images, volumes)
+    record = Record(id="encode", messages=[], images=list(images), volumes=list(volumes))
     loaded_images, loaded_volumes = _load_media(record)
     out: list[list[EncodedMedia]] = []
     loaded: Sequence[LoadedImage | LoadedVolume]
@@ -726,7 +710,7 @@ def chat(
         do_sample: sample instead of greedy decoding.
         **gen_kwargs: passed to ``model.generate``.
     """
-    record = record_with_media("chat", list(messages), images, volumes)
+    record = Record(id="chat", messages=list(messages), images=list(images), volumes=list(volumes))
     return generate(
         model,
         processor,
@@ -770,7 +754,7 @@ def stream_chat(
         cancel: an event that, once set, stops generation.
         **gen_kwargs: passed to ``model.generate``.
     """
-    record = record_with_media("chat", list(messages), images, volumes)
+    record = Record(id="chat", messages=list(messages), images=list(images), volumes=list(volumes))
     cancel = cancel or threading.Event()
     # text deltas, then None at the end, or the exception generation raised
     deltas: queue.Queue[str | BaseException | None] = queue.Queue()
@@ -820,6 +804,5 @@ __all__ = [
     "EncodedMedia",
     "prepare_batch",
     "prompt_messages",
-    "record_with_media",
     "reference_of",
 ]

@@ -321,8 +321,8 @@ def _check_media(
 ) -> bool:
     good = True
     loaders: tuple[tuple[str, list[str], MediaLoader | None], ...] = (
-        ("image", rec.images, image_loader),
-        ("volume", rec.volumes, volume_loader),
+        ("image", rec.media_paths("image"), image_loader),
+        ("volume", rec.media_paths("volume"), volume_loader),
     )
     for kind, files, loader in loaders:
         for f in files:

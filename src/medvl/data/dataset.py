@@ -209,13 +209,13 @@ class ConversationDataset(torch.utils.data.Dataset):
             from medvl.imaging.image2d import load_image, record_window
 
             loader = functools.partial(load_image, window=record_window(rec.meta, rec.id, rec.source_file))
-        return [_guarded(loader, p, rec, "image") for p in rec.images]
+        return [_guarded(loader, p, rec, "image") for p in rec.media_paths("image")]
 
     def _load_volumes(self, rec: Record) -> list[Volume]:
         from medvl.imaging import load_volume
 
         loader = self._volume_loader or load_volume
-        return [_guarded(loader, p, rec, "volume") for p in rec.volumes]
+        return [_guarded(loader, p, rec, "volume") for p in rec.media_paths("volume")]
 
     def _pixel_values(self, images: list[Image.Image], rec: Record) -> torch.Tensor:
         proc = getattr(self.processor, "image_processor", None)
@@ -232,7 +232,7 @@ class ConversationDataset(torch.utils.data.Dataset):
                 "the record has volumes but the model has no volume processor", record=rec.id, path=rec.source_file
             )
         tensors = []
-        for path, vol in zip(rec.volumes, volumes):
+        for path, vol in zip(rec.media_paths("volume"), volumes):
             try:
                 tensors.append(proc([vol])["volume_values"][0])
             except MedVLDataError:
@@ -259,7 +259,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         """The record's volumes preprocessed by `medvl data prepare`, or None unless all of them are cached."""
         if self.cache is None or not rec.volumes:
             return None
-        cached = [self.cache.get(p, record=rec.id) for p in rec.volumes]
+        cached = [self.cache.get(p, record=rec.id) for p in rec.media_paths("volume")]
         tensors = [c for c in cached if c is not None]
         return tensors if len(tensors) == len(cached) else None
 

@@ -234,7 +234,7 @@ def items_from_records(
     origin: dict[tuple[str, str], str] = {}
     unlabelled = 0
     for rec in records:
-        media = rec.images if kind == "image" else rec.volumes
+        media = rec.media_paths(kind)
         if not media:
             continue
         if source == "meta":

@@ -192,7 +192,7 @@ def prepare_volumes(
     entries = _reusable_entries(out, fingerprint, dtype)
     paths: dict[str, str] = {}  # each distinct volume once, with the first record naming it (for messages)
     for rec in records:
-        for path in rec.volumes:
+        for path in rec.media_paths("volume"):
             paths.setdefault(path, rec.id)
     iterator: Iterable[tuple[str, str]] = paths.items()
     if progress:

@@ -33,12 +33,18 @@ import contextvars
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from medvl.errors import MediaOutsideRootError, MedVLDataError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from medvl.imaging.volume3d import Volume
+    from medvl.inference import EncodedMedia
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +61,12 @@ _MEDMVL_KEYS = {"id", "conversations", "image", "image3d", "meta", "answer"}
 _MARKER_RE = re.compile(re.escape(IMAGE_MARKER) + "|" + re.escape(VOLUME_MARKER))
 
 RecordFormat = Literal["auto", "native", "medmvl"]
+
+# One image of a record: a path (what a records file holds), or, on the inference path (``chat``,
+# the server, the demo), an image already loaded or already encoded (:class:`~medvl.inference.EncodedMedia`).
+ImageSource: TypeAlias = "str | Path | Image.Image | EncodedMedia"
+# One volume of a record: a path (file or DICOM folder), a loaded volume or the encoder's output.
+VolumeSource: TypeAlias = "str | Path | Volume | EncodedMedia"
 
 # The process-wide default of ``allow_outside_root`` (False), switched on for one command by
 # :func:`outside_root_allowed`; an explicit argument always wins. A context variable rather than a
@@ -84,21 +96,43 @@ class Record:
         id: record id (from the file, else ``"<file name>:<line or item number>"``).
         messages: ``[{"role": "system"|"user"|"assistant", "content": str}]``; content is plain text
             with ``<image>``/``<volume>`` markers.
-        images: absolute image paths, in marker order.
-        volumes: absolute volume paths (file or DICOM folder), in marker order.
+        images: the images in marker order: absolute paths when loaded from a records file; loaded
+            or encoded images where inference builds the record (``chat``, the server, the demo).
+        volumes: the volumes in marker order: absolute paths (file or DICOM folder) from a records
+            file; loaded or encoded volumes on the inference path.
         meta: free-form information (answer_type, reference, language, source, ...).
     """
 
     id: str
     messages: list[dict[str, str]]
-    images: list[str] = field(default_factory=list)
-    volumes: list[str] = field(default_factory=list)
+    images: Sequence[ImageSource] = field(default_factory=list)
+    volumes: Sequence[VolumeSource] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def source_file(self) -> str | None:
         """The records file this record came from (if loaded from a file)."""
         return self.meta.get("file")
+
+    def media_paths(self, kind: Literal["image", "volume"]) -> list[str]:
+        """The record's image or volume paths, for the steps that read media files (data sets, caches, checks).
+
+        Args:
+            kind: "image" or "volume".
+
+        Raises:
+            MedVLDataError: an item is loaded or encoded media (a record the inference path built), not a path.
+        """
+        paths = []
+        for index, item in enumerate(self.images if kind == "image" else self.volumes):
+            if not isinstance(item, (str, Path)):
+                raise MedVLDataError(
+                    f"{kind} {index} is a {type(item).__name__}, not a file path: this step reads media files",
+                    record=self.id,
+                    path=self.source_file,
+                )
+            paths.append(str(item))
+        return paths
 
 
 def count_markers(text: str) -> tuple[int, int]:

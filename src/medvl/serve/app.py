@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from medvl.data.records import Record
-from medvl.inference import Generation, record_with_media
+from medvl.inference import Generation
 from medvl.serve.media import MediaDecoder, MediaLimits
 from medvl.serve.metrics import ServerMetrics
 from medvl.serve.scheduler import Job, SamplingSettings, Scheduler
@@ -357,7 +357,7 @@ def _prepare(state: ServerState, req: ChatRequest, request_id: str) -> tuple[Rec
     else:
         max_tokens = req.max_tokens or state.config.default_max_tokens
     images, volumes = state.decoder.decode(req.media)
-    record = record_with_media(request_id, req.messages, images, volumes)
+    record = Record(id=request_id, messages=req.messages, images=list(images), volumes=list(volumes))
     return record, prompt_tokens, max_tokens
 
 

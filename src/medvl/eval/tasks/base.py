@@ -171,7 +171,10 @@ def data_fingerprint(records: list[Record]) -> str:
     """
     h = hashlib.sha256()
     for r in records:
-        media = [(os.path.basename(p), os.path.getsize(p) if os.path.isfile(p) else -1) for p in r.images + r.volumes]
+        media = [
+            (os.path.basename(p), os.path.getsize(p) if os.path.isfile(p) else -1)
+            for p in r.media_paths("image") + r.media_paths("volume")
+        ]
         h.update(
             json.dumps([r.id, r.messages, media, r.meta.get("reference")], ensure_ascii=False, sort_keys=True).encode(
                 "utf-8"
