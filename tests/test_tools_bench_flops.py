@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medvl.tools.bench.flops import generate_flops, train_flops
+from medvl.tools.bench.flops import generate_flops, media_forward_flops, train_flops
 from medvl.tools.bench.workload_spec import WorkloadSizes, build_workload_model
 
 
@@ -48,3 +48,29 @@ def test_workload_flops_equal_the_hand_formula():
         2 * per_layer * len(layers) + 4 * (p + j) * d_q * len(layers) + 2 * head for p in prompts for j in (1, 2)
     )
     assert gen["prefill"] == pytest.approx(prefill) and gen["decode"] == decode
+
+
+def test_volume_media_flops_equal_the_hand_formula_and_other_volume_encoders_are_refused():
+    sizes = WorkloadSizes.quick()
+    model, _ = build_workload_model(sizes, "3d")
+    # Vit3D 8x32x32 / patch 4x16x16: 2x2x2 = 8 patches + CLS; feature layer -1 of 2 blocks: both run
+    blocks = model.volume_encoder.encoder.layers
+    h, tokens, patches = model.config.volume_encoder_config.hidden_size, 9, 8
+    embed = model.volume_encoder.embeddings.patch_proj.weight.numel()  # 1 x 4 x 16 x 16 values -> h
+    encoder = len(blocks) * (2 * tokens * _linear_weights(blocks[0]) + 4 * tokens**2 * h) + 2 * patches * embed
+    w_conn = _linear_weights(model.volume_connector)
+    got = media_forward_flops(model)
+    assert got["encoder"] == encoder and got["tokens"] == model.config.num_volume_tokens
+    assert got["connector"] == 2 * w_conn * model.config.num_volume_tokens
+
+    from medvl.build import LLMSpec, ModelSpec, TokenizerSpec, VolumeSpec, build_model
+
+    slicewise, _ = build_model(
+        ModelSpec(
+            llm=LLMSpec(config=dict(sizes.llm)),
+            volume=VolumeSpec(encoder="slicewise", config=dict(sizes.vision), num_slices=4),
+            tokenizer=TokenizerSpec(source="train", vocab_size=sizes.tokenizer_vocab),
+        )
+    )
+    with pytest.raises(ValueError, match="'slicewise'"):
+        media_forward_flops(slicewise)
