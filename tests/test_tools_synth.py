@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -12,16 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medvl.data import synth
-from medvl.data.synth import Geometry2D, Geometry3D, orientation_affine, render_ct, render_radiograph, synthesize
-from medvl.data.synth_text import (
-    CLOSED_TYPES,
-    CaseFindings,
-    Nodule,
-    answer_for,
-    findings_report,
-    mirror_findings,
-)
+from medvl.cli import main
+from medvl.tools.synth import dataset, phantoms
+from medvl.tools.synth.dataset import synthesize
+from medvl.tools.synth.findings import CaseFindings, Nodule, mirror_findings
+from medvl.tools.synth.phantoms import Geometry2D, Geometry3D, orientation_affine, render_ct, render_radiograph
+from medvl.tools.synth.text import CLOSED_TYPES, answer_for, findings_report
 
 SMALL_3D = Geometry3D(shape=(64, 64, 32), spacing=(5.0, 5.0, 7.5))
 TINY_2D = Geometry2D(size=48, spacing=7.5)  # where pixel content does not matter (speed)
@@ -63,11 +58,11 @@ def test_determinism_same_seed_same_bytes(tmp_path):
 
 def test_splits_disjoint_and_records_follow_their_case(tmp_path):
     summary = synthesize("2d", 20, 1, tmp_path, geometry=TINY_2D)
-    assert {s: summary["splits"][s]["cases"] for s in synth.SPLITS} == {"train": 16, "validation": 2, "test": 2}
+    assert {s: summary["splits"][s]["cases"] for s in dataset.SPLITS} == {"train": 16, "validation": 2, "test": 2}
     cases = _read_jsonl(tmp_path / "cases.jsonl")
     split_of = {c["id"]: c["split"] for c in cases}
     seen: dict[str, set[str]] = {}
-    for split in synth.SPLITS:
+    for split in dataset.SPLITS:
         records = _read_jsonl(tmp_path / f"{split}.jsonl")
         seen[split] = {r["meta"]["case"] for r in records}
         for r in records:
@@ -132,7 +127,7 @@ def test_left_finding_lands_on_image_right_2d():
         assert (column > size / 2) == on_right, (side, column)
 
 
-@pytest.mark.parametrize("axcodes", synth.ORIENTATIONS)
+@pytest.mark.parametrize("axcodes", phantoms.ORIENTATIONS)
 def test_left_finding_lands_at_large_w_after_orientation(axcodes):
     nodule = Nodule("left", "upper", 20.0, (0.5, 0.5, 0.5))
     with_n, affine = render_ct(
@@ -149,12 +144,12 @@ def test_medvl_volume_pipeline_puts_left_on_the_right(tmp_path):
     from medvl.models import volume_processing_medvl as vp
 
     nodule = Nodule("left", "upper", 25.0, (0.5, 0.5, 0.5))
-    for axcodes in synth.ORIENTATIONS:
+    for axcodes in phantoms.ORIENTATIONS:
         arrays = []
         for findings in (CaseFindings(nodules=[nodule]), CaseFindings()):
             hu, affine = render_ct(findings, np.random.default_rng(0), SMALL_3D, axcodes)
             path = tmp_path / f"{''.join(axcodes)}-{len(findings.nodules)}.nii.gz"
-            synth.save_nifti(hu, affine, path)
+            phantoms.save_nifti(hu, affine, path)
             volume = volume3d.load_volume(path)
             proc = vp.MedVLVolumeProcessor(target_shape=(16, 32, 32), window="lung", crop_foreground=False)
             arrays.append(proc([volume])["volume_values"][0].float().mean(0).numpy())
@@ -189,7 +184,7 @@ def test_mirrored_patient_gets_mirrored_answers_and_image():
 
 def test_bilingual_records_and_balanced_closed_answers(tmp_path):
     synthesize("2d", 120, 5, tmp_path, geometry=TINY_2D)
-    records = [r for s in synth.SPLITS for r in _read_jsonl(tmp_path / f"{s}.jsonl")]
+    records = [r for s in dataset.SPLITS for r in _read_jsonl(tmp_path / f"{s}.jsonl")]
     languages = Counter(r["meta"]["language"] for r in records)
     assert languages["en"] > 80 and languages["zh"] > 80
     zh_reports = [r for r in records if r["meta"]["question_type"] == "report" and r["meta"]["language"] == "zh"]
@@ -221,12 +216,12 @@ def test_dicom_output_has_geometry_tags(tmp_path):
     assert np.array_equal(ds.pixel_array, png)
 
 
-def test_cli_functions_and_bad_choices(tmp_path):
-    parser = argparse.ArgumentParser()
-    synth.add_arguments(parser)
-    args = parser.parse_args(["--kind", "3d", "--n", "2", "--seed", "1", "--out", str(tmp_path)])
-    assert synth.run(args) == 0
+def test_cli_and_bad_choices(tmp_path, capsys):
+    assert main(["data", "synth", "--kind", "3d", "--n", "2", "--seed", "1", "--out", str(tmp_path)]) == 0
     assert len(list((tmp_path / "volumes").glob("*.nii.gz"))) == 2
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["train"]["cases"] == 2
+    assert main(["data", "synth", "--n", "2", "--nodule-mm", "4", "--out", str(tmp_path / "z")]) == 2
+    assert "--nodule-mm takes MIN,MAX" in capsys.readouterr().err
     with pytest.raises(ValueError, match="valid choices: 2d, 3d"):
         synthesize("4d", 2, 0, tmp_path / "x")
     with pytest.raises(ValueError, match="--dicom"):
@@ -252,7 +247,7 @@ def test_grouped_training_conversations_never_pair_dependent_questions(tmp_path)
         users = [m["content"] for m in rec["messages"][::2]]
         assert users[0].startswith("<image>\n") and not any("<image>" in u for u in users[1:])
         types = rec["meta"].get("question_types", [rec["meta"].get("question_type")])
-        families = [synth.finding_family(t) for t in types]
+        families = [dataset.finding_family(t) for t in types]
         assert len(set(families)) == len(families), rec["id"]  # at most one question per finding
         assert "report" not in families or len(families) == 1  # a report gives everything away: alone
         f = CaseFindings.from_dict(cases[rec["meta"]["case"]])
