@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def write_blind_split(data_dir: Path, split: str, kind: str) -> Path:
         else:
             import nibabel as nib
 
-            img = nib.load(template)
+            img = cast("nib.Nifti1Image", nib.load(template))  # the synthetic set's volumes are NIfTI-1
             air = np.full(img.shape, -1000, dtype=np.int16)  # nothing but air: no anatomy at all
             nib.save(nib.Nifti1Image(air, img.affine, img.header), str(blank))
     out = data_dir / f"{split}_blind.jsonl"

@@ -125,7 +125,8 @@ def make_data(state: QuickstartState, workers: int) -> None:
         workers=workers,
         train_format=state.recipe.train_format,
     )
-    state.runs["model"] = RunFiles(*(state.data_dir / f"{s}.jsonl" for s in SPLITS), split="test")
+    train, validation, test = (state.data_dir / f"{s}.jsonl" for s in SPLITS)
+    state.runs["model"] = RunFiles(train, validation, test, split="test")
 
 
 def build_spec(state: QuickstartState) -> None:
@@ -148,8 +149,8 @@ def make_blind_splits(state: QuickstartState) -> None:
     Args:
         state: the run's state (``runs["blind"]`` is set).
     """
-    files = [write_blind_split(state.data_dir, s, state.kind) for s in SPLITS]
-    state.runs["blind"] = RunFiles(*files, split="test_blind")
+    train, validation, test = (write_blind_split(state.data_dir, s, state.kind) for s in SPLITS)
+    state.runs["blind"] = RunFiles(train, validation, test, split="test_blind")
 
 
 def cache_volumes(state: QuickstartState) -> None:

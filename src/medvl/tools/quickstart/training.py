@@ -23,7 +23,7 @@ from medvl.tools.quickstart.recipe import Recipe
 if TYPE_CHECKING:
     import torch
 
-    from medvl.models import MedVLProcessor
+    from medvl.models import MedVLForConditionalGeneration, MedVLProcessor
     from medvl.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -143,6 +143,8 @@ def stage0_config(
     from medvl.train.config import TrainConfig
     from medvl.utils.config import from_dict
 
+    if recipe.encoder_pretrain is None:
+        raise ValueError("recipe.encoder_pretrain is None: this recipe has no stage 0")
     settings = dict(recipe.encoder_pretrain)
     encoder_part = "vision" if data.kind == "2d" else "volume"
     layer = settings.pop("feature_layer", None)
@@ -219,6 +221,8 @@ def train_run(
     from medvl.train.run import final_model_dir, run_training
     from medvl.utils.config import from_dict
 
+    model: MedVLForConditionalGeneration | None
+    processor: MedVLProcessor | None
     model, processor = build_model(from_dict(ModelSpec, spec, prefix="model.spec."))
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder_part = "vision" if data.kind == "2d" else "volume"
@@ -239,7 +243,7 @@ def train_run(
         logger.info("stage 0 (%s encoder pretraining): %s", "blind" if data.blank else "model", stats)
         # the next stage reads the stage-0 checkpoint, as a user's `medvl train` recipe would
         model_section = {"path": str(final_model_dir(stage0))}
-        model = processor = None
+        model = processor = None  # instruction tuning loads the stage-0 checkpoint instead
     parts = {
         "llm": {"mode": "full"},
         "connector": {"mode": "full"},

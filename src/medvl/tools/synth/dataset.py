@@ -38,6 +38,7 @@ from medvl.tools.synth.text import (
     CLOSED_TYPES,
     LANGUAGES,
     OPEN_TYPES,
+    QA,
     answer_for,
     balance_keep_probabilities,
     make_question,
@@ -95,7 +96,7 @@ def assign_splits(n: int, seed: int, findings: list[CaseFindings] | None = None)
     return splits
 
 
-def case_questions(f: CaseFindings, rng: np.random.Generator, keep: dict[str, dict[str, float]]) -> list:
+def case_questions(f: CaseFindings, rng: np.random.Generator, keep: dict[str, dict[str, float]]) -> list[QA]:
     """The questions kept for one case: each applicable type at most once, in a random language,
     closed types thinned with ``keep`` so that their answers are balanced.
 
@@ -111,7 +112,8 @@ def case_questions(f: CaseFindings, rng: np.random.Generator, keep: dict[str, di
         qa = make_question(f, qtype, language, rng)
         if qa is None:
             continue
-        if qtype in keep and u >= keep[qtype].get(answer_for(f, qtype, "en"), 1.0):
+        answer = answer_for(f, qtype, "en")  # the language-independent key of the balance table
+        if qtype in keep and answer is not None and u >= keep[qtype].get(answer, 1.0):
             continue
         out.append(qa)
     return out
@@ -126,7 +128,7 @@ def finding_family(question_type: str) -> str:
     return "report" if question_type == "report" else question_type.split("_")[0]
 
 
-def group_independent(qas: list, rng: np.random.Generator) -> list[list]:
+def group_independent(qas: list[QA], rng: np.random.Generator) -> list[list[QA]]:
     """Split one case's questions into conversations whose answers cannot give each other away.
 
     Nodules, effusion and heart size are drawn independently (:func:`random_findings`), so a
@@ -141,7 +143,7 @@ def group_independent(qas: list, rng: np.random.Generator) -> list[list]:
     Returns:
         conversations (lists of QA), reports first, then turn k of every family, in random order.
     """
-    families: dict[str, list] = {}
+    families: dict[str, list[QA]] = {}
     for qa in qas:
         families.setdefault(finding_family(qa.question_type), []).append(qa)
     conversations = [[qa] for qa in families.pop("report", [])]
@@ -154,7 +156,9 @@ def group_independent(qas: list, rng: np.random.Generator) -> list[list]:
     return conversations
 
 
-def _record(case_id: str, turns: list, marker: str, media_key: str, rel: str, labels: dict[str, int]) -> dict[str, Any]:
+def _record(
+    case_id: str, turns: list[QA], marker: str, media_key: str, rel: str, labels: dict[str, int]
+) -> dict[str, Any]:
     """One native record: the media marker in the first user turn, the QA pairs as turns; the case's
     finding labels in meta.labels (stage 0 reads them)."""
     messages = []
@@ -193,14 +197,18 @@ def _record(case_id: str, turns: list, marker: str, media_key: str, rel: str, la
     }
 
 
-def _render_case(job: tuple) -> dict[str, Any]:
+# (kind, case index, seed, output folder, DICOM?, geometry, findings as a dict, split)
+RenderJob = tuple[str, int, int, str, bool, Geometry2D | Geometry3D, dict[str, Any], str]
+
+
+def _render_case(job: RenderJob) -> dict[str, Any]:
     """Render and write one case (runs in a worker process when ``workers`` > 1)."""
-    kind, i, seed, out, dicom, geometry, findings_dict, split = job
+    _, i, seed, out, dicom, geometry, findings_dict, split = job
     f = CaseFindings.from_dict(findings_dict)
     case_id = f"case{i:05d}"
     render_rng = _case_rng(seed, i, 1)
     info: dict[str, Any] = {"id": case_id, "split": split, "findings": findings_dict}
-    if kind == "2d":
+    if isinstance(geometry, Geometry2D):  # synthesize() checked that the geometry fits the kind
         pixels = render_radiograph(f, render_rng, geometry)
         rel = f"images/{case_id}.{'dcm' if dicom else 'png'}"
         if dicom:
@@ -281,6 +289,8 @@ def synthesize(
     if not 0 < lo <= hi:
         raise ValueError(f"nodule diameters must satisfy 0 < smallest <= largest, got {nodule_diameter_mm}")
     geometry = geometry or (Geometry2D() if kind == "2d" else Geometry3D())
+    if not isinstance(geometry, Geometry2D if kind == "2d" else Geometry3D):
+        raise ValueError(f"--kind {kind} needs a Geometry{kind.upper()}, got {type(geometry).__name__}")
     out = Path(out)
     media_dir = out / ("images" if kind == "2d" else "volumes")
     media_dir.mkdir(parents=True, exist_ok=True)

@@ -130,7 +130,8 @@ def random_findings(
         side = SIDES[int(rng.integers(2))]
         lobe = LOBES[side][int(rng.integers(len(LOBES[side])))]
         diameter = round(float(rng.uniform(*nodule_diameter_mm)), 1)
-        nodules.append(Nodule(side, lobe, diameter, tuple(float(x) for x in rng.random(3))))
+        offset = rng.random(3)
+        nodules.append(Nodule(side, lobe, diameter, (float(offset[0]), float(offset[1]), float(offset[2]))))
     effusion = "none" if rng.random() < 0.5 else EFFUSION_CHOICES[1 + int(rng.integers(3))]
     heart = HEART_CHOICES[int(rng.integers(2))]
     return CaseFindings(nodules=nodules, effusion=effusion, heart=heart)

@@ -183,14 +183,14 @@ def render_radiograph(f: CaseFindings, rng: np.random.Generator, geometry: Geome
     density += 0.5 * (MU_SOFT - MU_LUNG) * heart
     # Spine and ribs (bone), clavicles.
     density += MU_BONE_EXCESS * 30 / (1 + np.exp((np.abs(x) - 17) / 1.5))
-    for side in (-1, 1):
+    for sign in (-1, 1):  # the patient's right, then left
         for k in range(9):
             y0 = a.lung_cy - a.lung_ay + 8 + k * 2 * a.lung_ay / 9.5
-            centre = y0 - 0.0035 * (x * side - 10) ** 2 + 0.5 * np.abs(x)
-            rib = np.exp(-0.5 * ((y - centre) / 3.0) ** 2) * ((x * side) > 12) * ((x * side) < body_ax * 0.9)
+            centre = y0 - 0.0035 * (x * sign - 10) ** 2 + 0.5 * np.abs(x)
+            rib = np.exp(-0.5 * ((y - centre) / 3.0) ** 2) * ((x * sign) > 12) * ((x * sign) < body_ax * 0.9)
             density += MU_BONE_EXCESS * 5 * rib
         clav = np.exp(-0.5 * ((y - (a.lung_cy - a.lung_ay + 5 - 0.25 * np.abs(x))) / 4.0) ** 2)
-        density += MU_BONE_EXCESS * 8 * clav * ((x * side) > 5) * ((x * side) < 120)
+        density += MU_BONE_EXCESS * 8 * clav * ((x * sign) > 5) * ((x * sign) < 120)
     # Nodules: a soft-tissue sphere replacing lung; its projection is the chord length.
     for n in f.nodules:
         nx, ny, _ = _nodule_position(a, n)
@@ -226,9 +226,9 @@ def save_dicom_dx(array: np.ndarray, path: Path, *, spacing: float, case_id: str
         case_id: used as patient id and in the description.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-    sop_class = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+    sop_class = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray Image Storage - For Presentation
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
