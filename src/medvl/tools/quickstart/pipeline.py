@@ -39,7 +39,7 @@ from medvl.tools.quickstart.evaluation import (
     find_score,
     read_predictions,
 )
-from medvl.tools.quickstart.recipe import KINDS, RECIPES, Recipe
+from medvl.tools.quickstart.recipe import RECIPES, Recipe
 from medvl.tools.quickstart.report import plot_loss_curves
 from medvl.tools.quickstart.training import (
     RunData,
@@ -48,9 +48,7 @@ from medvl.tools.quickstart.training import (
     train_run_in_worker,
     write_tokenizer_corpus,
 )
-from medvl.tools.synth.dataset import synthesize
-
-SPLITS = ("train", "validation", "test")
+from medvl.tools.synth.dataset import KINDS, SPLITS, synthesize
 
 
 @dataclass
@@ -287,7 +285,9 @@ def write_report(state: QuickstartState, t_start: float) -> dict[str, Any]:
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
         for name, rows in predictions.items():
             for row in rows:
-                fh.write(json.dumps({"run": name, **row}, ensure_ascii=False) + "\n")
+                # the runner's "run" (model + generation fingerprint) moves aside for the run's name
+                line = {**row, "run": name, "run_fingerprint": row.get("run")}
+                fh.write(json.dumps(line, ensure_ascii=False) + "\n")
     return metrics
 
 

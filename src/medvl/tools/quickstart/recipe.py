@@ -16,8 +16,6 @@ from typing import Any
 
 from medvl.tools.synth.phantoms import Geometry2D, Geometry3D
 
-KINDS = ("2d", "3d")
-
 
 @dataclass
 class Recipe:
