@@ -7,6 +7,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medvl.models import MedVLProcessor
 
 HELP = "data sets: check (report every problem), prepare (cache preprocessed volumes), synth (phantoms)"
 
@@ -89,7 +93,7 @@ def _add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load_processor(model_dir: str):
+def _load_processor(model_dir: str) -> MedVLProcessor:
     from medvl.models import MedVLProcessor
 
     if not Path(model_dir).is_dir():
