@@ -145,8 +145,10 @@ def eval_commands(out: str | Path, metrics: dict[str, Any]) -> dict[str, str]:
         metrics: the quickstart's metrics (``eval``: each run's checkpoint and split).
     """
     data = " ".join(f"--data {task}={out}/data" for task in QUICKSTART_TASKS)
+    # the VQA protocol named explicitly (its default); a report task has one protocol, "report"
+    protocol = f"--protocol synth_vqa={metrics['protocols']['synth_vqa']}"
     return {
-        name: f"medvl eval {out}/{run['model']} --tasks {','.join(QUICKSTART_TASKS)} {data} --split {run['split']} "
-        f"--batch-size {EVAL_BATCH_SIZE} --out {out}/eval_again/{name}"
+        name: f"medvl eval {out}/{run['model']} --tasks {','.join(QUICKSTART_TASKS)} {data} {protocol} "
+        f"--split {run['split']} --batch-size {EVAL_BATCH_SIZE} --out {out}/eval_again/{name}"
         for name, run in metrics["eval"].items()
     }
