@@ -142,3 +142,26 @@ def test_3d_quickstart_runs_both_stages_from_the_volume_cache(tmp_path):
     assert (
         model.config.volume_config.conv_stem_pool == [2, 1, 1] and model.volume_encoder.embeddings.stem.pool is not None
     )
+
+
+def test_without_the_blind_baseline(tmp_path):
+    # plumbing at toy size: one run, scored through medvl eval, an empty blind column
+    import torch
+
+    from medvl.tools.quickstart.evaluation import eval_commands
+
+    recipe = replace(
+        SMOKE_RECIPE, n_cases=20, max_steps=2, encoder_pretrain={"steps": 2, "batch_size": 4, "feature_layer": 0}
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = run_quickstart("2d", tmp_path, recipe=recipe, workers=1, blind=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics["blind_closed_accuracy"] is None and metrics["parallel_training"] is False
+    assert set(metrics["eval"]) == {"model"} and not (tmp_path / "run_blind").exists()
+    assert metrics["scores"] and not any("blind" in row for row in metrics["scores"])
+    assert 0.0 <= metrics["closed_accuracy"] <= 1.0 and metrics["n_closed"] > 0
+    assert "exact_norm" in quickstart_table(metrics)
+    assert list(eval_commands(tmp_path, metrics)) == ["model"]
