@@ -33,7 +33,8 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from medvl.build import ModelSpec, build_model  # noqa: E402
-from medvl.quickstart import RECIPES, RunData, _write_corpus, encoder_items  # noqa: E402
+from medvl.tools.quickstart.recipe import RECIPES  # noqa: E402
+from medvl.tools.quickstart.training import RunData, encoder_items, write_tokenizer_corpus  # noqa: E402
 from medvl.utils.config import from_dict  # noqa: E402
 
 
@@ -47,11 +48,11 @@ def _spec(data: Path, widths: list[int], pool: list[int] | None) -> dict:
 
 def prepare(data: Path, n: int, seed: int) -> None:
     """Synthesize the quickstart's 3D set and keep its processed volumes and labels."""
-    from medvl.data.synth import synthesize
+    from medvl.tools.synth.dataset import synthesize
 
     recipe = RECIPES["3d"]
     synthesize("3d", n, seed, data / "data", geometry=recipe.geometry, workers=2, train_format="grouped")
-    _write_corpus(data / "data", data / "corpus.txt")
+    write_tokenizer_corpus(data / "data", data / "corpus.txt")
     _, processor = build_model(from_dict(ModelSpec, _spec(data, [8], None), prefix="spec."))
     run = RunData(data / "data", "3d", data / "data/train.jsonl", data / "data/validation.jsonl")
     tensors = {}

@@ -49,16 +49,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from medvl.data.synth import (  # noqa: E402
-    Geometry2D,
-    Geometry3D,
-    _case_rng,
-    assign_splits,
-    case_questions,
-    render_ct,
-    render_radiograph,
-)
-from medvl.data.synth_text import CLOSED_TYPES, answer_for, balance_keep_probabilities, random_findings  # noqa: E402
+from medvl.tools.synth.dataset import _case_rng, assign_splits, case_questions  # noqa: E402
+from medvl.tools.synth.findings import random_findings  # noqa: E402
+from medvl.tools.synth.phantoms import Geometry2D, Geometry3D, render_ct, render_radiograph  # noqa: E402
+from medvl.tools.synth.text import CLOSED_TYPES, answer_for, balance_keep_probabilities  # noqa: E402
 
 
 def _prep_2d(args):

@@ -487,7 +487,7 @@ def overlong_prompt(d, model):
 @kind("records")
 @_verbs("eval")
 def eval_duplicate_ids(d, model):
-    from medvl.data.synth import synthesize
+    from medvl.tools.synth.dataset import synthesize
 
     synthesize("2d", 2, 0, d / "synth")
     lines = (d / "synth" / "train.jsonl").read_text().splitlines()
@@ -518,7 +518,7 @@ def eval_duplicate_ids(d, model):
 @kind("records")
 @_verbs("eval")
 def eval_media_outside_root(d, model):
-    from medvl.data.synth import synthesize
+    from medvl.tools.synth.dataset import synthesize
 
     synthesize("2d", 2, 0, d / "synth")
     _png(d / "secret.png")
@@ -584,7 +584,7 @@ def eval_release_path_outside_root(d, model):
 @kind("records")
 @_verbs("eval")
 def eval_overlong_prompt(d, model):
-    from medvl.data.synth import synthesize
+    from medvl.tools.synth.dataset import synthesize
 
     synthesize("2d", 2, 0, d / "synth")
     rows = [json.loads(x) for x in (d / "synth" / "train.jsonl").read_text().splitlines()]

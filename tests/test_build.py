@@ -426,7 +426,7 @@ def test_build_with_a_released_3d_clip_encoder(tmp_path, kind):
 
 def test_conv_stem_presets_are_the_quickstart_findings():
     from medvl.build import resolve_conv_stem
-    from medvl.quickstart import RECIPES
+    from medvl.tools.quickstart.recipe import RECIPES
 
     # the 2D recipe's stem is "standard" at its width; the 3D recipe's is "narrow" after the thin slab
     vision = RECIPES["2d"].model["vision"]

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from medvl.build import build_model
-from medvl.data.synth import Geometry2D, synthesize
-from medvl.quickstart import RECIPES, evaluate_split
+from medvl.tools.quickstart.evaluation import compare_runs, evaluate_checkpoint, find_score
+from medvl.tools.quickstart.recipe import RECIPES
+from medvl.tools.synth.dataset import synthesize
+from medvl.tools.synth.phantoms import Geometry2D
 from medvl.train.config import load_train_config, model_spec, unfilled_placeholders
 from medvl.train.run import final_model_dir, run_training
 
@@ -97,16 +99,19 @@ def test_2d_recipe_learns_nodules_well_above_blind(tmp_path):
                 common + [f"model.path={final_model_dir(stage0)}", f"output.dir={tmp_path / 'instruct'}"],
             )
         )
-        result = evaluate_split(final_model_dir(instruct), data / "test.jsonl")
+        results = evaluate_checkpoint(final_model_dir(instruct), data, "test", tmp_path / "eval")
     finally:
         torch.set_num_threads(threads)
     stage0_eval = json.loads((stage0 / "metrics.json").read_text())["eval_per_label"]
     assert stage0_eval["nodule"]["auroc"] > 0.85, stage0_eval  # records' meta.labels were the labels
     test_records = [json.loads(line) for line in (data / "test.jsonl").read_text(encoding="utf-8").splitlines()]
     blind = blind_accuracy(data / "train.jsonl", [r for r in test_records if r["meta"]["answer_type"] == "CLOSED"])
-    seen = {q: v["accuracy"] for q, v in result["per_question_type"].items()}
+    scores = compare_runs({"model": results}, {"model": tmp_path / "eval"})
+    per_type = {q: find_score(scores, "synth_vqa", "accuracy", subgroup=f"question_type={q}") for q in blind}
+    seen = {q: row["model"] for q, row in per_type.items()}
     print({q: (round(seen[q], 3), round(blind[q], 3)) for q in blind})
     assert blind["nodule_presence"] < 0.65  # the questions alone say little
     assert seen["nodule_presence"] >= blind["nodule_presence"] + 0.25, (seen, blind)
-    closed_blind = sum(blind[q] * result["per_question_type"][q]["n"] for q in blind) / result["n_closed"]
-    assert result["closed_accuracy"] >= closed_blind + 0.2, (result["closed_accuracy"], closed_blind)
+    closed = find_score(scores, "synth_vqa", "closed_accuracy")
+    closed_blind = sum(blind[q] * per_type[q]["n"] for q in blind) / closed["n"]
+    assert closed["model"] >= closed_blind + 0.2, (closed["model"], closed_blind)

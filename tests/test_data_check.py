@@ -104,7 +104,7 @@ def test_cli_exit_codes_and_per_source_report(tmp_path, tiny_model_dir, capsys):
 
 
 def test_cli_synth_then_check(tmp_path, capsys):
-    """`medvl data synth` (medvl.data.synth) is wired in, and its output passes the checker."""
+    """`medvl data synth` (medvl.tools.synth) is wired in, and its output passes the checker."""
     assert main(["data", "synth", "--kind", "2d", "--n", "3", "--size", "64", "--out", str(tmp_path / "s")]) == 0
     capsys.readouterr()
     assert main(["data", "check", str(tmp_path / "s" / "train.jsonl")]) == 0

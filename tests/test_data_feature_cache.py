@@ -17,7 +17,8 @@ from medvl.data.collator import PaddedCollator
 from medvl.data.dataset import ConversationDataset
 from medvl.data.feature_cache import build_feature_cache, lazy_feature_cache
 from medvl.data.records import load_records
-from medvl.data.synth import Geometry3D, synthesize
+from medvl.tools.synth.dataset import synthesize
+from medvl.tools.synth.phantoms import Geometry3D
 from medvl.train.config import TrainConfig, validate
 from medvl.train.run import attach_feature_cache, run_training
 from medvl.utils.config import from_dict

@@ -166,8 +166,9 @@ def test_vqa_labels_from_closed_yes_no_answers():
 
 
 def test_synth_records_carry_their_findings_as_meta_labels(tmp_path):
-    from medvl.data.synth import Geometry2D, synthesize
-    from medvl.data.synth_text import FINDING_LABELS, CaseFindings
+    from medvl.tools.synth.dataset import synthesize
+    from medvl.tools.synth.findings import FINDING_LABELS, CaseFindings
+    from medvl.tools.synth.phantoms import Geometry2D
 
     synthesize("2d", 10, 3, tmp_path, geometry=Geometry2D(size=32, spacing=11.0), train_format="grouped")
     cases = {c["file"]: c for c in map(json.loads, (tmp_path / "cases.jsonl").read_text().splitlines())}

@@ -12,7 +12,7 @@ from medvl.eval.runner import EvalConfig, evaluate
 
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory):
-    from medvl.data.synth import synthesize
+    from medvl.tools.synth.dataset import synthesize
 
     out = tmp_path_factory.mktemp("synth2d")
     synthesize("2d", 4, 0, out)

@@ -76,7 +76,7 @@ def test_vqa_rad_missing_image_names_entry(tmp_path):
 
 
 def test_synth_tasks(tmp_path):
-    from medvl.data.synth import synthesize
+    from medvl.tools.synth.dataset import synthesize
 
     synthesize("2d", 4, 0, tmp_path)
     vqa = get_task("synth_vqa").load(tmp_path, split="train")

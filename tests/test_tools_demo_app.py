@@ -59,8 +59,8 @@ def demo_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def phantom_files(tmp_path_factory) -> tuple[Path, Path]:
-    """A synthetic chest radiograph (16-bit PNG) and chest CT (NIfTI) from medvl.data.synth."""
-    from medvl.data.synth import synthesize
+    """A synthetic chest radiograph (16-bit PNG) and chest CT (NIfTI) from medvl.tools.synth."""
+    from medvl.tools.synth.dataset import synthesize
 
     root = tmp_path_factory.mktemp("phantoms")
     # n = 3, seed 0: synthesize fails when a question type gets no answer at all (e.g. n = 1)

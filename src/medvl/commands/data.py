@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
@@ -16,11 +15,6 @@ if TYPE_CHECKING:
 HELP = "data sets: check (report every problem), prepare (cache preprocessed volumes), synth (phantoms)"
 
 logger = logging.getLogger(__name__)
-
-
-def _synth_module():
-    # imported only for `medvl data synth`; it ships with medvl, so a missing module is a loud failure
-    return importlib.import_module("medvl.data.synth")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +62,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prep.add_argument("--allow-outside-root", action="store_true", help="accept media paths that leave the data root")
 
     synth = sub.add_parser("synth", help="write a synthetic chest phantom data set (2D radiographs or 3D CT)")
-    _synth_module().add_arguments(synth)
+    _add_synth_arguments(synth)
+
+
+def _add_synth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``medvl data synth`` (:func:`medvl.tools.synth.dataset.synthesize`)."""
+    from medvl.tools.synth.dataset import KINDS, TRAIN_FORMATS
+    from medvl.tools.synth.findings import NODULE_DIAMETER_MM
+
+    parser.add_argument("--kind", choices=KINDS, default="2d", help="2d radiographs or 3d CT volumes")
+    parser.add_argument("--n", type=int, default=200, help="number of cases")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--dicom", action="store_true", help="2D: write DICOM DX instead of 16-bit PNG")
+    parser.add_argument("--size", type=int, default=None, help="2D image size in pixels (default 256)")
+    parser.add_argument("--spacing", type=float, default=None, help="2D pixel spacing in mm (default 1.4)")
+    parser.add_argument(
+        "--nodule-mm",
+        default=None,
+        metavar="MIN,MAX",
+        help=f"nodule diameters in mm, drawn uniformly (default {NODULE_DIAMETER_MM[0]:g},{NODULE_DIAMETER_MM[1]:g})",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="rendering processes (same output for any number)")
+    parser.add_argument(
+        "--train-format",
+        choices=TRAIN_FORMATS,
+        default="single",
+        help="grouped: training records are conversations of independent questions (one per "
+        "finding; reports alone); validation/test stay single questions",
+    )
 
 
 def _load_processor(model_dir: str) -> MedVLProcessor:
@@ -134,6 +156,37 @@ def _prepare(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    from medvl.tools.synth.dataset import synthesize
+    from medvl.tools.synth.findings import NODULE_DIAMETER_MM
+    from medvl.tools.synth.phantoms import Geometry2D
+
+    geometry = None
+    if args.kind == "2d" and (args.size or args.spacing):
+        geometry = Geometry2D(size=args.size or 256, spacing=args.spacing or 1.4)
+    sizes: tuple[float, ...] = NODULE_DIAMETER_MM
+    if args.nodule_mm:
+        try:
+            sizes = tuple(float(v) for v in args.nodule_mm.split(","))
+        except ValueError:
+            sizes = ()
+        if len(sizes) != 2:
+            raise ValueError(f"--nodule-mm takes MIN,MAX in mm (e.g. 4,12), got {args.nodule_mm!r}")
+    summary = synthesize(
+        args.kind,
+        args.n,
+        args.seed,
+        args.out,
+        dicom=args.dicom,
+        geometry=geometry,
+        workers=args.workers,
+        train_format=args.train_format,
+        nodule_diameter_mm=(sizes[0], sizes[1]),
+    )
+    print(json.dumps(summary["splits"]))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``medvl data COMMAND``.
 
@@ -146,5 +199,5 @@ def run(args: argparse.Namespace) -> int:
         with outside_root_allowed(args.allow_outside_root):
             return _check(args) if args.data_command == "check" else _prepare(args)
     if args.data_command == "synth":
-        return int(_synth_module().run(args) or 0)
+        return _synth(args)
     raise AssertionError(args.data_command)

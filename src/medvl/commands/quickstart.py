@@ -1,4 +1,4 @@
-"""``medvl quickstart``: synthetic data -> small model from scratch -> train -> evaluate (see medvl.quickstart)."""
+"""``medvl quickstart``: synthetic data -> small model from scratch -> train -> evaluate (see medvl.tools.quickstart)."""
 
 from __future__ import annotations
 
@@ -40,18 +40,22 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from medvl.quickstart import format_table, run_quickstart
+    from medvl.tools.quickstart.evaluation import eval_commands
+    from medvl.tools.quickstart.pipeline import run_quickstart
+    from medvl.tools.quickstart.report import quickstart_table
 
     metrics = run_quickstart(
         args.kind, args.out, n_cases=args.n, max_steps=args.steps, seed=args.seed, blind=not args.no_blind
     )
-    print(format_table(metrics))
+    print(quickstart_table(metrics))
     ex = metrics["example"]
     print(f"\nexample ({ex['id']}):\n  Q: {ex['question']}\n  A: {ex['prediction']}\n  reference: {ex['reference']}")
     print(
         f"\nwall time {metrics['wall_s']:.0f} s; metrics in {args.out}/metrics.json, model in {args.out}/model, "
         f"loss curve in {args.out}/loss_curve.png"
     )
+    for name, command in eval_commands(args.out, metrics).items():
+        print(f"{name} numbers again: {command}")
     print(
         json.dumps(
             {"closed_accuracy": metrics["closed_accuracy"], "blind_closed_accuracy": metrics["blind_closed_accuracy"]}

@@ -12,5 +12,5 @@
   (``data.cache_encoder_features``).
 * :mod:`medvl.data.finding_labels`: stage-0 labels per image/volume (label tables, ``meta.labels``,
   closed yes/no answers), ``LabelSchema`` and ``FindingDataset``.
-* :mod:`medvl.data.augment`, :mod:`medvl.data.synth`: augmentation and synthetic phantoms.
+* :mod:`medvl.data.augment`: augmentation (synthetic phantoms are a tool: ``medvl data synth``).
 """

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medvl.errors import MedVLDataError
+
+if TYPE_CHECKING:
+    from medvl.data.records import Record
 
 # how the phantom tasks prompt (see the module docstring); recorded for the results
 PROMPT_PROTOCOL = "phantom_training"
 
 
-def _load(root: Path, split: str, want_report: bool) -> list:
+def _load(root: Path, split: str, want_report: bool) -> list[Record]:
     from medvl.data.records import load_records
 
     path = root / f"{split}.jsonl"
@@ -48,22 +52,24 @@ def _load(root: Path, split: str, want_report: bool) -> list:
     return out
 
 
-def load_synth_vqa(root: Path, split: str) -> list:
+def load_synth_vqa(root: Path, split: str) -> list[Record]:
     """Short-answer questions of a synthetic set.
 
     Args:
         root: the ``--out`` folder of ``medvl data synth``.
-        split: "test", "validation" or "train".
+        split: "test", "validation", "train", or any other records file of the set
+            (the quickstart's blind baseline: "test_blind").
     """
     return _load(root, split, want_report=False)
 
 
-def load_synth_report(root: Path, split: str) -> list:
+def load_synth_report(root: Path, split: str) -> list[Record]:
     """Findings-report questions of a synthetic set.
 
     Args:
         root: the ``--out`` folder of ``medvl data synth``.
-        split: "test", "validation" or "train".
+        split: "test", "validation", "train", or any other records file of the set
+            (the quickstart's blind baseline: "test_blind").
     """
     return _load(root, split, want_report=True)
 

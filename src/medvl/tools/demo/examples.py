@@ -1,4 +1,4 @@
-"""Example cases of the web demo: synthetic chest phantoms (``medvl.data.synth``), rendered on first use.
+"""Example cases of the web demo: synthetic chest phantoms (``medvl.tools.synth``), rendered on first use.
 
 Nothing is shipped with the package: the first time an example is asked for, two radiographs and two
 chest CTs are rendered into a temporary folder (a few seconds), which is removed when the process exits.
@@ -81,7 +81,7 @@ class ExampleCases:
         return self._cases[name]
 
     def _render(self) -> dict[str, ExampleCase]:
-        from medvl.data.synth import synthesize
+        from medvl.tools.synth.dataset import synthesize
 
         if self._folder is None:
             self._folder = Path(tempfile.mkdtemp(prefix="medvl-demo-examples-"))

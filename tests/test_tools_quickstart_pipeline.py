@@ -1,4 +1,4 @@
-"""medvl quickstart: scoring, blind splits, and a scaled-down end-to-end learning run."""
+"""medvl quickstart: the command line, a scaled-down end-to-end learning run, the 3D plumbing."""
 
 from __future__ import annotations
 
@@ -6,78 +6,15 @@ import argparse
 import json
 from dataclasses import replace
 
-import nibabel as nib
 import numpy as np
 import pytest
-from PIL import Image
 
 from medvl.commands import quickstart as quickstart_cmd
-from medvl.data.synth import Geometry2D, Geometry3D, synthesize
-from medvl.quickstart import Recipe, format_table, report_metrics, run_quickstart, score_rows, write_blind_split
-
-
-def _row(qtype, lang, ref, pred, answer_type="CLOSED"):
-    return {
-        "question_type": qtype,
-        "answer_type": answer_type,
-        "language": lang,
-        "reference": ref,
-        "prediction": pred,
-        "correct": pred.strip().strip(".").lower() == ref.lower(),
-    }
-
-
-def test_score_rows_per_type_and_language():
-    rows = [
-        _row("nodule_presence", "en", "yes", "Yes."),
-        _row("nodule_presence", "zh", "是", "否"),
-        _row("heart_size", "en", "normal", "normal"),
-        _row("heart_size", "en", "enlarged", "normal"),
-        _row("nodule_count", "zh", "2", "2"),
-        _row("nodule_size", "en", "12 mm", "12 mm", answer_type="OPEN"),
-    ]
-    s = score_rows(rows)
-    assert s["closed_accuracy"] == pytest.approx(3 / 5) and s["n_closed"] == 5
-    assert s["per_question_type"]["nodule_presence"] == {"accuracy": 0.5, "n": 2}
-    assert s["per_question_type"]["heart_size"]["accuracy"] == 0.5
-    assert s["per_question_type"]["nodule_size"]["accuracy"] == 1.0  # open types reported apart from closed
-    assert s["per_language"]["en"] == {"closed_accuracy": pytest.approx(2 / 3), "n": 3}
-    assert s["per_language"]["zh"] == {"closed_accuracy": 0.5, "n": 2}
-    table = format_table(
-        {**s, "blind_closed_accuracy": 0.4, "blind": {"per_question_type": {"heart_size": {"accuracy": 0.5}}}}
-    )
-    assert "heart_size" in table and "0.600" in table and "0.400" in table
-
-
-def test_report_metrics_bounds_and_languages():
-    en = "No lung nodules. No pleural effusion. The heart size is normal."
-    zh = "未见肺结节。左侧胸腔积液。心脏增大。"
-    perfect = report_metrics([_row("report", "en", en, en, "OPEN"), _row("report", "zh", zh, zh, "OPEN")])
-    assert perfect["bleu4"] == pytest.approx(100.0) and perfect["rougeL"] == pytest.approx(1.0)
-    assert perfect["zh"]["n"] == 1 and perfect["en"]["rougeL"] == pytest.approx(1.0)
-    empty = report_metrics([_row("report", "en", en, "", "OPEN")])
-    assert empty["bleu4"] == 0.0 and empty["rougeL"] == 0.0
-    assert report_metrics([]) == {"n": 0}
-
-
-def test_blind_split_points_every_record_to_one_blank_image(tmp_path):
-    synthesize("2d", 12, 0, tmp_path, geometry=Geometry2D(size=48, spacing=7.5))
-    path = write_blind_split(tmp_path, "train", "2d")
-    original = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
-    blind = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [r["messages"] for r in blind] == [r["messages"] for r in original]
-    assert {r["images"][0] for r in blind} == {"blank.png"}
-    blank = np.array(Image.open(tmp_path / "blank.png"))
-    assert blank.shape == np.array(Image.open(tmp_path / original[0]["images"][0])).shape and not blank.any()
-
-
-def test_blind_volume_is_air_with_the_same_geometry(tmp_path):
-    synthesize("3d", 3, 0, tmp_path, geometry=Geometry3D(shape=(32, 32, 16), spacing=(10.0, 10.0, 15.0)))
-    write_blind_split(tmp_path, "train", "3d")
-    case = json.loads((tmp_path / "cases.jsonl").read_text().splitlines()[0])
-    blank, ref = nib.load(tmp_path / "blank.nii.gz"), nib.load(tmp_path / case["file"])
-    assert np.allclose(blank.affine, ref.affine) and blank.shape == ref.shape
-    assert np.all(np.asarray(blank.dataobj) == -1000)
+from medvl.tools.quickstart.evaluation import find_score
+from medvl.tools.quickstart.pipeline import run_quickstart
+from medvl.tools.quickstart.recipe import RECIPES, Recipe
+from medvl.tools.quickstart.report import quickstart_table
+from medvl.tools.synth.phantoms import Geometry2D
 
 
 def test_cli_arguments():
@@ -140,10 +77,11 @@ def test_quickstart_learns_above_the_blind_baseline(tmp_path):
         metrics = run_quickstart("2d", tmp_path, recipe=SMOKE_RECIPE, workers=1)
     finally:
         torch.set_num_threads(threads)
-    print(format_table(metrics))
+    print(quickstart_table(metrics))
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("closed_accuracy", "blind_closed_accuracy", "per_question_type", "report", "example"):
+    for key in ("closed_accuracy", "blind_closed_accuracy", "protocols", "scores", "example", "eval"):
         assert key in saved
+    assert saved["protocols"] == {"synth_vqa": "exact_norm", "synth_report": "report"}
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
     from medvl.inference import load_model
 
@@ -168,20 +106,22 @@ def test_quickstart_learns_above_the_blind_baseline(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     for run in ("model", "blind"):
         closed = [r for r in rows if r["run"] == run and r["answer_type"] == "CLOSED"]
+        assert closed and all(r["task"] == "synth_vqa" for r in closed)
         assert np.mean([r["prediction"].strip() in valid[r["question_type"]] for r in closed]) > 0.9, run
     # The blind guard: balanced questions leave text alone near chance; the sighted model answers the
     # findings the image shows (measured: see benchmarks/README.md).
     assert metrics["blind_closed_accuracy"] < 0.55
-    per_type = metrics["per_question_type"]
-    assert per_type["effusion_presence"]["accuracy"] > 0.85 and per_type["heart_size"]["accuracy"] > 0.85, per_type
+    per_type = {
+        q: find_score(metrics["scores"], "synth_vqa", "accuracy", subgroup=f"question_type={q}")["model"]
+        for q in ("effusion_presence", "heart_size")
+    }
+    assert min(per_type.values()) > 0.85, per_type
     assert metrics["closed_accuracy"] > metrics["blind_closed_accuracy"] + 0.15
 
 
 def test_3d_quickstart_runs_both_stages_from_the_volume_cache(tmp_path):
     # plumbing at toy size (learning is the 2D smoke test's job): cache, stage 0, tuning, evaluation
     import torch
-
-    from medvl.quickstart import RECIPES
 
     recipe = replace(
         RECIPES["3d"], n_cases=30, max_steps=2, encoder_pretrain={"steps": 2, "batch_size": 4, "feature_layer": 0}
@@ -202,3 +142,26 @@ def test_3d_quickstart_runs_both_stages_from_the_volume_cache(tmp_path):
     assert (
         model.config.volume_config.conv_stem_pool == [2, 1, 1] and model.volume_encoder.embeddings.stem.pool is not None
     )
+
+
+def test_without_the_blind_baseline(tmp_path):
+    # plumbing at toy size: one run, scored through medvl eval, an empty blind column
+    import torch
+
+    from medvl.tools.quickstart.evaluation import eval_commands
+
+    recipe = replace(
+        SMOKE_RECIPE, n_cases=20, max_steps=2, encoder_pretrain={"steps": 2, "batch_size": 4, "feature_layer": 0}
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = run_quickstart("2d", tmp_path, recipe=recipe, workers=1, blind=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics["blind_closed_accuracy"] is None and metrics["parallel_training"] is False
+    assert set(metrics["eval"]) == {"model"} and not (tmp_path / "run_blind").exists()
+    assert metrics["scores"] and not any("blind" in row for row in metrics["scores"])
+    assert 0.0 <= metrics["closed_accuracy"] <= 1.0 and metrics["n_closed"] > 0
+    assert "exact_norm" in quickstart_table(metrics)
+    assert list(eval_commands(tmp_path, metrics)) == ["model"]

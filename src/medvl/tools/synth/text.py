@@ -1,43 +1,20 @@
-"""Finding descriptions of synthetic chest cases and the bilingual questions and reports built from them.
+"""The bilingual questions and findings reports of a synthetic chest case.
 
-A :class:`CaseFindings` is the ground truth of one phantom: lung nodules (side, lobe, diameter in
-mm), pleural effusion (none/left/right/both) and heart size (normal/enlarged). Everything a record
-says (closed yes/no, choice and count questions, open questions, the findings report; English
-and Chinese) derives from it, so a rendered image and its text can never disagree.
-
-Sides are always the *patient's* sides. Where they land in the picture is the renderer's business
-(radiological convention: patient's left on the image's right).
+Everything a record says (closed yes/no, choice and count questions, open questions, the findings
+report; English and Chinese) derives from a case's :class:`~medvl.tools.synth.findings.CaseFindings`.
+Closed types have a fixed answer set (scored by exact match), open ones are scored as text.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-SIDES = ("left", "right")
-EFFUSION_CHOICES = ("none", "left", "right", "both")
-HEART_CHOICES = ("normal", "enlarged")
-# Lobes per lung: the left lung has no middle lobe (the lingula belongs to the upper lobe).
-LOBES = {"right": ("upper", "middle", "lower"), "left": ("upper", "lower")}
-NODULE_DIAMETER_MM = (5.0, 30.0)  # "nodule" is by definition <= 30 mm; below ~5 mm nobody reports it
-MAX_NODULES = 3
+from medvl.tools.synth.findings import CaseFindings, Nodule
 
 LANGUAGES = ("en", "zh")
 
-# Multi-hot labels of a case (CaseFindings.labels), the patient's sides.
-FINDING_LABELS = (
-    "nodule",
-    "nodules_1",
-    "nodules_2",
-    "nodules_3",
-    "nodule_left",
-    "nodule_right",
-    "effusion_left",
-    "effusion_right",
-    "heart_enlarged",
-)
 # Closed question types (fixed answer set, scored by exact match) and open ones (scored as text).
 CLOSED_TYPES = ("nodule_presence", "nodule_count", "nodule_side", "effusion_presence", "effusion_side", "heart_size")
 OPEN_TYPES = ("nodule_location", "nodule_size", "report")
@@ -46,128 +23,6 @@ _ZH_SIDE = {"left": "左", "right": "右", "both": "双侧", "none": "无"}
 _ZH_LOBE = {"upper": "上叶", "middle": "中叶", "lower": "下叶"}
 _ZH_YESNO = {"yes": "是", "no": "否"}
 _ZH_HEART = {"normal": "正常", "enlarged": "增大"}
-
-
-@dataclass
-class Nodule:
-    """One lung nodule.
-
-    Args:
-        side: the patient's side, "left" or "right".
-        lobe: "upper", "middle" (right lung only) or "lower".
-        diameter_mm: diameter in millimetres.
-        offset: position inside the lobe's region, each coordinate in [0, 1] (renderer-defined).
-    """
-
-    side: str
-    lobe: str
-    diameter_mm: float
-    offset: tuple[float, float, float] = (0.5, 0.5, 0.5)
-
-
-@dataclass
-class CaseFindings:
-    """Ground truth of one synthetic chest case.
-
-    Args:
-        nodules: 0 to 3 nodules.
-        effusion: "none", "left", "right" or "both".
-        heart: "normal" or "enlarged".
-    """
-
-    nodules: list[Nodule] = field(default_factory=list)
-    effusion: str = "none"
-    heart: str = "normal"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CaseFindings:
-        return cls(
-            nodules=[
-                Nodule(n["side"], n["lobe"], float(n["diameter_mm"]), tuple(n.get("offset", (0.5, 0.5, 0.5))))
-                for n in d.get("nodules", [])
-            ],
-            effusion=d.get("effusion", "none"),
-            heart=d.get("heart", "normal"),
-        )
-
-    @property
-    def nodule_sides(self) -> str:
-        """ "none", "left", "right" or "both": where the nodules are."""
-        sides = {n.side for n in self.nodules}
-        if not sides:
-            return "none"
-        return "both" if len(sides) == 2 else sides.pop()
-
-    def labels(self) -> list[int]:
-        """0/1 finding labels in the order of :data:`FINDING_LABELS` (for encoder pretraining)."""
-        sides = {n.side for n in self.nodules}
-        count = len(self.nodules)
-        return [
-            int(v)
-            for v in (
-                count > 0,
-                count == 1,
-                count == 2,
-                count == 3,
-                "left" in sides,
-                "right" in sides,
-                self.effusion in ("left", "both"),
-                self.effusion in ("right", "both"),
-                self.heart == "enlarged",
-            )
-        ]
-
-
-def random_findings(
-    rng: np.random.Generator, nodule_diameter_mm: tuple[float, float] = NODULE_DIAMETER_MM
-) -> CaseFindings:
-    """Draw a finding description.
-
-    The distribution is chosen so that the yes/no questions are balanced a priori (half the cases
-    have nodules, half an effusion, half an enlarged heart): a model that ignores the image
-    scores about chance.
-
-    Args:
-        rng: the random generator (the only source of randomness, for determinism).
-        nodule_diameter_mm: (smallest, largest) nodule diameter, drawn uniformly.
-    """
-    count = 0 if rng.random() < 0.5 else int(rng.integers(1, MAX_NODULES + 1))
-    nodules = []
-    for _ in range(count):
-        side = SIDES[int(rng.integers(2))]
-        lobe = LOBES[side][int(rng.integers(len(LOBES[side])))]
-        diameter = round(float(rng.uniform(*nodule_diameter_mm)), 1)
-        nodules.append(Nodule(side, lobe, diameter, tuple(float(x) for x in rng.random(3))))
-    effusion = "none" if rng.random() < 0.5 else EFFUSION_CHOICES[1 + int(rng.integers(3))]
-    heart = HEART_CHOICES[int(rng.integers(2))]
-    return CaseFindings(nodules=nodules, effusion=effusion, heart=heart)
-
-
-def mirror_side(side: str) -> str:
-    """Swap left and right; "both" and "none" stay.
-
-    Args:
-        side: "left", "right", "both" or "none".
-    """
-    return {"left": "right", "right": "left"}.get(side, side)
-
-
-def mirror_findings(f: CaseFindings) -> CaseFindings:
-    """The findings of the left-right mirrored patient (a right middle-lobe nodule has no left twin:
-    it becomes a left upper-lobe (lingula) nodule).
-
-    Args:
-        f: the original findings.
-    """
-    nodules = []
-    for n in f.nodules:
-        side = mirror_side(n.side)
-        lobe = n.lobe if n.lobe in LOBES[side] else "upper"
-        nodules.append(Nodule(side, lobe, n.diameter_mm, n.offset))
-    return CaseFindings(nodules=nodules, effusion=mirror_side(f.effusion), heart=f.heart)
 
 
 # --------------------------------------------------------------------------------------------
