@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
+from medvl.commands.train import leave_process_group
 from medvl.train.config import LoraSettings, PartConfig, PartsConfig
 from medvl.train.lora import load_auto_model
 from medvl.train.parts import apply_parts
@@ -101,6 +102,7 @@ def main() -> None:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"losses": losses, "world_size": args.world_size}, f)
+    leave_process_group()  # as `medvl train` does: no gloo threads left to interpreter teardown
 
 
 if __name__ == "__main__":

@@ -78,4 +78,17 @@ def run(args: argparse.Namespace) -> int:
     out = run_training(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per torchrun process
         print(f"output: {out}\nmodel:  {final_model_dir(out)}")
+    leave_process_group()
     return 0
+
+
+def leave_process_group() -> None:
+    """Destroy the torch.distributed process group of a torchrun process, if one was started.
+
+    Neither the HF Trainer nor DeepSpeed does it; a gloo group left to interpreter teardown can
+    abort a rank after a finished run ("terminate called without an active exception").
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
