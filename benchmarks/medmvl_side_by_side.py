@@ -19,7 +19,9 @@ Then, in separate processes, alternating medvl / MedM-VL / medvl / MedM-VL:
   lr 2e-5 / weight decay 0), each project with its own data pipeline, model and optimiser default
   (MedM-VL's HF Trainer 4.42 ``adamw_torch``: AdamW single-tensor; medvl's HF Trainer 5
   ``adamw_torch_fused``: AdamW ``fused=True``); seconds per step, and the first-step losses must be
-  equal. No gradient checkpointing on either side.
+  equal. No gradient checkpointing on either side. ``--medvl-w2d-head supervised`` (default) calls
+  medvl's model as its Trainer does (``return_supervised_logits_only=True``: the LM head only at the
+  supervised positions, same loss); ``full`` runs the head at every position as MedM-VL does.
 
 MedM-VL needs its own environment (Python 3.11, torch 2.13.0+cpu, transformers 4.42.4, tokenizers
 0.19.1, accelerate 0.32.1, numpy 1.26.4, Pillow, sentencepiece): pass its interpreter as
@@ -385,9 +387,13 @@ def medvl_w2d(args: argparse.Namespace) -> dict[str, Any]:
     # medvl's Trainer default (transformers 5 "adamw_torch_fused"): AdamW fused=True
     opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True)
 
+    # "supervised": the call medvl's Trainer makes (LM head only at the supervised positions; same loss);
+    # "full": the LM head over every position, as MedM-VL (and a plain HF causal LM) computes it
+    extra = {"return_supervised_logits_only": True} if args.medvl_w2d_head == "supervised" else {}
+
     def step(k: int) -> float:
         batch = collate([ds[i] for i in range(k * W2D_BATCH, (k + 1) * W2D_BATCH)])
-        loss = model(**batch).loss
+        loss = model(**batch, **extra).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -395,6 +401,7 @@ def medvl_w2d(args: argparse.Namespace) -> dict[str, Any]:
         return float(loss.detach())
 
     result = _steps(step, args.steps, sum(p.numel() for p in params))
+    result["medvl_w2d_head"] = args.medvl_w2d_head
     from medvl.tools.bench.workload_data import sample_stats
 
     result["sample_tokens"], result["supervised_tokens"] = sample_stats(ds)
@@ -435,6 +442,7 @@ def _worker(args: argparse.Namespace, side: str, task: str) -> dict[str, Any]:
     python = args.medmvl_python if side == "medmvl" else sys.executable
     cmd = [python, str(Path(__file__).resolve()), "--worker", f"{side}:{task}", "--work", args.work]
     cmd += ["--medmvl-src", args.medmvl_src, "--steps", str(args.steps), "--out", str(out)]
+    cmd += ["--medvl-w2d-head", args.medvl_w2d_head]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     if side == "medmvl":
         env.pop("PYTHONPATH", None)  # MedM-VL imports only its own tree and its venv
@@ -544,6 +552,12 @@ def main() -> None:
     parser.add_argument("--tasks", default="i2d,w2d", help="comma-separated: i2d, w2d")
     parser.add_argument("--repeats", type=int, default=2, help="alternating (medvl, MedM-VL) pairs per task")
     parser.add_argument("--steps", type=int, default=20, help="W2D training steps per run (batch 4)")
+    parser.add_argument(
+        "--medvl-w2d-head",
+        choices=("supervised", "full"),
+        default="supervised",
+        help="medvl's W2D LM head: only at supervised positions (what medvl's Trainer calls) or everywhere",
+    )
     parser.add_argument("--out", help="results JSON (driver) / worker output (worker)")
     parser.add_argument("--rewrite-data", action="store_true", help="rewrite the data even if present")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -578,6 +592,7 @@ def main() -> None:
     record = {
         "what": "MedM-VL vs medvl side by side, same weights and data, fp32, one thread each, alternating processes",
         "medmvl_commit": args.medmvl_commit,
+        "medvl_w2d_head": args.medvl_w2d_head,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "prepare": facts,
         "summary": summary,
