@@ -37,6 +37,7 @@ one-line ``@dataclass(unsafe_hash=True)`` fix; nothing numeric changes). Run fro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -110,6 +111,24 @@ CLIP_PREPROCESSOR = {
     "image_mean": [0.48145466, 0.4578275, 0.40821073],
     "image_std": [0.26862954, 0.26130258, 0.27577711],
 }
+# W3D's 3D ViT in MedM-CLIP layout (volume 32x256x256, patch 4x16x16, hidden 192, 2 layers, 3 heads,
+# MLP 768) with a tiny BERT as its (unused, frozen) text tower, which MedMCLIP loads from a folder
+MEDMCLIP_CONFIG = {
+    "model_type": "medm-pretrain",
+    "hidden_size": 192,
+    "image_size": 256,
+    "image_patch_size": 16,
+    "frame_size": 32,
+    "frame_patch_size": 4,
+    "image_num_heads": 3,
+    "image_mlp_dim": 768,
+    "image_num_layers": 2,
+    "dropout_rate": 0.0,
+    "gather_loss": False,
+    "local_loss": False,
+}
+W3D_BATCH = 2
+W3D_STEPS = 10
 NEW_TOKENS = 32
 BATCHES = (1, 8)
 W2D_BATCH = 4
@@ -151,6 +170,30 @@ def _import_medmvl(src: Path) -> None:
     for cls in (module.Formatter, module.EmptyFormatter, module.StringFormatter):
         cls.__hash__ = object.__hash__  # what @dataclass(unsafe_hash=True) gives; Python 3.11 needs it
     sys.modules[name] = module
+    _patch_medmvl_3d()
+
+
+def _patch_medmvl_3d() -> None:
+    """The two one-line fixes MedM-VL's 3D path needs to run at all (no numeric change):
+    ``spatial_pooling.ConnectorConfig`` reads the image connector kwargs that only the 2D path passes,
+    and MedM-CLIP's ViT gets the [frames, H, W] list ``medmclip_load_config`` made of ``image_size``."""
+    from lvlm.model.connector import spatial_pooling
+    from lvlm.model.encoder import medmclip
+
+    config_init = spatial_pooling.ConnectorConfig.__init__
+
+    def connector_init(self, lvlm_llm_config, lvlm_encoder_config, **kwargs):  # noqa: ANN001, ANN202
+        kwargs.setdefault("lvlm_connector_image_type", None)
+        config_init(self, lvlm_llm_config, lvlm_encoder_config, **kwargs)
+
+    spatial_pooling.ConnectorConfig.__init__ = connector_init
+    vit = medmclip.ViT
+
+    class ViT(vit):  # type: ignore[misc, valid-type]
+        def __init__(self, *, image_size, **kwargs):  # noqa: ANN001, ANN204
+            super().__init__(image_size=image_size[-1] if isinstance(image_size, list) else image_size, **kwargs)
+
+    medmclip.ViT = ViT
 
 
 def medmvl_build(args: argparse.Namespace) -> dict[str, Any]:
@@ -178,16 +221,41 @@ def medmvl_build(args: argparse.Namespace) -> dict[str, Any]:
     model = LVLMForConditionalGeneration(config)
     model.save_pretrained(work / "medmvl-ckpt")
     model.tokenizer.save_pretrained(work / "medmvl-ckpt")
-    return {"parameters": sum(p.numel() for p in model.parameters())}
+    out = {"parameters": sum(p.numel() for p in model.parameters())}
+    if "w3d" in args.tasks.split(","):
+        from transformers import BertConfig, BertModel
+
+        torch.manual_seed(1)
+        bert = BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128)
+        BertModel(bert).save_pretrained(work / "bert")
+        config3d = LVLMConfig(
+            lvlm_llm_type="qwen2",
+            lvlm_llm_name_or_path=str(work / "qwen2"),
+            lvlm_llm_max_length=2048,
+            lvlm_llm_padding_side="right",
+            lvlm_llm_attn_implementation="sdpa",
+            lvlm_encoder_image3d_type="medmclip",
+            lvlm_encoder_image3d_name_or_path=str(work / "medmclip"),
+            lvlm_encoder_image3d_select_layer=-1,
+            lvlm_encoder_image3d_select_feature="patch",
+            lvlm_connector_image3d_type="spatial_pooling",
+            lvlm_connector_image3d_name="mlp2x_gelu",
+        )
+        torch.manual_seed(0)
+        model3d = LVLMForConditionalGeneration(config3d)
+        model3d.save_pretrained(work / "medmvl-ckpt-3d")
+        model3d.tokenizer.save_pretrained(work / "medmvl-ckpt-3d")
+        out["parameters_3d"] = sum(p.numel() for p in model3d.parameters())
+    return out
 
 
-def _medmvl_model(args: argparse.Namespace):  # noqa: ANN202 (MedM-VL's class, not importable here)
+def _medmvl_model(args: argparse.Namespace, name: str = "medmvl-ckpt"):  # noqa: ANN202 (MedM-VL's class)
     import torch
 
     _import_medmvl(Path(args.medmvl_src))
     from lvlm.model.modeling_lvlm import LVLMForConditionalGeneration
 
-    model = LVLMForConditionalGeneration.from_pretrained(Path(args.work) / "medmvl-ckpt")
+    model = LVLMForConditionalGeneration.from_pretrained(Path(args.work) / name)
     return model.to(dtype=torch.float32)
 
 
@@ -195,8 +263,12 @@ def _medmvl_records(path: Path, train: bool) -> list[dict[str, Any]]:
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
-        turns = [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in rec["messages"]]
-        out.append({"id": rec["id"], "conversations": turns if train else turns[:1], "image": rec["images"]})
+        turns = [
+            {"from": "human" if m["role"] == "user" else "gpt", "value": m["content"].replace("<volume>", "<image3d>")}
+            for m in rec["messages"]
+        ]
+        media = {"image": rec["images"]} if "images" in rec else {"image3d": rec["volumes"]}
+        out.append({"id": rec["id"], "conversations": turns if train else turns[:1], **media})
     return out
 
 
@@ -315,7 +387,52 @@ def medmvl_w2d(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _steps(step: Any, steps: int, trainable: int) -> dict[str, Any]:
+def medmvl_w3d(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from lvlm.dataset.dataset import create_data_module
+
+    model = _medmvl_model(args, "medmvl-ckpt-3d")
+    model.requires_grad_(False)
+    model.llm.requires_grad_(True)
+    model.connector_image3d.requires_grad_(True)
+    model.config.use_cache = False
+    model.train()
+    folder = Path(args.work) / "w3d"
+    module = create_data_module(
+        data=_medmvl_records(folder / "train.jsonl", train=True),
+        conv_version="qwen2",
+        image_dir=str(folder),
+        image3d_dir=str(folder),
+        model=model,
+        mode="train",
+    )
+    ds, collate = module["train_dataset"], module["data_collator"]
+    processor = ds.processor_image3d
+    # the volume transform in eval mode (no random rotation / flip / intensity change): equal losses
+    ds.processor_image3d = lambda volume, mode: processor(volume, mode="eval")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+    def step(k: int) -> float:
+        batch = collate([ds[i] for i in range(k * W3D_BATCH, (k + 1) * W3D_BATCH)])
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    result = _steps(step, min(args.steps, W3D_STEPS), sum(p.numel() for p in params), W3D_BATCH)
+    c = MEDMCLIP_CONFIG
+    # the marker becomes the 2x2x2-pooled patch grid
+    tokens = (c["frame_size"] // c["frame_patch_size"]) * (c["image_size"] // c["image_patch_size"]) ** 2 // 8
+    items = [ds[i] for i in range(len(ds))]
+    result["sample_tokens"] = [len(x["input_ids"]) - 1 + tokens for x in items]
+    result["supervised_tokens"] = [int((x["labels"] != -100).sum()) for x in items]
+    return result
+
+
+def _steps(step: Any, steps: int, trainable: int, batch: int = W2D_BATCH) -> dict[str, Any]:
     times, losses = [], []
     for k in range(steps):
         start = time.perf_counter()
@@ -328,7 +445,7 @@ def _steps(step: Any, steps: int, trainable: int) -> dict[str, Any]:
         "losses": losses,
         "median_step_seconds": statistics.median(later),
         "mean_step_seconds": statistics.fmean(later),
-        "samples_per_s": W2D_BATCH * len(later) / sum(later),
+        "samples_per_s": batch * len(later) / sum(later),
     }
 
 
@@ -367,7 +484,11 @@ def medvl_i2d(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def medvl_w2d(args: argparse.Namespace) -> dict[str, Any]:
+def medvl_w3d(args: argparse.Namespace) -> dict[str, Any]:
+    return medvl_w2d(args, "w3d")
+
+
+def medvl_w2d(args: argparse.Namespace, kind: str = "w2d") -> dict[str, Any]:
     import torch
 
     from medvl.data.collator import PaddedCollator
@@ -376,12 +497,14 @@ def medvl_w2d(args: argparse.Namespace) -> dict[str, Any]:
     from medvl.inference import load_model
     from medvl.train.parts import parameters_by_part
 
-    model, processor = load_model(Path(args.work) / "medvl-ckpt", dtype="float32", device="cpu")
+    ckpt = "medvl-ckpt" if kind == "w2d" else "medvl-ckpt-3d"
+    model, processor = load_model(Path(args.work) / ckpt, dtype="float32", device="cpu")
     for part, named in parameters_by_part(model).items():
         for _, p in named:
             p.requires_grad_(part in ("llm", "connector"))
     model.train()
-    ds = ConversationDataset(load_records(Path(args.work) / "w2d" / "train.jsonl"), processor, max_length=4096)
+    ds = ConversationDataset(load_records(Path(args.work) / kind / "train.jsonl"), processor, max_length=4096)
+    batch_size, steps = (W2D_BATCH, args.steps) if kind == "w2d" else (W3D_BATCH, min(args.steps, W3D_STEPS))
     collate = PaddedCollator(processor.tokenizer.pad_token_id, "right")
     params = [p for p in model.parameters() if p.requires_grad]
     # medvl's Trainer default (transformers 5 "adamw_torch_fused"): AdamW fused=True
@@ -392,7 +515,7 @@ def medvl_w2d(args: argparse.Namespace) -> dict[str, Any]:
     extra = {"return_supervised_logits_only": True} if args.medvl_w2d_head == "supervised" else {}
 
     def step(k: int) -> float:
-        batch = collate([ds[i] for i in range(k * W2D_BATCH, (k + 1) * W2D_BATCH)])
+        batch = collate([ds[i] for i in range(k * batch_size, (k + 1) * batch_size)])
         loss = model(**batch, **extra).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -400,7 +523,7 @@ def medvl_w2d(args: argparse.Namespace) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    result = _steps(step, args.steps, sum(p.numel() for p in params))
+    result = _steps(step, steps, sum(p.numel() for p in params), batch_size)
     result["medvl_w2d_head"] = args.medvl_w2d_head
     from medvl.tools.bench.workload_data import sample_stats
 
@@ -425,8 +548,21 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     _write_json(llm / "config.json", LLM_CONFIG)
     _write_json(clip / "config.json", CLIP_CONFIG)
     _write_json(clip / "preprocessor_config.json", CLIP_PREPROCESSOR)
+    (work / "medmclip").mkdir(exist_ok=True)
+    _write_json(
+        work / "medmclip" / "config.json", {**MEDMCLIP_CONFIG, "language_model_name_or_path": str(work / "bert")}
+    )
     built = _worker(args, "medmvl", "build")
     convert_medmvl(work / "medmvl-ckpt", work / "medvl-ckpt", llm=llm, vision=clip, overwrite=True)
+    if "w3d" in args.tasks.split(","):
+        convert_medmvl(
+            work / "medmvl-ckpt-3d", work / "medvl-ckpt-3d", llm=llm, volume=work / "medmclip", overwrite=True
+        )
+        _, processor3d = load_model(work / "medvl-ckpt-3d", dtype="float32", device="cpu")
+        if not (work / "w3d" / "train.jsonl").exists() or args.rewrite_data:
+            # one epoch of the steps measured, one volume per sample
+            sizes3d = dataclasses.replace(WorkloadSizes.full(), w3d_records=W3D_BATCH * W3D_STEPS)
+            write_workload_data(sizes3d, processor3d, "w3d", work / "w3d")
     _, processor = load_model(work / "medvl-ckpt", dtype="float32", device="cpu")
     sizes = WorkloadSizes.full()
     facts = {
@@ -442,7 +578,7 @@ def _worker(args: argparse.Namespace, side: str, task: str) -> dict[str, Any]:
     python = args.medmvl_python if side == "medmvl" else sys.executable
     cmd = [python, str(Path(__file__).resolve()), "--worker", f"{side}:{task}", "--work", args.work]
     cmd += ["--medmvl-src", args.medmvl_src, "--steps", str(args.steps), "--out", str(out)]
-    cmd += ["--medvl-w2d-head", args.medvl_w2d_head]
+    cmd += ["--medvl-w2d-head", args.medvl_w2d_head, "--tasks", args.tasks]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     if side == "medmvl":
         env.pop("PYTHONPATH", None)  # MedM-VL imports only its own tree and its venv
@@ -471,6 +607,8 @@ def _worker_main(args: argparse.Namespace) -> None:
         ("medmvl", "w2d"): medmvl_w2d,
         ("medvl", "i2d"): medvl_i2d,
         ("medvl", "w2d"): medvl_w2d,
+        ("medmvl", "w3d"): medmvl_w3d,
+        ("medvl", "w3d"): medvl_w3d,
     }[(side, task)]
     import torch
     import transformers
@@ -512,32 +650,33 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         lv = by[("medvl", "i2d")][0]["result"]["prompt_tokens"]
         lm = by[("medmvl", "i2d")][0]["result"]["prompt_tokens"]
         out["i2d_prompt_tokens"] = {"medvl": [min(lv), max(lv)], "medmvl": [min(lm), max(lm)], "equal": lv == lm}
-    if ("medvl", "w2d") in by and ("medmvl", "w2d") in by:
+    for kind in ("w2d", "w3d"):
+        if ("medvl", kind) not in by or ("medmvl", kind) not in by:
+            continue
         med = {
-            s: statistics.median(x["result"]["median_step_seconds"] for x in by[(s, "w2d")])
-            for s in ("medvl", "medmvl")
+            s: statistics.median(x["result"]["median_step_seconds"] for x in by[(s, kind)]) for s in ("medvl", "medmvl")
         }
-        lv = by[("medvl", "w2d")][0]["result"]["losses"]
-        lm = by[("medmvl", "w2d")][0]["result"]["losses"]
-        out["w2d"] = {
+        lv = by[("medvl", kind)][0]["result"]["losses"]
+        lm = by[("medmvl", kind)][0]["result"]["losses"]
+        out[kind] = {
             "unit": "seconds per step (median of steps 2..N, median over runs)",
             "medmvl": med["medmvl"],
             "medvl": med["medvl"],
             "ratio_medvl_over_medmvl": med["medmvl"] / med["medvl"],
-            "all_runs": {s: [x["result"]["median_step_seconds"] for x in by[(s, "w2d")]] for s in ("medvl", "medmvl")},
+            "all_runs": {s: [x["result"]["median_step_seconds"] for x in by[(s, kind)]] for s in ("medvl", "medmvl")},
             "first_loss": {"medvl": lv[0], "medmvl": lm[0], "abs_diff": abs(lv[0] - lm[0])},
             "max_abs_loss_diff_all_steps": max(abs(a - c) for a, c in zip(lv, lm)),
-            "sample_tokens_equal": by[("medvl", "w2d")][0]["result"]["sample_tokens"]
-            == by[("medmvl", "w2d")][0]["result"]["sample_tokens"],
-            "supervised_tokens_equal": by[("medvl", "w2d")][0]["result"]["supervised_tokens"]
-            == by[("medmvl", "w2d")][0]["result"]["supervised_tokens"],
+            "sample_tokens_equal": by[("medvl", kind)][0]["result"]["sample_tokens"]
+            == by[("medmvl", kind)][0]["result"]["sample_tokens"],
+            "supervised_tokens_equal": by[("medvl", kind)][0]["result"]["supervised_tokens"]
+            == by[("medmvl", kind)][0]["result"]["supervised_tokens"],
             "sample_tokens_min_max": [
-                min(by[("medvl", "w2d")][0]["result"]["sample_tokens"]),
-                max(by[("medvl", "w2d")][0]["result"]["sample_tokens"]),
+                min(by[("medvl", kind)][0]["result"]["sample_tokens"]),
+                max(by[("medvl", kind)][0]["result"]["sample_tokens"]),
             ],
             "trainable_parameters": {
-                "medvl": by[("medvl", "w2d")][0]["result"]["trainable_parameters"],
-                "medmvl": by[("medmvl", "w2d")][0]["result"]["trainable_parameters"],
+                "medvl": by[("medvl", kind)][0]["result"]["trainable_parameters"],
+                "medmvl": by[("medmvl", kind)][0]["result"]["trainable_parameters"],
             },
         }
     return out
