@@ -21,7 +21,15 @@ Then, in separate processes, alternating medvl / MedM-VL / medvl / MedM-VL:
   ``adamw_torch_fused``: AdamW ``fused=True``); seconds per step, and the first-step losses must be
   equal. No gradient checkpointing on either side. ``--medvl-w2d-head supervised`` (default) calls
   medvl's model as its Trainer does (``return_supervised_logits_only=True``: the LM head only at the
-  supervised positions, same loss); ``full`` runs the head at every position as MedM-VL does.
+  supervised positions, same loss); ``full`` runs the head at every position as MedM-VL does (the
+  option applies to W3D too);
+* ``w3d``: the same, with MedM-VL's MedM-CLIP 3D ViT (volume 32x256x256, patch 4x16x16, hidden 192,
+  2 layers, 3 heads, MLP 768; a tiny random BERT as its unused text tower) + ``spatial_pooling``
+  (2x2x2 average pooling + ``mlp2x_gelu``, 256 tokens), batch 2, 10 steps over 20 ``.npy`` HU
+  volumes (MedM-VL's volume transform in eval mode: no random augmentation, so losses compare).
+  MedM-VL's 3D path needs two one-line fixes to run at all (``spatial_pooling.ConnectorConfig``
+  reads 2D-only kwargs; MedM-CLIP's ViT gets a [frames, H, W] list as ``image_size``); the worker
+  applies them as patches at import, none changes numerics.
 
 MedM-VL needs its own environment (Python 3.11, torch 2.13.0+cpu, transformers 4.42.4, tokenizers
 0.19.1, accelerate 0.32.1, numpy 1.26.4, Pillow, sentencepiece): pass its interpreter as
