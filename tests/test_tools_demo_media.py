@@ -82,3 +82,14 @@ def test_a_corrupt_volume_names_the_uploaded_file_not_the_server_copy(tmp_path: 
         load_upload(server_copy, "scan.nii.gz")
     assert str(err.value).startswith("file 'scan.nii.gz': unreadable NIfTI file")
     assert str(tmp_path) not in str(err.value)
+
+
+def test_a_corrupt_dicom_upload_names_the_uploaded_file(tmp_path: Path) -> None:
+    # a .dcm name with no DICOM inside: pydicom refuses it while the demo checks for multi-frame
+    server_copy = tmp_path / "gradio" / "a1b2" / "slice.dcm"
+    server_copy.parent.mkdir(parents=True)
+    server_copy.write_bytes(b"not a DICOM file, just text")
+    with pytest.raises(MedVLDataError) as err:
+        load_upload(server_copy, "slice.dcm")
+    assert str(err.value).startswith("file 'slice.dcm': ")
+    assert "DICOM" in str(err.value) and str(tmp_path) not in str(err.value)

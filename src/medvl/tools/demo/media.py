@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from medvl.errors import MedVLDataError
-from medvl.imaging.dicom import is_dicom_file, unzip_dicom_series
+from medvl.imaging.dicom import is_dicom_file, number_of_frames, read_dicom, unzip_dicom_series
 from medvl.imaging.image2d import load_image
 from medvl.imaging.volume3d import Volume, load_volume
 
@@ -42,10 +42,8 @@ class Upload:
 
 
 def _is_multiframe_dicom(path: Path) -> bool:
-    import pydicom
-
-    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    return int(getattr(ds, "NumberOfFrames", 1) or 1) > 1
+    # through imaging.dicom: a corrupt upload becomes a MedVLDataError naming the file, not pydicom's raw error
+    return number_of_frames(read_dicom(path, record=None, stop_before_pixels=True)) > 1
 
 
 def load_upload(path: str | Path, name: str | None = None) -> Upload:
