@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -68,17 +69,10 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
 )
-LLM_CONFIG = {
+# The W2D / W3D sizes come from medvl.tools.bench.workload_spec.WorkloadSizes (prepare() writes them into
+# the component folders and sizes.json); these are only the fields each file format needs beside them.
+LLM_FORMAT = {
     "architectures": ["Qwen2ForCausalLM"],
-    "model_type": "qwen2",
-    "hidden_size": 512,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 2,
-    "intermediate_size": 1408,
-    "vocab_size": 8000,
-    "tie_word_embeddings": False,
-    "max_position_embeddings": 4096,
     "hidden_act": "silu",
     "rms_norm_eps": 1e-6,
     "rope_theta": 1000000.0,
@@ -86,20 +80,12 @@ LLM_CONFIG = {
     "attention_dropout": 0.0,
     "use_sliding_window": False,
     "sliding_window": 4096,
-    "max_window_layers": 8,
     "bos_token_id": 3997,
     "eos_token_id": 3999,
     "torch_dtype": "float32",
     "use_cache": True,
 }
-CLIP_CONFIG = {
-    "model_type": "clip_vision_model",
-    "image_size": 224,
-    "patch_size": 16,
-    "hidden_size": 384,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 6,
+CLIP_FORMAT = {
     "num_channels": 3,
     "hidden_act": "quick_gelu",
     "layer_norm_eps": 1e-5,
@@ -119,28 +105,9 @@ CLIP_PREPROCESSOR = {
     "image_mean": [0.48145466, 0.4578275, 0.40821073],
     "image_std": [0.26862954, 0.26130258, 0.27577711],
 }
-# W3D's 3D ViT in MedM-CLIP layout (volume 32x256x256, patch 4x16x16, hidden 192, 2 layers, 3 heads,
-# MLP 768) with a tiny BERT as its (unused, frozen) text tower, which MedMCLIP loads from a folder
-MEDMCLIP_CONFIG = {
-    "model_type": "medm-pretrain",
-    "hidden_size": 192,
-    "image_size": 256,
-    "image_patch_size": 16,
-    "frame_size": 32,
-    "frame_patch_size": 4,
-    "image_num_heads": 3,
-    "image_mlp_dim": 768,
-    "image_num_layers": 2,
-    "dropout_rate": 0.0,
-    "gather_loss": False,
-    "local_loss": False,
-}
-W3D_BATCH = 2
-W3D_STEPS = 10
-NEW_TOKENS = 32
-BATCHES = (1, 8)
-W2D_BATCH = 4
-LR = 2e-5
+# W3D's 3D ViT in MedM-CLIP layout, with a tiny BERT as its (unused, frozen) text tower, which MedMCLIP
+# loads from a folder
+MEDMCLIP_FORMAT = {"model_type": "medm-pretrain", "dropout_rate": 0.0, "gather_loss": False, "local_loss": False}
 
 
 # ---------------------------------------------------------------- shared helpers (both interpreters)
@@ -158,6 +125,11 @@ def _load() -> list[float]:
 
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+
+
+def _sizes(work: str | Path) -> dict[str, Any]:
+    """The run sizes prepare() took from WorkloadSizes (MedM-VL's interpreter cannot import medvl)."""
+    return json.loads((Path(work) / "sizes.json").read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------- MedM-VL side (its own venv)
@@ -212,12 +184,15 @@ def medmvl_build(args: argparse.Namespace) -> dict[str, Any]:
     from lvlm.model.modeling_lvlm import LVLMForConditionalGeneration
 
     work = Path(args.work)
+    llm = {
+        "lvlm_llm_type": "qwen2",
+        "lvlm_llm_name_or_path": str(work / "qwen2"),
+        "lvlm_llm_max_length": 2048,
+        "lvlm_llm_padding_side": "right",
+        "lvlm_llm_attn_implementation": "sdpa",
+    }
     config = LVLMConfig(
-        lvlm_llm_type="qwen2",
-        lvlm_llm_name_or_path=str(work / "qwen2"),
-        lvlm_llm_max_length=2048,
-        lvlm_llm_padding_side="right",
-        lvlm_llm_attn_implementation="sdpa",
+        **llm,
         lvlm_encoder_image_type="clip",
         lvlm_encoder_image_name_or_path=str(work / "clip"),
         lvlm_encoder_image_select_layer=-2,
@@ -237,11 +212,7 @@ def medmvl_build(args: argparse.Namespace) -> dict[str, Any]:
         bert = BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128)
         BertModel(bert).save_pretrained(work / "bert")
         config3d = LVLMConfig(
-            lvlm_llm_type="qwen2",
-            lvlm_llm_name_or_path=str(work / "qwen2"),
-            lvlm_llm_max_length=2048,
-            lvlm_llm_padding_side="right",
-            lvlm_llm_attn_implementation="sdpa",
+            **llm,
             lvlm_encoder_image3d_type="medmclip",
             lvlm_encoder_image3d_name_or_path=str(work / "medmclip"),
             lvlm_encoder_image3d_select_layer=-1,
@@ -327,25 +298,26 @@ def medmvl_i2d(args: argparse.Namespace) -> dict[str, Any]:
 
     run(data[:1], 1, 2)  # warm-up
     result: dict[str, Any] = {"batches": {}}
-    for b in BATCHES:
-        seconds, texts, ids = run(data, b, NEW_TOKENS)
+    sizes = _sizes(args.work)
+    new_tokens = sizes["new_tokens"]
+    for b in sizes["batches"]:
+        seconds, texts, ids = run(data, b, new_tokens)
         result["batches"][str(b)] = {
             "seconds": seconds,
-            "new_tokens_per_s": NEW_TOKENS * len(data) / seconds,
+            "new_tokens_per_s": new_tokens * len(data) / seconds,
             "texts": texts,
             "ids": ids,
         }
-    result["prompt_tokens"] = _medmvl_prompt_lengths(model, data, folder)
+    result["prompt_tokens"] = _medmvl_prompt_lengths(model, data, folder, sizes["image_tokens"])
     return result
 
 
-def _medmvl_prompt_lengths(model, data: list[dict[str, Any]], folder: Path) -> list[int]:  # noqa: ANN001
+def _medmvl_prompt_lengths(model, data: list[dict[str, Any]], folder: Path, patches: int) -> list[int]:  # noqa: ANN001
     from lvlm.dataset.dataset import create_data_module
 
     ds = create_data_module(
         data=data, conv_version="qwen2", image_dir=str(folder), image3d_dir=str(folder), model=model, mode="eval"
     )["train_dataset"]
-    patches = (CLIP_CONFIG["image_size"] // CLIP_CONFIG["patch_size"]) ** 2
     # each marker id becomes the tower's patch features (CLS dropped)
     return [
         len(ds.template.encode(d["conversations"], ds.tokenizer, mode="eval")["input_ids"]) - 1 + patches for d in data
@@ -374,11 +346,13 @@ def medmvl_w2d(args: argparse.Namespace) -> dict[str, Any]:
     )
     ds, collate = module["train_dataset"], module["data_collator"]
     params = [p for p in model.parameters() if p.requires_grad]
+    sizes = _sizes(args.work)
+    batch_size = sizes["w2d_batch"]
     # HF Trainer 4.42 default optim "adamw_torch": torch AdamW, no fused / foreach on CPU
-    opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=sizes["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
     def step(k: int) -> float:
-        batch = collate([ds[i] for i in range(k * W2D_BATCH, (k + 1) * W2D_BATCH)])
+        batch = collate([ds[i] for i in range(k * batch_size, (k + 1) * batch_size)])
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -386,8 +360,8 @@ def medmvl_w2d(args: argparse.Namespace) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    result = _steps(step, args.steps, sum(p.numel() for p in params))
-    patches = (CLIP_CONFIG["image_size"] // CLIP_CONFIG["patch_size"]) ** 2
+    result = _steps(step, args.steps, sum(p.numel() for p in params), batch_size)
+    patches = sizes["image_tokens"]
     # merged length: the marker id becomes the tower's patch features; supervised = labels != -100
     items = [ds[i] for i in range(len(ds))]
     result["sample_tokens"] = [len(x["input_ids"]) - 1 + patches for x in items]
@@ -419,10 +393,12 @@ def medmvl_w3d(args: argparse.Namespace) -> dict[str, Any]:
     # the volume transform in eval mode (no random rotation / flip / intensity change): equal losses
     ds.processor_image3d = lambda volume, mode: processor(volume, mode="eval")
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    sizes = _sizes(args.work)
+    batch_size = sizes["w3d_batch"]
+    opt = torch.optim.AdamW(params, lr=sizes["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
     def step(k: int) -> float:
-        batch = collate([ds[i] for i in range(k * W3D_BATCH, (k + 1) * W3D_BATCH)])
+        batch = collate([ds[i] for i in range(k * batch_size, (k + 1) * batch_size)])
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -430,17 +406,15 @@ def medmvl_w3d(args: argparse.Namespace) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    result = _steps(step, min(args.steps, W3D_STEPS), sum(p.numel() for p in params), W3D_BATCH)
-    c = MEDMCLIP_CONFIG
-    # the marker becomes the 2x2x2-pooled patch grid
-    tokens = (c["frame_size"] // c["frame_patch_size"]) * (c["image_size"] // c["image_patch_size"]) ** 2 // 8
+    result = _steps(step, min(args.steps, sizes["w3d_steps"]), sum(p.numel() for p in params), batch_size)
+    tokens = sizes["volume_tokens"]  # the marker becomes the pooled patch grid
     items = [ds[i] for i in range(len(ds))]
     result["sample_tokens"] = [len(x["input_ids"]) - 1 + tokens for x in items]
     result["supervised_tokens"] = [int((x["labels"] != -100).sum()) for x in items]
     return result
 
 
-def _steps(step: Any, steps: int, trainable: int, batch: int = W2D_BATCH) -> dict[str, Any]:
+def _steps(step: Any, steps: int, trainable: int, batch: int) -> dict[str, Any]:
     times, losses = [], []
     for k in range(steps):
         start = time.perf_counter()
@@ -468,21 +442,23 @@ def medvl_i2d(args: argparse.Namespace) -> dict[str, Any]:
     records = load_records(Path(args.work) / "i2d" / "train.jsonl")
     generate(model, processor, records[:1], batch_size=1, max_new_tokens=2, min_new_tokens=2, progress=False)
     result: dict[str, Any] = {"batches": {}}
-    for b in BATCHES:
+    sizes = _sizes(args.work)
+    new_tokens = sizes["new_tokens"]
+    for b in sizes["batches"]:
         start = time.perf_counter()
         texts = generate(
             model,
             processor,
             records,
             batch_size=b,
-            max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
             progress=False,
         )
         seconds = time.perf_counter() - start
         result["batches"][str(b)] = {
             "seconds": seconds,
-            "new_tokens_per_s": NEW_TOKENS * len(records) / seconds,
+            "new_tokens_per_s": new_tokens * len(records) / seconds,
             "texts": texts,
         }
     from medvl.data.dataset import encoder_for
@@ -512,11 +488,14 @@ def medvl_w2d(args: argparse.Namespace, kind: str = "w2d") -> dict[str, Any]:
             p.requires_grad_(part in ("llm", "connector"))
     model.train()
     ds = ConversationDataset(load_records(Path(args.work) / kind / "train.jsonl"), processor, max_length=4096)
-    batch_size, steps = (W2D_BATCH, args.steps) if kind == "w2d" else (W3D_BATCH, min(args.steps, W3D_STEPS))
+    sizes = _sizes(args.work)
+    batch_size, steps = (
+        (sizes["w2d_batch"], args.steps) if kind == "w2d" else (sizes["w3d_batch"], min(args.steps, sizes["w3d_steps"]))
+    )
     collate = PaddedCollator(processor.tokenizer.pad_token_id, "right")
     params = [p for p in model.parameters() if p.requires_grad]
     # medvl's Trainer default (transformers 5 "adamw_torch_fused"): AdamW fused=True
-    opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True)
+    opt = torch.optim.AdamW(params, lr=sizes["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True)
 
     # "supervised": the call medvl's Trainer makes (LM head only at the supervised positions; same loss);
     # "full": the LM head over every position, as MedM-VL (and a plain HF causal LM) computes it
@@ -553,12 +532,40 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         folder.mkdir(exist_ok=True)
     for name in TOKENIZER_FILES:
         shutil.copy(TOKENIZER / name, llm / name)
-    _write_json(llm / "config.json", LLM_CONFIG)
-    _write_json(clip / "config.json", CLIP_CONFIG)
+    sizes = WorkloadSizes.full()
+    vision, volume = sizes.vision, sizes.volume
+    _write_json(llm / "config.json", {**LLM_FORMAT, **sizes.llm, "max_window_layers": sizes.llm["num_hidden_layers"]})
+    _write_json(clip / "config.json", {**CLIP_FORMAT, **vision})
     _write_json(clip / "preprocessor_config.json", CLIP_PREPROCESSOR)
     (work / "medmclip").mkdir(exist_ok=True)
     _write_json(
-        work / "medmclip" / "config.json", {**MEDMCLIP_CONFIG, "language_model_name_or_path": str(work / "bert")}
+        work / "medmclip" / "config.json",
+        {
+            **MEDMCLIP_FORMAT,
+            "hidden_size": volume["hidden_size"],
+            "frame_size": volume["image_size"][0],
+            "image_size": volume["image_size"][1],
+            "frame_patch_size": volume["patch_size"][0],
+            "image_patch_size": volume["patch_size"][1],
+            "image_num_heads": volume["num_attention_heads"],
+            "image_mlp_dim": volume["intermediate_size"],
+            "image_num_layers": volume["num_hidden_layers"],
+            "language_model_name_or_path": str(work / "bert"),
+        },
+    )
+    grid = [n // k for n, k in zip(volume["image_size"], volume["patch_size"])]
+    _write_json(
+        work / "sizes.json",
+        {
+            "w2d_batch": sizes.w2d_batch,
+            "w3d_batch": sizes.w3d_batch,
+            "w3d_steps": sizes.w3d_steps,
+            "new_tokens": sizes.i2d_new_tokens,
+            "batches": list(sizes.i2d_batches),
+            "lr": sizes.lr,
+            "image_tokens": (vision["image_size"] // vision["patch_size"]) ** 2,  # CLS dropped
+            "volume_tokens": math.prod(n // p for n, p in zip(grid, sizes.volume_pool)),
+        },
     )
     built = _worker(args, "medmvl", "build")
     convert_medmvl(work / "medmvl-ckpt", work / "medvl-ckpt", llm=llm, vision=clip, overwrite=True)
@@ -569,10 +576,9 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         _, processor3d = load_model(work / "medvl-ckpt-3d", dtype="float32", device="cpu")
         if not (work / "w3d" / "train.jsonl").exists() or args.rewrite_data:
             # one epoch of the steps measured, one volume per sample
-            sizes3d = dataclasses.replace(WorkloadSizes.full(), w3d_records=W3D_BATCH * W3D_STEPS)
+            sizes3d = dataclasses.replace(sizes, w3d_records=sizes.w3d_batch * sizes.w3d_steps)
             write_workload_data(sizes3d, processor3d, "w3d", work / "w3d")
     _, processor = load_model(work / "medvl-ckpt", dtype="float32", device="cpu")
-    sizes = WorkloadSizes.full()
     facts = {
         kind: write_workload_data(sizes, processor, kind, work / kind)["records"]
         for kind in ("w2d", "i2d")
@@ -635,8 +641,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     by = {(r["side"], r["task"]): [x for x in runs if (x["side"], x["task"]) == (r["side"], r["task"])] for r in runs}
     if ("medvl", "i2d") in by and ("medmvl", "i2d") in by:
-        for b in BATCHES:
-            key = str(b)
+        for key in by[("medvl", "i2d")][0]["result"]["batches"]:
+            b = int(key)
             med = {
                 s: statistics.median(x["result"]["batches"][key]["new_tokens_per_s"] for x in by[(s, "i2d")])
                 for s in ("medvl", "medmvl")
